@@ -1,0 +1,183 @@
+"""The A/B harness: baseline against candidate, interleaved, with a confidence interval and a numerics check."""
+
+from __future__ import annotations
+
+import enum
+import gc
+import random
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from convdoctor.analyzer.workload import Mode, Workload, call_model, flat_tensors, make_step, synchronize
+
+CONFIDENCE = 0.95
+BOOTSTRAP_RESAMPLES = 2000
+
+
+class Verdict(str, enum.Enum):
+    """What an interval of speedups says."""
+
+    FASTER = "faster"
+    SLOWER = "slower"
+    NO_DIFFERENCE = "no measurable difference"
+
+
+@dataclass(frozen=True)
+class BenchmarkSettings:
+    """How long to warm up and how many interleaved rounds to time."""
+
+    warmup_s: float = 0.5  # per variant, and at least warmup_steps
+    warmup_steps: int = 3
+    min_rounds: int = 10
+    max_rounds: int = 60
+    target_s: float = 4.0  # total timed time across both variants, once min_rounds are done
+
+
+@dataclass(frozen=True)
+class SpeedupEstimate:
+    """Median times of two variants and the bootstrap interval of their ratio."""
+
+    baseline_ms: float
+    candidate_ms: float
+    speedup: float  # baseline / candidate: above 1 means the candidate is faster
+    ci_low: float
+    ci_high: float
+    verdict: Verdict
+
+
+@dataclass(frozen=True)
+class Numerics:
+    """How far the candidate's outputs are from the baseline's on the same inputs."""
+
+    max_abs_error: float
+    max_rel_error: float  # max abs error over the largest baseline magnitude
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """The measured result of one candidate against the baseline."""
+
+    estimate: SpeedupEstimate
+    numerics: Numerics
+    rounds: int
+    threads: int
+    device: str
+    timer: str
+
+
+def estimate_speedup(baseline_s: list[float], candidate_s: list[float], *, seed: int = 0) -> SpeedupEstimate:
+    """Ratio of medians with a paired bootstrap interval over rounds; the verdict is decided by the interval."""
+    if len(baseline_s) != len(candidate_s) or len(baseline_s) < 2:
+        raise ValueError("need two or more paired rounds")
+    rng = random.Random(seed)
+    n = len(baseline_s)
+    ratios = []
+    for _ in range(BOOTSTRAP_RESAMPLES):
+        picks = [rng.randrange(n) for _ in range(n)]
+        ratios.append(statistics.median(baseline_s[i] for i in picks) / statistics.median(candidate_s[i] for i in picks))
+    ratios.sort()
+    tail = (1 - CONFIDENCE) / 2
+    low = ratios[int(tail * BOOTSTRAP_RESAMPLES)]
+    high = ratios[min(BOOTSTRAP_RESAMPLES - 1, int((1 - tail) * BOOTSTRAP_RESAMPLES))]
+    base_median, cand_median = statistics.median(baseline_s), statistics.median(candidate_s)
+    verdict = Verdict.FASTER if low > 1.0 else Verdict.SLOWER if high < 1.0 else Verdict.NO_DIFFERENCE
+    return SpeedupEstimate(
+        baseline_ms=base_median * 1e3,
+        candidate_ms=cand_median * 1e3,
+        speedup=base_median / cand_median,
+        ci_low=low,
+        ci_high=high,
+        verdict=verdict,
+    )
+
+
+def compare_outputs(baseline: Any, candidate: Any) -> Numerics:
+    """Max absolute and relative error over the floating-point tensors of two outputs of the same structure."""
+    base, cand = flat_tensors(baseline), flat_tensors(candidate)
+    if len(base) != len(cand):
+        return Numerics(max_abs_error=float("inf"), max_rel_error=float("inf"))
+    max_abs, max_ref = 0.0, 0.0
+    for b, c in zip(base, cand):
+        if not b.is_floating_point():
+            continue
+        if b.shape != c.shape:
+            return Numerics(max_abs_error=float("inf"), max_rel_error=float("inf"))
+        b64, c64 = b.detach().double().cpu(), c.detach().double().cpu()
+        max_abs = max(max_abs, float((b64 - c64).abs().max()) if b64.numel() else 0.0)
+        max_ref = max(max_ref, float(b64.abs().max()) if b64.numel() else 0.0)
+    return Numerics(max_abs_error=max_abs, max_rel_error=max_abs / max_ref if max_ref > 0 else max_abs)
+
+
+def measure(
+    baseline: Workload,
+    candidate: Workload,
+    settings: BenchmarkSettings = BenchmarkSettings(),
+    progress: Callable[[int, int], None] | None = None,
+) -> Measurement:
+    """Time one step of each workload in interleaved rounds (random order within a round) and compare outputs.
+
+    Both run in this process with the same thread count; garbage collection is kept out of timed regions.
+    """
+    numerics = compare_outputs(_first_output(baseline), _first_output(candidate))
+    steps = (make_step(baseline), make_step(candidate))
+    for step, workload in zip(steps, (baseline, candidate)):
+        _warm_up(step, workload, settings)
+    rng = random.Random(0)
+    times: tuple[list[float], list[float]] = ([], [])
+    gc.collect()
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        started = time.perf_counter()
+        for round_index in range(settings.max_rounds):
+            order = [0, 1] if rng.random() < 0.5 else [1, 0]
+            for which in order:
+                times[which].append(_time_step(steps[which], (baseline, candidate)[which].device))
+            if progress is not None:
+                progress(round_index + 1, settings.max_rounds)
+            enough = round_index + 1 >= settings.min_rounds
+            if enough and time.perf_counter() - started >= settings.target_s:
+                break
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return Measurement(
+        estimate=estimate_speedup(times[0], times[1]),
+        numerics=numerics,
+        rounds=len(times[0]),
+        threads=torch.get_num_threads(),
+        device=str(baseline.device),
+        timer="torch.cuda.synchronize + perf_counter" if baseline.device.type == "cuda" else "perf_counter",
+    )
+
+
+def _first_output(workload: Workload) -> Any:
+    """The output of a forward on a fresh copy (before any optimizer step), for the numerics check."""
+    probe = workload.copy()
+    probe.model.train(workload.mode is Mode.TRAIN)
+    with torch.no_grad():
+        output = call_model(probe.model, probe.inputs)
+    synchronize(workload.device)
+    return output
+
+
+def _warm_up(step: Callable[[], Any], workload: Workload, settings: BenchmarkSettings) -> None:
+    started, count = time.perf_counter(), 0
+    while count < settings.warmup_steps or time.perf_counter() - started < settings.warmup_s:
+        step()
+        synchronize(workload.device)
+        count += 1
+        if count >= 10 * settings.warmup_steps:
+            break
+
+
+def _time_step(step: Callable[[], Any], device: torch.device) -> float:
+    synchronize(device)
+    start = time.perf_counter()
+    step()
+    synchronize(device)
+    return time.perf_counter() - start

@@ -1,0 +1,147 @@
+"""Run a workload under torch.profiler and keep its Kineto traces in a TensorBoard log dir."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import nn
+from torch.autograd.profiler import record_function
+from torch.profiler import ProfilerActivity, profile, schedule, tensorboard_trace_handler
+
+from convdoctor.analyzer.module_scope import scope_name
+from convdoctor.analyzer.workload import Workload, describe_exception, make_step, synchronize
+from convdoctor.errors import InputMismatchError
+
+WAIT_STEPS = 1
+WARMUP_STEPS = 1
+TRACE_SUFFIXES = (".pt.trace.json", ".pt.trace.json.gz")
+
+
+class ModuleScopes:
+    """Hooks that wrap every submodule call in a record_function named by its qualified name.
+
+    While installed, ``active`` is the stack of qualified names being called, so that an exception in
+    the forward can be charged to the innermost module.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.active: list[str] = []
+        self._open: list[Any] = []
+        self._handles: list[Any] = []
+
+    def __enter__(self) -> "ModuleScopes":
+        for name, module in self.model.named_modules():
+            label = scope_name(name, type(module).__name__)
+            self._handles.append(module.register_forward_pre_hook(self._enter_hook(name, label)))
+            self._handles.append(module.register_forward_hook(self._exit_hook))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        while self._open:
+            self._pop()
+
+    def _enter_hook(self, name: str, label: str) -> Callable[..., None]:
+        def hook(module: nn.Module, args: Any) -> None:
+            scope = record_function(label)
+            scope.__enter__()
+            self._open.append(scope)
+            self.active.append(name)
+
+        return hook
+
+    def _exit_hook(self, module: nn.Module, args: Any, output: Any) -> None:
+        if self._open:
+            self._pop()
+
+    def _pop(self) -> None:
+        self._open.pop().__exit__(None, None, None)
+        self.active.pop()
+
+
+def check_fits(workload: Workload) -> None:
+    """Run one step; when the inputs do not fit, name the module that failed and the error's shapes."""
+    run = workload.copy()
+    step = make_step(run)
+    failed_in: list[str] = []
+    try:
+        with ModuleScopes(run.model) as scopes:
+            try:
+                step()
+            except Exception:
+                failed_in.extend(scopes.active)  # hooks of the modules that raised never closed
+                raise
+        synchronize(workload.device)
+    except (RuntimeError, TypeError, ValueError, IndexError) as exc:
+        where = failed_in[-1] if failed_in and failed_in[-1] else "the model's forward"
+        raise InputMismatchError(
+            f"{workload.source}: the example inputs do not fit the model: in {where}: {describe_exception(exc)}; "
+            "fix get_inputs() (or --batch-size) to match what the model expects"
+        ) from exc
+
+
+def capture(workload: Workload, logdir: Path, run_name: str, *, steps: int = 3) -> list[Path]:
+    """Profile ``steps`` steps of a copy of the workload; return the trace files written under logdir/run_name.
+
+    Traces are written to a scratch folder first and moved into place only when the capture succeeded,
+    so a failed capture leaves the previous traces of the run as they were.
+    """
+    run = workload.copy()
+    step = make_step(run)
+    activities = [ProfilerActivity.CPU]
+    if run.device.type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+    logdir.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=".capture-", dir=logdir))
+    try:
+        sched = schedule(wait=WAIT_STEPS, warmup=WARMUP_STEPS, active=steps, repeat=1)
+        handler = tensorboard_trace_handler(str(scratch), worker_name="worker0")
+        with _quiet_profiler(), ModuleScopes(run.model), profile(
+            activities=activities, schedule=sched, on_trace_ready=handler, record_shapes=True
+        ) as profiler:
+            for _ in range(WAIT_STEPS + WARMUP_STEPS + steps):
+                step()
+                synchronize(run.device)
+                profiler.step()
+        written = sorted(p for p in scratch.iterdir() if p.name.endswith(TRACE_SUFFIXES))
+        if not written:
+            raise RuntimeError("torch.profiler wrote no trace")
+        target = logdir / run_name
+        if target.exists():
+            shutil.rmtree(target)
+        scratch.rename(target)
+        return [target / p.name for p in written]
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _quiet_profiler() -> Iterator[None]:
+    """Hide the profiler's own chatter (C++ lines on stderr, cycle warnings) unless the capture fails."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*Profiler clears events.*")
+        with tempfile.TemporaryFile(mode="w+b") as sink:
+            saved = os.dup(2)
+            os.dup2(sink.fileno(), 2)
+            failed = False
+            try:
+                yield
+            except BaseException:
+                failed = True
+                raise
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+                if failed:
+                    sink.seek(0)
+                    os.write(2, sink.read()[-4000:])

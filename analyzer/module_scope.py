@@ -1,0 +1,35 @@
+"""The names under which capture scopes each nn.Module call in a trace, and how the parser reads them back.
+
+A scope is a ``record_function`` annotation named ``module::<ClassName>::<qualified.name>``; the class is an
+identifier, so the qualified name is everything after the second ``::`` (module names may hold any text).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PREFIX = "module::"
+ROOT_NAME = "<model>"
+
+
+@dataclass(frozen=True)
+class ModuleScope:
+    """One module call as the trace names it."""
+
+    qualified_name: str  # e.g. "layer1.0.conv2"; ROOT_NAME for the model itself
+    class_name: str  # e.g. "Conv2d"
+
+
+def scope_name(qualified_name: str, class_name: str) -> str:
+    """The annotation name for a call of the module ``qualified_name`` of class ``class_name``."""
+    return f"{PREFIX}{class_name}::{qualified_name or ROOT_NAME}"
+
+
+def parse_scope_name(name: str) -> ModuleScope | None:
+    """The module scope an annotation names, or None when it is not a module scope."""
+    if not name.startswith(PREFIX):
+        return None
+    class_name, sep, qualified = name[len(PREFIX):].partition("::")
+    if not sep or not class_name:
+        return None
+    return ModuleScope(qualified_name=qualified, class_name=class_name)

@@ -1,0 +1,142 @@
+"""The typed view of a Kineto trace that every later stage reads: ops, their nesting, module scopes, kernels."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+from convdoctor.analyzer.module_scope import ModuleScope
+
+
+class EventKind(str, enum.Enum):
+    """What a trace event is, whatever the spelling of its category in the trace's PyTorch version."""
+
+    CPU_OP = "cpu_op"
+    ANNOTATION = "user_annotation"
+    PYTHON = "python_function"
+    RUNTIME = "cuda_runtime"
+    KERNEL = "kernel"
+    MEMCPY = "gpu_memcpy"
+    MEMSET = "gpu_memset"
+    GPU_ANNOTATION = "gpu_user_annotation"
+
+
+HOST_KINDS = frozenset({EventKind.CPU_OP, EventKind.ANNOTATION, EventKind.PYTHON, EventKind.RUNTIME})
+DEVICE_KINDS = frozenset({EventKind.KERNEL, EventKind.MEMCPY, EventKind.MEMSET})
+
+
+@dataclass(eq=False)
+class Op:
+    """A host-side event (operator, annotation, python function or CUDA runtime call) with its nesting."""
+
+    name: str
+    kind: EventKind
+    pid: str
+    tid: str
+    ts_us: float
+    dur_us: float
+    external_id: int | None = None
+    correlation: int | None = None
+    sequence_number: int | None = None
+    input_dims: list[Any] = field(default_factory=list)
+    input_types: list[str] = field(default_factory=list)
+    input_strides: list[Any] = field(default_factory=list)
+    concrete_inputs: list[Any] = field(default_factory=list)
+    parent: Op | None = None
+    children: list[Op] = field(default_factory=list)
+    kernels: list[Kernel] = field(default_factory=list)
+    scope: ModuleScope | None = None  # set on module-scope annotations themselves
+    module: ModuleScope | None = None  # the innermost module scope this event runs in
+    module_call: Op | None = None  # the annotation of that module call
+
+    @property
+    def end_us(self) -> float:
+        return self.ts_us + self.dur_us
+
+    def descendants(self) -> Iterator[Op]:
+        """Every event nested under this one, depth first."""
+        for child in self.children:
+            yield child
+            yield from child.descendants()
+
+    def ancestors(self) -> Iterator[Op]:
+        """The events this one is nested in, innermost first."""
+        node = self.parent
+        while node is not None:
+            yield node
+            node = node.parent
+
+    def device_time_us(self) -> float:
+        """Time of the GPU work launched by this event and the events nested in it."""
+        own = sum(k.dur_us for k in self.kernels)
+        return own + sum(sum(k.dur_us for k in d.kernels) for d in self.descendants())
+
+
+@dataclass(eq=False)
+class Kernel:
+    """A device-side event: a kernel, memcpy or memset, linked to the host event that launched it."""
+
+    name: str
+    kind: EventKind
+    device: int | None
+    stream: int | None
+    ts_us: float
+    dur_us: float
+    correlation: int | None = None
+    launcher: Op | None = None  # the innermost operator around the runtime call that launched it
+
+
+@dataclass(frozen=True)
+class Step:
+    """One profiled iteration (a ``ProfilerStep#N`` annotation)."""
+
+    number: int
+    ts_us: float
+    dur_us: float
+
+    @property
+    def end_us(self) -> float:
+        return self.ts_us + self.dur_us
+
+
+@dataclass
+class Profile:
+    """All a trace tells, as typed records. Rules and the conv-layer stage read this, never raw JSON."""
+
+    trace_path: str
+    ops: list[Op]  # host events, sorted by start time
+    kernels: list[Kernel]  # device events, sorted by start time
+    steps: list[Step]
+    device_properties: list[dict[str, Any]]
+    metadata: dict[str, Any]  # the trace's top-level keys other than its events
+    unknown_categories: dict[str, int]  # categories this parser does not know, with their counts
+
+    @property
+    def has_device_events(self) -> bool:
+        return bool(self.kernels)
+
+    @property
+    def has_module_scopes(self) -> bool:
+        return any(op.scope is not None for op in self.ops)
+
+    @property
+    def step_count(self) -> int:
+        return max(1, len(self.steps))
+
+    @property
+    def step_time_us(self) -> float:
+        """Mean wall time of a profiled step (the whole traced span when the trace marks no steps)."""
+        if self.steps:
+            return sum(s.dur_us for s in self.steps) / len(self.steps)
+        top = [op for op in self.ops if op.parent is None]
+        if not top:
+            return 0.0
+        return max(op.end_us for op in top) - min(op.ts_us for op in top)
+
+    def step_of(self, ts_us: float) -> Step | None:
+        """The step whose span holds the time ``ts_us``."""
+        for s in self.steps:
+            if s.ts_us <= ts_us <= s.end_us:
+                return s
+        return None

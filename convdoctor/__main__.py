@@ -1,0 +1,3 @@
+from convdoctor.cli import main
+
+main()

@@ -1,0 +1,170 @@
+"""The pipeline as a Python API: load, capture, parse, attribute, run rules, measure candidates, report."""
+
+from __future__ import annotations
+
+import os
+import platform
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Protocol
+
+import torch
+from torch import nn
+
+import convdoctor
+from convdoctor.analyzer.benchmark import BenchmarkSettings, measure
+from convdoctor.analyzer.capture import capture, check_fits
+from convdoctor.analyzer.layers import ConvAnalysis, analyze_convs
+from convdoctor.analyzer.trace import load_profile
+from convdoctor.analyzer.workload import Inputs, Workload, describe_exception, load_workload, workload_from
+from convdoctor.errors import OutputDirError
+from convdoctor.reports.files import write_atomically
+from convdoctor.reports.html_report import render_html
+from convdoctor.reports.json_report import report_to_json
+from convdoctor.reports.report import FindingOutcome, Report, WorkloadSummary
+from convdoctor.rules.registry import load_rules, run_rules
+
+
+class Progress(Protocol):
+    """Where the pipeline says what it is doing."""
+
+    def stage(self, text: str) -> None: ...
+
+    def rounds(self, done: int, total: int) -> None: ...
+
+
+class SilentProgress:
+    """Progress that says nothing (the Python API's default)."""
+
+    def stage(self, text: str) -> None:
+        pass
+
+    def rounds(self, done: int, total: int) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class ProfileOptions:
+    """Everything `convdoctor profile` can be told."""
+
+    device: str = "auto"
+    mode: str = "eval"
+    batch_size: int | None = None
+    steps: int = 3
+    out_dir: Path | None = None  # default: convdoctor-out/<model name>
+    measure: bool = True
+    benchmark: BenchmarkSettings = field(default_factory=BenchmarkSettings)
+
+
+@dataclass(frozen=True)
+class ReportFiles:
+    """Where a run's outputs are."""
+
+    out_dir: Path
+    html: Path
+    json: Path
+    logdir: Path
+    overwrote: bool
+
+
+def profile_file(
+    path: str | Path, options: ProfileOptions = ProfileOptions(), progress: Progress = SilentProgress()
+) -> tuple[Report, ReportFiles]:
+    """Profile the model a model file defines; write report.html, report.json and traces to the out dir."""
+    path = Path(path)
+    out_dir = options.out_dir or Path("convdoctor-out") / path.stem
+    files = _prepare_out_dir(out_dir)
+    progress.stage(f"loading {path}")
+    workload = load_workload(path, device=options.device, mode=options.mode, batch_size=options.batch_size)
+    return _run(workload, options, files, progress), files
+
+
+def profile(
+    model: nn.Module, inputs: Inputs, options: ProfileOptions = ProfileOptions(),
+    progress: Progress = SilentProgress(),
+) -> tuple[Report, ReportFiles]:
+    """Profile a model object on example inputs; neither is modified."""
+    out_dir = options.out_dir or Path("convdoctor-out") / type(model).__name__
+    files = _prepare_out_dir(out_dir)
+    workload = workload_from(model, inputs, device=options.device, mode=options.mode,
+                             source=f"{type(model).__module__}.{type(model).__name__}")
+    return _run(workload, options, files, progress), files
+
+
+def _run(workload: Workload, options: ProfileOptions, files: ReportFiles, progress: Progress) -> Report:
+    progress.stage("checking that the inputs fit the model")
+    check_fits(workload)
+    progress.stage(f"capturing {options.steps} {workload.mode.value} steps under torch.profiler")
+    run_name = f"{Path(workload.source).stem}-{workload.mode.value}-{workload.device.type}"
+    traces = capture(workload, files.logdir, run_name, steps=options.steps)
+    progress.stage("analyzing the trace")
+    analysis = analyze_convs(load_profile(traces[0]))
+    rule_set = load_rules()
+    results = run_rules(rule_set.rules, analysis)
+    outcomes = [_try_candidate(workload, finding, options, progress) for finding in results.findings]
+    report = Report(
+        tool_version=convdoctor.__version__,
+        workload=_summary(workload, options),
+        analysis=analysis,
+        outcomes=outcomes,
+        trace_files=[str(t) for t in traces],
+        logdir=str(files.logdir),
+        skipped_rules=results.skipped,
+        rule_problems=rule_set.problems,
+    )
+    write_atomically(files.json, report_to_json(report))
+    write_atomically(files.html, render_html(report))
+    return report
+
+
+def _try_candidate(workload: Workload, finding, options: ProfileOptions, progress: Progress) -> FindingOutcome:
+    candidate = finding.candidate
+    if candidate is None:
+        return FindingOutcome(finding, not_measured="this finding has no automatic candidate")
+    if not options.measure:
+        return FindingOutcome(finding, not_measured="measuring was turned off (--no-measure)")
+    progress.stage(f"measuring {finding.rule_id} {finding.rule_name}: baseline vs {candidate.title}")
+    try:
+        trial = candidate.transform(workload.copy())
+        result = measure(workload.copy(), trial, options.benchmark, progress=progress.rounds)
+    except Exception as exc:  # a candidate may fail in any way (OOM included); the run goes on
+        if workload.device.type == "cuda":
+            torch.cuda.empty_cache()
+        return FindingOutcome(finding, not_measured=f"the candidate failed: {describe_exception(exc)}")
+    ok = result.numerics.max_rel_error <= candidate.tolerance
+    return FindingOutcome(finding, measurement=result, numerics_ok=ok)
+
+
+def _summary(workload: Workload, options: ProfileOptions) -> WorkloadSummary:
+    device = workload.device
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
+    return WorkloadSummary(
+        model_file=workload.source,
+        device=str(device),
+        device_name=name,
+        mode=workload.mode.value,
+        batch_size=workload.batch_size,
+        dtype=workload.dtype,
+        steps=options.steps,
+        torch_version=torch.__version__,
+        threads=torch.get_num_threads(),
+    )
+
+
+def _prepare_out_dir(out_dir: Path) -> ReportFiles:
+    """Create the out dir and prove it writable before any work is done."""
+    files = ReportFiles(out_dir=out_dir, html=out_dir / "report.html", json=out_dir / "report.json",
+                        logdir=out_dir / "tb", overwrote=(out_dir / "report.json").exists())
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out_dir):
+            pass
+    except OSError as exc:
+        raise OutputDirError(f"{out_dir}: cannot write reports there ({exc.strerror}); pass --out DIR") from exc
+    if not os.access(out_dir, os.W_OK):
+        raise OutputDirError(f"{out_dir}: cannot write reports there; pass --out DIR")
+    return files
+
+
+__all__ = ["ConvAnalysis", "Progress", "ProfileOptions", "ReportFiles", "profile", "profile_file"]

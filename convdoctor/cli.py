@@ -1,0 +1,69 @@
+"""The command line: parse options, call the library, turn user errors into one line and exit code 2."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from convdoctor import __version__
+from convdoctor.errors import ConvDoctorError
+
+EXIT_OK, EXIT_USER_ERROR = 0, 2
+
+
+class ClickProgress:
+    """Stage lines on stderr, and a round counter that rewrites itself on a terminal."""
+
+    def __init__(self) -> None:
+        self._tty = sys.stderr.isatty()
+
+    def stage(self, text: str) -> None:
+        click.echo(f"convdoctor: {text}…", err=True)
+
+    def rounds(self, done: int, total: int) -> None:
+        if self._tty:
+            click.echo(f"\r  round {done} (at most {total})", err=True, nl=False)
+            if done == total:
+                click.echo("", err=True)
+
+
+@click.group()
+@click.version_option(__version__, prog_name="convdoctor")
+def main() -> None:
+    """Why is my convolution model slow, and how much faster will each fix make it?"""
+
+
+@main.command("profile")
+@click.argument("model_py", type=click.Path(path_type=Path))
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="auto picks CUDA when available.")
+@click.option("--mode", type=click.Choice(["eval", "train"]), default="eval", show_default=True,
+              help="eval: forward under no_grad; train: forward, backward and an SGD step.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Passed to get_inputs(batch_size).")
+@click.option("--steps", type=click.IntRange(min=1, max=50), default=3, show_default=True,
+              help="Steps recorded by the profiler (after one wait and one warm-up step).")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
+              help="Output directory [default: convdoctor-out/<model-stem>].")
+@click.option("--no-measure", is_flag=True, help="Report findings without trying their candidates.")
+@click.option("--format", "output_format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="json prints report.json to stdout.")
+def profile_command(model_py: Path, device: str, mode: str, batch_size: int | None, steps: int,
+                    out_dir: Path | None, no_measure: bool, output_format: str) -> None:
+    """Profile the model that MODEL_PY defines, measure each fix, and write HTML and JSON reports."""
+    from convdoctor.api import ProfileOptions, profile_file
+    from convdoctor.reports.json_report import report_to_json
+    from convdoctor.reports.terminal import render_summary
+
+    options = ProfileOptions(device=device, mode=mode, batch_size=batch_size, steps=steps, out_dir=out_dir,
+                             measure=not no_measure)
+    try:
+        report, files = profile_file(model_py, options, ClickProgress())
+    except ConvDoctorError as exc:
+        click.echo(f"convdoctor: error: {exc}", err=True)
+        sys.exit(EXIT_USER_ERROR)
+    if output_format == "json":
+        click.echo(report_to_json(report), nl=False)
+    else:
+        click.echo(render_summary(report, str(files.html), str(files.json), files.overwrote))

@@ -1,0 +1,119 @@
+"""report.json: the machine-readable report (its shape is reports/report.schema.json)."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from convdoctor.analyzer.benchmark import Measurement
+from convdoctor.analyzer.layers import ConvLayer
+from convdoctor.reports.report import FindingOutcome, Report
+
+SCHEMA_VERSION = "1.0"
+
+
+def report_to_dict(report: Report) -> dict[str, Any]:
+    """The report as plain JSON data."""
+    analysis = report.analysis
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "tool_version": report.tool_version,
+        "workload": vars(report.workload).copy(),
+        "summary": {
+            "time_basis": analysis.time_basis.value,
+            "step_time_ms": analysis.step_time_us / 1e3,
+            "conv_time_ms": analysis.conv_time_us / 1e3,
+            "conv_share": analysis.share(analysis.conv_time_us),
+            "conversion_time_ms": analysis.conversion_time_us / 1e3,
+            "notes": list(analysis.notes),
+        },
+        "layers": [_layer(layer, analysis.share(layer.time_per_step_us), analysis.profile.step_count)
+                   for layer in analysis.layers],
+        "findings": [_outcome(outcome) for outcome in report.outcomes],
+        "skipped_rules": dict(report.skipped_rules),
+        "rule_problems": list(report.rule_problems),
+        "trace_files": list(report.trace_files),
+        "logdir": report.logdir,
+    }
+
+
+def report_to_json(report: Report) -> str:
+    """The report as indented JSON text."""
+    return json.dumps(report_to_dict(report), indent=2, allow_nan=False) + "\n"
+
+
+def _number(value: float | None) -> float | None:
+    return None if value is None or not math.isfinite(value) else value
+
+
+def _layer(layer: ConvLayer, share: float, steps: int) -> dict[str, Any]:
+    return {
+        "name": layer.name,
+        "module_class": layer.module_class,
+        "op": layer.op,
+        "input_shape": layer.input_shape,
+        "weight_shape": layer.weight_shape,
+        "output_shape": layer.output_shape,
+        "stride": layer.stride,
+        "padding": layer.padding,
+        "dilation": layer.dilation,
+        "groups": layer.groups,
+        "dtype": layer.dtype,
+        "memory_format": layer.memory_format.value,
+        "calls": layer.calls,
+        "calls_per_step": layer.calls_per_step,
+        "time_ms": layer.time_per_step_us / 1e3,
+        "forward_ms": layer.forward_us / 1e3 / steps,
+        "backward_ms": layer.backward_us / 1e3 / steps,
+        "share": share,
+        "flops": layer.flops,
+        "bytes": layer.bytes,
+        "intensity": _number(layer.intensity),
+        "conversions": [
+            {"name": c.name, "source": c.source, "time_ms": c.dur_us / 1e3,
+             "from": c.from_format.value, "to": c.to_format.value}
+            for c in layer.conversions
+        ],
+        "kernels": list(layer.kernel_names),
+    }
+
+
+def _outcome(outcome: FindingOutcome) -> dict[str, Any]:
+    finding = outcome.finding
+    candidate = finding.candidate
+    return {
+        "rule_id": finding.rule_id,
+        "rule": finding.rule_name,
+        "severity": finding.severity.value,
+        "layers": list(finding.layers),
+        "message": finding.message,
+        "fix": finding.fix,
+        "advice": finding.advice,
+        "snippet": finding.snippet,
+        "evidence": finding.evidence,
+        "estimated_saving": finding.estimated_saving,
+        "candidate": None if candidate is None else {
+            "title": candidate.title, "numerics": candidate.numerics.value, "tolerance": candidate.tolerance},
+        "measurement": None if outcome.measurement is None else _measurement(outcome.measurement, outcome),
+        "not_measured": outcome.not_measured,
+    }
+
+
+def _measurement(measurement: Measurement, outcome: FindingOutcome) -> dict[str, Any]:
+    estimate, numerics = measurement.estimate, measurement.numerics
+    return {
+        "baseline_ms": estimate.baseline_ms,
+        "candidate_ms": estimate.candidate_ms,
+        "speedup": estimate.speedup,
+        "ci_low": estimate.ci_low,
+        "ci_high": estimate.ci_high,
+        "confidence": 0.95,
+        "verdict": estimate.verdict.value,
+        "max_abs_error": _number(numerics.max_abs_error),
+        "max_rel_error": _number(numerics.max_rel_error),
+        "numerics_ok": outcome.numerics_ok,
+        "rounds": measurement.rounds,
+        "threads": measurement.threads,
+        "timer": measurement.timer,
+    }

@@ -1,0 +1,40 @@
+"""The short terminal summary: slowest conv layers, findings with measured results, where the files are."""
+
+from __future__ import annotations
+
+from convdoctor.reports.presentation import headline, measured_result, tensorboard_command
+from convdoctor.reports.report import Report
+
+TOP_LAYERS = 5
+
+
+def render_summary(report: Report, html_path: str, json_path: str, overwrote: bool) -> str:
+    """A summary that fits one screen."""
+    analysis = report.analysis
+    lines = [headline(report), ""]
+    if analysis.layers:
+        lines.append(f"Slowest conv layers ({analysis.time_basis.value} time per step):")
+        width = min(max(len(layer.name) for layer in analysis.layers[:TOP_LAYERS]), 48)
+        for layer in analysis.layers[:TOP_LAYERS]:
+            gflop = f"{layer.flops / 1e9:7.2f} GFLOP" if layer.flops else "      ? GFLOP"
+            lines.append(f"  {layer.name[:48]:<{width}}  {layer.time_per_step_us / 1e3:8.3f} ms  "
+                         f"{analysis.share(layer.time_per_step_us):5.1%}  {gflop}  {layer.memory_format.value}")
+        lines.append("")
+    for outcome in report.outcomes:
+        f = outcome.finding
+        lines.append(f"{f.rule_id} {f.rule_name}: {f.message}")
+        lines.append(f"  fix: {f.fix} -> {measured_result(outcome)}")
+        if outcome.measurement is not None and outcome.numerics_ok is False:
+            lines.append(f"  numerics: max rel error {outcome.measurement.numerics.max_rel_error:.3g} "
+                         f"is beyond the tolerance {f.candidate.tolerance if f.candidate else '?'}")
+    if not report.outcomes:
+        lines.append("No findings.")
+    for problem in report.rule_problems:
+        lines.append(f"warning: {problem}")
+    lines += [
+        "",
+        f"report: {html_path}" + ("  (overwrote the previous report)" if overwrote else ""),
+        f"json:   {json_path}",
+        f"traces: {report.logdir}  ->  {tensorboard_command(report.logdir)}",
+    ]
+    return "\n".join(lines)

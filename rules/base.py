@@ -1,0 +1,103 @@
+"""What a rule is and what it returns.
+
+The Rule protocol (the one hook, documented the way pytest documents its hookspecs):
+
+    id: str              stable code, ``^CD[0-9]{3}$``, never reused once retired
+    name: str            short kebab-case name, e.g. ``channels-last``
+    summary: str         one line
+    doc: str             sections ``What it detects``, ``Why it is slow``, ``Example``, ``Use instead``,
+                         ``Evidence``, ``Options``, ``References`` (``## Heading`` lines)
+    severity: Severity   default severity of its findings
+    requires: frozenset[Requirement]   what the profile must hold; the rule is skipped with a reason otherwise
+    def check(self, analysis: ConvAnalysis) -> Iterable[Finding]
+
+A rule reads the ConvAnalysis (the Profile and its conv layers); it never parses JSON or runs the model.
+Its Finding may carry a Candidate, which the pipeline applies to a copy of the workload and measures.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Protocol, runtime_checkable
+
+from convdoctor.analyzer.layers import ConvAnalysis
+from convdoctor.analyzer.workload import Workload
+
+DOC_SECTIONS = ("What it detects", "Why it is slow", "Example", "Use instead", "Evidence", "Options", "References")
+
+
+class Severity(str, enum.Enum):
+    """How much a finding is likely to matter."""
+
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+class Requirement(str, enum.Enum):
+    """Facts a rule needs from the profile."""
+
+    CONV_LAYERS = "conv layers"
+    MODULE_SCOPES = "module scopes"
+    DEVICE_KERNELS = "CUDA kernels"
+
+
+class NumericsContract(str, enum.Enum):
+    """What a candidate promises about the model's outputs."""
+
+    EXACT = "exact"  # same math; only rounding may differ within the tolerance
+    APPROXIMATE = "approximate"  # e.g. lower precision: error reported against the tolerance
+    ARCHITECTURE = "architecture change"  # a different model: needs retraining, FLOPs/params reported
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A transform of a copy of the workload that a finding proposes, and what it promises about numerics."""
+
+    title: str
+    transform: Callable[[Workload], Workload]
+    numerics: NumericsContract
+    tolerance: float  # max relative error of outputs that still counts as the same model
+
+
+@dataclass
+class Finding:
+    """One thing a rule found, with the evidence that shows it and the fix it proposes."""
+
+    rule_id: str
+    rule_name: str
+    severity: Severity
+    message: str  # one line with measured numbers
+    fix: str  # the title of the fix
+    advice: str
+    snippet: str
+    layers: list[str] = field(default_factory=list)
+    evidence: dict[str, Any] = field(default_factory=dict)
+    estimated_saving: float | None = None  # fraction of step time, when the trace bounds it
+    candidate: Candidate | None = None
+
+
+@runtime_checkable
+class Rule(Protocol):
+    """A convdoctor rule; see the module docstring for the protocol."""
+
+    id: str
+    name: str
+    summary: str
+    doc: str
+    severity: Severity
+    requires: frozenset[Requirement]
+
+    def check(self, analysis: ConvAnalysis) -> Iterable[Finding]: ...
+
+
+def missing_requirements(rule: Rule, analysis: ConvAnalysis) -> list[str]:
+    """Why the analysis cannot feed this rule; empty when it can."""
+    profile = analysis.profile
+    present = {
+        Requirement.CONV_LAYERS: bool(analysis.layers),
+        Requirement.MODULE_SCOPES: profile.has_module_scopes,
+        Requirement.DEVICE_KERNELS: profile.has_device_events,
+    }
+    return [f"trace has no {req.value}" for req in rule.requires if not present[req]]

@@ -1,0 +1,66 @@
+"""Load rules from the ``convdoctor.rules`` entry-point group (built-ins are listed there too) and run them."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+
+from convdoctor.analyzer.layers import ConvAnalysis
+from convdoctor.rules.base import Finding, Rule, missing_requirements
+
+ENTRY_POINT_GROUP = "convdoctor.rules"
+RULE_ID = re.compile(r"^CD[0-9]{3}$")
+
+
+@dataclass
+class RuleSet:
+    """The rules that loaded, and one line for each plugin that did not."""
+
+    rules: list[Rule]
+    problems: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RuleResults:
+    """What running the rules gave: findings, and the rules skipped with their reasons."""
+
+    findings: list[Finding]
+    skipped: dict[str, str]  # rule id -> reason
+
+
+def load_rules() -> RuleSet:
+    """Every rule registered under the entry-point group; a broken plugin is reported and skipped."""
+    rules: list[Rule] = []
+    problems: list[str] = []
+    seen: set[str] = set()
+    for point in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda p: p.name):
+        origin = f"{point.value} (from {point.dist.name if point.dist else 'unknown distribution'})"
+        try:
+            loaded = point.load()
+            rule = loaded() if isinstance(loaded, type) else loaded
+        except Exception as exc:  # a third-party plugin may fail in any way; it must not take the run down
+            problems.append(f"rule plugin {origin} failed to load: {type(exc).__name__}: {exc}")
+            continue
+        rule_id = getattr(rule, "id", None)
+        if not isinstance(rule, Rule) or not isinstance(rule_id, str) or not RULE_ID.match(rule_id):
+            problems.append(f"rule plugin {origin} is not a valid rule (needs an id like CD123 and check())")
+        elif rule_id in seen:
+            problems.append(f"rule plugin {origin} reuses the id {rule_id}; it was skipped")
+        else:
+            seen.add(rule_id)
+            rules.append(rule)
+    return RuleSet(rules=sorted(rules, key=lambda r: r.id), problems=problems)
+
+
+def run_rules(rules: list[Rule], analysis: ConvAnalysis) -> RuleResults:
+    """Run each rule whose requirements the analysis meets; name the reason for each one skipped."""
+    findings: list[Finding] = []
+    skipped: dict[str, str] = {}
+    for rule in rules:
+        missing = missing_requirements(rule, analysis)
+        if missing:
+            skipped[rule.id] = "; ".join(missing)
+            continue
+        findings.extend(rule.check(analysis))
+    return RuleResults(findings=findings, skipped=skipped)
