@@ -1,0 +1,36 @@
+"""Shared fixtures: paths, a real CLI runner, and one real profile run of the small example model."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = REPO / "examples"
+DATA = Path(__file__).resolve().parent / "data"
+MODELS = Path(__file__).resolve().parent / "models"
+SHARED_TRACES = {
+    "resnet50": DATA / "resnet50_v100_train_fp32.pt.trace.json.gz",
+    "recsys": DATA / "recsys_a100_train_noconv.pt.trace.json.gz",
+    "cpu_only": DATA / "cpu_only_small.pt.trace.json.gz",
+}
+OUTPUT = REPO / "test-output"  # screenshots and reports for a person to look at
+
+
+def run_cli(*args: str, cwd: Path = REPO, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run `python -m convdoctor ARGS` in a fresh process, as a user would."""
+    return subprocess.run([sys.executable, "-m", "convdoctor", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def small_cnn_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, subprocess.CompletedProcess[str]]:
+    """One real `convdoctor profile examples/small_cnn.py` run: its out dir, report.json and process result."""
+    out = tmp_path_factory.mktemp("small_cnn")
+    result = run_cli("profile", str(EXAMPLES / "small_cnn.py"), "--out", str(out), "--steps", "2")
+    assert result.returncode == 0, result.stderr
+    return out, json.loads((out / "report.json").read_text()), result
