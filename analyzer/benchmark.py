@@ -120,9 +120,11 @@ def measure(
 ) -> Measurement:
     """Time one step of each workload in interleaved rounds (random order within a round) and compare outputs.
 
-    Both run in this process with the same thread count; garbage collection is kept out of timed regions.
+    Both run on copies, in this process, with the same thread count; garbage collection is kept out of timed
+    regions. The workloads passed in are left as they were.
     """
     numerics = compare_outputs(_first_output(baseline), _first_output(candidate))
+    baseline, candidate = baseline.copy(), candidate.copy()
     steps = (make_step(baseline), make_step(candidate))
     for step, workload in zip(steps, (baseline, candidate)):
         _warm_up(step, workload, settings)

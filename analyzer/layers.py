@@ -13,7 +13,7 @@ from typing import Any
 from convdoctor.analyzer.profile import EventKind, Op, Profile
 
 CONV_OP = re.compile(
-    r"^aten::(conv[123]d|conv_transpose[123]d|_?convolution|_convolution_mode|cudnn_convolution\w*|"
+    r"^aten::(?!\w*backward)(conv[123]d|conv_transpose[123]d|_?convolution|_convolution_mode|cudnn_convolution\w*|"
     r"mkldnn_convolution|miopen_\w*convolution\w*|thnn_conv\w*|_?slow_conv\w*|_nnpack_spatial_convolution|conv_tbc)$"
 )
 CONV_BACKWARD_NODE = re.compile(r"^(?!autograd::)\w*Conv\w*Backward\w*$")

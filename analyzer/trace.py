@@ -207,7 +207,7 @@ def _link_kernels(ops: list[Op], kernels: list[Kernel]) -> None:
 def _steps(ops: list[Op]) -> list[Step]:
     steps = []
     for op in ops:
-        if op.kind is EventKind.ANNOTATION and (match := STEP_NAME.match(op.name)):
+        if op.kind in (EventKind.ANNOTATION, EventKind.CPU_OP) and (match := STEP_NAME.match(op.name)):
             steps.append(Step(number=int(match.group(1)), ts_us=op.ts_us, dur_us=op.dur_us))
     return sorted(steps, key=lambda s: s.ts_us)
 

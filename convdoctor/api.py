@@ -127,7 +127,7 @@ def _try_candidate(workload: Workload, finding, options: ProfileOptions, progres
     progress.stage(f"measuring {finding.rule_id} {finding.rule_name}: baseline vs {candidate.title}")
     try:
         trial = candidate.transform(workload.copy())
-        result = measure(workload.copy(), trial, options.benchmark, progress=progress.rounds)
+        result = measure(workload, trial, options.benchmark, progress=progress.rounds)
     except Exception as exc:  # a candidate may fail in any way (OOM included); the run goes on
         if workload.device.type == "cuda":
             torch.cuda.empty_cache()

@@ -1,0 +1,1 @@
+import convdoctor_no_such_package  # noqa: F401

@@ -1,0 +1,4 @@
+import torch
+
+def get_model(:
+    return torch.nn.Conv2d(3, 8, 3)

@@ -1,0 +1,84 @@
+"""The A/B harness: the interval decides the verdict, outputs are compared, real timing finds a real slowdown."""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import replace
+
+import torch
+from torch import nn
+
+from convdoctor.analyzer.benchmark import BenchmarkSettings, Verdict, compare_outputs, estimate_speedup, measure
+from convdoctor.analyzer.workload import workload_from
+
+
+def _noisy(center: float, spread: float, n: int, seed: int) -> list[float]:
+    rng = random.Random(seed)
+    return [center * (1 + rng.uniform(-spread, spread)) for _ in range(n)]
+
+
+def test_clear_speedup_is_faster_with_an_interval_above_one():
+    estimate = estimate_speedup(_noisy(10e-3, 0.05, 30, 1), _noisy(5e-3, 0.05, 30, 2))
+    assert estimate.verdict is Verdict.FASTER
+    assert 1.0 < estimate.ci_low <= estimate.speedup <= estimate.ci_high
+    assert 1.8 < estimate.speedup < 2.2
+    assert estimate.baseline_ms > estimate.candidate_ms
+
+
+def test_clear_slowdown_is_slower():
+    estimate = estimate_speedup(_noisy(5e-3, 0.05, 30, 3), _noisy(10e-3, 0.05, 30, 4))
+    assert estimate.verdict is Verdict.SLOWER and estimate.ci_high < 1.0
+
+
+def test_same_distribution_is_no_measurable_difference():
+    estimate = estimate_speedup(_noisy(10e-3, 0.2, 30, 5), _noisy(10e-3, 0.2, 30, 6))
+    assert estimate.verdict is Verdict.NO_DIFFERENCE
+    assert estimate.ci_low <= 1.0 <= estimate.ci_high
+
+
+def test_compare_outputs_reports_abs_and_relative_error():
+    base = (torch.tensor([1.0, -4.0]), torch.tensor([2, 3]))
+    cand = (torch.tensor([1.5, -4.0]), torch.tensor([2, 3]))
+    numerics = compare_outputs(base, cand)
+    assert numerics.max_abs_error == 0.5
+    assert numerics.max_rel_error == 0.5 / 4.0
+    assert compare_outputs(base, (cand[0][:1], cand[1])).max_abs_error == float("inf")
+
+
+class Sleepy(nn.Module):
+    """A conv that also sleeps, so that a candidate is slower by a known amount."""
+
+    def __init__(self, sleep_s: float) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.sleep_s = sleep_s
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        time.sleep(self.sleep_s)
+        return self.conv(x)
+
+
+def test_measure_finds_a_real_slowdown_and_identical_outputs():
+    torch.manual_seed(0)
+    model, x = Sleepy(0.002), torch.randn(1, 3, 16, 16)
+    baseline = workload_from(model, x, device="cpu")
+    slower = baseline.copy()
+    slower.model.sleep_s = 0.006
+    settings = BenchmarkSettings(warmup_s=0.0, warmup_steps=2, min_rounds=8, max_rounds=12, target_s=0.1)
+    result = measure(baseline, slower, settings)
+    assert result.estimate.verdict is Verdict.SLOWER
+    assert 0.2 < result.estimate.speedup < 0.6
+    assert result.numerics.max_abs_error == 0.0
+    assert 8 <= result.rounds <= 12 and result.timer == "perf_counter"
+    assert model.sleep_s == 0.002  # the user's model is untouched
+
+
+def test_train_mode_measures_forward_backward_and_step():
+    torch.manual_seed(0)
+    baseline = workload_from(nn.Conv2d(3, 4, 3), torch.randn(2, 3, 16, 16), device="cpu", mode="train")
+    candidate = replace(baseline.copy())
+    result = measure(baseline, candidate, BenchmarkSettings(warmup_s=0.0, min_rounds=4, max_rounds=4))
+    assert result.rounds == 4
+    assert result.numerics.max_abs_error == 0.0
+    assert baseline.model.weight.grad is None  # measure() steps its own copies' optimizers, not this model's

@@ -1,0 +1,67 @@
+"""Every bad input a user can give `convdoctor profile` gets one clear line, exit code 2, and no report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from conftest import EXAMPLES, MODELS, run_cli
+from convdoctor.cli import main
+
+CASES = [
+    # (model file, extra args, words the error line must hold)
+    ("does_not_exist.py", [], ["does_not_exist.py", "no such file"]),
+    (".", [], ["is a directory"]),
+    ("syntax_error.py", [], ["syntax_error.py:3", "syntax error"]),
+    ("missing_dependency.py", [], ["convdoctor_no_such_package", "install"]),
+    ("no_entry.py", [], ["get_model()", "model"]),
+    ("raises.py", [], ["get_model() raised ValueError", "weights file not found"]),
+    ("not_a_module.py", [], ["not a torch.nn.Module"]),
+    ("bad_inputs_type.py", [], ["inputs are a list", "tuple/list of tensors"]),
+    ("wrong_shapes.py", [], ["features.0", "[16, 3, 3, 3]", "[1, 4, 16, 16]", "fix get_inputs()"]),
+    ("module_level.py", ["--batch-size", "4"], ["--batch-size needs get_inputs(batch_size)"]),
+]
+
+
+@pytest.mark.parametrize("model_file, extra, words", CASES, ids=[c[0] for c in CASES])
+def test_bad_model_file_is_one_line_and_exit_2(tmp_path: Path, model_file: str, extra: list[str], words: list[str]):
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["profile", str(MODELS / model_file), "--out", str(out), *extra])
+    assert result.exit_code == 2, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("convdoctor: error:")]
+    assert len(errors) == 1, result.stderr
+    assert "\n" not in errors[0]
+    for word in words:
+        assert word in errors[0]
+    assert "Traceback" not in result.output
+    assert not (out / "report.json").exists() and not (out / "report.html").exists()
+
+
+def test_error_in_a_fresh_process_has_no_traceback(tmp_path: Path):
+    result = run_cli("profile", str(MODELS / "raises.py"), "--out", str(tmp_path))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("convdoctor: error:")
+
+
+def test_unwritable_out_dir_is_caught_before_any_work(tmp_path: Path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    result = CliRunner().invoke(main, ["profile", str(EXAMPLES / "seed_conv.py"), "--out", str(blocker / "out")])
+    assert result.exit_code == 2
+    assert "cannot write reports there" in result.stderr
+    assert "loading" not in result.stderr  # nothing was loaded or run
+
+
+def test_cuda_asked_for_without_cuda_is_a_user_error(tmp_path: Path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    result = CliRunner().invoke(main, ["profile", str(EXAMPLES / "seed_conv.py"), "--device", "cuda",
+                                       "--out", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "--device cpu" in result.stderr

@@ -1,0 +1,30 @@
+"""Packaging: the three code folders install under the convdoctor namespace, with their data and entry points."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+from conftest import REPO, run_cli
+
+
+def test_wheel_installs_everything_under_convdoctor(tmp_path: Path):
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(tmp_path), str(REPO)], check=True, capture_output=True, timeout=300)
+    (wheel,) = tmp_path.glob("convdoctor-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    top = {name.split("/")[0] for name in names}
+    assert top == {"convdoctor", next(t for t in top if t.endswith(".dist-info"))}
+    for expected in ["convdoctor/cli.py", "convdoctor/analyzer/trace.py", "convdoctor/rules/cd101_channels_last.py",
+                     "convdoctor/reports/templates/report.html.j2", "convdoctor/reports/report.schema.json"]:
+        assert expected in names
+    entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
+    assert "[convdoctor.rules]" in entry_points and "CD101 = convdoctor.rules.cd101_channels_last" in entry_points
+    assert "convdoctor = convdoctor.cli:main" in entry_points
+
+
+def test_python_dash_m_and_version():
+    result = run_cli("--version")
+    assert result.returncode == 0 and result.stdout.startswith("convdoctor, version ")
