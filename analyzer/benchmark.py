@@ -78,7 +78,8 @@ def estimate_speedup(baseline_s: list[float], candidate_s: list[float], *, seed:
     ratios = []
     for _ in range(BOOTSTRAP_RESAMPLES):
         picks = [rng.randrange(n) for _ in range(n)]
-        ratios.append(statistics.median(baseline_s[i] for i in picks) / statistics.median(candidate_s[i] for i in picks))
+        base = statistics.median(baseline_s[i] for i in picks)
+        ratios.append(base / statistics.median(candidate_s[i] for i in picks))
     ratios.sort()
     tail = (1 - CONFIDENCE) / 2
     low = ratios[int(tail * BOOTSTRAP_RESAMPLES)]

@@ -10,7 +10,6 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import torch
 from torch import nn
 from torch.autograd.profiler import record_function
 from torch.profiler import ProfilerActivity, profile, schedule, tensorboard_trace_handler

@@ -371,7 +371,9 @@ def _owner(op: Op, layer_of_call: dict[int, ConvLayer]) -> ConvLayer | None:
     return None
 
 
-def _neighbour(profile: Profile, op: Op, thread_calls: list[Op], layer_of_call: dict[int, ConvLayer]) -> ConvLayer | None:
+def _neighbour(
+    profile: Profile, op: Op, thread_calls: list[Op], layer_of_call: dict[int, ConvLayer]
+) -> ConvLayer | None:
     step = profile.step_of(op.ts_us)
     same_step = [c for c in thread_calls if profile.step_of(c.ts_us) == step]
     following = next((c for c in same_step if c.ts_us >= op.end_us), None)

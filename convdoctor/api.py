@@ -7,7 +7,7 @@ import platform
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -15,7 +15,7 @@ from torch import nn
 import convdoctor
 from convdoctor.analyzer.benchmark import BenchmarkSettings, measure
 from convdoctor.analyzer.capture import capture, check_fits
-from convdoctor.analyzer.layers import ConvAnalysis, analyze_convs
+from convdoctor.analyzer.layers import analyze_convs
 from convdoctor.analyzer.trace import load_profile
 from convdoctor.analyzer.workload import Inputs, Workload, describe_exception, load_workload, workload_from
 from convdoctor.errors import OutputDirError
@@ -23,6 +23,7 @@ from convdoctor.reports.files import write_atomically
 from convdoctor.reports.html_report import render_html
 from convdoctor.reports.json_report import report_to_json
 from convdoctor.reports.report import FindingOutcome, Report, WorkloadSummary
+from convdoctor.rules.base import Finding
 from convdoctor.rules.registry import load_rules, run_rules
 
 
@@ -118,7 +119,9 @@ def _run(workload: Workload, options: ProfileOptions, files: ReportFiles, progre
     return report
 
 
-def _try_candidate(workload: Workload, finding, options: ProfileOptions, progress: Progress) -> FindingOutcome:
+def _try_candidate(
+    workload: Workload, finding: Finding, options: ProfileOptions, progress: Progress
+) -> FindingOutcome:
     candidate = finding.candidate
     if candidate is None:
         return FindingOutcome(finding, not_measured="this finding has no automatic candidate")
@@ -166,5 +169,3 @@ def _prepare_out_dir(out_dir: Path) -> ReportFiles:
         raise OutputDirError(f"{out_dir}: cannot write reports there; pass --out DIR")
     return files
 
-
-__all__ = ["ConvAnalysis", "Progress", "ProfileOptions", "ReportFiles", "profile", "profile_file"]

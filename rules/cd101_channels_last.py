@@ -90,7 +90,8 @@ for the finding to be reported.
         spatial = [layer for layer in analysis.layers if len(layer.input_shape) in (4, 5)]
         nchw = [layer for layer in spatial if layer.memory_format is MemoryFormat.CONTIGUOUS]
         converting = [layer for layer in spatial if layer.conversions]
-        affected = sorted({id(x): x for x in (*nchw, *converting)}.values(), key=lambda layer: layer.time_per_step_us, reverse=True)
+        unique = {id(layer): layer for layer in (*nchw, *converting)}.values()
+        affected = sorted(unique, key=lambda layer: layer.time_per_step_us, reverse=True)
         if not affected:
             return
         affected_us = sum(layer.time_per_step_us for layer in affected)

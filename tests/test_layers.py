@@ -88,7 +88,7 @@ def test_train_mode_charges_backward_to_each_layer(tmp_path):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3))
     analysis = _analysis(model, torch.randn(2, 3, 16, 16), tmp_path, mode="train")
-    assert [layer.name for layer in sorted(analysis.layers, key=lambda l: l.name)] == ["0", "2"]
+    assert sorted(layer.name for layer in analysis.layers) == ["0", "2"]
     assert all(layer.backward_us > 0 and layer.forward_us > 0 for layer in analysis.layers)
 
 
