@@ -15,12 +15,12 @@ from torch.autograd.profiler import record_function
 from torch.profiler import ProfilerActivity, profile, schedule, tensorboard_trace_handler
 
 from convdoctor.analyzer.module_scope import scope_name
+from convdoctor.analyzer.trace import TRACE_SUFFIXES
 from convdoctor.analyzer.workload import Workload, describe_exception, make_step, synchronize
 from convdoctor.errors import InputMismatchError
 
 WAIT_STEPS = 1
 WARMUP_STEPS = 1
-TRACE_SUFFIXES = (".pt.trace.json", ".pt.trace.json.gz")
 
 
 class ModuleScopes:

@@ -49,6 +49,7 @@ ARG_KEYS: dict[str, tuple[str, ...]] = {
 }
 
 STEP_NAME = re.compile(r"^ProfilerStep#(\d+)$")
+TRACE_SUFFIXES = (".pt.trace.json", ".pt.trace.json.gz")
 
 
 def read_trace(path: str | Path) -> dict[str, Any]:
@@ -211,3 +212,17 @@ def _steps(ops: list[Op]) -> list[Step]:
             steps.append(Step(number=int(match.group(1)), ts_us=op.ts_us, dur_us=op.dur_us))
     return sorted(steps, key=lambda s: s.ts_us)
 
+
+
+def find_traces(path: str | Path) -> list[Path]:
+    """The trace file itself, or every Kineto trace under a TensorBoard log dir (runs and workers), sorted."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise TraceError(f"{path}: no such file or directory; pass a *.pt.trace.json[.gz] file or a log dir")
+    found = sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(TRACE_SUFFIXES)
+                   and not any(part.startswith(".") for part in p.relative_to(path).parts))
+    if not found:
+        raise TraceError(f"{path}: holds no *.pt.trace.json[.gz] files; pass the log dir torch.profiler wrote to")
+    return found

@@ -15,16 +15,16 @@ from torch import nn
 import convdoctor
 from convdoctor.analyzer.benchmark import BenchmarkSettings, measure
 from convdoctor.analyzer.capture import capture, check_fits
-from convdoctor.analyzer.layers import analyze_convs
-from convdoctor.analyzer.trace import load_profile
+from convdoctor.analyzer.layers import ConvAnalysis, analyze_convs
+from convdoctor.analyzer.trace import find_traces, load_profile
 from convdoctor.analyzer.workload import Inputs, Workload, describe_exception, load_workload, workload_from
 from convdoctor.errors import OutputDirError
 from convdoctor.reports.files import write_atomically
 from convdoctor.reports.html_report import render_html
 from convdoctor.reports.json_report import report_to_json
-from convdoctor.reports.report import FindingOutcome, Report, WorkloadSummary
+from convdoctor.reports.report import FindingOutcome, Report, WorkloadSummary, trace_summary
 from convdoctor.rules.base import Finding
-from convdoctor.rules.registry import load_rules, run_rules
+from convdoctor.rules.registry import RuleResults, RuleSet, load_rules, run_rules
 
 
 class Progress(Protocol):
@@ -93,6 +93,33 @@ def profile(
     return _run(workload, options, files, progress), files
 
 
+def analyze_path(path: str | Path, out_dir: Path | None = None, progress: Progress = SilentProgress()
+                 ) -> list[tuple[Report, ReportFiles]]:
+    """Analyze traces captured elsewhere (a trace file or a log dir): one report per trace, nothing measured.
+
+    With several traces (runs, ranks) each report goes to ``<out>/<trace name>/``.
+    """
+    path = Path(path)
+    traces = find_traces(path)
+    base = out_dir or Path("convdoctor-out") / path.name.split(".")[0]
+    single = len(traces) == 1
+    targets = [(trace, _prepare_out_dir(base if single else base / trace.name.split(".pt.trace")[0]))
+               for trace in traces]
+    rule_set = load_rules()
+    written = []
+    for trace, files in targets:
+        progress.stage(f"analyzing {trace}")
+        analysis = analyze_convs(load_profile(trace))
+        results = run_rules(rule_set.rules, analysis)
+        offline = "analyzed offline from a trace: run `convdoctor profile model.py` to measure it"
+        outcomes = [FindingOutcome(finding, not_measured=offline) for finding in results.findings]
+        logdir = path if path.is_dir() else trace.parent
+        report = _report(analysis, trace_summary(analysis, trace), outcomes, [trace], logdir, results, rule_set)
+        _write(report, files)
+        written.append((report, files))
+    return written
+
+
 def _run(workload: Workload, options: ProfileOptions, files: ReportFiles, progress: Progress) -> Report:
     progress.stage("checking that the inputs fit the model")
     check_fits(workload)
@@ -104,19 +131,28 @@ def _run(workload: Workload, options: ProfileOptions, files: ReportFiles, progre
     rule_set = load_rules()
     results = run_rules(rule_set.rules, analysis)
     outcomes = [_try_candidate(workload, finding, options, progress) for finding in results.findings]
-    report = Report(
+    report = _report(analysis, _summary(workload, options), outcomes, traces, files.logdir, results, rule_set)
+    _write(report, files)
+    return report
+
+
+def _report(analysis: ConvAnalysis, summary: WorkloadSummary, outcomes: list[FindingOutcome], traces: list[Path],
+            logdir: Path, results: RuleResults, rule_set: RuleSet) -> Report:
+    return Report(
         tool_version=convdoctor.__version__,
-        workload=_summary(workload, options),
+        workload=summary,
         analysis=analysis,
         outcomes=outcomes,
         trace_files=[str(t) for t in traces],
-        logdir=str(files.logdir),
+        logdir=str(logdir),
         skipped_rules=results.skipped,
         rule_problems=rule_set.problems,
     )
+
+
+def _write(report: Report, files: ReportFiles) -> None:
     write_atomically(files.json, report_to_json(report))
     write_atomically(files.html, render_html(report))
-    return report
 
 
 def _try_candidate(

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable, TypeVar
 
 import click
 
 from convdoctor import __version__
 from convdoctor.errors import ConvDoctorError
 
+if TYPE_CHECKING:
+    from convdoctor.api import ReportFiles
+    from convdoctor.reports.report import Report
+
 EXIT_OK, EXIT_USER_ERROR = 0, 2
+T = TypeVar("T")
 
 
 class ClickProgress:
@@ -53,16 +60,45 @@ def profile_command(model_py: Path, device: str, mode: str, batch_size: int | No
                     out_dir: Path | None, no_measure: bool, output_format: str) -> None:
     """Profile the model that MODEL_PY defines, measure each fix, and write HTML and JSON reports."""
     from convdoctor.api import ProfileOptions, profile_file
-    from convdoctor.reports.json_report import report_to_json
-    from convdoctor.reports.terminal import render_summary
 
     options = ProfileOptions(device=device, mode=mode, batch_size=batch_size, steps=steps, out_dir=out_dir,
                              measure=not no_measure)
+    report, files = _or_exit(lambda: profile_file(model_py, options, ClickProgress()))
+    _show(report, files, output_format)
+
+
+@main.command("analyze")
+@click.argument("trace_or_logdir", type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
+              help="Output directory [default: convdoctor-out/<trace or log dir name>].")
+@click.option("--format", "output_format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="json prints report.json to stdout (a JSON list when there are several traces).")
+def analyze_command(trace_or_logdir: Path, out_dir: Path | None, output_format: str) -> None:
+    """Analyze Kineto traces captured elsewhere: a *.pt.trace.json[.gz] file or a TensorBoard log dir."""
+    from convdoctor.api import analyze_path
+    from convdoctor.reports.json_report import report_to_dict
+
+    written = _or_exit(lambda: analyze_path(trace_or_logdir, out_dir, ClickProgress()))
+    if output_format == "json" and len(written) > 1:
+        click.echo(json.dumps([report_to_dict(report) for report, _ in written], indent=2))
+        return
+    for report, files in written:
+        _show(report, files, output_format)
+
+
+def _or_exit(work: Callable[[], T]) -> T:
+    """Run the library; a user error becomes one line on stderr and exit code 2."""
     try:
-        report, files = profile_file(model_py, options, ClickProgress())
+        return work()
     except ConvDoctorError as exc:
         click.echo(f"convdoctor: error: {exc}", err=True)
         sys.exit(EXIT_USER_ERROR)
+
+
+def _show(report: Report, files: ReportFiles, output_format: str) -> None:
+    from convdoctor.reports.json_report import report_to_json
+    from convdoctor.reports.terminal import render_summary
+
     if output_format == "json":
         click.echo(report_to_json(report), nl=False)
     else:

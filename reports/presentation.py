@@ -14,7 +14,8 @@ def headline(report: Report) -> str:
     share = analysis.share(analysis.conv_time_us)
     best = max((o for o in report.outcomes if o.measurement and o.measurement.estimate.verdict is Verdict.FASTER
                 and o.numerics_ok), key=lambda o: o.measurement.estimate.speedup, default=None)
-    opening = f"Convolutions are {share:.0%} of step time ({len(analysis.layers)} layers)."
+    count = len(analysis.layers)
+    opening = f"Convolutions are {share:.0%} of step time ({count} layer{'' if count == 1 else 's'})."
     if best is None:
         measured = [o for o in report.outcomes if o.measurement]
         if measured:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from convdoctor.analyzer.benchmark import Measurement
 from convdoctor.analyzer.layers import ConvAnalysis
@@ -21,7 +22,7 @@ class WorkloadSummary:
     dtype: str
     steps: int
     torch_version: str
-    threads: int
+    threads: int | None  # None when the trace does not say
 
 
 @dataclass
@@ -46,3 +47,22 @@ class Report:
     logdir: str
     skipped_rules: dict[str, str] = field(default_factory=dict)
     rule_problems: list[str] = field(default_factory=list)
+
+
+def trace_summary(analysis: ConvAnalysis, trace: Path) -> WorkloadSummary:
+    """What a trace captured elsewhere tells of its workload; what it does not tell is 'unknown'."""
+    profile = analysis.profile
+    props = profile.device_properties
+    first = analysis.layers[0] if analysis.layers else None
+    on_gpu = profile.has_device_events
+    return WorkloadSummary(
+        model_file=str(trace),
+        device="cuda" if on_gpu else "cpu",
+        device_name=str(props[0].get("name", "unknown")) if on_gpu and props else "unknown",
+        mode="train" if any(layer.backward_us > 0 for layer in analysis.layers) else "eval",
+        batch_size=first.input_shape[0] if first and first.input_shape else None,
+        dtype=first.dtype if first else "unknown",
+        steps=profile.step_count,
+        torch_version="unknown (not recorded in the trace)",
+        threads=None,
+    )

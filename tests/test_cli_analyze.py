@@ -1,0 +1,69 @@
+"""`convdoctor analyze TRACE|LOGDIR`: offline reports from real traces, and one line for a broken one."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import jsonschema
+from click.testing import CliRunner
+
+from conftest import REPO, SHARED_TRACES
+from convdoctor.cli import main
+
+SCHEMA = json.loads((REPO / "reports" / "report.schema.json").read_text())
+
+
+def test_analyze_a_gpu_training_trace(tmp_path: Path):
+    result = CliRunner().invoke(main, ["analyze", str(SHARED_TRACES["resnet50"]), "--out", str(tmp_path),
+                                       "--format", "json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    jsonschema.validate(report, SCHEMA)
+    assert report == json.loads((tmp_path / "report.json").read_text())
+    assert report["workload"]["device"] == "cuda" and report["workload"]["mode"] == "train"
+    assert report["workload"]["device_name"] == "Tesla V100-DGXS-32GB" and report["workload"]["batch_size"] == 32
+    assert report["summary"]["time_basis"] == "device" and len(report["layers"]) == 53
+    assert all(f["measurement"] is None and "convdoctor profile" in f["not_measured"] for f in report["findings"])
+    assert (tmp_path / "report.html").is_file()
+
+
+def test_analyze_a_log_dir_with_two_workers(tmp_path: Path, small_cnn_run):
+    out, profiled, _ = small_cnn_run
+    logdir = tmp_path / "tb"
+    shutil.copytree(out / "tb", logdir)
+    (trace,) = logdir.rglob("*.pt.trace.json")
+    shutil.copy(trace, trace.with_name("worker1.123.pt.trace.json"))
+    result = CliRunner().invoke(main, ["analyze", str(logdir), "--out", str(tmp_path / "out"), "--format", "json"])
+    assert result.exit_code == 0, result.output
+    reports = json.loads(result.stdout)
+    assert len(reports) == 2
+    for report in reports:
+        assert [layer["name"] for layer in report["layers"]] == [layer["name"] for layer in profiled["layers"]]
+        assert report["workload"]["device"] == "cpu" and report["workload"]["mode"] == "eval"
+        assert report["logdir"] == str(logdir)
+    assert {p.parent.name for p in (tmp_path / "out").rglob("report.json")} == {trace.name.split(".pt")[0],
+                                                                             "worker1.123"}
+
+
+def test_analyze_a_trace_without_convolutions(tmp_path: Path):
+    result = CliRunner().invoke(main, ["analyze", str(SHARED_TRACES["cpu_only"]), "--out", str(tmp_path)])
+    assert result.exit_code == 0
+    assert "No convolutions" in result.stdout
+
+
+def test_broken_trace_is_one_line_and_exit_2(tmp_path: Path):
+    broken = tmp_path / "rank0.pt.trace.json.gz"
+    broken.write_bytes(SHARED_TRACES["resnet50"].read_bytes()[:5000])
+    result = CliRunner().invoke(main, ["analyze", str(broken), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("convdoctor: error:")]
+    assert len(errors) == 1 and "truncated" in errors[0] and str(broken) in errors[0]
+    assert not (tmp_path / "out" / "report.json").exists()
+
+
+def test_empty_log_dir_is_one_line_and_exit_2(tmp_path: Path):
+    result = CliRunner().invoke(main, ["analyze", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "holds no *.pt.trace.json" in result.stderr
