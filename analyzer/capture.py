@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -10,15 +11,18 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import torch
 from torch import nn
 from torch.autograd.profiler import record_function
 from torch.profiler import ProfilerActivity, profile, schedule, tensorboard_trace_handler
 
+from convdoctor.analyzer.hardware import device_name
 from convdoctor.analyzer.module_scope import scope_name
 from convdoctor.analyzer.trace import TRACE_SUFFIXES
 from convdoctor.analyzer.workload import Workload, describe_exception, make_step, synchronize
 from convdoctor.errors import InputMismatchError
 
+METADATA_KEY = "convdoctor"  # top-level key of the trace JSON holding environment()
 WAIT_STEPS = 1
 WARMUP_STEPS = 1
 
@@ -89,6 +93,26 @@ def check_fits(workload: Workload) -> None:
         ) from exc
 
 
+def environment(workload: Workload) -> dict[str, Any]:
+    """The settings that decide conv speed but that a trace does not otherwise record."""
+    device = workload.device
+    return {
+        "torch_version": torch.__version__,
+        "model_file": workload.source,
+        "mode": workload.mode.value,
+        "batch_size": workload.batch_size,
+        "dtype": workload.dtype,
+        "device": str(device),
+        "device_name": device_name(device),
+        "threads": torch.get_num_threads(),
+        "cudnn_benchmark": torch.backends.cudnn.benchmark,
+        "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+        "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+        "cudnn_deterministic": torch.backends.cudnn.deterministic,
+        "mkldnn_enabled": torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled,
+    }
+
+
 def capture(workload: Workload, logdir: Path, run_name: str, *, steps: int = 3) -> list[Path]:
     """Profile ``steps`` steps of a copy of the workload; return the trace files written under logdir/run_name.
 
@@ -108,7 +132,9 @@ def capture(workload: Workload, logdir: Path, run_name: str, *, steps: int = 3) 
         with _quiet_profiler(), ModuleScopes(run.model), profile(
             activities=activities, schedule=sched, on_trace_ready=handler, record_shapes=True
         ) as profiler:
+            recorded = json.dumps(environment(run))
             for _ in range(WAIT_STEPS + WARMUP_STEPS + steps):
+                profiler.add_metadata_json(METADATA_KEY, recorded)  # kept only by the session that records
                 step()
                 synchronize(run.device)
                 profiler.step()

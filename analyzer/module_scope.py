@@ -2,11 +2,14 @@
 
 A scope is a ``record_function`` annotation named ``module::<ClassName>::<qualified.name>``; the class is an
 identifier, so the qualified name is everything after the second ``::`` (module names may hold any text).
+Kineto writes annotation names into the trace JSON without escaping them, so ``"``, ``\\``, ``%`` and control
+characters in a module name are percent-encoded here and decoded by the parser.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from urllib.parse import unquote
 
 PREFIX = "module::"
 ROOT_NAME = "<model>"
@@ -22,7 +25,7 @@ class ModuleScope:
 
 def scope_name(qualified_name: str, class_name: str) -> str:
     """The annotation name for a call of the module ``qualified_name`` of class ``class_name``."""
-    return f"{PREFIX}{class_name}::{qualified_name or ROOT_NAME}"
+    return f"{PREFIX}{_encode(class_name)}::{_encode(qualified_name or ROOT_NAME)}"
 
 
 def parse_scope_name(name: str) -> ModuleScope | None:
@@ -32,4 +35,11 @@ def parse_scope_name(name: str) -> ModuleScope | None:
     class_name, sep, qualified = name[len(PREFIX):].partition("::")
     if not sep or not class_name:
         return None
-    return ModuleScope(qualified_name=qualified, class_name=class_name)
+    return ModuleScope(qualified_name=unquote(qualified), class_name=unquote(class_name))
+
+
+_UNSAFE = frozenset('%"\\')
+
+
+def _encode(text: str) -> str:
+    return "".join(f"%{ord(c):02X}" if c in _UNSAFE or ord(c) < 0x20 else c for c in text)

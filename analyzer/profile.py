@@ -113,6 +113,12 @@ class Profile:
     unknown_categories: dict[str, int]  # categories this parser does not know, with their counts
 
     @property
+    def environment(self) -> dict[str, Any]:
+        """Settings convdoctor recorded at capture time (cudnn.benchmark, TF32, threads…); empty for other traces."""
+        recorded = self.metadata.get("convdoctor")
+        return recorded if isinstance(recorded, dict) else {}
+
+    @property
     def has_device_events(self) -> bool:
         return bool(self.kernels)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import platform
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +13,7 @@ from torch import nn
 
 import convdoctor
 from convdoctor.analyzer.benchmark import BenchmarkSettings, measure
-from convdoctor.analyzer.capture import capture, check_fits
+from convdoctor.analyzer.capture import capture, check_fits, environment
 from convdoctor.analyzer.layers import ConvAnalysis, analyze_convs
 from convdoctor.analyzer.trace import find_traces, load_profile
 from convdoctor.analyzer.workload import Inputs, Workload, describe_exception, load_workload, workload_from
@@ -176,18 +175,17 @@ def _try_candidate(
 
 
 def _summary(workload: Workload, options: ProfileOptions) -> WorkloadSummary:
-    device = workload.device
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
+    env = environment(workload)
     return WorkloadSummary(
         model_file=workload.source,
-        device=str(device),
-        device_name=name,
-        mode=workload.mode.value,
-        batch_size=workload.batch_size,
-        dtype=workload.dtype,
+        device=env["device"],
+        device_name=env["device_name"],
+        mode=env["mode"],
+        batch_size=env["batch_size"],
+        dtype=env["dtype"],
         steps=options.steps,
-        torch_version=torch.__version__,
-        threads=torch.get_num_threads(),
+        torch_version=env["torch_version"],
+        threads=env["threads"],
     )
 
 

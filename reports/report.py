@@ -50,19 +50,24 @@ class Report:
 
 
 def trace_summary(analysis: ConvAnalysis, trace: Path) -> WorkloadSummary:
-    """What a trace captured elsewhere tells of its workload; what it does not tell is 'unknown'."""
+    """What a trace captured elsewhere tells of its workload; what it does not tell is 'unknown'.
+
+    Traces that convdoctor captured carry their environment; others are read from their events.
+    """
     profile = analysis.profile
+    recorded = profile.environment
     props = profile.device_properties
     first = analysis.layers[0] if analysis.layers else None
     on_gpu = profile.has_device_events
     return WorkloadSummary(
         model_file=str(trace),
-        device="cuda" if on_gpu else "cpu",
-        device_name=str(props[0].get("name", "unknown")) if on_gpu and props else "unknown",
-        mode="train" if any(layer.backward_us > 0 for layer in analysis.layers) else "eval",
-        batch_size=first.input_shape[0] if first and first.input_shape else None,
-        dtype=first.dtype if first else "unknown",
+        device=recorded.get("device") or ("cuda" if on_gpu else "cpu"),
+        device_name=recorded.get("device_name")
+        or (str(props[0].get("name", "unknown")) if on_gpu and props else "unknown"),
+        mode=recorded.get("mode") or ("train" if any(layer.backward_us > 0 for layer in analysis.layers) else "eval"),
+        batch_size=recorded.get("batch_size", first.input_shape[0] if first and first.input_shape else None),
+        dtype=recorded.get("dtype") or (first.dtype if first else "unknown"),
         steps=profile.step_count,
-        torch_version="unknown (not recorded in the trace)",
-        threads=None,
+        torch_version=recorded.get("torch_version") or "unknown (not recorded in the trace)",
+        threads=recorded.get("threads"),
     )

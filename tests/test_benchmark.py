@@ -64,11 +64,11 @@ def test_measure_finds_a_real_slowdown_and_identical_outputs():
     model, x = Sleepy(0.002), torch.randn(1, 3, 16, 16)
     baseline = workload_from(model, x, device="cpu")
     slower = baseline.copy()
-    slower.model.sleep_s = 0.006
+    slower.model.sleep_s = 0.010
     settings = BenchmarkSettings(warmup_s=0.0, warmup_steps=2, min_rounds=8, max_rounds=12, target_s=0.1)
     result = measure(baseline, slower, settings)
     assert result.estimate.verdict is Verdict.SLOWER
-    assert 0.2 < result.estimate.speedup < 0.6
+    assert result.estimate.ci_high < 0.7  # ~0.2 expected; loose enough for a busy 2-core machine
     assert result.numerics.max_abs_error == 0.0
     assert 8 <= result.rounds <= 12 and result.timer == "perf_counter"
     assert model.sleep_s == 0.002  # the user's model is untouched

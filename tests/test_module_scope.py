@@ -1,0 +1,39 @@
+"""Module scope names survive Kineto's unescaped JSON: any module name round-trips through a real trace."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from convdoctor.analyzer.capture import capture
+from convdoctor.analyzer.layers import analyze_convs
+from convdoctor.analyzer.module_scope import ROOT_NAME, parse_scope_name, scope_name
+from convdoctor.analyzer.trace import load_profile
+from convdoctor.analyzer.workload import workload_from
+
+NAMES = ['x" onerror="alert(1)', "100%", "back\\slash", "tab\there", "<script>alert(1)</script>", "layer1.0.conv2"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_scope_names_round_trip(name: str):
+    scope = parse_scope_name(scope_name(name, "Conv2d"))
+    assert scope is not None and scope.qualified_name == name and scope.class_name == "Conv2d"
+    assert '"' not in scope_name(name, "Conv2d") and "\\" not in scope_name(name, "Conv2d")
+
+
+def test_root_and_foreign_names():
+    assert parse_scope_name(scope_name("", "ResNet")).qualified_name == ROOT_NAME
+    assert parse_scope_name("ProfilerStep#3") is None
+    assert parse_scope_name("module::") is None
+
+
+def test_hostile_module_names_survive_a_real_capture(tmp_path: Path):
+    model = nn.Sequential()
+    for name in NAMES[:4]:
+        model.add_module(name, nn.Conv2d(3, 3, 3, padding=1))
+    workload = workload_from(model, torch.randn(1, 3, 8, 8), device="cpu")
+    analysis = analyze_convs(load_profile(capture(workload, tmp_path, "run", steps=1)[0]))
+    assert {layer.name for layer in analysis.layers} == set(NAMES[:4])
