@@ -23,7 +23,7 @@ from convdoctor.reports.html_report import render_html
 from convdoctor.reports.json_report import report_to_json
 from convdoctor.reports.report import FindingOutcome, Report, WorkloadSummary, trace_summary
 from convdoctor.rules.base import Finding
-from convdoctor.rules.registry import RuleResults, RuleSet, load_rules, run_rules
+from convdoctor.rules.registry import RuleResults, RuleSet, load_rules, run_rules, select_rules
 
 
 class Progress(Protocol):
@@ -54,6 +54,8 @@ class ProfileOptions:
     steps: int = 3
     out_dir: Path | None = None  # default: convdoctor-out/<model name>
     measure: bool = True
+    select: tuple[str, ...] = ()  # rule ids/prefixes/names to run (all when empty)
+    ignore: tuple[str, ...] = ()
     benchmark: BenchmarkSettings = field(default_factory=BenchmarkSettings)
 
 
@@ -92,8 +94,8 @@ def profile(
     return _run(workload, options, files, progress), files
 
 
-def analyze_path(path: str | Path, out_dir: Path | None = None, progress: Progress = SilentProgress()
-                 ) -> list[tuple[Report, ReportFiles]]:
+def analyze_path(path: str | Path, out_dir: Path | None = None, progress: Progress = SilentProgress(),
+                 select: tuple[str, ...] = (), ignore: tuple[str, ...] = ()) -> list[tuple[Report, ReportFiles]]:
     """Analyze traces captured elsewhere (a trace file or a log dir): one report per trace, nothing measured.
 
     With several traces (runs, ranks) each report goes to ``<out>/<trace name>/``.
@@ -105,11 +107,12 @@ def analyze_path(path: str | Path, out_dir: Path | None = None, progress: Progre
     targets = [(trace, _prepare_out_dir(base if single else base / trace.name.split(".pt.trace")[0]))
                for trace in traces]
     rule_set = load_rules()
+    rules = select_rules(rule_set.rules, select, ignore)
     written = []
     for trace, files in targets:
         progress.stage(f"analyzing {trace}")
         analysis = analyze_convs(load_profile(trace))
-        results = run_rules(rule_set.rules, analysis)
+        results = run_rules(rules, analysis)
         offline = "analyzed offline from a trace: run `convdoctor profile model.py` to measure it"
         outcomes = [FindingOutcome(finding, not_measured=offline) for finding in results.findings]
         logdir = path if path.is_dir() else trace.parent
@@ -128,7 +131,7 @@ def _run(workload: Workload, options: ProfileOptions, files: ReportFiles, progre
     progress.stage("analyzing the trace")
     analysis = analyze_convs(load_profile(traces[0]))
     rule_set = load_rules()
-    results = run_rules(rule_set.rules, analysis)
+    results = run_rules(select_rules(rule_set.rules, options.select, options.ignore), analysis)
     outcomes = [_try_candidate(workload, finding, options, progress) for finding in results.findings]
     report = _report(analysis, _summary(workload, options), outcomes, traces, files.logdir, results, rule_set)
     _write(report, files)

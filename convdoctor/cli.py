@@ -36,6 +36,14 @@ class ClickProgress:
                 click.echo("", err=True)
 
 
+def _rule_selection(command: Callable[..., None]) -> Callable[..., None]:
+    """The --select/--ignore options that `profile` and `analyze` share."""
+    command = click.option("--ignore", multiple=True, metavar="RULE",
+                           help="Skip these rules (id, id prefix or name); repeatable.")(command)
+    return click.option("--select", multiple=True, metavar="RULE",
+                        help="Run only these rules (id, id prefix or name); repeatable.")(command)
+
+
 @click.group()
 @click.version_option(__version__, prog_name="convdoctor")
 def main() -> None:
@@ -56,13 +64,15 @@ def main() -> None:
 @click.option("--no-measure", is_flag=True, help="Report findings without trying their candidates.")
 @click.option("--format", "output_format", type=click.Choice(["text", "json"]), default="text", show_default=True,
               help="json prints report.json to stdout.")
+@_rule_selection
 def profile_command(model_py: Path, device: str, mode: str, batch_size: int | None, steps: int,
-                    out_dir: Path | None, no_measure: bool, output_format: str) -> None:
+                    out_dir: Path | None, no_measure: bool, output_format: str, select: tuple[str, ...],
+                    ignore: tuple[str, ...]) -> None:
     """Profile the model that MODEL_PY defines, measure each fix, and write HTML and JSON reports."""
     from convdoctor.api import ProfileOptions, profile_file
 
     options = ProfileOptions(device=device, mode=mode, batch_size=batch_size, steps=steps, out_dir=out_dir,
-                             measure=not no_measure)
+                             measure=not no_measure, select=select, ignore=ignore)
     report, files = _or_exit(lambda: profile_file(model_py, options, ClickProgress()))
     _show(report, files, output_format)
 
@@ -73,17 +83,39 @@ def profile_command(model_py: Path, device: str, mode: str, batch_size: int | No
               help="Output directory [default: convdoctor-out/<trace or log dir name>].")
 @click.option("--format", "output_format", type=click.Choice(["text", "json"]), default="text", show_default=True,
               help="json prints report.json to stdout (a JSON list when there are several traces).")
-def analyze_command(trace_or_logdir: Path, out_dir: Path | None, output_format: str) -> None:
+@_rule_selection
+def analyze_command(trace_or_logdir: Path, out_dir: Path | None, output_format: str, select: tuple[str, ...],
+                    ignore: tuple[str, ...]) -> None:
     """Analyze Kineto traces captured elsewhere: a *.pt.trace.json[.gz] file or a TensorBoard log dir."""
     from convdoctor.api import analyze_path
     from convdoctor.reports.json_report import report_to_dict
 
-    written = _or_exit(lambda: analyze_path(trace_or_logdir, out_dir, ClickProgress()))
+    written = _or_exit(lambda: analyze_path(trace_or_logdir, out_dir, ClickProgress(), select, ignore))
     if output_format == "json" and len(written) > 1:
         click.echo(json.dumps([report_to_dict(report) for report, _ in written], indent=2))
         return
     for report, files in written:
         _show(report, files, output_format)
+
+
+@main.command("rules")
+@click.argument("rule_id", required=False)
+def rules_command(rule_id: str | None) -> None:
+    """List the rules (id, name, summary), or print the doc of RULE_ID."""
+    from convdoctor.rules.registry import load_rules
+
+    rule_set = load_rules()
+    for problem in rule_set.problems:
+        click.echo(f"convdoctor: warning: {problem}", err=True)
+    if rule_id is None:
+        for rule in rule_set.rules:
+            click.echo(f"{rule.id}  {rule.name:<24} {rule.summary}")
+        return
+    rule = next((r for r in rule_set.rules if rule_id.upper() in (r.id, r.name.upper())), None)
+    if rule is None:
+        click.echo(f"convdoctor: error: no rule {rule_id!r}; `convdoctor rules` lists them", err=True)
+        sys.exit(EXIT_USER_ERROR)
+    click.echo(f"{rule.id} {rule.name}: {rule.summary}\n\n{rule.doc}")
 
 
 def _or_exit(work: Callable[[], T]) -> T:

@@ -64,3 +64,15 @@ def run_rules(rules: list[Rule], analysis: ConvAnalysis) -> RuleResults:
             continue
         findings.extend(rule.check(analysis))
     return RuleResults(findings=findings, skipped=skipped)
+
+
+def select_rules(rules: list[Rule], select: tuple[str, ...] = (), ignore: tuple[str, ...] = ()) -> list[Rule]:
+    """Rules whose id or name matches a ``select`` entry (all when none) and no ``ignore`` entry.
+
+    An entry is a rule name or an id prefix, as in ruff: ``CD1`` matches CD101…CD199.
+    """
+
+    def matches(rule: Rule, entries: tuple[str, ...]) -> bool:
+        return any(rule.id.startswith(e.upper()) or rule.name == e.lower() for e in entries)
+
+    return [r for r in rules if (not select or matches(r, select)) and not matches(r, ignore)]

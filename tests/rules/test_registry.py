@@ -28,3 +28,40 @@ def test_every_rule_is_complete():
         headings = re.findall(r"^## (.+)$", rule.doc, flags=re.MULTILINE)
         assert headings == list(DOC_SECTIONS), f"{rule.id} doc sections: {headings}"
         assert list(TESTS.glob(f"test_{rule.id.lower()}_*.py")), f"{rule.id} has no test file"
+
+
+def test_select_and_ignore_by_prefix_and_name():
+    from convdoctor.rules.registry import select_rules
+
+    rules = load_rules().rules
+    assert [r.id for r in select_rules(rules, select=("CD1",))] == [r.id for r in rules if r.id.startswith("CD1")]
+    assert "CD101" not in [r.id for r in select_rules(rules, ignore=("channels-last",))]
+    assert [r.id for r in select_rules(rules, select=("cd101",))] == ["CD101"]
+    assert select_rules(rules, select=("CD9",)) == []
+
+
+def test_rules_command_lists_and_prints_docs():
+    from click.testing import CliRunner
+
+    from convdoctor.cli import main
+
+    listing = CliRunner().invoke(main, ["rules"])
+    assert listing.exit_code == 0 and "CD101  channels-last" in listing.stdout
+    doc = CliRunner().invoke(main, ["rules", "CD101"])
+    assert doc.exit_code == 0 and all(f"## {section}" in doc.stdout for section in DOC_SECTIONS)
+    missing = CliRunner().invoke(main, ["rules", "CD999"])
+    assert missing.exit_code == 2 and "no rule 'CD999'" in missing.stderr
+
+
+def test_ignored_rule_does_not_run_in_analyze(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from conftest import SHARED_TRACES
+    from convdoctor.cli import main
+
+    result = CliRunner().invoke(main, ["analyze", str(SHARED_TRACES["resnet50"]), "--out", str(tmp_path),
+                                       "--ignore", "CD101", "--format", "json"])
+    assert result.exit_code == 0
+    assert [f["rule_id"] for f in json.loads(result.stdout)["findings"]] == []
