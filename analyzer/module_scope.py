@@ -2,14 +2,15 @@
 
 A scope is a ``record_function`` annotation named ``module::<ClassName>::<qualified.name>``; the class is an
 identifier, so the qualified name is everything after the second ``::`` (module names may hold any text).
-Kineto writes annotation names into the trace JSON without escaping them, so ``"``, ``\\``, ``%`` and control
-characters in a module name are percent-encoded here and decoded by the parser.
+Kineto writes annotation names into the trace JSON without escaping them, and drops some non-ASCII ones, so
+``"``, ``\\``, ``%`` and every character outside printable ASCII are percent-encoded (UTF-8) here and decoded
+by the parser.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 PREFIX = "module::"
 ROOT_NAME = "<model>"
@@ -42,4 +43,4 @@ _UNSAFE = frozenset('%"\\')
 
 
 def _encode(text: str) -> str:
-    return "".join(f"%{ord(c):02X}" if c in _UNSAFE or ord(c) < 0x20 else c for c in text)
+    return "".join(quote(c, safe="") if c in _UNSAFE or not " " <= c <= "~" else c for c in text)

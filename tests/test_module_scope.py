@@ -14,7 +14,8 @@ from convdoctor.analyzer.module_scope import ROOT_NAME, parse_scope_name, scope_
 from convdoctor.analyzer.trace import load_profile
 from convdoctor.analyzer.workload import workload_from
 
-NAMES = ['x" onerror="alert(1)', "100%", "back\\slash", "tab\there", "<script>alert(1)</script>", "layer1.0.conv2"]
+NAMES = ['x" onerror="alert(1)', "100%", "back\\slash", "tab\there", "aéb_слой_层", "<script>alert(1)</script>",
+         "layer1.0.conv2"]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -32,8 +33,8 @@ def test_root_and_foreign_names():
 
 def test_hostile_module_names_survive_a_real_capture(tmp_path: Path):
     model = nn.Sequential()
-    for name in NAMES[:4]:
+    for name in NAMES[:5]:
         model.add_module(name, nn.Conv2d(3, 3, 3, padding=1))
     workload = workload_from(model, torch.randn(1, 3, 8, 8), device="cpu")
     analysis = analyze_convs(load_profile(capture(workload, tmp_path, "run", steps=1)[0]))
-    assert {layer.name for layer in analysis.layers} == set(NAMES[:4])
+    assert {layer.name for layer in analysis.layers} == set(NAMES[:5])
