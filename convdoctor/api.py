@@ -21,8 +21,8 @@ from convdoctor.errors import OutputDirError
 from convdoctor.reports.files import write_atomically
 from convdoctor.reports.html_report import render_html
 from convdoctor.reports.json_report import report_to_json
-from convdoctor.reports.report import FindingOutcome, Report, WorkloadSummary, trace_summary
-from convdoctor.rules.base import Finding
+from convdoctor.reports.report import FindingOutcome, Report, RuleDoc, WorkloadSummary, trace_summary
+from convdoctor.rules.base import Finding, doc_sections
 from convdoctor.rules.registry import RuleResults, RuleSet, load_rules, run_rules, select_rules
 
 
@@ -149,6 +149,8 @@ def _report(analysis: ConvAnalysis, summary: WorkloadSummary, outcomes: list[Fin
         logdir=str(logdir),
         skipped_rules=results.skipped,
         rule_problems=rule_set.problems,
+        rule_docs=[RuleDoc(r.id, r.name, r.summary, doc_sections(r.doc)) for r in rule_set.rules
+                   if any(o.finding.rule_id == r.id for o in outcomes)],
     )
 
 

@@ -35,4 +35,5 @@ def render_html(report: Report) -> str:
         breakdown=[(label, ms, ms / step_ms, color) for label, ms, color in breakdown],
         max_layer_ms=max((layer["time_ms"] for layer in data["layers"]), default=1.0) or 1.0,
         tensorboard=tensorboard_command(report.logdir),
+        rule_docs=report.rule_docs,
     )

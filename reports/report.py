@@ -35,6 +35,16 @@ class FindingOutcome:
     numerics_ok: bool | None = None  # the candidate's output error within its declared tolerance
 
 
+@dataclass(frozen=True)
+class RuleDoc:
+    """A rule's documentation, for the report's rule section."""
+
+    id: str
+    name: str
+    summary: str
+    sections: list[tuple[str, str]]  # (heading, body)
+
+
 @dataclass
 class Report:
     """One run's result, as the reports read it."""
@@ -47,6 +57,7 @@ class Report:
     logdir: str
     skipped_rules: dict[str, str] = field(default_factory=dict)
     rule_problems: list[str] = field(default_factory=list)
+    rule_docs: list[RuleDoc] = field(default_factory=list)  # of the rules with findings
 
 
 def trace_summary(analysis: ConvAnalysis, trace: Path) -> WorkloadSummary:

@@ -18,6 +18,7 @@ Its Finding may carry a Candidate, which the pipeline applies to a copy of the w
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Protocol, runtime_checkable
 
@@ -90,6 +91,15 @@ class Rule(Protocol):
     requires: frozenset[Requirement]
 
     def check(self, analysis: ConvAnalysis) -> Iterable[Finding]: ...
+
+
+def doc_sections(doc: str) -> list[tuple[str, str]]:
+    """A rule doc as (heading, body) pairs, in order."""
+    sections: list[tuple[str, str]] = []
+    for block in re.split(r"^## ", doc, flags=re.MULTILINE)[1:]:
+        heading, _, body = block.partition("\n")
+        sections.append((heading.strip(), body.strip()))
+    return sections
 
 
 def missing_requirements(rule: Rule, analysis: ConvAnalysis) -> list[str]:

@@ -93,7 +93,9 @@ def test_report_is_self_contained(small_cnn_run):
     assert "@import" not in style
     assert re.findall(r"url\(\s*['\"]?(?!#)", style) == [], "a CSS url() that points outside the page"
     assert not re.search(r"(src|href)\s*=\s*['\"]?\s*(https?:)?//", text), "an absolute URL in src/href"
-    assert re.findall(r"https?://", text) == [], "report.html mentions an http(s) URL"
+    # Rule docs cite their references as plain text (the one place a URL may appear), never as a link or source.
+    references = "".join(e.text() for e in document.find_all("div", class_="doc-body"))
+    assert len(re.findall(r"https?://", text)) == len(re.findall(r"https?://", references))
 
 
 def test_page_renders_in_chromium(small_cnn_run, tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from convdoctor.rules.base import DOC_SECTIONS, Rule
+from convdoctor.rules.base import DOC_SECTIONS, Rule, doc_sections
 from convdoctor.rules.registry import RULE_ID, load_rules
 
 TESTS = Path(__file__).resolve().parent
@@ -25,8 +25,9 @@ def test_every_rule_is_complete():
         assert RULE_ID.match(rule.id), rule.id
         assert re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)*", rule.name), rule.name
         assert rule.summary and "\n" not in rule.summary
-        headings = re.findall(r"^## (.+)$", rule.doc, flags=re.MULTILINE)
-        assert headings == list(DOC_SECTIONS), f"{rule.id} doc sections: {headings}"
+        sections = doc_sections(rule.doc)
+        assert [heading for heading, _ in sections] == list(DOC_SECTIONS), f"{rule.id} doc sections"
+        assert all(body for _, body in sections), f"{rule.id} has an empty doc section"
         assert list(TESTS.glob(f"test_{rule.id.lower()}_*.py")), f"{rule.id} has no test file"
 
 
