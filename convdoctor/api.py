@@ -15,6 +15,7 @@ import convdoctor
 from convdoctor.analyzer.benchmark import BenchmarkSettings, measure
 from convdoctor.analyzer.capture import capture, check_fits, environment
 from convdoctor.analyzer.layers import ConvAnalysis, analyze_convs
+from convdoctor.analyzer.model_cost import ArchitectureDelta, model_cost
 from convdoctor.analyzer.trace import find_traces, load_profile
 from convdoctor.analyzer.workload import Inputs, Workload, describe_exception, load_workload, workload_from
 from convdoctor.errors import OutputDirError
@@ -22,7 +23,7 @@ from convdoctor.reports.files import write_atomically
 from convdoctor.reports.html_report import render_html
 from convdoctor.reports.json_report import report_to_json
 from convdoctor.reports.report import FindingOutcome, Report, RuleDoc, WorkloadSummary, trace_summary
-from convdoctor.rules.base import Finding, doc_sections
+from convdoctor.rules.base import Finding, NumericsContract, doc_sections
 from convdoctor.rules.registry import RuleResults, RuleSet, load_rules, run_rules, select_rules
 
 
@@ -171,6 +172,9 @@ def _try_candidate(
     try:
         trial = candidate.transform(workload.copy())
         result = measure(workload, trial, options.benchmark, progress=progress.rounds)
+        if candidate.numerics is NumericsContract.ARCHITECTURE:
+            delta = ArchitectureDelta(before=model_cost(workload), after=model_cost(trial))
+            return FindingOutcome(finding, measurement=result, architecture=delta)
     except Exception as exc:  # a candidate may fail in any way (OOM included); the run goes on
         if workload.device.type == "cuda":
             torch.cuda.empty_cache()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
 from convdoctor.reports.json_report import report_to_dict
-from convdoctor.reports.presentation import headline, measured_result, tensorboard_command
+from convdoctor.reports.presentation import architecture_note, headline, measured_result, tensorboard_command
 from convdoctor.reports.report import Report
 
 _ENVIRONMENT = Environment(
@@ -32,6 +32,7 @@ def render_html(report: Report) -> str:
         report=data,
         headline=headline(report),
         results=[measured_result(o) for o in report.outcomes],
+        architecture=[architecture_note(o) for o in report.outcomes],
         breakdown=[(label, ms, ms / step_ms, color) for label, ms, color in breakdown],
         max_layer_ms=max((layer["time_ms"] for layer in data["layers"]), default=1.0) or 1.0,
         tensorboard=tensorboard_command(report.logdir),

@@ -8,6 +8,7 @@ from typing import Any
 
 from convdoctor.analyzer.benchmark import Measurement
 from convdoctor.analyzer.layers import ConvLayer
+from convdoctor.analyzer.model_cost import ArchitectureDelta
 from convdoctor.reports.report import FindingOutcome, Report
 
 SCHEMA_VERSION = "1.0"
@@ -97,6 +98,19 @@ def _outcome(outcome: FindingOutcome) -> dict[str, Any]:
             "title": candidate.title, "numerics": candidate.numerics.value, "tolerance": candidate.tolerance},
         "measurement": None if outcome.measurement is None else _measurement(outcome.measurement, outcome),
         "not_measured": outcome.not_measured,
+        "architecture": None if outcome.architecture is None else _architecture(outcome.architecture),
+    }
+
+
+def _architecture(delta: ArchitectureDelta) -> dict[str, Any]:
+    return {
+        "needs_retraining": True,
+        "flops_before": delta.before.flops,
+        "flops_after": delta.after.flops,
+        "flops_ratio": _number(delta.flops_ratio),
+        "params_before": delta.before.params,
+        "params_after": delta.after.params,
+        "params_ratio": _number(delta.params_ratio),
     }
 
 
@@ -110,8 +124,9 @@ def _measurement(measurement: Measurement, outcome: FindingOutcome) -> dict[str,
         "ci_high": estimate.ci_high,
         "confidence": 0.95,
         "verdict": estimate.verdict.value,
-        "max_abs_error": _number(numerics.max_abs_error),
-        "max_rel_error": _number(numerics.max_rel_error),
+        # An architecture change computes something else: its outputs are not compared (see "architecture").
+        "max_abs_error": None if outcome.architecture else _number(numerics.max_abs_error),
+        "max_rel_error": None if outcome.architecture else _number(numerics.max_rel_error),
         "numerics_ok": outcome.numerics_ok,
         "rounds": measurement.rounds,
         "threads": measurement.threads,

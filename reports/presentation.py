@@ -35,6 +35,23 @@ def measured_result(outcome: FindingOutcome) -> str:
     return f"{e.speedup:.2f}× {e.verdict.value} (95% CI {interval})"
 
 
+def architecture_note(outcome: FindingOutcome) -> str | None:
+    """``architecture change, needs retraining: FLOPs 7.40 → 1.85 G (0.25×), params 73.9 k → 18.5 k (0.25×)``."""
+    delta = outcome.architecture
+    if delta is None:
+        return None
+    return (f"architecture change, needs retraining: FLOPs {_si(delta.before.flops)} → {_si(delta.after.flops)} "
+            f"({delta.flops_ratio:.2f}×), params {_si(delta.before.params)} → {_si(delta.after.params)} "
+            f"({delta.params_ratio:.2f}×)")
+
+
+def _si(value: float) -> str:
+    for factor, suffix in ((1e12, " T"), (1e9, " G"), (1e6, " M"), (1e3, " k")):
+        if abs(value) >= factor:
+            return f"{value / factor:.2f}{suffix}"
+    return f"{value:g}"
+
+
 def tensorboard_command(logdir: str) -> str:
     """The command that opens the traces in TensorBoard's PyTorch Profiler plugin."""
     return f"tensorboard --logdir {logdir}"

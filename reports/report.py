@@ -7,6 +7,7 @@ from pathlib import Path
 
 from convdoctor.analyzer.benchmark import Measurement
 from convdoctor.analyzer.layers import ConvAnalysis
+from convdoctor.analyzer.model_cost import ArchitectureDelta
 from convdoctor.rules.base import Finding
 
 
@@ -33,6 +34,7 @@ class FindingOutcome:
     measurement: Measurement | None = None
     not_measured: str | None = None  # why there is no measurement (off, no candidate, the candidate failed)
     numerics_ok: bool | None = None  # the candidate's output error within its declared tolerance
+    architecture: ArchitectureDelta | None = None  # for an architecture change: FLOPs and params, before and after
 
 
 @dataclass(frozen=True)

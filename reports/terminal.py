@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from convdoctor.reports.presentation import headline, measured_result, tensorboard_command
+from convdoctor.reports.presentation import architecture_note, headline, measured_result, tensorboard_command
 from convdoctor.reports.report import Report
 
 TOP_LAYERS = 5
@@ -24,7 +24,9 @@ def render_summary(report: Report, html_path: str, json_path: str, overwrote: bo
         f = outcome.finding
         lines.append(f"{f.rule_id} {f.rule_name}: {f.message}")
         lines.append(f"  fix: {f.fix} -> {measured_result(outcome)}")
-        if outcome.measurement is not None and outcome.numerics_ok is False:
+        if outcome.architecture is not None:
+            lines.append(f"  {architecture_note(outcome)}")
+        elif outcome.measurement is not None and outcome.numerics_ok is False:
             lines.append(f"  numerics: max rel error {outcome.measurement.numerics.max_rel_error:.3g} "
                          f"is beyond the tolerance {f.candidate.tolerance if f.candidate else '?'}")
     if not report.outcomes:

@@ -1,0 +1,53 @@
+"""Building blocks for candidates: each works on the (copied) workload it is given and returns it changed."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Callable
+
+import torch
+from torch import nn
+
+from convdoctor.analyzer.workload import Workload, map_tensors
+
+
+def replace_module(model: nn.Module, qualified_name: str, new: nn.Module) -> None:
+    """Put ``new`` where the submodule ``qualified_name`` is (the model itself cannot be replaced this way)."""
+    parent_name, _, child = qualified_name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+def replace_layers(workload: Workload, names: list[str], build: Callable[[nn.Module], nn.Module]) -> Workload:
+    """The workload with each named submodule replaced by ``build(old)``; the root model counts as ``<model>``."""
+    model = workload.model
+    for name in names:
+        if name == "<model>":
+            model = build(model)
+        else:
+            replace_module(model, name, build(model.get_submodule(name)))
+    return replace(workload, model=model)
+
+
+class Autocast(nn.Module):
+    """Runs the wrapped model under ``torch.autocast`` and returns float32 outputs."""
+
+    def __init__(self, model: nn.Module, device_type: str, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.model = model
+        self.device_type = device_type
+        self.dtype = dtype
+
+    def forward(self, *args: object, **kwargs: object) -> object:
+        with torch.autocast(device_type=self.device_type, dtype=self.dtype):
+            output = self.model(*args, **kwargs)
+        return map_tensors(output, lambda t: t.float() if t.is_floating_point() else t)
+
+
+def autocast(dtype: torch.dtype) -> Callable[[Workload], Workload]:
+    """A transform that runs the model under autocast to ``dtype`` on the workload's device."""
+
+    def transform(workload: Workload) -> Workload:
+        return replace(workload, model=Autocast(workload.model, workload.device.type, dtype))
+
+    return transform
