@@ -18,7 +18,7 @@ from convdoctor.analyzer.layers import ConvAnalysis, analyze_convs
 from convdoctor.analyzer.model_cost import ArchitectureDelta, model_cost
 from convdoctor.analyzer.trace import find_traces, load_profile
 from convdoctor.analyzer.workload import Inputs, Workload, describe_exception, load_workload, workload_from
-from convdoctor.errors import OutputDirError
+from convdoctor.errors import OutputDirError, TraceError
 from convdoctor.reports.files import write_atomically
 from convdoctor.reports.html_report import render_html
 from convdoctor.reports.json_report import report_to_json
@@ -95,24 +95,35 @@ def profile(
     return _run(workload, options, files, progress), files
 
 
+@dataclass(frozen=True)
+class AnalyzeResult:
+    """The reports `analyze` wrote, and one line for each trace it could not read."""
+
+    written: list[tuple[Report, ReportFiles]]
+    failed: list[str]
+
+
 def analyze_path(path: str | Path, out_dir: Path | None = None, progress: Progress = SilentProgress(),
-                 select: tuple[str, ...] = (), ignore: tuple[str, ...] = ()) -> list[tuple[Report, ReportFiles]]:
+                 select: tuple[str, ...] = (), ignore: tuple[str, ...] = ()) -> AnalyzeResult:
     """Analyze traces captured elsewhere (a trace file or a log dir): one report per trace, nothing measured.
 
-    With several traces (runs, ranks) each report goes to ``<out>/<trace name>/``.
+    With several traces (runs, ranks) each report goes to ``<out>/<run>/<worker>/``. A trace that cannot be
+    read is named in ``failed`` and the others are still analyzed; when none can be read, TraceError.
     """
     path = Path(path)
     traces = find_traces(path)
     base = out_dir or Path("convdoctor-out") / path.name.split(".")[0]
-    single = len(traces) == 1
-    targets = [(trace, _prepare_out_dir(base if single else base / trace.name.split(".pt.trace")[0]))
-               for trace in traces]
     rule_set = load_rules()
     rules = select_rules(rule_set.rules, select, ignore)
-    written = []
-    for trace, files in targets:
+    written, failed = [], []
+    for trace in traces:
         progress.stage(f"analyzing {trace}")
-        analysis = analyze_convs(load_profile(trace))
+        try:
+            analysis = analyze_convs(load_profile(trace))
+        except TraceError as exc:
+            failed.append(str(exc))
+            continue
+        files = _prepare_out_dir(base if len(traces) == 1 else base / _trace_key(path, trace))
         results = run_rules(rules, analysis)
         offline = "analyzed offline from a trace: run `convdoctor profile model.py` to measure it"
         outcomes = [FindingOutcome(finding, not_measured=offline) for finding in results.findings]
@@ -120,7 +131,15 @@ def analyze_path(path: str | Path, out_dir: Path | None = None, progress: Progre
         report = _report(analysis, trace_summary(analysis, trace), outcomes, [trace], logdir, results, rule_set)
         _write(report, files)
         written.append((report, files))
-    return written
+    if not written:
+        more = f" (and {len(failed) - 1} more unreadable traces)" if len(failed) > 1 else ""
+        raise TraceError(failed[0] + more)
+    return AnalyzeResult(written=written, failed=failed)
+
+
+def _trace_key(logdir: Path, trace: Path) -> Path:
+    """``run/worker`` for a trace under a log dir: where its report goes."""
+    return trace.relative_to(logdir).parent / trace.name.split(".pt.trace")[0]
 
 
 def _run(workload: Workload, options: ProfileOptions, files: ReportFiles, progress: Progress) -> Report:

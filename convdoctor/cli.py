@@ -90,12 +90,16 @@ def analyze_command(trace_or_logdir: Path, out_dir: Path | None, output_format: 
     from convdoctor.api import analyze_path
     from convdoctor.reports.json_report import report_to_dict
 
-    written = _or_exit(lambda: analyze_path(trace_or_logdir, out_dir, ClickProgress(), select, ignore))
-    if output_format == "json" and len(written) > 1:
-        click.echo(json.dumps([report_to_dict(report) for report, _ in written], indent=2))
-        return
-    for report, files in written:
-        _show(report, files, output_format)
+    result = _or_exit(lambda: analyze_path(trace_or_logdir, out_dir, ClickProgress(), select, ignore))
+    if output_format == "json" and len(result.written) > 1:
+        click.echo(json.dumps([report_to_dict(report) for report, _ in result.written], indent=2))
+    else:
+        for report, files in result.written:
+            _show(report, files, output_format)
+    for problem in result.failed:
+        click.echo(f"convdoctor: error: {problem}", err=True)
+    if result.failed:
+        sys.exit(EXIT_USER_ERROR)
 
 
 @main.command("rules")

@@ -67,3 +67,16 @@ def test_empty_log_dir_is_one_line_and_exit_2(tmp_path: Path):
     result = CliRunner().invoke(main, ["analyze", str(tmp_path)])
     assert result.exit_code == 2
     assert "holds no *.pt.trace.json" in result.stderr
+
+
+def test_mixed_good_and_bad_workers_analyzes_the_good_and_names_the_bad(tmp_path: Path):
+    logdir = tmp_path / "tb" / "run"
+    logdir.mkdir(parents=True)
+    shutil.copy(SHARED_TRACES["cpu_only"], logdir / "rank0.1.pt.trace.json.gz")
+    (logdir / "rank1.1.pt.trace.json").write_text('{"traceEvents": [{"ph": "X", "na')
+    result = CliRunner().invoke(main, ["analyze", str(tmp_path / "tb"), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("convdoctor: error:")]
+    assert len(errors) == 1 and "rank1.1.pt.trace.json" in errors[0] and "not valid JSON" in errors[0]
+    assert (tmp_path / "out" / "run" / "rank0.1" / "report.json").is_file()
+    assert not (tmp_path / "out" / "run" / "rank1.1").exists()
