@@ -30,8 +30,10 @@ class Verdict(str, enum.Enum):
 class BenchmarkSettings:
     """How long to warm up and how many interleaved rounds to time."""
 
-    warmup_s: float = 0.5  # per variant, and at least warmup_steps
+    warmup_s: float = 0.5  # per variant: warm up at least this long and at least warmup_steps steps…
     warmup_steps: int = 3
+    settle_tolerance: float = 0.05  # …then until the median of the last 3 steps is within 5% of the 3 before
+    max_warmup_s: float = 10.0  # per variant, whether or not the timings settled
     min_rounds: int = 10
     max_rounds: int = 60
     target_s: float = 4.0  # total timed time across both variants, once min_rounds are done
@@ -64,6 +66,7 @@ class Measurement:
     estimate: SpeedupEstimate
     numerics: Numerics
     rounds: int
+    warmup_steps: tuple[int, int]  # (baseline, candidate): steps run until the timings settled
     threads: int
     device: str
     timer: str
@@ -127,8 +130,7 @@ def measure(
     numerics = compare_outputs(_first_output(baseline), _first_output(candidate))
     baseline, candidate = baseline.copy(), candidate.copy()
     steps = (make_step(baseline), make_step(candidate))
-    for step, workload in zip(steps, (baseline, candidate)):
-        _warm_up(step, workload, settings)
+    warmup_steps = [_warm_up(step, workload, settings) for step, workload in zip(steps, (baseline, candidate))]
     rng = random.Random(0)
     times: tuple[list[float], list[float]] = ([], [])
     gc.collect()
@@ -152,6 +154,7 @@ def measure(
         estimate=estimate_speedup(times[0], times[1]),
         numerics=numerics,
         rounds=len(times[0]),
+        warmup_steps=(warmup_steps[0], warmup_steps[1]),
         threads=torch.get_num_threads(),
         device=str(baseline.device),
         timer="torch.cuda.synchronize + perf_counter" if baseline.device.type == "cuda" else "perf_counter",
@@ -168,14 +171,21 @@ def _first_output(workload: Workload) -> Any:
     return output
 
 
-def _warm_up(step: Callable[[], Any], workload: Workload, settings: BenchmarkSettings) -> None:
-    started, count = time.perf_counter(), 0
-    while count < settings.warmup_steps or time.perf_counter() - started < settings.warmup_s:
-        step()
-        synchronize(workload.device)
-        count += 1
-        if count >= 10 * settings.warmup_steps:
-            break
+def _warm_up(step: Callable[[], Any], workload: Workload, settings: BenchmarkSettings) -> int:
+    """Run steps until the timings settle (allocator, oneDNN/cuDNN caches, lazy init); return how many ran."""
+    started, times = time.perf_counter(), []
+    while True:
+        times.append(_time_step(step, workload.device))
+        elapsed = time.perf_counter() - started
+        if elapsed >= settings.max_warmup_s:
+            return len(times)
+        if len(times) >= max(settings.warmup_steps, 6) and elapsed >= settings.warmup_s and _settled(times, settings):
+            return len(times)
+
+
+def _settled(times: list[float], settings: BenchmarkSettings) -> bool:
+    recent, before = statistics.median(times[-3:]), statistics.median(times[-6:-3])
+    return abs(recent - before) <= settings.settle_tolerance * before
 
 
 def _time_step(step: Callable[[], Any], device: torch.device) -> float:

@@ -85,6 +85,26 @@ class Kernel:
     dur_us: float
     correlation: int | None = None
     launcher: Op | None = None  # the innermost operator around the runtime call that launched it
+    # Launch configuration and Kineto's occupancy estimate (kernels only; None where the trace omits them).
+    grid: tuple[int, int, int] | None = None  # blocks in x, y, z
+    block: tuple[int, int, int] | None = None  # threads per block in x, y, z
+    registers_per_thread: int | None = None
+    shared_memory_bytes: int | None = None  # static + dynamic shared memory per block
+    blocks_per_sm: float | None = None  # blocks in the grid / SMs on the device; < 1 leaves SMs without work
+    warps_per_sm: float | None = None  # warps in the grid / SMs: a launch size, not the resident warps
+    est_occupancy_pct: float | None = None  # Kineto's estimate, 0..100: see below
+
+    # Kineto computes ``est_occupancy_pct`` (libkineto/src/DeviceProperties.cpp, ``kernelOccupancy``) as
+    # min(blocks_per_sm, blocks the occupancy calculator fits on one SM) x threads per block / max threads
+    # per SM: the theoretical occupancy, capped by the grid size. It is not a measured achieved occupancy.
+
+    @property
+    def end_us(self) -> float:
+        return self.ts_us + self.dur_us
+
+    @property
+    def threads_per_block(self) -> int | None:
+        return self.block[0] * self.block[1] * self.block[2] if self.block is not None else None
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
 import re
 import zlib
 from collections import Counter, defaultdict
@@ -46,6 +47,14 @@ ARG_KEYS: dict[str, tuple[str, ...]] = {
     "concrete_inputs": ("Concrete Inputs",),
     "device": ("device",),
     "stream": ("stream",),
+    # Kernel launch configuration and occupancy, as Kineto writes them (CUPTI kernel records).
+    "grid": ("grid",),
+    "block": ("block",),
+    "registers_per_thread": ("registers per thread",),
+    "shared_memory_bytes": ("shared memory",),
+    "blocks_per_sm": ("blocks per SM",),
+    "warps_per_sm": ("warps per SM",),
+    "est_occupancy_pct": ("est. achieved occupancy %",),
 }
 
 STEP_NAME = re.compile(r"^ProfilerStep#(\d+)$")
@@ -132,6 +141,47 @@ def _list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
+def _count_or_none(value: Any) -> int | None:
+    """A non-negative integer count (registers, bytes), or None for a missing or impossible value."""
+    if isinstance(value, bool):
+        return None
+    number = _int_or_none(value) if isinstance(value, (int, float, str)) and _finite(value) else None
+    return number if number is not None and number >= 0 else None
+
+
+def _finite(value: Any) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def _rate_or_none(value: Any) -> float | None:
+    """A finite non-negative float (blocks or warps per SM), or None.
+
+    Kineto writes ``inf`` when it knows no SM count, and ``-1`` (as ``-99`` %) when its occupancy calculator fails.
+    """
+    if isinstance(value, bool) or not _finite(value):
+        return None
+    number = float(value)
+    return number if number >= 0 else None
+
+
+def _dim3_or_none(value: Any) -> tuple[int, int, int] | None:
+    """A ``[x, y, z]`` launch dimension as a tuple of positive ints, or None."""
+    if not isinstance(value, list) or len(value) != 3:
+        return None
+    dims = tuple(_count_or_none(v) for v in value)
+    if any(d is None or d < 1 for d in dims):
+        return None
+    return dims  # type: ignore[return-value]
+
+
+def _percent_or_none(value: Any) -> float | None:
+    number = _rate_or_none(value)
+    return number if number is not None and number <= 100 else None
+
+
 def _typed_event(raw: dict[str, Any], kind: EventKind) -> Op | Kernel | None:
     try:
         ts_us = float(raw["ts"])
@@ -149,6 +199,13 @@ def _typed_event(raw: dict[str, Any], kind: EventKind) -> Op | Kernel | None:
             ts_us=ts_us,
             dur_us=dur_us,
             correlation=_int_or_none(_arg(args, "correlation")),
+            grid=_dim3_or_none(_arg(args, "grid")),
+            block=_dim3_or_none(_arg(args, "block")),
+            registers_per_thread=_count_or_none(_arg(args, "registers_per_thread")),
+            shared_memory_bytes=_count_or_none(_arg(args, "shared_memory_bytes")),
+            blocks_per_sm=_rate_or_none(_arg(args, "blocks_per_sm")),
+            warps_per_sm=_rate_or_none(_arg(args, "warps_per_sm")),
+            est_occupancy_pct=_percent_or_none(_arg(args, "est_occupancy_pct")),
         )
     if kind is EventKind.GPU_ANNOTATION:
         return None

@@ -129,6 +129,7 @@ def _measurement(measurement: Measurement, outcome: FindingOutcome) -> dict[str,
         "max_rel_error": None if outcome.architecture else _number(numerics.max_rel_error),
         "numerics_ok": outcome.numerics_ok,
         "rounds": measurement.rounds,
+        "warmup_steps": list(measurement.warmup_steps),
         "threads": measurement.threads,
         "timer": measurement.timer,
     }
