@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +56,7 @@ class ProfileOptions:
     steps: int = 3
     out_dir: Path | None = None  # default: convdoctor-out/<model name>
     measure: bool = True
+    time_budget_s: float | None = None  # for the whole measuring phase; None: measure every candidate
     select: tuple[str, ...] = ()  # rule ids/prefixes/names to run (all when empty)
     ignore: tuple[str, ...] = ()
     benchmark: BenchmarkSettings = field(default_factory=BenchmarkSettings)
@@ -152,7 +154,7 @@ def _run(workload: Workload, options: ProfileOptions, files: ReportFiles, progre
     analysis = analyze_convs(load_profile(traces[0]))
     rule_set = load_rules()
     results = run_rules(select_rules(rule_set.rules, options.select, options.ignore), analysis)
-    outcomes = [_try_candidate(workload, finding, options, progress) for finding in results.findings]
+    outcomes = measure_findings(workload, results.findings, options, progress)
     report = _report(analysis, _summary(workload, options), outcomes, traces, files.logdir, results, rule_set)
     _write(report, files)
     return report
@@ -179,14 +181,37 @@ def _write(report: Report, files: ReportFiles) -> None:
     write_atomically(files.html, render_html(report))
 
 
+def measure_findings(
+    workload: Workload, findings: list[Finding], options: ProfileOptions, progress: Progress
+) -> list[FindingOutcome]:
+    """Try each finding's candidate, the largest estimated saving first, until the time budget runs out.
+
+    Outcomes come back in the order of ``findings``.
+    """
+    started = time.perf_counter()
+    by_priority = sorted(range(len(findings)), key=lambda i: -(findings[i].estimated_saving or 0.0))
+    outcomes: dict[int, FindingOutcome] = {}
+    for index in by_priority:
+        finding = findings[index]
+        spent = time.perf_counter() - started
+        if finding.candidate is None:
+            outcomes[index] = FindingOutcome(finding, not_measured="this finding has no automatic candidate")
+        elif not options.measure:
+            outcomes[index] = FindingOutcome(finding, not_measured="measuring was turned off (--no-measure)")
+        elif options.time_budget_s is not None and spent >= options.time_budget_s:
+            outcomes[index] = FindingOutcome(
+                finding, not_measured=f"the measuring time budget ({options.time_budget_s:g} s) ran out before "
+                                      "this candidate; raise --time-budget to measure it")
+        else:
+            outcomes[index] = _try_candidate(workload, finding, options, progress)
+    return [outcomes[i] for i in range(len(findings))]
+
+
 def _try_candidate(
     workload: Workload, finding: Finding, options: ProfileOptions, progress: Progress
 ) -> FindingOutcome:
     candidate = finding.candidate
-    if candidate is None:
-        return FindingOutcome(finding, not_measured="this finding has no automatic candidate")
-    if not options.measure:
-        return FindingOutcome(finding, not_measured="measuring was turned off (--no-measure)")
+    assert candidate is not None
     progress.stage(f"measuring {finding.rule_id} {finding.rule_name}: baseline vs {candidate.title}")
     try:
         trial = candidate.transform(workload.copy())

@@ -62,17 +62,19 @@ def main() -> None:
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
               help="Output directory [default: convdoctor-out/<model-stem>].")
 @click.option("--no-measure", is_flag=True, help="Report findings without trying their candidates.")
+@click.option("--time-budget", "time_budget_s", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
+              help="Bound the measuring phase; the largest estimated savings are measured first.")
 @click.option("--format", "output_format", type=click.Choice(["text", "json"]), default="text", show_default=True,
               help="json prints report.json to stdout.")
 @_rule_selection
 def profile_command(model_py: Path, device: str, mode: str, batch_size: int | None, steps: int,
-                    out_dir: Path | None, no_measure: bool, output_format: str, select: tuple[str, ...],
-                    ignore: tuple[str, ...]) -> None:
+                    out_dir: Path | None, no_measure: bool, time_budget_s: float | None, output_format: str,
+                    select: tuple[str, ...], ignore: tuple[str, ...]) -> None:
     """Profile the model that MODEL_PY defines, measure each fix, and write HTML and JSON reports."""
     from convdoctor.api import ProfileOptions, profile_file
 
     options = ProfileOptions(device=device, mode=mode, batch_size=batch_size, steps=steps, out_dir=out_dir,
-                             measure=not no_measure, select=select, ignore=ignore)
+                             measure=not no_measure, time_budget_s=time_budget_s, select=select, ignore=ignore)
     report, files = _or_exit(lambda: profile_file(model_py, options, ClickProgress()))
     _show(report, files, output_format)
 

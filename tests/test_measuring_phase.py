@@ -1,0 +1,67 @@
+"""The measuring phase: order by estimated saving, the time budget, and candidates that fail without stopping it."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+from torch import nn
+
+from convdoctor.analyzer.benchmark import BenchmarkSettings
+from convdoctor.analyzer.workload import Workload, workload_from
+from convdoctor.api import ProfileOptions, SilentProgress, measure_findings
+from convdoctor.rules.base import Candidate, Finding, NumericsContract, Severity
+
+QUICK = BenchmarkSettings(warmup_s=0.0, warmup_steps=2, min_rounds=3, max_rounds=3, max_warmup_s=1.0)
+
+
+def _finding(name: str, transform, saving: float | None) -> Finding:
+    return Finding(rule_id="CD999", rule_name=name, severity=Severity.INFO, message=name, fix=name, advice="",
+                   snippet="", estimated_saving=saving,
+                   candidate=Candidate(title=name, transform=transform, numerics=NumericsContract.EXACT,
+                                       tolerance=1e-4))
+
+
+def _raises(workload: Workload) -> Workload:
+    raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+
+def _doubles_output(workload: Workload) -> Workload:
+    return replace(workload, model=nn.Sequential(workload.model, _Scale(2.0)))
+
+
+class _Scale(nn.Module):
+    def __init__(self, factor: float) -> None:
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.factor
+
+
+def _workload() -> Workload:
+    torch.manual_seed(0)
+    return workload_from(nn.Conv2d(3, 4, 3), torch.randn(1, 3, 16, 16), device="cpu")
+
+
+def test_a_failing_candidate_is_reported_and_the_others_still_run():
+    findings = [_finding("broken", _raises, 0.5), _finding("identity", lambda w: w, 0.1)]
+    broken, identity = measure_findings(_workload(), findings, ProfileOptions(benchmark=QUICK), SilentProgress())
+    assert broken.measurement is None
+    assert broken.not_measured.startswith("the candidate failed: RuntimeError: CUDA out of memory")
+    assert identity.measurement is not None and identity.numerics_ok is True
+
+
+def test_numerics_beyond_tolerance_are_flagged():
+    (outcome,) = measure_findings(_workload(), [_finding("x2", _doubles_output, None)],
+                                   ProfileOptions(benchmark=QUICK), SilentProgress())
+    assert outcome.numerics_ok is False
+    assert outcome.measurement.numerics.max_rel_error > 0.4
+
+
+def test_time_budget_measures_the_largest_saving_first():
+    findings = [_finding("small", lambda w: w, 0.01), _finding("large", lambda w: w, 0.3)]
+    small, large = measure_findings(_workload(), findings, ProfileOptions(benchmark=QUICK, time_budget_s=0.0001),
+                                     SilentProgress())
+    assert large.measurement is not None  # the budget was not yet spent when the largest saving came first
+    assert small.measurement is None and "time budget" in small.not_measured
