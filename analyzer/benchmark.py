@@ -12,7 +12,16 @@ from typing import Any, Callable
 
 import torch
 
-from convdoctor.analyzer.workload import Mode, Workload, call_model, flat_tensors, make_step, synchronize
+from convdoctor.analyzer.workload import (
+    Mode,
+    Workload,
+    call_model,
+    flat_tensors,
+    make_step,
+    map_tensors,
+    synchronize,
+    training_loss,
+)
 
 CONFIDENCE = 0.95
 BOOTSTRAP_RESAMPLES = 2000
@@ -57,6 +66,13 @@ class Numerics:
 
     max_abs_error: float
     max_rel_error: float  # max abs error over the largest baseline magnitude
+    max_grad_abs_error: float | None = None  # train mode: parameter gradients of the first backward
+    max_grad_rel_error: float | None = None
+
+    @property
+    def worst_rel_error(self) -> float:
+        """The larger of the output and gradient relative errors."""
+        return max(self.max_rel_error, self.max_grad_rel_error or 0.0)
 
 
 @dataclass(frozen=True)
@@ -127,7 +143,7 @@ def measure(
     Both run on copies, in this process, with the same thread count; garbage collection is kept out of timed
     regions. The workloads passed in are left as they were.
     """
-    numerics = compare_outputs(_first_output(baseline), _first_output(candidate))
+    numerics = compare_first_step(baseline, candidate)
     baseline, candidate = baseline.copy(), candidate.copy()
     steps = (make_step(baseline), make_step(candidate))
     warmup_steps = [_warm_up(step, workload, settings) for step, workload in zip(steps, (baseline, candidate))]
@@ -161,14 +177,34 @@ def measure(
     )
 
 
-def _first_output(workload: Workload) -> Any:
-    """The output of a forward on a fresh copy (before any optimizer step), for the numerics check."""
+def compare_first_step(baseline: Workload, candidate: Workload) -> Numerics:
+    """Outputs (and, in train mode, parameter gradients) of a first step on fresh copies of both workloads."""
+    base_output, base_grads = _first_step(baseline)
+    cand_output, cand_grads = _first_step(candidate)
+    outputs = compare_outputs(base_output, cand_output)
+    if baseline.mode is not Mode.TRAIN:
+        return outputs
+    grads = compare_outputs(base_grads, cand_grads)
+    return Numerics(outputs.max_abs_error, outputs.max_rel_error, grads.max_abs_error, grads.max_rel_error)
+
+
+def _first_step(workload: Workload) -> tuple[Any, list[torch.Tensor]]:
+    """The output of a forward on a fresh copy (before any optimizer step) and, in train mode, the gradients."""
     probe = workload.copy()
-    probe.model.train(workload.mode is Mode.TRAIN)
-    with torch.no_grad():
-        output = call_model(probe.model, probe.inputs)
+    if workload.mode is not Mode.TRAIN:
+        probe.model.eval()
+        with torch.no_grad():
+            output = call_model(probe.model, probe.inputs)
+        synchronize(workload.device)
+        return output, []
+    probe.model.train()
+    output = call_model(probe.model, probe.inputs)
+    loss = training_loss(output)
+    if loss.requires_grad:
+        loss.backward()
     synchronize(workload.device)
-    return output
+    grads = [p.grad for p in probe.model.parameters() if p.grad is not None]
+    return map_tensors(output, lambda t: t.detach()), grads
 
 
 def _warm_up(step: Callable[[], Any], workload: Workload, settings: BenchmarkSettings) -> int:

@@ -73,6 +73,7 @@ class LayoutConversion:
     from_format: MemoryFormat
     to_format: MemoryFormat
     shape: list[int] = field(default_factory=list)
+    op_module: str | None = None  # qualified name of the module scope the converting op runs in
 
 
 @dataclass
@@ -342,7 +343,8 @@ def _charge_conversions(profile: Profile, calls: list[Op], layer_of_call: dict[i
             layer.conversions.append(LayoutConversion(
                 name=kernel.name, source="kernel", dur_us=kernel.dur_us,
                 from_format=MemoryFormat.CONTIGUOUS if to_nhwc else MemoryFormat.CHANNELS_LAST,
-                to_format=MemoryFormat.CHANNELS_LAST if to_nhwc else MemoryFormat.CONTIGUOUS))
+                to_format=MemoryFormat.CHANNELS_LAST if to_nhwc else MemoryFormat.CONTIGUOUS,
+                op_module=kernel.launcher.module.qualified_name if kernel.launcher.module else None))
 
 
 def _host_conversion(op: Op) -> LayoutConversion | None:
@@ -350,7 +352,8 @@ def _host_conversion(op: Op) -> LayoutConversion | None:
         return None
     if op.name in REORDER_OPS:
         shape = list(op.input_dims[0]) if op.input_dims and op.input_dims[0] else []
-        return LayoutConversion(op.name, "cpu_op", op.dur_us, MemoryFormat.OTHER, MemoryFormat.OTHER, shape)
+        return LayoutConversion(op.name, "cpu_op", op.dur_us, MemoryFormat.OTHER, MemoryFormat.OTHER, shape,
+                                op.module.qualified_name if op.module else None)
     if op.name != "aten::copy_" or len(op.input_dims) < 2 or len(op.input_strides) < 2:
         return None
     dst_shape, src_shape = op.input_dims[0], op.input_dims[1]
@@ -361,7 +364,8 @@ def _host_conversion(op: Op) -> LayoutConversion | None:
     known = {MemoryFormat.CONTIGUOUS, MemoryFormat.CHANNELS_LAST}
     if dst == src or dst not in known or src not in known:
         return None
-    return LayoutConversion(op.name, "cpu_op", op.dur_us, src, dst, list(dst_shape))
+    return LayoutConversion(op.name, "cpu_op", op.dur_us, src, dst, list(dst_shape),
+                            op.module.qualified_name if op.module else None)
 
 
 def _owner(op: Op, layer_of_call: dict[int, ConvLayer]) -> ConvLayer | None:

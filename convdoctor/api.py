@@ -223,7 +223,7 @@ def _try_candidate(
         if workload.device.type == "cuda":
             torch.cuda.empty_cache()
         return FindingOutcome(finding, not_measured=f"the candidate failed: {describe_exception(exc)}")
-    ok = result.numerics.max_rel_error <= candidate.tolerance
+    ok = result.numerics.worst_rel_error <= candidate.tolerance
     return FindingOutcome(finding, measurement=result, numerics_ok=ok)
 
 

@@ -127,6 +127,8 @@ def _measurement(measurement: Measurement, outcome: FindingOutcome) -> dict[str,
         # An architecture change computes something else: its outputs are not compared (see "architecture").
         "max_abs_error": None if outcome.architecture else _number(numerics.max_abs_error),
         "max_rel_error": None if outcome.architecture else _number(numerics.max_rel_error),
+        "max_grad_abs_error": None if outcome.architecture else _number(numerics.max_grad_abs_error),
+        "max_grad_rel_error": None if outcome.architecture else _number(numerics.max_grad_rel_error),
         "numerics_ok": outcome.numerics_ok,
         "rounds": measurement.rounds,
         "warmup_steps": list(measurement.warmup_steps),

@@ -27,7 +27,7 @@ def render_summary(report: Report, html_path: str, json_path: str, overwrote: bo
         if outcome.architecture is not None:
             lines.append(f"  {architecture_note(outcome)}")
         elif outcome.measurement is not None and outcome.numerics_ok is False:
-            lines.append(f"  numerics: max rel error {outcome.measurement.numerics.max_rel_error:.3g} "
+            lines.append(f"  numerics: max rel error {outcome.measurement.numerics.worst_rel_error:.3g} "
                          f"is beyond the tolerance {f.candidate.tolerance if f.candidate else '?'}")
     if not report.outcomes:
         lines.append("No findings.")

@@ -81,6 +81,7 @@ def test_train_mode_measures_forward_backward_and_step():
     result = measure(baseline, candidate, BenchmarkSettings(warmup_s=0.0, min_rounds=4, max_rounds=4))
     assert result.rounds == 4
     assert result.numerics.max_abs_error == 0.0
+    assert result.numerics.max_grad_abs_error == 0.0  # gradients of the first backward are compared too
     assert baseline.model.weight.grad is None  # measure() steps its own copies' optimizers, not this model's
 
 
