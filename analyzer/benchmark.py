@@ -25,6 +25,9 @@ from convdoctor.analyzer.workload import (
 
 CONFIDENCE = 0.95
 BOOTSTRAP_RESAMPLES = 2000
+# Differences smaller than this are below what timer jitter, frequency scaling and allocator state let one
+# process tell apart: an interval inside 1 ± MIN_EFFECT is "no measurable difference", as is one covering 1.0.
+MIN_EFFECT = 0.01
 
 
 class Verdict(str, enum.Enum):
@@ -104,7 +107,8 @@ def estimate_speedup(baseline_s: list[float], candidate_s: list[float], *, seed:
     low = ratios[int(tail * BOOTSTRAP_RESAMPLES)]
     high = ratios[min(BOOTSTRAP_RESAMPLES - 1, int((1 - tail) * BOOTSTRAP_RESAMPLES))]
     base_median, cand_median = statistics.median(baseline_s), statistics.median(candidate_s)
-    verdict = Verdict.FASTER if low > 1.0 else Verdict.SLOWER if high < 1.0 else Verdict.NO_DIFFERENCE
+    verdict = (Verdict.FASTER if low > 1.0 + MIN_EFFECT else Verdict.SLOWER if high < 1.0 - MIN_EFFECT
+               else Verdict.NO_DIFFERENCE)
     return SpeedupEstimate(
         baseline_ms=base_median * 1e3,
         candidate_ms=cand_median * 1e3,

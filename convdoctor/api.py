@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 import convdoctor
-from convdoctor.analyzer.benchmark import BenchmarkSettings, measure
+from convdoctor.analyzer.benchmark import BenchmarkSettings, Verdict, measure
 from convdoctor.analyzer.capture import capture, check_fits, environment
 from convdoctor.analyzer.layers import ConvAnalysis, analyze_convs
 from convdoctor.analyzer.model_cost import ArchitectureDelta, model_cost
@@ -23,8 +23,8 @@ from convdoctor.errors import OutputDirError, TraceError
 from convdoctor.reports.files import write_atomically
 from convdoctor.reports.html_report import render_html
 from convdoctor.reports.json_report import report_to_json
-from convdoctor.reports.report import FindingOutcome, Report, RuleDoc, WorkloadSummary, trace_summary
-from convdoctor.rules.base import Finding, NumericsContract, doc_sections
+from convdoctor.reports.report import FindingOutcome, Plan, Report, RuleDoc, WorkloadSummary, trace_summary
+from convdoctor.rules.base import Finding, NumericsContract, combine, doc_sections
 from convdoctor.rules.registry import RuleResults, RuleSet, load_rules, run_rules, select_rules
 
 
@@ -156,6 +156,7 @@ def _run(workload: Workload, options: ProfileOptions, files: ReportFiles, progre
     results = run_rules(select_rules(rule_set.rules, options.select, options.ignore), analysis)
     outcomes = measure_findings(workload, results.findings, options, progress)
     report = _report(analysis, _summary(workload, options), outcomes, traces, files.logdir, results, rule_set)
+    report.plan = build_plan(workload, outcomes, options, progress)
     _write(report, files)
     return report
 
@@ -205,6 +206,33 @@ def measure_findings(
         else:
             outcomes[index] = _try_candidate(workload, finding, options, progress)
     return [outcomes[i] for i in range(len(findings))]
+
+
+def build_plan(
+    workload: Workload, outcomes: list[FindingOutcome], options: ProfileOptions, progress: Progress
+) -> Plan | None:
+    """Combine every accepted candidate into one and measure it: speedups do not multiply.
+
+    Accepted: measured faster, numerics within tolerance, and not an architecture change (no retraining).
+    """
+    accepted = [o for o in outcomes if o.measurement is not None and o.numerics_ok
+                and o.measurement.estimate.verdict is Verdict.FASTER and o.architecture is None]
+    if not accepted:
+        return None
+    steps = sorted(accepted, key=lambda o: -o.measurement.estimate.speedup)
+    if len(steps) == 1:
+        only = steps[0]
+        return Plan(steps=steps, measurement=only.measurement, numerics_ok=only.numerics_ok,
+                    tolerance=only.finding.candidate.tolerance)
+    combined = combine([o.finding.candidate for o in steps])
+    progress.stage(f"measuring the combined plan: {combined.title}")
+    try:
+        result = measure(workload, combined.transform(workload.copy()), options.benchmark, progress=progress.rounds)
+    except Exception as exc:  # the combination may fail where each step alone did not
+        return Plan(steps=steps, tolerance=combined.tolerance,
+                    not_measured=f"the combined candidate failed: {describe_exception(exc)}")
+    return Plan(steps=steps, measurement=result, numerics_ok=result.numerics.worst_rel_error <= combined.tolerance,
+                tolerance=combined.tolerance)
 
 
 def _try_candidate(

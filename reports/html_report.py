@@ -5,7 +5,13 @@ from __future__ import annotations
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
 from convdoctor.reports.json_report import report_to_dict
-from convdoctor.reports.presentation import architecture_note, headline, measured_result, tensorboard_command
+from convdoctor.reports.presentation import (
+    architecture_note,
+    headline,
+    measured_result,
+    plan_lines,
+    tensorboard_command,
+)
 from convdoctor.reports.report import Report
 
 _ENVIRONMENT = Environment(
@@ -37,4 +43,5 @@ def render_html(report: Report) -> str:
         max_layer_ms=max((layer["time_ms"] for layer in data["layers"]), default=1.0) or 1.0,
         tensorboard=tensorboard_command(report.logdir),
         rule_docs=report.rule_docs,
+        plan=plan_lines(report.plan) if report.plan else [],
     )

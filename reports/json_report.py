@@ -9,7 +9,7 @@ from typing import Any
 from convdoctor.analyzer.benchmark import Measurement
 from convdoctor.analyzer.layers import ConvLayer
 from convdoctor.analyzer.model_cost import ArchitectureDelta
-from convdoctor.reports.report import FindingOutcome, Report
+from convdoctor.reports.report import FindingOutcome, Plan, Report
 
 SCHEMA_VERSION = "1.0"
 
@@ -32,6 +32,7 @@ def report_to_dict(report: Report) -> dict[str, Any]:
         "layers": [_layer(layer, analysis.share(layer.time_per_step_us), analysis.profile.step_count)
                    for layer in analysis.layers],
         "findings": [_outcome(outcome) for outcome in report.outcomes],
+        "plan": None if report.plan is None else _plan(report.plan),
         "skipped_rules": dict(report.skipped_rules),
         "rule_problems": list(report.rule_problems),
         "trace_files": list(report.trace_files),
@@ -96,10 +97,37 @@ def _outcome(outcome: FindingOutcome) -> dict[str, Any]:
         "estimated_saving": finding.estimated_saving,
         "candidate": None if candidate is None else {
             "title": candidate.title, "numerics": candidate.numerics.value, "tolerance": candidate.tolerance},
-        "measurement": None if outcome.measurement is None else _measurement(outcome.measurement, outcome),
+        "measurement": None if outcome.measurement is None else _measurement(
+            outcome.measurement, outcome.numerics_ok, compares_outputs=outcome.architecture is None),
         "not_measured": outcome.not_measured,
         "architecture": None if outcome.architecture is None else _architecture(outcome.architecture),
     }
+
+
+def _plan(plan: Plan) -> dict[str, Any]:
+    return {
+        "steps": [
+            {
+                "rule_id": step.finding.rule_id,
+                "fix": step.finding.fix,
+                "snippet": step.finding.snippet,
+                "speedup": step.measurement.estimate.speedup if step.measurement else None,
+                "measured_saving": _saving(step.measurement),
+                "estimated_saving": step.finding.estimated_saving,
+            }
+            for step in plan.steps
+        ],
+        "tolerance": plan.tolerance,
+        "measurement": None if plan.measurement is None else _measurement(plan.measurement, plan.numerics_ok,
+                                                                          compares_outputs=True),
+        "measured_saving": _saving(plan.measurement),
+        "not_measured": plan.not_measured,
+    }
+
+
+def _saving(measurement: Measurement | None) -> float | None:
+    """The fraction of step time a measured candidate saves: 1 - candidate/baseline."""
+    return None if measurement is None else 1.0 - 1.0 / measurement.estimate.speedup
 
 
 def _architecture(delta: ArchitectureDelta) -> dict[str, Any]:
@@ -114,7 +142,7 @@ def _architecture(delta: ArchitectureDelta) -> dict[str, Any]:
     }
 
 
-def _measurement(measurement: Measurement, outcome: FindingOutcome) -> dict[str, Any]:
+def _measurement(measurement: Measurement, numerics_ok: bool | None, *, compares_outputs: bool) -> dict[str, Any]:
     estimate, numerics = measurement.estimate, measurement.numerics
     return {
         "baseline_ms": estimate.baseline_ms,
@@ -125,11 +153,11 @@ def _measurement(measurement: Measurement, outcome: FindingOutcome) -> dict[str,
         "confidence": 0.95,
         "verdict": estimate.verdict.value,
         # An architecture change computes something else: its outputs are not compared (see "architecture").
-        "max_abs_error": None if outcome.architecture else _number(numerics.max_abs_error),
-        "max_rel_error": None if outcome.architecture else _number(numerics.max_rel_error),
-        "max_grad_abs_error": None if outcome.architecture else _number(numerics.max_grad_abs_error),
-        "max_grad_rel_error": None if outcome.architecture else _number(numerics.max_grad_rel_error),
-        "numerics_ok": outcome.numerics_ok,
+        "max_abs_error": _number(numerics.max_abs_error) if compares_outputs else None,
+        "max_rel_error": _number(numerics.max_rel_error) if compares_outputs else None,
+        "max_grad_abs_error": _number(numerics.max_grad_abs_error) if compares_outputs else None,
+        "max_grad_rel_error": _number(numerics.max_grad_rel_error) if compares_outputs else None,
+        "numerics_ok": numerics_ok,
         "rounds": measurement.rounds,
         "warmup_steps": list(measurement.warmup_steps),
         "threads": measurement.threads,

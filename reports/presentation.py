@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from convdoctor.analyzer.benchmark import Verdict
-from convdoctor.reports.report import FindingOutcome, Report
+from convdoctor.analyzer.benchmark import Measurement, Verdict
+from convdoctor.reports.report import FindingOutcome, Plan, Report
 
 
 def headline(report: Report) -> str:
@@ -12,27 +12,47 @@ def headline(report: Report) -> str:
     if not analysis.layers:
         return "No convolutions were found in the profiled steps."
     share = analysis.share(analysis.conv_time_us)
-    best = max((o for o in report.outcomes if o.measurement and o.measurement.estimate.verdict is Verdict.FASTER
-                and o.numerics_ok), key=lambda o: o.measurement.estimate.speedup, default=None)
     count = len(analysis.layers)
     opening = f"Convolutions are {share:.0%} of step time ({count} layer{'' if count == 1 else 's'})."
-    if best is None:
-        measured = [o for o in report.outcomes if o.measurement]
-        if measured:
-            return f"{opening} No candidate made it measurably faster."
-        return f"{opening} {len(report.outcomes)} finding(s); none measured."
-    return f"{opening} {best.finding.fix} makes it {measured_result(best)}, measured."
+    plan = report.plan
+    if plan is not None and plan.measurement is not None:
+        fixes = plan.steps[0].finding.fix if len(plan.steps) == 1 else f"The plan below ({len(plan.steps)} fixes)"
+        numerics = "" if plan.numerics_ok else " but its outputs differ beyond tolerance"
+        return f"{opening} {fixes} makes it {speedup_text(plan.measurement)}, measured{numerics}."
+    if any(o.measurement for o in report.outcomes):
+        return f"{opening} No candidate made it measurably faster without changing the model."
+    return f"{opening} {len(report.outcomes)} finding(s); none measured."
 
 
 def measured_result(outcome: FindingOutcome) -> str:
-    """``1.23× faster (1.10–1.35×)`` or ``no measurable difference (0.97–1.04×)``, or why not measured."""
+    """``1.23× faster (95% CI 1.10–1.35×)`` or ``no measurable difference (…)``, or why it was not measured."""
     if outcome.measurement is None:
         return f"not measured: {outcome.not_measured}"
-    e = outcome.measurement.estimate
+    return speedup_text(outcome.measurement)
+
+
+def speedup_text(measurement: Measurement) -> str:
+    """A measured speedup with its interval, worded by its verdict."""
+    e = measurement.estimate
     interval = f"{e.ci_low:.2f}–{e.ci_high:.2f}×"
     if e.verdict is Verdict.NO_DIFFERENCE:
         return f"no measurable difference ({e.speedup:.2f}×, 95% CI {interval})"
     return f"{e.speedup:.2f}× {e.verdict.value} (95% CI {interval})"
+
+
+def plan_lines(plan: Plan) -> list[str]:
+    """The plan's steps with their own results, then the combined result (or why it has none)."""
+    lines = []
+    for step in plan.steps:
+        predicted = step.finding.estimated_saving
+        guess = f", predicted saving {predicted:.0%}" if predicted is not None else ""
+        lines.append(f"{step.finding.fix} ({step.finding.rule_id}): alone {measured_result(step)}{guess}")
+    if plan.measurement is not None:
+        lines.append(f"together: {speedup_text(plan.measurement)}"
+                     + ("" if plan.numerics_ok else f", outputs beyond the tolerance {plan.tolerance:g}"))
+    else:
+        lines.append(f"together: not measured: {plan.not_measured}")
+    return lines
 
 
 def architecture_note(outcome: FindingOutcome) -> str | None:

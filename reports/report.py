@@ -37,6 +37,17 @@ class FindingOutcome:
     architecture: ArchitectureDelta | None = None  # for an architecture change: FLOPs and params, before and after
 
 
+@dataclass
+class Plan:
+    """The accepted fixes (faster, numerics within tolerance, no retraining) applied together and measured as one."""
+
+    steps: list[FindingOutcome]  # ranked by their own measured speedup
+    measurement: Measurement | None = None
+    numerics_ok: bool | None = None
+    tolerance: float = 0.0
+    not_measured: str | None = None
+
+
 @dataclass(frozen=True)
 class RuleDoc:
     """A rule's documentation, for the report's rule section."""
@@ -60,6 +71,7 @@ class Report:
     skipped_rules: dict[str, str] = field(default_factory=dict)
     rule_problems: list[str] = field(default_factory=list)
     rule_docs: list[RuleDoc] = field(default_factory=list)  # of the rules with findings
+    plan: Plan | None = None  # None when nothing was measured faster
 
 
 def trace_summary(analysis: ConvAnalysis, trace: Path) -> WorkloadSummary:

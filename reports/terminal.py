@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from convdoctor.reports.presentation import architecture_note, headline, measured_result, tensorboard_command
+from convdoctor.reports.presentation import (
+    architecture_note,
+    headline,
+    measured_result,
+    plan_lines,
+    tensorboard_command,
+)
 from convdoctor.reports.report import Report
 
 TOP_LAYERS = 5
@@ -31,6 +37,10 @@ def render_summary(report: Report, html_path: str, json_path: str, overwrote: bo
                          f"is beyond the tolerance {f.candidate.tolerance if f.candidate else '?'}")
     if not report.outcomes:
         lines.append("No findings.")
+    if report.plan is not None:
+        *steps, together = plan_lines(report.plan)
+        lines += ["", "Plan (accepted fixes, measured together):",
+                  *(f"  {number}. {step}" for number, step in enumerate(steps, start=1)), f"  {together}"]
     for problem in report.rule_problems:
         lines.append(f"warning: {problem}")
     lines += [

@@ -52,6 +52,14 @@ class NumericsContract(str, enum.Enum):
     ARCHITECTURE = "architecture change"  # a different model: needs retraining, FLOPs/params reported
 
 
+class PlanStage(enum.IntEnum):
+    """Where a candidate goes when several are combined: module surgery first, wrappers around the model last."""
+
+    STRUCTURE = 0  # replaces or folds modules (conv-bn folding)
+    LAYOUT = 1  # changes tensors in place (memory format)
+    WRAPPER = 2  # wraps the whole model (autocast, compile)
+
+
 @dataclass(frozen=True)
 class Candidate:
     """A transform of a copy of the workload that a finding proposes, and what it promises about numerics."""
@@ -60,6 +68,7 @@ class Candidate:
     transform: Callable[[Workload], Workload]
     numerics: NumericsContract
     tolerance: float  # max relative error of outputs that still counts as the same model
+    stage: PlanStage = PlanStage.LAYOUT  # where it goes in a combined plan
 
 
 @dataclass
@@ -111,3 +120,25 @@ def missing_requirements(rule: Rule, analysis: ConvAnalysis) -> list[str]:
         Requirement.DEVICE_KERNELS: profile.has_device_events,
     }
     return [f"trace has no {req.value}" for req in rule.requires if not present[req]]
+
+
+def combine(candidates: list[Candidate]) -> Candidate:
+    """One candidate that applies all of them, module surgery first and model wrappers last.
+
+    Errors of approximate candidates can add up, so the combined tolerance is the sum of theirs.
+    """
+    ordered = sorted(candidates, key=lambda c: c.stage)  # stable: same-stage candidates keep their order
+
+    def transform(workload: Workload) -> Workload:
+        for candidate in ordered:
+            workload = candidate.transform(workload)
+        return workload
+
+    approximate = any(c.numerics is not NumericsContract.EXACT for c in ordered)
+    return Candidate(
+        title=" + ".join(c.title for c in ordered),
+        transform=transform,
+        numerics=NumericsContract.APPROXIMATE if approximate else NumericsContract.EXACT,
+        tolerance=sum(c.tolerance for c in ordered),
+        stage=max(c.stage for c in ordered),
+    )

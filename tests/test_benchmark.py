@@ -37,6 +37,11 @@ def test_same_distribution_is_no_measurable_difference():
     assert estimate.ci_low <= 1.0 <= estimate.ci_high
 
 
+def test_a_difference_below_the_minimum_effect_is_no_measurable_difference():
+    estimate = estimate_speedup([10.0e-3] * 20, [9.95e-3] * 20)  # 0.5% faster with no noise at all
+    assert estimate.ci_low > 1.0 and estimate.verdict is Verdict.NO_DIFFERENCE
+
+
 def test_compare_outputs_reports_abs_and_relative_error():
     base = (torch.tensor([1.0, -4.0]), torch.tensor([2, 3]))
     cand = (torch.tensor([1.5, -4.0]), torch.tensor([2, 3]))

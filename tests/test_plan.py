@@ -1,0 +1,91 @@
+"""The combined plan: accepted candidates applied together in stage order and measured as one."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+import torch
+from torch import nn
+
+from convdoctor.analyzer.benchmark import BenchmarkSettings, Verdict
+from convdoctor.analyzer.workload import Workload, workload_from
+from convdoctor.api import ProfileOptions, SilentProgress, build_plan, measure_findings
+from convdoctor.reports.presentation import plan_lines
+from convdoctor.rules.base import Candidate, Finding, NumericsContract, PlanStage, Severity, combine
+
+QUICK = BenchmarkSettings(warmup_s=0.0, warmup_steps=2, min_rounds=6, max_rounds=6, max_warmup_s=2.0)
+
+
+class Nap(nn.Module):
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        time.sleep(self.seconds)
+        return x
+
+
+def _without(name: str):
+    def transform(workload: Workload) -> Workload:
+        getattr(workload.model, name).seconds = 0.0
+        return workload
+    return transform
+
+
+def _finding(name: str, transform, stage: PlanStage = PlanStage.LAYOUT, saving: float | None = None) -> Finding:
+    return Finding(rule_id="CD999", rule_name=name, severity=Severity.INFO, message=name, fix=f"drop {name}",
+                   advice="", snippet=f"del model.{name}", estimated_saving=saving,
+                   candidate=Candidate(title=f"no {name}", transform=transform, numerics=NumericsContract.EXACT,
+                                       tolerance=1e-4, stage=stage))
+
+
+def test_combine_applies_in_stage_order_and_adds_tolerances():
+    applied: list[str] = []
+
+    def mark(label: str):
+        return lambda w: applied.append(label) or w
+
+    wrapper = Candidate("wrap", mark("wrap"), NumericsContract.APPROXIMATE, 1e-2, PlanStage.WRAPPER)
+    layout = Candidate("layout", mark("layout"), NumericsContract.EXACT, 1e-4, PlanStage.LAYOUT)
+    surgery = Candidate("fold", mark("fold"), NumericsContract.EXACT, 1e-4, PlanStage.STRUCTURE)
+    combined = combine([wrapper, layout, surgery])
+    combined.transform(workload_from(nn.Identity(), torch.zeros(1), device="cpu"))
+    assert applied == ["fold", "layout", "wrap"]
+    assert combined.numerics is NumericsContract.APPROXIMATE and abs(combined.tolerance - 0.0102) < 1e-12
+    assert combined.title == "fold + layout + wrap"
+
+
+def test_plan_measures_the_accepted_fixes_together():
+    model = nn.Sequential()
+    model.add_module("first", Nap(0.02))
+    model.add_module("second", Nap(0.02))
+    workload = workload_from(model, torch.zeros(2), device="cpu")
+    findings = [_finding("first", _without("first"), saving=0.5), _finding("second", _without("second")),
+                _finding("rewrite", lambda w: replace(w, model=nn.Sequential(Nap(0.0))))]
+    findings[2] = replace(findings[2], candidate=replace(findings[2].candidate,
+                                                         numerics=NumericsContract.ARCHITECTURE))
+    options = ProfileOptions(benchmark=QUICK)
+    outcomes = measure_findings(workload, findings, options, SilentProgress())
+    assert all(o.measurement.estimate.verdict is Verdict.FASTER for o in outcomes[:2])
+    plan = build_plan(workload, outcomes, options, SilentProgress())
+    assert plan is not None and [s.finding.rule_name for s in plan.steps] == sorted(
+        ["first", "second"], key=lambda n: -outcomes[["first", "second"].index(n)].measurement.estimate.speedup)
+    assert "rewrite" not in [s.finding.rule_name for s in plan.steps]  # an architecture change needs retraining
+    alone = max(o.measurement.estimate.speedup for o in outcomes[:2])
+    assert plan.measurement.estimate.verdict is Verdict.FASTER and plan.numerics_ok
+    assert plan.measurement.estimate.speedup > 2 * alone  # both naps gone: far more than either alone
+    assert workload.model.first.seconds == 0.02  # the workload itself was never changed
+    assert plan_lines(plan)[-1].startswith("together: ")
+
+
+def test_the_identity_candidate_is_no_measurable_difference_and_gives_no_plan():
+    workload = workload_from(nn.Sequential(Nap(0.01)), torch.zeros(2), device="cpu")
+    settings = BenchmarkSettings(warmup_s=0.0, warmup_steps=2, min_rounds=15, max_rounds=15, max_warmup_s=2.0)
+    outcomes = measure_findings(workload, [_finding("noop", lambda w: w)], ProfileOptions(benchmark=settings),
+                                SilentProgress())
+    estimate = outcomes[0].measurement.estimate
+    assert estimate.verdict is Verdict.NO_DIFFERENCE, estimate
+    assert outcomes[0].numerics_ok is True
+    assert build_plan(workload, outcomes, ProfileOptions(benchmark=settings), SilentProgress()) is None
