@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import gc
+import os
 import random
 import statistics
 import time
@@ -89,6 +90,12 @@ class Measurement:
     threads: int
     device: str
     timer: str
+    load_average: float | None = None  # 1-minute load average of the machine when the rounds ended
+
+    @property
+    def machine_was_busy(self) -> bool:
+        """Other work competed for the cores: the interval holds for this run but may not repeat."""
+        return self.load_average is not None and self.load_average > (os.cpu_count() or 1) + 0.5
 
 
 def estimate_speedup(baseline_s: list[float], candidate_s: list[float], *, seed: int = 0) -> SpeedupEstimate:
@@ -178,6 +185,7 @@ def measure(
         threads=torch.get_num_threads(),
         device=str(baseline.device),
         timer="torch.cuda.synchronize + perf_counter" if baseline.device.type == "cuda" else "perf_counter",
+        load_average=os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     )
 
 

@@ -67,7 +67,8 @@ class Candidate:
     title: str
     transform: Callable[[Workload], Workload]
     numerics: NumericsContract
-    tolerance: float  # max relative error of outputs that still counts as the same model
+    tolerance: float = 0.0  # max relative error of outputs that still counts as the same model (unused for
+    # an architecture change, whose outputs are not compared)
     stage: PlanStage = PlanStage.LAYOUT  # where it goes in a combined plan
 
 
@@ -119,7 +120,7 @@ def missing_requirements(rule: Rule, analysis: ConvAnalysis) -> list[str]:
         Requirement.MODULE_SCOPES: profile.has_module_scopes,
         Requirement.DEVICE_KERNELS: profile.has_device_events,
     }
-    return [f"trace has no {req.value}" for req in rule.requires if not present[req]]
+    return [f"trace has no {req.value}" for req in sorted(rule.requires) if not present[req]]
 
 
 def combine(candidates: list[Candidate]) -> Candidate:
