@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, Iterator
 
 from convdoctor.analyzer.module_scope import ModuleScope
+
+if TYPE_CHECKING:
+    from convdoctor.analyzer.gpu_timeline import GpuTimeline
 
 
 class EventKind(str, enum.Enum):
@@ -75,7 +79,13 @@ class Op:
 
 @dataclass(eq=False)
 class Kernel:
-    """A device-side event: a kernel, memcpy or memset, linked to the host event that launched it."""
+    """A device-side event: a kernel, memcpy or memset, linked to the host event that launched it.
+
+    Kernels also carry their launch configuration and Kineto's occupancy estimate, where the trace has them (memcpy
+    and memset never do). Kineto computes ``est_occupancy_pct`` (libkineto/src/DeviceProperties.cpp,
+    ``kernelOccupancy``) as min(blocks_per_sm, blocks the CUDA occupancy calculator fits on one SM) x threads per
+    block / max threads per SM: the theoretical occupancy capped by the grid size, not a measured achieved one.
+    """
 
     name: str
     kind: EventKind
@@ -92,11 +102,7 @@ class Kernel:
     shared_memory_bytes: int | None = None  # static + dynamic shared memory per block
     blocks_per_sm: float | None = None  # blocks in the grid / SMs on the device; < 1 leaves SMs without work
     warps_per_sm: float | None = None  # warps in the grid / SMs: a launch size, not the resident warps
-    est_occupancy_pct: float | None = None  # Kineto's estimate, 0..100: see below
-
-    # Kineto computes ``est_occupancy_pct`` (libkineto/src/DeviceProperties.cpp, ``kernelOccupancy``) as
-    # min(blocks_per_sm, blocks the occupancy calculator fits on one SM) x threads per block / max threads
-    # per SM: the theoretical occupancy, capped by the grid size. It is not a measured achieved occupancy.
+    est_occupancy_pct: float | None = None  # "est. achieved occupancy %", 0..100: see the class docstring
 
     @property
     def end_us(self) -> float:
@@ -141,6 +147,13 @@ class Profile:
     @property
     def has_device_events(self) -> bool:
         return bool(self.kernels)
+
+    @cached_property
+    def gpu_timeline(self) -> GpuTimeline | None:
+        """Busy and idle GPU time per step on the busiest device; None when the trace has no device events."""
+        from convdoctor.analyzer.gpu_timeline import gpu_timeline
+
+        return gpu_timeline(self)
 
     @property
     def has_module_scopes(self) -> bool:

@@ -143,28 +143,19 @@ def _list(value: Any) -> list[Any]:
 
 def _count_or_none(value: Any) -> int | None:
     """A non-negative integer count (registers, bytes), or None for a missing or impossible value."""
-    if isinstance(value, bool):
-        return None
-    number = _int_or_none(value) if isinstance(value, (int, float, str)) and _finite(value) else None
-    return number if number is not None and number >= 0 else None
-
-
-def _finite(value: Any) -> bool:
-    try:
-        return math.isfinite(float(value))
-    except (TypeError, ValueError):
-        return False
+    number = _rate_or_none(value)
+    return int(number) if number is not None else None
 
 
 def _rate_or_none(value: Any) -> float | None:
-    """A finite non-negative float (blocks or warps per SM), or None.
+    """A finite non-negative number (blocks or warps per SM), or None.
 
-    Kineto writes ``inf`` when it knows no SM count, and ``-1`` (as ``-99`` %) when its occupancy calculator fails.
+    Kineto writes ``inf`` blocks per SM when it knows no SM count, and -1 (written as ``-99`` %) as the occupancy
+    when its occupancy calculator fails: neither is a value.
     """
-    if isinstance(value, bool) or not _finite(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    number = float(value)
-    return number if number >= 0 else None
+    return float(value) if math.isfinite(value) and value >= 0 else None
 
 
 def _dim3_or_none(value: Any) -> tuple[int, int, int] | None:

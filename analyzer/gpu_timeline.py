@@ -1,0 +1,146 @@
+"""How busy the GPU is within each profiled step: the union of its kernel, memcpy and memset intervals.
+
+A pure function of the Profile's device events and steps. The GPU counts as busy while any stream of the
+device runs something, so overlapping streams are not counted twice; idle time is the step's span minus that.
+Device events are clipped to the step's span (the ``ProfilerStep#N`` annotation on the host): work the GPU
+still runs after the host has moved on counts in the step whose span it falls in. A kernel is counted in the
+step in which it starts. A trace that marks no steps is treated as one step over the whole traced span.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Mapping
+
+from convdoctor.analyzer.profile import EventKind, Kernel
+
+if TYPE_CHECKING:
+    from convdoctor.analyzer.profile import Profile
+
+
+@dataclass(frozen=True)
+class StepTimeline:
+    """The GPU's activity within one step."""
+
+    step: int | None  # the ProfilerStep number; None for the whole trace when it marks no steps
+    ts_us: float
+    span_us: float
+    busy_us: float  # union of device intervals on the device, all streams
+    kernel_count: int  # kernels (not memcpy/memset) that start in the step
+    gaps: tuple[tuple[float, float], ...]  # idle intervals (start_us, end_us) in the step, in time order
+
+    @property
+    def idle_us(self) -> float:
+        return self.span_us - self.busy_us
+
+
+@dataclass(frozen=True)
+class GpuTimeline:
+    """The GPU's busy and idle time per step (averaged over the profiled steps) on one device."""
+
+    device: int | None  # the device summarized: the one with the most device time in the steps
+    steps: tuple[StepTimeline, ...]
+    span_us: float  # mean step span
+    busy_us: float  # mean busy time per step
+    idle_us: float  # mean idle time per step (span - busy)
+    idle_share: float  # idle / span, 0..1
+    kernel_count: int  # kernels (kind KERNEL) starting inside the steps, over all steps
+    median_kernel_us: float  # median duration of those kernels
+    stream_busy_us: Mapping[int | None, float]  # mean busy time per step of each stream of the device
+
+    @property
+    def kernels_per_step(self) -> float:
+        return self.kernel_count / len(self.steps) if self.steps else 0.0
+
+
+def gpu_timeline(profile: Profile, device: int | None = None) -> GpuTimeline | None:
+    """The GPU timeline of ``device`` (default: the busiest device), or None when the trace has no device events."""
+    events = profile.kernels
+    if device is not None:
+        events = [k for k in events if k.device == device]
+    if not events:
+        return None
+    spans = _step_spans(profile)
+    if device is None:
+        device = _busiest_device(events, spans)
+        events = [k for k in events if k.device == device]
+    steps = []
+    stream_busy: dict[int | None, float] = defaultdict(float)
+    durations: list[float] = []
+    for number, start, end in spans:
+        inside = [k for k in events if k.end_us > start and k.ts_us < end]
+        merged = _merged([(max(k.ts_us, start), min(k.end_us, end)) for k in inside])
+        started = [k for k in inside if start <= k.ts_us < end and k.kind is EventKind.KERNEL]
+        durations.extend(k.dur_us for k in started)
+        by_stream: dict[int | None, list[Kernel]] = defaultdict(list)
+        for k in inside:
+            by_stream[k.stream].append(k)
+        for stream, stream_events in by_stream.items():
+            stream_busy[stream] += _length(_merged([(max(k.ts_us, start), min(k.end_us, end)) for k in stream_events]))
+        steps.append(StepTimeline(step=number, ts_us=start, span_us=end - start, busy_us=_length(merged),
+                                  kernel_count=len(started), gaps=_gaps(merged, start, end)))
+    count = len(steps)
+    span = sum(s.span_us for s in steps) / count
+    busy = sum(s.busy_us for s in steps) / count
+    return GpuTimeline(
+        device=device,
+        steps=tuple(steps),
+        span_us=span,
+        busy_us=busy,
+        idle_us=span - busy,
+        idle_share=(span - busy) / span if span > 0 else 0.0,
+        kernel_count=len(durations),
+        median_kernel_us=statistics.median(durations) if durations else 0.0,
+        stream_busy_us={stream: total / count for stream, total in sorted(stream_busy.items(), key=_stream_key)},
+    )
+
+
+def _step_spans(profile: Profile) -> list[tuple[int | None, float, float]]:
+    """(step number, start, end) of each step; the whole traced span (host and device) when there are none."""
+    if profile.steps:
+        return [(s.number, s.ts_us, s.end_us) for s in profile.steps]
+    starts = [op.ts_us for op in profile.ops if op.parent is None] + [k.ts_us for k in profile.kernels]
+    ends = [op.end_us for op in profile.ops if op.parent is None] + [k.end_us for k in profile.kernels]
+    return [(None, min(starts), max(ends))]
+
+
+def _busiest_device(events: list[Kernel], spans: list[tuple[int | None, float, float]]) -> int | None:
+    time: dict[int | None, float] = defaultdict(float)
+    for k in events:
+        time[k.device] += sum(max(0.0, min(k.end_us, end) - max(k.ts_us, start)) for _, start, end in spans)
+    return max(time, key=lambda d: (time[d], -(d if d is not None else -1)))
+
+
+def _merged(intervals: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Non-overlapping intervals covering the same time, in order."""
+    merged: list[tuple[float, float]] = []
+    for start, end in sorted(intervals):
+        if end <= start:
+            continue
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
+
+
+def _length(intervals: list[tuple[float, float]]) -> float:
+    return sum(end - start for start, end in intervals)
+
+
+def _gaps(merged: list[tuple[float, float]], start: float, end: float) -> tuple[tuple[float, float], ...]:
+    gaps = []
+    cursor = start
+    for busy_start, busy_end in merged:
+        if busy_start > cursor:
+            gaps.append((cursor, busy_start))
+        cursor = max(cursor, busy_end)
+    if cursor < end:
+        gaps.append((cursor, end))
+    return tuple(gaps)
+
+
+def _stream_key(item: tuple[int | None, float]) -> tuple[bool, int]:
+    return item[0] is None, item[0] or 0

@@ -1,0 +1,214 @@
+"""CD103 mixed-precision: fp32 convolutions on a GPU whose tensor cores run fp16/bf16 convolutions."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any, Callable, Iterable
+
+import torch
+
+from convdoctor.analyzer.layers import CONV_BACKWARD_NODE, CONV_OP, ConvAnalysis
+from convdoctor.analyzer.profile import EventKind, Kernel, Profile
+from convdoctor.analyzer.workload import Workload
+from convdoctor.rules.base import Candidate, Finding, NumericsContract, PlanStage, Requirement, Severity
+from convdoctor.rules.transforms import autocast
+
+TOLERANCE = 2e-2  # max relative error of outputs (max |diff| / max |baseline|) that autocast may cause
+
+TRAIN_SNIPPET = """\
+scaler = torch.amp.GradScaler("cuda")  # float16 needs loss scaling; with bfloat16 drop the scaler
+for x, y in loader:
+    with torch.autocast(device_type="cuda", dtype=torch.{dtype}):
+        loss = criterion(model(x), y)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)"""
+
+EVAL_SNIPPET = """\
+with torch.inference_mode(), torch.autocast(device_type="cuda", dtype=torch.{dtype}):
+    out = model(x)"""
+
+
+def mixed_precision_dtype(device: torch.device, trace_major: int | None = None) -> torch.dtype:
+    """The autocast dtype for ``device``: bfloat16 from compute capability 8 (Ampere) on, float16 before it.
+
+    The capability is read from the device the workload runs on, falling back to the one the trace recorded.
+    CPU autocast computes in bfloat16.
+    """
+    if device.type != "cuda":
+        return torch.bfloat16
+    try:
+        major = torch.cuda.get_device_capability(device)[0]
+    except (AssertionError, RuntimeError):  # no usable CUDA here: trust the trace
+        major = trace_major
+    return torch.bfloat16 if major is not None and major >= 8 else torch.float16
+
+
+def autocast_for_device(trace_major: int | None) -> Callable[[Workload], Workload]:
+    """A transform that runs the workload under autocast to the dtype its own device supports best."""
+
+    def transform(workload: Workload) -> Workload:
+        return autocast(mixed_precision_dtype(workload.device, trace_major))(workload)
+
+    return transform
+
+
+class MixedPrecisionRule:
+    """fp32 convolutions on a tensor-core GPU (compute capability 7.0+) that take a meaningful share of the step."""
+
+    id = "CD103"
+    name = "mixed-precision"
+    summary = "fp32 convolutions on a GPU with tensor cores: autocast to float16/bfloat16"
+    severity = Severity.WARNING
+    requires = frozenset({Requirement.CONV_LAYERS, Requirement.DEVICE_KERNELS})
+    min_share = 0.1  # Options: smallest share of step time in fp32 conv layers that is reported
+    doc = """\
+## What it detects
+Convolutions whose inputs are float32 on an NVIDIA GPU with tensor cores: compute capability 7.0 or
+newer (Volta, Turing: float16) or 8.0 or newer (Ampere, Hopper: float16 and bfloat16), where the fp32 conv
+layers take at least `min_share` of the step. The device is the one the conv kernels ran on, read from the
+trace's `deviceProperties`.
+
+## Why it is slow
+Tensor cores multiply float16/bfloat16 matrices at 8-16x the fp32 rate, and half-width activations halve
+the memory traffic of every conv, batch norm and activation around it. In fp32 a Volta or Turing GPU runs
+convolutions on its CUDA cores only; Ampere and newer use TF32 tensor cores for cuDNN convolutions by default,
+which is still about half the float16/bfloat16 rate with twice the bytes.
+
+## Example
+```python
+model = torchvision.models.resnet50().cuda()
+loss = criterion(model(x), y)           # every conv runs in float32
+loss.backward()
+```
+
+## Use instead
+```python
+scaler = torch.amp.GradScaler("cuda")    # float16 only; bfloat16 (Ampere+) needs no loss scaling
+with torch.autocast(device_type="cuda", dtype=torch.float16):
+    loss = criterion(model(x), y)
+scaler.scale(loss).backward()
+scaler.step(optimizer)
+scaler.update()
+```
+When autocast is not acceptable, TF32 on Ampere and newer is the smaller step: `torch.backends.cudnn.allow_tf32
+= True` (the default for convolutions) and `torch.backends.cuda.matmul.allow_tf32 = True`.
+
+## Evidence
+The dtype of each conv layer (`Input type` of the conv operator), the layers' device time per step, the
+device the conv kernels ran on (kernel `device`) and its `computeMajor`/`computeMinor` and name from
+`deviceProperties`; the TF32 settings convdoctor recorded at capture, where the trace has them.
+
+## Options
+`min_share` (fraction of step time, default 0.1): smallest share of the step spent in fp32 conv layers for
+the finding to be reported. The candidate's tolerance is 2e-2 (max absolute output error over the largest
+baseline output magnitude).
+
+## References
+- https://pytorch.org/docs/stable/amp.html
+- https://pytorch.org/tutorials/recipes/recipes/amp_recipe.html
+- https://docs.nvidia.com/deeplearning/performance/mixed-precision-training/index.html
+- https://pytorch.org/docs/stable/notes/cuda.html#tensorfloat-32-tf32-on-ampere-and-later-devices
+"""
+
+    def check(self, analysis: ConvAnalysis) -> Iterable[Finding]:
+        profile = analysis.profile
+        fp32 = [layer for layer in analysis.layers if layer.dtype == "float32"]
+        device = _conv_device(profile)
+        props = _device_properties(profile, device)
+        if not fp32 or props is None:
+            return
+        major, minor = props.get("computeMajor"), props.get("computeMinor")
+        if not isinstance(major, int) or major < 7:
+            return  # no tensor cores: Pascal and older gain little from autocast
+        fp32_us = sum(layer.time_per_step_us for layer in fp32)
+        share = analysis.share(fp32_us)
+        if share < self.min_share:
+            return
+        dtype = "bfloat16" if major >= 8 else "float16"
+        training = any(layer.backward_us > 0 for layer in fp32)
+        device_name = str(props.get("name", f"cuda:{device}"))
+        capability = f"{major}.{minor if isinstance(minor, int) else 0}"
+        tf32 = profile.environment.get("cudnn_allow_tf32")
+        yield Finding(
+            rule_id=self.id,
+            rule_name=self.name,
+            severity=self.severity if share >= 0.2 else Severity.INFO,
+            message=(f"{len(fp32)} of {len(analysis.layers)} conv layers run in float32: {fp32_us / 1e3:.1f} ms, "
+                     f"{share:.0%} of the step, on {device_name} (sm_{capability.replace('.', '')}), "
+                     f"whose tensor cores run {'bfloat16 and float16' if major >= 8 else 'float16'}"),
+            fix=f"Run the model under torch.autocast({dtype})",
+            advice=self._advice(major, dtype, training, tf32),
+            snippet=(TRAIN_SNIPPET if training else EVAL_SNIPPET).format(dtype=dtype),
+            layers=[layer.name for layer in fp32],
+            evidence={
+                "fp32_layers": len(fp32),
+                "conv_layers": len(analysis.layers),
+                "fp32_conv_ms_per_step": fp32_us / 1e3,
+                "fp32_conv_share": share,
+                "device": device,
+                "device_name": device_name,
+                "compute_capability": capability,
+                "suggested_dtype": dtype,
+                "training": training,
+                "cudnn_allow_tf32": tf32 if isinstance(tf32, bool) else None,
+                "tolerance": TOLERANCE,
+            },
+            estimated_saving=None,  # the tensor-core speedup is not in the trace: the candidate measures it
+            candidate=Candidate(
+                title=f"autocast to {dtype} (picked from the device at run time)",
+                transform=autocast_for_device(major),
+                numerics=NumericsContract.APPROXIMATE,
+                tolerance=TOLERANCE,
+                stage=PlanStage.WRAPPER,  # it wraps the whole model: after any module or layout change
+            ),
+        )
+
+    def _advice(self, major: int, dtype: str, training: bool, tf32: Any) -> str:
+        advice = (f"Wrap the forward pass and the loss in torch.autocast(device_type=\"cuda\", dtype=torch.{dtype}); "
+                  "autocast keeps numerically sensitive ops (reductions, softmax, losses) in float32 and leaves "
+                  "the weights in float32.")
+        if training:
+            advice += (" In training, scale the loss with torch.amp.GradScaler when using float16, so that small "
+                       "gradients do not underflow; bfloat16 has float32's range and needs no scaler.")
+        if major >= 8:
+            if tf32 is False:
+                advice += (" This run had TF32 turned off (torch.backends.cudnn.allow_tf32 = False): turning it "
+                           "back on is the smaller step when autocast is not acceptable.")
+            else:
+                advice += (" If autocast is not acceptable, TF32 is the smaller step: keep "
+                           "torch.backends.cudnn.allow_tf32 = True (the default) and set "
+                           "torch.backends.cuda.matmul.allow_tf32 = True.")
+        else:
+            advice += " This GPU predates TF32 (Ampere): float16 autocast is the way to its tensor cores."
+        return advice
+
+
+def _conv_device(profile: Profile) -> int | None:
+    """The device that ran the most conv kernel time (forward and backward)."""
+    time: dict[int | None, float] = defaultdict(float)
+    for kernel in profile.kernels:
+        if kernel.kind is EventKind.KERNEL and _launched_by_conv(kernel):
+            time[kernel.device] += kernel.dur_us
+    if not time:
+        return None
+    return max(time, key=lambda device: time[device])
+
+
+def _launched_by_conv(kernel: Kernel) -> bool:
+    launcher = kernel.launcher
+    if launcher is None:
+        return False
+    return any(CONV_OP.match(op.name) or CONV_BACKWARD_NODE.match(op.name) for op in (launcher, *launcher.ancestors()))
+
+
+def _device_properties(profile: Profile, device: int | None) -> dict[str, Any] | None:
+    """The ``deviceProperties`` entry of ``device`` (its ``id``, else its position), or None."""
+    if device is None:
+        return None
+    by_id = next((p for p in profile.device_properties if p.get("id") == device), None)
+    if by_id is not None:
+        return by_id
+    positional = profile.device_properties[device] if device < len(profile.device_properties) else None
+    return positional if positional is not None and "id" not in positional else None

@@ -1,0 +1,293 @@
+"""CD109 conv-bn-fold: in inference, a BatchNorm right after a convolution can be folded into the conv's weights."""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Iterable
+
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+from convdoctor.analyzer.layers import ConvAnalysis, TimeBasis
+from convdoctor.analyzer.profile import EventKind, Op
+from convdoctor.analyzer.workload import Workload
+from convdoctor.rules.base import Candidate, Finding, NumericsContract, Requirement, Severity
+from convdoctor.rules.transforms import replace_module
+
+CONV_CLASS = re.compile(r"^Conv[123]d$")  # exactly torch.nn.ConvNd: a subclass may change what forward computes
+BN_CLASS = re.compile(r"^BatchNorm[123]d$")
+BN_OPS = ("aten::batch_norm", "aten::native_batch_norm", "aten::_native_batch_norm_legit_no_training",
+          "aten::cudnn_batch_norm", "aten::miopen_batch_norm")
+BACKWARD_OP = re.compile(r"Backward|^autograd::engine")
+CONV_CLASSES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+BN_CLASSES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+@dataclass(frozen=True)
+class FoldPair:
+    """A conv module whose every call feeds the BatchNorm module called right after it."""
+
+    conv: str  # qualified module names
+    bn: str
+    shape: tuple[int, ...]  # the conv output, which is the BN input
+    calls_per_step: float
+    bn_us_per_step: float
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A BatchNorm that looked foldable at first sight, and why it is not folded."""
+
+    bn: str
+    conv: str | None
+    reason: str
+
+
+def fold_conv_bn(pairs: list[tuple[str, str]]) -> Callable[[Workload], Workload]:
+    """A transform that folds each (conv, bn) pair: the conv becomes the fused conv, the bn ``nn.Identity()``."""
+
+    def transform(workload: Workload) -> Workload:
+        model = workload.model
+        for conv_name, bn_name in pairs:
+            conv, bn = model.get_submodule(conv_name), model.get_submodule(bn_name)
+            if type(conv) not in CONV_CLASSES or type(bn) not in BN_CLASSES:
+                raise TypeError(f"{conv_name} -> {bn_name} is {type(conv).__name__} -> {type(bn).__name__}, "
+                                "not a ConvNd followed by a BatchNormNd")
+            replace_module(model, conv_name, fuse_conv_bn_eval(conv.eval(), bn.eval()))
+            replace_module(model, bn_name, nn.Identity())
+        return replace(workload, model=model)
+
+    return transform
+
+
+def step_mode(analysis: ConvAnalysis) -> str:
+    """``train`` or ``eval``: as recorded at capture time, else from backward work in the trace."""
+    recorded = analysis.profile.environment.get("mode")
+    if recorded in ("train", "eval"):
+        return recorded
+    if any(layer.backward_us > 0 for layer in analysis.layers):
+        return "train"
+    backward = any(op.kind is EventKind.CPU_OP and BACKWARD_OP.search(op.name) for op in analysis.profile.ops)
+    return "train" if backward else "eval"
+
+
+def find_pairs(analysis: ConvAnalysis) -> tuple[list[FoldPair], list[Skipped]]:
+    """The (conv, BN) pairs that can be folded, and the BNs after a conv that cannot, with the reason."""
+    profile = analysis.profile
+    calls: dict[str, list[Op]] = defaultdict(list)
+    for op in profile.ops:
+        if op.scope is not None and (CONV_CLASS.match(op.scope.class_name) or BN_CLASS.match(op.scope.class_name)):
+            calls[op.scope.qualified_name].append(op)
+    output_shapes = {layer.name: layer.output_shape for layer in analysis.layers}
+    pairs: list[FoldPair] = []
+    skipped: list[Skipped] = []
+    for bn_name, bn_calls in calls.items():
+        if not BN_CLASS.match(bn_calls[0].scope.class_name):
+            continue
+        before = {_conv_before(call) for call in bn_calls}
+        conv_names = {name for name in before if name is not None}
+        if not conv_names:
+            continue  # no conv right before this BN in any call: nothing to say
+        conv_name = sorted(conv_names)[0]
+        reason = _why_not(conv_name, before, bn_name, bn_calls, calls.get(conv_name, []), output_shapes)
+        if reason:
+            skipped.append(Skipped(bn=bn_name, conv=conv_name, reason=reason))
+            continue
+        steps = profile.step_count
+        pairs.append(FoldPair(
+            conv=conv_name, bn=bn_name, shape=tuple(_bn_op(bn_calls[0]).input_dims[0]),
+            calls_per_step=len(bn_calls) / steps,
+            bn_us_per_step=sum(_time_us(call, analysis.time_basis) for call in bn_calls) / steps))
+    pairs.sort(key=lambda pair: pair.bn_us_per_step, reverse=True)
+    return pairs, skipped
+
+
+def _why_not(conv_name: str, before: set[str | None], bn_name: str, bn_calls: list[Op], conv_calls: list[Op],
+             output_shapes: dict[str, list[int] | None]) -> str | None:
+    """Why folding ``conv_name`` into ``bn_name`` would not be sound, or None when every check passes."""
+    if len(before) > 1:
+        named = sorted(name or "something else" for name in before)
+        return f"its calls follow different things ({', '.join(named)}): a fold cannot serve them all"
+    bn_ids = {id(call) for call in bn_calls}
+    if any(id(_next_sibling(call)) not in bn_ids for call in conv_calls):
+        return f"{conv_name} is also called without {bn_name} right after it: its output is used unnormalized"
+    expected = output_shapes.get(conv_name)
+    for call in bn_calls:
+        op = _bn_op(call)
+        if op is None or not op.input_dims or not op.input_dims[0]:
+            return "the trace has no input shape for the BatchNorm op (capture with record_shapes=True)"
+        if expected is None:
+            return f"the output shape of {conv_name} is unknown, so the BN input cannot be matched to it"
+        if list(op.input_dims[0]) != list(expected):
+            return f"its input {list(op.input_dims[0])} is not the output {list(expected)} of {conv_name}"
+        if op.name in ("aten::batch_norm", "aten::native_batch_norm"):
+            if len(op.input_dims) > 4 and (not op.input_dims[3] or not op.input_dims[4]):
+                return "it has no running statistics (track_running_stats=False): it normalizes with batch stats"
+            if len(op.concrete_inputs) > 5 and op.concrete_inputs[5] == "True":
+                return "it runs in training mode (batch statistics): set model.eval()"
+    return None
+
+
+def _conv_before(bn_call: Op) -> str | None:
+    """The conv module called right before this BN call under the same parent scope, if that is what it is."""
+    previous = _previous_sibling(bn_call)
+    if previous is None or previous.scope is None or not CONV_CLASS.match(previous.scope.class_name):
+        return None
+    return previous.scope.qualified_name
+
+
+def _previous_sibling(op: Op) -> Op | None:
+    siblings = op.parent.children if op.parent is not None else []
+    index = next((i for i, sibling in enumerate(siblings) if sibling is op), 0)
+    return siblings[index - 1] if index > 0 else None
+
+
+def _next_sibling(op: Op) -> Op | None:
+    siblings = op.parent.children if op.parent is not None else []
+    index = next((i for i, sibling in enumerate(siblings) if sibling is op), len(siblings))
+    return siblings[index + 1] if index + 1 < len(siblings) else None
+
+
+def _bn_op(bn_call: Op) -> Op | None:
+    """The outermost batch-norm operator of a BatchNorm module call."""
+    return next((op for op in bn_call.descendants() if op.kind is EventKind.CPU_OP and op.name in BN_OPS), None)
+
+
+def _time_us(call: Op, basis: TimeBasis) -> float:
+    if basis is TimeBasis.DEVICE:
+        return call.device_time_us()
+    return sum(op.dur_us for op in call.children if op.kind is EventKind.CPU_OP)
+
+
+def _snippet(pairs: list[FoldPair]) -> str:
+    shown = ", ".join(f'["{pair.conv}", "{pair.bn}"]' for pair in pairs[:3])
+    more = ", ..." if len(pairs) > 3 else ""
+    first = pairs[0]
+    return (
+        "import torch\n"
+        "from torch.nn.utils.fusion import fuse_conv_bn_eval\n\n"
+        "model.eval()  # folding uses the running statistics: inference only\n"
+        f"# every pair at once (the BN becomes nn.Identity):\n"
+        f"torch.ao.quantization.fuse_modules(model, [{shown}{more}], inplace=True)\n"
+        f"# or one pair by hand:\n"
+        f'fused = fuse_conv_bn_eval(model.get_submodule("{first.conv}"), model.get_submodule("{first.bn}"))'
+    )
+
+
+class ConvBnFoldRule:
+    """In inference, BatchNorm layers that directly follow a convolution and can be folded into its weights."""
+
+    id = "CD109"
+    name = "conv-bn-fold"
+    summary = "In inference, BatchNorm right after a conv costs a pass over the activation that folding removes"
+    severity = Severity.WARNING
+    requires = frozenset({Requirement.CONV_LAYERS, Requirement.MODULE_SCOPES})
+    min_bn_share = 0.0  # Options: smallest share of step time in foldable BatchNorm layers that is reported
+    warning_share = 0.05  # Options: share of step time in foldable BatchNorm layers from which it is a warning
+    doc = """\
+## What it detects
+In an inference (eval) step, a `Conv1d`/`Conv2d`/`Conv3d` module immediately followed by a
+`BatchNorm1d`/`BatchNorm2d`/`BatchNorm3d` module that normalizes its output with running statistics. A pair
+is folded only when the trace shows all of: the BN's module call comes right after the conv's module call
+under the same parent module, with nothing in between; every call of the BN follows a call of that conv, and
+every call of that conv is followed by that BN (a module called several times per step must pair up on each
+call); the BN's input shape equals the conv's output shape; the BN runs with running statistics, not in
+training mode. Anything else is skipped and the reason is kept in the evidence. The trace cannot show whether
+the conv's output is also read elsewhere (e.g. `bn(y) + y`); the measured candidate's numerics check catches
+that case, since the model's outputs would change.
+
+## Why it is slow
+In eval mode a BatchNorm is a fixed per-channel affine map, `y = (x - mean) / sqrt(var + eps) * gamma + beta`.
+Run as its own layer it reads and writes the whole activation once more, and launches its own kernels, for
+arithmetic that fits into the conv's weights and bias: `W' = W * gamma / sqrt(var + eps)`,
+`b' = (b - mean) * gamma / sqrt(var + eps) + beta`. Folded, the BN's time goes away and the conv costs the same.
+Training mode cannot fold: the BN normalizes with the statistics of each batch and learns gamma and beta.
+
+## Example
+```python
+block = nn.Sequential(nn.Conv2d(64, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64), nn.ReLU())
+block.eval()
+with torch.no_grad():
+    out = block(x)
+```
+
+## Use instead
+```python
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+block.eval()
+block[0] = fuse_conv_bn_eval(block[0], block[1])
+block[1] = nn.Identity()
+# or for many pairs: torch.ao.quantization.fuse_modules(model.eval(), [["0", "1"], ...], inplace=True)
+```
+`torch.jit.freeze` and `torch.compile` with inductor's freezing also fold conv-BN pairs in inference. Keep
+the unfolded model for training and fold the copy you deploy.
+
+## Evidence
+The module scopes of the trace: the order of module calls under each parent module, the class names of the
+modules (`Conv2d`, `BatchNorm2d`), the input shape of `aten::batch_norm` against the conv layer's output
+shape, its `training` argument (`Concrete Inputs`) and whether running mean and variance are passed; the
+step's mode (recorded at capture, else whether the trace holds backward ops). The BN time per step is the
+host time of its operators (device time of its kernels on GPU).
+
+## Options
+`min_bn_share` (fraction of step time, default 0.0): smallest share of the step spent in foldable BatchNorm
+layers for the finding to be reported.
+`warning_share` (fraction of step time, default 0.05): share of the step in foldable BatchNorm layers from
+which the finding is a warning rather than info.
+
+## References
+- https://pytorch.org/docs/stable/generated/torch.nn.utils.fusion.fuse_conv_bn_eval.html
+- https://pytorch.org/tutorials/intermediate/fx_conv_bn_fuser.html
+- https://pytorch.org/docs/stable/generated/torch.ao.quantization.fuse_modules.html
+"""
+
+    def check(self, analysis: ConvAnalysis) -> Iterable[Finding]:
+        if step_mode(analysis) != "eval":
+            return
+        pairs, skipped = find_pairs(analysis)
+        if not pairs:
+            return
+        bn_us = sum(pair.bn_us_per_step for pair in pairs)
+        share = analysis.share(bn_us)
+        if share < self.min_bn_share:
+            return
+        first = pairs[0]
+        more = f" and {len(pairs) - 1} more pair{'s' if len(pairs) > 2 else ''}" if len(pairs) > 1 else ""
+        yield Finding(
+            rule_id=self.id,
+            rule_name=self.name,
+            severity=self.severity if share >= self.warning_share else Severity.INFO,
+            message=f"{first.conv} -> {first.bn}{more}: BN costs {bn_us / 1e3:.2f} ms per step "
+                    f"({share:.1%} of the step) and can be folded into the convs",
+            fix="Fold each BatchNorm into the conv before it for inference",
+            advice=f"These {len(pairs)} BatchNorm layers each normalize the output of the conv called right before "
+                   "them with fixed running statistics: fold them into the conv's weights and bias (the BN "
+                   "becomes nn.Identity) in the model you run for inference, not in the one you train."
+                   + (f" {len(skipped)} BatchNorm layer(s) after a conv were left alone; the evidence says why."
+                      if skipped else ""),
+            snippet=_snippet(pairs),
+            layers=[pair.conv for pair in pairs],
+            evidence={
+                "mode": "eval",
+                "pairs": [_pair_row(pair) for pair in pairs],
+                "pair_count": len(pairs),
+                "bn_ms_per_step": bn_us / 1e3,
+                "bn_share": share,
+                "skipped": [{"bn": s.bn, "conv": s.conv, "reason": s.reason} for s in skipped],
+            },
+            estimated_saving=share,
+            candidate=Candidate(
+                title=f"{len(pairs)} BatchNorm layer{'s' if len(pairs) != 1 else ''} folded into their convs",
+                transform=fold_conv_bn([(pair.conv, pair.bn) for pair in pairs]),
+                numerics=NumericsContract.EXACT,
+                tolerance=1e-4,
+            ),
+        )
+
+
+def _pair_row(pair: FoldPair) -> dict[str, Any]:
+    return {"conv": pair.conv, "bn": pair.bn, "shape": list(pair.shape), "calls_per_step": pair.calls_per_step,
+            "bn_ms_per_step": pair.bn_us_per_step / 1e3}
