@@ -34,7 +34,10 @@ def load_rules() -> RuleSet:
     rules: list[Rule] = []
     problems: list[str] = []
     seen: set[str] = set()
-    for point in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda p: p.name):
+    # Built-ins first, so that a plugin reusing a built-in id is the one rejected.
+    points = sorted(entry_points(group=ENTRY_POINT_GROUP),
+                    key=lambda p: (p.dist is None or p.dist.name != "convdoctor", p.name))
+    for point in points:
         origin = f"{point.value} (from {point.dist.name if point.dist else 'unknown distribution'})"
         try:
             loaded = point.load()
