@@ -105,6 +105,7 @@ def environment(workload: Workload) -> dict[str, Any]:
         "device": str(device),
         "device_name": device_name(device),
         "threads": torch.get_num_threads(),
+        "available_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "cudnn_benchmark": torch.backends.cudnn.benchmark,
         "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
         "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
