@@ -10,7 +10,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from convdoctor.analyzer.profile import EventKind, Op, Profile
+from convdoctor.analyzer.profile import EventKind, Kernel, Op, Profile
 
 CONV_OP = re.compile(
     r"^aten::(?!\w*backward)(conv[123]d|conv_transpose[123]d|_?convolution|_convolution_mode|cudnn_convolution\w*|"
@@ -97,7 +97,7 @@ class ConvLayer:
     forward_us: float = 0.0
     backward_us: float = 0.0
     conversions: list[LayoutConversion] = field(default_factory=list)
-    kernel_names: list[str] = field(default_factory=list)
+    kernels: list[Kernel] = field(default_factory=list)  # device events of all calls, forward and backward
     flops: int | None = None  # per call, forward
     bytes: int | None = None  # per call, forward: input + weight + bias + output
     calls_per_step: float = 0.0
@@ -109,6 +109,11 @@ class ConvLayer:
     def intensity(self) -> float | None:
         """FLOPs per byte moved, per forward call."""
         return self.flops / self.bytes if self.flops and self.bytes else None
+
+    @property
+    def kernel_names(self) -> list[str]:
+        """The distinct names of the layer's device events, in order of first launch."""
+        return list(dict.fromkeys(k.name for k in self.kernels))
 
     @property
     def conversion_us(self) -> float:
@@ -178,7 +183,7 @@ def analyze_convs(profile: Profile) -> ConvAnalysis:
         layer = layers.get(name) or layers.setdefault(name, _new_layer(name, op))
         layer.calls += 1
         layer.forward_us += _time_us(op, basis)
-        layer.kernel_names.extend(k.name for k in _kernels(op) if k.name not in layer.kernel_names)
+        layer.kernels.extend(_kernels(op))
         layer_of_call[id(op)] = layer
     forward_by_sequence = {op.sequence_number: op for op in calls if op.sequence_number is not None}
     backward_nodes = [op for op in profile.ops if op.kind is EventKind.CPU_OP and CONV_BACKWARD_NODE.match(op.name)]
@@ -188,6 +193,7 @@ def analyze_convs(profile: Profile) -> ConvAnalysis:
         if layer is None:
             continue
         layer.backward_us += _time_us(node, basis)
+        layer.kernels.extend(_kernels(node))
         if layer.output_shape is None and node.input_dims and node.input_dims[0]:
             layer.output_shape = list(node.input_dims[0])  # grad_output has the forward output's shape
             _fill_metrics(layer)
@@ -318,7 +324,7 @@ def _time_us(op: Op, basis: TimeBasis) -> float:
     return op.device_time_us() if basis is TimeBasis.DEVICE else op.dur_us
 
 
-def _kernels(op: Op) -> list[Any]:
+def _kernels(op: Op) -> list[Kernel]:
     return [k for o in (op, *op.descendants()) for k in o.kernels]
 
 

@@ -6,9 +6,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from convdoctor.analyzer import layers as conv_layers
 from convdoctor.analyzer.layers import ConvAnalysis
-from convdoctor.analyzer.profile import EventKind, Kernel, Op, Profile
+from convdoctor.analyzer.profile import EventKind, Kernel, Profile
 from convdoctor.rules.base import Finding, Requirement, Severity
 
 SNIPPET = """\
@@ -99,12 +98,11 @@ backward node). Kernels whose trace lacks these fields are left out, and layers 
     def check(self, analysis: ConvAnalysis) -> Iterable[Finding]:
         profile = analysis.profile
         steps = profile.step_count
-        by_layer = layer_kernels(profile)
         flagged: list[dict[str, Any]] = []
         without_data: list[str] = []
         devices: dict[int | None, float] = defaultdict(float)
         for layer in analysis.layers:
-            kernels = [k for k in by_layer.get(layer.name, []) if k.kind is EventKind.KERNEL]
+            kernels = [k for k in layer.kernels if k.kind is EventKind.KERNEL]
             measured = [k for k in kernels if k.est_occupancy_pct is not None and k.blocks_per_sm is not None]
             total_us = sum(k.dur_us for k in measured)
             if not measured or total_us <= 0:
@@ -193,32 +191,6 @@ backward node). Kernels whose trace lacks these fields are left out, and layers 
         if benchmark is False:
             advice += " This run had cudnn.benchmark off."
         return advice
-
-
-def layer_kernels(profile: Profile) -> dict[str, list[Kernel]]:
-    """The device events of each conv layer, forward and backward, keyed by the layer names analyze_convs gives.
-
-    Uses the conv stage's own call detection and naming, so that the keys match ``ConvLayer.name``; backward
-    nodes are tied to their forward call through the autograd sequence number, as the conv stage does.
-    """
-    calls = [op for op in profile.ops if conv_layers._is_conv_call(op)]
-    kernels: dict[str, list[Kernel]] = defaultdict(list)
-    by_sequence: dict[int, str] = {}
-    for op, name in conv_layers._name_calls(profile, calls):
-        kernels[name].extend(_kernels_under(op))
-        if op.sequence_number is not None:
-            by_sequence[op.sequence_number] = name
-    for node in profile.ops:
-        if node.kind is not EventKind.CPU_OP or not conv_layers.CONV_BACKWARD_NODE.match(node.name):
-            continue
-        name = by_sequence.get(node.sequence_number) if node.sequence_number is not None else None
-        if name is not None:
-            kernels[name].extend(_kernels_under(node))
-    return kernels
-
-
-def _kernels_under(op: Op) -> list[Kernel]:
-    return [k for o in (op, *op.descendants()) for k in o.kernels]
 
 
 def _num_sms(profile: Profile, device: int | None) -> int | None:
