@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -17,14 +18,14 @@ from convdoctor.analyzer.benchmark import BenchmarkSettings, Verdict, measure
 from convdoctor.analyzer.capture import capture, check_fits, environment
 from convdoctor.analyzer.layers import ConvAnalysis, analyze_convs
 from convdoctor.analyzer.model_cost import ArchitectureDelta, model_cost
-from convdoctor.analyzer.trace import find_traces, load_profile
+from convdoctor.analyzer.trace import TRACE_SUFFIXES, find_traces, load_profile
 from convdoctor.analyzer.workload import Inputs, Workload, describe_exception, load_workload, workload_from
-from convdoctor.errors import OutputDirError, TraceError
+from convdoctor.errors import OutputDirError, ReportError, TraceError
 from convdoctor.reports.files import write_atomically
 from convdoctor.reports.html_report import render_html
-from convdoctor.reports.json_report import report_to_json
+from convdoctor.reports.json_report import report_to_dict, report_to_json
 from convdoctor.reports.report import FindingOutcome, Plan, Report, RuleDoc, WorkloadSummary, trace_summary
-from convdoctor.rules.base import Finding, NumericsContract, combine, doc_sections
+from convdoctor.rules.base import Finding, NumericsContract, Rule, combine, doc_sections
 from convdoctor.rules.registry import RuleResults, RuleSet, load_rules, run_rules, select_rules
 
 
@@ -126,17 +127,40 @@ def analyze_path(path: str | Path, out_dir: Path | None = None, progress: Progre
             failed.append(str(exc))
             continue
         files = _prepare_out_dir(base if len(traces) == 1 else base / _trace_key(path, trace))
-        results = run_rules(rules, analysis)
-        offline = "analyzed offline from a trace: run `convdoctor profile model.py` to measure it"
-        outcomes = [FindingOutcome(finding, not_measured=offline) for finding in results.findings]
-        logdir = path if path.is_dir() else trace.parent
-        report = _report(analysis, trace_summary(analysis, trace), outcomes, [trace], logdir, results, rule_set)
+        report = _offline_report(analysis, trace, path if path.is_dir() else trace.parent, rule_set, rules)
         _write(report, files)
         written.append((report, files))
     if not written:
         more = f" (and {len(failed) - 1} more unreadable traces)" if len(failed) > 1 else ""
         raise TraceError(failed[0] + more)
     return AnalyzeResult(written=written, failed=failed)
+
+
+def report_data(path: str | Path) -> dict[str, Any]:
+    """The report.json data of a report file, or of one trace (or a log dir holding one) analyzed in memory."""
+    path = Path(path)
+    if path.is_file() and path.suffix == ".json" and not path.name.endswith(TRACE_SUFFIXES):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ReportError(f"{path}: cannot be read as a report ({exc}); pass a report.json or a trace") from exc
+        if not isinstance(data, dict) or "schema_version" not in data or "layers" not in data:
+            raise ReportError(f"{path}: is JSON but not a convdoctor report.json; pass a report.json or a trace")
+        return data
+    traces = find_traces(path)
+    if len(traces) > 1:
+        raise ReportError(f"{path}: holds {len(traces)} traces; pass one trace (or one worker's report.json)")
+    rule_set = load_rules()
+    analysis = analyze_convs(load_profile(traces[0]))
+    return report_to_dict(_offline_report(analysis, traces[0], traces[0].parent, rule_set, rule_set.rules))
+
+
+def _offline_report(analysis: ConvAnalysis, trace: Path, logdir: Path, rule_set: RuleSet, rules: list[Rule]
+                    ) -> Report:
+    results = run_rules(rules, analysis)
+    offline = "analyzed offline from a trace: run `convdoctor profile model.py` to measure it"
+    outcomes = [FindingOutcome(finding, not_measured=offline) for finding in results.findings]
+    return _report(analysis, trace_summary(analysis, trace), outcomes, [trace], logdir, results, rule_set)
 
 
 def _trace_key(logdir: Path, trace: Path) -> Path:

@@ -104,6 +104,24 @@ def analyze_command(trace_or_logdir: Path, out_dir: Path | None, output_format: 
         sys.exit(EXIT_USER_ERROR)
 
 
+@main.command("diff")
+@click.argument("before", type=click.Path(path_type=Path))
+@click.argument("after", type=click.Path(path_type=Path))
+@click.option("--html", "html_path", type=click.Path(path_type=Path), default=None,
+              help="Also write the comparison as a self-contained HTML page.")
+def diff_command(before: Path, after: Path, html_path: Path | None) -> None:
+    """Compare two runs: BEFORE and AFTER are report.json files, or traces (one each)."""
+    from convdoctor.api import report_data
+    from convdoctor.reports.diff import diff_reports, render_diff_html, render_diff_text
+    from convdoctor.reports.files import write_atomically
+
+    diff = _or_exit(lambda: diff_reports(report_data(before), report_data(after), str(before), str(after)))
+    click.echo(render_diff_text(diff))
+    if html_path is not None:
+        write_atomically(html_path, render_diff_html(diff))
+        click.echo(f"\nhtml: {html_path}")
+
+
 @main.command("rules")
 @click.argument("rule_id", required=False)
 def rules_command(rule_id: str | None) -> None:

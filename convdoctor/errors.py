@@ -19,3 +19,7 @@ class TraceError(ConvDoctorError):
 
 class OutputDirError(ConvDoctorError):
     """The output directory cannot be written."""
+
+
+class ReportError(ConvDoctorError):
+    """A report.json to compare is missing, unreadable, or not a convdoctor report."""
