@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from convdoctor.api import ReportFiles
     from convdoctor.reports.report import Report
 
-EXIT_OK, EXIT_USER_ERROR = 0, 2
+EXIT_OK, EXIT_FINDINGS, EXIT_USER_ERROR = 0, 1, 2
 T = TypeVar("T")
 
 
@@ -66,10 +66,13 @@ def main() -> None:
               help="Bound the measuring phase; the largest estimated savings are measured first.")
 @click.option("--format", "output_format", type=click.Choice(["text", "json"]), default="text", show_default=True,
               help="json prints report.json to stdout.")
+@click.option("--fail-under", "fail_under", type=click.FloatRange(min=1.0), default=None, metavar="SPEEDUP",
+              help="Exit 1 unless the model is within SPEEDUP of what the measured plan reaches: for CI, fails "
+                   "when the plan's whole 95% interval is at or above SPEEDUP.")
 @_rule_selection
 def profile_command(model_py: Path, device: str, mode: str, batch_size: int | None, steps: int,
                     out_dir: Path | None, no_measure: bool, time_budget_s: float | None, output_format: str,
-                    select: tuple[str, ...], ignore: tuple[str, ...]) -> None:
+                    fail_under: float | None, select: tuple[str, ...], ignore: tuple[str, ...]) -> None:
     """Profile the model that MODEL_PY defines, measure each fix, and write HTML and JSON reports."""
     from convdoctor.api import ProfileOptions, profile_file
 
@@ -77,6 +80,11 @@ def profile_command(model_py: Path, device: str, mode: str, batch_size: int | No
                              measure=not no_measure, time_budget_s=time_budget_s, select=select, ignore=ignore)
     report, files = _or_exit(lambda: profile_file(model_py, options, ClickProgress()))
     _show(report, files, output_format)
+    plan = report.plan.measurement if report.plan is not None and report.plan.numerics_ok else None
+    if fail_under is not None and plan is not None and plan.estimate.ci_low >= fail_under:
+        click.echo(f"convdoctor: the measured plan makes this model {plan.estimate.ci_low:.2f}x faster or more "
+                   f"(--fail-under {fail_under:g})", err=True)
+        sys.exit(EXIT_FINDINGS)
 
 
 @main.command("analyze")

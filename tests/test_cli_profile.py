@@ -132,3 +132,15 @@ def test_every_example_loads_and_fits(example: str):
     from convdoctor.analyzer.workload import load_workload
 
     check_fits(load_workload(EXAMPLES / example, device="cpu"))
+
+
+def test_fail_under_gates_ci_on_the_measured_plan(tmp_path: Path):
+    """seed_separable's depthwise conv runs ~2x faster in channels_last on oneDNN: a 1.1x gate fails, 50x passes."""
+    args = ["profile", str(EXAMPLES / "seed_separable.py"), "--select", "CD101", "--steps", "1",
+            "--out", str(tmp_path)]
+    gated = CliRunner().invoke(main, [*args, "--fail-under", "1.1"])
+    report = json.loads((tmp_path / "report.json").read_text())
+    low = report["plan"]["measurement"]["ci_low"]
+    assert low >= 1.1, "channels_last no longer speeds up a depthwise conv on this CPU: the premise is gone"
+    assert gated.exit_code == 1 and "--fail-under 1.1" in gated.stderr
+    assert CliRunner().invoke(main, [*args, "--fail-under", "50"]).exit_code == 0
