@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import click
+
 from convdoctor.reports.presentation import (
     architecture_note,
     headline,
@@ -12,12 +14,13 @@ from convdoctor.reports.presentation import (
 from convdoctor.reports.report import Report
 
 TOP_LAYERS = 5
+VERDICT_COLORS = {" faster ": "green", " slower ": "red"}
 
 
 def render_summary(report: Report, html_path: str, json_path: str, overwrote: bool) -> str:
     """A summary that fits one screen."""
     analysis = report.analysis
-    lines = [headline(report), ""]
+    lines = [click.style(headline(report), bold=True), ""]
     if analysis.layers:
         lines.append(f"Slowest conv layers ({analysis.time_basis.value} time per step):")
         width = min(max(len(layer.name) for layer in analysis.layers[:TOP_LAYERS]), 48)
@@ -29,7 +32,7 @@ def render_summary(report: Report, html_path: str, json_path: str, overwrote: bo
     for outcome in report.outcomes:
         f = outcome.finding
         lines.append(f"{f.rule_id} {f.rule_name}: {f.message}")
-        lines.append(f"  fix: {f.fix} -> {measured_result(outcome)}")
+        lines.append(f"  fix: {f.fix} -> {_colored(measured_result(outcome))}")
         if outcome.architecture is not None:
             lines.append(f"  {architecture_note(outcome)}")
         elif outcome.measurement is not None and outcome.numerics_ok is False:
@@ -39,8 +42,8 @@ def render_summary(report: Report, html_path: str, json_path: str, overwrote: bo
         lines.append("No findings.")
     if report.plan is not None:
         *steps, together = plan_lines(report.plan)
-        lines += ["", "Plan (accepted fixes, measured together):",
-                  *(f"  {number}. {step}" for number, step in enumerate(steps, start=1)), f"  {together}"]
+        lines += ["", click.style("Plan (accepted fixes, measured together):", bold=True),
+                  *(f"  {number}. {step}" for number, step in enumerate(steps, start=1)), f"  {_colored(together)}"]
     for problem in report.rule_problems:
         lines.append(f"warning: {problem}")
     lines += [
@@ -50,3 +53,11 @@ def render_summary(report: Report, html_path: str, json_path: str, overwrote: bo
         f"traces: {report.logdir}  ->  {tensorboard_command(report.logdir)}",
     ]
     return "\n".join(lines)
+
+
+def _colored(result: str) -> str:
+    """The result with its verdict colored; click.echo drops the color when the output is not a terminal."""
+    for word, color in VERDICT_COLORS.items():
+        if word in result:
+            return click.style(result, fg=color)
+    return result
