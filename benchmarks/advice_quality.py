@@ -1,0 +1,147 @@
+"""Does convdoctor's plan beat the blind expert recipe and torch.compile? Measured on this machine, in one run.
+
+    python benchmarks/advice_quality.py [--quick] [--out benchmarks/RESULTS.md]
+
+For each model and mode it measures, against the same baseline with convdoctor's own A/B harness:
+(a) convdoctor's combined plan (`convdoctor.profile`, architecture rules ignored: they need retraining),
+(b) the expert recipe applied blindly (channels_last; on a GPU also bf16 autocast),
+(c) torch.compile with default settings (compile time excluded from the timing, reported beside it),
+and the plan's predicted saving beside its measured one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+from torch import nn
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parent / "examples")]
+
+import models  # noqa: E402
+import small_cnn  # noqa: E402
+
+from convdoctor.analyzer.benchmark import BenchmarkSettings, Measurement, measure  # noqa: E402
+from convdoctor.analyzer.hardware import device_name  # noqa: E402
+from convdoctor.analyzer.workload import Workload, call_model, workload_from  # noqa: E402
+from convdoctor.api import ProfileOptions, profile  # noqa: E402
+from convdoctor.rules.cd101_channels_last import to_channels_last  # noqa: E402
+from convdoctor.rules.transforms import autocast  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    model: nn.Module
+    inputs: torch.Tensor
+
+
+def cases(quick: bool) -> list[Case]:
+    torch.manual_seed(0)
+    batch = 2 if quick else 8
+    found = [Case("small_cnn", small_cnn.get_model(), small_cnn.get_inputs(batch)),
+             Case("resnet18", models.ResNet18(), torch.randn(batch, 3, 224, 224)),
+             Case("mobilenet_v2", models.MobileNetV2(), torch.randn(batch, 3, 224, 224))]
+    return found[:2] if quick else found
+
+
+def expert_recipe(workload: Workload) -> Workload:
+    """channels_last everywhere; on a GPU also bf16 autocast — applied without looking at the profile."""
+    workload = to_channels_last(workload)
+    return autocast(torch.bfloat16)(workload) if workload.device.type == "cuda" else workload
+
+
+class Compiled(nn.Module):
+    """torch.compile of the model, compiled (and timed) once before any measurement."""
+
+    def __init__(self, model: nn.Module, inputs: object) -> None:
+        super().__init__()
+        self.model = torch.compile(model)
+        started = time.perf_counter()
+        with torch.no_grad():
+            call_model(self.model, inputs)
+        self.compile_s = time.perf_counter() - started
+
+    def forward(self, *args: object, **kwargs: object) -> object:
+        return self.model(*args, **kwargs)
+
+
+def run(quick: bool) -> list[dict[str, object]]:
+    settings = BenchmarkSettings(min_rounds=8 if quick else 10, max_rounds=20 if quick else 40,
+                                 target_s=2.0 if quick else 6.0)
+    rows = []
+    for case in cases(quick):
+        for mode in ("eval", "train"):
+            print(f"== {case.name} {mode}", flush=True)
+            baseline = workload_from(case.model, case.inputs, device="cpu", mode=mode)
+            with tempfile.TemporaryDirectory() as out:
+                report, _ = profile(case.model, case.inputs, ProfileOptions(
+                    mode=mode, device="cpu", steps=2, out_dir=Path(out), ignore=("CD107", "CD108"),
+                    benchmark=settings))
+            plan = report.plan
+            expert = measure(baseline, expert_recipe(baseline.copy()), settings)
+            compiled_workload = baseline.copy()
+            compiled = Compiled(compiled_workload.model, compiled_workload.inputs)
+            compile_result = measure(baseline, replace(compiled_workload, model=compiled), settings)
+            predicted = [s.finding.estimated_saving for s in plan.steps] if plan else []
+            rows.append({
+                "model": case.name, "mode": mode, "batch": int(case.inputs.shape[0]),
+                "baseline_ms": expert.estimate.baseline_ms,
+                "plan": plan.measurement if plan and plan.measurement else None,
+                "plan_steps": " + ".join(s.finding.rule_name for s in plan.steps) if plan else "no accepted fix",
+                "predicted_saving": sum(p for p in predicted if p is not None) if any(
+                    p is not None for p in predicted) else None,
+                "expert": expert, "compile": compile_result, "compile_s": compiled.compile_s,
+            })
+            print(rows[-1]["plan_steps"], _cell(rows[-1]["plan"]), _cell(expert), _cell(compile_result), flush=True)
+    return rows
+
+
+def _cell(measurement: Measurement | None) -> str:
+    if measurement is None:
+        return "1.00× (no plan)"
+    e = measurement.estimate
+    return f"{e.speedup:.2f}× ({e.ci_low:.2f}–{e.ci_high:.2f})"
+
+
+def write_results(rows: list[dict[str, object]], path: Path) -> None:
+    lines = [
+        "# Advice quality: convdoctor's plan vs the blind expert recipe vs torch.compile",
+        "",
+        f"Machine: {device_name(torch.device('cpu'))}, {torch.get_num_threads()} threads; "
+        f"Python {platform.python_version()}, torch {torch.__version__}. Produced by "
+        "`python benchmarks/advice_quality.py`; speedups are medians of interleaved rounds against the same "
+        "baseline, with 95% bootstrap intervals.",
+        "",
+        "| model | mode | batch | baseline ms | convdoctor plan | plan steps | predicted saving | measured saving "
+        "| expert recipe (channels_last) | torch.compile | compile s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        plan = row["plan"]
+        measured = f"{1 - 1 / plan.estimate.speedup:.0%}" if plan else "0%"
+        predicted = f"{row['predicted_saving']:.0%}" if row["predicted_saving"] is not None else "—"
+        lines.append(f"| {row['model']} | {row['mode']} | {row['batch']} | {row['baseline_ms']:.1f} | {_cell(plan)} "
+                     f"| {row['plan_steps']} | {predicted} | {measured} | {_cell(row['expert'])} "
+                     f"| {_cell(row['compile'])} | {row['compile_s']:.0f} |")
+    path.write_text("\n".join(lines) + "\n")
+    print(f"wrote {path}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="two small models, batch 2, fewer rounds")
+    parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
+    args = parser.parse_args()
+    write_results(run(args.quick), args.out)
+
+
+if __name__ == "__main__":
+    main()
