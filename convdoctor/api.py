@@ -6,7 +6,7 @@ import json
 import os
 import time
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -216,10 +216,14 @@ def measure_findings(
     started = time.perf_counter()
     by_priority = sorted(range(len(findings)), key=lambda i: -(findings[i].estimated_saving or 0.0))
     outcomes: dict[int, FindingOutcome] = {}
+    by_transform: dict[int, FindingOutcome] = {}  # rules that propose the same transform share one measurement
     for index in by_priority:
         finding = findings[index]
         spent = time.perf_counter() - started
-        if finding.candidate is None:
+        earlier = by_transform.get(id(finding.candidate.transform)) if finding.candidate else None
+        if earlier is not None:
+            outcomes[index] = replace(earlier, finding=finding, same_candidate_as=earlier.finding.rule_id)
+        elif finding.candidate is None:
             outcomes[index] = FindingOutcome(finding, not_measured="this finding has no automatic candidate")
         elif not options.measure:
             outcomes[index] = FindingOutcome(finding, not_measured="measuring was turned off (--no-measure)")
@@ -228,7 +232,8 @@ def measure_findings(
                 finding, not_measured=f"the measuring time budget ({options.time_budget_s:g} s) ran out before "
                                       "this candidate; raise --time-budget to measure it")
         else:
-            outcomes[index] = _try_candidate(workload, finding, options, progress)
+            outcomes[index] = by_transform[id(finding.candidate.transform)] = _try_candidate(
+                workload, finding, options, progress)
     return [outcomes[i] for i in range(len(findings))]
 
 
@@ -239,7 +244,7 @@ def build_plan(
 
     Accepted: measured faster, numerics within tolerance, and not an architecture change (no retraining).
     """
-    accepted = [o for o in outcomes if o.measurement is not None and o.numerics_ok
+    accepted = [o for o in outcomes if o.measurement is not None and o.numerics_ok and o.same_candidate_as is None
                 and o.measurement.estimate.verdict is Verdict.FASTER and o.architecture is None]
     if not accepted:
         return None

@@ -100,6 +100,7 @@ def _outcome(outcome: FindingOutcome) -> dict[str, Any]:
         "measurement": None if outcome.measurement is None else _measurement(
             outcome.measurement, outcome.numerics_ok, compares_outputs=outcome.architecture is None),
         "not_measured": outcome.not_measured,
+        "same_candidate_as": outcome.same_candidate_as,
         "architecture": None if outcome.architecture is None else _architecture(outcome.architecture),
     }
 

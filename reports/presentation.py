@@ -28,7 +28,8 @@ def measured_result(outcome: FindingOutcome) -> str:
     """``1.23× faster (95% CI 1.10–1.35×)`` or ``no measurable difference (…)``, or why it was not measured."""
     if outcome.measurement is None:
         return f"not measured: {outcome.not_measured}"
-    return speedup_text(outcome.measurement)
+    shared = f" (the same candidate as {outcome.same_candidate_as}, measured once)" if outcome.same_candidate_as else ""
+    return speedup_text(outcome.measurement) + shared
 
 
 def speedup_text(measurement: Measurement) -> str:

@@ -35,6 +35,7 @@ class FindingOutcome:
     not_measured: str | None = None  # why there is no measurement (off, no candidate, the candidate failed)
     numerics_ok: bool | None = None  # the candidate's output error within its declared tolerance
     architecture: ArchitectureDelta | None = None  # for an architecture change: FLOPs and params, before and after
+    same_candidate_as: str | None = None  # the rule whose identical candidate this measurement was taken for
 
 
 @dataclass

@@ -65,3 +65,14 @@ def test_time_budget_measures_the_largest_saving_first():
                                      SilentProgress())
     assert large.measurement is not None  # the budget was not yet spent when the largest saving came first
     assert small.measurement is None and "time budget" in small.not_measured
+
+
+def test_rules_proposing_the_same_transform_share_one_measurement():
+    def same(workload: Workload) -> Workload:
+        return workload
+
+    first = replace(_finding("first", same, 0.3), rule_id="CD101")
+    second = replace(_finding("second", same, 0.1), rule_id="CD114")
+    one, two = measure_findings(_workload(), [first, second], ProfileOptions(benchmark=QUICK), SilentProgress())
+    assert one.same_candidate_as is None and two.same_candidate_as == "CD101"
+    assert two.measurement is one.measurement and two.finding is second
