@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections import defaultdict
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterable
 
@@ -14,12 +13,9 @@ from convdoctor.analyzer.layers import ConvAnalysis, TimeBasis
 from convdoctor.analyzer.profile import EventKind, Op
 from convdoctor.analyzer.workload import Workload
 from convdoctor.rules.base import Candidate, Finding, NumericsContract, Requirement, Severity
+from convdoctor.rules.module_pairs import ModulePair, bn_op, conv_bn_pairs
 from convdoctor.rules.transforms import replace_module
 
-CONV_CLASS = re.compile(r"^Conv[123]d$")  # exactly torch.nn.ConvNd: a subclass may change what forward computes
-BN_CLASS = re.compile(r"^BatchNorm[123]d$")
-BN_OPS = ("aten::batch_norm", "aten::native_batch_norm", "aten::_native_batch_norm_legit_no_training",
-          "aten::cudnn_batch_norm", "aten::miopen_batch_norm")
 BACKWARD_OP = re.compile(r"Backward|^autograd::engine")
 CONV_CLASSES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 BN_CLASSES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -75,84 +71,32 @@ def step_mode(analysis: ConvAnalysis) -> str:
 
 def find_pairs(analysis: ConvAnalysis) -> tuple[list[FoldPair], list[Skipped]]:
     """The (conv, BN) pairs that can be folded, and the BNs after a conv that cannot, with the reason."""
-    profile = analysis.profile
-    calls: dict[str, list[Op]] = defaultdict(list)
-    for op in profile.ops:
-        if op.scope is not None and (CONV_CLASS.match(op.scope.class_name) or BN_CLASS.match(op.scope.class_name)):
-            calls[op.scope.qualified_name].append(op)
-    output_shapes = {layer.name: layer.output_shape for layer in analysis.layers}
+    module_pairs, unpaired = conv_bn_pairs(analysis)
+    skipped = [Skipped(bn=u.bn, conv=u.conv, reason=u.reason) for u in unpaired]
     pairs: list[FoldPair] = []
-    skipped: list[Skipped] = []
-    for bn_name, bn_calls in calls.items():
-        if not BN_CLASS.match(bn_calls[0].scope.class_name):
-            continue
-        before = {_conv_before(call) for call in bn_calls}
-        conv_names = {name for name in before if name is not None}
-        if not conv_names:
-            continue  # no conv right before this BN in any call: nothing to say
-        conv_name = sorted(conv_names)[0]
-        reason = _why_not(conv_name, before, bn_name, bn_calls, calls.get(conv_name, []), output_shapes)
+    steps = analysis.profile.step_count
+    for pair in module_pairs:
+        reason = _why_not_foldable(pair)
         if reason:
-            skipped.append(Skipped(bn=bn_name, conv=conv_name, reason=reason))
+            skipped.append(Skipped(bn=pair.bn, conv=pair.conv, reason=reason))
             continue
-        steps = profile.step_count
         pairs.append(FoldPair(
-            conv=conv_name, bn=bn_name, shape=tuple(_bn_op(bn_calls[0]).input_dims[0]),
-            calls_per_step=len(bn_calls) / steps,
-            bn_us_per_step=sum(_time_us(call, analysis.time_basis) for call in bn_calls) / steps))
+            conv=pair.conv, bn=pair.bn, shape=pair.shape, calls_per_step=len(pair.bn_calls) / steps,
+            bn_us_per_step=sum(_time_us(call, analysis.time_basis) for call in pair.bn_calls) / steps))
     pairs.sort(key=lambda pair: pair.bn_us_per_step, reverse=True)
     return pairs, skipped
 
 
-def _why_not(conv_name: str, before: set[str | None], bn_name: str, bn_calls: list[Op], conv_calls: list[Op],
-             output_shapes: dict[str, list[int] | None]) -> str | None:
-    """Why folding ``conv_name`` into ``bn_name`` would not be sound, or None when every check passes."""
-    if len(before) > 1:
-        named = sorted(name or "something else" for name in before)
-        return f"its calls follow different things ({', '.join(named)}): a fold cannot serve them all"
-    bn_ids = {id(call) for call in bn_calls}
-    if any(id(_next_sibling(call)) not in bn_ids for call in conv_calls):
-        return f"{conv_name} is also called without {bn_name} right after it: its output is used unnormalized"
-    expected = output_shapes.get(conv_name)
-    for call in bn_calls:
-        op = _bn_op(call)
-        if op is None or not op.input_dims or not op.input_dims[0]:
-            return "the trace has no input shape for the BatchNorm op (capture with record_shapes=True)"
-        if expected is None:
-            return f"the output shape of {conv_name} is unknown, so the BN input cannot be matched to it"
-        if list(op.input_dims[0]) != list(expected):
-            return f"its input {list(op.input_dims[0])} is not the output {list(expected)} of {conv_name}"
+def _why_not_foldable(pair: ModulePair) -> str | None:
+    """Why the BN of a conv -> BN pair cannot be folded (it normalizes with batch statistics), or None."""
+    for call in pair.bn_calls:
+        op = bn_op(call)
         if op.name in ("aten::batch_norm", "aten::native_batch_norm"):
             if len(op.input_dims) > 4 and (not op.input_dims[3] or not op.input_dims[4]):
                 return "it has no running statistics (track_running_stats=False): it normalizes with batch stats"
             if len(op.concrete_inputs) > 5 and op.concrete_inputs[5] == "True":
                 return "it runs in training mode (batch statistics): set model.eval()"
     return None
-
-
-def _conv_before(bn_call: Op) -> str | None:
-    """The conv module called right before this BN call under the same parent scope, if that is what it is."""
-    previous = _previous_sibling(bn_call)
-    if previous is None or previous.scope is None or not CONV_CLASS.match(previous.scope.class_name):
-        return None
-    return previous.scope.qualified_name
-
-
-def _previous_sibling(op: Op) -> Op | None:
-    siblings = op.parent.children if op.parent is not None else []
-    index = next((i for i, sibling in enumerate(siblings) if sibling is op), 0)
-    return siblings[index - 1] if index > 0 else None
-
-
-def _next_sibling(op: Op) -> Op | None:
-    siblings = op.parent.children if op.parent is not None else []
-    index = next((i for i, sibling in enumerate(siblings) if sibling is op), len(siblings))
-    return siblings[index + 1] if index + 1 < len(siblings) else None
-
-
-def _bn_op(bn_call: Op) -> Op | None:
-    """The outermost batch-norm operator of a BatchNorm module call."""
-    return next((op for op in bn_call.descendants() if op.kind is EventKind.CPU_OP and op.name in BN_OPS), None)
 
 
 def _time_us(call: Op, basis: TimeBasis) -> float:

@@ -51,3 +51,32 @@ def autocast(dtype: torch.dtype) -> Callable[[Workload], Workload]:
         return replace(workload, model=Autocast(workload.model, workload.device.type, dtype))
 
     return transform
+
+
+class IntraOpThreads(nn.Module):
+    """Runs the wrapped model's forward with ``threads`` intra-op threads, and puts the previous count back after.
+
+    Only the forward runs inside: a backward started later from its outputs runs with the caller's threads.
+    """
+
+    def __init__(self, model: nn.Module, threads: int) -> None:
+        super().__init__()
+        self.model = model
+        self.threads = threads
+
+    def forward(self, *args: object, **kwargs: object) -> object:
+        previous = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        try:
+            return self.model(*args, **kwargs)
+        finally:
+            torch.set_num_threads(previous)
+
+
+def intra_op_threads(threads: int) -> Callable[[Workload], Workload]:
+    """A transform that runs the model's forward with ``threads`` intra-op threads (``torch.set_num_threads``)."""
+
+    def transform(workload: Workload) -> Workload:
+        return replace(workload, model=IntraOpThreads(workload.model, threads))
+
+    return transform
