@@ -190,17 +190,32 @@ def measure(
 
 
 def compare_first_step(baseline: Workload, candidate: Workload) -> Numerics:
-    """Outputs (and, in train mode, parameter gradients) of a first step on fresh copies of both workloads."""
+    """Outputs (and, in train mode, parameter gradients) of a first step on fresh copies of both workloads.
+
+    Gradients are paired by parameter name over the parameters both models have, so that a candidate which
+    removes a parameter (a redundant bias) or wraps the model (names gain a ``model.`` prefix) is still checked.
+    """
     base_output, base_grads = _first_step(baseline)
     cand_output, cand_grads = _first_step(candidate)
     outputs = compare_outputs(base_output, cand_output)
     if baseline.mode is not Mode.TRAIN:
         return outputs
-    grads = compare_outputs(base_grads, cand_grads)
+    cand_grads = {_unwrapped(name, base_grads): grad for name, grad in cand_grads.items()}
+    shared = [name for name in base_grads if name in cand_grads]
+    if not shared:
+        return outputs
+    grads = compare_outputs([base_grads[n] for n in shared], [cand_grads[n] for n in shared])
     return Numerics(outputs.max_abs_error, outputs.max_rel_error, grads.max_abs_error, grads.max_rel_error)
 
 
-def _first_step(workload: Workload) -> tuple[Any, list[torch.Tensor]]:
+def _unwrapped(name: str, known: dict[str, torch.Tensor]) -> str:
+    """``name`` without the ``model.`` prefixes that wrapper candidates add, when that names a known parameter."""
+    while name not in known and name.startswith("model."):
+        name = name[len("model."):]
+    return name
+
+
+def _first_step(workload: Workload) -> tuple[Any, dict[str, torch.Tensor]]:
     """The output of a forward on a fresh copy (before any optimizer step) and, in train mode, the gradients."""
     probe = workload.copy()
     if workload.mode is not Mode.TRAIN:
@@ -208,14 +223,14 @@ def _first_step(workload: Workload) -> tuple[Any, list[torch.Tensor]]:
         with torch.no_grad():
             output = call_model(probe.model, probe.inputs)
         synchronize(workload.device)
-        return output, []
+        return output, {}
     probe.model.train()
     output = call_model(probe.model, probe.inputs)
     loss = training_loss(output)
     if loss.requires_grad:
         loss.backward()
     synchronize(workload.device)
-    grads = [p.grad for p in probe.model.parameters() if p.grad is not None]
+    grads = {name: p.grad for name, p in probe.model.named_parameters() if p.grad is not None}
     return map_tensors(output, lambda t: t.detach()), grads
 
 
