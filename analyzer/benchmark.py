@@ -29,6 +29,7 @@ BOOTSTRAP_RESAMPLES = 2000
 # Differences smaller than this are below what timer jitter, frequency scaling and allocator state let one
 # process tell apart: an interval inside 1 ± MIN_EFFECT is "no measurable difference", as is one covering 1.0.
 MIN_EFFECT = 0.01
+BUSY_CORES = 0.25  # other processes using more than this many cores, on average, make a measurement suspect
 
 
 class Verdict(str, enum.Enum):
@@ -90,12 +91,12 @@ class Measurement:
     threads: int
     device: str
     timer: str
-    load_average: float | None = None  # 1-minute load average of the machine when the rounds ended
+    other_cores_busy: float | None = None  # CPU cores other processes kept busy, on average, during the rounds
 
     @property
     def machine_was_busy(self) -> bool:
         """Other work competed for the cores: the interval holds for this run but may not repeat."""
-        return self.load_average is not None and self.load_average > (os.cpu_count() or 1) + 0.5
+        return self.other_cores_busy is not None and self.other_cores_busy > BUSY_CORES
 
 
 def estimate_speedup(baseline_s: list[float], candidate_s: list[float], *, seed: int = 0) -> SpeedupEstimate:
@@ -164,7 +165,7 @@ def measure(
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        started = time.perf_counter()
+        started, cpu_before = time.perf_counter(), _cpu_jiffies()
         for round_index in range(settings.max_rounds):
             order = [0, 1] if rng.random() < 0.5 else [1, 0]
             for which in order:
@@ -185,7 +186,7 @@ def measure(
         threads=torch.get_num_threads(),
         device=str(baseline.device),
         timer="torch.cuda.synchronize + perf_counter" if baseline.device.type == "cuda" else "perf_counter",
-        load_average=os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        other_cores_busy=_other_cores_busy(cpu_before, _cpu_jiffies(), time.perf_counter() - started),
     )
 
 
@@ -232,6 +233,27 @@ def _first_step(workload: Workload) -> tuple[Any, dict[str, torch.Tensor]]:
     synchronize(workload.device)
     grads = {name: p.grad for name, p in probe.model.named_parameters() if p.grad is not None}
     return map_tensors(output, lambda t: t.detach()), grads
+
+
+def _cpu_jiffies() -> tuple[int, int] | None:
+    """(busy clock ticks of the whole machine, clock ticks of this process) from /proc; None without /proc."""
+    try:
+        with open("/proc/stat", encoding="ascii") as stat:
+            ticks = [int(v) for v in stat.readline().split()[1:9]]
+        with open("/proc/self/stat", encoding="ascii") as own:
+            fields = own.read().rsplit(")", 1)[1].split()
+        idle = ticks[3] + ticks[4]  # idle + iowait
+        return sum(ticks) - idle, int(fields[11]) + int(fields[12])  # utime + stime of this process
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _other_cores_busy(before: tuple[int, int] | None, after: tuple[int, int] | None, wall_s: float) -> float | None:
+    """Cores that processes other than this one kept busy, on average, between two _cpu_jiffies() readings."""
+    if before is None or after is None or wall_s <= 0:
+        return None
+    others = (after[0] - before[0]) - (after[1] - before[1])
+    return max(others, 0) / os.sysconf("SC_CLK_TCK") / wall_s
 
 
 def _warm_up(step: Callable[[], Any], workload: Workload, settings: BenchmarkSettings) -> int:

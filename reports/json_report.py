@@ -163,6 +163,6 @@ def _measurement(measurement: Measurement, numerics_ok: bool | None, *, compares
         "warmup_steps": list(measurement.warmup_steps),
         "threads": measurement.threads,
         "timer": measurement.timer,
-        "load_average": measurement.load_average,
+        "other_cores_busy": measurement.other_cores_busy,
         "machine_was_busy": measurement.machine_was_busy,
     }

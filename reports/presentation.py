@@ -36,7 +36,8 @@ def speedup_text(measurement: Measurement) -> str:
     """A measured speedup with its interval, worded by its verdict."""
     e = measurement.estimate
     interval = f"{e.ci_low:.2f}–{e.ci_high:.2f}×"
-    busy = f"; the machine was busy (load {measurement.load_average:.1f})" if measurement.machine_was_busy else ""
+    busy = (f"; other processes kept {measurement.other_cores_busy:.1f} cores busy meanwhile"
+            if measurement.machine_was_busy else "")
     if e.verdict is Verdict.NO_DIFFERENCE:
         return f"no measurable difference ({e.speedup:.2f}×, 95% CI {interval}{busy})"
     return f"{e.speedup:.2f}× {e.verdict.value} (95% CI {interval}{busy})"

@@ -101,3 +101,19 @@ def test_warm_up_runs_until_timings_settle():
     assert 9 <= count <= 20
     steady = _warm_up(lambda: time.sleep(0.002), workload, settings)
     assert 6 <= steady <= 20
+
+
+def test_a_busy_machine_is_noticed():
+    """Another process spinning on a core while we measure is seen through /proc and said in the measurement."""
+    import subprocess
+    import sys
+
+    workload = workload_from(Sleepy(0.01), torch.randn(1, 3, 16, 16), device="cpu")
+    settings = BenchmarkSettings(warmup_s=0.0, warmup_steps=2, min_rounds=20, max_rounds=20)
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        busy = measure(workload, workload.copy(), settings)
+    finally:
+        spinner.kill()
+        spinner.wait()
+    assert busy.other_cores_busy is not None and busy.other_cores_busy > 0.5 and busy.machine_was_busy
