@@ -260,7 +260,7 @@ def build_plan(
     except Exception as exc:  # the combination may fail where each step alone did not
         return Plan(steps=steps, tolerance=combined.tolerance,
                     not_measured=f"the combined candidate failed: {describe_exception(exc)}")
-    return Plan(steps=steps, measurement=result, numerics_ok=result.numerics.worst_rel_error <= combined.tolerance,
+    return Plan(steps=steps, measurement=result, numerics_ok=result.numerics.within(combined.tolerance),
                 tolerance=combined.tolerance)
 
 
@@ -280,7 +280,7 @@ def _try_candidate(
         if workload.device.type == "cuda":
             torch.cuda.empty_cache()
         return FindingOutcome(finding, not_measured=f"the candidate failed: {describe_exception(exc)}")
-    ok = result.numerics.worst_rel_error <= candidate.tolerance
+    ok = result.numerics.within(candidate.tolerance)
     return FindingOutcome(finding, measurement=result, numerics_ok=ok)
 
 

@@ -36,8 +36,10 @@ def render_summary(report: Report, html_path: str, json_path: str, overwrote: bo
         if outcome.architecture is not None:
             lines.append(f"  {architecture_note(outcome)}")
         elif outcome.measurement is not None and outcome.numerics_ok is False:
-            lines.append(f"  numerics: max rel error {outcome.measurement.numerics.worst_rel_error:.3g} "
-                         f"is beyond the tolerance {f.candidate.tolerance if f.candidate else '?'}")
+            numerics = outcome.measurement.numerics
+            grads = f", gradients {numerics.max_grad_rel_error:.3g}" if numerics.max_grad_rel_error is not None else ""
+            lines.append(f"  numerics beyond tolerance {f.candidate.tolerance if f.candidate else '?'}: outputs "
+                         f"{numerics.max_rel_error:.3g}{grads} (max relative error)")
     if not report.outcomes:
         lines.append("No findings.")
     if report.plan is not None:
