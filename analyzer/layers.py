@@ -17,6 +17,7 @@ CONV_OP = re.compile(
     r"mkldnn_convolution|miopen_\w*convolution\w*|thnn_conv\w*|_?slow_conv\w*|_nnpack_spatial_convolution|conv_tbc)$"
 )
 CONV_BACKWARD_NODE = re.compile(r"^(?!autograd::)\w*Conv\w*Backward\w*$")
+BACKWARD_OP = re.compile(r"Backward|^autograd::engine")
 CONV_MODULE_CLASS = re.compile(r"Conv(Transpose)?[123]d")
 REORDER_OPS = frozenset({"aten::to_mkldnn", "aten::to_dense", "aten::mkldnn_reorder_conv2d_weight",
                          "aten::mkldnn_reorder_conv3d_weight"})
@@ -138,6 +139,17 @@ class ConvAnalysis:
     @property
     def conversion_time_us(self) -> float:
         return sum(layer.conversion_us for layer in self.layers) / self.profile.step_count
+
+    @property
+    def mode(self) -> str:
+        """``train`` or ``eval``: as recorded at capture time, else from backward work in the trace."""
+        recorded = self.profile.environment.get("mode")
+        if recorded in ("train", "eval"):
+            return recorded
+        if any(layer.backward_us > 0 for layer in self.layers):
+            return "train"
+        backward = any(op.kind is EventKind.CPU_OP and BACKWARD_OP.search(op.name) for op in self.profile.ops)
+        return "train" if backward else "eval"
 
     def share(self, time_us: float) -> float:
         """``time_us`` (per step) as a fraction of the step time."""

@@ -90,7 +90,7 @@ def trace_summary(analysis: ConvAnalysis, trace: Path) -> WorkloadSummary:
         device=recorded.get("device") or ("cuda" if on_gpu else "cpu"),
         device_name=recorded.get("device_name")
         or (str(props[0].get("name", "unknown")) if on_gpu and props else "unknown"),
-        mode=recorded.get("mode") or ("train" if any(layer.backward_us > 0 for layer in analysis.layers) else "eval"),
+        mode=analysis.mode,
         batch_size=recorded.get("batch_size", first.input_shape[0] if first and first.input_shape else None),
         dtype=recorded.get("dtype") or (first.dtype if first else "unknown"),
         steps=profile.step_count,

@@ -3,81 +3,21 @@
 from __future__ import annotations
 
 import math
-import re
 from typing import Any, Callable, Iterable
 
-import torch
 from torch import nn
 
 from convdoctor.analyzer.layers import ConvAnalysis, ConvLayer
-from convdoctor.analyzer.module_scope import ROOT_NAME
 from convdoctor.analyzer.workload import Workload
 from convdoctor.rules.base import Candidate, Finding, NumericsContract, Requirement, Severity
-from convdoctor.rules.transforms import replace_layers
+from convdoctor.rules.conv_replacement import flops_si, is_dense_conv2d, like, not_replaceable, replace_convs
 
-FUNCTIONAL_CALL = re.compile(r":conv\w*#\d+$")  # a conv op charged to a module that is not itself the conv
 
 SNIPPET = """\
 # before: every output channel reads every input channel
 conv = nn.Conv2d(256, 256, kernel_size=3, padding=1)
 # after: 4 groups of 64 -> 64 channels; a quarter of the weights and FLOPs (retrain the model)
 conv = nn.Conv2d(256, 256, kernel_size=3, padding=1, groups=4)"""
-
-
-def not_replaceable(layer: ConvLayer) -> str | None:
-    """Why a trace layer cannot be swapped for another nn.Conv2d in the model; None when it can."""
-    if FUNCTIONAL_CALL.search(layer.name):
-        return "functional conv (F.conv2d inside a module's forward): there is no module to replace"
-    if layer.module_class is None:
-        return "the trace has no module scope for this conv"
-    if layer.module_class != "Conv2d" or layer.op != "conv2d" or layer.transposed:
-        return f"module class {layer.module_class} is not nn.Conv2d"
-    return None
-
-
-def is_dense_conv2d(layer: ConvLayer) -> bool:
-    """A forward 2-D convolution with one group whose shapes and FLOPs the trace gives."""
-    return (layer.op == "conv2d" and not layer.transposed and layer.groups == 1 and layer.flops is not None
-            and len(layer.input_shape) == 4 and len(layer.weight_shape) == 4 and layer.output_shape is not None)
-
-
-def replace_convs(workload: Workload, names: list[str], build: Callable[[nn.Conv2d], nn.Module]) -> Workload:
-    """The workload with each named nn.Conv2d replaced by ``build(old)``; ``<model>`` is the model itself.
-
-    A conv registered under several names (one module object shared) is built once and put under every name,
-    so that the candidate stays one model; ``replace_layers`` alone would replace only the name it is given.
-    """
-    model = workload.model
-    paths: list[str] = []
-    for name in names:
-        if name == ROOT_NAME:
-            paths.append(name)
-            continue
-        target = model.get_submodule(name)
-        paths.extend(path for path, module in model.named_modules(remove_duplicate=False) if module is target)
-    built: dict[int, tuple[nn.Module, nn.Module]] = {}
-
-    def once(old: nn.Module) -> nn.Module:
-        if type(old) is not nn.Conv2d:
-            raise TypeError(f"expected an nn.Conv2d to replace, found {type(old).__name__}")
-        if id(old) not in built:
-            built[id(old)] = (old, build(old))
-        return built[id(old)][1]
-
-    return replace_layers(workload, list(dict.fromkeys(paths)), once)
-
-
-def like(new: nn.Module, old: nn.Conv2d) -> nn.Module:
-    """``new`` in ``old``'s train/eval state, requires_grad and weight memory format (device/dtype set at init)."""
-    new.train(old.training)
-    channels_last = old.weight.dim() == 4 and old.weight.is_contiguous(memory_format=torch.channels_last) \
-        and not old.weight.is_contiguous()
-    with torch.no_grad():
-        for param in new.parameters():
-            param.requires_grad_(old.weight.requires_grad)
-            if channels_last and param.dim() == 4:
-                param.data = param.data.contiguous(memory_format=torch.channels_last)
-    return new
 
 
 def grouped(groups: int) -> Callable[[nn.Conv2d], nn.Module]:
@@ -99,11 +39,6 @@ def to_grouped(names: list[str], groups: int) -> Callable[[Workload], Workload]:
         return replace_convs(workload, names, grouped(groups))
 
     return transform
-
-
-def _giga(flops: float, unit_of: float | None = None) -> str:
-    """FLOPs in GFLOP, or in MFLOP when ``unit_of`` (default: the value itself) is under 1 GFLOP."""
-    return f"{flops / 1e9:.2f} GFLOP" if (unit_of or flops) >= 1e9 else f"{flops / 1e6:.2f} MFLOP"
 
 
 class GroupedConvRule:
@@ -192,12 +127,13 @@ grouping; narrower groups run memory-bound and lose most of what they save.
         before = sum(row["forward_flops_per_step"] for row in rows)
         top = rows[0]
         kernel = "×".join(str(k) for k in chosen[0].weight_shape[2:])
-        first = (f"{top['name']}: {top['share']:.0%} of the step, {_giga(top['flops_per_call'])} per call in a dense "
-                 f"{kernel} conv {top['in_channels']}→{top['out_channels']}; with groups={g} "
-                 f"{_giga(top['flops_per_call_after'], top['flops_per_call'])} (÷{g})")
+        first = (f"{top['name']}: {top['share']:.0%} of the step, {flops_si(top['flops_per_call'])} "
+                 f"per call in a dense {kernel} conv {top['in_channels']}→{top['out_channels']}; with groups={g} "
+                 f"{flops_si(top['flops_per_call_after'], top['flops_per_call'])} (÷{g})")
         if len(rows) > 1:
-            first = (f"{len(rows)} dense conv layers take {share:.0%} of the step, {_giga(before)} forward per step; "
-                     f"with groups={g} {_giga(before / g, before)} (÷{g}); slowest {first}")
+            first = (f"{len(rows)} dense conv layers take {share:.0%} of the step, "
+                     f"{flops_si(before)} forward per step; "
+                     f"with groups={g} {flops_si(before / g, before)} (÷{g}); slowest {first}")
         yield Finding(
             rule_id=self.id,
             rule_name=self.name,

@@ -10,7 +10,7 @@ from torch import nn
 from convdoctor.analyzer.layers import ConvAnalysis, ConvLayer
 from convdoctor.analyzer.workload import Workload
 from convdoctor.rules.base import Candidate, Finding, NumericsContract, Requirement, Severity
-from convdoctor.rules.cd107_grouped_conv import is_dense_conv2d, like, not_replaceable, replace_convs
+from convdoctor.rules.conv_replacement import flops_si, is_dense_conv2d, like, not_replaceable, replace_convs
 
 SNIPPET = """\
 # before: a dense 3x3 conv, C -> K channels
@@ -45,11 +45,6 @@ def to_separable(names: list[str]) -> Callable[[Workload], Workload]:
         return replace_convs(workload, names, separable)
 
     return transform
-
-
-def _giga(flops: float, unit_of: float | None = None) -> str:
-    """FLOPs in GFLOP, or in MFLOP when ``unit_of`` (default: the value itself) is under 1 GFLOP."""
-    return f"{flops / 1e9:.2f} GFLOP" if (unit_of or flops) >= 1e9 else f"{flops / 1e6:.2f} MFLOP"
 
 
 class DepthwiseSeparableRule:
@@ -138,13 +133,15 @@ both models under `FlopCounterMode`.
         after = sum(row["forward_flops_per_step_after"] for row in rows)
         top = rows[0]
         kernel = "×".join(str(k) for k in top["kernel"])
-        message = (f"{top['name']}: {top['share']:.0%} of the step, {_giga(top['flops_per_call'])} per call in a dense "
-                   f"{kernel} conv {top['in_channels']}→{top['out_channels']}; depthwise + pointwise "
-                   f"{_giga(top['flops_per_call_after'], top['flops_per_call'])} "
+        message = (f"{top['name']}: {top['share']:.0%} of the step, {flops_si(top['flops_per_call'])} "
+                   f"per call in a dense {kernel} conv {top['in_channels']}→{top['out_channels']}; "
+                   f"depthwise + pointwise "
+                   f"{flops_si(top['flops_per_call_after'], top['flops_per_call'])} "
                    f"({top['predicted_flops_ratio']:.3f}× the FLOPs)")
         if len(rows) > 1:
-            message = (f"{len(rows)} dense conv layers take {share:.0%} of the step, {_giga(before)} forward per step; "
-                       f"depthwise + pointwise {_giga(after, before)} ({after / before:.3f}×); slowest {message}")
+            message = (f"{len(rows)} dense conv layers take {share:.0%} of the step, "
+                       f"{flops_si(before)} forward per step; "
+                       f"depthwise + pointwise {flops_si(after, before)} ({after / before:.3f}×); slowest {message}")
         yield Finding(
             rule_id=self.id,
             rule_name=self.name,

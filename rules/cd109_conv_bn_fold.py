@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterable
 
@@ -13,12 +12,9 @@ from convdoctor.analyzer.layers import ConvAnalysis, TimeBasis
 from convdoctor.analyzer.profile import EventKind, Op
 from convdoctor.analyzer.workload import Workload
 from convdoctor.rules.base import Candidate, Finding, NumericsContract, Requirement, Severity
-from convdoctor.rules.module_pairs import ModulePair, bn_op, conv_bn_pairs
+from convdoctor.rules.module_pairs import BN_CLASSES, CONV_CLASSES, ModulePair, bn_op, conv_bn_pairs
 from convdoctor.rules.transforms import replace_module
 
-BACKWARD_OP = re.compile(r"Backward|^autograd::engine")
-CONV_CLASSES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-BN_CLASSES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
 @dataclass(frozen=True)
@@ -56,17 +52,6 @@ def fold_conv_bn(pairs: list[tuple[str, str]]) -> Callable[[Workload], Workload]
         return replace(workload, model=model)
 
     return transform
-
-
-def step_mode(analysis: ConvAnalysis) -> str:
-    """``train`` or ``eval``: as recorded at capture time, else from backward work in the trace."""
-    recorded = analysis.profile.environment.get("mode")
-    if recorded in ("train", "eval"):
-        return recorded
-    if any(layer.backward_us > 0 for layer in analysis.layers):
-        return "train"
-    backward = any(op.kind is EventKind.CPU_OP and BACKWARD_OP.search(op.name) for op in analysis.profile.ops)
-    return "train" if backward else "eval"
 
 
 def find_pairs(analysis: ConvAnalysis) -> tuple[list[FoldPair], list[Skipped]]:
@@ -189,7 +174,7 @@ which the finding is a warning rather than info.
 """
 
     def check(self, analysis: ConvAnalysis) -> Iterable[Finding]:
-        if step_mode(analysis) != "eval":
+        if analysis.mode != "eval":
             return
         pairs, skipped = find_pairs(analysis)
         if not pairs:

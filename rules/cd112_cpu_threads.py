@@ -6,7 +6,6 @@ from typing import Any, Iterable
 
 from convdoctor.analyzer.layers import ConvAnalysis
 from convdoctor.rules.base import Candidate, Finding, NumericsContract, PlanStage, Requirement, Severity
-from convdoctor.rules.cd109_conv_bn_fold import step_mode
 from convdoctor.rules.transforms import intra_op_threads
 
 
@@ -102,7 +101,7 @@ finding is a warning rather than info.
         share = analysis.share(conv_us)
         if share < self.min_conv_share:
             return
-        mode = env.get("mode") if env.get("mode") in ("train", "eval") else step_mode(analysis)
+        mode = env.get("mode") if env.get("mode") in ("train", "eval") else analysis.mode
         advice = (
             f"torch.get_num_threads() was {threads} while {cores} cores are available to this process, so each "
             f"conv ran on {threads / cores:.0%} of the cores it could use. Find where the count is lowered "

@@ -12,7 +12,7 @@ from convdoctor.analyzer.layers import CONV_BACKWARD_NODE, CONV_OP, ConvAnalysis
 from convdoctor.analyzer.profile import EventKind, Op
 from convdoctor.analyzer.workload import Workload
 from convdoctor.rules.base import Candidate, Finding, NumericsContract, PlanStage, Requirement, Severity
-from convdoctor.rules.cd109_conv_bn_fold import BN_CLASSES, CONV_CLASSES, step_mode
+from convdoctor.rules.module_pairs import BN_CLASSES, CONV_CLASSES
 from convdoctor.rules.module_pairs import ModulePair, conv_bn_pairs
 
 # Ops a conv runs for its bias outside the conv kernel itself: cuDNN/MIOpen add it after the conv (`add_`),
@@ -201,7 +201,7 @@ which the finding is a warning rather than info.
         pairs = find_bias_pairs(analysis)
         if not pairs:
             return
-        mode = step_mode(analysis)
+        mode = analysis.mode
         bias_us = sum(pair.bias_us_per_step for pair in pairs)
         share = analysis.share(bias_us) if bias_us > 0 else None
         params = sum(pair.bias_params for pair in pairs)

@@ -8,6 +8,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from convdoctor.analyzer.module_scope import ROOT_NAME
 from convdoctor.analyzer.workload import Workload, map_tensors
 
 
@@ -19,13 +20,27 @@ def replace_module(model: nn.Module, qualified_name: str, new: nn.Module) -> Non
 
 
 def replace_layers(workload: Workload, names: list[str], build: Callable[[nn.Module], nn.Module]) -> Workload:
-    """The workload with each named submodule replaced by ``build(old)``; the root model counts as ``<model>``."""
+    """The workload with each named submodule replaced by ``build(old)``; the root model counts as ``<model>``.
+
+    A module registered under several names (one object shared) is built once and put under every name, so
+    that the candidate stays one model.
+    """
     model = workload.model
+    built: dict[int, tuple[nn.Module, nn.Module]] = {}  # id(old) -> (old, new); old kept alive so ids stay unique
+
+    def once(old: nn.Module) -> nn.Module:
+        if id(old) not in built:
+            built[id(old)] = (old, build(old))
+        return built[id(old)][1]
+
     for name in names:
-        if name == "<model>":
-            model = build(model)
-        else:
-            replace_module(model, name, build(model.get_submodule(name)))
+        if name == ROOT_NAME:
+            model = once(model)
+            continue
+        target = model.get_submodule(name)
+        for path, module in list(model.named_modules(remove_duplicate=False)):
+            if module is target:
+                replace_module(model, path, once(target))
     return replace(workload, model=model)
 
 

@@ -17,7 +17,8 @@ from convdoctor.analyzer.trace import load_profile
 from convdoctor.analyzer.workload import Workload, load_workload, workload_from
 from convdoctor.rules.base import NumericsContract, Severity
 from convdoctor.rules.cd101_channels_last import to_channels_last
-from convdoctor.rules.cd107_grouped_conv import GroupedConvRule, replace_convs, to_grouped
+from convdoctor.rules.cd107_grouped_conv import GroupedConvRule, to_grouped
+from convdoctor.rules.conv_replacement import replace_convs
 
 
 def _analysis(model_file: Path, tmp_path: Path) -> tuple[Workload, ConvAnalysis]:

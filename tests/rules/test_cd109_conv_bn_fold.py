@@ -17,7 +17,7 @@ from convdoctor.analyzer.trace import load_profile
 from convdoctor.analyzer.workload import Workload, call_model, load_workload
 from convdoctor.api import ProfileOptions, profile_file
 from convdoctor.rules.base import NumericsContract
-from convdoctor.rules.cd109_conv_bn_fold import ConvBnFoldRule, find_pairs, step_mode
+from convdoctor.rules.cd109_conv_bn_fold import ConvBnFoldRule, find_pairs
 
 SMALL_CNN_PAIRS = {("stem.0", "stem.1")} | {
     (f"layer{stage}.{block}.conv{i}", f"layer{stage}.{block}.bn{i}")
@@ -103,7 +103,7 @@ def test_profile_measures_the_fold(tmp_path: Path):
 
 def test_does_not_trigger_in_training(tmp_path: Path):
     analysis = _analysis(load_workload(EXAMPLES / "small_cnn.py", device="cpu", mode="train"), tmp_path)
-    assert step_mode(analysis) == "train"
+    assert analysis.mode == "train"
     assert list(ConvBnFoldRule().check(analysis)) == []
     _, skipped = find_pairs(analysis)  # even read pair by pair, every BN normalizes with batch statistics
     assert {(s.conv, s.bn) for s in skipped} == SMALL_CNN_PAIRS
@@ -112,7 +112,7 @@ def test_does_not_trigger_in_training(tmp_path: Path):
 
 def test_does_not_fold_batch_norms_that_no_conv_feeds_alone(tmp_path: Path):
     analysis = _analysis(load_workload(MODELS / "cd109_not_foldable.py", device="cpu"), tmp_path)
-    assert step_mode(analysis) == "eval"
+    assert analysis.mode == "eval"
     assert list(ConvBnFoldRule().check(analysis)) == []
     pairs, skipped = find_pairs(analysis)
     assert pairs == []
@@ -124,5 +124,5 @@ def test_does_not_fold_batch_norms_that_no_conv_feeds_alone(tmp_path: Path):
 def test_mode_from_backward_ops_when_the_trace_has_no_recorded_mode():
     analysis = analyze_convs(load_profile(SHARED_TRACES["resnet50"]))
     assert "mode" not in analysis.profile.environment
-    assert step_mode(analysis) == "train"
+    assert analysis.mode == "train"
     assert list(ConvBnFoldRule().check(analysis)) == []
