@@ -91,6 +91,7 @@ class Measurement:
     numerics: Numerics
     rounds: int
     warmup_steps: tuple[int, int]  # (baseline, candidate): steps run until the timings settled
+    first_step_s: tuple[float, float]  # (baseline, candidate): the very first call, compilation and lazy init included
     threads: int
     device: str
     timer: str
@@ -158,10 +159,10 @@ def measure(
     Both run on copies, in this process, with the same thread count; garbage collection is kept out of timed
     regions. The workloads passed in are left as they were.
     """
-    numerics = compare_first_step(baseline, candidate)
+    numerics, first_step_s = compare_first_step(baseline, candidate)
     baseline, candidate = baseline.copy(), candidate.copy()
     steps = (make_step(baseline), make_step(candidate))
-    warmup_steps = [_warm_up(step, workload, settings) for step, workload in zip(steps, (baseline, candidate))]
+    warmups = [_warm_up(step, workload, settings) for step, workload in zip(steps, (baseline, candidate))]
     rng = random.Random(0)
     times: tuple[list[float], list[float]] = ([], [])
     gc.collect()
@@ -185,7 +186,8 @@ def measure(
         estimate=estimate_speedup(times[0], times[1]),
         numerics=numerics,
         rounds=len(times[0]),
-        warmup_steps=(warmup_steps[0], warmup_steps[1]),
+        warmup_steps=(warmups[0], warmups[1]),
+        first_step_s=first_step_s,
         threads=torch.get_num_threads(),
         device=str(baseline.device),
         timer="torch.cuda.synchronize + perf_counter" if baseline.device.type == "cuda" else "perf_counter",
@@ -193,23 +195,23 @@ def measure(
     )
 
 
-def compare_first_step(baseline: Workload, candidate: Workload) -> Numerics:
+def compare_first_step(baseline: Workload, candidate: Workload) -> tuple[Numerics, tuple[float, float]]:
     """Outputs (and, in train mode, parameter gradients) of a first step on fresh copies of both workloads.
 
     Gradients are paired by parameter name over the parameters both models have, so that a candidate which
     removes a parameter (a redundant bias) or wraps the model (names gain a ``model.`` prefix) is still checked.
+    Also returns how long each first call took: this is where a candidate compiles.
     """
-    base_output, base_grads = _first_step(baseline)
-    cand_output, cand_grads = _first_step(candidate)
+    base_output, base_grads, base_s = _first_step(baseline)
+    cand_output, cand_grads, cand_s = _first_step(candidate)
     outputs = compare_outputs(base_output, cand_output)
-    if baseline.mode is not Mode.TRAIN:
-        return outputs
     cand_grads = {_unwrapped(name, base_grads): grad for name, grad in cand_grads.items()}
     shared = [name for name in base_grads if name in cand_grads]
-    if not shared:
-        return outputs
+    if baseline.mode is not Mode.TRAIN or not shared:
+        return outputs, (base_s, cand_s)
     grads = compare_outputs([base_grads[n] for n in shared], [cand_grads[n] for n in shared])
-    return Numerics(outputs.max_abs_error, outputs.max_rel_error, grads.max_abs_error, grads.max_rel_error)
+    return Numerics(outputs.max_abs_error, outputs.max_rel_error, grads.max_abs_error, grads.max_rel_error), (
+        base_s, cand_s)
 
 
 def _unwrapped(name: str, known: dict[str, torch.Tensor]) -> str:
@@ -219,23 +221,25 @@ def _unwrapped(name: str, known: dict[str, torch.Tensor]) -> str:
     return name
 
 
-def _first_step(workload: Workload) -> tuple[Any, dict[str, torch.Tensor]]:
-    """The output of a forward on a fresh copy (before any optimizer step) and, in train mode, the gradients."""
+def _first_step(workload: Workload) -> tuple[Any, dict[str, torch.Tensor], float]:
+    """A first forward on a fresh copy (before any optimizer step): output, gradients in train mode, seconds."""
     probe = workload.copy()
+    started = time.perf_counter()
     if workload.mode is not Mode.TRAIN:
         probe.model.eval()
         with torch.no_grad():
             output = call_model(probe.model, probe.inputs)
         synchronize(workload.device)
-        return output, {}
+        return output, {}, time.perf_counter() - started
     probe.model.train()
     output = call_model(probe.model, probe.inputs)
     loss = training_loss(output)
     if loss.requires_grad:
         loss.backward()
     synchronize(workload.device)
+    seconds = time.perf_counter() - started
     grads = {name: p.grad for name, p in probe.model.named_parameters() if p.grad is not None}
-    return map_tensors(output, lambda t: t.detach()), grads
+    return map_tensors(output, lambda t: t.detach()), grads, seconds
 
 
 def _cpu_jiffies() -> tuple[int, int] | None:
@@ -261,7 +265,8 @@ def _other_cores_busy(before: tuple[int, int] | None, after: tuple[int, int] | N
 
 def _warm_up(step: Callable[[], Any], workload: Workload, settings: BenchmarkSettings) -> int:
     """Run steps until the timings settle (allocator, oneDNN/cuDNN caches, lazy init); return how many ran."""
-    started, times = time.perf_counter(), []
+    times: list[float] = []
+    started = time.perf_counter()
     while True:
         times.append(_time_step(step, workload.device))
         elapsed = time.perf_counter() - started

@@ -161,6 +161,7 @@ def _measurement(measurement: Measurement, numerics_ok: bool | None, *, compares
         "numerics_ok": numerics_ok,
         "rounds": measurement.rounds,
         "warmup_steps": list(measurement.warmup_steps),
+        "first_step_s": list(measurement.first_step_s),
         "threads": measurement.threads,
         "timer": measurement.timer,
         "other_cores_busy": measurement.other_cores_busy,

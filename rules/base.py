@@ -9,6 +9,7 @@ The Rule protocol (the one hook, documented the way pytest documents its hookspe
                          ``Evidence``, ``Options``, ``References`` (``## Heading`` lines)
     severity: Severity   default severity of its findings
     requires: frozenset[Requirement]   what the profile must hold; the rule is skipped with a reason otherwise
+    opt_in: bool         (optional, default False) runs only when selected by its id or name
     def check(self, analysis: ConvAnalysis) -> Iterable[Finding]
 
 A rule reads the ConvAnalysis (the Profile and its conv layers); it never parses JSON or runs the model.

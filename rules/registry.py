@@ -72,10 +72,15 @@ def run_rules(rules: list[Rule], analysis: ConvAnalysis) -> RuleResults:
 def select_rules(rules: list[Rule], select: tuple[str, ...] = (), ignore: tuple[str, ...] = ()) -> list[Rule]:
     """Rules whose id or name matches a ``select`` entry (all when none) and no ``ignore`` entry.
 
-    An entry is a rule name or an id prefix, as in ruff: ``CD1`` matches CD101…CD199.
+    An entry is a rule name or an id prefix, as in ruff: ``CD1`` matches CD101…CD199. A rule marked ``opt_in``
+    (slow to measure, like compiling the model) runs only when selected by its full id or name.
     """
 
     def matches(rule: Rule, entries: tuple[str, ...]) -> bool:
         return any(rule.id.startswith(e.upper()) or rule.name == e.lower() for e in entries)
 
-    return [r for r in rules if (not select or matches(r, select)) and not matches(r, ignore)]
+    def named(rule: Rule) -> bool:
+        return any(e.upper() == rule.id or e.lower() == rule.name for e in select)
+
+    return [r for r in rules if not matches(r, ignore)
+            and (named(r) if getattr(r, "opt_in", False) else not select or matches(r, select))]

@@ -95,3 +95,27 @@ def intra_op_threads(threads: int) -> Callable[[Workload], Workload]:
         return replace(workload, model=IntraOpThreads(workload.model, threads))
 
     return transform
+
+
+class Compiled(nn.Module):
+    """The model under ``torch.compile`` (default mode), compiled on the first call of each copy."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self._compiled: Callable[..., object] | None = None  # a compiled function, not a registered module
+
+    def forward(self, *args: object, **kwargs: object) -> object:
+        if self._compiled is None:
+            self._compiled = torch.compile(self.model.forward)
+        return self._compiled(*args, **kwargs)
+
+    def __getstate__(self) -> dict[str, object]:
+        state = self.__dict__.copy()
+        state["_compiled"] = None  # a copy compiles its own model, never the original's
+        return state
+
+
+def compiled(workload: Workload) -> Workload:
+    """The workload with its model compiled by torch.compile (default settings)."""
+    return replace(workload, model=Compiled(workload.model))

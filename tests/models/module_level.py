@@ -1,6 +1,5 @@
 """Module-level `model` and `inputs` (a dict of keyword tensors), and a neighbour import."""
 import torch
-from torch import nn
 
 from neighbour_blocks import TwoConvs
 

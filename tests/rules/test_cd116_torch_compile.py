@@ -1,0 +1,71 @@
+"""CD116 torch-compile: opt-in; fires on an eager model, not on a compiled one; its candidate is measured."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from convdoctor.analyzer.benchmark import BenchmarkSettings, Verdict
+from convdoctor.analyzer.capture import capture
+from convdoctor.analyzer.layers import analyze_convs
+from convdoctor.analyzer.trace import load_profile
+from convdoctor.analyzer.workload import workload_from
+from convdoctor.api import ProfileOptions, profile
+from convdoctor.rules.base import PlanStage
+from convdoctor.rules.cd116_torch_compile import TorchCompileRule
+from convdoctor.rules.registry import load_rules, select_rules
+from convdoctor.rules.transforms import compiled
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                         nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+
+
+def _analysis(model: nn.Module, tmp_path: Path):
+    workload = workload_from(model, torch.randn(2, 3, 32, 32), device="cpu")
+    return analyze_convs(load_profile(capture(workload, tmp_path / "tb", "run", steps=2)[0]))
+
+
+def test_is_opt_in():
+    rules = load_rules().rules
+    assert "CD116" not in [r.id for r in select_rules(rules)]
+    assert "CD116" not in [r.id for r in select_rules(rules, select=("CD1",))]
+    assert [r.id for r in select_rules(rules, select=("CD116",))] == ["CD116"]
+    assert [r.id for r in select_rules(rules, select=("torch-compile",))] == ["CD116"]
+
+
+def test_triggers_on_an_eager_model(tmp_path: Path):
+    (finding,) = TorchCompileRule().check(_analysis(_model(), tmp_path))
+    assert finding.rule_id == "CD116"
+    evidence = finding.evidence
+    assert evidence["eager_ops_per_step"] >= 4  # two batch norms and two relus at least
+    names = [name for name, _ in evidence["most_common"]]
+    assert "aten::batch_norm" in names and "aten::relu" in names
+    assert 0.05 <= evidence["eager_share"] < 1
+    assert finding.candidate.stage is PlanStage.WRAPPER
+
+
+def test_does_not_trigger_on_a_compiled_model(tmp_path: Path):
+    analysis = _analysis(compiled(workload_from(_model(), torch.zeros(1), device="cpu")).model, tmp_path)
+    assert analysis.layers  # the convs are still seen inside the compiled region
+    assert list(TorchCompileRule().check(analysis)) == []
+
+
+@pytest.mark.slow
+def test_the_compiled_candidate_is_measured_and_its_compile_time_reported(tmp_path: Path):
+    settings = BenchmarkSettings(warmup_s=0, min_rounds=5, max_rounds=5)
+    model = _model().eval()
+    report, _ = profile(model, torch.randn(2, 3, 32, 32), ProfileOptions(
+        device="cpu", out_dir=tmp_path, steps=1, select=("CD116",), benchmark=settings))
+    (outcome,) = report.outcomes
+    assert outcome.measurement is not None, outcome.not_measured
+    assert outcome.numerics_ok is True
+    base_first, compiled_first = outcome.measurement.first_step_s
+    assert compiled_first > 10 * base_first  # the first call compiled
+    assert outcome.measurement.estimate.verdict in set(Verdict)
+    assert not hasattr(model, "_compiled")  # the user's model was never compiled in place
