@@ -12,33 +12,19 @@ import pytest
 
 from conftest import REPO, SHARED_TRACES
 
-GOOD_RULE = '''
-from convdoctor.rules.base import Finding, Requirement, Severity
-
-class ManyLayersRule:
-    id = "CD900"
-    name = "many-layers"
-    summary = "Counts conv layers (a third-party example)"
-    severity = Severity.INFO
-    requires = frozenset({Requirement.CONV_LAYERS})
-    doc = "## What it detects\\nmany layers\\n"
-
-    def check(self, analysis):
-        yield Finding(rule_id=self.id, rule_name=self.name, severity=self.severity,
-                      message=f"{len(analysis.layers)} conv layers", fix="none", advice="", snippet="",
-                      layers=[layer.name for layer in analysis.layers])
-'''
+PLUGIN_PACKAGE = Path(__file__).resolve().parents[1] / "plugin_example"
 
 
 @pytest.fixture(scope="module")
 def plugin_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A folder on PYTHONPATH holding three installed plugin distributions: good, broken, and a duplicate id."""
+    """A folder for PYTHONPATH with tests/plugin_example installed into it by pip, plus two bad plugins."""
     root = tmp_path_factory.mktemp("site")
-    (root / "good_rules.py").write_text(GOOD_RULE)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target",
+                    str(root), str(PLUGIN_PACKAGE)], check=True, capture_output=True, timeout=300)
     (root / "broken_rules.py").write_text("raise ImportError('needs libfoo, which is not installed')\n")
-    (root / "copycat_rules.py").write_text(GOOD_RULE.replace('"CD900"', '"CD101"'))
-    for dist, entry in [("good_rules", "CD900 = good_rules:ManyLayersRule"),
-                        ("broken_rules", "CD901 = broken_rules:Rule"),
+    copycat = (PLUGIN_PACKAGE / "convdoctor_example_plugin.py").read_text().replace('"CD900"', '"CD101"')
+    (root / "copycat_rules.py").write_text(copycat)
+    for dist, entry in [("broken_rules", "CD901 = broken_rules:Rule"),
                         ("copycat_rules", "CD101 = copycat_rules:ManyLayersRule")]:
         info = root / f"{dist}-0.1.dist-info"
         info.mkdir()

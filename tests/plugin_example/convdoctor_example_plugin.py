@@ -1,0 +1,24 @@
+"""A third-party convdoctor rule: all a plugin needs is an object with the Rule protocol and an entry point."""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from convdoctor.analyzer.layers import ConvAnalysis
+from convdoctor.rules.base import Finding, Requirement, Severity
+
+
+class ManyLayersRule:
+    """Counts the conv layers of a run (an example of the plugin interface, not advice)."""
+
+    id = "CD900"
+    name = "many-layers"
+    summary = "Counts conv layers (a third-party example)"
+    severity = Severity.INFO
+    requires = frozenset({Requirement.CONV_LAYERS})
+    doc = "## What it detects\nHow many conv layers the run has.\n"
+
+    def check(self, analysis: ConvAnalysis) -> Iterable[Finding]:
+        yield Finding(rule_id=self.id, rule_name=self.name, severity=self.severity,
+                      message=f"{len(analysis.layers)} conv layers", fix="nothing to fix", advice="", snippet="",
+                      layers=[layer.name for layer in analysis.layers])
