@@ -34,3 +34,26 @@ def small_cnn_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict,
     result = run_cli("profile", str(EXAMPLES / "small_cnn.py"), "--out", str(out), "--steps", "2")
     assert result.returncode == 0, result.stderr
     return out, json.loads((out / "report.json").read_text()), result
+
+
+def capture_analysis(workload, tmp_path: Path, steps: int = 1):
+    """Capture ``steps`` profiled steps of a workload with the real profiler and analyze its conv layers."""
+    from convdoctor.analyzer.capture import capture
+    from convdoctor.analyzer.layers import analyze_convs
+    from convdoctor.analyzer.trace import load_profile
+
+    return analyze_convs(load_profile(capture(workload, tmp_path / "tb", "run", steps=steps)[0]))
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module's tests: on a shared 2-core box two spinning OpenMP threads make steps
+    ten times slower and noisier; the count the session had is put back after."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

@@ -7,10 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import EXAMPLES, MODELS
-from convdoctor.analyzer.capture import capture
-from convdoctor.analyzer.layers import analyze_convs
-from convdoctor.analyzer.trace import load_profile
+from conftest import EXAMPLES, MODELS, capture_analysis
 from convdoctor.analyzer.workload import load_workload
 from convdoctor.rules.base import NumericsContract
 from convdoctor.rules.cd101_channels_last import ChannelsLastRule, to_channels_last
@@ -18,7 +15,7 @@ from convdoctor.rules.cd101_channels_last import ChannelsLastRule, to_channels_l
 
 def _findings(model_file: Path, tmp_path: Path):
     workload = load_workload(model_file, device="cpu")
-    analysis = analyze_convs(load_profile(capture(workload, tmp_path / "tb", "run", steps=1)[0]))
+    analysis = capture_analysis(workload, tmp_path)
     return workload, analysis, list(ChannelsLastRule().check(analysis))
 
 
@@ -75,7 +72,7 @@ def test_candidate_handles_3d_convs():
 @pytest.mark.parametrize("threshold, expected", [(0.0, 1), (1.01, 0)])
 def test_min_share_option(tmp_path: Path, threshold: float, expected: int):
     workload = load_workload(EXAMPLES / "seed_conv.py", device="cpu")
-    analysis = analyze_convs(load_profile(capture(workload, tmp_path / "tb", "run", steps=1)[0]))
+    analysis = capture_analysis(workload, tmp_path)
     rule = ChannelsLastRule()
     rule.min_share = threshold
     assert len(list(rule.check(analysis))) == expected

@@ -8,27 +8,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import EXAMPLES, MODELS
-from convdoctor.analyzer.capture import capture
-from convdoctor.analyzer.layers import ConvAnalysis, MemoryFormat, analyze_convs
-from convdoctor.analyzer.trace import load_profile
+from conftest import EXAMPLES, MODELS, capture_analysis
+from convdoctor.analyzer.layers import ConvAnalysis, MemoryFormat
 from convdoctor.analyzer.workload import Workload, load_workload
 from convdoctor.rules.base import NumericsContract, Severity
 from convdoctor.rules.cd101_channels_last import to_channels_last
 from convdoctor.rules.cd102_layout_ping_pong import LayoutPingPongRule
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a shared CPU, two OpenMP threads spin-waiting on each other make steps 10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _analysis(workload: Workload, tmp_path: Path) -> ConvAnalysis:
-    return analyze_convs(load_profile(capture(workload, tmp_path / "tb", "run", steps=1)[0]))
+    return capture_analysis(workload, tmp_path)
 
 
 def test_triggers_on_a_contiguous_call_in_the_models_code(tmp_path: Path):

@@ -10,11 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import EXAMPLES, MODELS
-from convdoctor.analyzer.capture import capture
-from convdoctor.analyzer.layers import ConvAnalysis, analyze_convs
+from conftest import EXAMPLES, MODELS, capture_analysis
+from convdoctor.analyzer.layers import ConvAnalysis
 from convdoctor.analyzer.model_cost import model_cost
-from convdoctor.analyzer.trace import load_profile
 from convdoctor.analyzer.workload import Workload, load_workload, workload_from
 from convdoctor.rules.base import NumericsContract, Severity
 from convdoctor.rules.cd101_channels_last import to_channels_last
@@ -25,7 +23,7 @@ SEED_RATIO = (64 * 9 + 64 * 128) / (64 * 128 * 9)  # (C·k² + C·K) / (C·K·k�
 
 def _analysis(model_file: Path, tmp_path: Path) -> tuple[Workload, ConvAnalysis]:
     workload = load_workload(model_file, device="cpu")
-    return workload, analyze_convs(load_profile(capture(workload, tmp_path / "tb", "run", steps=1)[0]))
+    return workload, capture_analysis(workload, tmp_path)
 
 
 @pytest.fixture(scope="module")

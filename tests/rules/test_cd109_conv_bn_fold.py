@@ -9,9 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import EXAMPLES, MODELS, SHARED_TRACES
+from conftest import EXAMPLES, MODELS, SHARED_TRACES, capture_analysis
 from convdoctor.analyzer.benchmark import BenchmarkSettings
-from convdoctor.analyzer.capture import capture
 from convdoctor.analyzer.layers import ConvAnalysis, analyze_convs
 from convdoctor.analyzer.trace import load_profile
 from convdoctor.analyzer.workload import Workload, call_model, load_workload
@@ -25,17 +24,11 @@ SMALL_CNN_PAIRS = {("stem.0", "stem.1")} | {
 } | {(f"layer{stage}.0.downsample.0", f"layer{stage}.0.downsample.1") for stage in (2, 3)}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a shared CPU, two OpenMP threads spin-waiting on each other make steps 10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _analysis(workload: Workload, tmp_path: Path) -> ConvAnalysis:
-    return analyze_convs(load_profile(capture(workload, tmp_path / "tb", "run", steps=1)[0]))
+    return capture_analysis(workload, tmp_path)
 
 
 @pytest.fixture(scope="module")

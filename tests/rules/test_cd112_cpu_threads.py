@@ -13,9 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import MODELS, SHARED_TRACES
+from conftest import MODELS, SHARED_TRACES, capture_analysis
 from convdoctor.analyzer.benchmark import BenchmarkSettings
-from convdoctor.analyzer.capture import capture
 from convdoctor.analyzer.layers import ConvAnalysis, analyze_convs
 from convdoctor.analyzer.trace import load_profile
 from convdoctor.analyzer.workload import Workload, call_model, load_workload, workload_from
@@ -40,7 +39,7 @@ def restore_threads():
 
 
 def _analysis(workload: Workload, tmp_path: Path) -> ConvAnalysis:
-    return analyze_convs(load_profile(capture(workload, tmp_path / "tb", "run", steps=1)[0]))
+    return capture_analysis(workload, tmp_path)
 
 
 @needs_two_cores

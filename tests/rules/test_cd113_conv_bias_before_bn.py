@@ -9,11 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import EXAMPLES, MODELS
+from conftest import EXAMPLES, MODELS, capture_analysis
 from convdoctor.analyzer.benchmark import BenchmarkSettings
-from convdoctor.analyzer.capture import capture
-from convdoctor.analyzer.layers import ConvAnalysis, analyze_convs
-from convdoctor.analyzer.trace import load_profile
+from convdoctor.analyzer.layers import ConvAnalysis
 from convdoctor.analyzer.workload import Workload, call_model, load_workload
 from convdoctor.api import ProfileOptions, profile_file
 from convdoctor.rules.base import NumericsContract, PlanStage
@@ -24,19 +22,11 @@ MODEL = MODELS / "cd113_bias_bn.py"
 PAIRS = {("conv1", "bn1"), ("conv2", "bn2")}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: steady timings on a shared CPU; the count the session had is put back after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _analysis(workload: Workload, tmp_path: Path) -> ConvAnalysis:
-    return analyze_convs(load_profile(capture(workload, tmp_path / "tb", "run", steps=1)[0]))
+    return capture_analysis(workload, tmp_path)
 
 
 def _randomize_batch_norms(model: nn.Module) -> None:

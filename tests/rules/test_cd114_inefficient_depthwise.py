@@ -11,10 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import EXAMPLES
-from convdoctor.analyzer.capture import capture
-from convdoctor.analyzer.layers import ConvAnalysis, analyze_convs
-from convdoctor.analyzer.trace import load_profile
+from conftest import EXAMPLES, capture_analysis
+from convdoctor.analyzer.layers import ConvAnalysis
 from convdoctor.analyzer.workload import Workload, load_workload, workload_from
 from convdoctor.rules.base import NumericsContract, Severity
 from convdoctor.rules.cd101_channels_last import to_channels_last
@@ -25,17 +23,11 @@ DEPTHWISE_INTENSITY = 2 * 64 * 9 * PIXELS / ((2 * 64 * PIXELS + 64 * 9 + 64) * 4
 POINTWISE_INTENSITY = 2 * 128 * 64 * PIXELS / ((64 * PIXELS + 128 * 64 + 128 * PIXELS + 128) * 4)  # ≈ 21.3
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One OpenMP thread: on a shared 2-core box two spinning threads make the timings far noisier."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _analysis(workload: Workload, tmp_path: Path) -> ConvAnalysis:
-    return analyze_convs(load_profile(capture(workload, tmp_path / "tb", "run", steps=1)[0]))
+    return capture_analysis(workload, tmp_path)
 
 
 @pytest.fixture(scope="module")

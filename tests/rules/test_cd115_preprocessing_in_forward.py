@@ -7,12 +7,9 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
-from conftest import EXAMPLES, MODELS
-from convdoctor.analyzer.capture import capture
-from convdoctor.analyzer.layers import ConvAnalysis, analyze_convs
-from convdoctor.analyzer.trace import load_profile
+from conftest import EXAMPLES, MODELS, capture_analysis
+from convdoctor.analyzer.layers import ConvAnalysis
 from convdoctor.analyzer.workload import load_workload
 from convdoctor.rules.base import Severity
 from convdoctor.rules.cd115_preprocessing_in_forward import (
@@ -23,18 +20,12 @@ from convdoctor.rules.cd115_preprocessing_in_forward import (
 )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One OpenMP thread: on a shared 2-core box two spinning threads make the timings far noisier."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _analysis(model_file: Path, tmp_path: Path) -> ConvAnalysis:
     workload = load_workload(model_file, device="cpu")
-    return analyze_convs(load_profile(capture(workload, tmp_path / "tb", "run", steps=1)[0]))
+    return capture_analysis(workload, tmp_path)
 
 
 @pytest.fixture(scope="module")
