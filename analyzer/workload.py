@@ -7,20 +7,23 @@ tensors. The user's objects are never modified: every Workload holds deep copies
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import enum
 import importlib.util
 import inspect
+import signal
 import sys
+import threading
 import traceback
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Union
+from typing import Any, Callable, Iterator, Union
 
 import torch
 from torch import nn
 
-from convdoctor.errors import InputMismatchError, ModelFileError
+from convdoctor.errors import InputMismatchError, ModelFileError, ModelTimeoutError
 
 Inputs = Union[torch.Tensor, tuple, dict]
 
@@ -226,8 +229,33 @@ def _inputs(module: Any, path: str | Path, batch_size: int | None) -> Any:
 def _call_user(fn: Callable[..., Any], path: str | Path, name: str, **kwargs: Any) -> Any:
     try:
         return fn(**kwargs)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # user code may call sys.exit(); that must not end convdoctor silently
         raise ModelFileError(f"{path}: {name}() raised {describe_exception(exc)}") from exc
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float | None, what: str) -> Iterator[None]:
+    """Raise ModelTimeoutError when the block runs longer than ``seconds`` (main thread, Unix; else no limit).
+
+    Python code is interrupted at once; a single long native op is interrupted when it returns.
+    """
+    main_thread = threading.current_thread() is threading.main_thread()
+    usable = seconds is not None and hasattr(signal, "setitimer") and main_thread
+    if not usable:
+        yield
+        return
+
+    def expire(signum: int, frame: object) -> None:
+        raise ModelTimeoutError(f"{what} did not finish within {seconds:g} s; if the model is just slow, pass "
+                                "a larger --timeout (or a smaller --batch-size)")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def _check_inputs(inputs: Any, path: str | Path) -> None:

@@ -11,6 +11,7 @@ import click
 
 from convdoctor import __version__
 from convdoctor.errors import ConvDoctorError
+from convdoctor.output import captured_prints
 
 if TYPE_CHECKING:
     from convdoctor.api import ReportFiles
@@ -78,7 +79,12 @@ def profile_command(model_py: Path, device: str, mode: str, batch_size: int | No
 
     options = ProfileOptions(device=device, mode=mode, batch_size=batch_size, steps=steps, out_dir=out_dir,
                              measure=not no_measure, time_budget_s=time_budget_s, select=select, ignore=ignore)
-    report, files = _or_exit(lambda: profile_file(model_py, options, ClickProgress()))
+    with captured_prints() as printed:
+        try:
+            report, files = _or_exit(lambda: profile_file(model_py, options, ClickProgress()))
+        finally:
+            if printed.summary():
+                click.echo(f"convdoctor: note: {printed.summary()}", err=True)
     _show(report, files, output_format)
     plan = report.plan.measurement if report.plan is not None and report.plan.numerics_ok else None
     if fail_under is not None and plan is not None and plan.estimate.ci_low >= fail_under:

@@ -9,6 +9,10 @@ class ModelFileError(ConvDoctorError):
     """The model file is missing, cannot be imported, or lacks a usable entry point."""
 
 
+class ModelTimeoutError(ConvDoctorError):
+    """The user's model (or its file) took longer than the time it was given."""
+
+
 class InputMismatchError(ConvDoctorError):
     """The example inputs do not fit the model."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,7 @@ CASES = [
     ("bad_inputs_type.py", [], ["inputs are a list", "tuple/list of tensors"]),
     ("wrong_shapes.py", [], ["features.0", "[16, 3, 3, 3]", "[1, 4, 16, 16]", "fix get_inputs()"]),
     ("module_level.py", ["--batch-size", "4"], ["--batch-size needs get_inputs(batch_size)"]),
+    ("exits.py", [], ["get_model() raised SystemExit", "no GPU found"]),
 ]
 
 
@@ -65,3 +67,30 @@ def test_cuda_asked_for_without_cuda_is_a_user_error(tmp_path: Path):
                                        "--out", str(tmp_path)])
     assert result.exit_code == 2
     assert "--device cpu" in result.stderr
+
+
+def test_what_the_model_prints_stays_out_of_the_json_on_stdout(tmp_path: Path):
+    result = run_cli("profile", str(MODELS / "chatty.py"), "--out", str(tmp_path), "--no-measure", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)  # 600 kB of prints from the model did not corrupt it
+    assert [layer["name"] for layer in report["layers"]] == ["conv"]
+    notes = [line for line in result.stderr.splitlines() if line.startswith("convdoctor: note: the model printed")]
+    assert len(notes) == 1 and "'building the model'" in notes[0]
+    assert len(result.stderr) < 5000  # and none of it floods the terminal
+
+
+def test_time_limit_interrupts_user_code():
+    import time
+
+    from convdoctor.analyzer.workload import time_limit
+    from convdoctor.errors import ModelTimeoutError
+
+    started = time.perf_counter()
+    with pytest.raises(ModelTimeoutError, match="did not finish within 0.2 s"):
+        with time_limit(0.2, "the model's forward"):
+            while True:
+                pass
+    assert time.perf_counter() - started < 2
+    with time_limit(1.0, "nothing"):
+        pass  # a block that ends in time is left alone, and the alarm is cleared
+    time.sleep(1.2)
