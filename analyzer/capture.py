@@ -16,7 +16,7 @@ from torch import nn
 from torch.autograd.profiler import record_function
 from torch.profiler import ProfilerActivity, profile, schedule, tensorboard_trace_handler
 
-from convdoctor.analyzer.hardware import device_name
+from convdoctor.analyzer.hardware import device_name, environment_peaks
 from convdoctor.analyzer.module_scope import scope_name
 from convdoctor.analyzer.trace import TRACE_SUFFIXES
 from convdoctor.analyzer.workload import Workload, describe_exception, make_step, synchronize
@@ -94,7 +94,9 @@ def check_fits(workload: Workload) -> None:
 
 
 def environment(workload: Workload) -> dict[str, Any]:
-    """The settings that decide conv speed but that a trace does not otherwise record."""
+    """The settings that decide conv speed but that a trace does not otherwise record, and the device's peaks
+    (peak_flops in FLOP/s, peak_bandwidth in bytes/s, peaks_source: measured on a CPU, once per process and
+    thread count; from the datasheet on a GPU) for the roofline of an offline `analyze`."""
     device = workload.device
     return {
         "torch_version": torch.__version__,
@@ -111,7 +113,15 @@ def environment(workload: Workload) -> dict[str, Any]:
         "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
         "cudnn_deterministic": torch.backends.cudnn.deterministic,
         "mkldnn_enabled": torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled,
+        **environment_peaks(device, workload.dtype),
     }
+
+
+def _metadata_json(values: dict[str, Any]) -> str:
+    """JSON that Kineto copies into the trace intact: it writes the text unescaped and turns backslashes into '/',
+    so '"' and '\\' are dropped from strings and non-ASCII text is kept as itself rather than as \\u escapes."""
+    clean = {k: v.replace('"', "").replace("\\", "/") if isinstance(v, str) else v for k, v in values.items()}
+    return json.dumps(clean, ensure_ascii=False)
 
 
 def capture(workload: Workload, logdir: Path, run_name: str, *, steps: int = 3) -> list[Path]:
@@ -128,12 +138,12 @@ def capture(workload: Workload, logdir: Path, run_name: str, *, steps: int = 3) 
     logdir.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=".capture-", dir=logdir))
     try:
+        recorded = _metadata_json(environment(run))  # before the profiler starts: measuring peaks is no part of a step
         sched = schedule(wait=WAIT_STEPS, warmup=WARMUP_STEPS, active=steps, repeat=1)
         handler = tensorboard_trace_handler(str(scratch), worker_name="worker0")
         with _quiet_profiler(), ModuleScopes(run.model), profile(
             activities=activities, schedule=sched, on_trace_ready=handler, record_shapes=True
         ) as profiler:
-            recorded = json.dumps(environment(run))
             for _ in range(WAIT_STEPS + WARMUP_STEPS + steps):
                 profiler.add_metadata_json(METADATA_KEY, recorded)  # kept only by the session that records
                 step()

@@ -18,6 +18,7 @@ from convdoctor.analyzer.benchmark import BenchmarkSettings, Verdict, measure
 from convdoctor.analyzer.capture import capture, check_fits, environment
 from convdoctor.analyzer.layers import ConvAnalysis, analyze_convs
 from convdoctor.analyzer.model_cost import ArchitectureDelta, model_cost
+from convdoctor.analyzer.roofline import analyze_roofline
 from convdoctor.analyzer.trace import TRACE_SUFFIXES, find_traces, load_profile
 from convdoctor.analyzer.workload import Inputs, Workload, describe_exception, load_workload, workload_from
 from convdoctor.errors import OutputDirError, ReportError, TraceError
@@ -198,6 +199,7 @@ def _report(analysis: ConvAnalysis, summary: WorkloadSummary, outcomes: list[Fin
         rule_problems=rule_set.problems,
         rule_docs=[RuleDoc(r.id, r.name, r.summary, doc_sections(r.doc)) for r in rule_set.rules
                    if any(o.finding.rule_id == r.id for o in outcomes)],
+        roofline=analyze_roofline(analysis),
     )
 
 

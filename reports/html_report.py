@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
+from convdoctor.reports.charts import BOUND_COLORS, quantity, roofline_chart, speedup_chart
 from convdoctor.reports.json_report import report_to_dict
 from convdoctor.reports.presentation import (
     architecture_note,
@@ -21,6 +22,7 @@ _ENVIRONMENT = Environment(
     trim_blocks=True,
     lstrip_blocks=True,
 )
+_ENVIRONMENT.filters["quantity"] = quantity
 
 
 def render_html(report: Report) -> str:
@@ -34,14 +36,29 @@ def render_html(report: Report) -> str:
         ("layout conversions", summary["conversion_time_ms"], "#d9822b"),
         ("everything else", other_ms, "#9aa5b1"),
     ]
+    results = [measured_result(o) for o in report.outcomes]
+    plan = plan_lines(report.plan) if report.plan else []
     return _ENVIRONMENT.get_template("report.html.j2").render(
         report=data,
         headline=headline(report),
-        results=[measured_result(o) for o in report.outcomes],
+        results=results,
         architecture=[architecture_note(o) for o in report.outcomes],
         breakdown=[(label, ms, ms / step_ms, color) for label, ms, color in breakdown],
         max_layer_ms=max((layer["time_ms"] for layer in data["layers"]), default=1.0) or 1.0,
         tensorboard=tensorboard_command(report.logdir),
         rule_docs=report.rule_docs,
-        plan=plan_lines(report.plan) if report.plan else [],
+        plan=plan,
+        roofline=roofline_chart(summary["peaks"], data["layers"]),
+        speedups=speedup_chart(data["findings"], results, data["plan"], plan[-1] if plan else None),
+        bound_colors=BOUND_COLORS,
+        roofline_reason=_no_roofline_reason(report),
     )
+
+
+def _no_roofline_reason(report: Report) -> str:
+    roofline = report.roofline
+    if roofline is None:
+        return "the report was made without one."
+    if not roofline.peaks.known:
+        return roofline.peaks.description + "."
+    return "no layer has known FLOPs, bytes and forward time."

@@ -9,6 +9,7 @@ from typing import Any
 from convdoctor.analyzer.benchmark import Measurement
 from convdoctor.analyzer.layers import ConvLayer
 from convdoctor.analyzer.model_cost import ArchitectureDelta
+from convdoctor.analyzer.roofline import LayerRoofline, Roofline
 from convdoctor.reports.report import FindingOutcome, Plan, Report
 
 SCHEMA_VERSION = "1.0"
@@ -17,6 +18,8 @@ SCHEMA_VERSION = "1.0"
 def report_to_dict(report: Report) -> dict[str, Any]:
     """The report as plain JSON data."""
     analysis = report.analysis
+    roofline = report.roofline
+    rooflines = roofline.layers if roofline is not None else {}
     return {
         "schema_version": SCHEMA_VERSION,
         "tool_version": report.tool_version,
@@ -27,9 +30,11 @@ def report_to_dict(report: Report) -> dict[str, Any]:
             "conv_time_ms": analysis.conv_time_us / 1e3,
             "conv_share": analysis.share(analysis.conv_time_us),
             "conversion_time_ms": analysis.conversion_time_us / 1e3,
-            "notes": list(analysis.notes),
+            "notes": list(analysis.notes) + (list(roofline.notes) if roofline is not None else []),
+            "peaks": _peaks(roofline),
         },
-        "layers": [_layer(layer, analysis.share(layer.time_per_step_us), analysis.profile.step_count)
+        "layers": [_layer(layer, analysis.share(layer.time_per_step_us), analysis.profile.step_count,
+                          rooflines.get(layer.name))
                    for layer in analysis.layers],
         "findings": [_outcome(outcome) for outcome in report.outcomes],
         "plan": None if report.plan is None else _plan(report.plan),
@@ -49,7 +54,22 @@ def _number(value: float | None) -> float | None:
     return None if value is None or not math.isfinite(value) else value
 
 
-def _layer(layer: ConvLayer, share: float, steps: int) -> dict[str, Any]:
+def _peaks(roofline: Roofline | None) -> dict[str, Any] | None:
+    """The roofs in GFLOP/s and GB/s, or None where there is no roofline (the notes say why)."""
+    if roofline is None or not roofline.peaks.known:
+        return None
+    peaks = roofline.peaks
+    return {
+        "peak_gflops": peaks.peak_flops_per_s / 1e9,
+        "bandwidth_gbs": peaks.bandwidth_bytes_per_s / 1e9,
+        "ridge_flop_per_byte": peaks.ridge_point,
+        "dtype": peaks.dtype,
+        "source": peaks.source.value,
+        "description": peaks.description,
+    }
+
+
+def _layer(layer: ConvLayer, share: float, steps: int, roofline: LayerRoofline | None) -> dict[str, Any]:
     return {
         "name": layer.name,
         "module_class": layer.module_class,
@@ -78,6 +98,10 @@ def _layer(layer: ConvLayer, share: float, steps: int) -> dict[str, Any]:
             for c in layer.conversions
         ],
         "kernels": list(layer.kernel_names),
+        "achieved_gflops": None if roofline is None else roofline.achieved_flops / 1e9,
+        "attainable_gflops": None if roofline is None else roofline.attainable_flops / 1e9,
+        "pct_of_roofline": None if roofline is None else _number(roofline.pct_of_roofline),
+        "bound": None if roofline is None else roofline.bound.value,
     }
 
 

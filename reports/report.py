@@ -8,6 +8,7 @@ from pathlib import Path
 from convdoctor.analyzer.benchmark import Measurement
 from convdoctor.analyzer.layers import ConvAnalysis
 from convdoctor.analyzer.model_cost import ArchitectureDelta
+from convdoctor.analyzer.roofline import Roofline
 from convdoctor.rules.base import Finding
 
 
@@ -73,6 +74,7 @@ class Report:
     rule_problems: list[str] = field(default_factory=list)
     rule_docs: list[RuleDoc] = field(default_factory=list)  # of the rules with findings
     plan: Plan | None = None  # None when nothing was measured faster
+    roofline: Roofline | None = None  # the device's peaks and each layer against them
 
 
 def trace_summary(analysis: ConvAnalysis, trace: Path) -> WorkloadSummary:

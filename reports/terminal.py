@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
+
 import click
 
+from convdoctor.analyzer.roofline import LayerRoofline
 from convdoctor.reports.presentation import (
     architecture_note,
     headline,
@@ -22,12 +25,23 @@ def render_summary(report: Report, html_path: str, json_path: str, overwrote: bo
     analysis = report.analysis
     lines = [click.style(headline(report), bold=True), ""]
     if analysis.layers:
-        lines.append(f"Slowest conv layers ({analysis.time_basis.value} time per step):")
-        width = min(max(len(layer.name) for layer in analysis.layers[:TOP_LAYERS]), 48)
-        for layer in analysis.layers[:TOP_LAYERS]:
+        top = analysis.layers[:TOP_LAYERS]
+        width = min(max(len(layer.name) for layer in top), 48)
+        rows = []
+        for layer in top:
             gflop = f"{layer.flops / 1e9:7.2f} GFLOP" if layer.flops else "      ? GFLOP"
-            lines.append(f"  {layer.name[:48]:<{width}}  {layer.time_per_step_us / 1e3:8.3f} ms  "
-                         f"{analysis.share(layer.time_per_step_us):5.1%}  {gflop}  {layer.memory_format.value}")
+            rows.append(f"  {layer.name[:48]:<{width}}  {layer.time_per_step_us / 1e3:8.3f} ms  "
+                        f"{analysis.share(layer.time_per_step_us):5.1%}  {gflop}  {layer.memory_format.value:<13}")
+        rooflines = report.roofline.layers if report.roofline is not None else {}
+        roof = [_roofline_cell(rooflines.get(layer.name)) for layer in top]
+        fits = max(len(row) for row in rows) + len(roof[0]) <= shutil.get_terminal_size((120, 24)).columns
+        if any(rooflines.get(layer.name) for layer in top) and fits:
+            lines.append(f"Slowest conv layers ({analysis.time_basis.value} time per step; bound and % of the "
+                         f"roofline from {report.roofline.peaks.source.value} peaks):")
+            lines += [row + cell for row, cell in zip(rows, roof)]
+        else:
+            lines.append(f"Slowest conv layers ({analysis.time_basis.value} time per step):")
+            lines += [row.rstrip() for row in rows]
         lines.append("")
     for outcome in report.outcomes:
         f = outcome.finding
@@ -55,6 +69,13 @@ def render_summary(report: Report, html_path: str, json_path: str, overwrote: bo
         f"traces: {report.logdir}  ->  {tensorboard_command(report.logdir)}",
     ]
     return "\n".join(lines)
+
+
+def _roofline_cell(point: LayerRoofline | None) -> str:
+    """``  memory    42%``: bound and % of the roofline, 15 characters; ``?`` where the layer has no roofline."""
+    if point is None:
+        return f"  {'?':<7}  {'?':>4}"
+    return f"  {point.bound.value:<7}  {point.pct_of_roofline:>3.0f}%"
 
 
 def _colored(result: str) -> str:

@@ -276,6 +276,22 @@ LAYOUT_PROBLEMS = """(function () {
     var end = value.getBBox().x + value.getBBox().width;
     if (end > 1000) { problems.push('value "' + value.textContent + '" ends at ' + end + ', outside the chart'); }
   });
+  ['roofline-chart', 'speedup-chart'].forEach(function (id) {  // every mark inside its chart's drawing area
+    var chart = document.getElementById(id);
+    if (!chart) { return; }
+    var box = chart.viewBox.baseVal;
+    chart.querySelectorAll('text, circle, line').forEach(function (mark) {
+      var b = mark.getBBox(), right = b.x + b.width;
+      if (mark.getAttribute('transform')) { return; }  // the rotated axis title: its box is in its own frame
+      var clip = mark.getAttribute('clip-path') && document.querySelector(
+        mark.getAttribute('clip-path').slice(4, -1) + ' rect');
+      if (clip) { right = Math.min(right, clip.x.baseVal.value + clip.width.baseVal.value); }
+      if (b.x < box.x - 0.5 || right > box.x + box.width + 0.5 || b.y < box.y - 0.5 ||
+          b.y + b.height > box.y + box.height + 0.5) {
+        problems.push(id + ': "' + (mark.textContent || mark.tagName).slice(0, 40) + '" is outside the chart');
+      }
+    });
+  });
   var table = document.getElementById('layer-table');
   if (table.parentElement.scrollWidth > table.parentElement.clientWidth + 1 && window.innerWidth >= 1200) {
     problems.push('layer table is ' + table.scrollWidth + ' px wide in ' + table.parentElement.clientWidth + ' px');

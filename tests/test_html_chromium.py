@@ -126,6 +126,34 @@ def test_page_renders_in_chromium(small_cnn_run, tmp_path):
     assert len(dom.find_all("script")) == 1
 
 
+def test_roofline_and_speedup_charts(small_cnn_run, tmp_path):
+    """The roofline has both roofs and one dot per layer, colored by its bound; the speedup chart has one point per
+    measured finding; bars and table cells carry each layer's bound."""
+    out, report, _ = small_cnn_run
+    result = chromium(tmp_path / "profile", "--dump-dom", (out / "report.html").as_uri())
+    dom = parse_html(result.stdout)
+    roofline = dom.by_id("roofline-chart")
+    for roof in ("roof roof-memory", "roof roof-compute"):
+        (line,) = roofline.find_all("line", class_=roof)
+        assert float(line.attrs["x2"]) > float(line.attrs["x1"]), roof
+    dots = roofline.find_all("circle", class_="layer-dot")
+    assert len(dots) == len(report["layers"]) == 15
+    names = sorted(layer["name"] for layer in report["layers"])
+    assert sorted(d.find_all("title")[0].text().split(": ")[0] for d in dots) == names
+    assert sorted(d.attrs["data-bound"] for d in dots) == sorted(layer["bound"] for layer in report["layers"])
+    bars = dom.by_id("layer-chart").find_all("rect", class_="bar")
+    assert [b.attrs["data-bound"] for b in bars] == [layer["bound"] for layer in report["layers"][:15]]
+    headers = [th.text() for th in dom.by_id("layer-table").find_all("th")]
+    assert "bound" in headers and "% of roofline" in headers
+    measured = [f for f in report["findings"] if f["measurement"] is not None]
+    assert measured, "small_cnn measured no finding"
+    points = dom.by_id("speedup-chart").find_all("circle", class_="speedup-point")
+    assert len(points) == len(measured)
+    assert [p.find_all("title")[0].text().split(":")[0] for p in points] == \
+        [f"{f['rule_id']} {f['rule']}" for f in measured]
+    assert len(dom.by_id("speedup-chart").find_all("line", class_="unity")) == 1
+
+
 def test_screenshots_for_a_person(small_cnn_run, tmp_path):
     """Full-width and phone-width screenshots of the small_cnn report in test-output/; they are real pictures."""
     out, _, _ = small_cnn_run
@@ -241,6 +269,7 @@ def test_hostile_module_names_are_text(hostile_run, tmp_path, devtools):
     rows = dom.by_id("layer-table").find_all("tbody")[0].find_all("tr")
     assert {row.find_all("code")[0].text() for row in rows} == names
     assert {title.text().rsplit(":", 1)[0] for title in dom.by_id("layer-chart").find_all("title")} == names
+    assert {title.text().split(": ")[0] for title in dom.by_id("roofline-chart").find_all("title")} == names
 
     devtools.open(files.html.as_uri())
     devtools.drain(0.3)

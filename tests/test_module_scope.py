@@ -38,3 +38,19 @@ def test_hostile_module_names_survive_a_real_capture(tmp_path: Path):
     workload = workload_from(model, torch.randn(1, 3, 8, 8), device="cpu")
     analysis = analyze_convs(load_profile(capture(workload, tmp_path, "run", steps=1)[0]))
     assert {layer.name for layer in analysis.layers} == set(NAMES[:5])
+
+
+def test_a_model_file_path_with_a_quote_and_accents_keeps_the_trace_valid(tmp_path: Path):
+    """Kineto writes the recorded environment into the trace unescaped: a '"' in the path must not break it."""
+    import shutil
+
+    from conftest import EXAMPLES
+    from convdoctor.analyzer.workload import load_workload
+
+    folder = tmp_path / 'we"ird é'
+    folder.mkdir()
+    shutil.copy(EXAMPLES / "seed_grouped.py", folder / "model.py")
+    workload = load_workload(folder / "model.py", device="cpu", batch_size=1)
+    profile = load_profile(capture(workload, tmp_path / "tb", "run", steps=1)[0])
+    assert profile.environment["model_file"] == str(folder / "model.py").replace('"', "")
+    assert "é" in profile.environment["model_file"]

@@ -1,0 +1,179 @@
+"""Geometry of the report's SVG charts: plain numbers and labels for the template, which writes (and escapes) the
+markup. Log scales, decade ticks, the roofline's two roofs, and the measured speedups with their intervals."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+BOUND_COLORS = {"memory": "#d9822b", "compute": "#3b6fb6", None: "#9aa5b1"}
+VERDICT_COLORS = {"faster": "#1e7e34", "slower": "#c0392b", "no measurable difference": "#616e7c"}
+
+
+@dataclass(frozen=True)
+class LogAxis:
+    """A log10 scale from ``low`` to ``high`` onto pixels ``start`` to ``end`` (end < start for a y axis)."""
+
+    low: float
+    high: float
+    start: float
+    end: float
+
+    def __call__(self, value: float) -> float:
+        span = math.log10(self.high) - math.log10(self.low)
+        fraction = (math.log10(max(value, 1e-300)) - math.log10(self.low)) / span
+        return round(self.start + fraction * (self.end - self.start), 1)
+
+    def decades(self) -> list[float]:
+        first, last = math.ceil(math.log10(self.low) - 1e-9), math.floor(math.log10(self.high) + 1e-9)
+        return [10.0**k for k in range(first, last + 1)]
+
+
+def decade_range(values: list[float], least_decades: int = 2) -> tuple[float, float]:
+    """Whole decades around ``values`` (all positive), at least ``least_decades`` wide."""
+    low = math.floor(math.log10(min(values)))
+    high = math.ceil(math.log10(max(values)))
+    while high - low < least_decades:
+        low, high = (low - 1, high) if (high - low) % 2 else (low, high + 1)
+    return 10.0**low, 10.0**high
+
+
+def si_number(value: float) -> str:
+    """A tick label: 0.01, 0.1, 1, 10, 100, 1k, 10k, 1M."""
+    for factor, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if value >= factor:
+            return f"{value / factor:g}{suffix}"
+    return f"{value:g}"
+
+
+def quantity(value: float) -> str:
+    """A rate for people: 15,700 / 67.2 / 3.05 / 0.125 (no exponents)."""
+    if value >= 100:
+        return f"{value:,.0f}"
+    if value >= 10:
+        return f"{value:.1f}"
+    return f"{value:.3g}"
+
+
+@dataclass
+class RooflineChart:
+    """Everything the template needs to draw the roofline: pixel coordinates and texts."""
+
+    width: int
+    height: int
+    plot: tuple[float, float, float, float]  # left, top, right, bottom
+    x_ticks: list[tuple[float, str]]
+    y_ticks: list[tuple[float, str]]
+    memory_roof: tuple[float, float, float, float]  # x1, y1, x2, y2
+    compute_roof: tuple[float, float, float, float]
+    ridge_x: float
+    memory_label: tuple[float, float, str, str]  # x, y, text, text-anchor
+    compute_label: tuple[float, float, str]
+    ridge_label: tuple[float, float, str, str]  # x, y, text, text-anchor
+    dots: list[dict[str, Any]] = field(default_factory=list)
+
+
+def roofline_chart(peaks: dict[str, Any], layers: list[dict[str, Any]], width: int = 760, height: int = 440
+                   ) -> RooflineChart | None:
+    """The roofline of report.json's ``summary.peaks`` with a dot for each layer that has ``achieved_gflops``."""
+    points = [layer for layer in layers if layer.get("achieved_gflops") and layer.get("intensity")]
+    if not peaks or not points:
+        return None
+    peak, bandwidth, ridge = peaks["peak_gflops"], peaks["bandwidth_gbs"], peaks["ridge_flop_per_byte"]
+    left, top, right, bottom = 64.0, 16.0, width - 16.0, height - 52.0
+    x_low, x_high = decade_range([p["intensity"] for p in points] + [ridge / 2, ridge * 4])  # both roofs show
+    y_low, y_high = decade_range([p["achieved_gflops"] for p in points] + [peak * 1.5])
+    x = LogAxis(x_low, x_high, left, right)
+    y = LogAxis(y_low, y_high, bottom, top)
+    start = max(x_low, y_low / bandwidth)  # where the memory roof enters the plot: its left or its bottom edge
+    memory = (x(start), y(bandwidth * start), x(ridge), y(peak))
+    compute = (x(ridge), y(peak), x(x_high), y(peak))
+    middle = math.sqrt(start * ridge)  # the memory roof's middle, on the log scale
+    dots = []
+    for p in sorted(points, key=lambda p: p["time_ms"]):  # slowest drawn last, on top
+        dots.append({
+            "name": p["name"],
+            "cx": x(p["intensity"]),
+            "cy": y(min(max(p["achieved_gflops"], y_low), y_high)),
+            "r": 4.5,
+            "bound": p["bound"],
+            "color": BOUND_COLORS.get(p["bound"], BOUND_COLORS[None]),
+            "text": (f"{quantity(p['intensity'])} FLOP/byte, {quantity(p['achieved_gflops'])} GFLOP/s achieved of "
+                     f"{quantity(p['attainable_gflops'])} attainable ({p['pct_of_roofline']:.0f}% of the roofline), "
+                     f"{p['bound']}-bound, {p['time_ms']:.3f} ms/step"),
+        })
+    ridge_x = x(ridge)
+    return RooflineChart(
+        width=width, height=height, plot=(left, top, right, bottom),
+        x_ticks=[(x(v), si_number(v)) for v in x.decades()],
+        y_ticks=[(y(v), si_number(v)) for v in y.decades()],
+        memory_roof=memory, compute_roof=compute, ridge_x=ridge_x,
+        memory_label=_memory_label(x(middle), y(bandwidth * middle), left, top,
+                                   f"memory roof {quantity(bandwidth)} GB/s"),
+        compute_label=(ridge_x + 6, y(peak) - 6, f"compute roof {quantity(peak)} GFLOP/s"),
+        ridge_label=(ridge_x + 4, bottom - 6, f"ridge {quantity(ridge)} FLOP/byte", "start") if ridge_x < right - 140
+        else (ridge_x - 4, bottom - 6, f"ridge {quantity(ridge)} FLOP/byte", "end"),
+        dots=dots,
+    )
+
+
+def _memory_label(x: float, y: float, left: float, top: float, text: str) -> tuple[float, float, str, str]:
+    """Above-left of the rising memory roof, ending near its middle; in the plot's top-left corner when the roof is
+    too short for that (about 6.2 px a character at 11 px)."""
+    if x - 8 - 6.2 * len(text) >= left + 4 and y - 8 >= top + 12:
+        return (round(x - 8, 1), round(y - 8, 1), text, "end")
+    return (left + 6, top + 14, text, "start")
+
+
+SPEEDUP_TICKS = (0.1, 0.2, 0.25, 0.5, 0.67, 0.8, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 3.0, 4.0, 5.0, 10.0, 20.0, 50.0,
+                 100.0)
+
+
+@dataclass
+class SpeedupChart:
+    """Measured speedups as points with their 95% interval on a log axis, and a line at 1.0×."""
+
+    width: int
+    height: int
+    plot: tuple[float, float, float, float]
+    ticks: list[tuple[float, str]]
+    unity_x: float
+    rows: list[dict[str, Any]]
+
+
+def speedup_chart(findings: list[dict[str, Any]], results: list[str], plan: dict[str, Any] | None,
+                  plan_result: str | None = None, width: int = 760, row_height: int = 24) -> SpeedupChart | None:
+    """One row per finding with a measurement (and one for the plan, measured together), or None when none is.
+
+    ``results`` are the findings' measured results in words (presentation.measured_result), for the tooltips.
+    """
+    rows = []
+    for finding, result in zip(findings, results):
+        if finding.get("measurement"):
+            label = f"{finding['rule_id']} {finding['rule']}"
+            rows.append({"label": label, "kind": "finding", "measurement": finding["measurement"],
+                         "text": f"{label}: {result}"})
+    if not rows:
+        return None
+    if plan and plan.get("measurement"):
+        rows.append({"label": "plan (fixes together)", "kind": "plan", "measurement": plan["measurement"],
+                     "text": f"the plan's fixes {plan_result or 'together'}"})
+    lows = [r["measurement"]["ci_low"] for r in rows] + [1 / 1.1]
+    highs = [r["measurement"]["ci_high"] for r in rows] + [1.1]
+    low, high = min(lows) / 1.08, max(highs) * 1.08
+    left, right = 210.0, width - 70.0
+    top, bottom = 4.0, 4.0 + row_height * len(rows)
+    x = LogAxis(low, high, left, right)
+    ticks, last = [], -math.inf
+    for value in SPEEDUP_TICKS:
+        if low <= value <= high and x(value) - last >= 44:
+            ticks.append((x(value), f"{value:g}×"))
+            last = x(value)
+    for index, row in enumerate(rows):
+        m = row["measurement"]
+        row.update(y=round(top + row_height * (index + 0.5), 1), x_low=x(m["ci_low"]), x_high=x(m["ci_high"]),
+                   x=x(m["speedup"]), color=VERDICT_COLORS.get(m["verdict"], VERDICT_COLORS["slower"]),
+                   value=f"{m['speedup']:.2f}×")
+    return SpeedupChart(width=width, height=int(bottom + 38), plot=(left, top, right, bottom), ticks=ticks,
+                        unity_x=x(1.0), rows=rows)
