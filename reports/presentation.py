@@ -18,7 +18,9 @@ def headline(report: Report) -> str:
     if plan is not None and plan.measurement is not None:
         fixes = plan.steps[0].finding.fix if len(plan.steps) == 1 else f"The plan below ({len(plan.steps)} fixes)"
         numerics = "" if plan.numerics_ok else " but its outputs differ beyond tolerance"
-        return f"{opening} {fixes} makes it {speedup_text(plan.measurement)}, measured{numerics}."
+        if plan.measurement.estimate.verdict is Verdict.FASTER:
+            return f"{opening} {fixes} makes it {speedup_text(plan.measurement)}, measured{numerics}."
+        return f"{opening} {fixes}, measured together: {speedup_text(plan.measurement)}{numerics}."
     if any(o.measurement for o in report.outcomes):
         return f"{opening} No candidate made it measurably faster without changing the model."
     return f"{opening} {len(report.outcomes)} finding(s); none measured."
