@@ -9,6 +9,7 @@ step in which it starts. A trace that marks no steps is treated as one step over
 
 from __future__ import annotations
 
+import bisect
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass
@@ -66,11 +67,12 @@ def gpu_timeline(profile: Profile, device: int | None = None) -> GpuTimeline | N
     if device is None:
         device = _busiest_device(events, spans)
         events = [k for k in events if k.device == device]
+    window = _Window(events)
     steps = []
     stream_busy: dict[int | None, float] = defaultdict(float)
     durations: list[float] = []
     for number, start, end in spans:
-        inside = [k for k in events if k.end_us > start and k.ts_us < end]
+        inside = window.overlapping(start, end)
         merged = _merged([(max(k.ts_us, start), min(k.end_us, end)) for k in inside])
         started = [k for k in inside if start <= k.ts_us < end and k.kind is EventKind.KERNEL]
         durations.extend(k.dur_us for k in started)
@@ -106,10 +108,31 @@ def _step_spans(profile: Profile) -> list[tuple[int | None, float, float]]:
     return [(None, min(starts), max(ends))]
 
 
+class _Window:
+    """Device events by start time, to find those overlapping a step without scanning all of them for each step.
+
+    A trace of N steps has about N times the events of one step: a scan per step would take time quadratic in the
+    length of the trace.
+    """
+
+    def __init__(self, events: list[Kernel]) -> None:
+        self.events = sorted(events, key=lambda k: k.ts_us)
+        self.starts = [k.ts_us for k in self.events]
+        self.longest_us = max((k.dur_us for k in self.events), default=0.0)
+
+    def overlapping(self, start: float, end: float) -> list[Kernel]:
+        """The events that run for some time in ``(start, end)``, by start time."""
+        first = bisect.bisect_left(self.starts, start - self.longest_us)  # none before this one ends after start
+        last = bisect.bisect_left(self.starts, end)
+        return [k for k in self.events[first:last] if k.end_us > start]
+
+
 def _busiest_device(events: list[Kernel], spans: list[tuple[int | None, float, float]]) -> int | None:
-    time: dict[int | None, float] = defaultdict(float)
-    for k in events:
-        time[k.device] += sum(max(0.0, min(k.end_us, end) - max(k.ts_us, start)) for _, start, end in spans)
+    time: dict[int | None, float] = {k.device: 0.0 for k in events}
+    window = _Window(events)
+    for _, start, end in spans:
+        for k in window.overlapping(start, end):
+            time[k.device] += max(0.0, min(k.end_us, end) - max(k.ts_us, start))
     return max(time, key=lambda d: (time[d], -(d if d is not None else -1)))
 
 

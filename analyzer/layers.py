@@ -206,8 +206,8 @@ def analyze_convs(profile: Profile) -> ConvAnalysis:
             continue
         layer.backward_us += _time_us(node, basis)
         layer.kernels.extend(_kernels(node))
-        if layer.output_shape is None and node.input_dims and node.input_dims[0]:
-            layer.output_shape = list(node.input_dims[0])  # grad_output has the forward output's shape
+        if layer.output_shape is None and _tensor_shape(node.input_dims, 0):
+            layer.output_shape = _tensor_shape(node.input_dims, 0)  # grad_output has the forward output's shape
             _fill_metrics(layer)
         for op in (node, *node.descendants()):
             layer_of_call.setdefault(id(op), layer)
@@ -265,12 +265,14 @@ def _conv_args(op: Op) -> dict[str, Any]:
     elif source.name.startswith("aten::conv") and source.name[-2:] in ("1d", "2d", "3d"):
         positions = {"stride": 3, "padding": 4, "dilation": 5, "groups": 6}
     args = {key: values[i] if i < len(values) else None for key, i in positions.items()}
+    for key, smallest in (("stride", 1), ("padding", 0), ("dilation", 1), ("output_padding", 0)):
+        args[key] = _ints(args.get(key), smallest)  # a value of another form (or 0 stride) is unknown, as if absent
+    args["groups"] = args["groups"] if _is_int(args["groups"], 1) else None
     args["transposed"] = bool(args.get("transposed")) or source.name.startswith("aten::conv_transpose")
-    args["input_shape"] = list(dims[0]) if len(dims) > 0 and dims[0] else []
-    args["weight_shape"] = list(dims[1]) if len(dims) > 1 and dims[1] else []
-    args["bias_shape"] = list(dims[2]) if len(dims) > 2 and dims[2] else []
-    strides = source.input_strides
-    args["input_strides"] = list(strides[0]) if strides and strides[0] else []
+    args["input_shape"] = _tensor_shape(dims, 0)
+    args["weight_shape"] = _tensor_shape(dims, 1)
+    args["bias_shape"] = _tensor_shape(dims, 2)
+    args["input_strides"] = _tensor_shape(source.input_strides, 0)
     args["dtype"] = source.input_types[0] if source.input_types else ""
     return args
 
@@ -283,6 +285,21 @@ def _concrete(value: Any) -> Any:
         return json.loads(value.replace("True", "true").replace("False", "false"))
     except json.JSONDecodeError:
         return None
+
+
+def _is_int(value: Any, smallest: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= smallest
+
+
+def _ints(value: Any, smallest: int) -> list[int] | None:
+    """A conv argument such as stride or padding: a list of ints, each at least ``smallest``; else None."""
+    return value if isinstance(value, list) and all(_is_int(v, smallest) for v in value) else None
+
+
+def _tensor_shape(shapes: list[Any], index: int) -> list[int]:
+    """The sizes (or strides) of input ``index`` of an op, ``[]`` when it is not one tensor (absent, a list)."""
+    entry = shapes[index] if index < len(shapes) else []
+    return list(entry) if all(isinstance(v, int) for v in entry) else []
 
 
 def _short_op(op: Op) -> str:
@@ -369,16 +386,16 @@ def _host_conversion(op: Op) -> LayoutConversion | None:
     if op.kind is not EventKind.CPU_OP:
         return None
     if op.name in REORDER_OPS:
-        shape = list(op.input_dims[0]) if op.input_dims and op.input_dims[0] else []
+        shape = _tensor_shape(op.input_dims, 0)
         return LayoutConversion(op.name, "cpu_op", op.dur_us, MemoryFormat.OTHER, MemoryFormat.OTHER, shape,
                                 op.module.qualified_name if op.module else None)
     if op.name != "aten::copy_" or len(op.input_dims) < 2 or len(op.input_strides) < 2:
         return None
-    dst_shape, src_shape = op.input_dims[0], op.input_dims[1]
+    dst_shape, src_shape = _tensor_shape(op.input_dims, 0), _tensor_shape(op.input_dims, 1)
     if dst_shape != src_shape:
         return None
-    dst = memory_format(dst_shape, op.input_strides[0])
-    src = memory_format(src_shape, op.input_strides[1])
+    dst = memory_format(dst_shape, _tensor_shape(op.input_strides, 0))
+    src = memory_format(src_shape, _tensor_shape(op.input_strides, 1))
     known = {MemoryFormat.CONTIGUOUS, MemoryFormat.CHANNELS_LAST}
     if dst == src or dst not in known or src not in known:
         return None

@@ -10,10 +10,11 @@ import gzip
 import json
 import math
 import re
+import sys
 import zlib
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from convdoctor.analyzer.module_scope import parse_scope_name
 from convdoctor.analyzer.profile import DEVICE_KINDS, EventKind, Kernel, Op, Profile, Step
@@ -37,58 +38,87 @@ CATEGORY_KINDS: dict[str, EventKind] = {
 # Categories that carry no timed work worth typing (flows, markers, whole-trace spans).
 IGNORED_CATEGORIES = frozenset({"trace", "async", "ac2g", "async_cpu_to_gpu", "overhead", "python_function_cpp"})
 
-ARG_KEYS: dict[str, tuple[str, ...]] = {
-    "external_id": ("External id", "external id"),
-    "correlation": ("correlation",),
-    "sequence_number": ("Sequence number",),
-    "input_dims": ("Input Dims", "Input dims"),
-    "input_types": ("Input type",),
-    "input_strides": ("Input Strides",),
-    "concrete_inputs": ("Concrete Inputs",),
-    "device": ("device",),
-    "stream": ("stream",),
-    # Kernel launch configuration and occupancy, as Kineto writes them (CUPTI kernel records).
-    "grid": ("grid",),
-    "block": ("block",),
-    "registers_per_thread": ("registers per thread",),
-    "shared_memory_bytes": ("shared memory",),
-    "blocks_per_sm": ("blocks per SM",),
-    "warps_per_sm": ("warps per SM",),
-    "est_occupancy_pct": ("est. achieved occupancy %",),
-}
-
-STEP_NAME = re.compile(r"^ProfilerStep#(\d+)$")
+STEP_NAME = re.compile(r"^ProfilerStep#([0-9]{1,18})$")
 TRACE_SUFFIXES = (".pt.trace.json", ".pt.trace.json.gz")
 
 
-def read_trace(path: str | Path) -> dict[str, Any]:
-    """The trace's JSON object; a TraceError in one line when the file is missing, broken or foreign."""
+def read_trace(path: str | Path, *, slim: bool = False) -> dict[str, Any]:
+    """The trace's JSON object; a TraceError in one line when the file is missing, broken or foreign.
+
+    With ``slim``, each event is cut while it is decoded to what ``parse_trace`` reads (see ``_slim_event``), which
+    parses to the same Profile from a fraction of the memory: most of a trace is call stacks, flows and memory
+    instants.
+    """
     path = Path(path)
+    if path.is_dir():
+        raise TraceError(f"{path}: is a directory, not a trace file; pass a *.pt.trace.json[.gz] file or a log dir")
     if not path.is_file():
         raise TraceError(f"{path}: no such trace file; pass a *.pt.trace.json[.gz] file or a log dir")
+    hook = _slim_event if slim else None
     try:
+        if path.stat().st_size == 0:
+            raise TraceError(f"{path}: is empty (0 bytes); the profiler did not finish writing it, or the copy failed")
         if path.name.endswith(".gz"):
             with gzip.open(path, "rt", encoding="utf-8") as handle:
-                data = json.load(handle)
+                data = json.load(handle, object_hook=hook)
         else:
             with open(path, encoding="utf-8") as handle:
-                data = json.load(handle)
-    except (EOFError, OSError, zlib.error) as exc:
+                data = json.load(handle, object_hook=hook)
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
         raise TraceError(f"{path}: cannot be decompressed ({exc}); the file is truncated or not gzip") from exc
+    except OSError as exc:  # permissions, a file that vanished, an I/O error
+        raise TraceError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise TraceError(f"{path}: is not valid JSON ({exc}); re-export the trace") from exc
-    if not isinstance(data, dict) or not isinstance(data.get("traceEvents"), list):
-        raise TraceError(f"{path}: is JSON but not a Kineto trace (no 'traceEvents' list)")
+    except ValueError as exc:  # valid JSON that Python will not read: an integer of more than 4300 digits
+        raise TraceError(f"{path}: holds a number too long to read ({exc}); re-export the trace") from exc
+    except RecursionError as exc:
+        raise TraceError(f"{path}: is nested too deeply to be a Kineto trace ({exc})") from exc
+    _check_kineto(data, str(path))
     return data
+
+
+def _check_kineto(data: Any, trace_path: str) -> None:
+    if not isinstance(data, dict) or not isinstance(data.get("traceEvents"), list):
+        raise TraceError(f"{trace_path}: is JSON but not a Kineto trace (no 'traceEvents' list)")
 
 
 def load_profile(path: str | Path) -> Profile:
     """Read and parse one trace file."""
-    return parse_trace(read_trace(path), str(path))
+    return parse_trace(read_trace(path, slim=True), str(path))
+
+
+def _slim_event(obj: dict[str, Any]) -> Any:
+    """A JSON object as ``parse_trace`` needs it: an event cut to the keys it reads, None for an event it skips.
+
+    A ``json`` object hook: it sees every object as soon as it is decoded (an event's args before the event), so
+    the unread parts of a huge trace are freed at once instead of living as long as the whole trace. An object with
+    a ``ph`` key is taken for an event; the others (the trace itself, device properties, recorded metadata) are kept
+    whole. Names and input types are interned: a few hundred distinct strings repeat over millions of events.
+    """
+    if "ph" not in obj or "traceEvents" in obj:
+        return obj
+    if obj["ph"] != "X":
+        return None  # parse_trace types complete events only
+    slim = {key: value for key, value in obj.items() if key in PARSED_EVENT_KEYS}
+    if isinstance(slim.get("name"), str):
+        slim["name"] = sys.intern(slim["name"])
+    args = slim.get("args")
+    if isinstance(args, dict):
+        slim["args"] = args = {key: value for key, value in args.items() if key in PARSED_ARG_KEYS}
+        types = args.get("Input type")
+        if isinstance(types, list):
+            args["Input type"] = [sys.intern(t) if isinstance(t, str) else t for t in types]
+    return slim
 
 
 def parse_trace(data: dict[str, Any], trace_path: str = "<memory>") -> Profile:
-    """Type the events of a Kineto trace, nest host events, and link device events to their launchers."""
+    """Type the events of a Kineto trace, nest host events, and link device events to their launchers.
+
+    Events that cannot be typed (not a dict, no finite time) are left out; a ``data`` that is not a Kineto trace
+    object is a TraceError.
+    """
+    _check_kineto(data, trace_path)
     ops: list[Op] = []
     kernels: list[Kernel] = []
     unknown: Counter[str] = Counter()
@@ -117,28 +147,37 @@ def parse_trace(data: dict[str, Any], trace_path: str = "<memory>") -> Profile:
         ops=ops,
         kernels=kernels,
         steps=steps,
-        device_properties=props if isinstance(props, list) else [],
+        device_properties=[p for p in props if isinstance(p, dict)] if isinstance(props, list) else [],
         metadata=metadata,
         unknown_categories=dict(unknown),
     )
 
 
-def _arg(args: dict[str, Any], field: str, default: Any = None) -> Any:
-    for key in ARG_KEYS[field]:
-        if key in args:
-            return args[key]
-    return default
+def _time_or_none(value: Any) -> float | None:
+    """A finite time in µs (a number, or a number written as a string), or None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return None
+    try:
+        number = float(value)
+    except (ValueError, OverflowError):  # not a number; an int too large for a float
+        return None
+    return number if math.isfinite(number) else None
 
 
 def _int_or_none(value: Any) -> int | None:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
+    """An id or index (an integer, an integral float, or digits in a string), or None."""
+    if isinstance(value, bool):
         return None
-
-
-def _list(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else []
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else None  # also rejects NaN and infinities
+    if isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:  # not digits, or more digits than Python converts
+            return None
+    return None
 
 
 def _count_or_none(value: Any) -> int | None:
@@ -155,7 +194,11 @@ def _rate_or_none(value: Any) -> float | None:
     """
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    return float(value) if math.isfinite(value) and value >= 0 else None
+    try:
+        number = float(value)
+    except OverflowError:  # an int too large for a float
+        return None
+    return number if math.isfinite(number) and number >= 0 else None
 
 
 def _dim3_or_none(value: Any) -> tuple[int, int, int] | None:
@@ -173,11 +216,79 @@ def _percent_or_none(value: Any) -> float | None:
     return number if number is not None and number <= 100 else None
 
 
+MAX_DIM = 2**63 - 1  # tensor sizes and strides are int64
+
+
+def _shapes(value: Any) -> list[Any]:
+    """``Input Dims`` / ``Input Strides``: one entry per operator input, typed.
+
+    An entry is a tensor's sizes (a list of ints in 0..2**63-1; ``[]`` for a scalar or a non-tensor input) or, for a
+    TensorList input, a list of such lists. An entry of any other form becomes ``[]``: unknown, like a non-tensor.
+    """
+    if not isinstance(value, list):
+        return []
+    typed = [_shape_entry(entry) for entry in value]
+    return value if all(t is v for t, v in zip(typed, value)) else typed  # keep the trace's list when it is fine
+
+
+def _shape_entry(entry: Any) -> list[Any]:
+    if not isinstance(entry, list):
+        return []
+    if all(_is_dim(v) for v in entry):
+        return entry
+    if all(isinstance(v, list) and all(_is_dim(d) for d in v) for v in entry):
+        return entry  # a TensorList: one shape per tensor
+    return []
+
+
+def _is_dim(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_DIM
+
+
+def _strings(value: Any) -> list[str]:
+    """``Input type`` / ``Concrete Inputs``: one string per input; any other value becomes ``""`` (not given)."""
+    if not isinstance(value, list):
+        return []
+    return value if all(isinstance(v, str) for v in value) else [v if isinstance(v, str) else "" for v in value]
+
+
+# The one schema table: each typed field, the raw ``args`` keys it is spelled as across PyTorch versions (first
+# found wins), and the function that types its value. A value of the wrong type becomes the field's empty value
+# (None or []), never an exception: the event is still placed, only that fact is unknown.
+ARG_SCHEMA: dict[str, tuple[tuple[str, ...], Callable[[Any], Any]]] = {
+    "external_id": (("External id", "external id"), _int_or_none),
+    "correlation": (("correlation",), _int_or_none),
+    "sequence_number": (("Sequence number",), _int_or_none),
+    "input_dims": (("Input Dims", "Input dims"), _shapes),
+    "input_types": (("Input type",), _strings),
+    "input_strides": (("Input Strides",), _shapes),
+    "concrete_inputs": (("Concrete Inputs",), _strings),
+    "device": (("device",), _int_or_none),
+    "stream": (("stream",), _int_or_none),
+    # Kernel launch configuration and occupancy, as Kineto writes them (CUPTI kernel records).
+    "grid": (("grid",), _dim3_or_none),
+    "block": (("block",), _dim3_or_none),
+    "registers_per_thread": (("registers per thread",), _count_or_none),
+    "shared_memory_bytes": (("shared memory",), _count_or_none),
+    "blocks_per_sm": (("blocks per SM",), _rate_or_none),
+    "warps_per_sm": (("warps per SM",), _rate_or_none),
+    "est_occupancy_pct": (("est. achieved occupancy %",), _percent_or_none),
+}
+ARG_KEYS: dict[str, tuple[str, ...]] = {name: keys for name, (keys, _) in ARG_SCHEMA.items()}
+PARSED_ARG_KEYS = frozenset(key for keys in ARG_KEYS.values() for key in keys)
+PARSED_EVENT_KEYS = frozenset({"ph", "cat", "name", "ts", "dur", "pid", "tid", "args"})
+
+
+def _field(args: dict[str, Any], name: str) -> Any:
+    """The typed value of field ``name`` in an event's args (None or [] when absent or of the wrong type)."""
+    keys, typed = ARG_SCHEMA[name]
+    return typed(next((args[key] for key in keys if key in args), None))
+
+
 def _typed_event(raw: dict[str, Any], kind: EventKind) -> Op | Kernel | None:
-    try:
-        ts_us = float(raw["ts"])
-        dur_us = float(raw.get("dur", 0.0))
-    except (KeyError, TypeError, ValueError):
+    ts_us = _time_or_none(raw.get("ts"))
+    dur_us = _time_or_none(raw.get("dur", 0.0))
+    if ts_us is None or dur_us is None:
         return None  # an event without a time cannot be placed; the rest of the trace still can
     name = str(raw.get("name", ""))
     args = raw.get("args") if isinstance(raw.get("args"), dict) else {}
@@ -185,18 +296,18 @@ def _typed_event(raw: dict[str, Any], kind: EventKind) -> Op | Kernel | None:
         return Kernel(
             name=name,
             kind=kind,
-            device=_int_or_none(_arg(args, "device")),
-            stream=_int_or_none(_arg(args, "stream")),
+            device=_field(args, "device"),
+            stream=_field(args, "stream"),
             ts_us=ts_us,
             dur_us=dur_us,
-            correlation=_int_or_none(_arg(args, "correlation")),
-            grid=_dim3_or_none(_arg(args, "grid")),
-            block=_dim3_or_none(_arg(args, "block")),
-            registers_per_thread=_count_or_none(_arg(args, "registers_per_thread")),
-            shared_memory_bytes=_count_or_none(_arg(args, "shared_memory_bytes")),
-            blocks_per_sm=_rate_or_none(_arg(args, "blocks_per_sm")),
-            warps_per_sm=_rate_or_none(_arg(args, "warps_per_sm")),
-            est_occupancy_pct=_percent_or_none(_arg(args, "est_occupancy_pct")),
+            correlation=_field(args, "correlation"),
+            grid=_field(args, "grid"),
+            block=_field(args, "block"),
+            registers_per_thread=_field(args, "registers_per_thread"),
+            shared_memory_bytes=_field(args, "shared_memory_bytes"),
+            blocks_per_sm=_field(args, "blocks_per_sm"),
+            warps_per_sm=_field(args, "warps_per_sm"),
+            est_occupancy_pct=_field(args, "est_occupancy_pct"),
         )
     if kind is EventKind.GPU_ANNOTATION:
         return None
@@ -204,17 +315,17 @@ def _typed_event(raw: dict[str, Any], kind: EventKind) -> Op | Kernel | None:
     return Op(
         name=name,
         kind=kind,
-        pid=str(raw.get("pid", "")),
-        tid=str(raw.get("tid", "")),
+        pid=sys.intern(str(raw.get("pid", ""))),
+        tid=sys.intern(str(raw.get("tid", ""))),
         ts_us=ts_us,
         dur_us=dur_us,
-        external_id=_int_or_none(_arg(args, "external_id")),
-        correlation=_int_or_none(_arg(args, "correlation")),
-        sequence_number=_int_or_none(_arg(args, "sequence_number")),
-        input_dims=_list(_arg(args, "input_dims")),
-        input_types=_list(_arg(args, "input_types")),
-        input_strides=_list(_arg(args, "input_strides")),
-        concrete_inputs=_list(_arg(args, "concrete_inputs")),
+        external_id=_field(args, "external_id"),
+        correlation=_field(args, "correlation"),
+        sequence_number=_field(args, "sequence_number"),
+        input_dims=_field(args, "input_dims"),
+        input_types=_field(args, "input_types"),
+        input_strides=_field(args, "input_strides"),
+        concrete_inputs=_field(args, "concrete_inputs"),
         scope=scope,
     )
 
@@ -271,6 +382,9 @@ def find_traces(path: str | Path) -> list[Path]:
         raise TraceError(f"{path}: no such file or directory; pass a *.pt.trace.json[.gz] file or a log dir")
     found = sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(TRACE_SUFFIXES)
                    and not any(part.startswith(".") for part in p.relative_to(path).parts))
+    if not found and path.name.endswith(TRACE_SUFFIXES):
+        raise TraceError(f"{path}: is a directory named like a trace and holds no *.pt.trace.json[.gz] files; "
+                         "pass the trace file itself or the log dir torch.profiler wrote to")
     if not found:
         raise TraceError(f"{path}: holds no *.pt.trace.json[.gz] files; pass the log dir torch.profiler wrote to")
     return found

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import re
 from collections import defaultdict
 from typing import Iterable
@@ -203,12 +204,16 @@ def _host_events_in(profile: Profile, gaps: list[tuple[float, float]]) -> list[t
         return []
     overlap: dict[str, float] = defaultdict(float)
     first, last = min(g[0] for g in gaps), max(g[1] for g in gaps)
+    ordered = sorted(gaps)  # by start, so that each op looks only at the gaps near it: linear in a long trace
+    starts = [start for start, _ in ordered]
+    longest = max(end - start for start, end in ordered)
     for op in profile.ops:
         if op.ts_us >= last:
             break
         if op.end_us <= first or not _top_of_step(op):
             continue
-        for start, end in gaps:
+        near = ordered[bisect.bisect_left(starts, op.ts_us - longest):bisect.bisect_left(starts, op.end_us)]
+        for start, end in near:
             shared = min(op.end_us, end) - max(op.ts_us, start)
             if shared > 0:
                 overlap[op.name] += shared

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import jsonschema
+import pytest
 from click.testing import CliRunner
 
 from conftest import REPO, SHARED_TRACES
@@ -80,3 +81,40 @@ def test_mixed_good_and_bad_workers_analyzes_the_good_and_names_the_bad(tmp_path
     assert len(errors) == 1 and "rank1.1.pt.trace.json" in errors[0] and "not valid JSON" in errors[0]
     assert (tmp_path / "out" / "run" / "rank0.1" / "report.json").is_file()
     assert not (tmp_path / "out" / "run" / "rank1.1").exists()
+
+
+def _write(kind: str, root: Path) -> Path:
+    """A path a user may pass that holds no readable trace."""
+    root.mkdir()
+    if kind == "log_dir_without_traces":
+        (root / "run" / "plugins").mkdir(parents=True)
+        (root / "run" / "events.out.tfevents.1.host").write_bytes(b"\x00" * 16)
+        (root / "run" / "notes.json").write_text("{}")
+        return root
+    if kind == "directory_named_like_a_trace":
+        path = root / "rank0.pt.trace.json"
+        path.mkdir()
+        return path
+    path = root / ("rank0.pt.trace.json.gz" if kind == "zero_byte_gz" else "rank0.pt.trace.json")
+    path.write_bytes({"empty_file": b"", "zero_byte_gz": b"", "json_null": b"null", "json_array": b"[{}, 1]"}[kind])
+    return path
+
+
+@pytest.mark.parametrize(("kind", "says"), [
+    ("log_dir_without_traces", "holds no *.pt.trace.json"),
+    ("empty_file", "is empty (0 bytes)"),
+    ("directory_named_like_a_trace", "is a directory named like a trace"),
+    ("json_null", "not a Kineto trace"),
+    ("json_array", "not a Kineto trace"),
+    ("zero_byte_gz", "is empty (0 bytes)"),
+])
+def test_unreadable_input_is_one_line_and_exit_2(tmp_path: Path, kind: str, says: str):
+    path = _write(kind, tmp_path / "in")
+    result = CliRunner().invoke(main, ["analyze", str(path), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    assert isinstance(result.exception, SystemExit)  # not an exception escaping the CLI
+    assert "Traceback" not in result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("convdoctor: error:")]
+    assert len(errors) == 1 and says in errors[0] and str(path) in errors[0], result.stderr
+    assert result.stderr.count("\n") == 1 + result.stderr.count("analyzing ")  # only progress lines besides it
+    assert not (tmp_path / "out" / "report.json").exists()
