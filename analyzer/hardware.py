@@ -261,4 +261,9 @@ def trace_peaks(environment: Mapping[str, Any], device_properties: list[dict[str
 
 def _rate(value: Any) -> bool:
     """A recorded rate that can be a roof: a finite positive number."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value) and value > 0
+    except OverflowError:  # an int beyond float range: no roof
+        return False

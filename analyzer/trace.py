@@ -153,15 +153,24 @@ def parse_trace(data: dict[str, Any], trace_path: str = "<memory>") -> Profile:
     )
 
 
+MAX_TIME_US = float(2**63)  # no int64 clock, in µs or even ns, goes beyond: sums and spans of times stay finite
+TIME_RESOLUTION_US = 0.001  # Kineto's clock counts nanoseconds
+
+
 def _time_or_none(value: Any) -> float | None:
-    """A finite time in µs (a number, or a number written as a string), or None."""
+    """A time in µs (a number, or a number written as a string) within an int64 clock's range, or None.
+
+    A magnitude below the clock's 1 ns resolution is 0: nothing divides by a sub-nanosecond duration or span.
+    """
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         return None
     try:
         number = float(value)
     except (ValueError, OverflowError):  # not a number; an int too large for a float
         return None
-    return number if math.isfinite(number) else None
+    if not abs(number) <= MAX_TIME_US:  # also NaN
+        return None
+    return number if abs(number) >= TIME_RESOLUTION_US else 0.0
 
 
 def _int_or_none(value: Any) -> int | None:

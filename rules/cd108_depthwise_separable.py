@@ -114,10 +114,10 @@ both models under `FlopCounterMode`.
 
     def selected(self, layer: ConvLayer) -> bool:
         """Whether the layer's shapes make it a candidate for a separable pair (replaceable or not)."""
-        if not is_dense_conv2d(layer) or min(layer.weight_shape[2:]) < self.min_kernel:
-            return False
+        if not is_dense_conv2d(layer) or min(layer.weight_shape[2:]) < self.min_kernel or not layer.flops:
+            return False  # (a layer of empty tensors, 0 FLOPs, has nothing to save)
         in_channels, out_channels = layer.input_shape[1], layer.weight_shape[0]
-        return (in_channels >= self.min_in_channels
+        return (in_channels >= self.min_in_channels and out_channels >= 1
                 and separable_flops_ratio(in_channels, out_channels, layer.weight_shape[2:]) <= self.max_flops_ratio)
 
     def check(self, analysis: ConvAnalysis) -> Iterable[Finding]:
@@ -141,7 +141,8 @@ both models under `FlopCounterMode`.
         if len(rows) > 1:
             message = (f"{len(rows)} dense conv layers take {share:.0%} of the step, "
                        f"{flops_si(before)} forward per step; "
-                       f"depthwise + pointwise {flops_si(after, before)} ({after / before:.3f}×); slowest {message}")
+                       f"depthwise + pointwise {flops_si(after, before)}"
+                       f"{f' ({after / before:.3f}×)' if before else ''}; slowest {message}")
         yield Finding(
             rule_id=self.id,
             rule_name=self.name,
@@ -160,7 +161,7 @@ both models under `FlopCounterMode`.
                 "share": share,
                 "forward_flops_per_step": before,
                 "forward_flops_per_step_after": after,
-                "predicted_flops_ratio": after / before,
+                "predicted_flops_ratio": after / before if before else None,  # before: rounded per step, may be 0
                 "layers": rows,
                 "not_replaceable": skipped,
             },

@@ -28,6 +28,7 @@ from conftest import EXAMPLES, MODELS, SHARED_TRACES
 from convdoctor.analyzer.gpu_timeline import gpu_timeline
 from convdoctor.analyzer.layers import analyze_convs
 from convdoctor.analyzer.profile import Profile
+from convdoctor.analyzer.roofline import analyze_roofline
 from convdoctor.analyzer.trace import ARG_KEYS, CATEGORY_KINDS, load_profile, parse_trace, read_trace
 from convdoctor.errors import TraceError
 from convdoctor.rules.registry import load_rules, run_rules
@@ -99,8 +100,9 @@ def _rules() -> list:
 
 
 def _analyze(profile: Profile) -> None:
-    """Everything `analyze` computes from a Profile before rendering: layers, the GPU timeline, every rule."""
+    """Everything `analyze` computes from a Profile before rendering: layers, roofline, GPU timeline, every rule."""
     analysis = analyze_convs(profile)
+    analyze_roofline(analysis)
     gpu_timeline(profile)
     for device in {k.device for k in profile.kernels[:50]}:
         gpu_timeline(profile, device)
@@ -133,6 +135,54 @@ def test_every_base_analyzes_as_it_is():
         _analyze(profile)
     assert analyze_convs(parse_trace(_bases()["v100_step"])).layers
     assert all(analyze_convs(parse_trace(_bases()[name])).layers for name in RECORDED)
+
+
+def _with_conv_dims(trace: dict[str, Any], change: Callable[[list[Any]], list[Any]]) -> dict[str, Any]:
+    """The trace with ``change`` applied to the ``Input Dims`` of every conv op (forward and backward)."""
+    events = []
+    for event in trace["traceEvents"]:
+        args = event.get("args") if isinstance(event, dict) else None
+        if isinstance(args, dict) and "onv" in str(event.get("name")) and isinstance(args.get("Input Dims"), list):
+            event = {**event, "args": {**args, "Input Dims": change(copy.deepcopy(args["Input Dims"]))}}
+        events.append(event)
+    return {**trace, "traceEvents": events}
+
+
+def _set_dim(tensor: int, dim: int, value: int) -> Callable[[list[Any]], list[Any]]:
+    def change(dims: list[Any]) -> list[Any]:
+        if len(dims) > tensor and isinstance(dims[tensor], list) and len(dims[tensor]) > dim:
+            dims[tensor][dim] = value
+        return dims
+    return change
+
+
+@pytest.mark.parametrize("base", ["v100_step", *RECORDED])
+@pytest.mark.parametrize(("tensor", "dim", "value"), [
+    (0, 0, 0), (0, 1, 0), (0, 2, 0), (0, 3, 0), (1, 0, 0), (1, 1, 0), (1, 2, 0), (1, 3, 0),  # empty tensors
+    (0, 1, 1), (1, 2, 1), (0, 2, 2**40), (1, 0, 2**62),  # one channel, 1-pixel kernel, huge sizes
+])
+def test_conv_shapes_with_empty_or_huge_dims_analyze(base: str, tensor: int, dim: int, value: int):
+    """Every conv of a real trace given the same odd size, so that the rules see whole layers of them."""
+    _analyze(parse_trace(_with_conv_dims(_bases()[base], _set_dim(tensor, dim, value))))
+
+
+@pytest.mark.parametrize("base", ["v100_step", "bias_bn_train"])
+@pytest.mark.parametrize(("key", "value"), [
+    ("dur", 5e-324), ("dur", 1e-310), ("dur", 0.0004), ("dur", -0.0004), ("dur", 9.2e18), ("dur", 1e300),
+    ("ts", -1.7e308), ("ts", 1e300), ("ts", 5e-324),
+])
+def test_conv_times_at_the_edges_of_float_write_finite_reports(tmp_path: Path, base: str, key: str, value: float):
+    """Sub-nanosecond and astronomic times on every conv call: the whole `analyze` writes its JSON report, which
+    holds only finite numbers (json with allow_nan=False), instead of dividing by an underflowed duration."""
+    from convdoctor.api import analyze_path
+
+    trace = dict(_bases()[base])
+    trace["traceEvents"] = [{**e, key: value} if isinstance(e, dict) and "onv" in str(e.get("name")) else e
+                            for e in trace["traceEvents"]]
+    path = tmp_path / "edge.pt.trace.json"
+    path.write_text(json.dumps(trace))
+    result = analyze_path(path, tmp_path / "out")
+    assert not result.failed and json.loads((tmp_path / "out" / "report.json").read_text())
 
 
 # ------------------------------------------------------------------------------------------------ values
@@ -384,6 +434,15 @@ def test_mutated_conv_calls_analyze_or_raise_trace_error(base: str, count: int, 
     _parse_and_analyze(trace)
 
 
+PEAK_KEYS = ["peak_flops", "peak_bandwidth", "peaks_source", "peaks_dtype", "peaks_description"]
+
+
+def test_recorded_peak_beyond_float_range_is_not_a_crash():
+    trace = dict(_bases()["layout_flip"])
+    trace["convdoctor"] = {**trace["convdoctor"], "peak_flops": 10**400, "peaks_source": "measured"}
+    _parse_and_analyze(trace)
+
+
 @FUZZ
 @given(base=st.sampled_from(BASE_NAMES), data=st.data())
 def test_mutated_top_level_analyzes_or_raises_trace_error(base: str, data: st.DataObject):
@@ -418,9 +477,12 @@ def test_mutated_top_level_analyzes_or_raises_trace_error(base: str, data: st.Da
     else:
         env = dict(trace["convdoctor"]) if isinstance(trace.get("convdoctor"), dict) else {}
         keys = ["mode", "threads", "available_cores", "device", "device_name", "batch_size", "dtype",
-                "cudnn_benchmark", "cudnn_allow_tf32", "matmul_allow_tf32", "torch_version", "mkldnn_enabled"]
+                "cudnn_benchmark", "cudnn_allow_tf32", "matmul_allow_tf32", "torch_version", "mkldnn_enabled",
+                *PEAK_KEYS]
         for key in data.draw(st.lists(st.sampled_from(keys), min_size=1, max_size=4)):
-            env[key] = data.draw(st.one_of(WEIRD, st.sampled_from(["train", "eval", "cuda", "cpu", "cuda:0"])))
+            value = st.one_of(WEIRD, st.sampled_from(["train", "eval", "cuda", "cpu", "cuda:0", "measured",
+                                                      "datasheet", "float32", "Tesla V100-DGXS-32GB"]))
+            env[key] = data.draw(value)
         trace["convdoctor"] = data.draw(st.one_of(st.just(env), st.just(json.dumps(env)), WEIRD))
     if isinstance(trace, dict) and isinstance(trace.get("traceEvents"), list):
         trace["traceEvents"] = _mutated_events(data, trace["traceEvents"], data.draw(st.integers(0, 2)))
