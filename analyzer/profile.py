@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Iterator
@@ -140,9 +141,16 @@ class Profile:
 
     @property
     def environment(self) -> dict[str, Any]:
-        """Settings convdoctor recorded at capture time (cudnn.benchmark, TF32, threads…); empty for other traces."""
+        """Settings convdoctor recorded at capture time (cudnn.benchmark, TF32, threads…); empty for other traces.
+
+        Only values of the kinds convdoctor records are kept: strings, booleans, int64 integers, finite floats and
+        None. A trace edited by hand cannot put NaN, containers or numbers beyond float range before the rules
+        and the reports (a JSON report cannot hold NaN).
+        """
         recorded = self.metadata.get("convdoctor")
-        return recorded if isinstance(recorded, dict) else {}
+        if not isinstance(recorded, dict):
+            return {}
+        return {key: value for key, value in recorded.items() if _recordable(value)}
 
     @property
     def has_device_events(self) -> bool:
@@ -179,3 +187,12 @@ class Profile:
             if s.ts_us <= ts_us <= s.end_us:
                 return s
         return None
+
+
+def _recordable(value: Any) -> bool:
+    """A value of a kind convdoctor writes into a trace's environment."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return -(2**63) <= value < 2**63
+    return value is None or isinstance(value, (str, bool))

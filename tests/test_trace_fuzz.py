@@ -443,6 +443,22 @@ def test_recorded_peak_beyond_float_range_is_not_a_crash():
     _parse_and_analyze(trace)
 
 
+@pytest.mark.parametrize(("key", "value"), [("batch_size", float("nan")), ("threads", float("inf")),
+                                            ("device_name", float("nan")), ("peak_flops", -(10**400)),
+                                            ("mode", ["train"]), ("dtype", {})])
+def test_recorded_environment_of_the_wrong_kind_is_left_out(tmp_path: Path, key: str, value: Any):
+    """convdoctor's recorded environment, edited: the value is left out and the whole `analyze` writes its report
+    (a NaN copied into the workload summary made the JSON report raise)."""
+    from convdoctor.api import analyze_path
+
+    trace = dict(_bases()["layout_flip"])
+    trace["convdoctor"] = {**trace["convdoctor"], key: value, "peaks_source": "measured"}
+    assert key not in parse_trace(trace).environment
+    path = tmp_path / "env.pt.trace.json"
+    path.write_text(json.dumps(trace))
+    assert not analyze_path(path, tmp_path / "out").failed
+
+
 @FUZZ
 @given(base=st.sampled_from(BASE_NAMES), data=st.data())
 def test_mutated_top_level_analyzes_or_raises_trace_error(base: str, data: st.DataObject):
