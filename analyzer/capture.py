@@ -8,6 +8,7 @@ import os
 import shutil
 import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -20,11 +21,12 @@ from convdoctor.analyzer.hardware import device_name, environment_peaks
 from convdoctor.analyzer.module_scope import scope_name
 from convdoctor.analyzer.trace import TRACE_SUFFIXES
 from convdoctor.analyzer.workload import Workload, describe_exception, make_step, synchronize
-from convdoctor.errors import InputMismatchError
+from convdoctor.errors import ConvDoctorError, InputMismatchError, ModelFileError
 
 METADATA_KEY = "convdoctor"  # top-level key of the trace JSON holding environment()
 WAIT_STEPS = 1
 WARMUP_STEPS = 1
+INTERRUPTED_DIR = "interrupted"  # beside the log dir: traces of runs that did not finish
 
 
 class ModuleScopes:
@@ -91,6 +93,11 @@ def check_fits(workload: Workload) -> None:
             f"{workload.source}: the example inputs do not fit the model: in {where}: {describe_exception(exc)}; "
             "fix get_inputs() (or --batch-size) to match what the model expects"
         ) from exc
+    except ConvDoctorError:
+        raise
+    except (Exception, SystemExit) as exc:  # the user's forward may raise anything, sys.exit() included
+        raise ModelFileError(f"{workload.source}: the model's forward raised {describe_exception(exc)}; "
+                             "fix the model so that one step runs") from exc
 
 
 def environment(workload: Workload) -> dict[str, Any]:
@@ -124,11 +131,45 @@ def _metadata_json(values: dict[str, Any]) -> str:
     return json.dumps(clean, ensure_ascii=False)
 
 
-def capture(workload: Workload, logdir: Path, run_name: str, *, steps: int = 3) -> list[Path]:
-    """Profile ``steps`` steps of a copy of the workload; return the trace files written under logdir/run_name.
+@dataclass(frozen=True)
+class PendingTraces:
+    """The traces of a finished capture, held in a scratch folder until the run that made them is complete.
 
-    Traces are written to a scratch folder first and moved into place only when the capture succeeded,
-    so a failed capture leaves the previous traces of the run as they were.
+    ``publish`` moves them to ``logdir/run_name`` (replacing that run's previous traces); ``set_aside`` moves them
+    to a folder whose name says the run did not finish, so they never mix with a complete run's files.
+    """
+
+    scratch: Path
+    target: Path
+    names: tuple[str, ...]
+
+    @property
+    def files(self) -> list[Path]:
+        """Where the traces are now (to be read before publishing)."""
+        return [self.scratch / name for name in self.names]
+
+    @property
+    def published_files(self) -> list[Path]:
+        """Where the traces will be once published."""
+        return [self.target / name for name in self.names]
+
+    def publish(self) -> list[Path]:
+        """Move the traces into the log dir, replacing the previous traces of the same run."""
+        if self.target.exists():
+            shutil.rmtree(self.target)
+        self.scratch.rename(self.target)
+        return self.published_files
+
+    def set_aside(self) -> Path | None:
+        """Keep the traces of a run that did not finish under ``<logdir>/../interrupted/<run>``; None if none."""
+        return _set_aside(self.scratch, self.target)
+
+
+def record(workload: Workload, logdir: Path, run_name: str, *, steps: int = 3) -> PendingTraces:
+    """Profile ``steps`` steps of a copy of the workload into a scratch folder under ``logdir``.
+
+    Nothing under ``logdir/run_name`` changes until the result is published. A capture that fails or is
+    interrupted leaves what the profiler had written set aside as interrupted (see PendingTraces).
     """
     run = workload.copy()
     step = make_step(run)
@@ -137,6 +178,7 @@ def capture(workload: Workload, logdir: Path, run_name: str, *, steps: int = 3) 
         activities.append(ProfilerActivity.CUDA)
     logdir.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=".capture-", dir=logdir))
+    target = logdir / run_name
     try:
         recorded = _metadata_json(environment(run))  # before the profiler starts: measuring peaks is no part of a step
         sched = schedule(wait=WAIT_STEPS, warmup=WARMUP_STEPS, active=steps, repeat=1)
@@ -149,16 +191,32 @@ def capture(workload: Workload, logdir: Path, run_name: str, *, steps: int = 3) 
                 step()
                 synchronize(run.device)
                 profiler.step()
-        written = sorted(p for p in scratch.iterdir() if p.name.endswith(TRACE_SUFFIXES))
+        written = tuple(sorted(p.name for p in scratch.iterdir() if p.name.endswith(TRACE_SUFFIXES)))
         if not written:
             raise RuntimeError("torch.profiler wrote no trace")
-        target = logdir / run_name
-        if target.exists():
-            shutil.rmtree(target)
-        scratch.rename(target)
-        return [target / p.name for p in written]
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    except BaseException:
+        _set_aside(scratch, target)
+        raise
+    return PendingTraces(scratch=scratch, target=target, names=written)
+
+
+def capture(workload: Workload, logdir: Path, run_name: str, *, steps: int = 3) -> list[Path]:
+    """Profile ``steps`` steps of a copy of the workload; return the trace files written under logdir/run_name."""
+    return record(workload, logdir, run_name, steps=steps).publish()
+
+
+def _set_aside(scratch: Path, target: Path) -> Path | None:
+    if not scratch.exists():
+        return None
+    if not any(scratch.iterdir()):
+        scratch.rmdir()
+        return None
+    kept = target.parent.parent / INTERRUPTED_DIR / target.name
+    if kept.exists():
+        shutil.rmtree(kept)
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    scratch.rename(kept)
+    return kept
 
 
 @contextlib.contextmanager

@@ -12,6 +12,7 @@ import copy
 import enum
 import importlib.util
 import inspect
+import os
 import signal
 import sys
 import threading
@@ -23,7 +24,7 @@ from typing import Any, Callable, Iterator, Union
 import torch
 from torch import nn
 
-from convdoctor.errors import InputMismatchError, ModelFileError, ModelTimeoutError
+from convdoctor.errors import ConvDoctorError, InputMismatchError, ModelFileError, ModelTimeoutError
 
 Inputs = Union[torch.Tensor, tuple, dict]
 
@@ -196,7 +197,7 @@ def import_model_file(path: Path) -> Any:
         ) from exc
     except BaseException as exc:  # the user's module-level code may raise anything, SystemExit included
         sys.modules.pop(name, None)
-        if isinstance(exc, KeyboardInterrupt):
+        if isinstance(exc, (KeyboardInterrupt, ConvDoctorError)):  # Ctrl-C, a --timeout, a refused os._exit
             raise
         raise ModelFileError(f"{path}: raised while importing: {describe_exception(exc)}") from exc
     return module
@@ -229,25 +230,29 @@ def _inputs(module: Any, path: str | Path, batch_size: int | None) -> Any:
 def _call_user(fn: Callable[..., Any], path: str | Path, name: str, **kwargs: Any) -> Any:
     try:
         return fn(**kwargs)
+    except ConvDoctorError:
+        raise
     except (Exception, SystemExit) as exc:  # user code may call sys.exit(); that must not end convdoctor silently
         raise ModelFileError(f"{path}: {name}() raised {describe_exception(exc)}") from exc
 
 
+TIMEOUT_ADVICE = "if the model is just slow, pass a larger --timeout (or a smaller --batch-size)"
+
+
 @contextlib.contextmanager
-def time_limit(seconds: float | None, what: str) -> Iterator[None]:
+def time_limit(seconds: float | None, what: str, advice: str = TIMEOUT_ADVICE) -> Iterator[None]:
     """Raise ModelTimeoutError when the block runs longer than ``seconds`` (main thread, Unix; else no limit).
 
     Python code is interrupted at once; a single long native op is interrupted when it returns.
     """
     main_thread = threading.current_thread() is threading.main_thread()
-    usable = seconds is not None and hasattr(signal, "setitimer") and main_thread
+    usable = seconds is not None and seconds > 0 and hasattr(signal, "setitimer") and main_thread
     if not usable:
         yield
         return
 
     def expire(signum: int, frame: object) -> None:
-        raise ModelTimeoutError(f"{what} did not finish within {seconds:g} s; if the model is just slow, pass "
-                                "a larger --timeout (or a smaller --batch-size)")
+        raise ModelTimeoutError(f"{what} did not finish within {seconds:g} s; {advice}")
 
     previous = signal.signal(signal.SIGALRM, expire)
     signal.setitimer(signal.ITIMER_REAL, seconds)
@@ -278,3 +283,25 @@ def describe_exception(exc: BaseException) -> str:
     where = f" (at {Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else ""
     message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return f"{type(exc).__name__}: {message}{where}" if message else f"{type(exc).__name__}{where}"
+
+
+@contextlib.contextmanager
+def process_exit_guard() -> Iterator[None]:
+    """Turn ``os._exit()`` called by the user's code in this process into ModelFileError.
+
+    ``os._exit`` skips every handler, so a model calling it would end convdoctor with the model's exit code and
+    no word. Child processes (forked DataLoader workers, launchers) keep the real ``os._exit``.
+    """
+    real_exit, pid = os._exit, os.getpid()
+
+    def refuse(status: int) -> None:
+        if os.getpid() != pid:
+            real_exit(status)
+        raise ModelFileError(f"the model called os._exit({status}), which would end convdoctor; remove that call "
+                             "from the code that builds or runs the model")
+
+    os._exit = refuse
+    try:
+        yield
+    finally:
+        os._exit = real_exit

@@ -15,13 +15,15 @@ from torch import nn
 
 import convdoctor
 from convdoctor.analyzer.benchmark import BenchmarkSettings, Verdict, measure
-from convdoctor.analyzer.capture import capture, check_fits, environment
+from convdoctor.analyzer.capture import check_fits, environment, record
 from convdoctor.analyzer.layers import ConvAnalysis, analyze_convs
 from convdoctor.analyzer.model_cost import ArchitectureDelta, model_cost
 from convdoctor.analyzer.roofline import analyze_roofline
 from convdoctor.analyzer.trace import TRACE_SUFFIXES, find_traces, load_profile
-from convdoctor.analyzer.workload import Inputs, Workload, describe_exception, load_workload, workload_from
-from convdoctor.errors import OutputDirError, ReportError, TraceError
+from convdoctor.analyzer.workload import (
+    Inputs, Workload, describe_exception, load_workload, time_limit, workload_from,
+)
+from convdoctor.errors import ModelTimeoutError, OutputDirError, ReportError, TraceError
 from convdoctor.reports.files import write_atomically
 from convdoctor.reports.html_report import render_html
 from convdoctor.reports.json_report import report_to_dict, report_to_json
@@ -59,6 +61,7 @@ class ProfileOptions:
     out_dir: Path | None = None  # default: convdoctor-out/<model name>
     measure: bool = True
     time_budget_s: float | None = None  # for the whole measuring phase; None: measure every candidate
+    timeout_s: float | None = 300.0  # loading the model file, its first step, the capture, one candidate's trial
     select: tuple[str, ...] = ()  # rule ids/prefixes/names to run (all when empty)
     ignore: tuple[str, ...] = ()
     benchmark: BenchmarkSettings = field(default_factory=BenchmarkSettings)
@@ -83,7 +86,8 @@ def profile_file(
     out_dir = options.out_dir or Path("convdoctor-out") / path.stem
     files = _prepare_out_dir(out_dir)
     progress.stage(f"loading {path}")
-    workload = load_workload(path, device=options.device, mode=options.mode, batch_size=options.batch_size)
+    with time_limit(options.timeout_s, f"loading {path}"):
+        workload = load_workload(path, device=options.device, mode=options.mode, batch_size=options.batch_size)
     return _run(workload, options, files, progress), files
 
 
@@ -171,17 +175,28 @@ def _trace_key(logdir: Path, trace: Path) -> Path:
 
 def _run(workload: Workload, options: ProfileOptions, files: ReportFiles, progress: Progress) -> Report:
     progress.stage("checking that the inputs fit the model")
-    check_fits(workload)
+    with time_limit(options.timeout_s, "the model's first step"):
+        check_fits(workload)
     progress.stage(f"capturing {options.steps} {workload.mode.value} steps under torch.profiler")
     run_name = f"{Path(workload.source).stem}-{workload.mode.value}-{workload.device.type}"
-    traces = capture(workload, files.logdir, run_name, steps=options.steps)
-    progress.stage("analyzing the trace")
-    analysis = analyze_convs(load_profile(traces[0]))
-    rule_set = load_rules()
-    results = run_rules(select_rules(rule_set.rules, options.select, options.ignore), analysis)
-    outcomes = measure_findings(workload, results.findings, options, progress)
-    report = _report(analysis, _summary(workload, options), outcomes, traces, files.logdir, results, rule_set)
-    report.plan = build_plan(workload, outcomes, options, progress)
+    with time_limit(options.timeout_s, "the profiled steps"):
+        traces = record(workload, files.logdir, run_name, steps=options.steps)
+    try:
+        progress.stage("analyzing the trace")
+        analysis = analyze_convs(load_profile(traces.files[0]))
+        rule_set = load_rules()
+        results = run_rules(select_rules(rule_set.rules, options.select, options.ignore), analysis)
+        outcomes = measure_findings(workload, results.findings, options, progress)
+        report = _report(analysis, _summary(workload, options), outcomes, traces.published_files, files.logdir,
+                         results, rule_set)
+        report.plan = build_plan(workload, outcomes, options, progress)
+    except BaseException as exc:  # Ctrl-C included: the previous report stays, this run's traces are set aside
+        kept = traces.set_aside()
+        if kept is not None:
+            exc.add_note(f"this run's traces were set aside in {kept}; the previous report in {files.out_dir} "
+                         "is unchanged")
+        raise
+    traces.publish()
     _write(report, files)
     return report
 
@@ -235,8 +250,20 @@ def measure_findings(
                                       "this candidate; raise --time-budget to measure it")
         else:
             outcomes[index] = by_transform[id(finding.candidate.transform)] = _try_candidate(
-                workload, finding, options, progress)
+                workload, finding, options, progress, _candidate_limit(options, spent))
     return [outcomes[i] for i in range(len(findings))]
+
+
+CANDIDATE_TIMEOUT_ADVICE = "it was stopped and the run went on; raise --timeout or --time-budget to let it finish"
+
+
+def _candidate_limit(options: ProfileOptions, spent_s: float) -> tuple[float | None, str]:
+    """How long the next candidate may take: --timeout, or what is left of --time-budget if that is less."""
+    if options.time_budget_s is not None:
+        left = options.time_budget_s - spent_s
+        if options.timeout_s is None or left < options.timeout_s:
+            return left, "the rest of --time-budget"
+    return options.timeout_s, "--timeout"
 
 
 def build_plan(
@@ -258,7 +285,9 @@ def build_plan(
     combined = combine([o.finding.candidate for o in steps])
     progress.stage(f"measuring the combined plan: {combined.title}")
     try:
-        result = measure(workload, combined.transform(workload.copy()), options.benchmark, progress=progress.rounds)
+        with time_limit(options.timeout_s, "the combined plan's trial (--timeout)", advice=CANDIDATE_TIMEOUT_ADVICE):
+            result = measure(workload, combined.transform(workload.copy()), options.benchmark,
+                             progress=progress.rounds)
     except Exception as exc:  # the combination may fail where each step alone did not
         return Plan(steps=steps, tolerance=combined.tolerance,
                     not_measured=f"the combined candidate failed: {describe_exception(exc)}")
@@ -267,17 +296,22 @@ def build_plan(
 
 
 def _try_candidate(
-    workload: Workload, finding: Finding, options: ProfileOptions, progress: Progress
+    workload: Workload, finding: Finding, options: ProfileOptions, progress: Progress,
+    limit: tuple[float | None, str],
 ) -> FindingOutcome:
     candidate = finding.candidate
     assert candidate is not None
     progress.stage(f"measuring {finding.rule_id} {finding.rule_name}: baseline vs {candidate.title}")
+    seconds, limit_name = limit
     try:
-        trial = candidate.transform(workload.copy())
-        result = measure(workload, trial, options.benchmark, progress=progress.rounds)
+        with time_limit(seconds, f"this candidate's trial ({limit_name})", advice=CANDIDATE_TIMEOUT_ADVICE):
+            trial = candidate.transform(workload.copy())
+            result = measure(workload, trial, options.benchmark, progress=progress.rounds)
         if candidate.numerics is NumericsContract.ARCHITECTURE:
             delta = ArchitectureDelta(before=model_cost(workload), after=model_cost(trial))
             return FindingOutcome(finding, measurement=result, architecture=delta)
+    except ModelTimeoutError as exc:
+        return FindingOutcome(finding, not_measured=str(exc))
     except Exception as exc:  # a candidate may fail in any way (OOM included); the run goes on
         if workload.device.type == "cuda":
             torch.cuda.empty_cache()

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from convdoctor.api import ReportFiles
     from convdoctor.reports.report import Report
 
-EXIT_OK, EXIT_FINDINGS, EXIT_USER_ERROR = 0, 1, 2
+EXIT_OK, EXIT_FINDINGS, EXIT_USER_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
 T = TypeVar("T")
 
 
@@ -65,6 +65,9 @@ def main() -> None:
 @click.option("--no-measure", is_flag=True, help="Report findings without trying their candidates.")
 @click.option("--time-budget", "time_budget_s", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
               help="Bound the measuring phase; the largest estimated savings are measured first.")
+@click.option("--timeout", "timeout_s", type=click.FloatRange(min=0), default=300, show_default=True,
+              metavar="SECONDS", help="The most that loading the model file, its first step, the capture, or one "
+                                      "candidate's trial may take (0: no limit).")
 @click.option("--format", "output_format", type=click.Choice(["text", "json"]), default="text", show_default=True,
               help="json prints report.json to stdout.")
 @click.option("--fail-under", "fail_under", type=click.FloatRange(min=1.0), default=None, metavar="SPEEDUP",
@@ -72,14 +75,17 @@ def main() -> None:
                    "when the plan's whole 95% interval is at or above SPEEDUP.")
 @_rule_selection
 def profile_command(model_py: Path, device: str, mode: str, batch_size: int | None, steps: int,
-                    out_dir: Path | None, no_measure: bool, time_budget_s: float | None, output_format: str,
+                    out_dir: Path | None, no_measure: bool, time_budget_s: float | None, timeout_s: float,
+                    output_format: str,
                     fail_under: float | None, select: tuple[str, ...], ignore: tuple[str, ...]) -> None:
     """Profile the model that MODEL_PY defines, measure each fix, and write HTML and JSON reports."""
+    from convdoctor.analyzer.workload import process_exit_guard
     from convdoctor.api import ProfileOptions, profile_file
 
     options = ProfileOptions(device=device, mode=mode, batch_size=batch_size, steps=steps, out_dir=out_dir,
-                             measure=not no_measure, time_budget_s=time_budget_s, select=select, ignore=ignore)
-    with captured_prints() as printed:
+                             measure=not no_measure, time_budget_s=time_budget_s, timeout_s=timeout_s or None,
+                             select=select, ignore=ignore)
+    with captured_prints() as printed, process_exit_guard():
         try:
             report, files = _or_exit(lambda: profile_file(model_py, options, ClickProgress()))
         finally:
@@ -161,8 +167,21 @@ def _or_exit(work: Callable[[], T]) -> T:
     try:
         return work()
     except ConvDoctorError as exc:
-        click.echo(f"convdoctor: error: {exc}", err=True)
+        click.echo(f"convdoctor: error: {_with_notes(exc)}", err=True)
         sys.exit(EXIT_USER_ERROR)
+    except KeyboardInterrupt as exc:
+        click.echo(f"\nconvdoctor: interrupted: {_notes(exc) or 'no report was written or changed'}", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+
+
+def _with_notes(exc: BaseException) -> str:
+    """The exception's message followed by its notes (where this run's traces were set aside), on one line."""
+    notes = _notes(exc)
+    return f"{exc}; {notes}" if notes else str(exc)
+
+
+def _notes(exc: BaseException) -> str:
+    return "; ".join(getattr(exc, "__notes__", ()))
 
 
 def _show(report: Report, files: ReportFiles, output_format: str) -> None:

@@ -24,6 +24,10 @@ CASES = [
     ("wrong_shapes.py", [], ["features.0", "[16, 3, 3, 3]", "[1, 4, 16, 16]", "fix get_inputs()"]),
     ("module_level.py", ["--batch-size", "4"], ["--batch-size needs get_inputs(batch_size)"]),
     ("exits.py", [], ["get_model() raised SystemExit", "no GPU found"]),
+    ("forward_key_error.py", [], ["forward raised KeyError", "'auxiliary'", "forward_key_error.py:"]),
+    ("os_exit_in_forward.py", [], ["os._exit(3)", "remove that call"]),
+    ("hangs_in_forward.py", ["--timeout", "1.5"], ["first step did not finish within 1.5 s", "--timeout"]),
+    ("hangs_on_import.py", ["--timeout", "1.5"], ["hangs_on_import.py", "within 1.5 s", "--timeout"]),
 ]
 
 
@@ -94,3 +98,10 @@ def test_time_limit_interrupts_user_code():
     with time_limit(1.0, "nothing"):
         pass  # a block that ends in time is left alone, and the alarm is cleared
     time.sleep(1.2)
+
+
+def test_os_exit_in_the_model_does_not_end_a_real_process_silently(tmp_path: Path):
+    result = run_cli("profile", str(MODELS / "os_exit_in_forward.py"), "--out", str(tmp_path))
+    assert result.returncode == 2  # not the model's 3, and not a silent end
+    assert result.stderr.strip().splitlines()[-1].startswith("convdoctor: error:")
+    assert "os._exit(3)" in result.stderr

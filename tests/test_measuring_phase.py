@@ -59,12 +59,26 @@ def test_numerics_beyond_tolerance_are_flagged():
     assert outcome.measurement.numerics.max_rel_error > 0.4
 
 
-def test_time_budget_measures_the_largest_saving_first():
+def test_the_largest_estimated_saving_is_measured_first():
+    tried = []
+
+    def tracked(name: str):
+        def transform(workload: Workload) -> Workload:
+            tried.append(name)
+            return workload
+        return transform
+
+    findings = [_finding("small", tracked("small"), 0.01), _finding("large", tracked("large"), 0.3)]
+    measure_findings(_workload(), findings, ProfileOptions(benchmark=QUICK, time_budget_s=60), SilentProgress())
+    assert tried == ["large", "small"]
+
+
+def test_a_spent_time_budget_stops_the_running_candidate_and_skips_the_rest():
     findings = [_finding("small", lambda w: w, 0.01), _finding("large", lambda w: w, 0.3)]
     small, large = measure_findings(_workload(), findings, ProfileOptions(benchmark=QUICK, time_budget_s=0.0001),
                                      SilentProgress())
-    assert large.measurement is not None  # the budget was not yet spent when the largest saving came first
-    assert small.measurement is None and "time budget" in small.not_measured
+    assert large.measurement is None and "the rest of --time-budget" in large.not_measured
+    assert small.measurement is None and "time budget (0.0001 s) ran out before" in small.not_measured
 
 
 def test_rules_proposing_the_same_transform_share_one_measurement():
@@ -76,3 +90,28 @@ def test_rules_proposing_the_same_transform_share_one_measurement():
     one, two = measure_findings(_workload(), [first, second], ProfileOptions(benchmark=QUICK), SilentProgress())
     assert one.same_candidate_as is None and two.same_candidate_as == "CD101"
     assert two.measurement is one.measurement and two.finding is second
+
+
+class _Hangs(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        while True:
+            x = x + 0
+
+
+def _hangs(workload: Workload) -> Workload:
+    return replace(workload, model=_Hangs())
+
+
+def test_a_candidate_past_its_timeout_is_stopped_and_the_others_still_run():
+    findings = [_finding("hangs", _hangs, 0.5), _finding("identity", lambda w: w, 0.1)]
+    hangs, identity = measure_findings(_workload(), findings, ProfileOptions(benchmark=QUICK, timeout_s=1.0),
+                                       SilentProgress())
+    assert hangs.measurement is None
+    assert "did not finish within 1 s" in hangs.not_measured and "--timeout" in hangs.not_measured
+    assert identity.measurement is not None
+
+
+def test_a_candidate_running_past_the_time_budget_is_stopped_when_the_budget_ends():
+    (hangs,) = measure_findings(_workload(), [_finding("hangs", _hangs, 0.5)],
+                                ProfileOptions(benchmark=QUICK, time_budget_s=1.0), SilentProgress())
+    assert hangs.measurement is None and "the rest of --time-budget" in hangs.not_measured
