@@ -29,6 +29,7 @@ from convdoctor.api import ProfileOptions, profile  # noqa: E402
 HOSTILE_SCRIPT = "<script>alert(1)</script>"
 HOSTILE_ATTRIBUTE = 'x" onerror="alert(1)'
 HOSTILE_SINGLE_QUOTE = "y' onerror='alert(2)"
+HOSTILE_URL = "javascript:alert(3)"
 LONG_NAME = "W" * 70  # one unbreakable word, wider than any table column
 LABEL_WIDTH = 292  # the layer chart's label column: labels must end before the bars start at x=300
 
@@ -46,13 +47,15 @@ def devtools(tmp_path: Path):
 
 
 class HostileNames(nn.Module):
-    """Four convolutions whose module names are markup, two attribute breakouts, and one very long word."""
+    """Five convolutions whose module names are markup, two attribute breakouts, a javascript: URL and one very
+    long word."""
 
     def __init__(self) -> None:
         super().__init__()
         self.add_module(HOSTILE_SCRIPT, nn.Conv2d(3, 4, 3))
         self.add_module(HOSTILE_ATTRIBUTE, nn.Conv2d(4, 4, 3))
         self.add_module(HOSTILE_SINGLE_QUOTE, nn.Conv2d(4, 4, 3))
+        self.add_module(HOSTILE_URL, nn.Conv2d(4, 4, 3))
         self.add_module(LONG_NAME, nn.Conv2d(4, 4, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -252,7 +255,7 @@ def test_hostile_module_names_are_text(hostile_run, tmp_path, devtools):
     in Chromium they are plain text: the page keeps its one script, no element gains an on* attribute, nothing runs
     or pops up; a very long name does not widen the page."""
     report, files = hostile_run
-    names = {HOSTILE_SCRIPT, HOSTILE_ATTRIBUTE, HOSTILE_SINGLE_QUOTE, LONG_NAME}
+    names = {HOSTILE_SCRIPT, HOSTILE_ATTRIBUTE, HOSTILE_SINGLE_QUOTE, HOSTILE_URL, LONG_NAME}
     assert {layer.name for layer in report.analysis.layers} == names
     text = files.html.read_text(encoding="utf-8")
     assert HOSTILE_SCRIPT not in text and "&lt;script&gt;alert(1)&lt;/script&gt;" in text
@@ -266,6 +269,7 @@ def test_hostile_module_names_are_text(hostile_run, tmp_path, devtools):
     dom = parse_html(result.stdout)
     assert len(dom.find_all("script")) == 1
     assert [(e.tag, a) for e in dom.iter() for a in e.attrs if a.startswith("on")] == []
+    assert [(e.tag, v) for e in dom.iter() for v in e.attrs.values() if "javascript:" in (v or "")] == []
     rows = dom.by_id("layer-table").find_all("tbody")[0].find_all("tr")
     assert {row.find_all("code")[0].text() for row in rows} == names
     assert {title.text().rsplit(":", 1)[0] for title in dom.by_id("layer-chart").find_all("title")} == names
