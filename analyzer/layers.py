@@ -125,7 +125,7 @@ class ConvLayer:
 class ConvAnalysis:
     """The conv layers of a profile with the step-level totals rules and reports need."""
 
-    profile: Profile
+    profile: Profile = field(repr=False)
     layers: list[ConvLayer]  # slowest first
     time_basis: TimeBasis
     step_time_us: float

@@ -48,12 +48,13 @@ class Op:
     input_types: list[str] = field(default_factory=list)
     input_strides: list[Any] = field(default_factory=list)
     concrete_inputs: list[Any] = field(default_factory=list)
-    parent: Op | None = None
-    children: list[Op] = field(default_factory=list)
-    kernels: list[Kernel] = field(default_factory=list)
+    # The links below stay out of repr: printing one event must not print the whole trace.
+    parent: Op | None = field(default=None, repr=False)
+    children: list[Op] = field(default_factory=list, repr=False)
+    kernels: list[Kernel] = field(default_factory=list, repr=False)
     scope: ModuleScope | None = None  # set on module-scope annotations themselves
     module: ModuleScope | None = None  # the innermost module scope this event runs in
-    module_call: Op | None = None  # the annotation of that module call
+    module_call: Op | None = field(default=None, repr=False)  # the annotation of that module call
 
     @property
     def end_us(self) -> float:
@@ -95,7 +96,7 @@ class Kernel:
     ts_us: float
     dur_us: float
     correlation: int | None = None
-    launcher: Op | None = None  # the innermost operator around the runtime call that launched it
+    launcher: Op | None = field(default=None, repr=False)  # the innermost operator around the launching call
     # Launch configuration and Kineto's occupancy estimate (kernels only; None where the trace omits them).
     grid: tuple[int, int, int] | None = None  # blocks in x, y, z
     block: tuple[int, int, int] | None = None  # threads per block in x, y, z

@@ -9,6 +9,7 @@ from convdoctor.reports.json_report import report_to_dict
 from convdoctor.reports.presentation import (
     architecture_note,
     headline,
+    kernel_columns,
     measured_result,
     plan_lines,
     tensorboard_command,
@@ -52,6 +53,7 @@ def render_html(report: Report) -> str:
         speedups=speedup_chart(data["findings"], results, data["plan"], plan[-1] if plan else None),
         bound_colors=BOUND_COLORS,
         roofline_reason=_no_roofline_reason(report),
+        kernel_cells={layer["name"]: kernel_columns(layer["device_kernels"]) for layer in data["layers"]},
     )
 
 

@@ -7,6 +7,7 @@ import math
 from typing import Any
 
 from convdoctor.analyzer.benchmark import Measurement
+from convdoctor.analyzer.conv_kernels import KernelShare, LayerKernels, layer_kernels
 from convdoctor.analyzer.layers import ConvLayer
 from convdoctor.analyzer.model_cost import ArchitectureDelta
 from convdoctor.analyzer.roofline import LayerRoofline, Roofline
@@ -20,6 +21,7 @@ def report_to_dict(report: Report) -> dict[str, Any]:
     analysis = report.analysis
     roofline = report.roofline
     rooflines = roofline.layers if roofline is not None else {}
+    kernels = layer_kernels(analysis)
     return {
         "schema_version": SCHEMA_VERSION,
         "tool_version": report.tool_version,
@@ -32,9 +34,10 @@ def report_to_dict(report: Report) -> dict[str, Any]:
             "conversion_time_ms": analysis.conversion_time_us / 1e3,
             "notes": list(analysis.notes) + (list(roofline.notes) if roofline is not None else []),
             "peaks": _peaks(roofline),
+            "device_kernels": _kernel_totals(kernels),
         },
         "layers": [_layer(layer, analysis.share(layer.time_per_step_us), analysis.profile.step_count,
-                          rooflines.get(layer.name))
+                          rooflines.get(layer.name), kernels.get(layer.name))
                    for layer in analysis.layers],
         "findings": [_outcome(outcome) for outcome in report.outcomes],
         "plan": None if report.plan is None else _plan(report.plan),
@@ -69,7 +72,41 @@ def _peaks(roofline: Roofline | None) -> dict[str, Any] | None:
     }
 
 
-def _layer(layer: ConvLayer, share: float, steps: int, roofline: LayerRoofline | None) -> dict[str, Any]:
+def _kernel_totals(kernels: dict[str, LayerKernels]) -> dict[str, Any] | None:
+    """Conv kernel time per step by pass and algorithm family, and the share on tensor cores (GPU traces only)."""
+    if not kernels:
+        return None
+    by_family: dict[tuple[str, str], float] = {}
+    for layer in kernels.values():
+        for key, share in layer.algorithms.items():
+            by_family[key] = by_family.get(key, 0.0) + share.us_per_step
+    known = sum(k.tensor_core_us + k.simt_us for k in kernels.values())
+    return {
+        "tensor_core_share": sum(k.tensor_core_us for k in kernels.values()) / known if known else None,
+        "algorithms": [{"pass": p, "family": f, "time_ms": us / 1e3}
+                       for (p, f), us in sorted(by_family.items(), key=lambda item: -item[1])],
+    }
+
+
+def _kernel_shares(shares: dict[Any, KernelShare], key_names: tuple[str, ...]) -> list[dict[str, Any]]:
+    rows = sorted(shares.items(), key=lambda item: -item[1].us_per_step)
+    return [{**dict(zip(key_names, key if isinstance(key, tuple) else (key,))), "time_ms": share.us_per_step / 1e3,
+             "launches_per_step": round(share.launches_per_step, 3), "names": list(share.names)}
+            for key, share in rows]
+
+
+def _device_kernels(kernels: LayerKernels | None) -> dict[str, Any] | None:
+    if kernels is None:
+        return None
+    return {
+        "tensor_core_share": kernels.tensor_core_share,
+        "algorithms": _kernel_shares(kernels.algorithms, ("pass", "family")),
+        "neighbours": _kernel_shares(kernels.neighbours, ("category",)),
+    }
+
+
+def _layer(layer: ConvLayer, share: float, steps: int, roofline: LayerRoofline | None,
+           kernels: LayerKernels | None) -> dict[str, Any]:
     return {
         "name": layer.name,
         "module_class": layer.module_class,
@@ -98,6 +135,7 @@ def _layer(layer: ConvLayer, share: float, steps: int, roofline: LayerRoofline |
             for c in layer.conversions
         ],
         "kernels": list(layer.kernel_names),
+        "device_kernels": _device_kernels(kernels),
         "achieved_gflops": None if roofline is None else roofline.achieved_flops / 1e9,
         "attainable_gflops": None if roofline is None else roofline.attainable_flops / 1e9,
         "pct_of_roofline": None if roofline is None else _number(roofline.pct_of_roofline),

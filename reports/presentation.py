@@ -80,3 +80,20 @@ def _si(value: float) -> str:
 def tensorboard_command(logdir: str) -> str:
     """The command that opens the traces in TensorBoard's PyTorch Profiler plugin."""
     return f"tensorboard --logdir {logdir}"
+
+
+def kernel_columns(device_kernels: dict | None) -> tuple[str, str, str]:
+    """A layer's device kernels as three table cells: algorithms per pass, tensor-core share, and what runs after
+    its forward (the neighbours, slowest first). Empty on CPU traces."""
+    if not device_kernels:
+        return "", "", ""
+    compute = [a for a in device_kernels["algorithms"] if a["family"] not in ("helper", "layout conversion")]
+    passes = []
+    for which in ("forward", "backward"):
+        families = [a["family"] for a in compute if a["pass"] == which]
+        if families:
+            passes.append(f"{which[:3]}: {', '.join(families)}")
+    share = device_kernels["tensor_core_share"]
+    tensor_cores = "?" if share is None else f"{share * 100:.0f}%"
+    after = ", ".join(f"{n['category']} {n['time_ms']:.3f}" for n in device_kernels["neighbours"][:3])
+    return "; ".join(passes), tensor_cores, after
