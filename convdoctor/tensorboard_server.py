@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 from convdoctor.errors import TensorBoardError
@@ -23,6 +24,9 @@ def start_tensorboard(out: Path, port: int) -> str:
     if not find_runs(out):
         raise TensorBoardError(f"{out}: holds no *.pt.trace.json[.gz] traces; run `convdoctor profile model.py` "
                                "first, or pass the out dir (or log dir) that holds them")
+    if port and not _port_free(port):  # before TensorBoard starts its plugins' loader processes
+        raise TensorBoardError(f"TensorBoard cannot listen on {HOST}:{port}: the port is in use; pass another "
+                               "--port (0 picks a free one)")
     board = program.TensorBoard()
     board.configure(argv=["tensorboard", "--logdir", str(out), "--host", HOST, "--port", str(port),
                           "--load_fast=false"])  # the Python reader: no data-server child process
@@ -31,3 +35,13 @@ def start_tensorboard(out: Path, port: int) -> str:
     except program.TensorBoardServerException as exc:
         raise TensorBoardError(f"TensorBoard cannot listen on {HOST}:{port}: {exc.msg}; pass another --port "
                                "(0 picks a free one)") from exc
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as TensorBoard's server binds
+        try:
+            probe.bind((HOST, port))
+        except OSError:
+            return False
+    return True
