@@ -28,8 +28,8 @@ import werkzeug
 from tensorboard.plugins import base_plugin
 from werkzeug import wrappers
 
-from convdoctor.analyzer.trace import TRACE_SUFFIXES
-from convdoctor.errors import ConvDoctorError
+from convdoctor.analyzer.trace import find_traces
+from convdoctor.errors import ConvDoctorError, TraceError
 
 PLUGIN_NAME = "convdoctor"
 TAB_SCRIPT = Path(__file__).with_name("static") / "tensorboard_tab.js"
@@ -45,12 +45,14 @@ class Run:
 
 
 def find_runs(logdir: Path) -> dict[str, Run]:
-    """The runs under LOGDIR by name, sorted; hidden folders (a capture in progress) are skipped."""
+    """The runs under the log dir LOGDIR by name, sorted; hidden folders (a capture in progress) are skipped."""
+    try:
+        traces = find_traces(logdir)
+    except TraceError:  # no traces (yet)
+        return {}
     by_dir: dict[Path, dict[str, Path]] = {}
-    for trace in sorted(logdir.rglob("*")):
-        if trace.name.endswith(TRACE_SUFFIXES) and trace.is_file() \
-                and not any(part.startswith(".") for part in trace.relative_to(logdir).parts):
-            by_dir.setdefault(trace.parent, {})[worker_name(trace)] = trace
+    for trace in traces:
+        by_dir.setdefault(trace.parent, {})[worker_name(trace)] = trace
     return {run.name: run for run in (Run(_run_name(logdir, folder), traces) for folder, traces in by_dir.items())}
 
 
