@@ -155,9 +155,14 @@ def report_data(path: str | Path) -> dict[str, Any]:
     traces = find_traces(path)
     if len(traces) > 1:
         raise ReportError(f"{path}: holds {len(traces)} traces; pass one trace (or one worker's report.json)")
+    return report_to_dict(analyze_trace(traces[0]))
+
+
+def analyze_trace(trace: Path) -> Report:
+    """One trace analyzed offline with every rule, nothing measured (what `analyze` reports), written nowhere."""
     rule_set = load_rules()
-    analysis = analyze_convs(load_profile(traces[0]))
-    return report_to_dict(_offline_report(analysis, traces[0], traces[0].parent, rule_set, rule_set.rules))
+    analysis = analyze_convs(load_profile(trace))
+    return _offline_report(analysis, trace, trace.parent, rule_set, rule_set.rules)
 
 
 def _offline_report(analysis: ConvAnalysis, trace: Path, logdir: Path, rule_set: RuleSet, rules: list[Rule]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, TypeVar
 
@@ -140,6 +141,22 @@ def diff_command(before: Path, after: Path, html_path: Path | None) -> None:
     if html_path is not None:
         write_atomically(html_path, render_diff_html(diff))
         click.echo(f"\nhtml: {html_path}")
+
+
+@main.command("tensorboard")
+@click.argument("out", type=click.Path(path_type=Path), default=Path("convdoctor-out"), required=False)
+@click.option("--port", type=click.IntRange(min=0, max=65535), default=6006, show_default=True,
+              help="Port on 127.0.0.1; 0 picks a free one.")
+def tensorboard_command(out: Path, port: int) -> None:
+    """Show the runs under OUT [default: convdoctor-out] in TensorBoard's convdoctor tab, until Ctrl-C."""
+    from convdoctor.tensorboard_server import start_tensorboard
+
+    url = _or_exit(lambda: start_tensorboard(out, port))
+    click.echo(f"convdoctor: TensorBoard at {url}#convdoctor (Ctrl-C stops it)")
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
 
 
 @main.command("rules")

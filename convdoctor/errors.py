@@ -27,3 +27,7 @@ class OutputDirError(ConvDoctorError):
 
 class ReportError(ConvDoctorError):
     """A report.json to compare is missing, unreadable, or not a convdoctor report."""
+
+
+class TensorBoardError(ConvDoctorError):
+    """TensorBoard cannot start: nothing to show, or the port is taken."""

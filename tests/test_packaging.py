@@ -18,11 +18,13 @@ def test_wheel_installs_everything_under_convdoctor(tmp_path: Path):
     top = {name.split("/")[0] for name in names}
     assert top == {"convdoctor", next(t for t in top if t.endswith(".dist-info"))}
     for expected in ["convdoctor/cli.py", "convdoctor/analyzer/trace.py", "convdoctor/rules/cd101_channels_last.py",
-                     "convdoctor/reports/templates/report.html.j2", "convdoctor/reports/report.schema.json"]:
+                     "convdoctor/reports/templates/report.html.j2", "convdoctor/reports/report.schema.json",
+                     "convdoctor/tensorboard_plugin.py", "convdoctor/static/tensorboard_tab.js"]:
         assert expected in names
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert "[convdoctor.rules]" in entry_points and "CD101 = convdoctor.rules.cd101_channels_last" in entry_points
     assert "convdoctor = convdoctor.cli:main" in entry_points
+    assert "[tensorboard_plugins]\nconvdoctor = convdoctor.tensorboard_plugin:ConvDoctorPlugin" in entry_points
 
 
 def test_python_dash_m_and_version():
