@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 import convdoctor
+from convdoctor.analyzer.batch_sweep import sweep_batch_sizes
 from convdoctor.analyzer.benchmark import BenchmarkSettings, Verdict, measure
 from convdoctor.analyzer.capture import capture, check_fits, environment
 from convdoctor.analyzer.layers import ConvAnalysis, analyze_convs
@@ -222,14 +223,17 @@ def measure_findings(
     for index in by_priority:
         finding = findings[index]
         spent = time.perf_counter() - started
+        left_s = None if options.time_budget_s is None else options.time_budget_s - spent
         earlier = by_transform.get(id(finding.candidate.transform)) if finding.candidate else None
         if earlier is not None:
             outcomes[index] = replace(earlier, finding=finding, same_candidate_as=earlier.finding.rule_id)
-        elif finding.candidate is None:
+        elif finding.larger_batches is not None and options.measure and (left_s is None or left_s > 0):
+            outcomes[index] = _try_larger_batches(workload, finding, options, progress, left_s)
+        elif finding.candidate is None and finding.larger_batches is None:
             outcomes[index] = FindingOutcome(finding, not_measured="this finding has no automatic candidate")
         elif not options.measure:
             outcomes[index] = FindingOutcome(finding, not_measured="measuring was turned off (--no-measure)")
-        elif options.time_budget_s is not None and spent >= options.time_budget_s:
+        elif left_s is not None and left_s <= 0:
             outcomes[index] = FindingOutcome(
                 finding, not_measured=f"the measuring time budget ({options.time_budget_s:g} s) ran out before "
                                       "this candidate; raise --time-budget to measure it")
@@ -284,6 +288,32 @@ def _try_candidate(
         return FindingOutcome(finding, not_measured=f"the candidate failed: {describe_exception(exc)}")
     ok = result.numerics.within(candidate.tolerance)
     return FindingOutcome(finding, measurement=result, numerics_ok=ok)
+
+
+def _try_larger_batches(
+    workload: Workload, finding: Finding, options: ProfileOptions, progress: Progress, left_s: float | None
+) -> FindingOutcome:
+    """Samples/s at larger batches against the workload's own batch (a workload change: never a plan step)."""
+    proposal = finding.larger_batches
+    assert proposal is not None
+    if workload.input_factory is None:
+        return FindingOutcome(finding, not_measured=(
+            "the model file gives no get_inputs(batch_size), so convdoctor cannot build larger batches; define "
+            "get_inputs(batch_size=...) in the model file to measure this"))
+    budget = proposal.budget_s if left_s is None else min(proposal.budget_s, left_s)
+    try:
+        sweep = sweep_batch_sizes(
+            workload, proposal.factors, options.benchmark, budget, progress.rounds,
+            before_each=lambda batch: progress.stage(
+                f"measuring {finding.rule_id} {finding.rule_name}: samples/s at batch {batch} vs "
+                f"{workload.batch_size}"))
+    except Exception as exc:  # the user's get_inputs or a larger batch may fail in any way; the run goes on
+        if workload.device.type == "cuda":
+            torch.cuda.empty_cache()
+        return FindingOutcome(finding, not_measured=f"the larger batch failed: {describe_exception(exc)}")
+    if not sweep.points:
+        return FindingOutcome(finding, not_measured=sweep.stopped)
+    return FindingOutcome(finding, throughput=sweep)
 
 
 def _summary(workload: Workload, options: ProfileOptions) -> WorkloadSummary:

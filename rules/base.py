@@ -73,6 +73,18 @@ class Candidate:
     stage: PlanStage = PlanStage.LAYOUT  # where it goes in a combined plan
 
 
+@dataclass(frozen=True)
+class LargerBatches:
+    """A finding's proposal to run the workload at larger batch sizes, measured in samples/s (not step time).
+
+    It changes the workload, not the model, so it is never a plan step. The pipeline builds the inputs with the
+    model file's ``get_inputs(batch_size)``; without it the proposal is reported unmeasured, saying how to enable it.
+    """
+
+    factors: tuple[int, ...] = (2, 4, 8, 16)  # multiples of the workload's batch, tried in growing order
+    budget_s: float = 60.0  # seconds for the whole sweep
+
+
 @dataclass
 class Finding:
     """One thing a rule found, with the evidence that shows it and the fix it proposes."""
@@ -88,6 +100,7 @@ class Finding:
     evidence: dict[str, Any] = field(default_factory=dict)
     estimated_saving: float | None = None  # fraction of step time, when the trace bounds it
     candidate: Candidate | None = None
+    larger_batches: LargerBatches | None = None
 
 
 @runtime_checkable
