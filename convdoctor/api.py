@@ -26,8 +26,16 @@ from convdoctor.errors import OutputDirError, ReportError, TraceError
 from convdoctor.reports.files import write_atomically
 from convdoctor.reports.html_report import render_html
 from convdoctor.reports.json_report import report_to_dict, report_to_json
-from convdoctor.reports.report import FindingOutcome, Plan, Report, RuleDoc, WorkloadSummary, trace_summary
-from convdoctor.rules.base import Finding, NumericsContract, Rule, combine, doc_sections
+from convdoctor.reports.report import (
+    FindingOutcome,
+    LayerMeasurement,
+    Plan,
+    Report,
+    RuleDoc,
+    WorkloadSummary,
+    trace_summary,
+)
+from convdoctor.rules.base import Finding, LayerTrial, NumericsContract, Rule, combine, doc_sections
 from convdoctor.rules.registry import RuleResults, RuleSet, load_rules, run_rules, select_rules
 
 
@@ -287,7 +295,24 @@ def _try_candidate(
             torch.cuda.empty_cache()
         return FindingOutcome(finding, not_measured=f"the candidate failed: {describe_exception(exc)}")
     ok = result.numerics.within(candidate.tolerance)
-    return FindingOutcome(finding, measurement=result, numerics_ok=ok)
+    layers = [_try_layer(workload, trial, options, progress) for trial in candidate.layer_trials]
+    return FindingOutcome(finding, measurement=result, numerics_ok=ok, layer_measurements=layers)
+
+
+def _try_layer(workload: Workload, trial: LayerTrial, options: ProfileOptions, progress: Progress) -> LayerMeasurement:
+    """The trial's layer alone on random inputs of its recorded shape, before and after the trial's transform."""
+    progress.stage(f"measuring layer {trial.layer} alone: input {list(trial.input_shape)}")
+    try:
+        module = workload.model.get_submodule(trial.layer)
+        dtype = next((p.dtype for p in module.parameters() if p.is_floating_point()), torch.float32)
+        inputs = torch.randn(trial.input_shape, dtype=dtype, device=workload.device)
+        alone = replace(workload, model=module, inputs=inputs, source=f"{workload.source}:{trial.layer}",
+                        input_factory=None)
+        result = measure(alone, trial.transform(alone.copy()), options.benchmark, progress=progress.rounds)
+    except Exception as exc:  # the layer alone may fail where the model did not; the run goes on
+        return LayerMeasurement(trial.layer, trial.input_shape, None,
+                                not_measured=f"the layer trial failed: {describe_exception(exc)}")
+    return LayerMeasurement(trial.layer, trial.input_shape, result)
 
 
 def _try_larger_batches(

@@ -9,6 +9,7 @@ from convdoctor.reports.json_report import report_to_dict
 from convdoctor.reports.presentation import (
     architecture_note,
     headline,
+    layer_lines,
     measured_result,
     plan_lines,
     tensorboard_command,
@@ -43,6 +44,7 @@ def render_html(report: Report) -> str:
         headline=headline(report),
         results=results,
         architecture=[architecture_note(o) for o in report.outcomes],
+        layer_results=[layer_lines(o) for o in report.outcomes],
         breakdown=[(label, ms, ms / step_ms, color) for label, ms, color in breakdown],
         max_layer_ms=max((layer["time_ms"] for layer in data["layers"]), default=1.0) or 1.0,
         tensorboard=tensorboard_command(report.logdir),

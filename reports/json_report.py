@@ -130,6 +130,12 @@ def _outcome(outcome: FindingOutcome) -> dict[str, Any]:
         "larger_batches": None if finding.larger_batches is None else {
             "factors": list(finding.larger_batches.factors), "budget_s": finding.larger_batches.budget_s},
         "throughput": None if outcome.throughput is None else _throughput(outcome.throughput),
+        "layer_measurements": [
+            {"layer": m.layer, "input_shape": list(m.input_shape), "not_measured": m.not_measured,
+             "measurement": None if m.measurement is None else _measurement(
+                 m.measurement, m.measurement.numerics.within(candidate.tolerance) if candidate else None,
+                 compares_outputs=True)}
+            for m in outcome.layer_measurements],
     }
 
 

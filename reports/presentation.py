@@ -75,6 +75,13 @@ def throughput_lines(sweep: BatchSweep) -> list[str]:
     return [f"batch {p.batch_size}: {throughput_text(p)}" for p in sweep.points] + [f"stopped: {sweep.stopped}"]
 
 
+def layer_lines(outcome: FindingOutcome) -> list[str]:
+    """One line per layer measured alone: ``layer 1 alone, input [1, 32, 56, 56]: no measurable difference (…)``."""
+    return [f"layer {m.layer} alone, input {list(m.input_shape)}: "
+            + (speedup_text(m.measurement) if m.measurement is not None else f"not measured: {m.not_measured}")
+            for m in outcome.layer_measurements]
+
+
 def plan_lines(plan: Plan) -> list[str]:
     """The plan's steps with their own results, then the combined result (or why it has none)."""
     lines = []

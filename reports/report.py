@@ -39,6 +39,17 @@ class FindingOutcome:
     architecture: ArchitectureDelta | None = None  # for an architecture change: FLOPs and params, before and after
     same_candidate_as: str | None = None  # the rule whose identical candidate this measurement was taken for
     throughput: BatchSweep | None = None  # for a larger-batch proposal: samples/s at each batch size tried
+    layer_measurements: list[LayerMeasurement] = field(default_factory=list)  # the candidate's layer trials
+
+
+@dataclass(frozen=True)
+class LayerMeasurement:
+    """One layer alone, before and after the candidate's change, on random inputs of its recorded shape."""
+
+    layer: str
+    input_shape: tuple[int, ...]
+    measurement: Measurement | None
+    not_measured: str | None = None  # why not (the layer trial failed)
 
 
 @dataclass

@@ -62,6 +62,16 @@ class PlanStage(enum.IntEnum):
 
 
 @dataclass(frozen=True)
+class LayerTrial:
+    """One layer of a candidate measured on its own: the layer's module alone, on random inputs of the shape the
+    trace recorded for it, before and after ``transform`` (which sees the layer as the whole model, ``<model>``)."""
+
+    layer: str  # qualified module name in the workload's model
+    input_shape: tuple[int, ...]
+    transform: Callable[[Workload], Workload]
+
+
+@dataclass(frozen=True)
 class Candidate:
     """A transform of a copy of the workload that a finding proposes, and what it promises about numerics."""
 
@@ -71,6 +81,7 @@ class Candidate:
     tolerance: float = 0.0  # max relative error of outputs that still counts as the same model (unused for
     # an architecture change, whose outputs are not compared)
     stage: PlanStage = PlanStage.LAYOUT  # where it goes in a combined plan
+    layer_trials: tuple[LayerTrial, ...] = ()  # layers also measured alone, beside the whole model
 
 
 @dataclass(frozen=True)
