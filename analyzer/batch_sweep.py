@@ -63,7 +63,8 @@ def sweep_batch_sizes(
                 raise
             _free(workload)
             return BatchSweep(baseline_batch, points, f"batch {batch} ran out of memory: {describe_exception(exc)}")
-        best_before = max((p.estimate.speedup for p in points), default=1.0)
+        best = BatchSweep(baseline_batch, points, "").best
+        best_before = best.estimate.speedup if best is not None else 1.0
         points.append(point)
         gained = point.estimate.verdict is Verdict.FASTER and point.estimate.ci_low > best_before * (1 + MIN_EFFECT)
         misses = 0 if gained else misses + 1
@@ -76,8 +77,9 @@ def sweep_batch_sizes(
 
 
 def _best_batch(points: list[ThroughputMeasurement], baseline_batch: int) -> int:
-    best = max(points, key=lambda p: p.estimate.speedup, default=None)
-    return best.batch_size if best is not None and best.estimate.speedup > 1.0 else baseline_batch
+    """The batch of BatchSweep.best over ``points``, or the baseline batch when none was measurably faster."""
+    best = BatchSweep(baseline_batch, points, "").best
+    return best.batch_size if best is not None else baseline_batch
 
 
 def _out_of_memory(exc: BaseException) -> bool:

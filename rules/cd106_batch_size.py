@@ -169,7 +169,7 @@ overhead-bound.
             return
         device = facts.basis is TimeBasis.DEVICE
         unit, threshold = ("kernels", self.short_kernel_us) if device else ("top-level ops", self.short_op_us)
-        roof = (f"; conv layers run at a median {facts.median_conv_pct_of_roofline:.0f}% of the roofline"
+        roof = (f"; conv layers run at a median {facts.median_conv_pct_of_roofline:.2g}% of the roofline"
                 if facts.median_conv_pct_of_roofline is not None else "")
         work = (f", median conv {facts.median_conv_flops / 1e6:.2f} MFLOP per call"
                 if facts.median_conv_flops is not None else "")
