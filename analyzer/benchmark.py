@@ -103,6 +103,37 @@ class Measurement:
         return self.other_cores_busy is not None and self.other_cores_busy > BUSY_CORES
 
 
+@dataclass(frozen=True)
+class ThroughputMeasurement:
+    """Samples per second of the workload at another batch size against its own batch, measured interleaved.
+
+    ``estimate`` compares per-sample times: its speedup is the throughput ratio candidate / baseline, and its
+    ``baseline_ms``/``candidate_ms`` are milliseconds per sample.
+    """
+
+    baseline_batch: int
+    batch_size: int
+    estimate: SpeedupEstimate
+    rounds: int
+    warmup_steps: tuple[int, int]
+    threads: int
+    device: str
+    timer: str
+    other_cores_busy: float | None = None
+
+    @property
+    def baseline_samples_per_s(self) -> float:
+        return 1e3 / self.estimate.baseline_ms
+
+    @property
+    def samples_per_s(self) -> float:
+        return 1e3 / self.estimate.candidate_ms
+
+    @property
+    def machine_was_busy(self) -> bool:
+        return self.other_cores_busy is not None and self.other_cores_busy > BUSY_CORES
+
+
 def estimate_speedup(baseline_s: list[float], candidate_s: list[float], *, seed: int = 0) -> SpeedupEstimate:
     """Ratio of medians with a paired bootstrap interval over rounds; the verdict is decided by the interval."""
     if len(baseline_s) != len(candidate_s) or len(baseline_s) < 2:
@@ -156,10 +187,69 @@ def measure(
 ) -> Measurement:
     """Time one step of each workload in interleaved rounds (random order within a round) and compare outputs.
 
+    Both run on copies; the workloads passed in are left as they were.
+    """
+    numerics, first_step_s = compare_first_step(baseline, candidate)
+    rounds = _interleaved_rounds(baseline, candidate, settings, progress)
+    return Measurement(
+        estimate=estimate_speedup(*rounds.times_s),
+        numerics=numerics,
+        rounds=len(rounds.times_s[0]),
+        warmup_steps=rounds.warmup_steps,
+        first_step_s=first_step_s,
+        threads=torch.get_num_threads(),
+        device=str(baseline.device),
+        timer=_timer(baseline.device),
+        other_cores_busy=rounds.other_cores_busy,
+    )
+
+
+def measure_throughput(
+    baseline: Workload,
+    candidate: Workload,
+    settings: BenchmarkSettings = BenchmarkSettings(),
+    progress: Callable[[int, int], None] | None = None,
+) -> ThroughputMeasurement:
+    """Time one step of each workload in interleaved rounds, as ``measure`` does, and compare time per sample.
+
+    The two may run different batch sizes: each round's step time is divided by its workload's batch size, so the
+    ratio is one of throughputs (samples/s) and the bootstrap interval is taken over those per-sample times.
+    Outputs are not compared (they have different shapes).
+    """
+    batches = (baseline.batch_size, candidate.batch_size)
+    if not batches[0] or not batches[1]:
+        raise ValueError("a throughput comparison needs inputs with a batch dimension in both workloads")
+    rounds = _interleaved_rounds(baseline, candidate, settings, progress)
+    per_sample = [[t / batch for t in times] for times, batch in zip(rounds.times_s, batches)]
+    return ThroughputMeasurement(
+        baseline_batch=batches[0],
+        batch_size=batches[1],
+        estimate=estimate_speedup(*per_sample),
+        rounds=len(per_sample[0]),
+        warmup_steps=rounds.warmup_steps,
+        threads=torch.get_num_threads(),
+        device=str(baseline.device),
+        timer=_timer(baseline.device),
+        other_cores_busy=rounds.other_cores_busy,
+    )
+
+
+@dataclass(frozen=True)
+class _Rounds:
+    times_s: tuple[list[float], list[float]]  # (baseline, candidate) step times, one per round each
+    warmup_steps: tuple[int, int]
+    other_cores_busy: float | None
+
+
+def _interleaved_rounds(
+    baseline: Workload, candidate: Workload, settings: BenchmarkSettings,
+    progress: Callable[[int, int], None] | None,
+) -> _Rounds:
+    """Warm both up, then time one step of each per round (random order within a round) until enough rounds.
+
     Both run on copies, in this process, with the same thread count; garbage collection is kept out of timed
     regions. The workloads passed in are left as they were.
     """
-    numerics, first_step_s = compare_first_step(baseline, candidate)
     baseline, candidate = baseline.copy(), candidate.copy()
     steps = (make_step(baseline), make_step(candidate))
     warmups = [_warm_up(step, workload, settings) for step, workload in zip(steps, (baseline, candidate))]
@@ -182,17 +272,12 @@ def measure(
     finally:
         if gc_was_enabled:
             gc.enable()
-    return Measurement(
-        estimate=estimate_speedup(times[0], times[1]),
-        numerics=numerics,
-        rounds=len(times[0]),
-        warmup_steps=(warmups[0], warmups[1]),
-        first_step_s=first_step_s,
-        threads=torch.get_num_threads(),
-        device=str(baseline.device),
-        timer="torch.cuda.synchronize + perf_counter" if baseline.device.type == "cuda" else "perf_counter",
-        other_cores_busy=_other_cores_busy(cpu_before, _cpu_jiffies(), time.perf_counter() - started),
-    )
+    return _Rounds(times_s=times, warmup_steps=(warmups[0], warmups[1]),
+                   other_cores_busy=_other_cores_busy(cpu_before, _cpu_jiffies(), time.perf_counter() - started))
+
+
+def _timer(device: torch.device) -> str:
+    return "torch.cuda.synchronize + perf_counter" if device.type == "cuda" else "perf_counter"
 
 
 def compare_first_step(baseline: Workload, candidate: Workload) -> tuple[Numerics, tuple[float, float]]:

@@ -120,6 +120,7 @@ def environment(workload: Workload) -> dict[str, Any]:
         "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
         "cudnn_deterministic": torch.backends.cudnn.deterministic,
         "mkldnn_enabled": torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # the vector ISA ATen/oneDNN kernels use
         **environment_peaks(device, workload.dtype),
     }
 

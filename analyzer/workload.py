@@ -45,6 +45,7 @@ class Workload:
     device: torch.device
     mode: Mode
     source: str = "<python>"
+    input_factory: Callable[[int], Inputs] | None = None  # the model file's get_inputs(batch_size), when it has one
 
     @property
     def batch_size(self) -> int | None:
@@ -59,6 +60,15 @@ class Workload:
     def copy(self) -> "Workload":
         """A deep copy of the model and inputs, so that a transform never touches this one."""
         return replace(self, model=copy.deepcopy(self.model), inputs=copy.deepcopy(self.inputs))
+
+    def with_batch_size(self, batch_size: int) -> "Workload":
+        """A copy of this workload on fresh inputs of ``batch_size`` from its input factory (get_inputs)."""
+        if self.input_factory is None:
+            raise ValueError(f"{self.source}: no get_inputs(batch_size) to build inputs of another batch size")
+        inputs = self.input_factory(batch_size)
+        _check_inputs(inputs, self.source)
+        moved = map_tensors(inputs, lambda t: t.detach().clone().to(self.device))
+        return replace(self, model=copy.deepcopy(self.model), inputs=moved)
 
 
 def flat_tensors(value: Any) -> list[torch.Tensor]:
@@ -156,7 +166,8 @@ def load_workload(
             f"{path}: the model is a {type(model).__name__}, not a torch.nn.Module; return the module itself"
         )
     _check_inputs(inputs, path)
-    return workload_from(model, inputs, device=device, mode=mode, source=str(path))
+    workload = workload_from(model, inputs, device=device, mode=mode, source=str(path))
+    return replace(workload, input_factory=_input_factory(module, path))
 
 
 def workload_from(
@@ -225,6 +236,14 @@ def _inputs(module: Any, path: str | Path, batch_size: int | None) -> Any:
     if batch_size is not None and hasattr(module, "inputs"):
         raise ModelFileError(f"{path}: --batch-size needs get_inputs(batch_size) instead of module-level inputs")
     return _entry(module, "get_inputs", "inputs", path)
+
+
+def _input_factory(module: Any, path: str | Path) -> Callable[[int], Inputs] | None:
+    """``get_inputs(batch_size)`` of the model file, wrapped so that its errors read as the user's; else None."""
+    factory = getattr(module, "get_inputs", None)
+    if factory is None or "batch_size" not in inspect.signature(factory).parameters:
+        return None
+    return lambda batch_size: _call_user(factory, path, "get_inputs", batch_size=batch_size)
 
 
 def _call_user(fn: Callable[..., Any], path: str | Path, name: str, **kwargs: Any) -> Any:

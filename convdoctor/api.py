@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 import convdoctor
+from convdoctor.analyzer.batch_sweep import sweep_batch_sizes
 from convdoctor.analyzer.benchmark import BenchmarkSettings, Verdict, measure
 from convdoctor.analyzer.capture import check_fits, environment, record
 from convdoctor.analyzer.layers import ConvAnalysis, analyze_convs
@@ -27,8 +28,16 @@ from convdoctor.errors import ModelTimeoutError, OutputDirError, ReportError, Tr
 from convdoctor.reports.files import write_atomically
 from convdoctor.reports.html_report import render_html
 from convdoctor.reports.json_report import report_to_dict, report_to_json
-from convdoctor.reports.report import FindingOutcome, Plan, Report, RuleDoc, WorkloadSummary, trace_summary
-from convdoctor.rules.base import Finding, NumericsContract, Rule, combine, doc_sections
+from convdoctor.reports.report import (
+    FindingOutcome,
+    LayerMeasurement,
+    Plan,
+    Report,
+    RuleDoc,
+    WorkloadSummary,
+    trace_summary,
+)
+from convdoctor.rules.base import Finding, LayerTrial, NumericsContract, Rule, combine, doc_sections
 from convdoctor.rules.registry import RuleResults, RuleSet, load_rules, run_rules, select_rules
 
 
@@ -242,14 +251,17 @@ def measure_findings(
     for index in by_priority:
         finding = findings[index]
         spent = time.perf_counter() - started
+        left_s = None if options.time_budget_s is None else options.time_budget_s - spent
         earlier = by_transform.get(id(finding.candidate.transform)) if finding.candidate else None
         if earlier is not None:
             outcomes[index] = replace(earlier, finding=finding, same_candidate_as=earlier.finding.rule_id)
-        elif finding.candidate is None:
+        elif finding.larger_batches is not None and options.measure and (left_s is None or left_s > 0):
+            outcomes[index] = _try_larger_batches(workload, finding, options, progress, left_s)
+        elif finding.candidate is None and finding.larger_batches is None:
             outcomes[index] = FindingOutcome(finding, not_measured="this finding has no automatic candidate")
         elif not options.measure:
             outcomes[index] = FindingOutcome(finding, not_measured="measuring was turned off (--no-measure)")
-        elif options.time_budget_s is not None and spent >= options.time_budget_s:
+        elif left_s is not None and left_s <= 0:
             outcomes[index] = FindingOutcome(
                 finding, not_measured=f"the measuring time budget ({options.time_budget_s:g} s) ran out before "
                                       "this candidate; raise --time-budget to measure it")
@@ -322,7 +334,50 @@ def _try_candidate(
             torch.cuda.empty_cache()
         return FindingOutcome(finding, not_measured=f"the candidate failed: {describe_exception(exc)}")
     ok = result.numerics.within(candidate.tolerance)
-    return FindingOutcome(finding, measurement=result, numerics_ok=ok)
+    layers = [_try_layer(workload, trial, options, progress) for trial in candidate.layer_trials]
+    return FindingOutcome(finding, measurement=result, numerics_ok=ok, layer_measurements=layers)
+
+
+def _try_layer(workload: Workload, trial: LayerTrial, options: ProfileOptions, progress: Progress) -> LayerMeasurement:
+    """The trial's layer alone on random inputs of its recorded shape, before and after the trial's transform."""
+    progress.stage(f"measuring layer {trial.layer} alone: input {list(trial.input_shape)}")
+    try:
+        module = workload.model.get_submodule(trial.layer)
+        dtype = next((p.dtype for p in module.parameters() if p.is_floating_point()), torch.float32)
+        inputs = torch.randn(trial.input_shape, dtype=dtype, device=workload.device)
+        alone = replace(workload, model=module, inputs=inputs, source=f"{workload.source}:{trial.layer}",
+                        input_factory=None)
+        result = measure(alone, trial.transform(alone.copy()), options.benchmark, progress=progress.rounds)
+    except Exception as exc:  # the layer alone may fail where the model did not; the run goes on
+        return LayerMeasurement(trial.layer, trial.input_shape, None,
+                                not_measured=f"the layer trial failed: {describe_exception(exc)}")
+    return LayerMeasurement(trial.layer, trial.input_shape, result)
+
+
+def _try_larger_batches(
+    workload: Workload, finding: Finding, options: ProfileOptions, progress: Progress, left_s: float | None
+) -> FindingOutcome:
+    """Samples/s at larger batches against the workload's own batch (a workload change: never a plan step)."""
+    proposal = finding.larger_batches
+    assert proposal is not None
+    if workload.input_factory is None:
+        return FindingOutcome(finding, not_measured=(
+            "the model file gives no get_inputs(batch_size), so convdoctor cannot build larger batches; define "
+            "get_inputs(batch_size=...) in the model file to measure this"))
+    budget = proposal.budget_s if left_s is None else min(proposal.budget_s, left_s)
+    try:
+        sweep = sweep_batch_sizes(
+            workload, proposal.factors, options.benchmark, budget, progress.rounds,
+            before_each=lambda batch: progress.stage(
+                f"measuring {finding.rule_id} {finding.rule_name}: samples/s at batch {batch} vs "
+                f"{workload.batch_size}"))
+    except Exception as exc:  # the user's get_inputs or a larger batch may fail in any way; the run goes on
+        if workload.device.type == "cuda":
+            torch.cuda.empty_cache()
+        return FindingOutcome(finding, not_measured=f"the larger batch failed: {describe_exception(exc)}")
+    if not sweep.points:
+        return FindingOutcome(finding, not_measured=sweep.stopped)
+    return FindingOutcome(finding, throughput=sweep)
 
 
 def _summary(workload: Workload, options: ProfileOptions) -> WorkloadSummary:

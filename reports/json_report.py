@@ -6,7 +6,8 @@ import json
 import math
 from typing import Any
 
-from convdoctor.analyzer.benchmark import Measurement
+from convdoctor.analyzer.batch_sweep import BatchSweep
+from convdoctor.analyzer.benchmark import Measurement, ThroughputMeasurement
 from convdoctor.analyzer.conv_kernels import KernelShare, LayerKernels, layer_kernels
 from convdoctor.analyzer.layers import ConvLayer
 from convdoctor.analyzer.model_cost import ArchitectureDelta
@@ -164,6 +165,45 @@ def _outcome(outcome: FindingOutcome) -> dict[str, Any]:
         "not_measured": outcome.not_measured,
         "same_candidate_as": outcome.same_candidate_as,
         "architecture": None if outcome.architecture is None else _architecture(outcome.architecture),
+        "larger_batches": None if finding.larger_batches is None else {
+            "factors": list(finding.larger_batches.factors), "budget_s": finding.larger_batches.budget_s},
+        "throughput": None if outcome.throughput is None else _throughput(outcome.throughput),
+        "layer_measurements": [
+            {"layer": m.layer, "input_shape": list(m.input_shape), "not_measured": m.not_measured,
+             "measurement": None if m.measurement is None else _measurement(
+                 m.measurement, m.measurement.numerics.within(candidate.tolerance) if candidate else None,
+                 compares_outputs=True)}
+            for m in outcome.layer_measurements],
+    }
+
+
+def _throughput(sweep: BatchSweep) -> dict[str, Any]:
+    best = sweep.best
+    return {
+        "baseline_batch": sweep.baseline_batch,
+        "best_batch": None if best is None else best.batch_size,
+        "stopped": sweep.stopped,
+        "points": [_throughput_point(point) for point in sweep.points],
+    }
+
+
+def _throughput_point(point: ThroughputMeasurement) -> dict[str, Any]:
+    estimate = point.estimate
+    return {
+        "batch_size": point.batch_size,
+        "samples_per_s": point.samples_per_s,
+        "baseline_samples_per_s": point.baseline_samples_per_s,
+        "speedup": estimate.speedup,
+        "ci_low": estimate.ci_low,
+        "ci_high": estimate.ci_high,
+        "confidence": 0.95,
+        "verdict": estimate.verdict.value,
+        "rounds": point.rounds,
+        "warmup_steps": list(point.warmup_steps),
+        "threads": point.threads,
+        "timer": point.timer,
+        "other_cores_busy": point.other_cores_busy,
+        "machine_was_busy": point.machine_was_busy,
     }
 
 

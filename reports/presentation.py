@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from convdoctor.analyzer.benchmark import Measurement, Verdict
+from convdoctor.analyzer.batch_sweep import BatchSweep
+from convdoctor.analyzer.benchmark import Measurement, ThroughputMeasurement, Verdict
 from convdoctor.reports.report import FindingOutcome, Plan, Report
 
 
@@ -28,6 +29,8 @@ def headline(report: Report) -> str:
 
 def measured_result(outcome: FindingOutcome) -> str:
     """``1.23× faster (95% CI 1.10–1.35×)`` or ``no measurable difference (…)``, or why it was not measured."""
+    if outcome.throughput is not None:
+        return throughput_result(outcome.throughput)
     if outcome.measurement is None:
         return f"not measured: {outcome.not_measured}"
     shared = f" (the same candidate as {outcome.same_candidate_as}, measured once)" if outcome.same_candidate_as else ""
@@ -43,6 +46,40 @@ def speedup_text(measurement: Measurement) -> str:
     if e.verdict is Verdict.NO_DIFFERENCE:
         return f"no measurable difference ({e.speedup:.2f}×, 95% CI {interval}{busy})"
     return f"{e.speedup:.2f}× {e.verdict.value} (95% CI {interval}{busy})"
+
+
+def throughput_result(sweep: BatchSweep) -> str:
+    """``batch 8: 2.10× the samples/s of batch 1 (95% CI 1.9–2.3×)``, or that no larger batch was faster."""
+    best = sweep.best
+    if best is None:
+        tried = ", ".join(str(p.batch_size) for p in sweep.points)
+        return f"no larger batch ({tried}) was measurably faster per sample than batch {sweep.baseline_batch}"
+    return f"batch {best.batch_size}: {throughput_text(best)}"
+
+
+def throughput_text(point: ThroughputMeasurement) -> str:
+    """One batch size's samples/s against the baseline batch, with its interval, worded by its verdict."""
+    e = point.estimate
+    interval = f"95% CI {e.ci_low:.2f}–{e.ci_high:.2f}×"
+    busy = f"; other processes kept {point.other_cores_busy:.1f} cores busy" if point.machine_was_busy else ""
+    rates = f"{point.samples_per_s:.1f} vs {point.baseline_samples_per_s:.1f} samples/s"
+    if e.verdict is Verdict.NO_DIFFERENCE:
+        return f"no measurable difference in samples/s against batch {point.baseline_batch} ({rates}, " \
+               f"{e.speedup:.2f}×, {interval}{busy})"
+    word = "more" if e.verdict is Verdict.FASTER else "fewer"
+    return f"{e.speedup:.2f}× {word} samples/s than batch {point.baseline_batch} ({rates}, {interval}{busy})"
+
+
+def throughput_lines(sweep: BatchSweep) -> list[str]:
+    """One line per batch size tried, then why the sweep stopped."""
+    return [f"batch {p.batch_size}: {throughput_text(p)}" for p in sweep.points] + [f"stopped: {sweep.stopped}"]
+
+
+def layer_lines(outcome: FindingOutcome) -> list[str]:
+    """One line per layer measured alone: ``layer 1 alone, input [1, 32, 56, 56]: no measurable difference (…)``."""
+    return [f"layer {m.layer} alone, input {list(m.input_shape)}: "
+            + (speedup_text(m.measurement) if m.measurement is not None else f"not measured: {m.not_measured}")
+            for m in outcome.layer_measurements]
 
 
 def plan_lines(plan: Plan) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from convdoctor.analyzer.batch_sweep import BatchSweep
 from convdoctor.analyzer.benchmark import Measurement
 from convdoctor.analyzer.layers import ConvAnalysis
 from convdoctor.analyzer.model_cost import ArchitectureDelta
@@ -37,6 +38,18 @@ class FindingOutcome:
     numerics_ok: bool | None = None  # the candidate's output error within its declared tolerance
     architecture: ArchitectureDelta | None = None  # for an architecture change: FLOPs and params, before and after
     same_candidate_as: str | None = None  # the rule whose identical candidate this measurement was taken for
+    throughput: BatchSweep | None = None  # for a larger-batch proposal: samples/s at each batch size tried
+    layer_measurements: list[LayerMeasurement] = field(default_factory=list)  # the candidate's layer trials
+
+
+@dataclass(frozen=True)
+class LayerMeasurement:
+    """One layer alone, before and after the candidate's change, on random inputs of its recorded shape."""
+
+    layer: str
+    input_shape: tuple[int, ...]
+    measurement: Measurement | None
+    not_measured: str | None = None  # why not (the layer trial failed)
 
 
 @dataclass

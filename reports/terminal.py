@@ -10,9 +10,11 @@ from convdoctor.analyzer.roofline import LayerRoofline
 from convdoctor.reports.presentation import (
     architecture_note,
     headline,
+    layer_lines,
     measured_result,
     plan_lines,
     tensorboard_command,
+    throughput_lines,
 )
 from convdoctor.reports.report import Report
 
@@ -47,6 +49,11 @@ def render_summary(report: Report, html_path: str, json_path: str, overwrote: bo
         f = outcome.finding
         lines.append(f"{f.rule_id} {f.rule_name}: {f.message}")
         lines.append(f"  fix: {f.fix} -> {_colored(measured_result(outcome))}")
+        lines += [f"    {line}" for line in layer_lines(outcome)]
+        if outcome.throughput is not None:
+            lines += [f"    {line}" for line in throughput_lines(outcome.throughput)]
+            lines.append("    (a workload change, not a plan step: check that the larger batch fits your data "
+                         "and training)")
         if outcome.architecture is not None:
             lines.append(f"  {architecture_note(outcome)}")
         elif outcome.measurement is not None and outcome.numerics_ok is False:

@@ -62,6 +62,16 @@ class PlanStage(enum.IntEnum):
 
 
 @dataclass(frozen=True)
+class LayerTrial:
+    """One layer of a candidate measured on its own: the layer's module alone, on random inputs of the shape the
+    trace recorded for it, before and after ``transform`` (which sees the layer as the whole model, ``<model>``)."""
+
+    layer: str  # qualified module name in the workload's model
+    input_shape: tuple[int, ...]
+    transform: Callable[[Workload], Workload]
+
+
+@dataclass(frozen=True)
 class Candidate:
     """A transform of a copy of the workload that a finding proposes, and what it promises about numerics."""
 
@@ -71,6 +81,19 @@ class Candidate:
     tolerance: float = 0.0  # max relative error of outputs that still counts as the same model (unused for
     # an architecture change, whose outputs are not compared)
     stage: PlanStage = PlanStage.LAYOUT  # where it goes in a combined plan
+    layer_trials: tuple[LayerTrial, ...] = ()  # layers also measured alone, beside the whole model
+
+
+@dataclass(frozen=True)
+class LargerBatches:
+    """A finding's proposal to run the workload at larger batch sizes, measured in samples/s (not step time).
+
+    It changes the workload, not the model, so it is never a plan step. The pipeline builds the inputs with the
+    model file's ``get_inputs(batch_size)``; without it the proposal is reported unmeasured, saying how to enable it.
+    """
+
+    factors: tuple[int, ...] = (2, 4, 8, 16)  # multiples of the workload's batch, tried in growing order
+    budget_s: float = 60.0  # seconds for the whole sweep
 
 
 @dataclass
@@ -88,6 +111,7 @@ class Finding:
     evidence: dict[str, Any] = field(default_factory=dict)
     estimated_saving: float | None = None  # fraction of step time, when the trace bounds it
     candidate: Candidate | None = None
+    larger_batches: LargerBatches | None = None
 
 
 @runtime_checkable

@@ -11,9 +11,13 @@ from convdoctor.analyzer.layers import CONV_BACKWARD_NODE, CONV_OP, ConvAnalysis
 from convdoctor.analyzer.profile import EventKind, Kernel, Profile
 from convdoctor.analyzer.workload import Workload
 from convdoctor.rules.base import Candidate, Finding, NumericsContract, PlanStage, Requirement, Severity
-from convdoctor.rules.transforms import autocast
+from convdoctor.rules.transforms import autocast, backend_flags
 
 TOLERANCE = 2e-2  # max relative error of outputs (max |diff| / max |baseline|) that autocast may cause
+TF32_TOLERANCE = 1e-2  # TF32 keeps fp32's range with a 10-bit mantissa, like float16's
+TF32_SNIPPET = """\
+torch.backends.cuda.matmul.allow_tf32 = True  # Linear layers and matmuls (off by default)
+torch.backends.cudnn.allow_tf32 = True        # convolutions (on by default)"""
 
 TRAIN_SNIPPET = """\
 scaler = torch.amp.GradScaler("cuda")  # float16 needs loss scaling; with bfloat16 drop the scaler
@@ -93,7 +97,9 @@ scaler.step(optimizer)
 scaler.update()
 ```
 When autocast is not acceptable, TF32 on Ampere and newer is the smaller step: `torch.backends.cudnn.allow_tf32
-= True` (the default for convolutions) and `torch.backends.cuda.matmul.allow_tf32 = True`.
+= True` (the default for convolutions) and `torch.backends.cuda.matmul.allow_tf32 = True`. On sm_80+ with either
+switch off or not recorded, a second, info finding proposes exactly that as its own candidate (tolerance 1e-2),
+measured apart from autocast.
 
 ## Evidence
 The dtype of each conv layer (`Input type` of the conv operator), the layers' device time per step, the
@@ -162,6 +168,42 @@ baseline output magnitude).
                 numerics=NumericsContract.APPROXIMATE,
                 tolerance=TOLERANCE,
                 stage=PlanStage.WRAPPER,  # it wraps the whole model: after any module or layout change
+            ),
+        )
+        if major >= 8:
+            tf32 = self.tf32_finding(analysis, [layer.name for layer in fp32], share, device_name, capability)
+            if tf32 is not None:
+                yield tf32
+
+    def tf32_finding(self, analysis: ConvAnalysis, fp32_layers: list[str], share: float, device_name: str,
+                     capability: str) -> Finding | None:
+        """On Ampere or newer (sm_80+), fp32 with a TF32 switch not known to be on: TF32 as its own candidate."""
+        env = analysis.profile.environment
+        flags = {"cudnn_allow_tf32": env.get("cudnn_allow_tf32"), "matmul_allow_tf32": env.get("matmul_allow_tf32")}
+        off = [name for name, value in flags.items() if value is not True]
+        if not off:
+            return None
+        state = ", ".join(f"{name}={'unknown' if flags[name] is None else flags[name]}" for name in flags)
+        return Finding(
+            rule_id=self.id,
+            rule_name=self.name,
+            severity=Severity.INFO,
+            message=f"fp32 on {device_name} (sm_{capability.replace('.', '')}) with {state}: TF32 tensor cores "
+                    f"are the smaller step ({share:.0%} of the step in fp32 convs)",
+            fix="Allow TF32 for convolutions and matmuls",
+            advice=("On Ampere and newer, TF32 runs fp32 convolutions and matmuls on tensor cores with fp32's range "
+                    "and a 10-bit mantissa, with no change to the model or its dtypes: a smaller step than autocast."
+                    " cuDNN convolutions use it by default; matmuls (Linear) do not."),
+            snippet=TF32_SNIPPET,
+            layers=fp32_layers,
+            evidence={**flags, "compute_capability": capability, "device_name": device_name,
+                      "fp32_conv_share": share, "tolerance": TF32_TOLERANCE},
+            candidate=Candidate(
+                title="TF32 allowed for convolutions and matmuls",
+                transform=backend_flags(cudnn_allow_tf32=True, matmul_allow_tf32=True),
+                numerics=NumericsContract.APPROXIMATE,
+                tolerance=TF32_TOLERANCE,
+                stage=PlanStage.WRAPPER,
             ),
         )
 

@@ -119,3 +119,44 @@ class Compiled(nn.Module):
 def compiled(workload: Workload) -> Workload:
     """The workload with its model compiled by torch.compile (default settings)."""
     return replace(workload, model=Compiled(workload.model))
+
+
+BACKEND_FLAGS = {  # name -> (module, attribute) of the torch.backends switches a candidate may set
+    "cudnn_benchmark": (torch.backends.cudnn, "benchmark"),
+    "cudnn_allow_tf32": (torch.backends.cudnn, "allow_tf32"),
+    "matmul_allow_tf32": (torch.backends.cuda.matmul, "allow_tf32"),
+}
+
+
+class BackendFlags(nn.Module):
+    """Runs the wrapped model's forward with some ``torch.backends`` switches set, and puts them back after.
+
+    Only the forward runs inside: a backward started later from its outputs runs with the caller's switches.
+    """
+
+    def __init__(self, model: nn.Module, flags: dict[str, bool]) -> None:
+        super().__init__()
+        unknown = set(flags) - set(BACKEND_FLAGS)
+        if unknown:
+            raise ValueError(f"unknown backend flags {sorted(unknown)}; known: {sorted(BACKEND_FLAGS)}")
+        self.model = model
+        self.flags = dict(flags)
+
+    def forward(self, *args: object, **kwargs: object) -> object:
+        previous = {name: getattr(*BACKEND_FLAGS[name]) for name in self.flags}
+        for name, value in self.flags.items():
+            setattr(*BACKEND_FLAGS[name], value)
+        try:
+            return self.model(*args, **kwargs)
+        finally:
+            for name, value in previous.items():
+                setattr(*BACKEND_FLAGS[name], value)
+
+
+def backend_flags(**flags: bool) -> Callable[[Workload], Workload]:
+    """A transform that runs the model's forward with the named ``torch.backends`` switches set (BACKEND_FLAGS)."""
+
+    def transform(workload: Workload) -> Workload:
+        return replace(workload, model=BackendFlags(workload.model, flags))
+
+    return transform

@@ -494,7 +494,7 @@ def test_mutated_top_level_analyzes_or_raises_trace_error(base: str, data: st.Da
         env = dict(trace["convdoctor"]) if isinstance(trace.get("convdoctor"), dict) else {}
         keys = ["mode", "threads", "available_cores", "device", "device_name", "batch_size", "dtype",
                 "cudnn_benchmark", "cudnn_allow_tf32", "matmul_allow_tf32", "torch_version", "mkldnn_enabled",
-                *PEAK_KEYS]
+                "cpu_capability", *PEAK_KEYS]
         for key in data.draw(st.lists(st.sampled_from(keys), min_size=1, max_size=4)):
             value = st.one_of(WEIRD, st.sampled_from(["train", "eval", "cuda", "cpu", "cuda:0", "measured",
                                                       "datasheet", "float32", "Tesla V100-DGXS-32GB"]))

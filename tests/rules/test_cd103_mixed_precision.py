@@ -13,7 +13,7 @@ from conftest import EXAMPLES, SHARED_TRACES, capture_analysis
 from convdoctor.analyzer.benchmark import compare_first_step
 from convdoctor.analyzer.layers import analyze_convs
 from convdoctor.analyzer.trace import load_profile
-from convdoctor.analyzer.workload import load_workload
+from convdoctor.analyzer.workload import load_workload, workload_from
 from convdoctor.rules.base import NumericsContract, PlanStage
 from convdoctor.rules.cd103_mixed_precision import MixedPrecisionRule, mixed_precision_dtype
 from convdoctor.rules.registry import run_rules
@@ -86,3 +86,20 @@ def test_dtype_falls_back_to_the_traces_capability_without_cuda():
     assert mixed_precision_dtype(torch.device("cuda"), 8) is torch.bfloat16
     assert mixed_precision_dtype(torch.device("cuda"), None) is torch.float16
     assert mixed_precision_dtype(torch.device("cpu"), 7) is torch.bfloat16
+
+
+def test_no_tf32_candidate_on_a_v100(resnet50):
+    findings = list(MixedPrecisionRule().check(resnet50))
+    assert [f.fix for f in findings] == [findings[0].fix] and "TF32" not in findings[0].fix  # sm_70: no TF32
+
+
+def test_tf32_candidate_for_sm80_when_the_switches_are_not_recorded(resnet50):
+    """The TF32 finding's decision on the real V100 trace's facts, as if its GPU were sm_80 (no sm_80 conv trace
+    is available): the trace records neither switch, so both count as not known to be on."""
+    layers = [layer.name for layer in resnet50.layers]
+    finding = MixedPrecisionRule().tf32_finding(resnet50, layers, 0.5, "A100", "8.0")
+    assert finding is not None and finding.evidence["cudnn_allow_tf32"] is None
+    assert finding.candidate.numerics is NumericsContract.APPROXIMATE and finding.candidate.stage is PlanStage.WRAPPER
+    assert "cudnn_allow_tf32=unknown" in finding.message and "allow_tf32 = True" in finding.snippet
+    wrapped = finding.candidate.transform(workload_from(torch.nn.Linear(2, 2), torch.ones(1, 2), device="cpu"))
+    assert wrapped.model.flags == {"cudnn_allow_tf32": True, "matmul_allow_tf32": True}
