@@ -114,6 +114,22 @@ def environment(workload: Workload) -> dict[str, Any]:
         "cudnn_deterministic": torch.backends.cudnn.deterministic,
         "mkldnn_enabled": torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled,
         **environment_peaks(device, workload.dtype),
+        **_ddp_environment(workload),
+    }
+
+
+def _ddp_environment(workload: Workload) -> dict[str, Any]:
+    """The job's shape and DistributedDataParallel settings, for a workload that runs in a worker of a job."""
+    if workload.ddp is None or not torch.distributed.is_initialized():
+        return {}
+    return {
+        "rank": torch.distributed.get_rank(),
+        "world_size": torch.distributed.get_world_size(),
+        "backend": str(torch.distributed.get_backend()),
+        "ddp_bucket_cap_mb": workload.ddp.bucket_cap_mb,
+        "ddp_gradient_as_bucket_view": workload.ddp.gradient_as_bucket_view,
+        "ddp_static_graph": workload.ddp.static_graph,
+        "ddp_find_unused_parameters": workload.ddp.find_unused_parameters,
     }
 
 
@@ -124,8 +140,11 @@ def _metadata_json(values: dict[str, Any]) -> str:
     return json.dumps(clean, ensure_ascii=False)
 
 
-def capture(workload: Workload, logdir: Path, run_name: str, *, steps: int = 3) -> list[Path]:
+def capture(workload: Workload, logdir: Path, run_name: str, *, steps: int = 3, worker_name: str = "worker0"
+            ) -> list[Path]:
     """Profile ``steps`` steps of a copy of the workload; return the trace files written under logdir/run_name.
+
+    ``worker_name`` starts each trace file's name (TensorBoard's worker); a rank of a job puts its rank in it.
 
     Traces are written to a scratch folder first and moved into place only when the capture succeeded,
     so a failed capture leaves the previous traces of the run as they were.
@@ -140,7 +159,7 @@ def capture(workload: Workload, logdir: Path, run_name: str, *, steps: int = 3) 
     try:
         recorded = _metadata_json(environment(run))  # before the profiler starts: measuring peaks is no part of a step
         sched = schedule(wait=WAIT_STEPS, warmup=WARMUP_STEPS, active=steps, repeat=1)
-        handler = tensorboard_trace_handler(str(scratch), worker_name="worker0")
+        handler = tensorboard_trace_handler(str(scratch), worker_name=worker_name)
         with _quiet_profiler(), ModuleScopes(run.model), profile(
             activities=activities, schedule=sched, on_trace_ready=handler, record_shapes=True
         ) as profiler:

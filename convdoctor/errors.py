@@ -27,3 +27,7 @@ class OutputDirError(ConvDoctorError):
 
 class ReportError(ConvDoctorError):
     """A report.json to compare is missing, unreadable, or not a convdoctor report."""
+
+
+class JobError(ConvDoctorError):
+    """A data-parallel job (--nproc) cannot start, or one of its workers failed."""
