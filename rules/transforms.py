@@ -119,3 +119,11 @@ class Compiled(nn.Module):
 def compiled(workload: Workload) -> Workload:
     """The workload with its model compiled by torch.compile (default settings)."""
     return replace(workload, model=Compiled(workload.model))
+
+
+def with_ddp(workload: Workload, **changes: object) -> Workload:
+    """The workload of a rank of a job with other DistributedDataParallel settings (use through functools.partial,
+    which pickles: a job's workers receive the candidate)."""
+    if workload.ddp is None:
+        raise ValueError("DDP settings apply to a rank of a data-parallel job (profile --nproc N)")
+    return replace(workload, ddp=replace(workload.ddp, **changes))
