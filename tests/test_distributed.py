@@ -65,7 +65,7 @@ def test_the_rank_that_sleeps_in_its_forward_is_the_straggler(slow_rank_job):
     rank0, rank1 = job["ranks"]
     assert rank0["exposed_comm_ms"] > rank1["exposed_comm_ms"] + 75
     assert "rank 1 is the straggler" in job["verdict"]
-    assert any(f["rule_id"] == "CD119" and "rank 1" in f["message"] for f in report["findings"])
+    assert any(f["rule_id"] == "CD203" and "rank 1" in f["message"] for f in report["findings"])
 
 
 def test_a_worker_that_raises_fails_the_run_in_one_line_and_leaves_no_process(tmp_path: Path):

@@ -1,7 +1,7 @@
-"""CD117 on a real 2-rank job: rank 0 waits for a sleeping rank 1, which is not communication cost; and on one rank
+"""CD201 on a real 2-rank job: rank 0 waits for a sleeping rank 1, which is not communication cost; and on one rank
 read alone, whose allreduce (the one bucket of a tiny model) overlaps no compute."""
 
-from convdoctor.rules.cd117_ddp_bucket_overlap import DdpBucketOverlapRule
+from convdoctor.rules.cd201_ddp_bucket_overlap import DdpBucketOverlapRule
 from tests.conftest import job_analyses
 
 

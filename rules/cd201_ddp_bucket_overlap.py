@@ -1,4 +1,4 @@
-"""CD117 ddp-bucket-overlap: DDP's gradient allreduce runs after the backward instead of during it."""
+"""CD201 ddp-bucket-overlap: DDP's gradient allreduce runs after the backward instead of during it."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ MIB = 2**20
 class DdpBucketOverlapRule:
     """Exposed allreduce time in a DDP job: few, large buckets that start only when the backward ends."""
 
-    id = "CD117"
+    id = "CD201"
     name = "ddp-bucket-overlap"
     summary = "DDP's gradient allreduce overlaps little of the backward; smaller buckets start it earlier"
     severity = Severity.WARNING

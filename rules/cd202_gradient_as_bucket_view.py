@@ -1,4 +1,4 @@
-"""CD118 gradient-as-bucket-view: DDP copies every gradient into its bucket and back, each step."""
+"""CD202 gradient-as-bucket-view: DDP copies every gradient into its bucket and back, each step."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from convdoctor.rules.transforms import with_ddp
 class GradientAsBucketViewRule:
     """Time in DDP's gradient copies, which gradient_as_bucket_view=True removes."""
 
-    id = "CD118"
+    id = "CD202"
     name = "gradient-as-bucket-view"
     summary = "DDP copies gradients between .grad and its buckets; gradient_as_bucket_view=True avoids the copies"
     severity = Severity.INFO

@@ -1,4 +1,4 @@
-"""CD120 ddp-static-graph: DDP searches the autograd graph for unused parameters, or cannot assume a static one."""
+"""CD204 ddp-static-graph: DDP searches the autograd graph for unused parameters, or cannot assume a static one."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from convdoctor.rules.transforms import with_ddp
 class DdpStaticGraphRule:
     """A DDP job run without static_graph, or with find_unused_parameters: overhead every step, measured."""
 
-    id = "CD120"
+    id = "CD204"
     name = "ddp-static-graph"
     summary = "DDP runs without static_graph=True (or with find_unused_parameters); a fixed graph needs neither"
     severity = Severity.INFO

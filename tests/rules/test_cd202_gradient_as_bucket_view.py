@@ -1,8 +1,8 @@
-"""CD118 on a real 2-rank job's trace (DDP's default copies), and silent where the trace says the view is on."""
+"""CD202 on a real 2-rank job's trace (DDP's default copies), and silent where the trace says the view is on."""
 
 import pickle
 
-from convdoctor.rules.cd118_gradient_as_bucket_view import GradientAsBucketViewRule
+from convdoctor.rules.cd202_gradient_as_bucket_view import GradientAsBucketViewRule
 from tests.conftest import job_analyses
 
 

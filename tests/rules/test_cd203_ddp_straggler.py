@@ -1,6 +1,6 @@
-"""CD119 on a real 2-rank job whose rank 1 sleeps in its forward, and on the same traces without the job view."""
+"""CD203 on a real 2-rank job whose rank 1 sleeps in its forward, and on the same traces without the job view."""
 
-from convdoctor.rules.cd119_ddp_straggler import DdpStragglerRule
+from convdoctor.rules.cd203_ddp_straggler import DdpStragglerRule
 from tests.conftest import job_analyses
 
 

@@ -1,6 +1,6 @@
-"""CD120 on a real 2-rank job's trace (DDP defaults recorded), and silent on a single-device trace."""
+"""CD204 on a real 2-rank job's trace (DDP defaults recorded), and silent on a single-device trace."""
 
-from convdoctor.rules.cd120_ddp_static_graph import DdpStaticGraphRule
+from convdoctor.rules.cd204_ddp_static_graph import DdpStaticGraphRule
 from tests.conftest import SHARED_TRACES, job_analyses
 
 

@@ -1,4 +1,4 @@
-"""CD119 ddp-straggler: one rank of a data-parallel job is slower than the others in every step."""
+"""CD203 ddp-straggler: one rank of a data-parallel job is slower than the others in every step."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ sampler = DistributedSampler(dataset, drop_last=True)  # equal shards
 class DdpStragglerRule:
     """The slowest rank of a job in every profiled step, and where its extra time went."""
 
-    id = "CD119"
+    id = "CD203"
     name = "ddp-straggler"
     summary = "One rank works longer than the others every step; they all wait for it in the allreduce"
     severity = Severity.WARNING
