@@ -122,6 +122,22 @@ def environment(workload: Workload) -> dict[str, Any]:
         "mkldnn_enabled": torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # the vector ISA ATen/oneDNN kernels use
         **environment_peaks(device, workload.dtype),
+        **_ddp_environment(workload),
+    }
+
+
+def _ddp_environment(workload: Workload) -> dict[str, Any]:
+    """The job's shape and DistributedDataParallel settings, for a workload that runs in a worker of a job."""
+    if workload.ddp is None or not torch.distributed.is_initialized():
+        return {}
+    return {
+        "rank": torch.distributed.get_rank(),
+        "world_size": torch.distributed.get_world_size(),
+        "backend": str(torch.distributed.get_backend()),
+        "ddp_bucket_cap_mb": workload.ddp.bucket_cap_mb,
+        "ddp_gradient_as_bucket_view": workload.ddp.gradient_as_bucket_view,
+        "ddp_static_graph": workload.ddp.static_graph,
+        "ddp_find_unused_parameters": workload.ddp.find_unused_parameters,
     }
 
 
@@ -166,8 +182,11 @@ class PendingTraces:
         return _set_aside(self.scratch, self.target)
 
 
-def record(workload: Workload, logdir: Path, run_name: str, *, steps: int = 3) -> PendingTraces:
+def record(workload: Workload, logdir: Path, run_name: str, *, steps: int = 3, worker_name: str = "worker0"
+           ) -> PendingTraces:
     """Profile ``steps`` steps of a copy of the workload into a scratch folder under ``logdir``.
+
+    ``worker_name`` starts each trace file's name (TensorBoard's worker); a rank of a job puts its rank in it.
 
     Nothing under ``logdir/run_name`` changes until the result is published. A capture that fails or is
     interrupted leaves what the profiler had written set aside as interrupted (see PendingTraces).
@@ -183,7 +202,7 @@ def record(workload: Workload, logdir: Path, run_name: str, *, steps: int = 3) -
     try:
         recorded = _metadata_json(environment(run))  # before the profiler starts: measuring peaks is no part of a step
         sched = schedule(wait=WAIT_STEPS, warmup=WARMUP_STEPS, active=steps, repeat=1)
-        handler = tensorboard_trace_handler(str(scratch), worker_name="worker0")
+        handler = tensorboard_trace_handler(str(scratch), worker_name=worker_name)
         with _quiet_profiler(), ModuleScopes(run.model), profile(
             activities=activities, schedule=sched, on_trace_ready=handler, record_shapes=True
         ) as profiler:
@@ -201,9 +220,10 @@ def record(workload: Workload, logdir: Path, run_name: str, *, steps: int = 3) -
     return PendingTraces(scratch=scratch, target=target, names=written)
 
 
-def capture(workload: Workload, logdir: Path, run_name: str, *, steps: int = 3) -> list[Path]:
+def capture(workload: Workload, logdir: Path, run_name: str, *, steps: int = 3, worker_name: str = "worker0"
+            ) -> list[Path]:
     """Profile ``steps`` steps of a copy of the workload; return the trace files written under logdir/run_name."""
-    return record(workload, logdir, run_name, steps=steps).publish()
+    return record(workload, logdir, run_name, steps=steps, worker_name=worker_name).publish()
 
 
 def _set_aside(scratch: Path, target: Path) -> Path | None:

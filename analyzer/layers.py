@@ -8,9 +8,12 @@ import math
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from convdoctor.analyzer.profile import EventKind, Kernel, Op, Profile
+
+if TYPE_CHECKING:
+    from convdoctor.analyzer.job_view import JobView
 
 CONV_OP = re.compile(
     r"^aten::(?!\w*backward)(conv[123]d|conv_transpose[123]d|_?convolution|_convolution_mode|cudnn_convolution\w*|"
@@ -130,6 +133,7 @@ class ConvAnalysis:
     time_basis: TimeBasis
     step_time_us: float
     notes: list[str] = field(default_factory=list)  # what could not be computed, and why
+    job: JobView | None = None  # set for one rank of a data-parallel job: what all its ranks' traces say
 
     @property
     def conv_time_us(self) -> float:

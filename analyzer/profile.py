@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 from convdoctor.analyzer.module_scope import ModuleScope
 
 if TYPE_CHECKING:
+    from convdoctor.analyzer.communication import CommView
     from convdoctor.analyzer.gpu_timeline import GpuTimeline
 
 
@@ -163,6 +164,13 @@ class Profile:
         from convdoctor.analyzer.gpu_timeline import gpu_timeline
 
         return gpu_timeline(self)
+
+    @cached_property
+    def communication(self) -> CommView | None:
+        """Collective communication per step and its overlap with compute; None when the trace has none."""
+        from convdoctor.analyzer.communication import communication
+
+        return communication(self)
 
     @property
     def has_module_scopes(self) -> bool:

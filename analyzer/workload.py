@@ -37,8 +37,34 @@ class Mode(str, enum.Enum):
 
 
 @dataclass(frozen=True)
+class DdpSettings:
+    """How each step wraps the model in DistributedDataParallel (defaults are DDP's own), in a worker of a job.
+
+    The process group must be initialized before a step is made.
+    """
+
+    bucket_cap_mb: float | None = None  # None: DDP's default (25 MiB, and 1 MiB for the first bucket)
+    gradient_as_bucket_view: bool = False
+    static_graph: bool = False
+    find_unused_parameters: bool = False
+
+    def wrap(self, model: nn.Module, device: torch.device) -> nn.Module:
+        from torch.nn.parallel import DistributedDataParallel
+
+        device_ids = [device.index] if device.type == "cuda" and device.index is not None else None
+        bucket = {} if self.bucket_cap_mb is None else {"bucket_cap_mb": self.bucket_cap_mb}
+        return DistributedDataParallel(
+            model, device_ids=device_ids, gradient_as_bucket_view=self.gradient_as_bucket_view,
+            static_graph=self.static_graph, find_unused_parameters=self.find_unused_parameters, **bucket)
+
+
+@dataclass(frozen=True)
 class Workload:
-    """A model with its example inputs on a device, and what one step of it runs."""
+    """A model with its example inputs on a device, and what one step of it runs.
+
+    With ``ddp`` set, each step (``make_step``) runs the model wrapped in DistributedDataParallel: the model
+    itself stays the plain module, so that copies and transforms work on it as on one device.
+    """
 
     model: nn.Module
     inputs: Inputs
@@ -46,6 +72,7 @@ class Workload:
     mode: Mode
     source: str = "<python>"
     input_factory: Callable[[int], Inputs] | None = None  # the model file's get_inputs(batch_size), when it has one
+    ddp: DdpSettings | None = None
 
     @property
     def batch_size(self) -> int | None:
@@ -117,6 +144,8 @@ def make_step(workload: Workload) -> Callable[[], Any]:
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=1e-3) if params else None
+    if workload.ddp is not None:
+        model = workload.ddp.wrap(model, workload.device)
 
     def train_step() -> Any:
         output = call_model(model, inputs)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-import time
+import pickle
+import shutil
 import tempfile
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -15,16 +17,19 @@ from torch import nn
 
 import convdoctor
 from convdoctor.analyzer.batch_sweep import sweep_batch_sizes
-from convdoctor.analyzer.benchmark import BenchmarkSettings, Verdict, measure
+from convdoctor.analyzer.benchmark import BenchmarkSettings, Measurement, Verdict, measure
 from convdoctor.analyzer.capture import check_fits, environment, record
+from convdoctor.analyzer.job_tasks import CaptureTask, MeasureTask
+from convdoctor.analyzer.job_view import job_view
+from convdoctor.analyzer.launch import JobSpec, run_job
 from convdoctor.analyzer.layers import ConvAnalysis, analyze_convs
 from convdoctor.analyzer.model_cost import ArchitectureDelta, model_cost
 from convdoctor.analyzer.roofline import analyze_roofline
 from convdoctor.analyzer.trace import TRACE_SUFFIXES, find_traces, load_profile
 from convdoctor.analyzer.workload import (
-    Inputs, Workload, describe_exception, load_workload, time_limit, workload_from,
+    Inputs, Workload, describe_exception, load_workload, resolve_device, time_limit, workload_from,
 )
-from convdoctor.errors import ModelTimeoutError, OutputDirError, ReportError, TraceError
+from convdoctor.errors import JobError, ModelTimeoutError, OutputDirError, ReportError, TraceError
 from convdoctor.reports.files import write_atomically
 from convdoctor.reports.html_report import render_html
 from convdoctor.reports.json_report import report_to_dict, report_to_json
@@ -37,7 +42,7 @@ from convdoctor.reports.report import (
     WorkloadSummary,
     trace_summary,
 )
-from convdoctor.rules.base import Finding, LayerTrial, NumericsContract, Rule, combine, doc_sections
+from convdoctor.rules.base import Candidate, Finding, LayerTrial, NumericsContract, Rule, combine, doc_sections
 from convdoctor.rules.registry import RuleResults, RuleSet, load_rules, run_rules, select_rules
 
 
@@ -71,6 +76,8 @@ class ProfileOptions:
     measure: bool = True
     time_budget_s: float | None = None  # for the whole measuring phase; None: measure every candidate
     timeout_s: float | None = 300.0  # loading the model file, its first step, the capture, one candidate's trial
+    nproc: int = 1  # above 1: a data-parallel job of this many workers (DDP under PyTorch's elastic launcher)
+    backend: str | None = None  # the job's process-group backend; None: nccl on CUDA, gloo on the CPU
     select: tuple[str, ...] = ()  # rule ids/prefixes/names to run (all when empty)
     ignore: tuple[str, ...] = ()
     benchmark: BenchmarkSettings = field(default_factory=BenchmarkSettings)
@@ -94,6 +101,8 @@ def profile_file(
     path = Path(path)
     out_dir = options.out_dir or Path("convdoctor-out") / path.stem
     files = _prepare_out_dir(out_dir)
+    if options.nproc > 1:
+        return _run_job(path, options, files, progress), files
     progress.stage(f"loading {path}")
     with time_limit(options.timeout_s, f"loading {path}"):
         workload = load_workload(path, device=options.device, mode=options.mode, batch_size=options.batch_size)
@@ -105,6 +114,8 @@ def profile(
     progress: Progress = SilentProgress(),
 ) -> tuple[Report, ReportFiles]:
     """Profile a model object on example inputs; neither is modified."""
+    if options.nproc > 1:
+        raise JobError("nproc above 1 needs a model file that every worker imports: use profile_file()")
     out_dir = options.out_dir or Path("convdoctor-out") / type(model).__name__
     files = _prepare_out_dir(out_dir)
     workload = workload_from(model, inputs, device=options.device, mode=options.mode,
@@ -237,13 +248,49 @@ def _write(report: Report, files: ReportFiles) -> None:
     write_atomically(files.html, render_html(report))
 
 
+class Trial(Protocol):
+    """Measures the baseline against candidates applied together: in this process, or as a whole job."""
+
+    def __call__(self, candidates: list[Candidate], limit: TimeLimit) -> tuple[Measurement, ArchitectureDelta | None]:
+        ...
+
+
+TimeLimit = tuple[float | None, str]  # seconds (None: no limit), and which option set them
+CANDIDATE_TIMEOUT_ADVICE = "it was stopped and the run went on; raise --timeout or --time-budget to let it finish"
+
+
+class LocalTrial:
+    """Baseline against candidate in this process (``benchmark.measure``), stopped when its time limit passes."""
+
+    def __init__(self, workload: Workload, options: ProfileOptions, progress: Progress) -> None:
+        self.workload, self.options, self.progress = workload, options, progress
+
+    def __call__(self, candidates: list[Candidate], limit: TimeLimit) -> tuple[Measurement, ArchitectureDelta | None]:
+        candidate = candidates[0] if len(candidates) == 1 else combine(candidates)
+        seconds, limit_name = limit
+        try:
+            with time_limit(seconds, f"this trial ({limit_name})", advice=CANDIDATE_TIMEOUT_ADVICE):
+                trial = candidate.transform(self.workload.copy())
+                result = measure(self.workload, trial, self.options.benchmark, progress=self.progress.rounds)
+        except Exception:
+            if self.workload.device.type == "cuda":
+                torch.cuda.empty_cache()
+            raise
+        if candidate.numerics is NumericsContract.ARCHITECTURE:
+            return result, ArchitectureDelta(before=model_cost(self.workload), after=model_cost(trial))
+        return result, None
+
+
 def measure_findings(
-    workload: Workload, findings: list[Finding], options: ProfileOptions, progress: Progress
+    target: Workload | Trial, findings: list[Finding], options: ProfileOptions, progress: Progress
 ) -> list[FindingOutcome]:
     """Try each finding's candidate, the largest estimated saving first, until the time budget runs out.
 
-    Outcomes come back in the order of ``findings``.
+    ``target`` is the workload (measured in this process) or a Trial (a whole job). Outcomes come back in the order
+    of ``findings``.
     """
+    workload = target if isinstance(target, Workload) else None
+    trial = LocalTrial(target, options, progress) if isinstance(target, Workload) else target
     started = time.perf_counter()
     by_priority = sorted(range(len(findings)), key=lambda i: -(findings[i].estimated_saving or 0.0))
     outcomes: dict[int, FindingOutcome] = {}
@@ -255,6 +302,8 @@ def measure_findings(
         earlier = by_transform.get(id(finding.candidate.transform)) if finding.candidate else None
         if earlier is not None:
             outcomes[index] = replace(earlier, finding=finding, same_candidate_as=earlier.finding.rule_id)
+        elif finding.larger_batches is not None and workload is None:
+            outcomes[index] = FindingOutcome(finding, not_measured="larger batches are not measured under --nproc")
         elif finding.larger_batches is not None and options.measure and (left_s is None or left_s > 0):
             outcomes[index] = _try_larger_batches(workload, finding, options, progress, left_s)
         elif finding.candidate is None and finding.larger_batches is None:
@@ -267,14 +316,11 @@ def measure_findings(
                                       "this candidate; raise --time-budget to measure it")
         else:
             outcomes[index] = by_transform[id(finding.candidate.transform)] = _try_candidate(
-                workload, finding, options, progress, _candidate_limit(options, spent))
+                trial, workload, finding, options, progress, _candidate_limit(options, spent))
     return [outcomes[i] for i in range(len(findings))]
 
 
-CANDIDATE_TIMEOUT_ADVICE = "it was stopped and the run went on; raise --timeout or --time-budget to let it finish"
-
-
-def _candidate_limit(options: ProfileOptions, spent_s: float) -> tuple[float | None, str]:
+def _candidate_limit(options: ProfileOptions, spent_s: float) -> TimeLimit:
     """How long the next candidate may take: --timeout, or what is left of --time-budget if that is less."""
     if options.time_budget_s is not None:
         left = options.time_budget_s - spent_s
@@ -284,12 +330,13 @@ def _candidate_limit(options: ProfileOptions, spent_s: float) -> tuple[float | N
 
 
 def build_plan(
-    workload: Workload, outcomes: list[FindingOutcome], options: ProfileOptions, progress: Progress
+    target: Workload | Trial, outcomes: list[FindingOutcome], options: ProfileOptions, progress: Progress
 ) -> Plan | None:
     """Combine every accepted candidate into one and measure it: speedups do not multiply.
 
     Accepted: measured faster, numerics within tolerance, and not an architecture change (no retraining).
     """
+    trial = LocalTrial(target, options, progress) if isinstance(target, Workload) else target
     accepted = [o for o in outcomes if o.measurement is not None and o.numerics_ok and o.same_candidate_as is None
                 and o.measurement.estimate.verdict is Verdict.FASTER and o.architecture is None]
     if not accepted:
@@ -299,43 +346,46 @@ def build_plan(
         only = steps[0]
         return Plan(steps=steps, measurement=only.measurement, numerics_ok=only.numerics_ok,
                     tolerance=only.finding.candidate.tolerance)
-    combined = combine([o.finding.candidate for o in steps])
+    candidates = [o.finding.candidate for o in steps]
+    combined = combine(candidates)
     progress.stage(f"measuring the combined plan: {combined.title}")
     try:
-        with time_limit(options.timeout_s, "the combined plan's trial (--timeout)", advice=CANDIDATE_TIMEOUT_ADVICE):
-            result = measure(workload, combined.transform(workload.copy()), options.benchmark,
-                             progress=progress.rounds)
+        result, _ = trial(candidates, (options.timeout_s, "--timeout"))
     except Exception as exc:  # the combination may fail where each step alone did not
         return Plan(steps=steps, tolerance=combined.tolerance,
-                    not_measured=f"the combined candidate failed: {describe_exception(exc)}")
+                    not_measured=f"the combined candidate failed: {_failure(exc)}")
     return Plan(steps=steps, measurement=result, numerics_ok=result.numerics.within(combined.tolerance),
                 tolerance=combined.tolerance)
 
 
 def _try_candidate(
-    workload: Workload, finding: Finding, options: ProfileOptions, progress: Progress,
-    limit: tuple[float | None, str],
+    trial: Trial, workload: Workload | None, finding: Finding, options: ProfileOptions, progress: Progress,
+    limit: TimeLimit,
 ) -> FindingOutcome:
+    """Measure one finding's candidate; ``workload`` (None in a job) also lets it measure single layers."""
     candidate = finding.candidate
     assert candidate is not None
     progress.stage(f"measuring {finding.rule_id} {finding.rule_name}: baseline vs {candidate.title}")
-    seconds, limit_name = limit
     try:
-        with time_limit(seconds, f"this candidate's trial ({limit_name})", advice=CANDIDATE_TIMEOUT_ADVICE):
-            trial = candidate.transform(workload.copy())
-            result = measure(workload, trial, options.benchmark, progress=progress.rounds)
-        if candidate.numerics is NumericsContract.ARCHITECTURE:
-            delta = ArchitectureDelta(before=model_cost(workload), after=model_cost(trial))
-            return FindingOutcome(finding, measurement=result, architecture=delta)
-    except ModelTimeoutError as exc:
+        result, delta = trial([candidate], limit)
+    except (ModelTimeoutError, NotSendable) as exc:
         return FindingOutcome(finding, not_measured=str(exc))
     except Exception as exc:  # a candidate may fail in any way (OOM included); the run goes on
-        if workload.device.type == "cuda":
-            torch.cuda.empty_cache()
-        return FindingOutcome(finding, not_measured=f"the candidate failed: {describe_exception(exc)}")
+        return FindingOutcome(finding, not_measured=f"the candidate failed: {_failure(exc)}")
+    if delta is not None:
+        return FindingOutcome(finding, measurement=result, architecture=delta)
     ok = result.numerics.within(candidate.tolerance)
-    layers = [_try_layer(workload, trial, options, progress) for trial in candidate.layer_trials]
+    layers = [_try_layer(workload, layer, options, progress) for layer in candidate.layer_trials] if workload else []
     return FindingOutcome(finding, measurement=result, numerics_ok=ok, layer_measurements=layers)
+
+
+def _failure(exc: Exception) -> str:
+    """A failed trial in one line: a job's error line is already one."""
+    return str(exc) if isinstance(exc, (JobError, NotSendable)) else describe_exception(exc)
+
+
+class NotSendable(Exception):
+    """A candidate that cannot be sent to a job's workers (its transform does not pickle)."""
 
 
 def _try_layer(workload: Workload, trial: LayerTrial, options: ProfileOptions, progress: Progress) -> LayerMeasurement:
@@ -378,6 +428,68 @@ def _try_larger_batches(
     if not sweep.points:
         return FindingOutcome(finding, not_measured=sweep.stopped)
     return FindingOutcome(finding, throughput=sweep)
+
+
+class JobTrial:
+    """Baseline against candidates as a whole data-parallel job: one launch per trial (``job_tasks.measure_job``)."""
+
+    def __init__(self, spec: JobSpec, options: ProfileOptions) -> None:
+        self.spec, self.options = spec, options
+
+    def __call__(self, candidates: list[Candidate], limit: TimeLimit) -> tuple[Measurement, ArchitectureDelta | None]:
+        """``limit`` is not applied: a job trial runs a fixed warm-up and number of rounds."""
+        try:
+            pickle.dumps(candidates)
+        except Exception as exc:  # closures and local classes do not pickle
+            raise NotSendable("not measured under --nproc: its transform cannot be sent to the job's workers "
+                              "(it does not pickle); profile without --nproc to measure it") from exc
+        return run_job(self.spec, MeasureTask(tuple(candidates), self.options.benchmark))[0]
+
+
+def _run_job(path: Path, options: ProfileOptions, files: ReportFiles, progress: Progress) -> Report:
+    """Profile a data-parallel job: capture every rank, analyze each, report rank 0 with the job's view."""
+    if options.mode != "train":
+        raise JobError("--nproc needs --mode train: DistributedDataParallel communicates only in training "
+                       "(the gradient allreduce); profile inference on one device, without --nproc")
+    device = resolve_device(options.device).type
+    backend = options.backend or ("nccl" if device == "cuda" else "gloo")
+    spec = JobSpec(str(path), device, options.mode, options.batch_size, options.nproc, backend)
+    run_name = f"{path.stem}-train-{device}-{options.nproc}ranks"
+    progress.stage(f"launching {options.nproc} workers (torch elastic launcher, DistributedDataParallel, {backend}) "
+                   f"to capture {options.steps} train steps on every rank")
+    traces = _capture_job(spec, files.logdir, run_name, options.steps)
+    progress.stage(f"analyzing {len(traces)} rank traces")
+    analyses = [analyze_convs(load_profile(trace)) for trace in traces]
+    main = analyses[0]
+    main.job = job_view(analyses)
+    rule_set = load_rules()
+    results = run_rules(select_rules(rule_set.rules, options.select, options.ignore), main)
+    trial = JobTrial(spec, options)
+    outcomes = measure_findings(trial, results.findings, options, progress)
+    summary = replace(trace_summary(main, traces[0]), model_file=str(path), steps=options.steps)
+    report = _report(main, summary, outcomes, traces, files.logdir, results, rule_set)
+    report.plan = build_plan(trial, outcomes, options, progress)
+    _write(report, files)
+    return report
+
+
+def _capture_job(spec: JobSpec, logdir: Path, run_name: str, steps: int) -> list[Path]:
+    """Every rank's traces in ``logdir/run_name``, rank order; a failed job leaves the previous traces as they were."""
+    logdir.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=".job-", dir=logdir))
+    try:
+        per_rank = run_job(spec, CaptureTask(str(scratch), run_name, steps))
+        target = logdir / run_name
+        if target.exists():
+            shutil.rmtree(target)
+        target.mkdir()
+        traces = []
+        for written in per_rank:
+            for trace in map(Path, written):
+                traces.append(trace.rename(target / trace.name))
+        return traces
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _summary(workload: Workload, options: ProfileOptions) -> WorkloadSummary:

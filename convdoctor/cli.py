@@ -74,18 +74,23 @@ def main() -> None:
 @click.option("--fail-under", "fail_under", type=click.FloatRange(min=1.0), default=None, metavar="SPEEDUP",
               help="Exit 1 unless the model is within SPEEDUP of what the measured plan reaches: for CI, fails "
                    "when the plan's whole 95% interval is at or above SPEEDUP.")
+@click.option("--nproc", type=click.IntRange(min=1, max=64), default=1, show_default=True,
+              help="Workers of a data-parallel job (--mode train): each wraps the model in DistributedDataParallel, "
+                   "launched by torch's elastic launcher (torchrun); one trace per rank.")
+@click.option("--backend", type=click.Choice(["gloo", "nccl"]), default=None,
+              help="Process-group backend with --nproc [default: nccl on CUDA, gloo on the CPU].")
 @_rule_selection
 def profile_command(model_py: Path, device: str, mode: str, batch_size: int | None, steps: int,
                     out_dir: Path | None, no_measure: bool, time_budget_s: float | None, timeout_s: float,
-                    output_format: str,
-                    fail_under: float | None, select: tuple[str, ...], ignore: tuple[str, ...]) -> None:
+                    output_format: str, fail_under: float | None, nproc: int, backend: str | None,
+                    select: tuple[str, ...], ignore: tuple[str, ...]) -> None:
     """Profile the model that MODEL_PY defines, measure each fix, and write HTML and JSON reports."""
     from convdoctor.analyzer.workload import process_exit_guard
     from convdoctor.api import ProfileOptions, profile_file
 
     options = ProfileOptions(device=device, mode=mode, batch_size=batch_size, steps=steps, out_dir=out_dir,
                              measure=not no_measure, time_budget_s=time_budget_s, timeout_s=timeout_s or None,
-                             select=select, ignore=ignore)
+                             select=select, ignore=ignore, nproc=nproc, backend=backend)
     with captured_prints() as printed, process_exit_guard():
         try:
             report, files = _or_exit(lambda: profile_file(model_py, options, ClickProgress()))

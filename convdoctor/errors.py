@@ -31,3 +31,7 @@ class ReportError(ConvDoctorError):
 
 class TensorBoardError(ConvDoctorError):
     """TensorBoard cannot start: nothing to show, or the port is taken."""
+
+
+class JobError(ConvDoctorError):
+    """A data-parallel job (--nproc) cannot start, or one of its workers failed."""

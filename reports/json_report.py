@@ -8,13 +8,15 @@ from typing import Any
 
 from convdoctor.analyzer.batch_sweep import BatchSweep
 from convdoctor.analyzer.benchmark import Measurement, ThroughputMeasurement
+from convdoctor.analyzer.communication import DEFINITIONS as COMM_DEFINITIONS
 from convdoctor.analyzer.conv_kernels import KernelShare, LayerKernels, layer_kernels
+from convdoctor.analyzer.job_view import JobView
 from convdoctor.analyzer.layers import ConvLayer
 from convdoctor.analyzer.model_cost import ArchitectureDelta
 from convdoctor.analyzer.roofline import LayerRoofline, Roofline
 from convdoctor.reports.report import FindingOutcome, Plan, Report
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"  # 1.1: optional distributed, device_kernels, throughput, larger_batches, layer_measurements
 
 
 def report_to_dict(report: Report) -> dict[str, Any]:
@@ -46,6 +48,40 @@ def report_to_dict(report: Report) -> dict[str, Any]:
         "rule_problems": list(report.rule_problems),
         "trace_files": list(report.trace_files),
         "logdir": report.logdir,
+        **({"distributed": distributed_to_dict(analysis.job)} if analysis.job is not None else {}),
+    }
+
+
+def distributed_to_dict(job: JobView) -> dict[str, Any]:
+    """The job's view across ranks: communication, overlap and work per rank, stragglers, conv layers by rank."""
+    straggler = job.straggler
+    return {
+        "world_size": job.world_size,
+        "backend": job.backend,
+        "time_basis": job.time_basis,
+        "definitions": COMM_DEFINITIONS,
+        "comm_share": job.comm_share,
+        "overlap_fraction": job.overlap_fraction,
+        "ranks": [{
+            "rank": r.rank, "trace": r.trace, "step_ms": r.step_us / 1e3, "comm_ms": r.comm_us / 1e3,
+            "overlap_ms": r.overlap_us / 1e3, "exposed_comm_ms": r.exposed_comm_us / 1e3,
+            "compute_ms": r.compute_us / 1e3, "work_ms": r.work_us / 1e3, "comm_share": r.comm_share,
+            "overlap_fraction": r.overlap_fraction, "allreduce_calls_per_step": r.allreduce_calls,
+            "conv_ms": r.conv_us / 1e3,
+        } for r in job.ranks],
+        "steps": [{"step": s.number, "work_ms": [w / 1e3 for w in s.work_us], "slowest_rank": s.slowest_rank,
+                   "excess_ms": s.excess_us / 1e3, "excess_fraction": s.excess_fraction} for s in job.steps],
+        "straggler": None if straggler is None else {
+            "rank": straggler.rank, "decided": straggler.decided, "steps": straggler.steps,
+            "excess_ms": straggler.excess_us / 1e3, "excess_low_ms": straggler.excess_low_us / 1e3,
+            "excess_high_ms": straggler.excess_high_us / 1e3, "excess_fraction": straggler.excess_fraction,
+            "extra_compute_ms": straggler.extra_compute_us / 1e3,
+            "extra_untraced_ms": straggler.extra_untraced_us / 1e3, "cause": straggler.own_cause,
+        },
+        "verdict": job.verdict,
+        "layers_differ": job.layers_differ,
+        "layers": [{"name": layer.name, "time_ms": [None if t is None else t / 1e3 for t in layer.time_us]}
+                   for layer in job.layers],
     }
 
 

@@ -6,6 +6,8 @@ import shutil
 
 import click
 
+from convdoctor.analyzer.job_view import JobView
+
 from convdoctor.analyzer.roofline import LayerRoofline
 from convdoctor.reports.presentation import (
     architecture_note,
@@ -45,6 +47,8 @@ def render_summary(report: Report, html_path: str, json_path: str, overwrote: bo
             lines.append(f"Slowest conv layers ({analysis.time_basis.value} time per step):")
             lines += [row.rstrip() for row in rows]
         lines.append("")
+    if analysis.job is not None:
+        lines += _ranks(analysis.job)
     for outcome in report.outcomes:
         f = outcome.finding
         lines.append(f"{f.rule_id} {f.rule_name}: {f.message}")
@@ -76,6 +80,19 @@ def render_summary(report: Report, html_path: str, json_path: str, overwrote: bo
         f"traces: {report.logdir}  ->  {tensorboard_command(report.logdir)}",
     ]
     return "\n".join(lines)
+
+
+def _ranks(job: JobView) -> list[str]:
+    """A line per rank with a small bar of its work and exposed communication, and the straggler verdict."""
+    longest = max(r.step_us for r in job.ranks) or 1.0
+    lines = [f"Ranks ({job.world_size}, {job.backend}): communication {job.comm_share:.0%} of a step, "
+             f"{job.overlap_fraction:.0%} of it overlapping compute (# work, ~ exposed communication):"]
+    for r in job.ranks:
+        work, exposed = round(30 * r.work_us / longest), round(30 * r.exposed_comm_us / longest)
+        lines.append(f"  rank {r.rank}  {'#' * work}{'~' * exposed}{' ' * max(0, 30 - work - exposed)}  "
+                     f"step {r.step_us / 1e3:.1f} ms, communication {r.comm_us / 1e3:.1f} ms "
+                     f"({r.overlap_fraction:.0%} overlapped)")
+    return lines + [f"  {job.verdict}", ""]
 
 
 def _roofline_cell(point: LayerRoofline | None) -> str:

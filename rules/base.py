@@ -43,6 +43,8 @@ class Requirement(str, enum.Enum):
     CONV_LAYERS = "conv layers"
     MODULE_SCOPES = "module scopes"
     DEVICE_KERNELS = "CUDA kernels"
+    COMMUNICATION = "collective communication"  # a rank of a data-parallel job (DDP allreduce)
+    RANKS = "other ranks' traces"  # every rank of the job, analyzed together (profile --nproc)
 
 
 class NumericsContract(str, enum.Enum):
@@ -144,6 +146,8 @@ def missing_requirements(rule: Rule, analysis: ConvAnalysis) -> list[str]:
         Requirement.CONV_LAYERS: bool(analysis.layers),
         Requirement.MODULE_SCOPES: profile.has_module_scopes,
         Requirement.DEVICE_KERNELS: profile.has_device_events,
+        Requirement.COMMUNICATION: profile.communication is not None,
+        Requirement.RANKS: analysis.job is not None,
     }
     return [f"trace has no {req.value}" for req in sorted(rule.requires) if not present[req]]
 

@@ -67,7 +67,8 @@ OpenMP threads that wait on each other make steps slower than fewer threads woul
 
 ## Evidence
 The settings convdoctor records into the trace at capture: `threads` (`torch.get_num_threads()`),
-`available_cores` (`len(os.sched_getaffinity(0))`, the CPUs the process may run on), `device` and `mode`;
+`available_cores` (`len(os.sched_getaffinity(0))`, the CPUs the process may run on), `device` and `mode`, and
+for a rank of a data-parallel job `world_size` (its share is `available_cores // world_size`);
 the absence of CUDA kernels; the conv layers' host time per step against the step time. A trace captured by
 another tool has no such record, and the rule then says nothing rather than guess the machine it ran on.
 The affinity mask does not show a container's CPU quota (cgroup `cpu.max`): where a quota allows fewer cores
@@ -95,6 +96,9 @@ finding is a warning rather than info.
             return  # not recorded (a trace from elsewhere): the machine it ran on is unknown
         if profile.has_device_events or not str(env.get("device", "cpu")).startswith("cpu"):
             return  # GPU workload: the host threads are not what runs the convs
+        world_size = env.get("world_size")
+        if isinstance(world_size, int) and world_size > 1:
+            cores = max(1, cores // world_size)  # a rank of a job on this machine: its share of the cores
         if threads >= cores:
             return
         conv_us = analysis.conv_time_us

@@ -160,3 +160,11 @@ def backend_flags(**flags: bool) -> Callable[[Workload], Workload]:
         return replace(workload, model=BackendFlags(workload.model, flags))
 
     return transform
+
+
+def with_ddp(workload: Workload, **changes: object) -> Workload:
+    """The workload of a rank of a job with other DistributedDataParallel settings (use through functools.partial,
+    which pickles: a job's workers receive the candidate)."""
+    if workload.ddp is None:
+        raise ValueError("DDP settings apply to a rank of a data-parallel job (profile --nproc N)")
+    return replace(workload, ddp=replace(workload.ddp, **changes))

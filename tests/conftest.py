@@ -57,3 +57,25 @@ def one_thread():
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def slow_rank_job(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """One real 2-rank gloo job (`profile --nproc 2`) of a tiny model whose rank 1 sleeps 150 ms in its forward:
+    its out dir (traces under tb/) and report.json."""
+    out = tmp_path_factory.mktemp("slow_rank")
+    result = run_cli("profile", str(MODELS / "ddp_slow_rank1.py"), "--mode", "train", "--nproc", "2", "--steps", "3",
+                     "--no-measure", "--out", str(out), timeout=240)
+    assert result.returncode == 0, result.stderr
+    return out, json.loads((out / "report.json").read_text())
+
+
+def job_analyses(out: Path):
+    """The analyses of a job's rank traces (rank order), rank 0's carrying the job view."""
+    from convdoctor.analyzer.job_view import job_view
+    from convdoctor.analyzer.layers import analyze_convs
+    from convdoctor.analyzer.trace import find_traces, load_profile
+
+    analyses = [analyze_convs(load_profile(t)) for t in find_traces(out / "tb")]
+    analyses[0].job = job_view(analyses)
+    return analyses

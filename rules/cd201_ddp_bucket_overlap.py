@@ -1,0 +1,98 @@
+"""CD201 ddp-bucket-overlap: DDP's gradient allreduce runs after the backward instead of during it."""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Iterable
+
+from convdoctor.analyzer.layers import ConvAnalysis
+from convdoctor.rules.base import Candidate, Finding, NumericsContract, PlanStage, Requirement, Severity
+from convdoctor.rules.transforms import with_ddp
+
+MIB = 2**20
+
+
+class DdpBucketOverlapRule:
+    """Exposed allreduce time in a DDP job: few, large buckets that start only when the backward ends."""
+
+    id = "CD201"
+    name = "ddp-bucket-overlap"
+    summary = "DDP's gradient allreduce overlaps little of the backward; smaller buckets start it earlier"
+    severity = Severity.WARNING
+    requires = frozenset({Requirement.COMMUNICATION})
+    min_exposed_share = 0.05  # fraction of the step
+    max_overlap = 0.5  # fraction of the communication time
+    target_buckets = 4
+
+    doc = """\
+## What it detects
+A rank of a DistributedDataParallel job whose gradient allreduce overlaps compute for less than half of its
+time, while the exposed part (communication with no compute beside it) takes at least 5% of the step, on
+the rank that waits least for the others (so that a straggler's lateness is not taken for communication cost).
+
+## Why it is slow
+DDP groups gradients into buckets (`bucket_cap_mb`, 25 MiB by default, 1 MiB for the first) and starts a
+bucket's allreduce as soon as all its gradients are ready, while the backward still computes the rest. A
+model whose gradients fit in one or two buckets starts its allreduce only when the backward has (nearly)
+ended: the whole allreduce is then added to the step instead of hidden under the backward.
+
+## Example
+```python
+model = DistributedDataParallel(model)  # 11 MB of gradients: 1 bucket of 1 MiB and one of 10 MiB
+```
+
+## Use instead
+```python
+model = DistributedDataParallel(model, bucket_cap_mb=2.5)  # about 4 buckets: allreduce starts mid-backward
+```
+Too small buckets cost a collective call each (latency); measure, as convdoctor does with the candidate.
+
+## Evidence
+The communication view of each rank's trace: the union of `gloo:*`/`nccl:*` collective intervals (or NCCL
+kernels) per step, the part of it that intersects other operators or kernels (overlap), and the allreduce
+calls per step (`c10d::allreduce_`, one per bucket) with the gradient elements they carry.
+
+## Options
+`min_exposed_share` (fraction of step time, default 0.05); `max_overlap` (fraction of communication time,
+default 0.5); `target_buckets` (default 4): the candidate's bucket size splits the gradients into this many.
+
+## References
+- https://pytorch.org/docs/stable/notes/ddp.html
+- https://pytorch.org/docs/stable/generated/torch.nn.parallel.DistributedDataParallel.html
+"""
+
+    def check(self, analysis: ConvAnalysis) -> Iterable[Finding]:
+        view = analysis.profile.communication
+        if view is None:
+            return
+        if analysis.job is not None:
+            least = min(analysis.job.ranks, key=lambda r: r.exposed_comm_us / r.step_us if r.step_us else 0.0)
+            step_us, comm_us, exposed_us = least.step_us, least.comm_us, least.exposed_comm_us
+            overlap, who = least.overlap_fraction, f"rank {least.rank} (the one that waits least)"
+        else:
+            step_us, comm_us = view.mean("step_us"), view.mean("comm_us")
+            exposed_us, overlap, who = comm_us - view.mean("overlap_us"), view.overlap_fraction, "this rank"
+        if step_us <= 0 or exposed_us / step_us < self.min_exposed_share or overlap >= self.max_overlap:
+            return
+        buckets = view.mean("allreduce_calls")
+        gradient_mib = view.mean("allreduce_elements") * 4 / MIB  # float32 gradients
+        cap = round(max(gradient_mib / self.target_buckets, 0.25), 2)
+        recorded = analysis.profile.environment.get("ddp_bucket_cap_mb")
+        current = f"bucket_cap_mb={recorded:g}" if isinstance(recorded, (int, float)) else "the default buckets"
+        yield Finding(
+            rule_id=self.id,
+            rule_name=self.name,
+            severity=self.severity,
+            message=(f"allreduce on {who}: {comm_us / 1e3:.1f} ms a step, {overlap:.0%} of it overlapping compute; "
+                     f"{exposed_us / 1e3:.1f} ms ({exposed_us / step_us:.0%} of the step) exposed, in "
+                     f"{buckets:.1f} bucket(s) of {gradient_mib:.1f} MiB of gradients with {current}"),
+            fix=f"Smaller DDP buckets (bucket_cap_mb={cap:g}) so the allreduce starts during the backward",
+            advice=(f"The gradients ({gradient_mib:.1f} MiB) go out in {buckets:.1f} allreduce(s) per step, which "
+                    "start only when the backward has nearly ended. With about "
+                    f"{self.target_buckets} buckets the first ones are reduced while the backward still runs."),
+            snippet=f"model = DistributedDataParallel(model, bucket_cap_mb={cap:g})",
+            evidence={"comm_ms": comm_us / 1e3, "exposed_comm_ms": exposed_us / 1e3, "overlap_fraction": overlap,
+                      "buckets_per_step": buckets, "gradient_mib": gradient_mib, "proposed_bucket_cap_mb": cap},
+            candidate=Candidate(title=f"DDP with bucket_cap_mb={cap:g}", transform=partial(with_ddp, bucket_cap_mb=cap),
+                                numerics=NumericsContract.EXACT, tolerance=1e-5, stage=PlanStage.WRAPPER),
+        )
