@@ -252,18 +252,18 @@ def _interleaved_rounds(
     """
     baseline, candidate = baseline.copy(), candidate.copy()
     steps = (make_step(baseline), make_step(candidate))
-    warmups = [_warm_up(step, workload, settings) for step, workload in zip(steps, (baseline, candidate))]
+    warmups = [warm_up(step, workload, settings) for step, workload in zip(steps, (baseline, candidate))]
     rng = random.Random(0)
     times: tuple[list[float], list[float]] = ([], [])
     gc.collect()
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        started, cpu_before = time.perf_counter(), _cpu_jiffies()
+        started, cpu_before = time.perf_counter(), cpu_jiffies()
         for round_index in range(settings.max_rounds):
             order = [0, 1] if rng.random() < 0.5 else [1, 0]
             for which in order:
-                times[which].append(_time_step(steps[which], (baseline, candidate)[which].device))
+                times[which].append(time_step(steps[which], (baseline, candidate)[which].device))
             if progress is not None:
                 progress(round_index + 1, settings.max_rounds)
             enough = round_index + 1 >= settings.min_rounds
@@ -273,7 +273,7 @@ def _interleaved_rounds(
         if gc_was_enabled:
             gc.enable()
     return _Rounds(times_s=times, warmup_steps=(warmups[0], warmups[1]),
-                   other_cores_busy=_other_cores_busy(cpu_before, _cpu_jiffies(), time.perf_counter() - started))
+                   other_cores_busy=other_cores_busy(cpu_before, cpu_jiffies(), time.perf_counter() - started))
 
 
 def _timer(device: torch.device) -> str:
@@ -327,33 +327,36 @@ def _first_step(workload: Workload) -> tuple[Any, dict[str, torch.Tensor], float
     return map_tensors(output, lambda t: t.detach()), grads, seconds
 
 
-def _cpu_jiffies() -> tuple[int, int] | None:
-    """(busy clock ticks of the whole machine, clock ticks of this process) from /proc; None without /proc."""
+def cpu_jiffies(pids: tuple[int | str, ...] = ("self",)) -> tuple[int, int] | None:
+    """(busy clock ticks of the whole machine, clock ticks of the given processes) from /proc; None without /proc."""
     try:
         with open("/proc/stat", encoding="ascii") as stat:
             ticks = [int(v) for v in stat.readline().split()[1:9]]
-        with open("/proc/self/stat", encoding="ascii") as own:
-            fields = own.read().rsplit(")", 1)[1].split()
+        own = 0
+        for pid in pids:
+            with open(f"/proc/{pid}/stat", encoding="ascii") as process:
+                fields = process.read().rsplit(")", 1)[1].split()
+            own += int(fields[11]) + int(fields[12])  # utime + stime
         idle = ticks[3] + ticks[4]  # idle + iowait
-        return sum(ticks) - idle, int(fields[11]) + int(fields[12])  # utime + stime of this process
+        return sum(ticks) - idle, own
     except (OSError, ValueError, IndexError):
         return None
 
 
-def _other_cores_busy(before: tuple[int, int] | None, after: tuple[int, int] | None, wall_s: float) -> float | None:
-    """Cores that processes other than this one kept busy, on average, between two _cpu_jiffies() readings."""
+def other_cores_busy(before: tuple[int, int] | None, after: tuple[int, int] | None, wall_s: float) -> float | None:
+    """Cores that processes other than the measured ones kept busy, on average, between two cpu_jiffies()."""
     if before is None or after is None or wall_s <= 0:
         return None
     others = (after[0] - before[0]) - (after[1] - before[1])
     return max(others, 0) / os.sysconf("SC_CLK_TCK") / wall_s
 
 
-def _warm_up(step: Callable[[], Any], workload: Workload, settings: BenchmarkSettings) -> int:
+def warm_up(step: Callable[[], Any], workload: Workload, settings: BenchmarkSettings) -> int:
     """Run steps until the timings settle (allocator, oneDNN/cuDNN caches, lazy init); return how many ran."""
     times: list[float] = []
     started = time.perf_counter()
     while True:
-        times.append(_time_step(step, workload.device))
+        times.append(time_step(step, workload.device))
         elapsed = time.perf_counter() - started
         if elapsed >= settings.max_warmup_s:
             return len(times)
@@ -366,7 +369,7 @@ def _settled(times: list[float], settings: BenchmarkSettings) -> bool:
     return abs(recent - before) <= settings.settle_tolerance * before
 
 
-def _time_step(step: Callable[[], Any], device: torch.device) -> float:
+def time_step(step: Callable[[], Any], device: torch.device) -> float:
     synchronize(device)
     start = time.perf_counter()
     step()

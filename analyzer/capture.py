@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import platform
+import resource
 import shutil
 import tempfile
 import warnings
@@ -100,6 +102,23 @@ def check_fits(workload: Workload) -> None:
                              "fix the model so that one step runs") from exc
 
 
+def minor_page_faults() -> int:
+    """Minor page faults of this process so far: each is a fresh page the kernel had to map (and zero)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def allocator() -> str:
+    """The host allocator this process runs with: a preloaded jemalloc/tcmalloc, or glibc malloc and its settings."""
+    preload = os.environ.get("LD_PRELOAD", "")
+    for name in ("jemalloc", "tcmalloc", "mimalloc"):
+        if name in preload:
+            return f"{name} (LD_PRELOAD)"
+    settings = [f"{k}={v}" for k, v in sorted(os.environ.items())
+                if k.startswith("MALLOC_") or (k == "GLIBC_TUNABLES" and "malloc" in v)]
+    libc = "glibc malloc" if platform.libc_ver()[0] == "glibc" else "the system malloc"
+    return f"{libc} ({', '.join(settings) if settings else 'defaults'})"
+
+
 def environment(workload: Workload) -> dict[str, Any]:
     """The settings that decide conv speed but that a trace does not otherwise record, and the device's peaks
     (peak_flops in FLOP/s, peak_bandwidth in bytes/s, peaks_source: measured on a CPU, once per process and
@@ -113,6 +132,7 @@ def environment(workload: Workload) -> dict[str, Any]:
         "dtype": workload.dtype,
         "device": str(device),
         "device_name": device_name(device),
+        "allocator": allocator(),
         "threads": torch.get_num_threads(),
         "available_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "cudnn_benchmark": torch.backends.cudnn.benchmark,
@@ -206,7 +226,12 @@ def record(workload: Workload, logdir: Path, run_name: str, *, steps: int = 3, w
         with _quiet_profiler(), ModuleScopes(run.model), profile(
             activities=activities, schedule=sched, on_trace_ready=handler, record_shapes=True
         ) as profiler:
-            for _ in range(WAIT_STEPS + WARMUP_STEPS + steps):
+            for index in range(WAIT_STEPS + WARMUP_STEPS + steps):
+                if index == WAIT_STEPS:
+                    faults_before = minor_page_faults()
+                if index == WAIT_STEPS + WARMUP_STEPS:  # the warm-up steps ran: lazy init is behind them
+                    faults = (minor_page_faults() - faults_before) // max(WARMUP_STEPS, 1)
+                    recorded = _metadata_json({**environment(run), "minor_faults_per_step": faults})
                 profiler.add_metadata_json(METADATA_KEY, recorded)  # kept only by the session that records
                 step()
                 synchronize(run.device)

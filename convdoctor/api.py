@@ -19,6 +19,7 @@ import convdoctor
 from convdoctor.analyzer.batch_sweep import sweep_batch_sizes
 from convdoctor.analyzer.benchmark import BenchmarkSettings, Measurement, Verdict, measure
 from convdoctor.analyzer.capture import check_fits, environment, record
+from convdoctor.analyzer.environment_trial import WorkerError, measure_environment
 from convdoctor.analyzer.job_tasks import CaptureTask, MeasureTask
 from convdoctor.analyzer.job_view import job_view
 from convdoctor.analyzer.launch import JobSpec, run_job
@@ -314,6 +315,8 @@ def measure_findings(
             outcomes[index] = FindingOutcome(
                 finding, not_measured=f"the measuring time budget ({options.time_budget_s:g} s) ran out before "
                                       "this candidate; raise --time-budget to measure it")
+        elif finding.candidate.process_environment is not None:
+            outcomes[index] = _try_process_environment(workload, finding, options, progress)
         else:
             outcomes[index] = by_transform[id(finding.candidate.transform)] = _try_candidate(
                 trial, workload, finding, options, progress, _candidate_limit(options, spent))
@@ -338,7 +341,8 @@ def build_plan(
     """
     trial = LocalTrial(target, options, progress) if isinstance(target, Workload) else target
     accepted = [o for o in outcomes if o.measurement is not None and o.numerics_ok and o.same_candidate_as is None
-                and o.measurement.estimate.verdict is Verdict.FASTER and o.architecture is None]
+                and o.measurement.estimate.verdict is Verdict.FASTER and o.architecture is None
+                and o.finding.candidate.process_environment is None]  # process settings cannot combine in-process
     if not accepted:
         return None
     steps = sorted(accepted, key=lambda o: -o.measurement.estimate.speedup)
@@ -379,9 +383,25 @@ def _try_candidate(
     return FindingOutcome(finding, measurement=result, numerics_ok=ok, layer_measurements=layers)
 
 
+def _try_process_environment(
+    workload: Workload | None, finding: Finding, options: ProfileOptions, progress: Progress
+) -> FindingOutcome:
+    """A candidate that changes how the process starts: measured in two worker processes, alternating steps."""
+    candidate = finding.candidate
+    assert candidate is not None and candidate.process_environment is not None
+    if workload is None:
+        return FindingOutcome(finding, not_measured="process settings are not measured under --nproc")
+    progress.stage(f"measuring {finding.rule_id} {finding.rule_name}: two worker processes, {candidate.title}")
+    try:
+        result = measure_environment(workload, candidate.process_environment, options.benchmark, progress.rounds)
+    except Exception as exc:  # the workers may fail in any way; the run goes on
+        return FindingOutcome(finding, not_measured=f"the candidate failed: {_failure(exc)}")
+    return FindingOutcome(finding, measurement=result, numerics_ok=result.numerics.within(candidate.tolerance))
+
+
 def _failure(exc: Exception) -> str:
     """A failed trial in one line: a job's error line is already one."""
-    return str(exc) if isinstance(exc, (JobError, NotSendable)) else describe_exception(exc)
+    return str(exc) if isinstance(exc, (JobError, NotSendable, WorkerError)) else describe_exception(exc)
 
 
 class NotSendable(Exception):
@@ -504,6 +524,7 @@ def _summary(workload: Workload, options: ProfileOptions) -> WorkloadSummary:
         steps=options.steps,
         torch_version=env["torch_version"],
         threads=env["threads"],
+        allocator=env["allocator"],
     )
 
 

@@ -26,6 +26,7 @@ class WorkloadSummary:
     steps: int
     torch_version: str
     threads: int | None  # None when the trace does not say
+    allocator: str | None = None  # the host allocator the profiled process ran with; None when the trace does not say
 
 
 @dataclass
@@ -111,4 +112,5 @@ def trace_summary(analysis: ConvAnalysis, trace: Path) -> WorkloadSummary:
         steps=profile.step_count,
         torch_version=recorded.get("torch_version") or "unknown (not recorded in the trace)",
         threads=recorded.get("threads"),
+        allocator=recorded.get("allocator"),
     )

@@ -21,10 +21,11 @@ SHARED_TRACES = {
 OUTPUT = REPO / "test-output"  # screenshots and reports for a person to look at
 
 
-def run_cli(*args: str, cwd: Path = REPO, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    """Run `python -m convdoctor ARGS` in a fresh process, as a user would."""
+def run_cli(*args: str, cwd: Path = REPO, timeout: float = 300, env: dict[str, str] | None = None
+            ) -> subprocess.CompletedProcess[str]:
+    """Run `python -m convdoctor ARGS` in a fresh process, as a user would (``env``: its whole environment)."""
     return subprocess.run([sys.executable, "-m", "convdoctor", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, env=env)
 
 
 @pytest.fixture(scope="session")

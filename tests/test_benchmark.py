@@ -91,15 +91,15 @@ def test_train_mode_measures_forward_backward_and_step():
 
 
 def test_warm_up_runs_until_timings_settle():
-    from convdoctor.analyzer.benchmark import _warm_up
+    from convdoctor.analyzer.benchmark import warm_up
 
     delays = iter([0.02] * 4 + [0.002] * 100)  # a slow start (caches, lazy init), then steady
     workload = workload_from(nn.Identity(), torch.zeros(1), device="cpu")
     settings = BenchmarkSettings(warmup_s=0.0, warmup_steps=3)
-    count = _warm_up(lambda: time.sleep(next(delays)), workload, settings)
+    count = warm_up(lambda: time.sleep(next(delays)), workload, settings)
     # the 4 slow steps, then steady ones until the last 3 and the 3 before (at most one slow) agree
     assert 9 <= count <= 20
-    steady = _warm_up(lambda: time.sleep(0.002), workload, settings)
+    steady = warm_up(lambda: time.sleep(0.002), workload, settings)
     assert 6 <= steady <= 20
 
 

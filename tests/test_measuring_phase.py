@@ -115,3 +115,22 @@ def test_a_candidate_running_past_the_time_budget_is_stopped_when_the_budget_end
     (hangs,) = measure_findings(_workload(), [_finding("hangs", _hangs, 0.5)],
                                 ProfileOptions(benchmark=QUICK, time_budget_s=1.0), SilentProgress())
     assert hangs.measurement is None and "the rest of --time-budget" in hangs.not_measured
+
+
+def test_a_process_setting_is_measured_in_worker_processes_and_kept_out_of_the_plan():
+    from conftest import EXAMPLES
+    from convdoctor.analyzer.benchmark import Verdict
+    from convdoctor.analyzer.workload import load_workload
+    from convdoctor.api import build_plan
+    from convdoctor.rules.cd118_cpu_allocator import KEEP_HEAP
+
+    workload = load_workload(EXAMPLES / "seed_grouped.py")
+    candidate = Candidate(title="allocator", transform=lambda w: w, numerics=NumericsContract.EXACT,
+                          tolerance=1e-5, process_environment=KEEP_HEAP)
+    finding = replace(_finding("allocator", lambda w: w, 0.1), candidate=candidate)
+    (outcome,) = measure_findings(workload, [finding], ProfileOptions(benchmark=QUICK), SilentProgress())
+    assert outcome.measurement is not None and "two worker processes" in outcome.measurement.timer
+    assert outcome.numerics_ok is True
+    faster = replace(outcome.measurement.estimate, verdict=Verdict.FASTER)
+    accepted = replace(outcome, measurement=replace(outcome.measurement, estimate=faster))
+    assert build_plan(workload, [accepted], ProfileOptions(benchmark=QUICK), SilentProgress()) is None

@@ -1,0 +1,135 @@
+"""Measure a model file under two process environments (allocator settings, LD_PRELOAD): what only a process start
+can change, so baseline and candidate each run in a worker process of their own (``step_server``).
+
+Both workers load the same file with the same seed and warm up until their timings settle; then rounds alternate
+between them in random order, one step each, while the other waits idle on its pipe. The bootstrap interval and
+verdict are the in-process harness's (``benchmark.estimate_speedup``). Outputs of the first step are compared on
+their first values (``step_server.COMPARED_VALUES``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from typing import Any, Callable
+
+from convdoctor.analyzer.benchmark import (
+    BenchmarkSettings,
+    Measurement,
+    Numerics,
+    cpu_jiffies,
+    estimate_speedup,
+    other_cores_busy,
+)
+from convdoctor.analyzer.workload import Workload
+
+READY_TIMEOUT_S = 300.0
+
+
+class WorkerError(RuntimeError):
+    """A worker process failed to load or run the model; the message is its one-line reason."""
+
+
+class _Worker:
+    """One step_server process and its reply pipe."""
+
+    def __init__(self, workload: Workload, settings: BenchmarkSettings, environment: dict[str, str]) -> None:
+        batch_size = workload.batch_size if workload.input_factory is not None else None  # get_inputs() as it is
+        request = {"model_file": workload.source, "device": str(workload.device), "mode": workload.mode.value,
+                   "batch_size": batch_size, "settings": asdict(settings)}
+        read_fd, write_fd = os.pipe()
+        self._log = tempfile.TemporaryFile()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "convdoctor.analyzer.step_server", json.dumps(request), str(write_fd)],
+            stdin=subprocess.PIPE, stdout=self._log, stderr=self._log, pass_fds=(write_fd,), text=True,
+            env={**os.environ, **environment},
+        )
+        os.close(write_fd)
+        self._replies = os.fdopen(read_fd, "r")
+        self.ready = self._receive()
+
+    def steps(self, count: int) -> list[float]:
+        assert self.process.stdin is not None
+        self.process.stdin.write(f"{count}\n")
+        self.process.stdin.flush()
+        return self._receive()["times"]
+
+    def close(self) -> None:
+        if self.process.poll() is None and self.process.stdin is not None:
+            try:
+                self.process.stdin.write("0\n")
+                self.process.stdin.close()
+                self.process.wait(timeout=10)
+            except (OSError, subprocess.TimeoutExpired):
+                pass
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self._replies.close()
+        self._log.close()
+
+    def _receive(self) -> dict[str, Any]:
+        line = self._replies.readline()
+        if not line:
+            self.process.wait()
+            self._log.seek(0)
+            tail = self._log.read().decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
+            raise WorkerError(f"the worker process ended (exit code {self.process.returncode}): {tail[0][:300]}")
+        message = json.loads(line)
+        if "error" in message:
+            raise WorkerError(message["error"])
+        return message
+
+
+def measure_environment(
+    workload: Workload, environment: dict[str, str], settings: BenchmarkSettings = BenchmarkSettings(),
+    progress: Callable[[int, int], None] | None = None,
+) -> Measurement:
+    """Baseline (this process's environment) against the same model file with ``environment`` added."""
+    if not os.path.isfile(workload.source):
+        raise WorkerError("an environment candidate needs the model file (profile MODEL_PY), not a model object")
+    workers: list[_Worker] = []
+    try:
+        for env in ({}, environment):  # one after the other: neither warms up while the other is timed
+            workers.append(_Worker(workload, settings, env))
+        rng = random.Random(0)
+        times: tuple[list[float], list[float]] = ([], [])
+        pids = tuple(w.process.pid for w in workers)
+        started, cpu_before = time.perf_counter(), cpu_jiffies(("self", *pids))
+        for round_index in range(settings.max_rounds):
+            for which in ([0, 1] if rng.random() < 0.5 else [1, 0]):
+                times[which].extend(workers[which].steps(1))
+            if progress is not None:
+                progress(round_index + 1, settings.max_rounds)
+            if round_index + 1 >= settings.min_rounds and time.perf_counter() - started >= settings.target_s:
+                break
+        busy = other_cores_busy(cpu_before, cpu_jiffies(("self", *pids)), time.perf_counter() - started)
+    finally:
+        for worker in workers:
+            worker.close()
+    baseline, candidate = (w.ready for w in workers)
+    return Measurement(
+        estimate=estimate_speedup(*times),
+        numerics=_numerics(baseline["values"], candidate["values"]),
+        rounds=len(times[0]),
+        warmup_steps=(baseline["ready"], candidate["ready"]),
+        first_step_s=(baseline["first_step_s"], candidate["first_step_s"]),
+        threads=baseline["threads"],
+        device=str(workload.device),
+        timer="perf_counter in two worker processes, rounds alternating",
+        other_cores_busy=busy,
+    )
+
+
+def _numerics(baseline: list[float], candidate: list[float]) -> Numerics:
+    if len(baseline) != len(candidate):
+        return Numerics(max_abs_error=float("inf"), max_rel_error=float("inf"))
+    error = max((abs(a - b) for a, b in zip(baseline, candidate)), default=0.0)
+    scale = max((abs(a) for a in baseline), default=0.0)
+    return Numerics(max_abs_error=error, max_rel_error=error / scale if scale else error)

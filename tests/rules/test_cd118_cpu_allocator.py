@@ -1,0 +1,60 @@
+"""CD118 cpu-allocator on real CLI runs: fires under glibc's defaults, stays quiet when the process starts with the
+allocator kept, and its candidate is measured in two real worker processes."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from conftest import EXAMPLES, MODELS, run_cli
+from convdoctor.analyzer.benchmark import BenchmarkSettings, Verdict
+from convdoctor.analyzer.environment_trial import WorkerError, measure_environment
+from convdoctor.analyzer.workload import load_workload
+from convdoctor.rules.cd118_cpu_allocator import KEEP_HEAP
+
+QUICK = BenchmarkSettings(warmup_s=0.0, warmup_steps=2, min_rounds=4, max_rounds=4, max_warmup_s=2.0)
+ALLOCATOR_VARIABLES = ("MALLOC_", "GLIBC_TUNABLES", "LD_PRELOAD")
+
+
+def _profile(tmp_path: Path, extra_env: dict[str, str]) -> dict:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(ALLOCATOR_VARIABLES)}
+    result = run_cli("profile", str(EXAMPLES / "seed_conv.py"), "--out", str(tmp_path), "--no-measure",
+                     "--select", "CD118", "--format", "json", env={**clean, **extra_env})
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_fires_with_glibc_defaults(tmp_path: Path):
+    report = _profile(tmp_path, {})
+    assert report["workload"]["allocator"] == "glibc malloc (defaults)"
+    (finding,) = [f for f in report["findings"] if f["rule_id"] == "CD118"]
+    assert finding["evidence"]["minor_faults_per_step"] >= 256
+    assert "MALLOC_MMAP_THRESHOLD_" in finding["snippet"]
+
+
+def test_quiet_when_the_process_keeps_its_heap(tmp_path: Path):
+    report = _profile(tmp_path, KEEP_HEAP)
+    assert "MALLOC_MMAP_THRESHOLD_=4294967296" in report["workload"]["allocator"]
+    assert [f for f in report["findings"] if f["rule_id"] == "CD118"] == []
+
+
+def test_the_candidate_is_measured_in_two_worker_processes():
+    workload = load_workload(EXAMPLES / "seed_grouped.py")
+    result = measure_environment(workload, KEEP_HEAP, QUICK)
+    assert result.rounds == 4 and result.estimate.baseline_ms > 0 and result.estimate.candidate_ms > 0
+    assert result.estimate.verdict in set(Verdict)
+    assert result.numerics.max_abs_error == 0.0  # same seed, same arithmetic: identical outputs
+    assert all(seconds > 0 for seconds in result.first_step_s)
+
+
+def test_a_worker_that_fails_is_one_line():
+    """The worker loads the model file named by the workload's source: one whose forward raises."""
+    workload = replace(load_workload(EXAMPLES / "seed_grouped.py"), source=str(MODELS / "forward_key_error.py"),
+                       input_factory=None)
+    with pytest.raises(WorkerError, match="KeyError: 'auxiliary'") as failure:
+        measure_environment(workload, KEEP_HEAP, QUICK)
+    assert "\n" not in str(failure.value)
