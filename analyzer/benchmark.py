@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 import torch
 
+from convdoctor.analyzer.step_memory import PEAK_TENSOR_MEMORY, step_peak_bytes
 from convdoctor.analyzer.workload import (
     Mode,
     Workload,
@@ -96,6 +97,8 @@ class Measurement:
     device: str
     timer: str
     other_cores_busy: float | None = None  # CPU cores other processes kept busy, on average, during the rounds
+    peak_bytes: tuple[int | None, int | None] = (None, None)  # (baseline, candidate), in the sense of peak_memory
+    peak_memory: str | None = None  # what peak_bytes measures (step_memory.PEAK_TENSOR_MEMORY, or a process's RSS)
 
     @property
     def machine_was_busy(self) -> bool:
@@ -201,7 +204,16 @@ def measure(
         device=str(baseline.device),
         timer=_timer(baseline.device),
         other_cores_busy=rounds.other_cores_busy,
+        peak_bytes=(_peak_bytes(baseline), _peak_bytes(candidate)),
+        peak_memory=PEAK_TENSOR_MEMORY,
     )
+
+
+def _peak_bytes(workload: Workload) -> int | None:
+    try:
+        return step_peak_bytes(workload)
+    except Exception:  # a memory reading must not cost the measurement it belongs to
+        return None
 
 
 def measure_throughput(

@@ -223,7 +223,7 @@ def record(workload: Workload, logdir: Path, run_name: str, *, steps: int = 3, w
         recorded = _metadata_json(environment(run))  # before the profiler starts: measuring peaks is no part of a step
         sched = schedule(wait=WAIT_STEPS, warmup=WARMUP_STEPS, active=steps, repeat=1)
         handler = tensorboard_trace_handler(str(scratch), worker_name=worker_name)
-        with _quiet_profiler(), ModuleScopes(run.model), profile(
+        with quiet_profiler(), ModuleScopes(run.model), profile(
             activities=activities, schedule=sched, on_trace_ready=handler, record_shapes=True
         ) as profiler:
             for index in range(WAIT_STEPS + WARMUP_STEPS + steps):
@@ -266,7 +266,7 @@ def _set_aside(scratch: Path, target: Path) -> Path | None:
 
 
 @contextlib.contextmanager
-def _quiet_profiler() -> Iterator[None]:
+def quiet_profiler() -> Iterator[None]:
     """Hide the profiler's own chatter (C++ lines on stderr, cycle warnings) unless the capture fails."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*Profiler clears events.*")

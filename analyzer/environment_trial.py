@@ -29,7 +29,7 @@ from convdoctor.analyzer.benchmark import (
 )
 from convdoctor.analyzer.workload import Workload
 
-READY_TIMEOUT_S = 300.0
+PEAK_RSS = "the worker process's peak resident memory (ru_maxrss), model and framework included"
 
 
 class WorkerError(RuntimeError):
@@ -53,12 +53,15 @@ class _Worker:
         os.close(write_fd)
         self._replies = os.fdopen(read_fd, "r")
         self.ready = self._receive()
+        self.max_rss_bytes: int | None = None
 
     def steps(self, count: int) -> list[float]:
         assert self.process.stdin is not None
         self.process.stdin.write(f"{count}\n")
         self.process.stdin.flush()
-        return self._receive()["times"]
+        reply = self._receive()
+        self.max_rss_bytes = reply["max_rss_bytes"]
+        return reply["times"]
 
     def close(self) -> None:
         if self.process.poll() is None and self.process.stdin is not None:
@@ -110,6 +113,7 @@ def measure_environment(
             if round_index + 1 >= settings.min_rounds and time.perf_counter() - started >= settings.target_s:
                 break
         busy = other_cores_busy(cpu_before, cpu_jiffies(("self", *pids)), time.perf_counter() - started)
+        peaks = (workers[0].max_rss_bytes, workers[1].max_rss_bytes)
     finally:
         for worker in workers:
             worker.close()
@@ -124,6 +128,8 @@ def measure_environment(
         device=str(workload.device),
         timer="perf_counter in two worker processes, rounds alternating",
         other_cores_busy=busy,
+        peak_bytes=peaks,
+        peak_memory=PEAK_RSS,
     )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import resource
 import sys
 import time
 from typing import Any
@@ -44,7 +45,7 @@ def serve(request: dict[str, Any], reply: Any) -> None:
         gc.disable()
         times = [time_step(step, workload.device) for _ in range(count)]
         gc.enable()
-        _send(reply, {"times": times})
+        _send(reply, {"times": times, "max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024})
 
 
 def _send(reply: Any, message: dict[str, Any]) -> None:

@@ -8,6 +8,7 @@ from convdoctor.reports.charts import BOUND_COLORS, quantity, roofline_chart, sp
 from convdoctor.reports.json_report import report_to_dict
 from convdoctor.reports.presentation import (
     architecture_note,
+    byte_size,
     headline,
     kernel_columns,
     layer_lines,
@@ -25,6 +26,7 @@ _ENVIRONMENT = Environment(
     lstrip_blocks=True,
 )
 _ENVIRONMENT.filters["quantity"] = quantity
+_ENVIRONMENT.filters["byte_size"] = byte_size
 
 
 def render_html(report: Report) -> str:

@@ -304,4 +304,6 @@ def _measurement(measurement: Measurement, numerics_ok: bool | None, *, compares
         "timer": measurement.timer,
         "other_cores_busy": measurement.other_cores_busy,
         "machine_was_busy": measurement.machine_was_busy,
+        "peak_bytes": list(measurement.peak_bytes),
+        "peak_memory": measurement.peak_memory,
     }

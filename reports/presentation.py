@@ -134,3 +134,11 @@ def kernel_columns(device_kernels: dict | None) -> tuple[str, str, str]:
     tensor_cores = "?" if share is None else f"{share * 100:.0f}%"
     after = ", ".join(f"{n['category']} {n['time_ms']:.3f}" for n in device_kernels["neighbours"][:3])
     return "; ".join(passes), tensor_cores, after
+
+
+def byte_size(count: int) -> str:
+    """``812 kB``, ``12.7 MB``, ``3.1 GB`` (decimal units)."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if count >= scale:
+            return f"{count / scale:.3g} {unit}"
+    return f"{count} B"

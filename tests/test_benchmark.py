@@ -126,3 +126,22 @@ def test_gradients_get_a_looser_tolerance_than_outputs():
     assert Numerics(0.0, 5e-5, 0.0, 7e-4).within(tolerance)  # channels_last training on small_cnn looks like this
     assert not Numerics(0.0, 5e-5, 0.0, tolerance * GRADIENT_TOLERANCE_FACTOR * 2).within(tolerance)
     assert not Numerics(0.0, 2e-4).within(tolerance)
+
+
+def test_peak_memory_of_a_step_counts_its_activations():
+    """A conv whose output is 4 MiB holds at least that at once; channels_last changes how, not whether."""
+    import torch
+    from torch import nn
+
+    from convdoctor.analyzer.benchmark import BenchmarkSettings, measure
+    from convdoctor.analyzer.step_memory import step_peak_bytes
+    from convdoctor.analyzer.workload import workload_from
+
+    output_bytes = 4 * 64 * 64 * 64 * 4
+    workload = workload_from(nn.Conv2d(3, 64, 3, padding=1), torch.randn(4, 3, 64, 64), device="cpu")
+    assert step_peak_bytes(workload) >= output_bytes
+    wider = workload_from(nn.Conv2d(3, 128, 3, padding=1), torch.randn(4, 3, 64, 64), device="cpu")
+    assert step_peak_bytes(wider) >= 2 * output_bytes
+    quick = BenchmarkSettings(warmup_s=0.0, warmup_steps=2, min_rounds=3, max_rounds=3, max_warmup_s=1.0)
+    result = measure(workload, wider, quick)
+    assert result.peak_bytes[0] < result.peak_bytes[1] and result.peak_memory

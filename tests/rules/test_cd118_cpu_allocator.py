@@ -49,6 +49,7 @@ def test_the_candidate_is_measured_in_two_worker_processes():
     assert result.estimate.verdict in set(Verdict)
     assert result.numerics.max_abs_error == 0.0  # same seed, same arithmetic: identical outputs
     assert all(seconds > 0 for seconds in result.first_step_s)
+    assert all(rss is not None and rss > 50e6 for rss in result.peak_bytes)  # each worker holds torch and a model
 
 
 def test_a_worker_that_fails_is_one_line():
