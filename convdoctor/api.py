@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field, replace
@@ -136,8 +138,10 @@ def analyze_path(path: str | Path, out_dir: Path | None = None, progress: Progre
                  select: tuple[str, ...] = (), ignore: tuple[str, ...] = ()) -> AnalyzeResult:
     """Analyze traces captured elsewhere (a trace file or a log dir): one report per trace, nothing measured.
 
-    With several traces (runs, ranks) each report goes to ``<out>/<run>/<worker>/``. A trace that cannot be
-    read is named in ``failed`` and the others are still analyzed; when none can be read, TraceError.
+    With several traces (runs, ranks) each report goes to ``<out>/<run>/<worker>/``. The traces of one run that
+    are ranks of a job (their communication is in the trace) are also compared: the lowest rank's report carries
+    the job view (per-rank communication, stragglers). A trace that cannot be read is named in ``failed`` and the
+    others are still analyzed; when none can be read, TraceError.
     """
     path = Path(path)
     traces = find_traces(path)
@@ -145,21 +149,47 @@ def analyze_path(path: str | Path, out_dir: Path | None = None, progress: Progre
     rule_set = load_rules()
     rules = select_rules(rule_set.rules, select, ignore)
     written, failed = [], []
-    for trace in traces:
-        progress.stage(f"analyzing {trace}")
-        try:
-            analysis = analyze_convs(load_profile(trace))
-        except TraceError as exc:
-            failed.append(str(exc))
-            continue
-        files = _prepare_out_dir(base if len(traces) == 1 else base / _trace_key(path, trace))
-        report = _offline_report(analysis, trace, path if path.is_dir() else trace.parent, rule_set, rules)
-        _write(report, files)
-        written.append((report, files))
+    for run in _runs(traces):
+        analyzed = []
+        for trace in run:
+            progress.stage(f"analyzing {trace}")
+            try:
+                analyzed.append((trace, analyze_convs(load_profile(trace))))
+            except TraceError as exc:
+                failed.append(str(exc))
+        if len(analyzed) > 1:
+            analyzed.sort(key=lambda pair: _rank_order(*pair))
+            analyzed[0][1].job = job_view([analysis for _, analysis in analyzed])
+        for trace, analysis in analyzed:
+            files = _prepare_out_dir(base if len(traces) == 1 else base / _trace_key(path, trace))
+            report = _offline_report(analysis, trace, path if path.is_dir() else trace.parent, rule_set, rules)
+            _write(report, files)
+            written.append((report, files))
     if not written:
         more = f" (and {len(failed) - 1} more unreadable traces)" if len(failed) > 1 else ""
         raise TraceError(failed[0] + more)
     return AnalyzeResult(written=written, failed=failed)
+
+
+def _runs(traces: list[Path]) -> list[list[Path]]:
+    """Traces grouped by run: the folder they are in (TensorBoard's run; its workers are the files)."""
+    runs: dict[Path, list[Path]] = {}
+    for trace in traces:
+        runs.setdefault(trace.parent, []).append(trace)
+    return list(runs.values())
+
+
+RANK_IN_NAME = re.compile(r"rank[-_]?(\d+)", re.IGNORECASE)
+
+
+def _rank_order(trace: Path, analysis: ConvAnalysis) -> tuple[int, str]:
+    """A trace's rank: Kineto's distributedInfo, convdoctor's record, or ``rank<k>`` in its name; unknown last."""
+    info = analysis.profile.metadata.get("distributedInfo")
+    for value in (info.get("rank") if isinstance(info, dict) else None, analysis.profile.environment.get("rank")):
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return value, trace.name
+    match = RANK_IN_NAME.search(trace.name)
+    return (int(match.group(1)) if match else sys.maxsize), trace.name
 
 
 def report_data(path: str | Path) -> dict[str, Any]:

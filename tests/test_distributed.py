@@ -10,7 +10,7 @@ from pathlib import Path
 
 import jsonschema
 
-from tests.conftest import EXAMPLES, MODELS, REPO, run_cli
+from conftest import EXAMPLES, MODELS, REPO, run_cli
 
 SCHEMA = json.loads((REPO / "reports" / "report.schema.json").read_text())
 
@@ -96,3 +96,19 @@ def test_nproc_with_eval_is_refused_in_one_line(tmp_path: Path):
     result = run_cli("profile", str(EXAMPLES / "small_cnn.py"), "--nproc", "2", "--out", str(tmp_path))
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("convdoctor: error: --nproc needs --mode train")
+
+
+def test_analyze_of_a_job_log_dir_compares_its_ranks(slow_rank_job, tmp_path):
+    """`analyze` on the job's log dir, traces only: rank 0's report carries the job view, with the same straggler
+    the profile found; rank 1's report is its own."""
+    out, profiled = slow_rank_job
+    result = run_cli("analyze", str(out / "tb"), "--out", str(tmp_path), "--format", "json")
+    assert result.returncode == 0, result.stderr
+    reports = json.loads(result.stdout)
+    assert len(reports) == 2
+    first, second = reports
+    assert "rank0" in first["trace_files"][0] and "rank1" in second["trace_files"][0]
+    job = first["distributed"]
+    assert job["world_size"] == 2 and [r["rank"] for r in job["ranks"]] == [0, 1]
+    assert job["straggler"]["rank"] == profiled["distributed"]["straggler"]["rank"] == 1
+    assert second.get("distributed") is None

@@ -2,7 +2,7 @@
 read alone, whose allreduce (the one bucket of a tiny model) overlaps no compute."""
 
 from convdoctor.rules.cd201_ddp_bucket_overlap import DdpBucketOverlapRule
-from tests.conftest import job_analyses
+from conftest import job_analyses
 
 
 def test_waiting_for_a_straggler_is_not_taken_for_allreduce_cost(slow_rank_job):

@@ -3,7 +3,7 @@
 import pickle
 
 from convdoctor.rules.cd202_gradient_as_bucket_view import GradientAsBucketViewRule
-from tests.conftest import job_analyses
+from conftest import job_analyses
 
 
 def test_copies_found_in_a_default_ddp_trace(slow_rank_job):

@@ -1,7 +1,7 @@
 """CD203 on a real 2-rank job whose rank 1 sleeps in its forward, and on the same traces without the job view."""
 
 from convdoctor.rules.cd203_ddp_straggler import DdpStragglerRule
-from tests.conftest import job_analyses
+from conftest import job_analyses
 
 
 def test_triggers_on_the_rank_that_sleeps(slow_rank_job):

@@ -1,7 +1,7 @@
 """CD204 on a real 2-rank job's trace (DDP defaults recorded), and silent on a single-device trace."""
 
 from convdoctor.rules.cd204_ddp_static_graph import DdpStaticGraphRule
-from tests.conftest import SHARED_TRACES, job_analyses
+from conftest import SHARED_TRACES, job_analyses
 
 
 def test_triggers_on_a_ddp_trace_with_default_settings(slow_rank_job):
