@@ -31,7 +31,7 @@ HOST_KINDS = frozenset({EventKind.CPU_OP, EventKind.ANNOTATION, EventKind.PYTHON
 DEVICE_KINDS = frozenset({EventKind.KERNEL, EventKind.MEMCPY, EventKind.MEMSET})
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Op:
     """A host-side event (operator, annotation, python function or CUDA runtime call) with its nesting."""
 
@@ -61,9 +61,11 @@ class Op:
 
     def descendants(self) -> Iterator[Op]:
         """Every event nested under this one, depth first."""
-        for child in self.children:
-            yield child
-            yield from child.descendants()
+        stack = self.children[::-1]
+        while stack:
+            op = stack.pop()
+            yield op
+            stack.extend(reversed(op.children))
 
     def ancestors(self) -> Iterator[Op]:
         """The events this one is nested in, innermost first."""
@@ -78,7 +80,7 @@ class Op:
         return own + sum(sum(k.dur_us for k in d.kernels) for d in self.descendants())
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Kernel:
     """A device-side event: a kernel, memcpy or memset, linked to the host event that launched it.
 
@@ -163,7 +165,7 @@ class Profile:
 
         return gpu_timeline(self)
 
-    @property
+    @cached_property
     def has_module_scopes(self) -> bool:
         return any(op.scope is not None for op in self.ops)
 

@@ -16,6 +16,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any, Callable
 
+from convdoctor.analyzer.collector import collector_paused
 from convdoctor.analyzer.module_scope import parse_scope_name
 from convdoctor.analyzer.profile import DEVICE_KINDS, EventKind, Kernel, Op, Profile, Step
 from convdoctor.errors import TraceError
@@ -84,8 +85,9 @@ def _check_kineto(data: Any, trace_path: str) -> None:
 
 
 def load_profile(path: str | Path) -> Profile:
-    """Read and parse one trace file."""
-    return parse_trace(read_trace(path, slim=True), str(path))
+    """Read and parse one trace file (with the cyclic garbage collector paused: see ``collector_paused``)."""
+    with collector_paused():
+        return parse_trace(read_trace(path, slim=True), str(path))
 
 
 def _slim_event(obj: dict[str, Any]) -> Any:
@@ -100,16 +102,20 @@ def _slim_event(obj: dict[str, Any]) -> Any:
         return obj
     if obj["ph"] != "X":
         return None  # parse_trace types complete events only
-    slim = {key: value for key, value in obj.items() if key in PARSED_EVENT_KEYS}
-    if isinstance(slim.get("name"), str):
-        slim["name"] = sys.intern(slim["name"])
-    args = slim.get("args")
+    # A fresh object from the decoder: cut in place, and only when it holds keys that are never read.
+    if not obj.keys() <= PARSED_EVENT_KEYS:
+        obj = {key: value for key, value in obj.items() if key in PARSED_EVENT_KEYS}
+    name = obj.get("name")
+    if isinstance(name, str):
+        obj["name"] = sys.intern(name)
+    args = obj.get("args")
     if isinstance(args, dict):
-        slim["args"] = args = {key: value for key, value in args.items() if key in PARSED_ARG_KEYS}
+        if not args.keys() <= PARSED_ARG_KEYS:
+            obj["args"] = args = {key: value for key, value in args.items() if key in PARSED_ARG_KEYS}
         types = args.get("Input type")
         if isinstance(types, list):
             args["Input type"] = [sys.intern(t) if isinstance(t, str) else t for t in types]
-    return slim
+    return obj
 
 
 def parse_trace(data: dict[str, Any], trace_path: str = "<memory>") -> Profile:
@@ -122,11 +128,18 @@ def parse_trace(data: dict[str, Any], trace_path: str = "<memory>") -> Profile:
     ops: list[Op] = []
     kernels: list[Kernel] = []
     unknown: Counter[str] = Counter()
+    categories: dict[str, tuple[str, EventKind | None]] = {}  # each spelling met, with its kind
     for raw in data["traceEvents"]:
         if not isinstance(raw, dict) or raw.get("ph") != "X":
             continue
-        category = str(raw.get("cat", "")).lower()
-        kind = CATEGORY_KINDS.get(category)
+        spelling = raw.get("cat", "")
+        known = categories.get(spelling) if isinstance(spelling, str) else None
+        if known is None:
+            category = str(spelling).lower()
+            known = (category, CATEGORY_KINDS.get(category))
+            if isinstance(spelling, str):
+                categories[spelling] = known
+        category, kind = known
         if kind is None:
             if category not in IGNORED_CATEGORIES:
                 unknown[category] += 1
@@ -155,6 +168,7 @@ def parse_trace(data: dict[str, Any], trace_path: str = "<memory>") -> Profile:
 
 MAX_TIME_US = float(2**63)  # no int64 clock, in µs or even ns, goes beyond: sums and spans of times stay finite
 TIME_RESOLUTION_US = 0.001  # Kineto's clock counts nanoseconds
+EXACT_FLOAT_INT = 2**53  # ints up to here survive a round trip through a float unchanged
 
 
 def _time_or_none(value: Any) -> float | None:
@@ -162,12 +176,15 @@ def _time_or_none(value: Any) -> float | None:
 
     A magnitude below the clock's 1 ns resolution is 0: nothing divides by a sub-nanosecond duration or span.
     """
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+    if type(value) is float:  # the common case, first
+        number = value
+    elif isinstance(value, bool) or not isinstance(value, (int, float, str)):
         return None
-    try:
-        number = float(value)
-    except (ValueError, OverflowError):  # not a number; an int too large for a float
-        return None
+    else:
+        try:
+            number = float(value)
+        except (ValueError, OverflowError):  # not a number; an int too large for a float
+            return None
     if not abs(number) <= MAX_TIME_US:  # also NaN
         return None
     return number if abs(number) >= TIME_RESOLUTION_US else 0.0
@@ -175,6 +192,8 @@ def _time_or_none(value: Any) -> float | None:
 
 def _int_or_none(value: Any) -> int | None:
     """An id or index (an integer, an integral float, or digits in a string), or None."""
+    if type(value) is int:  # the common case, first
+        return value
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
@@ -191,6 +210,8 @@ def _int_or_none(value: Any) -> int | None:
 
 def _count_or_none(value: Any) -> int | None:
     """A non-negative integer count (registers, bytes), or None for a missing or impossible value."""
+    if type(value) is int and 0 <= value <= EXACT_FLOAT_INT:  # the common case: the same int as through a float
+        return value
     number = _rate_or_none(value)
     return int(number) if number is not None else None
 
@@ -201,6 +222,8 @@ def _rate_or_none(value: Any) -> float | None:
     Kineto writes ``inf`` blocks per SM when it knows no SM count, and -1 (written as ``-99`` %) as the occupancy
     when its occupancy calculator fails: neither is a value.
     """
+    if type(value) is float:  # the common case, first
+        return value if math.isfinite(value) and value >= 0 else None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     try:
@@ -214,6 +237,8 @@ def _dim3_or_none(value: Any) -> tuple[int, int, int] | None:
     """A ``[x, y, z]`` launch dimension as a tuple of positive ints, or None."""
     if not isinstance(value, list) or len(value) != 3:
         return None
+    if all(type(v) is int and 1 <= v <= EXACT_FLOAT_INT for v in value):  # the common case, checked at once
+        return (value[0], value[1], value[2])
     dims = tuple(_count_or_none(v) for v in value)
     if any(d is None or d < 1 for d in dims):
         return None
@@ -236,6 +261,8 @@ def _shapes(value: Any) -> list[Any]:
     """
     if not isinstance(value, list):
         return []
+    if all(_shape_entry(entry) is entry for entry in value):
+        return value  # keep the trace's list when it is fine
     typed = [_shape_entry(entry) for entry in value]
     return value if all(t is v for t, v in zip(typed, value)) else typed  # keep the trace's list when it is fine
 
@@ -243,6 +270,8 @@ def _shapes(value: Any) -> list[Any]:
 def _shape_entry(entry: Any) -> list[Any]:
     if not isinstance(entry, list):
         return []
+    if all(type(v) is int and 0 <= v <= MAX_DIM for v in entry):  # the common case, without a call per dim
+        return entry
     if all(_is_dim(v) for v in entry):
         return entry
     if all(isinstance(v, list) and all(_is_dim(d) for d in v) for v in entry):
@@ -291,7 +320,10 @@ PARSED_EVENT_KEYS = frozenset({"ph", "cat", "name", "ts", "dur", "pid", "tid", "
 def _field(args: dict[str, Any], name: str) -> Any:
     """The typed value of field ``name`` in an event's args (None or [] when absent or of the wrong type)."""
     keys, typed = ARG_SCHEMA[name]
-    return typed(next((args[key] for key in keys if key in args), None))
+    for key in keys:
+        if key in args:
+            return typed(args[key])
+    return typed(None)
 
 
 def _typed_event(raw: dict[str, Any], kind: EventKind) -> Op | Kernel | None:
@@ -376,7 +408,8 @@ def _link_kernels(ops: list[Op], kernels: list[Kernel]) -> None:
 def _steps(ops: list[Op]) -> list[Step]:
     steps = []
     for op in ops:
-        if op.kind in (EventKind.ANNOTATION, EventKind.CPU_OP) and (match := STEP_NAME.match(op.name)):
+        if (op.name.startswith("ProfilerStep#") and op.kind in (EventKind.ANNOTATION, EventKind.CPU_OP)
+                and (match := STEP_NAME.match(op.name))):
             steps.append(Step(number=int(match.group(1)), ts_us=op.ts_us, dur_us=op.dur_us))
     return sorted(steps, key=lambda s: s.ts_us)
 

@@ -16,6 +16,7 @@ from torch import nn
 import convdoctor
 from convdoctor.analyzer.benchmark import BenchmarkSettings, Verdict, measure
 from convdoctor.analyzer.capture import capture, check_fits, environment
+from convdoctor.analyzer.collector import collector_paused
 from convdoctor.analyzer.layers import ConvAnalysis, analyze_convs
 from convdoctor.analyzer.model_cost import ArchitectureDelta, model_cost
 from convdoctor.analyzer.roofline import analyze_roofline
@@ -122,14 +123,15 @@ def analyze_path(path: str | Path, out_dir: Path | None = None, progress: Progre
     written, failed = [], []
     for trace in traces:
         progress.stage(f"analyzing {trace}")
-        try:
-            analysis = analyze_convs(load_profile(trace))
-        except TraceError as exc:
-            failed.append(str(exc))
-            continue
-        files = _prepare_out_dir(base if len(traces) == 1 else base / _trace_key(path, trace))
-        report = _offline_report(analysis, trace, path if path.is_dir() else trace.parent, rule_set, rules)
-        _write(report, files)
+        with collector_paused():  # the trace's objects live until its report is written: nothing to collect
+            try:
+                analysis = analyze_convs(load_profile(trace))
+            except TraceError as exc:
+                failed.append(str(exc))
+                continue
+            files = _prepare_out_dir(base if len(traces) == 1 else base / _trace_key(path, trace))
+            report = _offline_report(analysis, trace, path if path.is_dir() else trace.parent, rule_set, rules)
+            _write(report, files)
         written.append((report, files))
     if not written:
         more = f" (and {len(failed) - 1} more unreadable traces)" if len(failed) > 1 else ""
@@ -152,8 +154,9 @@ def report_data(path: str | Path) -> dict[str, Any]:
     if len(traces) > 1:
         raise ReportError(f"{path}: holds {len(traces)} traces; pass one trace (or one worker's report.json)")
     rule_set = load_rules()
-    analysis = analyze_convs(load_profile(traces[0]))
-    return report_to_dict(_offline_report(analysis, traces[0], traces[0].parent, rule_set, rule_set.rules))
+    with collector_paused():
+        analysis = analyze_convs(load_profile(traces[0]))
+        return report_to_dict(_offline_report(analysis, traces[0], traces[0].parent, rule_set, rule_set.rules))
 
 
 def _offline_report(analysis: ConvAnalysis, trace: Path, logdir: Path, rule_set: RuleSet, rules: list[Rule]
