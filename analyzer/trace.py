@@ -50,21 +50,22 @@ def read_trace(path: str | Path, *, slim: bool = False) -> dict[str, Any]:
     parses to the same Profile from a fraction of the memory: most of a trace is call stacks, flows and memory
     instants.
     """
-    path = Path(path)
+    return _decode(Path(path), _slim_event if slim else None)
+
+
+def _decode(path: Path, hook: Callable[[dict[str, Any]], Any] | None) -> dict[str, Any]:
+    """The trace's JSON object, each object passed through ``hook`` as it is decoded; TraceError as ``read_trace``."""
     if path.is_dir():
         raise TraceError(f"{path}: is a directory, not a trace file; pass a *.pt.trace.json[.gz] file or a log dir")
     if not path.is_file():
         raise TraceError(f"{path}: no such trace file; pass a *.pt.trace.json[.gz] file or a log dir")
-    hook = _slim_event if slim else None
     try:
         if path.stat().st_size == 0:
             raise TraceError(f"{path}: is empty (0 bytes); the profiler did not finish writing it, or the copy failed")
-        if path.name.endswith(".gz"):
-            with gzip.open(path, "rt", encoding="utf-8") as handle:
-                data = json.load(handle, object_hook=hook)
-        else:
-            with open(path, encoding="utf-8") as handle:
-                data = json.load(handle, object_hook=hook)
+        raw = path.read_bytes()  # in one read, and decompressed in one call: faster than a stream of chunks
+        text = (gzip.decompress(raw) if path.name.endswith(".gz") else raw).decode("utf-8")
+        del raw
+        data = json.loads(text, object_hook=hook)
     except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
         raise TraceError(f"{path}: cannot be decompressed ({exc}); the file is truncated or not gzip") from exc
     except OSError as exc:  # permissions, a file that vanished, an I/O error
@@ -85,9 +86,64 @@ def _check_kineto(data: Any, trace_path: str) -> None:
 
 
 def load_profile(path: str | Path) -> Profile:
-    """Read and parse one trace file (with the cyclic garbage collector paused: see ``collector_paused``)."""
+    """Read and parse one trace file: the same Profile as ``parse_trace(read_trace(path))``, faster and smaller.
+
+    Each event is typed as soon as it is decoded (see ``_TypingHook``), so no raw event outlives its own
+    decoding, and the cyclic garbage collector is paused meanwhile (see ``collector_paused``).
+    """
+    path = Path(path)
     with collector_paused():
+        hook = _TypingHook()
+        data = _decode(path, hook)
+        events = data["traceEvents"]
+        typed = [event for event in events if isinstance(event, (Op, Kernel))]
+        if len(typed) + events.count(SKIPPED) == hook.events_seen:
+            return _profile(data, typed, hook.typer.unknown, str(path))
+        # An object taken for an event sits somewhere else than in the event list (inside an event's args, or
+        # the metadata), where it must stay a JSON object: read again, cutting events to their parts only.
         return parse_trace(read_trace(path, slim=True), str(path))
+
+
+SKIPPED = object()  # what _TypingHook leaves in place of an event that is not typed
+
+
+class _TypingHook:
+    """A ``json`` object hook that types each complete event as soon as it is decoded (an event's args are
+    decoded before the event), and counts the objects it took for events."""
+
+    def __init__(self) -> None:
+        self.typer = _EventTyper()
+        self.events_seen = 0
+
+    def __call__(self, obj: dict[str, Any]) -> Any:
+        if "ph" not in obj or "traceEvents" in obj:
+            return obj
+        self.events_seen += 1
+        event = self.typer(obj) if obj["ph"] == "X" else None
+        return SKIPPED if event is None else event
+
+
+class _EventTyper:
+    """Types complete (``ph`` X) events one by one, counting the categories it does not know."""
+
+    def __init__(self) -> None:
+        self.unknown: Counter[str] = Counter()
+        self.categories: dict[str, tuple[str, EventKind | None]] = {}  # each spelling met, with its kind
+
+    def __call__(self, raw: dict[str, Any]) -> Op | Kernel | None:
+        spelling = raw.get("cat", "")
+        known = self.categories.get(spelling) if isinstance(spelling, str) else None
+        if known is None:
+            category = str(spelling).lower()
+            known = (category, CATEGORY_KINDS.get(category))
+            if isinstance(spelling, str):
+                self.categories[spelling] = known
+        category, kind = known
+        if kind is None:
+            if category not in IGNORED_CATEGORIES:
+                self.unknown[category] += 1
+            return None
+        return _typed_event(raw, kind)
 
 
 def _slim_event(obj: dict[str, Any]) -> Any:
@@ -125,29 +181,15 @@ def parse_trace(data: dict[str, Any], trace_path: str = "<memory>") -> Profile:
     object is a TraceError.
     """
     _check_kineto(data, trace_path)
-    ops: list[Op] = []
-    kernels: list[Kernel] = []
-    unknown: Counter[str] = Counter()
-    categories: dict[str, tuple[str, EventKind | None]] = {}  # each spelling met, with its kind
-    for raw in data["traceEvents"]:
-        if not isinstance(raw, dict) or raw.get("ph") != "X":
-            continue
-        spelling = raw.get("cat", "")
-        known = categories.get(spelling) if isinstance(spelling, str) else None
-        if known is None:
-            category = str(spelling).lower()
-            known = (category, CATEGORY_KINDS.get(category))
-            if isinstance(spelling, str):
-                categories[spelling] = known
-        category, kind = known
-        if kind is None:
-            if category not in IGNORED_CATEGORIES:
-                unknown[category] += 1
-            continue
-        event = _typed_event(raw, kind)
-        if event is None:
-            continue
-        (kernels if isinstance(event, Kernel) else ops).append(event)
+    typer = _EventTyper()
+    events = [typer(raw) for raw in data["traceEvents"] if isinstance(raw, dict) and raw.get("ph") == "X"]
+    return _profile(data, [event for event in events if event is not None], typer.unknown, trace_path)
+
+
+def _profile(data: dict[str, Any], events: list[Op | Kernel], unknown: Counter[str], trace_path: str) -> Profile:
+    """The Profile of a trace's typed events, in trace order: sorted, nested and linked."""
+    ops = [event for event in events if isinstance(event, Op)]
+    kernels = [event for event in events if isinstance(event, Kernel)]
     ops.sort(key=lambda op: (op.ts_us, -op.dur_us))
     kernels.sort(key=lambda k: k.ts_us)
     _nest(ops)
@@ -284,10 +326,13 @@ def _is_dim(value: Any) -> bool:
 
 
 def _strings(value: Any) -> list[str]:
-    """``Input type`` / ``Concrete Inputs``: one string per input; any other value becomes ``""`` (not given)."""
+    """``Input type`` / ``Concrete Inputs``: one string per input; any other value becomes ``""`` (not given).
+
+    The strings are interned: a few hundred type names and values repeat over millions of events.
+    """
     if not isinstance(value, list):
         return []
-    return value if all(isinstance(v, str) for v in value) else [v if isinstance(v, str) else "" for v in value]
+    return [sys.intern(v) if isinstance(v, str) else "" for v in value]
 
 
 # The one schema table: each typed field, the raw ``args`` keys it is spelled as across PyTorch versions (first
@@ -331,7 +376,7 @@ def _typed_event(raw: dict[str, Any], kind: EventKind) -> Op | Kernel | None:
     dur_us = _time_or_none(raw.get("dur", 0.0))
     if ts_us is None or dur_us is None:
         return None  # an event without a time cannot be placed; the rest of the trace still can
-    name = str(raw.get("name", ""))
+    name = sys.intern(str(raw.get("name", "")))  # a few hundred names repeat over millions of events
     args = raw.get("args") if isinstance(raw.get("args"), dict) else {}
     if kind in DEVICE_KINDS:
         return Kernel(

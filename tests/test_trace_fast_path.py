@@ -14,7 +14,7 @@ import pytest
 
 from conftest import SHARED_TRACES
 from convdoctor.analyzer.layers import analyze_convs
-from convdoctor.analyzer.trace import load_profile, parse_trace
+from convdoctor.analyzer.trace import load_profile, parse_trace, read_trace
 
 HOST_CATEGORIES = {"operator", "cpu_op", "user_annotation", "python_function", "runtime", "cuda_runtime", "cuda_driver"}
 DEVICE_CATEGORIES = {"kernel", "memcpy", "gpu_memcpy", "memset", "gpu_memset"}
@@ -62,3 +62,19 @@ def test_step_of_is_the_first_step_holding_the_time(name):
     for ts in times:
         expected = next((s for s in profile.steps if s.ts_us <= ts <= s.end_us), None)
         assert profile.step_of(ts) is expected
+
+
+def test_an_event_object_outside_the_event_list_is_read_as_before(tmp_path):
+    """load_profile types events while decoding; an event-like object elsewhere (here: a copy of a real event in
+    the device properties and in another event's args) must stay a JSON object, as the reading without it keeps."""
+    trace = json.loads(gzip.decompress(SHARED_TRACES["resnet50"].read_bytes()))
+    kernel = next(e for e in trace["traceEvents"] if e.get("cat") == "Kernel")
+    trace["deviceProperties"].append(dict(kernel))
+    next(e for e in trace["traceEvents"] if e.get("cat") == "Operator")["args"]["nested"] = dict(kernel)
+    path = tmp_path / "nested.pt.trace.json"
+    path.write_text(json.dumps(trace))
+    fast = load_profile(path)
+    plain = parse_trace(read_trace(path, slim=True), str(path))
+    assert len(fast.ops) == len(plain.ops) and len(fast.kernels) == len(plain.kernels)
+    assert fast.device_properties == plain.device_properties and fast.device_properties[-1]["name"] == kernel["name"]
+    assert layer_facts(analyze_convs(fast)) == layer_facts(analyze_convs(plain))
