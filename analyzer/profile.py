@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import bisect
 import enum
+import itertools
 import math
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -32,7 +34,7 @@ HOST_KINDS = frozenset({EventKind.CPU_OP, EventKind.ANNOTATION, EventKind.PYTHON
 DEVICE_KINDS = frozenset({EventKind.KERNEL, EventKind.MEMCPY, EventKind.MEMSET})
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Op:
     """A host-side event (operator, annotation, python function or CUDA runtime call) with its nesting."""
 
@@ -63,9 +65,11 @@ class Op:
 
     def descendants(self) -> Iterator[Op]:
         """Every event nested under this one, depth first."""
-        for child in self.children:
-            yield child
-            yield from child.descendants()
+        stack = self.children[::-1]
+        while stack:
+            op = stack.pop()
+            yield op
+            stack.extend(reversed(op.children))
 
     def ancestors(self) -> Iterator[Op]:
         """The events this one is nested in, innermost first."""
@@ -80,7 +84,7 @@ class Op:
         return own + sum(sum(k.dur_us for k in d.kernels) for d in self.descendants())
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Kernel:
     """A device-side event: a kernel, memcpy or memset, linked to the host event that launched it.
 
@@ -136,7 +140,7 @@ class Profile:
     trace_path: str
     ops: list[Op]  # host events, sorted by start time
     kernels: list[Kernel]  # device events, sorted by start time
-    steps: list[Step]
+    steps: list[Step]  # sorted by start time
     device_properties: list[dict[str, Any]]
     metadata: dict[str, Any]  # the trace's top-level keys other than its events
     unknown_categories: dict[str, int]  # categories this parser does not know, with their counts
@@ -172,7 +176,7 @@ class Profile:
 
         return communication(self)
 
-    @property
+    @cached_property
     def has_module_scopes(self) -> bool:
         return any(op.scope is not None for op in self.ops)
 
@@ -191,11 +195,19 @@ class Profile:
         return max(op.end_us for op in top) - min(op.ts_us for op in top)
 
     def step_of(self, ts_us: float) -> Step | None:
-        """The step whose span holds the time ``ts_us``."""
-        for s in self.steps:
-            if s.ts_us <= ts_us <= s.end_us:
-                return s
-        return None
+        """The step whose span holds the time ``ts_us`` (the first such, in ``steps`` order).
+
+        Found by bisection, not by a scan: a trace of N steps asks this for about N times more events.
+        """
+        starts, reach = self._step_index
+        started = bisect.bisect_right(starts, ts_us)  # steps[:started] start at or before ts_us
+        first = bisect.bisect_left(reach, ts_us, 0, started)  # the first of them whose span reaches ts_us
+        return self.steps[first] if first < started else None
+
+    @cached_property
+    def _step_index(self) -> tuple[list[float], list[float]]:
+        """The steps' starts and the running maximum of their ends, for ``step_of`` (steps sorted by start)."""
+        return [s.ts_us for s in self.steps], list(itertools.accumulate((s.end_us for s in self.steps), max))
 
 
 def _recordable(value: Any) -> bool:

@@ -85,21 +85,24 @@ def build_trace(data: dict[str, Any], factor: int, path: Path) -> tuple[int, int
 
 
 def run_measured(command: list[str]) -> tuple[float, float, int]:
-    """Run ``command``; (peak RSS in MiB, wall seconds, exit code) of that process alone."""
-    started = time.perf_counter()
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=REPO)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - started
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stderr.read().decode()[-2000:] if proc.stderr else "")
+    """Run ``command``; (peak RSS in MiB, wall seconds, exit code) of that process (the largest of it and the
+    children it waited for: ``os.wait4`` reports the maximum over them)."""
+    with tempfile.TemporaryFile() as errors:  # a file, not a pipe: a chatty command cannot block on a full pipe
+        started = time.perf_counter()
+        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=errors, cwd=REPO)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - started
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
+            errors.seek(0)
+            sys.stderr.write(errors.read().decode(errors="replace")[-2000:])
     return usage.ru_maxrss / 1024, wall, proc.returncode  # ru_maxrss is in KiB on Linux
 
 
 def measure(factors: list[int], keep: Path | None) -> None:
     data = json.loads(gzip.decompress(V100.read_bytes()))
     scratch = Path(tempfile.mkdtemp(prefix="convdoctor-trace-memory-", dir=keep))
-    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, {_mem_total_gib():.0f} GiB RAM, "
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, {mem_total_gib():.0f} GiB RAM, "
           f"Python {platform.python_version()}, {platform.system()} {platform.release()}")
     rows = []
     rss, wall, rc = run_measured([sys.executable, "-c", IMPORT_ONLY])
@@ -125,7 +128,7 @@ def measure(factors: list[int], keep: Path | None) -> None:
 def where(factor: int) -> None:
     """tracemalloc in this process: what is alive after reading, after typing, after analysis (and the peaks)."""
     from convdoctor.analyzer.layers import analyze_convs
-    from convdoctor.analyzer.trace import parse_trace, read_trace
+    from convdoctor.analyzer.trace import load_profile, parse_trace, read_trace
     from convdoctor.rules.registry import load_rules, run_rules
 
     data = json.loads(gzip.decompress(V100.read_bytes()))
@@ -141,13 +144,15 @@ def where(factor: int) -> None:
         gc.collect()
         tracemalloc.reset_peak()
         raw = read_trace(path, slim=True)
-        _report("read_trace(slim=True), as load_profile reads")
+        _report("read_trace(slim=True), load_profile's fallback reading")
         profile = parse_trace(raw, str(path))
         _report("parse_trace, raw objects still referenced")
         top = tracemalloc.take_snapshot()
-        del raw
+        del raw, profile
         gc.collect()
-        _report("after dropping the raw objects (the Profile alone)")
+        tracemalloc.reset_peak()
+        profile = load_profile(path)
+        _report("load_profile: events typed while decoded (the Profile alone)")
         analysis = analyze_convs(profile)
         run_rules(load_rules().rules, analysis)
         _report("after analyze_convs and the rules")
@@ -162,7 +167,7 @@ def _report(stage: str) -> None:
     print(f"{stage:<55} now {current / 2**20:8.1f} MiB   peak so far {peak / 2**20:8.1f} MiB")
 
 
-def _mem_total_gib() -> float:
+def mem_total_gib() -> float:
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     except (ValueError, OSError):

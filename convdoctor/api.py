@@ -21,6 +21,7 @@ import convdoctor
 from convdoctor.analyzer.batch_sweep import sweep_batch_sizes
 from convdoctor.analyzer.benchmark import BenchmarkSettings, Measurement, Verdict, measure
 from convdoctor.analyzer.capture import check_fits, environment, record
+from convdoctor.analyzer.collector import collector_paused
 from convdoctor.analyzer.environment_trial import WorkerError, measure_environment
 from convdoctor.analyzer.job_tasks import CaptureTask, MeasureTask
 from convdoctor.analyzer.job_view import job_view
@@ -150,21 +151,22 @@ def analyze_path(path: str | Path, out_dir: Path | None = None, progress: Progre
     rules = select_rules(rule_set.rules, select, ignore)
     written, failed = [], []
     for run in _runs(traces):
-        analyzed = []
-        for trace in run:
-            progress.stage(f"analyzing {trace}")
-            try:
-                analyzed.append((trace, analyze_convs(load_profile(trace))))
-            except TraceError as exc:
-                failed.append(str(exc))
-        if len(analyzed) > 1:
-            analyzed.sort(key=lambda pair: _rank_order(*pair))
-            analyzed[0][1].job = job_view([analysis for _, analysis in analyzed])
-        for trace, analysis in analyzed:
-            files = _prepare_out_dir(base if len(traces) == 1 else base / _trace_key(path, trace))
-            report = _offline_report(analysis, trace, path if path.is_dir() else trace.parent, rule_set, rules)
-            _write(report, files)
-            written.append((report, files))
+        with collector_paused():  # the traces' objects live until their reports are written: nothing to collect
+            analyzed = []
+            for trace in run:
+                progress.stage(f"analyzing {trace}")
+                try:
+                    analyzed.append((trace, analyze_convs(load_profile(trace))))
+                except TraceError as exc:
+                    failed.append(str(exc))
+            if len(analyzed) > 1:
+                analyzed.sort(key=lambda pair: _rank_order(*pair))
+                analyzed[0][1].job = job_view([analysis for _, analysis in analyzed])
+            for trace, analysis in analyzed:
+                files = _prepare_out_dir(base if len(traces) == 1 else base / _trace_key(path, trace))
+                report = _offline_report(analysis, trace, path if path.is_dir() else trace.parent, rule_set, rules)
+                _write(report, files)
+                written.append((report, files))
     if not written:
         more = f" (and {len(failed) - 1} more unreadable traces)" if len(failed) > 1 else ""
         raise TraceError(failed[0] + more)
@@ -212,8 +214,9 @@ def report_data(path: str | Path) -> dict[str, Any]:
 def analyze_trace(trace: Path) -> Report:
     """One trace analyzed offline with every rule, nothing measured (what `analyze` reports), written nowhere."""
     rule_set = load_rules()
-    analysis = analyze_convs(load_profile(trace))
-    return _offline_report(analysis, trace, trace.parent, rule_set, rule_set.rules)
+    with collector_paused():
+        analysis = analyze_convs(load_profile(trace))
+        return _offline_report(analysis, trace, trace.parent, rule_set, rule_set.rules)
 
 
 def _offline_report(analysis: ConvAnalysis, trace: Path, logdir: Path, rule_set: RuleSet, rules: list[Rule]
