@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import subprocess
 import sys
 import tempfile
@@ -22,6 +21,7 @@ from typing import Any, Callable
 from convdoctor.analyzer.benchmark import (
     BenchmarkSettings,
     Measurement,
+    alternating_rounds,
     Numerics,
     cpu_jiffies,
     estimate_speedup,
@@ -101,17 +101,9 @@ def measure_environment(
     try:
         for env in ({}, environment):  # one after the other: neither warms up while the other is timed
             workers.append(_Worker(workload, settings, env))
-        rng = random.Random(0)
-        times: tuple[list[float], list[float]] = ([], [])
         pids = tuple(w.process.pid for w in workers)
         started, cpu_before = time.perf_counter(), cpu_jiffies(("self", *pids))
-        for round_index in range(settings.max_rounds):
-            for which in ([0, 1] if rng.random() < 0.5 else [1, 0]):
-                times[which].extend(workers[which].steps(1))
-            if progress is not None:
-                progress(round_index + 1, settings.max_rounds)
-            if round_index + 1 >= settings.min_rounds and time.perf_counter() - started >= settings.target_s:
-                break
+        times = alternating_rounds(lambda which: workers[which].steps(1)[0], settings, progress)
         busy = other_cores_busy(cpu_before, cpu_jiffies(("self", *pids)), time.perf_counter() - started)
         peaks = (workers[0].max_rss_bytes, workers[1].max_rss_bytes)
     finally:

@@ -3,8 +3,6 @@ as a whole job. Every rank runs the same steps in the same order, since each DDP
 
 from __future__ import annotations
 
-import gc
-import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +11,13 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from convdoctor.analyzer.benchmark import BenchmarkSettings, Measurement, compare_first_step, estimate_speedup
+from convdoctor.analyzer.benchmark import (
+    BenchmarkSettings,
+    Measurement,
+    alternating_rounds,
+    compare_first_step,
+    estimate_speedup,
+)
 from convdoctor.analyzer.capture import capture, check_fits
 from convdoctor.analyzer.model_cost import ArchitectureDelta, model_cost
 from convdoctor.analyzer.workload import Workload, make_step, synchronize
@@ -72,20 +76,7 @@ def measure_job(baseline: Workload, candidate: Workload, settings: BenchmarkSett
     for step in steps:
         for _ in range(settings.warmup_steps):
             step()
-    rng = random.Random(0)
-    times: tuple[list[float], list[float]] = ([], [])
-    gc.collect()
-    gc_was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        for round_index in range(settings.max_rounds):
-            for which in ([0, 1] if rng.random() < 0.5 else [1, 0]):
-                times[which].append(_job_step_s(steps[which], baseline.device))
-            if round_index + 1 >= settings.min_rounds and sum(times[0]) + sum(times[1]) >= settings.target_s:
-                break
-    finally:
-        if gc_was_enabled:
-            gc.enable()
+    times = alternating_rounds(lambda which: _job_step_s(steps[which], baseline.device), settings)
     return Measurement(
         estimate=estimate_speedup(times[0], times[1]),
         numerics=numerics,

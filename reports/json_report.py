@@ -296,6 +296,8 @@ def _measurement(measurement: Measurement, numerics_ok: bool | None, *, compares
         "max_rel_error": _number(numerics.max_rel_error) if compares_outputs else None,
         "max_grad_abs_error": _number(numerics.max_grad_abs_error) if compares_outputs else None,
         "max_grad_rel_error": _number(numerics.max_grad_rel_error) if compares_outputs else None,
+        "grad_rel_error_vs_fp64": (list(numerics.grad_rel_error_vs_fp64)
+                                   if compares_outputs and numerics.grad_rel_error_vs_fp64 is not None else None),
         "numerics_ok": numerics_ok,
         "rounds": measurement.rounds,
         "warmup_steps": list(measurement.warmup_steps),

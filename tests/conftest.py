@@ -18,6 +18,7 @@ SHARED_TRACES = {
     "recsys": DATA / "recsys_a100_train_noconv.pt.trace.json.gz",
     "cpu_only": DATA / "cpu_only_small.pt.trace.json.gz",
 }
+SCHEMA = json.loads((REPO / "reports" / "report.schema.json").read_text())  # report.json's shipped schema
 OUTPUT = REPO / "test-output"  # screenshots and reports for a person to look at
 
 
@@ -44,6 +45,20 @@ def capture_analysis(workload, tmp_path: Path, steps: int = 1):
     from convdoctor.analyzer.trace import load_profile
 
     return analyze_convs(load_profile(capture(workload, tmp_path / "tb", "run", steps=steps)[0]))
+
+
+def file_analysis(model_file: Path, tmp_path: Path, steps: int = 1):
+    """Load a model file on the CPU and capture and analyze it: the workload and its ConvAnalysis."""
+    from convdoctor.analyzer.workload import load_workload
+
+    workload = load_workload(model_file, device="cpu")
+    return workload, capture_analysis(workload, tmp_path, steps)
+
+
+@pytest.fixture(scope="session")
+def seed_conv(tmp_path_factory: pytest.TempPathFactory):
+    """One capture of examples/seed_conv.py (the model is a bare nn.Conv2d: the layer is ``<model>``)."""
+    return file_analysis(EXAMPLES / "seed_conv.py", tmp_path_factory.mktemp("seed_conv"))
 
 
 @pytest.fixture(scope="module")

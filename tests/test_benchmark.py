@@ -145,3 +145,27 @@ def test_peak_memory_of_a_step_counts_its_activations():
     quick = BenchmarkSettings(warmup_s=0.0, warmup_steps=2, min_rounds=3, max_rounds=3, max_warmup_s=1.0)
     result = measure(workload, wider, quick)
     assert result.peak_bytes[0] < result.peak_bytes[1] and result.peak_memory
+
+
+def test_gradients_summed_in_another_order_are_judged_against_float64():
+    """channels_last training sums weight gradients in another order: its gradients are judged by their distance
+    to a float64 run (the exact answer both approximate), not to the float32 baseline's; a candidate whose
+    gradients are far from float64 is not let through."""
+    from convdoctor.analyzer.benchmark import Numerics, compare_first_step
+    from convdoctor.analyzer.workload import load_workload
+    from convdoctor.rules.cd101_channels_last import to_channels_last
+    from conftest import EXAMPLES
+
+    workload = load_workload(EXAMPLES / "small_cnn.py", device="cpu", mode="train")
+    numerics, _ = compare_first_step(workload, to_channels_last(workload.copy()))
+    assert numerics.grad_rel_error_vs_fp64 is not None
+    baseline, candidate = numerics.grad_rel_error_vs_fp64
+    assert 0 < baseline < candidate < 1e-3  # oneDNN's channels_last backward is less exact, within the 1e-3 bound
+    assert numerics.max_grad_rel_error > candidate  # the two float32 results are further apart than either is off
+    assert numerics.within(1e-4)
+
+    wrong = Numerics(0.0, 0.0, max_grad_abs_error=1.0, max_grad_rel_error=0.05, grad_rel_error_vs_fp64=(1e-5, 0.05))
+    assert not wrong.within(1e-4)
+    reordered = Numerics(0.0, 0.0, max_grad_abs_error=1.0, max_grad_rel_error=2e-3,
+                         grad_rel_error_vs_fp64=(1e-3, 1.5e-3))
+    assert reordered.within(1e-4)

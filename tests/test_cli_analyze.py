@@ -10,10 +10,9 @@ import jsonschema
 import pytest
 from click.testing import CliRunner
 
-from conftest import REPO, SHARED_TRACES
+from conftest import SCHEMA, SHARED_TRACES
 from convdoctor.cli import main
 
-SCHEMA = json.loads((REPO / "reports" / "report.schema.json").read_text())
 
 
 def test_analyze_a_gpu_training_trace(tmp_path: Path):

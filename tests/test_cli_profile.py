@@ -10,10 +10,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from conftest import EXAMPLES, MODELS, run_cli
+from conftest import EXAMPLES, MODELS, SCHEMA, run_cli
 from convdoctor.cli import main
 
-SCHEMA = json.loads((Path(__file__).resolve().parents[1] / "reports" / "report.schema.json").read_text())
 
 
 def test_profile_writes_reports_and_traces(small_cnn_run):

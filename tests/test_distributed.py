@@ -10,9 +10,8 @@ from pathlib import Path
 
 import jsonschema
 
-from conftest import EXAMPLES, MODELS, REPO, run_cli
+from conftest import EXAMPLES, MODELS, REPO, SCHEMA, run_cli
 
-SCHEMA = json.loads((REPO / "reports" / "report.schema.json").read_text())
 
 
 def _run_job(model: str, out: Path, pids: Path, *args: str) -> subprocess.CompletedProcess[str]:

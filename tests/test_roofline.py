@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
-from conftest import REPO, SHARED_TRACES, capture_analysis
+from conftest import SCHEMA, SHARED_TRACES, capture_analysis
 from convdoctor.analyzer.hardware import (
     GIGA,
     TERA,
@@ -33,7 +33,6 @@ from convdoctor.analyzer.workload import workload_from
 from convdoctor.cli import main
 from convdoctor.reports.charts import roofline_chart
 
-SCHEMA = json.loads((REPO / "reports" / "report.schema.json").read_text())
 PEAKS = Peaks(100 * GIGA, 10 * GIGA, PeaksSource.MEASURED, "test roofs")  # ridge point: 10 FLOP/byte
 
 

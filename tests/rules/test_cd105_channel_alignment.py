@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import EXAMPLES, MODELS, SHARED_TRACES, capture_analysis
+from conftest import EXAMPLES, MODELS, SCHEMA, SHARED_TRACES, capture_analysis, file_analysis
 from convdoctor.analyzer.benchmark import BenchmarkSettings
 from convdoctor.analyzer.layers import analyze_convs
 from convdoctor.analyzer.trace import load_profile
@@ -20,15 +20,13 @@ from convdoctor.rules.base import NumericsContract
 from convdoctor.rules.cd105_channel_alignment import CPU_BLOCKS, ChannelAlignmentRule, channel_block, pad_channels
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-SCHEMA = json.loads((Path(__file__).resolve().parents[2] / "reports" / "report.schema.json").read_text())
 CAPABILITY = torch.backends.cpu.get_cpu_capability()
 needs_blocked_isa = pytest.mark.skipif(CAPABILITY not in CPU_BLOCKS, reason=f"this CPU's ISA is {CAPABILITY}")
 
 
 @pytest.fixture(scope="module")
 def odd(tmp_path_factory: pytest.TempPathFactory):
-    workload = load_workload(MODELS / "cd105_odd_channels.py", device="cpu")
-    return workload, capture_analysis(workload, tmp_path_factory.mktemp("cd105"))
+    return file_analysis(MODELS / "cd105_odd_channels.py", tmp_path_factory.mktemp("cd105"))
 
 
 def test_capture_records_the_cpu_isa(odd):

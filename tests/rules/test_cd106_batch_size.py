@@ -9,7 +9,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from conftest import EXAMPLES, MODELS, SHARED_TRACES, capture_analysis
+from conftest import EXAMPLES, MODELS, SCHEMA, SHARED_TRACES, capture_analysis
 from convdoctor.analyzer.benchmark import BenchmarkSettings, Verdict
 from convdoctor.analyzer.layers import analyze_convs
 from convdoctor.analyzer.trace import load_profile
@@ -18,7 +18,6 @@ from convdoctor.rules.base import Severity
 from convdoctor.rules.cd106_batch_size import BatchSizeRule, overhead_facts
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-SCHEMA = json.loads((Path(__file__).resolve().parents[2] / "reports" / "report.schema.json").read_text())
 QUICK = BenchmarkSettings(warmup_s=0, warmup_steps=3, max_warmup_s=1.0, min_rounds=6, max_rounds=12, target_s=0.5)
 
 

@@ -9,25 +9,13 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import EXAMPLES, MODELS, capture_analysis
-from convdoctor.analyzer.layers import ConvAnalysis
+from conftest import EXAMPLES, MODELS, file_analysis
 from convdoctor.analyzer.model_cost import model_cost
-from convdoctor.analyzer.workload import Workload, load_workload, workload_from
+from convdoctor.analyzer.workload import workload_from
 from convdoctor.rules.base import NumericsContract, Severity
 from convdoctor.rules.cd101_channels_last import to_channels_last
 from convdoctor.rules.cd107_grouped_conv import GroupedConvRule, to_grouped
 from convdoctor.rules.conv_replacement import replace_convs
-
-
-def _analysis(model_file: Path, tmp_path: Path) -> tuple[Workload, ConvAnalysis]:
-    workload = load_workload(model_file, device="cpu")
-    return workload, capture_analysis(workload, tmp_path)
-
-
-@pytest.fixture(scope="module")
-def seed_conv(tmp_path_factory: pytest.TempPathFactory) -> tuple[Workload, ConvAnalysis]:
-    """One capture of examples/seed_conv.py (the model is a bare nn.Conv2d: the layer is ``<model>``)."""
-    return _analysis(EXAMPLES / "seed_conv.py", tmp_path_factory.mktemp("cd107_seed"))
 
 
 def test_triggers_on_the_dense_seed_conv(seed_conv):
@@ -75,7 +63,7 @@ def test_root_transform_cuts_flops_and_params_by_g_on_a_copy(seed_conv):
 
 
 def test_nested_convs_grouped_and_functional_conv_named_but_left_alone(tmp_path: Path):
-    workload, analysis = _analysis(MODELS / "cd107_nested.py", tmp_path)
+    workload, analysis = file_analysis(MODELS / "cd107_nested.py", tmp_path)
     rule = GroupedConvRule()
     rule.min_share = 0.0  # small layers' shares of one CPU step are noisy; the shapes decide here
     findings = list(rule.check(analysis))
@@ -106,7 +94,7 @@ def test_nested_convs_grouped_and_functional_conv_named_but_left_alone(tmp_path:
 @pytest.mark.parametrize("model_file", [EXAMPLES / "seed_grouped.py", MODELS / "cd107_pointwise_only.py"],
                          ids=["already-grouped", "pointwise-only"])
 def test_does_not_trigger_on_grouped_or_pointwise_convs(tmp_path: Path, model_file: Path):
-    _, analysis = _analysis(model_file, tmp_path)
+    _, analysis = file_analysis(model_file, tmp_path)
     rule = GroupedConvRule()
     rule.min_share = 0.0  # not even the smallest layer: the shapes alone rule these out
     assert analysis.layers and list(rule.check(analysis)) == []

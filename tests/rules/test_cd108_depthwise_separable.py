@@ -10,26 +10,14 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import EXAMPLES, MODELS, capture_analysis
-from convdoctor.analyzer.layers import ConvAnalysis
+from conftest import EXAMPLES, MODELS, file_analysis
 from convdoctor.analyzer.model_cost import model_cost
-from convdoctor.analyzer.workload import Workload, load_workload, workload_from
+from convdoctor.analyzer.workload import workload_from
 from convdoctor.rules.base import NumericsContract, Severity
 from convdoctor.rules.cd101_channels_last import to_channels_last
 from convdoctor.rules.cd108_depthwise_separable import DepthwiseSeparableRule, separable_flops_ratio, to_separable
 
 SEED_RATIO = (64 * 9 + 64 * 128) / (64 * 128 * 9)  # (C·k² + C·K) / (C·K·k²) = 137/1152
-
-
-def _analysis(model_file: Path, tmp_path: Path) -> tuple[Workload, ConvAnalysis]:
-    workload = load_workload(model_file, device="cpu")
-    return workload, capture_analysis(workload, tmp_path)
-
-
-@pytest.fixture(scope="module")
-def seed_conv(tmp_path_factory: pytest.TempPathFactory) -> tuple[Workload, ConvAnalysis]:
-    """One capture of examples/seed_conv.py (the model is a bare nn.Conv2d: the layer is ``<model>``)."""
-    return _analysis(EXAMPLES / "seed_conv.py", tmp_path_factory.mktemp("cd108_seed"))
 
 
 def test_flops_ratio_formula():
@@ -80,7 +68,7 @@ def test_root_transform_builds_the_pair_and_cuts_flops_by_the_predicted_ratio(se
 
 
 def test_nested_conv_with_stride_dilation_and_reflect_padding(tmp_path: Path):
-    workload, analysis = _analysis(MODELS / "cd108_nested.py", tmp_path)
+    workload, analysis = file_analysis(MODELS / "cd108_nested.py", tmp_path)
     rule = DepthwiseSeparableRule()
     rule.min_share = 0.0  # small layers' shares of one CPU step are noisy; the shapes decide here
     findings = list(rule.check(analysis))
@@ -106,7 +94,7 @@ def test_nested_conv_with_stride_dilation_and_reflect_padding(tmp_path: Path):
 
 
 def test_does_not_trigger_on_a_depthwise_separable_model(tmp_path: Path):
-    _, analysis = _analysis(EXAMPLES / "seed_separable.py", tmp_path)
+    _, analysis = file_analysis(EXAMPLES / "seed_separable.py", tmp_path)
     groups = {layer.name: layer.groups for layer in analysis.layers}
     assert groups == {"depthwise": 64, "pointwise": 1}
     rule = DepthwiseSeparableRule()

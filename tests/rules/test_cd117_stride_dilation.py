@@ -10,7 +10,7 @@ import jsonschema
 import pytest
 import torch
 
-from conftest import MODELS, capture_analysis
+from conftest import MODELS, SCHEMA, capture_analysis, file_analysis
 from convdoctor.analyzer.benchmark import BenchmarkSettings
 from convdoctor.analyzer.model_cost import model_cost
 from convdoctor.analyzer.workload import load_workload
@@ -18,13 +18,11 @@ from convdoctor.rules.base import NumericsContract
 from convdoctor.rules.cd117_stride_dilation import StrideDilationRule, achieved_gflops, conv_pool_pairs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-SCHEMA = json.loads((Path(__file__).resolve().parents[2] / "reports" / "report.schema.json").read_text())
 
 
 @pytest.fixture(scope="module")
 def conv_pool(tmp_path_factory: pytest.TempPathFactory):
-    workload = load_workload(MODELS / "cd117_conv_pool.py", device="cpu")
-    return workload, capture_analysis(workload, tmp_path_factory.mktemp("cd117"))
+    return file_analysis(MODELS / "cd117_conv_pool.py", tmp_path_factory.mktemp("cd117"))
 
 
 def test_finds_both_conv_pool_pairs_through_the_relu(conv_pool):
