@@ -169,3 +169,19 @@ def test_gradients_summed_in_another_order_are_judged_against_float64():
     reordered = Numerics(0.0, 0.0, max_grad_abs_error=1.0, max_grad_rel_error=2e-3,
                          grad_rel_error_vs_fp64=(1e-3, 1.5e-3))
     assert reordered.within(1e-4)
+
+
+def test_dropout_draws_the_same_masks_in_both_first_steps():
+    """In train mode a model with dropout gives the same outputs in baseline and an identical candidate."""
+    import torch
+    from torch import nn
+
+    from convdoctor.analyzer.benchmark import compare_first_step
+    from convdoctor.analyzer.workload import workload_from
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Flatten(), nn.Dropout(0.5), nn.Linear(8 * 14 * 14, 4))
+    workload = workload_from(model, torch.randn(2, 3, 16, 16), device="cpu", mode="train")
+    before = torch.random.get_rng_state()
+    numerics, _ = compare_first_step(workload, workload.copy())
+    assert numerics.max_abs_error == 0.0 and numerics.max_grad_abs_error == 0.0
+    assert torch.equal(torch.random.get_rng_state(), before)  # the caller's generator is put back
