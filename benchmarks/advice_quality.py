@@ -33,6 +33,8 @@ from convdoctor.analyzer.benchmark import BenchmarkSettings, Measurement, measur
 from convdoctor.analyzer.hardware import device_name  # noqa: E402
 from convdoctor.analyzer.workload import Workload, call_model, workload_from  # noqa: E402
 from convdoctor.api import ProfileOptions, profile  # noqa: E402
+from convdoctor.reports.presentation import measured_result  # noqa: E402
+from convdoctor.reports.report import FindingOutcome  # noqa: E402
 from convdoctor.rules.cd101_channels_last import to_channels_last  # noqa: E402
 from convdoctor.rules.transforms import autocast  # noqa: E402
 
@@ -51,6 +53,12 @@ def cases(quick: bool) -> list[Case]:
              Case("resnet18", models.ResNet18(), torch.randn(batch, 3, 224, 224)),
              Case("mobilenet_v2", models.MobileNetV2(), torch.randn(batch, 3, 224, 224))]
     return found[:2] if quick else found
+
+
+def _why_not(outcome: FindingOutcome) -> str:
+    """A finding's measured result, and whether its numerics or an architecture change kept it out of the plan."""
+    numerics = "" if outcome.numerics_ok in (None, True) else ", numerics beyond tolerance"
+    return f"{outcome.finding.rule_id} {measured_result(outcome)}{numerics}"
 
 
 def expert_recipe(workload: Workload) -> Workload:
@@ -97,7 +105,8 @@ def run(quick: bool) -> list[dict[str, object]]:
                 "model": case.name, "mode": mode, "batch": int(case.inputs.shape[0]),
                 "baseline_ms": expert.estimate.baseline_ms,
                 "plan": plan.measurement if plan and plan.measurement else None,
-                "plan_steps": " + ".join(s.finding.rule_name for s in plan.steps) if plan else "no accepted fix",
+                "plan_steps": (" + ".join(s.finding.rule_name for s in plan.steps) if plan
+                               else "no accepted fix: " + "; ".join(_why_not(o) for o in report.outcomes)),
                 "predicted_saving": sum(p for p in predicted if p is not None) if any(
                     p is not None for p in predicted) else None,
                 "expert": expert, "compile": compile_result, "compile_s": compiled.compile_s,

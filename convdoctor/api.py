@@ -424,6 +424,9 @@ def _try_process_environment(
     assert candidate is not None and candidate.process_environment is not None
     if workload is None:
         return FindingOutcome(finding, not_measured="process settings are not measured under --nproc")
+    if not os.path.isfile(workload.source):
+        return FindingOutcome(finding, not_measured="process settings are measured on a model file (convdoctor "
+                                                    "profile MODEL_PY): each variant starts its own process")
     progress.stage(f"measuring {finding.rule_id} {finding.rule_name}: two worker processes, {candidate.title}")
     try:
         result = measure_environment(workload, candidate.process_environment, options.benchmark, progress.rounds)
