@@ -220,7 +220,8 @@ def record(workload: Workload, logdir: Path, run_name: str, *, steps: int = 3, w
     scratch = Path(tempfile.mkdtemp(prefix=".capture-", dir=logdir))
     target = logdir / run_name
     try:
-        recorded = _metadata_json(environment(run))  # before the profiler starts: measuring peaks is no part of a step
+        settings = environment(run)  # before the profiler starts: measuring peaks is no part of a step
+        recorded = _metadata_json(settings)
         sched = schedule(wait=WAIT_STEPS, warmup=WARMUP_STEPS, active=steps, repeat=1)
         handler = tensorboard_trace_handler(str(scratch), worker_name=worker_name)
         with quiet_profiler(), ModuleScopes(run.model), profile(
@@ -231,7 +232,7 @@ def record(workload: Workload, logdir: Path, run_name: str, *, steps: int = 3, w
                     faults_before = minor_page_faults()
                 if index == WAIT_STEPS + WARMUP_STEPS:  # the warm-up steps ran: lazy init is behind them
                     faults = (minor_page_faults() - faults_before) // max(WARMUP_STEPS, 1)
-                    recorded = _metadata_json({**environment(run), "minor_faults_per_step": faults})
+                    recorded = _metadata_json({**settings, "minor_faults_per_step": faults})
                 profiler.add_metadata_json(METADATA_KEY, recorded)  # kept only by the session that records
                 step()
                 synchronize(run.device)

@@ -110,22 +110,24 @@ def layer_kernels(analysis: ConvAnalysis) -> dict[str, LayerKernels]:
     owner = {id(k): layer for layer in analysis.layers for k in layer.kernels if k.kind is EventKind.KERNEL}
     if not owner:
         return {}
-    result = {layer.name: _own_kernels(layer, steps) for layer in analysis.layers}
-    for layer_name, kernels in _neighbour_runs(analysis, owner).items():
+    device_kernels = (*analysis.profile.kernels, *(k for layer in analysis.layers for k in layer.kernels))
+    passes = {id(k): _pass(k) for k in device_kernels if k.kind is EventKind.KERNEL}  # each kernel's pass, once
+    result = {layer.name: _own_kernels(layer, steps, passes) for layer in analysis.layers}
+    for layer_name, kernels in _neighbour_runs(analysis, owner, passes).items():
         for kernel in kernels:
             share = result[layer_name].neighbours.setdefault(neighbour_category(kernel.name), KernelShare())
             _add(share, kernel, steps)
     return result
 
 
-def _own_kernels(layer: ConvLayer, steps: int) -> LayerKernels:
+def _own_kernels(layer: ConvLayer, steps: int, passes: dict[int, str]) -> LayerKernels:
     algorithms: dict[tuple[str, str], KernelShare] = {}
     tensor_core = simt = unknown = 0.0
     for kernel in layer.kernels:
         if kernel.kind is not EventKind.KERNEL:
             continue
         family = algorithm_family(kernel.name)
-        _add(algorithms.setdefault((_pass(kernel), family), KernelShare()), kernel, steps)
+        _add(algorithms.setdefault((passes[id(kernel)], family), KernelShare()), kernel, steps)
         if family in ("layout conversion", "helper"):
             continue
         on_tensor_cores = uses_tensor_cores(kernel.name)
@@ -155,7 +157,9 @@ def _pass(kernel: Kernel) -> str:
                              for op in chain) else "forward"
 
 
-def _neighbour_runs(analysis: ConvAnalysis, owner: dict[int, ConvLayer]) -> dict[str, list[Kernel]]:
+def _neighbour_runs(
+    analysis: ConvAnalysis, owner: dict[int, ConvLayer], passes: dict[int, str]
+) -> dict[str, list[Kernel]]:
     """Per layer, the non-conv kernels on the same stream after its forward kernels and before the next conv
     kernel, stopping at the first kernel launched from the backward pass."""
     by_stream: dict[tuple[int | None, int | None], list[Kernel]] = defaultdict(list)
@@ -169,9 +173,9 @@ def _neighbour_runs(analysis: ConvAnalysis, owner: dict[int, ConvLayer]) -> dict
         for kernel in kernels:
             layer = owner.get(id(kernel))
             if layer is not None:
-                current = layer if _pass(kernel) == "forward" else None
+                current = layer if passes[id(kernel)] == "forward" else None
             elif current is not None:
-                if _pass(kernel) == "backward":
+                if passes[id(kernel)] == "backward":
                     current = None
                 else:
                     runs[current.name].append(kernel)

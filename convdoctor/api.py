@@ -36,7 +36,7 @@ from convdoctor.analyzer.workload import (
 from convdoctor.errors import JobError, ModelTimeoutError, OutputDirError, ReportError, TraceError
 from convdoctor.reports.files import write_atomically
 from convdoctor.reports.html_report import render_html
-from convdoctor.reports.json_report import report_to_dict, report_to_json
+from convdoctor.reports.json_report import dict_to_json, report_to_dict
 from convdoctor.reports.report import (
     FindingOutcome,
     LayerMeasurement,
@@ -278,8 +278,9 @@ def _report(analysis: ConvAnalysis, summary: WorkloadSummary, outcomes: list[Fin
 
 
 def _write(report: Report, files: ReportFiles) -> None:
-    write_atomically(files.json, report_to_json(report))
-    write_atomically(files.html, render_html(report))
+    data = report_to_dict(report)  # built once for both files: it reads every layer's kernels
+    write_atomically(files.json, dict_to_json(data))
+    write_atomically(files.html, render_html(report, data))
 
 
 class Trial(Protocol):

@@ -5,15 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
-
-_ENVIRONMENT = Environment(
-    loader=PackageLoader("convdoctor.reports", "templates"),
-    autoescape=select_autoescape(default=True, default_for_string=True),
-    undefined=StrictUndefined,
-    trim_blocks=True,
-    lstrip_blocks=True,
-)
+from convdoctor.reports.templating import ENVIRONMENT
 
 
 @dataclass(frozen=True)
@@ -103,7 +95,7 @@ def render_diff_text(diff: ReportDiff, top: int = 10) -> str:
 
 def render_diff_html(diff: ReportDiff) -> str:
     """The comparison as a self-contained, autoescaped page."""
-    return _ENVIRONMENT.get_template("diff.html.j2").render(diff=diff)
+    return ENVIRONMENT.get_template("diff.html.j2").render(diff=diff)
 
 
 def _ms(value: float | None) -> str:

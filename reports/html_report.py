@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+from typing import Any
 
-from convdoctor.reports.charts import BOUND_COLORS, quantity, roofline_chart, speedup_chart
+from convdoctor.reports.charts import BOUND_COLORS, roofline_chart, speedup_chart
 from convdoctor.reports.json_report import report_to_dict
 from convdoctor.reports.presentation import (
     architecture_note,
-    byte_size,
     headline,
     kernel_columns,
     layer_lines,
@@ -17,21 +16,13 @@ from convdoctor.reports.presentation import (
     tensorboard_command,
 )
 from convdoctor.reports.report import Report
-
-_ENVIRONMENT = Environment(
-    loader=PackageLoader("convdoctor.reports", "templates"),
-    autoescape=select_autoescape(default=True, default_for_string=True),
-    undefined=StrictUndefined,
-    trim_blocks=True,
-    lstrip_blocks=True,
-)
-_ENVIRONMENT.filters["quantity"] = quantity
-_ENVIRONMENT.filters["byte_size"] = byte_size
+from convdoctor.reports.templating import ENVIRONMENT
 
 
-def render_html(report: Report) -> str:
-    """The report as an HTML page. Every name in it is user data and is escaped by the template engine."""
-    data = report_to_dict(report)
+def render_html(report: Report, data: dict[str, Any] | None = None) -> str:
+    """The report as an HTML page (``data``: its report_to_dict, when the caller has it). Every name in it is user
+    data and is escaped by the template engine."""
+    data = report_to_dict(report) if data is None else data
     summary = data["summary"]
     step_ms = summary["step_time_ms"] or 1.0
     other_ms = max(step_ms - summary["conv_time_ms"], 0.0)
@@ -42,7 +33,7 @@ def render_html(report: Report) -> str:
     ]
     results = [measured_result(o) for o in report.outcomes]
     plan = plan_lines(report.plan) if report.plan else []
-    return _ENVIRONMENT.get_template("report.html.j2").render(
+    return ENVIRONMENT.get_template("report.html.j2").render(
         report=data,
         headline=headline(report),
         results=results,
