@@ -7,7 +7,7 @@ import math
 from typing import Any
 
 from convdoctor.analyzer.batch_sweep import BatchSweep
-from convdoctor.analyzer.benchmark import Measurement, ThroughputMeasurement
+from convdoctor.analyzer.benchmark import GradientReference, Measurement, ThroughputMeasurement
 from convdoctor.analyzer.communication import DEFINITIONS as COMM_DEFINITIONS
 from convdoctor.analyzer.conv_kernels import KernelShare, LayerKernels, layer_kernels
 from convdoctor.analyzer.job_view import JobView
@@ -286,6 +286,14 @@ def _architecture(delta: ArchitectureDelta) -> dict[str, Any]:
     }
 
 
+def _gradient_reference(reference: GradientReference | None) -> dict[str, Any] | None:
+    if reference is None:
+        return None
+    return {"baseline_error": _number(reference.baseline_error), "candidate_error": _number(reference.candidate_error),
+            "worst_parameter": reference.worst_parameter, "same_step": _number(reference.same_step),
+            "rounding_only": reference.rounding_only}
+
+
 def _measurement(measurement: Measurement, numerics_ok: bool | None, *, compares_outputs: bool) -> dict[str, Any]:
     estimate, numerics = measurement.estimate, measurement.numerics
     return {
@@ -301,8 +309,7 @@ def _measurement(measurement: Measurement, numerics_ok: bool | None, *, compares
         "max_rel_error": _number(numerics.max_rel_error) if compares_outputs else None,
         "max_grad_abs_error": _number(numerics.max_grad_abs_error) if compares_outputs else None,
         "max_grad_rel_error": _number(numerics.max_grad_rel_error) if compares_outputs else None,
-        "grad_rel_error_vs_fp64": (list(numerics.grad_rel_error_vs_fp64)
-                                   if compares_outputs and numerics.grad_rel_error_vs_fp64 is not None else None),
+        "gradients_vs_fp64": _gradient_reference(numerics.gradient_reference) if compares_outputs else None,
         "numerics_ok": numerics_ok,
         "rounds": measurement.rounds,
         "warmup_steps": list(measurement.warmup_steps),

@@ -15,16 +15,32 @@ def headline(report: Report) -> str:
     share = analysis.share(analysis.conv_time_us)
     count = len(analysis.layers)
     opening = f"Convolutions are {share:.0%} of step time ({count} layer{'' if count == 1 else 's'})."
+    return f"{opening} {_plan_sentence(report)}{process_setting_sentence(report.outcomes)}"
+
+
+def _plan_sentence(report: Report) -> str:
     plan = report.plan
     if plan is not None and plan.measurement is not None:
         fixes = plan.steps[0].finding.fix if len(plan.steps) == 1 else f"The plan below ({len(plan.steps)} fixes)"
         numerics = "" if plan.numerics_ok else " but its outputs differ beyond tolerance"
         if plan.measurement.estimate.verdict is Verdict.FASTER:
-            return f"{opening} {fixes} makes it {speedup_text(plan.measurement)}, measured{numerics}."
-        return f"{opening} {fixes}, measured together: {speedup_text(plan.measurement)}{numerics}."
+            return f"{fixes} makes it {speedup_text(plan.measurement)}, measured{numerics}."
+        return f"{fixes}, measured together: {speedup_text(plan.measurement)}{numerics}."
     if any(o.measurement for o in report.outcomes):
-        return f"{opening} No candidate made it measurably faster without changing the model."
-    return f"{opening} {len(report.outcomes)} finding(s); none measured."
+        return "No candidate made it measurably faster without changing the model."
+    return f"{len(report.outcomes)} finding(s); none measured."
+
+
+def process_setting_sentence(outcomes: list[FindingOutcome]) -> str:
+    """The best process setting measured faster (in two processes, so never a plan step), or nothing."""
+    faster = [o for o in outcomes if o.finding.candidate is not None
+              and o.finding.candidate.process_environment is not None and o.measurement is not None
+              and o.measurement.estimate.verdict is Verdict.FASTER]
+    if not faster:
+        return ""
+    best = max(faster, key=lambda o: o.measurement.estimate.speedup)  # type: ignore[union-attr]
+    return (f" Apart from that, a process setting ({best.finding.rule_id}) makes it "
+            f"{speedup_text(best.measurement)}, measured in two processes.")  # type: ignore[arg-type]
 
 
 def measured_result(outcome: FindingOutcome) -> str:

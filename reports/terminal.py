@@ -65,6 +65,12 @@ def render_summary(report: Report, html_path: str, json_path: str, overwrote: bo
             grads = f", gradients {numerics.max_grad_rel_error:.3g}" if numerics.max_grad_rel_error is not None else ""
             lines.append(f"  numerics beyond tolerance {f.candidate.tolerance if f.candidate else '?'}: outputs "
                          f"{numerics.max_rel_error:.3g}{grads} (max relative error)")
+            reference = numerics.gradient_reference
+            if reference is not None:
+                step = ("" if reference.same_step is None else
+                        ", the same step in float64" if reference.rounding_only else ", another step in float64")
+                lines.append(f"  gradients against float64: {reference.candidate_error:.3g} at "
+                             f"{reference.worst_parameter} (baseline {reference.baseline_error:.3g}){step}")
     if not report.outcomes:
         lines.append("No findings.")
     if report.plan is not None:

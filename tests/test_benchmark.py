@@ -6,10 +6,20 @@ import random
 import time
 from dataclasses import replace
 
+import pytest
 import torch
 from torch import nn
 
-from convdoctor.analyzer.benchmark import BenchmarkSettings, Verdict, compare_outputs, estimate_speedup, measure
+from convdoctor.analyzer.benchmark import (
+    BenchmarkSettings,
+    GradientReference,
+    Numerics,
+    Verdict,
+    compare_outputs,
+    estimate_speedup,
+    measure,
+    worst_parameter_error,
+)
 from convdoctor.analyzer.workload import workload_from
 
 
@@ -147,35 +157,80 @@ def test_peak_memory_of_a_step_counts_its_activations():
     assert result.peak_bytes[0] < result.peak_bytes[1] and result.peak_memory
 
 
+class _SteeperReLU(torch.autograd.Function):
+    """ReLU forward, with a backward 2% steeper: the same outputs, another training step."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x)
+        return x.clamp_min(0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        (x,) = ctx.saved_tensors
+        return grad * (x > 0) * 1.02
+
+
+class _SteeperReLUModule(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _SteeperReLU.apply(x)
+
+
+def _with_steeper_relus(workload):
+    for module in list(workload.model.modules()):
+        for name, child in module.named_children():
+            if isinstance(child, nn.ReLU):
+                setattr(module, name, _SteeperReLUModule())
+    return workload
+
+
 def test_gradients_summed_in_another_order_are_judged_against_float64():
-    """channels_last training sums weight gradients in another order: its gradients are judged by their distance
-    to a float64 run (the exact answer both approximate), not to the float32 baseline's; a candidate whose
-    gradients are far from float64 is not let through."""
-    from convdoctor.analyzer.benchmark import Numerics, compare_first_step
+    """channels_last training sums in another order and lands further from float64 than NCHW does; a float64 run of
+    the candidate itself shows it is the same training step, so it passes. A candidate with the same outputs and
+    another backward is caught by the same float64 run."""
+    from convdoctor.analyzer.benchmark import SAME_STEP_TOLERANCE, compare_first_step
     from convdoctor.analyzer.workload import load_workload
     from convdoctor.rules.cd101_channels_last import to_channels_last
     from conftest import EXAMPLES
 
     workload = load_workload(EXAMPLES / "small_cnn.py", device="cpu", mode="train")
     numerics, _ = compare_first_step(workload, to_channels_last(workload.copy()))
-    assert numerics.grad_rel_error_vs_fp64 is not None
-    baseline, candidate = numerics.grad_rel_error_vs_fp64
-    assert 0 < baseline < candidate < 1e-3  # oneDNN's channels_last backward is less exact, within the 1e-3 bound
-    assert numerics.max_grad_rel_error > candidate  # the two float32 results are further apart than either is off
+    reference = numerics.gradient_reference
+    assert reference is not None and reference.worst_parameter in dict(workload.model.named_parameters())
+    assert 0 < reference.baseline_error < reference.candidate_error < 0.1
+    assert reference.same_step is not None and reference.same_step <= SAME_STEP_TOLERANCE and reference.rounding_only
     assert numerics.within(1e-4)
 
-    wrong = Numerics(0.0, 0.0, max_grad_abs_error=1.0, max_grad_rel_error=0.05, grad_rel_error_vs_fp64=(1e-5, 0.05))
-    assert not wrong.within(1e-4)
-    reordered = Numerics(0.0, 0.0, max_grad_abs_error=1.0, max_grad_rel_error=2e-3,
-                         grad_rel_error_vs_fp64=(1e-3, 1.5e-3))
-    assert reordered.within(1e-4)
+    numerics, _ = compare_first_step(workload, _with_steeper_relus(workload.copy()))
+    reference = numerics.gradient_reference
+    assert numerics.max_rel_error == 0.0 and reference is not None  # the outputs alone would let it through
+    assert reference.same_step is not None and reference.same_step > 1e-3 and not reference.rounding_only
+    assert not numerics.within(1e-4)
+
+
+@pytest.mark.parametrize("reference, passes", [
+    (GradientReference(1e-5, 5e-4, "w"), True),  # within the gradient bound (1e-3) of float64
+    (GradientReference(1e-3, 3e-3, "w"), True),  # no further than 4x the baseline's own error
+    (GradientReference(1e-5, 0.05, "w"), False),  # far off, and not shown to be the same step
+    (GradientReference(1e-5, 0.05, "w", same_step=1e-12), True),  # the same step: float32 rounding only
+    (GradientReference(1e-5, 0.05, "w", same_step=1e-4), False),  # another step in float64
+    (GradientReference(1e-5, 0.5, "w", same_step=1e-12), False),  # the same step, rounded beyond ROUNDING_LIMIT
+])
+def test_the_gradient_contract(reference: GradientReference, passes: bool):
+    numerics = Numerics(0.0, 0.0, max_grad_abs_error=1.0, max_grad_rel_error=0.05, gradient_reference=reference)
+    assert numerics.within(1e-4) is passes
+
+
+def test_worst_parameter_error_floors_gradients_that_are_zero_up_to_rounding():
+    exact = {"weight": torch.full((4,), 1.0), "bias": torch.full((4,), 1e-12)}
+    approx = {"weight": torch.full((4,), 1.001), "bias": torch.full((4,), 2e-12)}
+    error, name = worst_parameter_error(exact, approx, ["weight", "bias"])
+    assert name == "weight" and error == pytest.approx(1e-3, rel=1e-3)  # the bias is 100% off, but of nothing
+    assert worst_parameter_error(exact, {**approx, "bias": torch.ones(3)}, ["weight", "bias"]) == (float("inf"), "bias")
 
 
 def test_dropout_draws_the_same_masks_in_both_first_steps():
     """In train mode a model with dropout gives the same outputs in baseline and an identical candidate."""
-    import torch
-    from torch import nn
-
     from convdoctor.analyzer.benchmark import compare_first_step
     from convdoctor.analyzer.workload import workload_from
 
@@ -185,3 +240,14 @@ def test_dropout_draws_the_same_masks_in_both_first_steps():
     numerics, _ = compare_first_step(workload, workload.copy())
     assert numerics.max_abs_error == 0.0 and numerics.max_grad_abs_error == 0.0
     assert torch.equal(torch.random.get_rng_state(), before)  # the caller's generator is put back
+
+
+def test_a_compiled_candidate_draws_the_eager_dropout_masks():
+    """torch.compile's own generator would draw other masks: outputs half different, another training step."""
+    from convdoctor.analyzer.benchmark import compare_first_step
+    from convdoctor.rules.transforms import compiled
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Dropout(0.5), nn.Linear(8 * 14 * 14, 4))
+    workload = workload_from(model, torch.randn(2, 3, 16, 16), device="cpu", mode="train")
+    numerics, _ = compare_first_step(workload, compiled(workload.copy()))
+    assert numerics.max_rel_error < 1e-5 and numerics.within(1e-4), numerics

@@ -134,3 +134,8 @@ def test_a_process_setting_is_measured_in_worker_processes_and_kept_out_of_the_p
     faster = replace(outcome.measurement.estimate, verdict=Verdict.FASTER)
     accepted = replace(outcome, measurement=replace(outcome.measurement, estimate=faster))
     assert build_plan(workload, [accepted], ProfileOptions(benchmark=QUICK), SilentProgress()) is None
+    from convdoctor.reports.presentation import process_setting_sentence
+
+    sentence = process_setting_sentence([outcome, accepted])  # the headline says so, as the plan cannot
+    assert "a process setting (CD999) makes it" in sentence and "faster" in sentence and "two processes" in sentence
+    assert process_setting_sentence([replace(accepted, measurement=None)]) == ""
