@@ -6,12 +6,11 @@ import json
 import math
 from typing import Any
 
-from convdoctor.analyzer.batch_sweep import BatchSweep
-from convdoctor.analyzer.benchmark import Measurement, ThroughputMeasurement
 from convdoctor.analyzer.communication import DEFINITIONS as COMM_DEFINITIONS
 from convdoctor.analyzer.conv_kernels import KernelShare, LayerKernels, layer_kernels
 from convdoctor.analyzer.job_view import JobView
 from convdoctor.analyzer.layers import ConvLayer
+from convdoctor.analyzer.measurement import BatchSweep, Measurement, ThroughputMeasurement
 from convdoctor.analyzer.model_cost import ArchitectureDelta
 from convdoctor.analyzer.roofline import LayerRoofline, Roofline
 from convdoctor.reports.report import FindingOutcome, Plan, Report

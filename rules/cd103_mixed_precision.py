@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any, Callable, Iterable
-
-import torch
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from convdoctor.analyzer.layers import CONV_BACKWARD_NODE, CONV_OP, ConvAnalysis
 from convdoctor.analyzer.profile import EventKind, Kernel, Profile
-from convdoctor.analyzer.workload import Workload
 from convdoctor.rules.base import Candidate, Finding, NumericsContract, PlanStage, Requirement, Severity
 from convdoctor.rules.transforms import autocast, backend_flags
+
+if TYPE_CHECKING:  # torch is imported when a candidate runs: analyzing a trace never imports it
+    import torch
+
+    from convdoctor.analyzer.workload import Workload
 
 TOLERANCE = 2e-2  # max relative error of outputs (max |diff| / max |baseline|) that autocast may cause
 TF32_TOLERANCE = 1e-2  # TF32 keeps fp32's range with a 10-bit mantissa, like float16's
@@ -40,6 +42,8 @@ def mixed_precision_dtype(device: torch.device, trace_major: int | None = None) 
     The capability is read from the device the workload runs on, falling back to the one the trace recorded.
     CPU autocast computes in bfloat16.
     """
+    import torch
+
     if device.type != "cuda":
         return torch.bfloat16
     try:
