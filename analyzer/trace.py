@@ -19,6 +19,15 @@ from typing import Any, Callable
 from convdoctor.analyzer.collector import collector_paused
 from convdoctor.analyzer.module_scope import parse_scope_name
 from convdoctor.analyzer.profile import DEVICE_KINDS, EventKind, Kernel, Op, Profile, Step
+from convdoctor.analyzer.trace_fast import (
+    EXACT_FLOAT_INT,
+    MAX_DIM,
+    MAX_TIME_US,
+    TIME_RESOLUTION_US,
+    NotPlain,
+    split_trace,
+    typed_events,
+)
 from convdoctor.errors import TraceError
 
 CATEGORY_KINDS: dict[str, EventKind] = {
@@ -55,6 +64,11 @@ def read_trace(path: str | Path, *, slim: bool = False) -> dict[str, Any]:
 
 def _decode(path: Path, hook: Callable[[dict[str, Any]], Any] | None) -> dict[str, Any]:
     """The trace's JSON object, each object passed through ``hook`` as it is decoded; TraceError as ``read_trace``."""
+    return _parse_json(_read_text(path), path, hook)
+
+
+def _read_text(path: Path) -> str:
+    """The trace file's text, decompressed when it is gzipped; a TraceError in one line when it cannot be read."""
     if path.is_dir():
         raise TraceError(f"{path}: is a directory, not a trace file; pass a *.pt.trace.json[.gz] file or a log dir")
     if not path.is_file():
@@ -63,14 +77,21 @@ def _decode(path: Path, hook: Callable[[dict[str, Any]], Any] | None) -> dict[st
         if path.stat().st_size == 0:
             raise TraceError(f"{path}: is empty (0 bytes); the profiler did not finish writing it, or the copy failed")
         raw = path.read_bytes()  # in one read, and decompressed in one call: faster than a stream of chunks
-        text = (gzip.decompress(raw) if path.name.endswith(".gz") else raw).decode("utf-8")
-        del raw
-        data = json.loads(text, object_hook=hook)
+        return (gzip.decompress(raw) if path.name.endswith(".gz") else raw).decode("utf-8")
     except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
         raise TraceError(f"{path}: cannot be decompressed ({exc}); the file is truncated or not gzip") from exc
     except OSError as exc:  # permissions, a file that vanished, an I/O error
         raise TraceError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:
+        raise TraceError(f"{path}: is not valid JSON ({exc}); re-export the trace") from exc
+
+
+def _parse_json(text: str, path: Path, hook: Callable[[dict[str, Any]], Any] | None) -> dict[str, Any]:
+    """The trace's JSON object, each object passed through ``hook`` as it is decoded; a TraceError in one line
+    when the text is not JSON or not a Kineto trace."""
+    try:
+        data = json.loads(text, object_hook=hook)
+    except json.JSONDecodeError as exc:
         raise TraceError(f"{path}: is not valid JSON ({exc}); re-export the trace") from exc
     except ValueError as exc:  # valid JSON that Python will not read: an integer of more than 4300 digits
         raise TraceError(f"{path}: holds a number too long to read ({exc}); re-export the trace") from exc
@@ -88,13 +109,25 @@ def _check_kineto(data: Any, trace_path: str) -> None:
 def load_profile(path: str | Path) -> Profile:
     """Read and parse one trace file: the same Profile as ``parse_trace(read_trace(path))``, faster and smaller.
 
-    Each event is typed as soon as it is decoded (see ``_TypingHook``), so no raw event outlives its own
-    decoding, and the cyclic garbage collector is paused meanwhile (see ``collector_paused``).
+    Events are decoded straight into their typed fields (``trace_fast``); a trace holding a value that decoding
+    does not take is read the tolerant way, each event typed as soon as the ``json`` module decodes it (see
+    ``_TypingHook``). The cyclic garbage collector is paused meanwhile (see ``collector_paused``).
     """
     path = Path(path)
     with collector_paused():
+        text = _read_text(path)
+        try:
+            events, top = split_trace(text)
+            metadata = {key: json.loads(bytes(raw), object_hook=_slim_event) for key, raw in top.items()}
+        except (NotPlain, ValueError, RecursionError):
+            pass  # read the tolerant way: the same result, or the TraceError that says what is wrong
+        else:
+            del text, top
+            typer = _EventTyper()
+            return _profile(metadata, typed_events(events, typer.kind), typer.unknown, str(path))
         hook = _TypingHook()
-        data = _decode(path, hook)
+        data = _parse_json(text, path, hook)
+        del text
         events = data["traceEvents"]
         typed = [event for event in events if isinstance(event, (Op, Kernel))]
         if len(typed) + events.count(SKIPPED) == hook.events_seen:
@@ -131,7 +164,11 @@ class _EventTyper:
         self.categories: dict[str, tuple[str, EventKind | None]] = {}  # each spelling met, with its kind
 
     def __call__(self, raw: dict[str, Any]) -> Op | Kernel | None:
-        spelling = raw.get("cat", "")
+        kind = self.kind(raw.get("cat", ""))
+        return None if kind is None else _typed_event(raw, kind)
+
+    def kind(self, spelling: Any) -> EventKind | None:
+        """The kind of a category spelling; None (and counted, unless ignored) for a category not known."""
         known = self.categories.get(spelling) if isinstance(spelling, str) else None
         if known is None:
             category = str(spelling).lower()
@@ -139,11 +176,9 @@ class _EventTyper:
             if isinstance(spelling, str):
                 self.categories[spelling] = known
         category, kind = known
-        if kind is None:
-            if category not in IGNORED_CATEGORIES:
-                self.unknown[category] += 1
-            return None
-        return _typed_event(raw, kind)
+        if kind is None and category not in IGNORED_CATEGORIES:
+            self.unknown[category] += 1
+        return kind
 
 
 def _slim_event(obj: dict[str, Any]) -> Any:
@@ -208,9 +243,6 @@ def _profile(data: dict[str, Any], events: list[Op | Kernel], unknown: Counter[s
     )
 
 
-MAX_TIME_US = float(2**63)  # no int64 clock, in µs or even ns, goes beyond: sums and spans of times stay finite
-TIME_RESOLUTION_US = 0.001  # Kineto's clock counts nanoseconds
-EXACT_FLOAT_INT = 2**53  # ints up to here survive a round trip through a float unchanged
 
 
 def _time_or_none(value: Any) -> float | None:
@@ -292,7 +324,6 @@ def _percent_or_none(value: Any) -> float | None:
     return number if number is not None and number <= 100 else None
 
 
-MAX_DIM = 2**63 - 1  # tensor sizes and strides are int64
 
 
 def _shapes(value: Any) -> list[Any]:
