@@ -13,6 +13,7 @@ import re
 import sys
 import zlib
 from collections import Counter, defaultdict
+from operator import attrgetter
 from pathlib import Path
 from typing import Any, Callable
 
@@ -64,11 +65,11 @@ def read_trace(path: str | Path, *, slim: bool = False) -> dict[str, Any]:
 
 def _decode(path: Path, hook: Callable[[dict[str, Any]], Any] | None) -> dict[str, Any]:
     """The trace's JSON object, each object passed through ``hook`` as it is decoded; TraceError as ``read_trace``."""
-    return _parse_json(_read_text(path), path, hook)
+    return _parse_json(_text(_read_bytes(path), path), path, hook)
 
 
-def _read_text(path: Path) -> str:
-    """The trace file's text, decompressed when it is gzipped; a TraceError in one line when it cannot be read."""
+def _read_bytes(path: Path) -> bytes:
+    """The trace file's bytes, decompressed when it is gzipped; a TraceError in one line when it cannot be read."""
     if path.is_dir():
         raise TraceError(f"{path}: is a directory, not a trace file; pass a *.pt.trace.json[.gz] file or a log dir")
     if not path.is_file():
@@ -77,11 +78,17 @@ def _read_text(path: Path) -> str:
         if path.stat().st_size == 0:
             raise TraceError(f"{path}: is empty (0 bytes); the profiler did not finish writing it, or the copy failed")
         raw = path.read_bytes()  # in one read, and decompressed in one call: faster than a stream of chunks
-        return (gzip.decompress(raw) if path.name.endswith(".gz") else raw).decode("utf-8")
+        return gzip.decompress(raw) if path.name.endswith(".gz") else raw
     except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
         raise TraceError(f"{path}: cannot be decompressed ({exc}); the file is truncated or not gzip") from exc
     except OSError as exc:  # permissions, a file that vanished, an I/O error
         raise TraceError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
+
+
+def _text(data: bytes, path: Path) -> str:
+    """The trace's text: its bytes decoded as UTF-8; a TraceError in one line when they are not UTF-8."""
+    try:
+        return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise TraceError(f"{path}: is not valid JSON ({exc}); re-export the trace") from exc
 
@@ -115,23 +122,22 @@ def load_profile(path: str | Path) -> Profile:
     """
     path = Path(path)
     with collector_paused():
-        text = _read_text(path)
-        try:
-            events, top = split_trace(text)
+        data = _read_bytes(path)
+        try:  # ASCII bytes are their own UTF-8 text (most traces): no copy decoded
+            events, top = split_trace(data if data.isascii() else _text(data, path))
             metadata = {key: json.loads(bytes(raw), object_hook=_slim_event) for key, raw in top.items()}
         except (NotPlain, ValueError, RecursionError):
             pass  # read the tolerant way: the same result, or the TraceError that says what is wrong
         else:
-            del text, top
+            del data, top
             typer = _EventTyper()
-            return _profile(metadata, typed_events(events, typer.kind), typer.unknown, str(path))
+            return _profile(metadata, *typed_events(events, typer.kind), typer.unknown, str(path))
         hook = _TypingHook()
-        data = _parse_json(text, path, hook)
-        del text
+        data = _parse_json(_text(data, path), path, hook)
         events = data["traceEvents"]
         typed = [event for event in events if isinstance(event, (Op, Kernel))]
         if len(typed) + events.count(SKIPPED) == hook.events_seen:
-            return _profile(data, typed, hook.typer.unknown, str(path))
+            return _profile(data, *_split(typed), hook.typer.unknown, str(path))
         # An object taken for an event sits somewhere else than in the event list (inside an event's args, or
         # the metadata), where it must stay a JSON object: read again, cutting events to their parts only.
         return parse_trace(read_trace(path, slim=True), str(path))
@@ -218,15 +224,20 @@ def parse_trace(data: dict[str, Any], trace_path: str = "<memory>") -> Profile:
     _check_kineto(data, trace_path)
     typer = _EventTyper()
     events = [typer(raw) for raw in data["traceEvents"] if isinstance(raw, dict) and raw.get("ph") == "X"]
-    return _profile(data, [event for event in events if event is not None], typer.unknown, trace_path)
+    return _profile(data, *_split([event for event in events if event is not None]), typer.unknown, trace_path)
 
 
-def _profile(data: dict[str, Any], events: list[Op | Kernel], unknown: Counter[str], trace_path: str) -> Profile:
-    """The Profile of a trace's typed events, in trace order: sorted, nested and linked."""
-    ops = [event for event in events if isinstance(event, Op)]
-    kernels = [event for event in events if isinstance(event, Kernel)]
-    ops.sort(key=lambda op: (op.ts_us, -op.dur_us))
-    kernels.sort(key=lambda k: k.ts_us)
+def _split(events: list[Op | Kernel]) -> tuple[list[Op], list[Kernel]]:
+    return [e for e in events if isinstance(e, Op)], [e for e in events if isinstance(e, Kernel)]
+
+
+def _profile(data: dict[str, Any], ops: list[Op], kernels: list[Kernel], unknown: Counter[str], trace_path: str
+             ) -> Profile:
+    """The Profile of a trace's typed events (each list in trace order): sorted, nested and linked."""
+    # By start, the longest first among equal starts (two stable sorts: no key tuple per event).
+    ops.sort(key=attrgetter("dur_us"), reverse=True)
+    ops.sort(key=attrgetter("ts_us"))
+    kernels.sort(key=attrgetter("ts_us"))
     _nest(ops)
     _link_kernels(ops, kernels)
     steps = _steps(ops)

@@ -79,7 +79,7 @@ class NotPlain(Exception):
     """The trace holds a value the typed decoding does not take: read it the tolerant way."""
 
 
-def split_trace(text: str) -> tuple[list[Event], dict[str, msgspec.Raw]]:
+def split_trace(text: str | bytes) -> tuple[list[Event], dict[str, msgspec.Raw]]:
     """The trace's events, decoded, and its other top-level values, undecoded; NotPlain when the typed decoding
     does not take the trace (including JSON that is not a Kineto trace: the tolerant reading says what is wrong)."""
     try:
@@ -92,22 +92,29 @@ def split_trace(text: str) -> tuple[list[Event], dict[str, msgspec.Raw]]:
         raise NotPlain(str(exc)) from exc
 
 
-def typed_events(events: list[Event], kind_of: Any) -> list[Op | Kernel]:
-    """The Op or Kernel of each complete event whose category ``kind_of`` maps to a kind, in trace order.
+def typed_events(events: list[Event], kind_of: Any) -> tuple[list[Op], list[Kernel]]:
+    """The Op or Kernel of each complete event whose category ``kind_of`` maps to a kind, each list in trace order.
 
     The same records as ``trace._typed_event`` makes of the same events: the decoder already checked every type
     and range, so what is left is the clamping of sub-nanosecond times, the spellings, and interning.
     """
-    typed: list[Op | Kernel] = []
-    append = typed.append
+    ops: list[Op] = []
+    kernels: list[Kernel] = []
+    add_op, add_kernel = ops.append, kernels.append
     intern = sys.intern
     names: dict[str, str] = {}  # interned names, and the ids seen as pid/tid strings
     threads: dict[int | str, str] = {}
+    kinds: dict[str, EventKind] = {}  # the kinds of the category spellings met
     for event in events:
         if event.ph != "X":
             continue
-        kind = kind_of(event.cat)
-        if kind is None or kind is EventKind.GPU_ANNOTATION:
+        kind = kinds.get(event.cat)
+        if kind is None:
+            kind = kind_of(event.cat)  # which also counts the unknown categories
+            if kind is None:
+                continue
+            kinds[event.cat] = kind
+        if kind is EventKind.GPU_ANNOTATION:
             continue
         ts = event.ts
         if ts is None:
@@ -122,7 +129,7 @@ def typed_events(events: list[Event], kind_of: Any) -> list[Op | Kernel]:
             name = names[event.name] = intern(event.name)
         args = event.args
         if kind in DEVICE_KINDS:
-            append(Kernel(name, kind, args.device, args.stream, ts, dur, args.correlation, None, args.grid,
+            add_kernel(Kernel(name, kind, args.device, args.stream, ts, dur, args.correlation, None, args.grid,
                           args.block, args.registers_per_thread, args.shared_memory_bytes,
                           _rate(args.blocks_per_sm), _rate(args.warps_per_sm), _percent(args.est_occupancy_pct)))
             continue
@@ -136,13 +143,13 @@ def typed_events(events: list[Event], kind_of: Any) -> list[Op | Kernel]:
         dims = args.input_dims if args.input_dims is not None else args.input_dims_lower
         types = args.input_types
         concrete = args.concrete_inputs
-        append(Op(name, kind, pid, tid, ts, dur, external_id, args.correlation, args.sequence_number,
+        add_op(Op(name, kind, pid, tid, ts, dur, external_id, args.correlation, args.sequence_number,
                   dims if dims is not None else [],
                   [intern(t) for t in types] if types is not None else [],
                   args.input_strides if args.input_strides is not None else [],
                   [intern(c) for c in concrete] if concrete is not None else [],
                   scope=parse_scope_name(name) if kind is EventKind.ANNOTATION else None))
-    return typed
+    return ops, kernels
 
 
 def _rate(value: float | None) -> float | None:
