@@ -105,6 +105,8 @@ def communication(profile: Profile) -> CommView | None:
     else:
         collectives = [op for op in profile.ops if op.kind is EventKind.ANNOTATION
                        and COLLECTIVE_ANNOTATION.match(op.name)]
+        if not collectives:
+            return None  # before reading every operator for the compute time
         comm_threads = {(op.pid, op.tid) for op in collectives}
         comm = [(op.ts_us, op.end_us) for op in collectives]
         compute = [(op.ts_us, op.end_us) for op in profile.ops if op.kind is EventKind.CPU_OP

@@ -222,9 +222,9 @@ def _host_events_in(profile: Profile, gaps: list[tuple[float, float]]) -> list[t
 
 
 def _top_of_step(op: Op) -> bool:
-    if op.kind not in (EventKind.CPU_OP, EventKind.ANNOTATION) or _is_step(op.name):
+    if op.parent is not None and not _is_step(op.parent.name):  # most events: checked first
         return False
-    return op.parent is None or _is_step(op.parent.name)
+    return op.kind in (EventKind.CPU_OP, EventKind.ANNOTATION) and not _is_step(op.name)
 
 
 @functools.cache  # a trace repeats a few hundred names over hundreds of thousands of events
