@@ -465,16 +465,20 @@ def _nest(ops: list[Op]) -> None:
         by_thread[(op.pid, op.tid)].append(op)
     for thread_ops in by_thread.values():
         stack: list[Op] = []
+        ends: list[float] = []  # the end of each event on the stack
         for op in thread_ops:  # already sorted by start, longest first
-            while stack and op.ts_us >= stack[-1].end_us:
+            start = op.ts_us
+            while ends and start >= ends[-1]:
                 stack.pop()
+                ends.pop()
             if stack:
-                op.parent = stack[-1]
-                stack[-1].children.append(op)
-                holder = op.parent if op.parent.scope is not None else op.parent.module_call
+                parent = op.parent = stack[-1]
+                parent.children.append(op)
+                holder = parent if parent.scope is not None else parent.module_call
                 op.module_call = holder
                 op.module = holder.scope if holder is not None else None
             stack.append(op)
+            ends.append(start + op.dur_us)
 
 
 def _link_kernels(ops: list[Op], kernels: list[Kernel]) -> None:

@@ -211,10 +211,9 @@ def _notes(exc: BaseException) -> str:
 
 
 def _show(report: Report, files: ReportFiles, output_format: str) -> None:
-    from convdoctor.reports.json_report import report_to_json
     from convdoctor.reports.terminal import render_summary
 
-    if output_format == "json":
-        click.echo(report_to_json(report), nl=False)
+    if output_format == "json":  # the report.json just written, rather than building it again (large traces)
+        click.echo(files.json.read_text(encoding="utf-8"), nl=False)
     else:
         click.echo(render_summary(report, str(files.html), str(files.json), files.overwrote))

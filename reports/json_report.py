@@ -84,11 +84,6 @@ def distributed_to_dict(job: JobView) -> dict[str, Any]:
     }
 
 
-def report_to_json(report: Report) -> str:
-    """The report as indented JSON text."""
-    return dict_to_json(report_to_dict(report))
-
-
 def dict_to_json(data: dict[str, Any]) -> str:
     """report_to_dict's result as indented JSON text."""
     return json.dumps(data, indent=2, allow_nan=False) + "\n"
