@@ -120,7 +120,7 @@ def test_a_busy_machine_is_noticed():
 
 
 def test_gradients_get_a_looser_tolerance_than_outputs():
-    from convdoctor.analyzer.benchmark import GRADIENT_TOLERANCE_FACTOR, Numerics
+    from convdoctor.analyzer.measurement import GRADIENT_TOLERANCE_FACTOR, Numerics
 
     tolerance = 1e-4
     assert Numerics(0.0, 5e-5, 0.0, 7e-4).within(tolerance)  # channels_last training on small_cnn looks like this
