@@ -3,29 +3,13 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
-from convdoctor.analyzer.benchmark import MIN_EFFECT, BenchmarkSettings, ThroughputMeasurement, Verdict, \
-    measure_throughput
+from convdoctor.analyzer.benchmark import BenchmarkSettings, measure_throughput
+from convdoctor.analyzer.measurement import MIN_EFFECT, BatchSweep, ThroughputMeasurement, Verdict
 from convdoctor.analyzer.workload import Workload, describe_exception
-
-
-@dataclass(frozen=True)
-class BatchSweep:
-    """The measured throughput of each batch size tried, the best one, and why the sweep stopped."""
-
-    baseline_batch: int
-    points: list[ThroughputMeasurement]  # in the order tried, growing batch sizes
-    stopped: str  # why no larger batch was tried
-
-    @property
-    def best(self) -> ThroughputMeasurement | None:
-        """The batch with the highest measured throughput among those measurably faster than the baseline."""
-        faster = [p for p in self.points if p.estimate.verdict is Verdict.FASTER]
-        return max(faster, key=lambda p: p.estimate.speedup, default=None)
 
 
 def sweep_batch_sizes(

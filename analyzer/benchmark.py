@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import enum
 import gc
 import os
 import random
@@ -13,6 +12,22 @@ from typing import Any, Callable
 
 import torch
 
+from convdoctor.analyzer.measurement import (
+    BOOTSTRAP_RESAMPLES,
+    CONFIDENCE,
+    FIRST_STEP_SEED,
+    GRADIENT_NORM_FLOOR,
+    GRADIENT_REFERENCE_FLOOR,
+    MIN_EFFECT,
+    REFERENCE_FACTOR,
+    BenchmarkSettings,
+    GradientReference,
+    Measurement,
+    Numerics,
+    SpeedupEstimate,
+    ThroughputMeasurement,
+    Verdict,
+)
 from convdoctor.analyzer.step_memory import PEAK_TENSOR_MEMORY, step_peak_bytes
 from convdoctor.analyzer.workload import (
     Mode,
@@ -24,166 +39,6 @@ from convdoctor.analyzer.workload import (
     synchronize,
     training_loss,
 )
-
-CONFIDENCE = 0.95
-BOOTSTRAP_RESAMPLES = 2000
-# Differences smaller than this are below what timer jitter, frequency scaling and allocator state let one
-# process tell apart: an interval inside 1 ± MIN_EFFECT is "no measurable difference", as is one covering 1.0.
-MIN_EFFECT = 0.01
-# Weight gradients sum over the batch and every output position, so reordered float sums (another layout,
-# another kernel) move them more than the outputs: they are held to this many times the output tolerance.
-GRADIENT_TOLERANCE_FACTOR = 10.0
-# Gradients further apart than this (relative) are also compared with a float64 run of the baseline, the exact
-# answer both float32 runs approximate, parameter by parameter (see GradientReference): a candidate that sums in
-# another order (channels_last, fused kernels) passes when its gradients are within the gradient bound of float64,
-# or no further from it than REFERENCE_FACTOR times the baseline's own, or when a float64 run of the candidate
-# itself gives the baseline's float64 gradients (the same step: what is left is float32 rounding).
-GRADIENT_REFERENCE_FLOOR = 1e-5
-REFERENCE_FACTOR = 4.0  # float32 sums in another order land a few times further or nearer: same order
-# A parameter whose exact gradient is below this share of the largest parameter's (gradient norms) is measured
-# against that share: its gradient is zero up to rounding (a bias before BatchNorm), so any error is infinitely
-# "relative" to it.
-GRADIENT_NORM_FLOOR = 1e-3
-SAME_STEP_TOLERANCE = 1e-8  # float64 runs of baseline and candidate this close compute the same training step…
-# …and then float32 rounding up to this far (a BatchNorm network's backward amplifies it: oneDNN's channels_last
-# training step of mobilenet_v2 lands 3e-2 from float64, NCHW 7e-3) is let through; beyond it, not the same step.
-ROUNDING_LIMIT = 0.1
-FIRST_STEP_SEED = 0  # every variant's first step draws the same random numbers (dropout masks)
-BUSY_CORES = 0.25  # other processes using more than this many cores, on average, make a measurement suspect
-
-
-class Verdict(str, enum.Enum):
-    """What an interval of speedups says."""
-
-    FASTER = "faster"
-    SLOWER = "slower"
-    NO_DIFFERENCE = "no measurable difference"
-
-
-@dataclass(frozen=True)
-class BenchmarkSettings:
-    """How long to warm up and how many interleaved rounds to time."""
-
-    warmup_s: float = 0.5  # per variant: warm up at least this long and at least warmup_steps steps…
-    warmup_steps: int = 3
-    settle_tolerance: float = 0.05  # …then until the median of the last 3 steps is within 5% of the 3 before
-    max_warmup_s: float = 10.0  # per variant, whether or not the timings settled
-    min_rounds: int = 10
-    max_rounds: int = 60
-    target_s: float = 4.0  # total timed time across both variants, once min_rounds are done
-
-
-@dataclass(frozen=True)
-class SpeedupEstimate:
-    """Median times of two variants and the bootstrap interval of their ratio."""
-
-    baseline_ms: float
-    candidate_ms: float
-    speedup: float  # baseline / candidate: above 1 means the candidate is faster
-    ci_low: float
-    ci_high: float
-    verdict: Verdict
-
-
-@dataclass(frozen=True)
-class Numerics:
-    """How far the candidate's outputs are from the baseline's on the same inputs."""
-
-    max_abs_error: float
-    max_rel_error: float  # max abs error over the largest baseline magnitude
-    max_grad_abs_error: float | None = None  # train mode: parameter gradients of the first backward
-    max_grad_rel_error: float | None = None
-    # the gradients against float64 runs; None when the float32 gradients agree within GRADIENT_REFERENCE_FLOOR or
-    # the float64 run could not be made
-    gradient_reference: GradientReference | None = None
-
-    def within(self, tolerance: float) -> bool:
-        """Outputs within ``tolerance`` (relative); gradients within GRADIENT_TOLERANCE_FACTOR times it of the
-        baseline's, or passing against float64 (``GradientReference.passes``)."""
-        bound = tolerance * GRADIENT_TOLERANCE_FACTOR
-        grads_ok = self.max_grad_rel_error is None or self.max_grad_rel_error <= bound
-        if not grads_ok and self.gradient_reference is not None:
-            grads_ok = self.gradient_reference.passes(bound)
-        return self.max_rel_error <= tolerance and grads_ok
-
-
-@dataclass(frozen=True)
-class GradientReference:
-    """Train-mode gradients against float64 runs, parameter by parameter.
-
-    Each error is the norm of a parameter's gradient difference over the norm of its float64 gradient (floored at
-    GRADIENT_NORM_FLOOR of the largest), and the worst parameter counts.
-    """
-
-    baseline_error: float  # the float32 baseline against the float64 baseline
-    candidate_error: float  # the float32 candidate against the float64 baseline
-    worst_parameter: str  # where the candidate's error is largest
-    same_step: float | None = None  # the float64 candidate against the float64 baseline; None when not run
-
-    @property
-    def rounding_only(self) -> bool:
-        """The float64 runs agree: the candidate computes the same training step, and differs by rounding."""
-        return self.same_step is not None and self.same_step <= SAME_STEP_TOLERANCE
-
-    def passes(self, bound: float) -> bool:
-        """Within ``bound`` of float64, or REFERENCE_FACTOR times the baseline's error, or rounding only (up to
-        ROUNDING_LIMIT)."""
-        if self.candidate_error <= max(REFERENCE_FACTOR * self.baseline_error, bound):
-            return True
-        return self.rounding_only and self.candidate_error <= ROUNDING_LIMIT
-
-
-@dataclass(frozen=True)
-class Measurement:
-    """The measured result of one candidate against the baseline."""
-
-    estimate: SpeedupEstimate
-    numerics: Numerics
-    rounds: int
-    warmup_steps: tuple[int, int]  # (baseline, candidate): steps run until the timings settled
-    first_step_s: tuple[float, float]  # (baseline, candidate): the very first call, compilation and lazy init included
-    threads: int
-    device: str
-    timer: str
-    other_cores_busy: float | None = None  # CPU cores other processes kept busy, on average, during the rounds
-    peak_bytes: tuple[int | None, int | None] = (None, None)  # (baseline, candidate), in the sense of peak_memory
-    peak_memory: str | None = None  # what peak_bytes measures (step_memory.PEAK_TENSOR_MEMORY, or a process's RSS)
-
-    @property
-    def machine_was_busy(self) -> bool:
-        """Other work competed for the cores: the interval holds for this run but may not repeat."""
-        return self.other_cores_busy is not None and self.other_cores_busy > BUSY_CORES
-
-
-@dataclass(frozen=True)
-class ThroughputMeasurement:
-    """Samples per second of the workload at another batch size against its own batch, measured interleaved.
-
-    ``estimate`` compares per-sample times: its speedup is the throughput ratio candidate / baseline, and its
-    ``baseline_ms``/``candidate_ms`` are milliseconds per sample.
-    """
-
-    baseline_batch: int
-    batch_size: int
-    estimate: SpeedupEstimate
-    rounds: int
-    warmup_steps: tuple[int, int]
-    threads: int
-    device: str
-    timer: str
-    other_cores_busy: float | None = None
-
-    @property
-    def baseline_samples_per_s(self) -> float:
-        return 1e3 / self.estimate.baseline_ms
-
-    @property
-    def samples_per_s(self) -> float:
-        return 1e3 / self.estimate.candidate_ms
-
-    @property
-    def machine_was_busy(self) -> bool:
-        return self.other_cores_busy is not None and self.other_cores_busy > BUSY_CORES
 
 
 def estimate_speedup(baseline_s: list[float], candidate_s: list[float], *, seed: int = 0) -> SpeedupEstimate:

@@ -11,6 +11,7 @@ Definitions (the report states them):
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -79,19 +80,37 @@ class CommView:
         return self.mean("overlap_us") / comm if comm > 0 else 0.0
 
 
+# Name checks remembered per name: a trace repeats a few hundred names over hundreds of thousands of events.
+@functools.cache
+def _is_nccl_kernel(name: str) -> bool:
+    return NCCL_KERNEL.search(name) is not None
+
+
+@functools.cache
+def _is_enqueue_op(name: str) -> bool:
+    return ENQUEUE_OP.match(name) is not None
+
+
+@functools.cache
+def _is_bucket_copy(name: str) -> bool:
+    return BUCKET_COPY_OP.search(name) is not None
+
+
 def communication(profile: Profile) -> CommView | None:
     """The communication view of a rank's trace; None when the trace holds no collective or no steps."""
-    if profile.kernels and any(NCCL_KERNEL.search(k.name) for k in profile.kernels):
-        comm = [(k.ts_us, k.end_us) for k in profile.kernels if NCCL_KERNEL.search(k.name)]
-        compute = [(k.ts_us, k.end_us) for k in profile.kernels if not NCCL_KERNEL.search(k.name)]
+    if profile.kernels and any(_is_nccl_kernel(k.name) for k in profile.kernels):
+        comm = [(k.ts_us, k.end_us) for k in profile.kernels if _is_nccl_kernel(k.name)]
+        compute = [(k.ts_us, k.end_us) for k in profile.kernels if not _is_nccl_kernel(k.name)]
         basis = "device"
     else:
         collectives = [op for op in profile.ops if op.kind is EventKind.ANNOTATION
                        and COLLECTIVE_ANNOTATION.match(op.name)]
+        if not collectives:
+            return None  # before reading every operator for the compute time
         comm_threads = {(op.pid, op.tid) for op in collectives}
         comm = [(op.ts_us, op.end_us) for op in collectives]
         compute = [(op.ts_us, op.end_us) for op in profile.ops if op.kind is EventKind.CPU_OP
-                   and (op.pid, op.tid) not in comm_threads and not ENQUEUE_OP.match(op.name)]
+                   and (op.pid, op.tid) not in comm_threads and not _is_enqueue_op(op.name)]
         basis = "host"
     if not comm or not profile.steps:
         return None
@@ -99,7 +118,7 @@ def communication(profile: Profile) -> CommView | None:
              and ALLREDUCE.search(op.name)]  # the enqueueing calls: one per bucket, whatever the backend
     comm_union, compute_union = _union(comm), _union(compute)
     overlap = _intersect(comm_union, compute_union)
-    copies = _union([(op.ts_us, op.end_us) for op in profile.ops if BUCKET_COPY_OP.search(op.name)])
+    copies = _union([(op.ts_us, op.end_us) for op in profile.ops if _is_bucket_copy(op.name)])
     steps = []
     for step in profile.steps:
         span = [(step.ts_us, step.end_us)]

@@ -20,11 +20,12 @@ carries an MMA marker, else ``None`` (unknown) — never guessed from the dtype 
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from convdoctor.analyzer.layers import CONV_BACKWARD_NODE, TRANSPOSE_KERNEL, ConvAnalysis, ConvLayer
+from convdoctor.analyzer.layers import TRANSPOSE_KERNEL, ConvAnalysis, ConvLayer, is_conv_backward_node
 from convdoctor.analyzer.profile import EventKind, Kernel
 
 # Checked first: FP32 SIMT code, even inside an XMMA/CUTLASS kernel (``sm80_xmma_gemm_f32f32_…_ffma``,
@@ -60,11 +61,13 @@ NEIGHBOUR_CATEGORIES: tuple[tuple[str, re.Pattern[str]], ...] = (
 )
 
 
+@functools.cache  # each of a trace's few hundred kernel names is read once
 def algorithm_family(name: str) -> str:
     """The algorithm family a conv kernel's name says it belongs to ("other" when none matches)."""
     return next((family for family, pattern in ALGORITHM_FAMILIES if pattern.search(name)), "other")
 
 
+@functools.cache
 def uses_tensor_cores(name: str) -> bool | None:
     """True when the kernel's name marks tensor-core (MMA) code, False when it names an FP32 SIMT kernel, else None."""
     if SIMT_NAME.search(name):
@@ -74,6 +77,7 @@ def uses_tensor_cores(name: str) -> bool | None:
     return None
 
 
+@functools.cache
 def neighbour_category(name: str) -> str:
     return next((category for category, pattern in NEIGHBOUR_CATEGORIES if pattern.search(name)), "other")
 
@@ -111,7 +115,8 @@ def layer_kernels(analysis: ConvAnalysis) -> dict[str, LayerKernels]:
     if not owner:
         return {}
     device_kernels = (*analysis.profile.kernels, *(k for layer in analysis.layers for k in layer.kernels))
-    passes = {id(k): _pass(k) for k in device_kernels if k.kind is EventKind.KERNEL}  # each kernel's pass, once
+    launchers: dict[int, str] = {}  # each launcher's pass, once
+    passes = {id(k): _pass(k, launchers) for k in device_kernels if k.kind is EventKind.KERNEL}  # each kernel's, once
     result = {layer.name: _own_kernels(layer, steps, passes) for layer in analysis.layers}
     for layer_name, kernels in _neighbour_runs(analysis, owner, passes).items():
         for kernel in kernels:
@@ -148,13 +153,22 @@ def _add(share: KernelShare, kernel: Kernel, steps: int) -> None:
         share.names.append(kernel.name)
 
 
-def _pass(kernel: Kernel) -> str:
+def _pass(kernel: Kernel, launchers: dict[int, str]) -> str:
+    """"backward" when the kernel's launcher runs in a backward pass, else "forward"; ``launchers`` remembers
+    the pass of each launcher."""
     launcher = kernel.launcher
     if launcher is None:
         return "forward"
-    chain = (launcher, *launcher.ancestors())
-    return "backward" if any(CONV_BACKWARD_NODE.match(op.name) or "backward" in op.name.lower()
-                             for op in chain) else "forward"
+    known = launchers.get(id(launcher))
+    if known is None:
+        chain = (launcher, *launcher.ancestors())
+        known = launchers[id(launcher)] = "backward" if any(_backward_name(op.name) for op in chain) else "forward"
+    return known
+
+
+@functools.cache
+def _backward_name(name: str) -> bool:
+    return is_conv_backward_node(name) or "backward" in name.lower()
 
 
 def _neighbour_runs(

@@ -14,9 +14,10 @@ import time
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
-import torch
+if TYPE_CHECKING:  # imported by the functions that measure or name a device: reading a trace's peaks needs no torch
+    import torch
 
 TERA, GIGA = 1e12, 1e9
 
@@ -59,6 +60,8 @@ def unknown_peaks(why: str, dtype: str = "float32") -> Peaks:
 
 def device_name(device: torch.device) -> str:
     """The GPU's name, or the CPU's model name (from /proc/cpuinfo where there is one)."""
+    import torch
+
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     cpuinfo = Path("/proc/cpuinfo")
@@ -80,6 +83,8 @@ MATMUL_BUDGET_S, COPY_BUDGET_S = 0.4, 0.3  # best of as many runs as fit (3 at l
 def _measured_cpu_peaks(threads: int) -> tuple[float, float, int, int]:
     """(FLOP/s, bytes/s, matmul runs, copy runs): the best run of torch.mm and of a 256 MB copy on ``threads``
     threads. The best, not the median: other processes only ever slow a run down."""
+    import torch
+
     a = torch.randn(MATMUL_SIZE, MATMUL_SIZE)
     b = torch.randn(MATMUL_SIZE, MATMUL_SIZE)
     out = torch.empty(MATMUL_SIZE, MATMUL_SIZE)
@@ -110,6 +115,8 @@ def cpu_peaks() -> Peaks:
     oneDNN/BLAS roof, not the vector units' theoretical peak). Bandwidth roof: the best of a 256 MB tensor copy,
     counting the bytes read and written (as STREAM's copy does).
     """
+    import torch
+
     threads = torch.get_num_threads()
     flops, bandwidth, mm_runs, copy_runs = _measured_cpu_peaks(threads)
     return Peaks(flops, bandwidth, PeaksSource.MEASURED,
@@ -222,6 +229,8 @@ PEAKS_DTYPE_KEY, PEAKS_DESCRIPTION_KEY = "peaks_dtype", "peaks_description"
 
 def environment_peaks(device: torch.device, dtype: str) -> dict[str, Any]:
     """The peaks to record in a capture's environment: measured on a CPU, from the datasheet on a GPU."""
+    import torch
+
     if device.type == "cpu":  # measured in float32 only: the roofline of other dtypes is left out
         peaks = cpu_peaks() if dtype in ("float32", "unknown") else unknown_peaks(f"no CPU peaks for {dtype}", dtype)
     else:

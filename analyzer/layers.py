@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import functools
 import json
 import math
 import re
@@ -28,6 +29,25 @@ TRANSPOSE_KERNEL = re.compile(r"nchwToNhwc|nhwcToNchw|nchw2nhwc|nhwc2nchw", re.I
 ELEMENT_BYTES = {"float": 4, "double": 8, "c10::Half": 2, "c10::BFloat16": 2, "half": 2, "bfloat16": 2,
                  "c10::Float8_e4m3fn": 1, "c10::Float8_e5m2": 1}
 DTYPE_NAMES = {"float": "float32", "double": "float64", "c10::Half": "float16", "c10::BFloat16": "bfloat16"}
+
+
+# Name checks remembered per name: a trace repeats a few hundred names over hundreds of thousands of events.
+@functools.cache
+def is_conv_op(name: str) -> bool:
+    """An operator that computes a convolution (CONV_OP)."""
+    return CONV_OP.match(name) is not None
+
+
+@functools.cache
+def is_conv_backward_node(name: str) -> bool:
+    """The autograd node of a convolution's backward (CONV_BACKWARD_NODE)."""
+    return CONV_BACKWARD_NODE.match(name) is not None
+
+
+@functools.cache
+def is_transpose_kernel(name: str) -> bool:
+    """A kernel that converts between NCHW and NHWC (TRANSPOSE_KERNEL)."""
+    return TRANSPOSE_KERNEL.search(name) is not None
 
 
 class MemoryFormat(str, enum.Enum):
@@ -202,7 +222,7 @@ def analyze_convs(profile: Profile) -> ConvAnalysis:
         layer.kernels.extend(_kernels(op))
         layer_of_call[id(op)] = layer
     forward_by_sequence = {op.sequence_number: op for op in calls if op.sequence_number is not None}
-    backward_nodes = [op for op in profile.ops if op.kind is EventKind.CPU_OP and CONV_BACKWARD_NODE.match(op.name)]
+    backward_nodes = [op for op in profile.ops if op.kind is EventKind.CPU_OP and is_conv_backward_node(op.name)]
     for node in backward_nodes:
         forward = forward_by_sequence.get(node.sequence_number)
         layer = layer_of_call.get(id(forward)) if forward is not None else None
@@ -233,8 +253,8 @@ def analyze_convs(profile: Profile) -> ConvAnalysis:
 
 def _is_conv_call(op: Op) -> bool:
     """A conv operator with no conv operator around it (the call as the model made it)."""
-    return (op.kind is EventKind.CPU_OP and bool(CONV_OP.match(op.name))
-            and not any(a.kind is EventKind.CPU_OP and CONV_OP.match(a.name) for a in op.ancestors()))
+    return (op.kind is EventKind.CPU_OP and is_conv_op(op.name)
+            and not any(a.kind is EventKind.CPU_OP and is_conv_op(a.name) for a in op.ancestors()))
 
 
 def _name_calls(profile: Profile, calls: list[Op]) -> list[tuple[Op, str]]:
@@ -374,7 +394,7 @@ def _charge_conversions(profile: Profile, calls: list[Op], layer_of_call: dict[i
         if layer is not None:
             layer.conversions.append(conversion)
     for kernel in profile.kernels:
-        if kernel.launcher is None or not TRANSPOSE_KERNEL.search(kernel.name):
+        if kernel.launcher is None or not is_transpose_kernel(kernel.name):
             continue
         layer = _owner(kernel.launcher, layer_of_call)
         if layer is not None:

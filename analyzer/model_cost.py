@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-from torch.utils.flop_counter import FlopCounterMode
-
-from convdoctor.analyzer.workload import Workload, call_model
+if TYPE_CHECKING:  # torch is imported where a model is measured: reports read these records without it
+    from convdoctor.analyzer.workload import Workload
 
 
 @dataclass(frozen=True)
@@ -36,6 +35,11 @@ class ArchitectureDelta:
 
 def model_cost(workload: Workload) -> ModelCost:
     """Count the FLOPs of one forward on a copy of the workload (no_grad), and its parameters."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from convdoctor.analyzer.workload import call_model
+
     probe = workload.copy()
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         call_model(probe.model, probe.inputs)

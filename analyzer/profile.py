@@ -81,7 +81,15 @@ class Op:
     def device_time_us(self) -> float:
         """Time of the GPU work launched by this event and the events nested in it."""
         own = sum(k.dur_us for k in self.kernels)
-        return own + sum(sum(k.dur_us for k in d.kernels) for d in self.descendants())
+        nested = 0  # summed in the order of descendants() (inlined here: it is called for many events)
+        stack = self.children[::-1]
+        while stack:
+            op = stack.pop()
+            if op.kernels:
+                nested += sum(k.dur_us for k in op.kernels)
+            if op.children:
+                stack.extend(reversed(op.children))
+        return own + nested
 
 
 @dataclass(eq=False, slots=True)
@@ -175,6 +183,19 @@ class Profile:
         from convdoctor.analyzer.communication import communication
 
         return communication(self)
+
+    @cached_property
+    def outermost_cpu_ops(self) -> list[Op]:
+        """The CPU operators with no CPU operator around them (the calls the program made), in trace order."""
+        nested: set[int] = set()  # ids of the events inside a CPU operator
+        outermost = []
+        for op in self.ops:  # sorted by start, longest first: a parent comes before its children
+            parent = op.parent
+            if parent is not None and (parent.kind is EventKind.CPU_OP or id(parent) in nested):
+                nested.add(id(op))
+            elif op.kind is EventKind.CPU_OP:
+                outermost.append(op)
+        return outermost
 
     @cached_property
     def has_module_scopes(self) -> bool:

@@ -13,12 +13,22 @@ import re
 import sys
 import zlib
 from collections import Counter, defaultdict
+from operator import attrgetter
 from pathlib import Path
 from typing import Any, Callable
 
 from convdoctor.analyzer.collector import collector_paused
 from convdoctor.analyzer.module_scope import parse_scope_name
 from convdoctor.analyzer.profile import DEVICE_KINDS, EventKind, Kernel, Op, Profile, Step
+from convdoctor.analyzer.trace_fast import (
+    EXACT_FLOAT_INT,
+    MAX_DIM,
+    MAX_TIME_US,
+    TIME_RESOLUTION_US,
+    NotPlain,
+    split_trace,
+    typed_events,
+)
 from convdoctor.errors import TraceError
 
 CATEGORY_KINDS: dict[str, EventKind] = {
@@ -55,6 +65,11 @@ def read_trace(path: str | Path, *, slim: bool = False) -> dict[str, Any]:
 
 def _decode(path: Path, hook: Callable[[dict[str, Any]], Any] | None) -> dict[str, Any]:
     """The trace's JSON object, each object passed through ``hook`` as it is decoded; TraceError as ``read_trace``."""
+    return _parse_json(_text(_read_bytes(path), path), path, hook)
+
+
+def _read_bytes(path: Path) -> bytes:
+    """The trace file's bytes, decompressed when it is gzipped; a TraceError in one line when it cannot be read."""
     if path.is_dir():
         raise TraceError(f"{path}: is a directory, not a trace file; pass a *.pt.trace.json[.gz] file or a log dir")
     if not path.is_file():
@@ -63,14 +78,27 @@ def _decode(path: Path, hook: Callable[[dict[str, Any]], Any] | None) -> dict[st
         if path.stat().st_size == 0:
             raise TraceError(f"{path}: is empty (0 bytes); the profiler did not finish writing it, or the copy failed")
         raw = path.read_bytes()  # in one read, and decompressed in one call: faster than a stream of chunks
-        text = (gzip.decompress(raw) if path.name.endswith(".gz") else raw).decode("utf-8")
-        del raw
-        data = json.loads(text, object_hook=hook)
+        return gzip.decompress(raw) if path.name.endswith(".gz") else raw
     except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
         raise TraceError(f"{path}: cannot be decompressed ({exc}); the file is truncated or not gzip") from exc
     except OSError as exc:  # permissions, a file that vanished, an I/O error
         raise TraceError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+
+
+def _text(data: bytes, path: Path) -> str:
+    """The trace's text: its bytes decoded as UTF-8; a TraceError in one line when they are not UTF-8."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise TraceError(f"{path}: is not valid JSON ({exc}); re-export the trace") from exc
+
+
+def _parse_json(text: str, path: Path, hook: Callable[[dict[str, Any]], Any] | None) -> dict[str, Any]:
+    """The trace's JSON object, each object passed through ``hook`` as it is decoded; a TraceError in one line
+    when the text is not JSON or not a Kineto trace."""
+    try:
+        data = json.loads(text, object_hook=hook)
+    except json.JSONDecodeError as exc:
         raise TraceError(f"{path}: is not valid JSON ({exc}); re-export the trace") from exc
     except ValueError as exc:  # valid JSON that Python will not read: an integer of more than 4300 digits
         raise TraceError(f"{path}: holds a number too long to read ({exc}); re-export the trace") from exc
@@ -88,17 +116,28 @@ def _check_kineto(data: Any, trace_path: str) -> None:
 def load_profile(path: str | Path) -> Profile:
     """Read and parse one trace file: the same Profile as ``parse_trace(read_trace(path))``, faster and smaller.
 
-    Each event is typed as soon as it is decoded (see ``_TypingHook``), so no raw event outlives its own
-    decoding, and the cyclic garbage collector is paused meanwhile (see ``collector_paused``).
+    Events are decoded straight into their typed fields (``trace_fast``); a trace holding a value that decoding
+    does not take is read the tolerant way, each event typed as soon as the ``json`` module decodes it (see
+    ``_TypingHook``). The cyclic garbage collector is paused meanwhile (see ``collector_paused``).
     """
     path = Path(path)
     with collector_paused():
+        data = _read_bytes(path)
+        try:  # ASCII bytes are their own UTF-8 text (most traces): no copy decoded
+            events, top = split_trace(data if data.isascii() else _text(data, path))
+            metadata = {key: json.loads(bytes(raw), object_hook=_slim_event) for key, raw in top.items()}
+        except (NotPlain, ValueError, RecursionError):
+            pass  # read the tolerant way: the same result, or the TraceError that says what is wrong
+        else:
+            del data, top
+            typer = _EventTyper()
+            return _profile(metadata, *typed_events(events, typer.kind), typer.unknown, str(path))
         hook = _TypingHook()
-        data = _decode(path, hook)
+        data = _parse_json(_text(data, path), path, hook)
         events = data["traceEvents"]
         typed = [event for event in events if isinstance(event, (Op, Kernel))]
         if len(typed) + events.count(SKIPPED) == hook.events_seen:
-            return _profile(data, typed, hook.typer.unknown, str(path))
+            return _profile(data, *_split(typed), hook.typer.unknown, str(path))
         # An object taken for an event sits somewhere else than in the event list (inside an event's args, or
         # the metadata), where it must stay a JSON object: read again, cutting events to their parts only.
         return parse_trace(read_trace(path, slim=True), str(path))
@@ -131,7 +170,11 @@ class _EventTyper:
         self.categories: dict[str, tuple[str, EventKind | None]] = {}  # each spelling met, with its kind
 
     def __call__(self, raw: dict[str, Any]) -> Op | Kernel | None:
-        spelling = raw.get("cat", "")
+        kind = self.kind(raw.get("cat", ""))
+        return None if kind is None else _typed_event(raw, kind)
+
+    def kind(self, spelling: Any) -> EventKind | None:
+        """The kind of a category spelling; None (and counted, unless ignored) for a category not known."""
         known = self.categories.get(spelling) if isinstance(spelling, str) else None
         if known is None:
             category = str(spelling).lower()
@@ -139,11 +182,9 @@ class _EventTyper:
             if isinstance(spelling, str):
                 self.categories[spelling] = known
         category, kind = known
-        if kind is None:
-            if category not in IGNORED_CATEGORIES:
-                self.unknown[category] += 1
-            return None
-        return _typed_event(raw, kind)
+        if kind is None and category not in IGNORED_CATEGORIES:
+            self.unknown[category] += 1
+        return kind
 
 
 def _slim_event(obj: dict[str, Any]) -> Any:
@@ -183,15 +224,20 @@ def parse_trace(data: dict[str, Any], trace_path: str = "<memory>") -> Profile:
     _check_kineto(data, trace_path)
     typer = _EventTyper()
     events = [typer(raw) for raw in data["traceEvents"] if isinstance(raw, dict) and raw.get("ph") == "X"]
-    return _profile(data, [event for event in events if event is not None], typer.unknown, trace_path)
+    return _profile(data, *_split([event for event in events if event is not None]), typer.unknown, trace_path)
 
 
-def _profile(data: dict[str, Any], events: list[Op | Kernel], unknown: Counter[str], trace_path: str) -> Profile:
-    """The Profile of a trace's typed events, in trace order: sorted, nested and linked."""
-    ops = [event for event in events if isinstance(event, Op)]
-    kernels = [event for event in events if isinstance(event, Kernel)]
-    ops.sort(key=lambda op: (op.ts_us, -op.dur_us))
-    kernels.sort(key=lambda k: k.ts_us)
+def _split(events: list[Op | Kernel]) -> tuple[list[Op], list[Kernel]]:
+    return [e for e in events if isinstance(e, Op)], [e for e in events if isinstance(e, Kernel)]
+
+
+def _profile(data: dict[str, Any], ops: list[Op], kernels: list[Kernel], unknown: Counter[str], trace_path: str
+             ) -> Profile:
+    """The Profile of a trace's typed events (each list in trace order): sorted, nested and linked."""
+    # By start, the longest first among equal starts (two stable sorts: no key tuple per event).
+    ops.sort(key=attrgetter("dur_us"), reverse=True)
+    ops.sort(key=attrgetter("ts_us"))
+    kernels.sort(key=attrgetter("ts_us"))
     _nest(ops)
     _link_kernels(ops, kernels)
     steps = _steps(ops)
@@ -208,9 +254,6 @@ def _profile(data: dict[str, Any], events: list[Op | Kernel], unknown: Counter[s
     )
 
 
-MAX_TIME_US = float(2**63)  # no int64 clock, in µs or even ns, goes beyond: sums and spans of times stay finite
-TIME_RESOLUTION_US = 0.001  # Kineto's clock counts nanoseconds
-EXACT_FLOAT_INT = 2**53  # ints up to here survive a round trip through a float unchanged
 
 
 def _time_or_none(value: Any) -> float | None:
@@ -292,7 +335,6 @@ def _percent_or_none(value: Any) -> float | None:
     return number if number is not None and number <= 100 else None
 
 
-MAX_DIM = 2**63 - 1  # tensor sizes and strides are int64
 
 
 def _shapes(value: Any) -> list[Any]:
@@ -423,16 +465,20 @@ def _nest(ops: list[Op]) -> None:
         by_thread[(op.pid, op.tid)].append(op)
     for thread_ops in by_thread.values():
         stack: list[Op] = []
+        ends: list[float] = []  # the end of each event on the stack
         for op in thread_ops:  # already sorted by start, longest first
-            while stack and op.ts_us >= stack[-1].end_us:
+            start = op.ts_us
+            while ends and start >= ends[-1]:
                 stack.pop()
+                ends.pop()
             if stack:
-                op.parent = stack[-1]
-                stack[-1].children.append(op)
-                holder = op.parent if op.parent.scope is not None else op.parent.module_call
+                parent = op.parent = stack[-1]
+                parent.children.append(op)
+                holder = parent if parent.scope is not None else parent.module_call
                 op.module_call = holder
                 op.module = holder.scope if holder is not None else None
             stack.append(op)
+            ends.append(start + op.dur_us)
 
 
 def _link_kernels(ops: list[Op], kernels: list[Kernel]) -> None:

@@ -2,70 +2,43 @@
 
 from __future__ import annotations
 
-import json
 import os
 import pickle
-import re
 import shutil
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import torch
 from torch import nn
 
-import convdoctor
 from convdoctor.analyzer.batch_sweep import sweep_batch_sizes
 from convdoctor.analyzer.benchmark import BenchmarkSettings, Measurement, Verdict, measure
 from convdoctor.analyzer.capture import check_fits, environment, record
-from convdoctor.analyzer.collector import collector_paused
 from convdoctor.analyzer.environment_trial import WorkerError, measure_environment
 from convdoctor.analyzer.job_tasks import CaptureTask, MeasureTask
 from convdoctor.analyzer.job_view import job_view
 from convdoctor.analyzer.launch import JobSpec, run_job
-from convdoctor.analyzer.layers import ConvAnalysis, analyze_convs
+from convdoctor.analyzer.layers import analyze_convs
 from convdoctor.analyzer.model_cost import ArchitectureDelta, model_cost
-from convdoctor.analyzer.roofline import analyze_roofline
-from convdoctor.analyzer.trace import TRACE_SUFFIXES, find_traces, load_profile
+from convdoctor.analyzer.trace import load_profile
 from convdoctor.analyzer.workload import (
     Inputs, Workload, describe_exception, load_workload, resolve_device, time_limit, workload_from,
 )
-from convdoctor.errors import JobError, ModelTimeoutError, OutputDirError, ReportError, TraceError
-from convdoctor.reports.files import write_atomically
-from convdoctor.reports.html_report import render_html
-from convdoctor.reports.json_report import dict_to_json, report_to_dict
+from convdoctor.errors import JobError, ModelTimeoutError
+from convdoctor.offline import Progress, ReportFiles, SilentProgress, build_report, prepare_out_dir, write_report
 from convdoctor.reports.report import (
     FindingOutcome,
     LayerMeasurement,
     Plan,
     Report,
-    RuleDoc,
     WorkloadSummary,
     trace_summary,
 )
-from convdoctor.rules.base import Candidate, Finding, LayerTrial, NumericsContract, Rule, combine, doc_sections
-from convdoctor.rules.registry import RuleResults, RuleSet, load_rules, run_rules, select_rules
-
-
-class Progress(Protocol):
-    """Where the pipeline says what it is doing."""
-
-    def stage(self, text: str) -> None: ...
-
-    def rounds(self, done: int, total: int) -> None: ...
-
-
-class SilentProgress:
-    """Progress that says nothing (the Python API's default)."""
-
-    def stage(self, text: str) -> None:
-        pass
-
-    def rounds(self, done: int, total: int) -> None:
-        pass
+from convdoctor.rules.base import Candidate, Finding, LayerTrial, NumericsContract, combine
+from convdoctor.rules.registry import load_rules, run_rules, select_rules
 
 
 @dataclass(frozen=True)
@@ -87,24 +60,13 @@ class ProfileOptions:
     benchmark: BenchmarkSettings = field(default_factory=BenchmarkSettings)
 
 
-@dataclass(frozen=True)
-class ReportFiles:
-    """Where a run's outputs are."""
-
-    out_dir: Path
-    html: Path
-    json: Path
-    logdir: Path
-    overwrote: bool
-
-
 def profile_file(
     path: str | Path, options: ProfileOptions = ProfileOptions(), progress: Progress = SilentProgress()
 ) -> tuple[Report, ReportFiles]:
     """Profile the model a model file defines; write report.html, report.json and traces to the out dir."""
     path = Path(path)
     out_dir = options.out_dir or Path("convdoctor-out") / path.stem
-    files = _prepare_out_dir(out_dir)
+    files = prepare_out_dir(out_dir)
     if options.nproc > 1:
         return _run_job(path, options, files, progress), files
     progress.stage(f"loading {path}")
@@ -121,115 +83,10 @@ def profile(
     if options.nproc > 1:
         raise JobError("nproc above 1 needs a model file that every worker imports: use profile_file()")
     out_dir = options.out_dir or Path("convdoctor-out") / type(model).__name__
-    files = _prepare_out_dir(out_dir)
+    files = prepare_out_dir(out_dir)
     workload = workload_from(model, inputs, device=options.device, mode=options.mode,
                              source=f"{type(model).__module__}.{type(model).__name__}")
     return _run(workload, options, files, progress), files
-
-
-@dataclass(frozen=True)
-class AnalyzeResult:
-    """The reports `analyze` wrote, and one line for each trace it could not read."""
-
-    written: list[tuple[Report, ReportFiles]]
-    failed: list[str]
-
-
-def analyze_path(path: str | Path, out_dir: Path | None = None, progress: Progress = SilentProgress(),
-                 select: tuple[str, ...] = (), ignore: tuple[str, ...] = ()) -> AnalyzeResult:
-    """Analyze traces captured elsewhere (a trace file or a log dir): one report per trace, nothing measured.
-
-    With several traces (runs, ranks) each report goes to ``<out>/<run>/<worker>/``. The traces of one run that
-    are ranks of a job (their communication is in the trace) are also compared: the lowest rank's report carries
-    the job view (per-rank communication, stragglers). A trace that cannot be read is named in ``failed`` and the
-    others are still analyzed; when none can be read, TraceError.
-    """
-    path = Path(path)
-    traces = find_traces(path)
-    base = out_dir or Path("convdoctor-out") / path.name.split(".")[0]
-    rule_set = load_rules()
-    rules = select_rules(rule_set.rules, select, ignore)
-    written, failed = [], []
-    for run in _runs(traces):
-        with collector_paused():  # the traces' objects live until their reports are written: nothing to collect
-            analyzed = []
-            for trace in run:
-                progress.stage(f"analyzing {trace}")
-                try:
-                    analyzed.append((trace, analyze_convs(load_profile(trace))))
-                except TraceError as exc:
-                    failed.append(str(exc))
-            if len(analyzed) > 1:
-                analyzed.sort(key=lambda pair: _rank_order(*pair))
-                analyzed[0][1].job = job_view([analysis for _, analysis in analyzed])
-            for trace, analysis in analyzed:
-                files = _prepare_out_dir(base if len(traces) == 1 else base / _trace_key(path, trace))
-                report = _offline_report(analysis, trace, path if path.is_dir() else trace.parent, rule_set, rules)
-                _write(report, files)
-                written.append((report, files))
-    if not written:
-        more = f" (and {len(failed) - 1} more unreadable traces)" if len(failed) > 1 else ""
-        raise TraceError(failed[0] + more)
-    return AnalyzeResult(written=written, failed=failed)
-
-
-def _runs(traces: list[Path]) -> list[list[Path]]:
-    """Traces grouped by run: the folder they are in (TensorBoard's run; its workers are the files)."""
-    runs: dict[Path, list[Path]] = {}
-    for trace in traces:
-        runs.setdefault(trace.parent, []).append(trace)
-    return list(runs.values())
-
-
-RANK_IN_NAME = re.compile(r"rank[-_]?(\d+)", re.IGNORECASE)
-
-
-def _rank_order(trace: Path, analysis: ConvAnalysis) -> tuple[int, str]:
-    """A trace's rank: Kineto's distributedInfo, convdoctor's record, or ``rank<k>`` in its name; unknown last."""
-    info = analysis.profile.metadata.get("distributedInfo")
-    for value in (info.get("rank") if isinstance(info, dict) else None, analysis.profile.environment.get("rank")):
-        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-            return value, trace.name
-    match = RANK_IN_NAME.search(trace.name)
-    return (int(match.group(1)) if match else sys.maxsize), trace.name
-
-
-def report_data(path: str | Path) -> dict[str, Any]:
-    """The report.json data of a report file, or of one trace (or a log dir holding one) analyzed in memory."""
-    path = Path(path)
-    if path.is_file() and path.suffix == ".json" and not path.name.endswith(TRACE_SUFFIXES):
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ReportError(f"{path}: cannot be read as a report ({exc}); pass a report.json or a trace") from exc
-        if not isinstance(data, dict) or "schema_version" not in data or "layers" not in data:
-            raise ReportError(f"{path}: is JSON but not a convdoctor report.json; pass a report.json or a trace")
-        return data
-    traces = find_traces(path)
-    if len(traces) > 1:
-        raise ReportError(f"{path}: holds {len(traces)} traces; pass one trace (or one worker's report.json)")
-    return report_to_dict(analyze_trace(traces[0]))
-
-
-def analyze_trace(trace: Path) -> Report:
-    """One trace analyzed offline with every rule, nothing measured (what `analyze` reports), written nowhere."""
-    rule_set = load_rules()
-    with collector_paused():
-        analysis = analyze_convs(load_profile(trace))
-        return _offline_report(analysis, trace, trace.parent, rule_set, rule_set.rules)
-
-
-def _offline_report(analysis: ConvAnalysis, trace: Path, logdir: Path, rule_set: RuleSet, rules: list[Rule]
-                    ) -> Report:
-    results = run_rules(rules, analysis)
-    offline = "analyzed offline from a trace: run `convdoctor profile model.py` to measure it"
-    outcomes = [FindingOutcome(finding, not_measured=offline) for finding in results.findings]
-    return _report(analysis, trace_summary(analysis, trace), outcomes, [trace], logdir, results, rule_set)
-
-
-def _trace_key(logdir: Path, trace: Path) -> Path:
-    """``run/worker`` for a trace under a log dir: where its report goes."""
-    return trace.relative_to(logdir).parent / trace.name.split(".pt.trace")[0]
 
 
 def _run(workload: Workload, options: ProfileOptions, files: ReportFiles, progress: Progress) -> Report:
@@ -246,7 +103,7 @@ def _run(workload: Workload, options: ProfileOptions, files: ReportFiles, progre
         rule_set = load_rules()
         results = run_rules(select_rules(rule_set.rules, options.select, options.ignore), analysis)
         outcomes = measure_findings(workload, results.findings, options, progress)
-        report = _report(analysis, _summary(workload, options), outcomes, traces.published_files, files.logdir,
+        report = build_report(analysis, _summary(workload, options), outcomes, traces.published_files, files.logdir,
                          results, rule_set)
         report.plan = build_plan(workload, outcomes, options, progress)
     except BaseException as exc:  # Ctrl-C included: the previous report stays, this run's traces are set aside
@@ -256,31 +113,8 @@ def _run(workload: Workload, options: ProfileOptions, files: ReportFiles, progre
                          "is unchanged")
         raise
     traces.publish()
-    _write(report, files)
+    write_report(report, files)
     return report
-
-
-def _report(analysis: ConvAnalysis, summary: WorkloadSummary, outcomes: list[FindingOutcome], traces: list[Path],
-            logdir: Path, results: RuleResults, rule_set: RuleSet) -> Report:
-    return Report(
-        tool_version=convdoctor.__version__,
-        workload=summary,
-        analysis=analysis,
-        outcomes=outcomes,
-        trace_files=[str(t) for t in traces],
-        logdir=str(logdir),
-        skipped_rules=results.skipped,
-        rule_problems=rule_set.problems,
-        rule_docs=[RuleDoc(r.id, r.name, r.summary, doc_sections(r.doc)) for r in rule_set.rules
-                   if any(o.finding.rule_id == r.id for o in outcomes)],
-        roofline=analyze_roofline(analysis),
-    )
-
-
-def _write(report: Report, files: ReportFiles) -> None:
-    data = report_to_dict(report)  # built once for both files: it reads every layer's kernels
-    write_atomically(files.json, dict_to_json(data))
-    write_atomically(files.html, render_html(report, data))
 
 
 class Trial(Protocol):
@@ -524,9 +358,9 @@ def _run_job(path: Path, options: ProfileOptions, files: ReportFiles, progress: 
     trial = JobTrial(spec, options)
     outcomes = measure_findings(trial, results.findings, options, progress)
     summary = replace(trace_summary(main, traces[0]), model_file=str(path), steps=options.steps)
-    report = _report(main, summary, outcomes, traces, files.logdir, results, rule_set)
+    report = build_report(main, summary, outcomes, traces, files.logdir, results, rule_set)
     report.plan = build_plan(trial, outcomes, options, progress)
-    _write(report, files)
+    write_report(report, files)
     return report
 
 
@@ -563,19 +397,3 @@ def _summary(workload: Workload, options: ProfileOptions) -> WorkloadSummary:
         threads=env["threads"],
         allocator=env["allocator"],
     )
-
-
-def _prepare_out_dir(out_dir: Path) -> ReportFiles:
-    """Create the out dir and prove it writable before any work is done."""
-    files = ReportFiles(out_dir=out_dir, html=out_dir / "report.html", json=out_dir / "report.json",
-                        logdir=out_dir / "tb", overwrote=(out_dir / "report.json").exists())
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out_dir):
-            pass
-    except OSError as exc:
-        raise OutputDirError(f"{out_dir}: cannot write reports there ({exc.strerror}); pass --out DIR") from exc
-    if not os.access(out_dir, os.W_OK):
-        raise OutputDirError(f"{out_dir}: cannot write reports there; pass --out DIR")
-    return files
-

@@ -16,7 +16,7 @@ from convdoctor.errors import ConvDoctorError
 from convdoctor.output import captured_prints
 
 if TYPE_CHECKING:
-    from convdoctor.api import ReportFiles
+    from convdoctor.offline import ReportFiles
     from convdoctor.reports.report import Report
 
 EXIT_OK, EXIT_FINDINGS, EXIT_USER_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -116,7 +116,7 @@ def profile_command(model_py: Path, device: str, mode: str, batch_size: int | No
 def analyze_command(trace_or_logdir: Path, out_dir: Path | None, output_format: str, select: tuple[str, ...],
                     ignore: tuple[str, ...]) -> None:
     """Analyze Kineto traces captured elsewhere: a *.pt.trace.json[.gz] file or a TensorBoard log dir."""
-    from convdoctor.api import analyze_path
+    from convdoctor.offline import analyze_path
     from convdoctor.reports.json_report import report_to_dict
 
     result = _or_exit(lambda: analyze_path(trace_or_logdir, out_dir, ClickProgress(), select, ignore))
@@ -141,7 +141,7 @@ def analyze_command(trace_or_logdir: Path, out_dir: Path | None, output_format: 
               help="Also write the comparison as a self-contained HTML page.")
 def diff_command(before: Path, after: Path, html_path: Path | None) -> None:
     """Compare two runs: BEFORE and AFTER are report.json files, or traces (one each)."""
-    from convdoctor.api import report_data
+    from convdoctor.offline import report_data
     from convdoctor.reports.diff import diff_reports, render_diff_html, render_diff_text
     from convdoctor.reports.files import write_atomically
 
@@ -211,10 +211,9 @@ def _notes(exc: BaseException) -> str:
 
 
 def _show(report: Report, files: ReportFiles, output_format: str) -> None:
-    from convdoctor.reports.json_report import report_to_json
     from convdoctor.reports.terminal import render_summary
 
-    if output_format == "json":
-        click.echo(report_to_json(report), nl=False)
+    if output_format == "json":  # the report.json just written, rather than building it again (large traces)
+        click.echo(files.json.read_text(encoding="utf-8"), nl=False)
     else:
         click.echo(render_summary(report, str(files.html), str(files.json), files.overwrote))

@@ -130,7 +130,7 @@ class ConvDoctorPlugin(base_plugin.TBPlugin):
 
     def _analyzed_report(self, trace: Path) -> str:
         """The trace's report, analyzed once per version of the file."""
-        from convdoctor.api import analyze_trace
+        from convdoctor.offline import analyze_trace
         from convdoctor.reports.html_report import render_html
 
         with self._analyzing:

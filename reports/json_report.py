@@ -6,12 +6,11 @@ import json
 import math
 from typing import Any
 
-from convdoctor.analyzer.batch_sweep import BatchSweep
-from convdoctor.analyzer.benchmark import GradientReference, Measurement, ThroughputMeasurement
 from convdoctor.analyzer.communication import DEFINITIONS as COMM_DEFINITIONS
 from convdoctor.analyzer.conv_kernels import KernelShare, LayerKernels, layer_kernels
 from convdoctor.analyzer.job_view import JobView
 from convdoctor.analyzer.layers import ConvLayer
+from convdoctor.analyzer.measurement import BatchSweep, GradientReference, Measurement, ThroughputMeasurement
 from convdoctor.analyzer.model_cost import ArchitectureDelta
 from convdoctor.analyzer.roofline import LayerRoofline, Roofline
 from convdoctor.reports.report import FindingOutcome, Plan, Report
@@ -83,11 +82,6 @@ def distributed_to_dict(job: JobView) -> dict[str, Any]:
         "layers": [{"name": layer.name, "time_ms": [None if t is None else t / 1e3 for t in layer.time_us]}
                    for layer in job.layers],
     }
-
-
-def report_to_json(report: Report) -> str:
-    """The report as indented JSON text."""
-    return dict_to_json(report_to_dict(report))
 
 
 def dict_to_json(data: dict[str, Any]) -> str:

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from convdoctor.analyzer.batch_sweep import BatchSweep
-from convdoctor.analyzer.benchmark import Measurement, ThroughputMeasurement, Verdict
+from convdoctor.analyzer.measurement import BatchSweep, Measurement, ThroughputMeasurement, Verdict
 from convdoctor.reports.report import FindingOutcome, Plan, Report
 
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from convdoctor.analyzer.batch_sweep import BatchSweep
-from convdoctor.analyzer.benchmark import Measurement
+from convdoctor.analyzer.measurement import BatchSweep, Measurement
 from convdoctor.analyzer.layers import ConvAnalysis
 from convdoctor.analyzer.model_cost import ArchitectureDelta
 from convdoctor.analyzer.roofline import Roofline

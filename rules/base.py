@@ -21,10 +21,12 @@ from __future__ import annotations
 import enum
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Protocol, runtime_checkable
 
 from convdoctor.analyzer.layers import ConvAnalysis
-from convdoctor.analyzer.workload import Workload
+
+if TYPE_CHECKING:
+    from convdoctor.analyzer.workload import Workload
 
 DOC_SECTIONS = ("What it detects", "Why it is slow", "Example", "Use instead", "Evidence", "Options", "References")
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Iterable
-
-import torch
+from typing import TYPE_CHECKING, Iterable
 
 from convdoctor.analyzer.layers import ConvAnalysis, MemoryFormat
-from convdoctor.analyzer.workload import Workload, map_tensors
 from convdoctor.rules.base import Candidate, Finding, NumericsContract, Requirement, Severity
+
+if TYPE_CHECKING:  # torch is imported when a candidate runs: analyzing a trace never imports it
+    import torch
+
+    from convdoctor.analyzer.workload import Workload
 
 SNIPPET = """\
 model = model.to(memory_format=torch.channels_last)
@@ -19,6 +21,8 @@ out = model(x)"""
 
 def channels_last(tensor: torch.Tensor) -> torch.Tensor:
     """A 4-D tensor in channels_last, a 5-D one in channels_last_3d; other tensors unchanged."""
+    import torch
+
     if tensor.dim() == 4:
         return tensor.contiguous(memory_format=torch.channels_last)
     if tensor.dim() == 5:
@@ -28,6 +32,10 @@ def channels_last(tensor: torch.Tensor) -> torch.Tensor:
 
 def to_channels_last(workload: Workload) -> Workload:
     """The workload with every 4-D/5-D parameter, buffer and input in channels-last memory format."""
+    import torch
+
+    from convdoctor.analyzer.workload import map_tensors
+
     model = workload.model
     with torch.no_grad():
         for param in model.parameters():

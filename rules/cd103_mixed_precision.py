@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-import torch
-
-from convdoctor.analyzer.layers import CONV_BACKWARD_NODE, CONV_OP, ConvAnalysis
+from convdoctor.analyzer.layers import ConvAnalysis, is_conv_backward_node, is_conv_op
 from convdoctor.analyzer.profile import EventKind, Kernel, Profile
-from convdoctor.analyzer.workload import Workload
 from convdoctor.rules.base import Candidate, Finding, NumericsContract, PlanStage, Requirement, Severity
 from convdoctor.rules.transforms import autocast, backend_flags
+
+if TYPE_CHECKING:  # torch is imported when a candidate runs: analyzing a trace never imports it
+    import torch
+
+    from convdoctor.analyzer.workload import Workload
 
 TOLERANCE = 2e-2  # max relative error of outputs (max |diff| / max |baseline|) that autocast may cause
 TF32_TOLERANCE = 1e-2  # TF32 keeps fp32's range with a 10-bit mantissa, like float16's
@@ -40,6 +42,8 @@ def mixed_precision_dtype(device: torch.device, trace_major: int | None = None) 
     The capability is read from the device the workload runs on, falling back to the one the trace recorded.
     CPU autocast computes in bfloat16.
     """
+    import torch
+
     if device.type != "cuda":
         return torch.bfloat16
     try:
@@ -230,8 +234,14 @@ baseline output magnitude).
 def _conv_device(profile: Profile) -> int | None:
     """The device that ran the most conv kernel time (forward and backward)."""
     time: dict[int | None, float] = defaultdict(float)
+    launched_by_conv: dict[int, bool] = {}  # per launcher
     for kernel in profile.kernels:
-        if kernel.kind is EventKind.KERNEL and _launched_by_conv(kernel):
+        if kernel.kind is not EventKind.KERNEL or kernel.launcher is None:
+            continue
+        by_conv = launched_by_conv.get(id(kernel.launcher))
+        if by_conv is None:
+            by_conv = launched_by_conv[id(kernel.launcher)] = _launched_by_conv(kernel)
+        if by_conv:
             time[kernel.device] += kernel.dur_us
     if not time:
         return None
@@ -242,7 +252,7 @@ def _launched_by_conv(kernel: Kernel) -> bool:
     launcher = kernel.launcher
     if launcher is None:
         return False
-    return any(CONV_OP.match(op.name) or CONV_BACKWARD_NODE.match(op.name) for op in (launcher, *launcher.ancestors()))
+    return any(is_conv_op(op.name) or is_conv_backward_node(op.name) for op in (launcher, *launcher.ancestors()))
 
 
 def _device_properties(profile: Profile, device: int | None) -> dict[str, Any] | None:

@@ -6,7 +6,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Iterable
 
-from convdoctor.analyzer.layers import CONV_OP, ConvAnalysis, TimeBasis
+from convdoctor.analyzer.layers import ConvAnalysis, TimeBasis, is_conv_op
 from convdoctor.analyzer.profile import EventKind, Profile
 from convdoctor.rules.base import Candidate, Finding, NumericsContract, PlanStage, Requirement, Severity
 from convdoctor.rules.transforms import backend_flags
@@ -50,9 +50,9 @@ def _shapes_per_step(profile: Profile) -> dict[int | None, Counter]:
     """Per profiled step, how often each conv input shape ran (outermost conv ops only)."""
     shapes: dict[int | None, Counter] = defaultdict(Counter)
     for op in profile.ops:
-        if op.kind is not EventKind.CPU_OP or not CONV_OP.match(op.name) or not op.input_dims:
+        if op.kind is not EventKind.CPU_OP or not is_conv_op(op.name) or not op.input_dims:
             continue
-        if any(CONV_OP.match(a.name) for a in op.ancestors() if a.kind is EventKind.CPU_OP):
+        if any(is_conv_op(a.name) for a in op.ancestors() if a.kind is EventKind.CPU_OP):
             continue
         step = profile.step_of(op.ts_us)
         shapes[step.number if step else None][tuple(tuple(d) for d in op.input_dims[:2] if isinstance(d, list))] += 1

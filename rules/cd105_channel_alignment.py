@@ -3,60 +3,42 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Iterable
-
-import torch
-import torch.nn.functional as F
-from torch import nn
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from convdoctor.analyzer.layers import ConvAnalysis, ConvLayer, TimeBasis
 from convdoctor.analyzer.module_scope import ROOT_NAME
-from convdoctor.analyzer.workload import Workload
 from convdoctor.rules.base import Candidate, Finding, LayerTrial, NumericsContract, Requirement, Severity
 from convdoctor.rules.cd103_mixed_precision import _conv_device, _device_properties
-from convdoctor.rules.conv_replacement import is_dense_conv2d, like, not_replaceable, replace_convs
+from convdoctor.rules.conv_replacement import is_dense_conv2d, not_replaceable, replace_convs
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from convdoctor.analyzer.workload import Workload
 
 CPU_BLOCKS = {"AVX512": 16, "AVX2": 8}  # fp32 lanes of oneDNN's blocked layouts (nChw16c / nChw8c)
 IMAGE_CHANNELS = 4  # input channels up to this (RGB, RGBA) are exempt: cuDNN pads them itself, oneDNN has a path
-
-
-class PaddedConv2d(nn.Module):
-    """An nn.Conv2d computed with zero-padded channels: the same outputs, channel counts a multiple of the block.
-
-    Extra input channels are zeros appended to the input and zero weights; extra filters are zero and their
-    outputs are sliced off. In training the padded weights get zero gradients, so they stay zero.
-    """
-
-    def __init__(self, conv: nn.Conv2d, in_to: int, out_to: int) -> None:
-        super().__init__()
-        self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
-        self.conv = nn.Conv2d(in_to, out_to, conv.kernel_size, stride=conv.stride, padding=conv.padding,
-                              dilation=conv.dilation, bias=conv.bias is not None, padding_mode=conv.padding_mode,
-                              device=conv.weight.device, dtype=conv.weight.dtype)
-        with torch.no_grad():
-            self.conv.weight.zero_()
-            self.conv.weight[:conv.out_channels, :conv.in_channels] = conv.weight
-            if conv.bias is not None:
-                self.conv.bias.zero_()
-                self.conv.bias[:conv.out_channels] = conv.bias
-        like(self.conv, conv)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        extra = self.conv.in_channels - self.in_channels
-        if extra:
-            x = F.pad(x, (0, 0, 0, 0, 0, extra))
-        y = self.conv(x)
-        return y[:, :self.out_channels] if self.conv.out_channels != self.out_channels else y
 
 
 def padded(multiple: int) -> Callable[[nn.Conv2d], nn.Module]:
     """Build a PaddedConv2d of ``old`` with both channel counts rounded up to ``multiple`` (image inputs kept)."""
 
     def build(old: nn.Conv2d) -> nn.Module:
+        from convdoctor.rules.torch_parts import PaddedConv2d
+
         in_to = old.in_channels if old.in_channels <= IMAGE_CHANNELS else _round_up(old.in_channels, multiple)
         return PaddedConv2d(old, in_to, _round_up(old.out_channels, multiple))
 
     return build
+
+
+def __getattr__(name: str) -> Any:
+    """``PaddedConv2d``, where the report's advice names it, imported on first use (it needs torch)."""
+    if name == "PaddedConv2d":
+        from convdoctor.rules.torch_parts import PaddedConv2d
+
+        return PaddedConv2d
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def pad_channels(names: list[str], multiple: int) -> Callable[[Workload], Workload]:

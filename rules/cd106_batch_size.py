@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 from convdoctor.analyzer.layers import ConvAnalysis, TimeBasis
-from convdoctor.analyzer.profile import EventKind, Op, Profile
+from convdoctor.analyzer.profile import EventKind
 from convdoctor.analyzer.roofline import analyze_roofline
 from convdoctor.rules.base import Finding, LargerBatches, Requirement, Severity
 
@@ -35,12 +35,6 @@ class OverheadFacts:
     median_conv_pct_of_roofline: float | None
 
 
-def top_level_ops(profile: Profile) -> list[Op]:
-    """CPU operators that no other CPU operator encloses (module scopes and step annotations do not count)."""
-    return [op for op in profile.ops
-            if op.kind is EventKind.CPU_OP and not any(a.kind is EventKind.CPU_OP for a in op.ancestors())]
-
-
 def overhead_facts(analysis: ConvAnalysis, short_op_us: float, short_kernel_us: float) -> OverheadFacts:
     """The per-op overhead facts of a profile: op counts and durations, GPU idle time, conv work per call."""
     profile = analysis.profile
@@ -51,7 +45,7 @@ def overhead_facts(analysis: ConvAnalysis, short_op_us: float, short_kernel_us: 
         timeline = profile.gpu_timeline
         idle = timeline.idle_share if timeline is not None else None
     else:
-        durations = [op.dur_us for op in top_level_ops(profile)]
+        durations = [op.dur_us for op in profile.outermost_cpu_ops]
         threshold, idle = short_op_us, None
     total = sum(durations)
     rooflines = analyze_roofline(analysis).layers if analysis.layers else {}

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Iterable
-
-from torch import nn
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from convdoctor.analyzer.layers import ConvAnalysis, ConvLayer
-from convdoctor.analyzer.workload import Workload
 from convdoctor.rules.base import Candidate, Finding, NumericsContract, Requirement, Severity
 from convdoctor.rules.conv_replacement import flops_si, is_dense_conv2d, like, not_replaceable, replace_convs
+
+if TYPE_CHECKING:  # torch is imported when a candidate runs: analyzing a trace never imports it
+    from torch import nn
+
+    from convdoctor.analyzer.workload import Workload
 
 
 SNIPPET = """\
@@ -24,6 +26,8 @@ def grouped(groups: int) -> Callable[[nn.Conv2d], nn.Module]:
     """Build a freshly initialised nn.Conv2d like ``old`` but with ``groups`` groups."""
 
     def build(old: nn.Conv2d) -> nn.Module:
+        from torch import nn
+
         new = nn.Conv2d(old.in_channels, old.out_channels, old.kernel_size, stride=old.stride,
                         padding=old.padding, dilation=old.dilation, groups=groups, bias=old.bias is not None,
                         padding_mode=old.padding_mode, device=old.weight.device, dtype=old.weight.dtype)

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Iterable
-
-from torch import nn
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from convdoctor.analyzer.layers import ConvAnalysis, ConvLayer
-from convdoctor.analyzer.workload import Workload
 from convdoctor.rules.base import Candidate, Finding, NumericsContract, Requirement, Severity
 from convdoctor.rules.conv_replacement import flops_si, is_dense_conv2d, like, not_replaceable, replace_convs
+
+if TYPE_CHECKING:  # torch is imported when a candidate runs: analyzing a trace never imports it
+    from torch import nn
+
+    from convdoctor.analyzer.workload import Workload
 
 SNIPPET = """\
 # before: a dense 3x3 conv, C -> K channels
@@ -30,6 +32,8 @@ def separable_flops_ratio(in_channels: int, out_channels: int, kernel: list[int]
 
 def separable(old: nn.Conv2d) -> nn.Module:
     """A freshly initialised depthwise k×k (same stride/padding/dilation) + pointwise 1×1 pair replacing ``old``."""
+    from torch import nn
+
     factory = {"device": old.weight.device, "dtype": old.weight.dtype}
     depthwise = nn.Conv2d(old.in_channels, old.in_channels, old.kernel_size, stride=old.stride, padding=old.padding,
                           dilation=old.dilation, groups=old.in_channels, bias=False, padding_mode=old.padding_mode,

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Iterable
-
-from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from convdoctor.analyzer.layers import ConvAnalysis, TimeBasis
 from convdoctor.analyzer.profile import EventKind, Op
-from convdoctor.analyzer.workload import Workload
 from convdoctor.rules.base import Candidate, Finding, NumericsContract, Requirement, Severity
-from convdoctor.rules.module_pairs import BN_CLASSES, CONV_CLASSES, ModulePair, bn_op, conv_bn_pairs
+from convdoctor.rules.module_pairs import ModulePair, bn_op, conv_bn_pairs
 from convdoctor.rules.transforms import replace_module
+
+if TYPE_CHECKING:  # torch is imported when a candidate runs: analyzing a trace never imports it
+    from convdoctor.analyzer.workload import Workload
 
 
 
@@ -41,6 +40,11 @@ def fold_conv_bn(pairs: list[tuple[str, str]]) -> Callable[[Workload], Workload]
     """A transform that folds each (conv, bn) pair: the conv becomes the fused conv, the bn ``nn.Identity()``."""
 
     def transform(workload: Workload) -> Workload:
+        from torch import nn
+        from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+        from convdoctor.rules.torch_parts import BN_CLASSES, CONV_CLASSES
+
         model = workload.model
         for conv_name, bn_name in pairs:
             conv, bn = model.get_submodule(conv_name), model.get_submodule(bn_name)

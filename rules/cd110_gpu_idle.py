@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import functools
 import re
 from collections import defaultdict
 from typing import Iterable
@@ -221,6 +222,11 @@ def _host_events_in(profile: Profile, gaps: list[tuple[float, float]]) -> list[t
 
 
 def _top_of_step(op: Op) -> bool:
-    if op.kind not in (EventKind.CPU_OP, EventKind.ANNOTATION) or STEP_OP.match(op.name):
+    if op.parent is not None and not _is_step(op.parent.name):  # most events: checked first
         return False
-    return op.parent is None or bool(STEP_OP.match(op.parent.name))
+    return op.kind in (EventKind.CPU_OP, EventKind.ANNOTATION) and not _is_step(op.name)
+
+
+@functools.cache  # a trace repeats a few hundred names over hundreds of thousands of events
+def _is_step(name: str) -> bool:
+    return STEP_OP.match(name) is not None

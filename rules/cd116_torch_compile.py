@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import Iterable
 
-from convdoctor.analyzer.layers import CONV_OP, ConvAnalysis
-from convdoctor.analyzer.profile import EventKind, Op
+from convdoctor.analyzer.layers import ConvAnalysis, is_conv_op
+from convdoctor.analyzer.profile import Op
 from convdoctor.rules.base import Candidate, Finding, NumericsContract, PlanStage, Requirement, Severity
 from convdoctor.rules.transforms import compiled
 
@@ -20,9 +20,8 @@ model = torch.compile(model.to(memory_format=torch.channels_last))"""
 def eager_ops(analysis: ConvAnalysis) -> list[Op]:
     """Outermost operators in the profiled steps that are not convolutions (nor autograd bookkeeping)."""
     profile = analysis.profile
-    return [op for op in profile.ops
-            if op.kind is EventKind.CPU_OP and not CONV_OP.match(op.name) and not op.name.startswith("autograd::")
-            and not any(a.kind is EventKind.CPU_OP for a in op.ancestors())
+    return [op for op in profile.outermost_cpu_ops
+            if not is_conv_op(op.name) and not op.name.startswith("autograd::")
             and (not profile.steps or profile.step_of(op.ts_us) is not None)]
 
 

@@ -5,16 +5,16 @@ from __future__ import annotations
 import json
 import statistics
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Iterable
-
-from torch import nn
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from convdoctor.analyzer.layers import ConvAnalysis, ConvLayer
 from convdoctor.analyzer.profile import EventKind, Op
-from convdoctor.analyzer.workload import Workload
 from convdoctor.rules.base import Candidate, Finding, NumericsContract, Requirement, Severity
 from convdoctor.rules.conv_replacement import flops_si, is_dense_conv2d, like, not_replaceable
 from convdoctor.rules.transforms import replace_module
+
+if TYPE_CHECKING:  # torch is imported when a candidate runs: analyzing a trace never imports it
+    from convdoctor.analyzer.workload import Workload
 
 POOL_CLASSES = ("MaxPool2d", "AvgPool2d")
 POOL_OPS = ("aten::max_pool2d", "aten::avg_pool2d", "aten::mkldnn_max_pool2d")
@@ -44,6 +44,8 @@ def strided(conv_names: list[str], pool_names: list[str]) -> Callable[[Workload]
     """A transform: each named conv gets stride 2 (same weights, to be retrained) and each named pool is removed."""
 
     def transform(workload: Workload) -> Workload:
+        from torch import nn
+
         model = workload.model
         for conv_name, pool_name in zip(conv_names, pool_names):
             old = model.get_submodule(conv_name)

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import re
-from typing import Callable
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Callable
 
 from convdoctor.analyzer.layers import ConvLayer
-from convdoctor.analyzer.workload import Workload
 from convdoctor.rules.transforms import replace_layers
+
+if TYPE_CHECKING:  # torch is imported when a candidate runs: analyzing a trace never imports it
+    from torch import nn
+
+    from convdoctor.analyzer.workload import Workload
 
 FUNCTIONAL_CALL = re.compile(r":conv\w*#\d+$")  # a conv op charged to a module that is not itself the conv
 
@@ -34,6 +35,8 @@ def is_dense_conv2d(layer: ConvLayer) -> bool:
 
 def replace_convs(workload: Workload, names: list[str], build: Callable[[nn.Conv2d], nn.Module]) -> Workload:
     """The workload with each named nn.Conv2d replaced by ``build(old)``; ``<model>`` is the model itself."""
+    from torch import nn
+
 
     def checked(old: nn.Module) -> nn.Module:
         if type(old) is not nn.Conv2d:
@@ -45,6 +48,8 @@ def replace_convs(workload: Workload, names: list[str], build: Callable[[nn.Conv
 
 def like(new: nn.Module, old: nn.Conv2d) -> nn.Module:
     """``new`` in ``old``'s train/eval state, requires_grad and weight memory format (device/dtype set at init)."""
+    import torch
+
     new.train(old.training)
     channels_last = old.weight.dim() == 4 and old.weight.is_contiguous(memory_format=torch.channels_last) \
         and not old.weight.is_contiguous()

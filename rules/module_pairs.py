@@ -11,13 +11,8 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass
 
-from torch import nn
-
 from convdoctor.analyzer.layers import ConvAnalysis
 from convdoctor.analyzer.profile import EventKind, Op
-
-CONV_CLASSES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-BN_CLASSES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 CONV_CLASS = re.compile(r"^Conv[123]d$")  # exactly torch.nn.ConvNd: a subclass may change what forward computes
 BN_CLASS = re.compile(r"^BatchNorm[123]d$")

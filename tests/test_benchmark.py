@@ -130,7 +130,7 @@ def test_a_busy_machine_is_noticed():
 
 
 def test_gradients_get_a_looser_tolerance_than_outputs():
-    from convdoctor.analyzer.benchmark import GRADIENT_TOLERANCE_FACTOR, Numerics
+    from convdoctor.analyzer.measurement import GRADIENT_TOLERANCE_FACTOR, Numerics
 
     tolerance = 1e-4
     assert Numerics(0.0, 5e-5, 0.0, 7e-4).within(tolerance)  # channels_last training on small_cnn looks like this
@@ -188,7 +188,8 @@ def test_gradients_summed_in_another_order_are_judged_against_float64():
     """channels_last training sums in another order and lands further from float64 than NCHW does; a float64 run of
     the candidate itself shows it is the same training step, so it passes. A candidate with the same outputs and
     another backward is caught by the same float64 run."""
-    from convdoctor.analyzer.benchmark import SAME_STEP_TOLERANCE, compare_first_step
+    from convdoctor.analyzer.benchmark import compare_first_step
+    from convdoctor.analyzer.measurement import SAME_STEP_TOLERANCE
     from convdoctor.analyzer.workload import load_workload
     from convdoctor.rules.cd101_channels_last import to_channels_last
     from conftest import EXAMPLES

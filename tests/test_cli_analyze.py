@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import jsonschema
@@ -117,3 +119,20 @@ def test_unreadable_input_is_one_line_and_exit_2(tmp_path: Path, kind: str, says
     assert len(errors) == 1 and says in errors[0] and str(path) in errors[0], result.stderr
     assert result.stderr.count("\n") == 1 + result.stderr.count("analyzing ")  # only progress lines besides it
     assert not (tmp_path / "out" / "report.json").exists()
+
+
+def test_analyze_never_imports_torch(tmp_path: Path):
+    """Torch takes about a second to import and nothing in a trace's analysis needs it; `profile` still works
+    (its tests), and every rule loads without it (no rule is reported as failing to load)."""
+    script = ("import runpy, sys\n"
+              "sys.argv = ['convdoctor', 'analyze', sys.argv[1], '--out', sys.argv[2], '--format', 'json']\n"
+              "try:\n"
+              "    runpy.run_module('convdoctor', run_name='__main__')\n"
+              "finally:\n"
+              "    sys.stderr.write(f'torch imported: {\"torch\" in sys.modules}\\n')\n")
+    result = subprocess.run([sys.executable, "-c", script, str(SHARED_TRACES["resnet50"]), str(tmp_path)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "torch imported: False" in result.stderr
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["rule_problems"] == [] and len(report["layers"]) == 53

@@ -11,7 +11,7 @@ import torch
 from click.testing import CliRunner
 
 from conftest import EXAMPLES, MODELS, SCHEMA, run_cli
-from convdoctor.analyzer.benchmark import MIN_EFFECT
+from convdoctor.analyzer.measurement import MIN_EFFECT
 from convdoctor.cli import main
 
 

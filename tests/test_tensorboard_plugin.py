@@ -22,7 +22,7 @@ from werkzeug.test import Client
 
 from browser import CHROMIUM, DevTools, page_problems, png_facts
 from conftest import OUTPUT, SHARED_TRACES
-from convdoctor.api import analyze_trace
+from convdoctor.offline import analyze_trace
 from convdoctor.tensorboard_plugin import ConvDoctorPlugin
 from tensorboard.plugins.base_plugin import TBContext
 from tensorboard_server import tensorboard

@@ -15,6 +15,7 @@ import pytest
 from conftest import SHARED_TRACES
 from convdoctor.analyzer.layers import analyze_convs
 from convdoctor.analyzer.trace import load_profile, parse_trace, read_trace
+from convdoctor.analyzer.trace_fast import NotPlain, split_trace
 
 HOST_CATEGORIES = {"operator", "cpu_op", "user_annotation", "python_function", "runtime", "cuda_runtime", "cuda_driver"}
 DEVICE_CATEGORIES = {"kernel", "memcpy", "gpu_memcpy", "memset", "gpu_memset"}
@@ -78,3 +79,93 @@ def test_an_event_object_outside_the_event_list_is_read_as_before(tmp_path):
     assert len(fast.ops) == len(plain.ops) and len(fast.kernels) == len(plain.kernels)
     assert fast.device_properties == plain.device_properties and fast.device_properties[-1]["name"] == kernel["name"]
     assert layer_facts(analyze_convs(fast)) == layer_facts(analyze_convs(plain))
+
+
+def _summary_of(profile) -> list:
+    from test_trace_fuzz import _summary
+
+    return [*_summary(profile), profile.metadata, profile.device_properties]
+
+
+@pytest.mark.parametrize("name", sorted(SHARED_TRACES))
+def test_typed_decoding_takes_the_shared_traces_and_agrees_with_the_json_reading(name):
+    """The real traces go the fast way (a regression that sent them the tolerant way would only show as time)."""
+    events, top = split_trace(gzip.decompress(SHARED_TRACES[name].read_bytes()).decode())
+    assert len(events) == len(raw_events(name)) and "traceEvents" not in top
+    assert _summary_of(load_profile(SHARED_TRACES[name])) == _summary_of(parse_trace(read_trace(SHARED_TRACES[name])))
+
+
+def _one_kernel_and_op_changed(tmp_path, op_args=None, kernel_args=None, **event_keys):
+    """The real V100 trace with its first operator's and first kernel's fields changed, written to a file."""
+    trace = json.loads(gzip.decompress(SHARED_TRACES["resnet50"].read_bytes()))
+    op = next(e for e in trace["traceEvents"] if e.get("cat") == "Operator" and e["args"].get("Input Dims"))
+    kernel = next(e for e in trace["traceEvents"] if e.get("cat") == "Kernel")
+    op["args"].update(op_args or {})
+    kernel["args"].update(kernel_args or {})
+    op.update(event_keys)
+    path = tmp_path / "changed.pt.trace.json"
+    path.write_text(json.dumps(trace))
+    return path
+
+
+# Values the field types take, and that the typing turns into other values (as trace.py's functions do).
+TAKEN = {
+    "sub-nanosecond duration": dict(dur=0.0004),
+    "negative sub-nanosecond start": dict(ts=-0.0002),
+    "Kineto's failed occupancy": dict(kernel_args={"est. achieved occupancy %": -99}),
+    "occupancy above 100": dict(kernel_args={"est. achieved occupancy %": 101.5}),
+    "negative warps per SM": dict(kernel_args={"warps per SM": -1}),
+    "lower-case spellings": dict(op_args={"External id": None, "Input Dims": None}),
+    "a huge id": dict(op_args={"Sequence number": 10**30}),
+    "string pid and int tid": dict(pid="Spans", tid=7),
+}
+# Values the field types refuse: the trace is read the tolerant way, to the same Profile.
+REFUSED = {
+    "time as a string": dict(ts="123.5"),
+    "null duration": dict(dur=None),
+    "time beyond an int64 clock": dict(ts=2.0**64),
+    "name not a string": dict(name=17),
+    "TensorList shapes": dict(op_args={"Input Dims": [[[1, 2], [3, 4]], []]}),
+    "negative size": dict(op_args={"Input Dims": [[-1, 3]]}),
+    "null id": dict(op_args={"External id": None}),
+    "boolean device": dict(kernel_args={"device": True}),
+    "registers as a float": dict(kernel_args={"registers per thread": 32.0}),
+    "grid of two dims": dict(kernel_args={"grid": [1, 2]}),
+    "zero block": dict(kernel_args={"block": [0, 1, 1]}),
+    "input type not a string": dict(op_args={"Input type": ["float", 3]}),
+    "args not an object": dict(args=[1, 2]),
+}
+
+
+@pytest.mark.parametrize("change", sorted(TAKEN))
+def test_values_the_typed_decoding_takes_type_as_the_json_reading_does(tmp_path, change):
+    changes = dict(TAKEN[change])
+    if change == "lower-case spellings":
+        changes["op_args"] = {"external id": 5, "Input dims": [[2, 3]]}
+        path = _one_kernel_and_op_changed(tmp_path, **changes)
+        trace = json.loads(path.read_text())
+        op = next(e for e in trace["traceEvents"] if e.get("args", {}).get("external id") == 5)
+        del op["args"]["External id"], op["args"]["Input Dims"]
+        path.write_text(json.dumps(trace))
+    else:
+        path = _one_kernel_and_op_changed(tmp_path, **changes)
+    split_trace(path.read_text())  # taken: no NotPlain
+    assert _summary_of(load_profile(path)) == _summary_of(parse_trace(read_trace(path), str(path)))
+
+
+@pytest.mark.parametrize("change", sorted(REFUSED))
+def test_values_the_typed_decoding_refuses_are_read_the_tolerant_way(tmp_path, change):
+    path = _one_kernel_and_op_changed(tmp_path, **REFUSED[change])
+    with pytest.raises(NotPlain):
+        split_trace(path.read_text())
+    assert _summary_of(load_profile(path)) == _summary_of(parse_trace(read_trace(path), str(path)))
+
+
+def test_json_that_only_the_standard_library_reads_is_read_the_tolerant_way(tmp_path):
+    path = _one_kernel_and_op_changed(tmp_path, kernel_args={"blocks per SM": float("inf")})  # written Infinity
+    assert "Infinity" in path.read_text()
+    with pytest.raises(NotPlain):
+        split_trace(path.read_text())
+    profile = load_profile(path)
+    assert _summary_of(profile) == _summary_of(parse_trace(read_trace(path), str(path)))
+    assert any(k.blocks_per_sm is None for k in profile.kernels)

@@ -174,7 +174,7 @@ def test_conv_shapes_with_empty_or_huge_dims_analyze(base: str, tensor: int, dim
 def test_conv_times_at_the_edges_of_float_write_finite_reports(tmp_path: Path, base: str, key: str, value: float):
     """Sub-nanosecond and astronomic times on every conv call: the whole `analyze` writes its JSON report, which
     holds only finite numbers (json with allow_nan=False), instead of dividing by an underflowed duration."""
-    from convdoctor.api import analyze_path
+    from convdoctor.offline import analyze_path
 
     trace = dict(_bases()[base])
     trace["traceEvents"] = [{**e, key: value} if isinstance(e, dict) and "onv" in str(e.get("name")) else e
@@ -449,7 +449,7 @@ def test_recorded_peak_beyond_float_range_is_not_a_crash():
 def test_recorded_environment_of_the_wrong_kind_is_left_out(tmp_path: Path, key: str, value: Any):
     """convdoctor's recorded environment, edited: the value is left out and the whole `analyze` writes its report
     (a NaN copied into the workload summary made the JSON report raise)."""
-    from convdoctor.api import analyze_path
+    from convdoctor.offline import analyze_path
 
     trace = dict(_bases()["layout_flip"])
     trace["convdoctor"] = {**trace["convdoctor"], key: value, "peaks_source": "measured"}

@@ -17,7 +17,7 @@ from convdoctor.analyzer.workload import load_workload, workload_from
 from convdoctor.rules.base import NumericsContract, PlanStage
 from convdoctor.rules.cd103_mixed_precision import MixedPrecisionRule, mixed_precision_dtype
 from convdoctor.rules.registry import run_rules
-from convdoctor.rules.transforms import Autocast
+from convdoctor.rules.torch_parts import Autocast
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,8 @@ from convdoctor.analyzer.workload import load_workload, workload_from
 from convdoctor.rules.base import Severity
 from convdoctor.rules.cd104_cudnn_benchmark import CudnnBenchmarkRule, benchmark_facts
 from convdoctor.rules.registry import run_rules
-from convdoctor.rules.transforms import BackendFlags, backend_flags
+from convdoctor.rules.torch_parts import BackendFlags
+from convdoctor.rules.transforms import backend_flags
 
 
 @pytest.fixture(scope="module")

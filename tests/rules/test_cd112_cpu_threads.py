@@ -21,7 +21,8 @@ from convdoctor.analyzer.workload import Workload, call_model, load_workload, wo
 from convdoctor.api import ProfileOptions, profile_file
 from convdoctor.rules.base import NumericsContract, PlanStage, Severity
 from convdoctor.rules.cd112_cpu_threads import CpuThreadsRule
-from convdoctor.rules.transforms import IntraOpThreads, intra_op_threads
+from convdoctor.rules.torch_parts import IntraOpThreads
+from convdoctor.rules.transforms import intra_op_threads
 
 MODEL = MODELS / "cd112_one_thread.py"
 CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

@@ -1,0 +1,161 @@
+"""The fast reading of a Kineto trace: msgspec decodes each event straight into the fields ``trace`` types.
+
+The decoder reads only the keys the parser uses (call stacks, flows' extra keys and unknown args are skipped in
+C) and checks each value's type and range as it decodes. The field types below accept exactly the values that
+``trace``'s typing functions keep unchanged; any other value (a time written as a string, a TensorList shape, a
+``null``, an id of another type, JSON the standard library accepts and msgspec does not, such as ``NaN``) makes
+the decoding fail, and ``load_profile`` then reads the trace the tolerant way. Both give the same Profile.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Any
+
+import msgspec
+
+from convdoctor.analyzer.module_scope import parse_scope_name
+from convdoctor.analyzer.profile import DEVICE_KINDS, EventKind, Kernel, Op
+
+# The limits that the typing functions of trace.py and the field types here share.
+MAX_TIME_US = float(2**63)  # no int64 clock, in µs or even ns, goes beyond: sums and spans of times stay finite
+TIME_RESOLUTION_US = 0.001  # Kineto's clock counts nanoseconds
+EXACT_FLOAT_INT = 2**53  # ints up to here survive a round trip through a float unchanged
+MAX_DIM = 2**63 - 1  # tensor sizes and strides are int64
+
+Time = Annotated[float, msgspec.Meta(ge=-MAX_TIME_US, le=MAX_TIME_US)]
+Dim = Annotated[int, msgspec.Meta(ge=0, le=MAX_DIM)]
+LaunchDim = Annotated[int, msgspec.Meta(ge=1, le=EXACT_FLOAT_INT)]
+Count = Annotated[int, msgspec.Meta(ge=0, le=EXACT_FLOAT_INT)]
+Shapes = list[list[Dim]]  # one tensor's sizes per input; a TensorList input (a list of lists) is left to the slow way
+Dim3 = tuple[LaunchDim, LaunchDim, LaunchDim]
+
+
+# A field's default None means "absent": a JSON null is not of the field's type, so it takes the slow way.
+class Args(msgspec.Struct, frozen=True, gc=False):
+    """The ``args`` keys the parser reads (trace.ARG_SCHEMA), in each spelling."""
+
+    external_id: int = msgspec.field(name="External id", default=None)
+    external_id_lower: int = msgspec.field(name="external id", default=None)
+    correlation: int = None
+    sequence_number: int = msgspec.field(name="Sequence number", default=None)
+    input_dims: Shapes = msgspec.field(name="Input Dims", default=None)
+    input_dims_lower: Shapes = msgspec.field(name="Input dims", default=None)
+    input_types: list[str] = msgspec.field(name="Input type", default=None)
+    input_strides: Shapes = msgspec.field(name="Input Strides", default=None)
+    concrete_inputs: list[str] = msgspec.field(name="Concrete Inputs", default=None)
+    device: int = None
+    stream: int = None
+    grid: Dim3 = None
+    block: Dim3 = None
+    registers_per_thread: Count = msgspec.field(name="registers per thread", default=None)
+    shared_memory_bytes: Count = msgspec.field(name="shared memory", default=None)
+    blocks_per_sm: float = msgspec.field(name="blocks per SM", default=None)
+    warps_per_sm: float = msgspec.field(name="warps per SM", default=None)
+    est_occupancy_pct: float = msgspec.field(name="est. achieved occupancy %", default=None)
+
+
+NO_ARGS = Args()
+
+
+class Event(msgspec.Struct, gc=False):
+    """The keys of a trace event the parser reads."""
+
+    ph: str = ""
+    cat: str = ""
+    name: str = ""
+    ts: Time = None  # an event without a time is left out
+    dur: Time = 0.0
+    pid: int | str = ""
+    tid: int | str = ""
+    args: Args = NO_ARGS
+
+
+EVENTS = msgspec.json.Decoder(list[Event])
+TOP_LEVEL = msgspec.json.Decoder(dict[str, msgspec.Raw])
+
+
+class NotPlain(Exception):
+    """The trace holds a value the typed decoding does not take: read it the tolerant way."""
+
+
+def split_trace(text: str | bytes) -> tuple[list[Event], dict[str, msgspec.Raw]]:
+    """The trace's events, decoded, and its other top-level values, undecoded; NotPlain when the typed decoding
+    does not take the trace (including JSON that is not a Kineto trace: the tolerant reading says what is wrong)."""
+    try:
+        top = TOP_LEVEL.decode(text)
+        raw_events = top.pop("traceEvents", None)
+        if raw_events is None:
+            raise NotPlain("no traceEvents")
+        return EVENTS.decode(raw_events), top
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
+        raise NotPlain(str(exc)) from exc
+
+
+def typed_events(events: list[Event], kind_of: Any) -> tuple[list[Op], list[Kernel]]:
+    """The Op or Kernel of each complete event whose category ``kind_of`` maps to a kind, each list in trace order.
+
+    The same records as ``trace._typed_event`` makes of the same events: the decoder already checked every type
+    and range, so what is left is the clamping of sub-nanosecond times, the spellings, and interning.
+    """
+    ops: list[Op] = []
+    kernels: list[Kernel] = []
+    add_op, add_kernel = ops.append, kernels.append
+    intern = sys.intern
+    names: dict[str, str] = {}  # interned names, and the ids seen as pid/tid strings
+    threads: dict[int | str, str] = {}
+    kinds: dict[str, EventKind] = {}  # the kinds of the category spellings met
+    for event in events:
+        if event.ph != "X":
+            continue
+        kind = kinds.get(event.cat)
+        if kind is None:
+            kind = kind_of(event.cat)  # which also counts the unknown categories
+            if kind is None:
+                continue
+            kinds[event.cat] = kind
+        if kind is EventKind.GPU_ANNOTATION:
+            continue
+        ts = event.ts
+        if ts is None:
+            continue
+        if -TIME_RESOLUTION_US < ts < TIME_RESOLUTION_US:
+            ts = 0.0
+        dur = event.dur
+        if -TIME_RESOLUTION_US < dur < TIME_RESOLUTION_US:
+            dur = 0.0
+        name = names.get(event.name)
+        if name is None:
+            name = names[event.name] = intern(event.name)
+        args = event.args
+        if kind in DEVICE_KINDS:
+            add_kernel(Kernel(name, kind, args.device, args.stream, ts, dur, args.correlation, None, args.grid,
+                          args.block, args.registers_per_thread, args.shared_memory_bytes,
+                          _rate(args.blocks_per_sm), _rate(args.warps_per_sm), _percent(args.est_occupancy_pct)))
+            continue
+        pid = threads.get(event.pid)
+        if pid is None:
+            pid = threads[event.pid] = intern(str(event.pid))
+        tid = threads.get(event.tid)
+        if tid is None:
+            tid = threads[event.tid] = intern(str(event.tid))
+        external_id = args.external_id if args.external_id is not None else args.external_id_lower
+        dims = args.input_dims if args.input_dims is not None else args.input_dims_lower
+        types = args.input_types
+        concrete = args.concrete_inputs
+        add_op(Op(name, kind, pid, tid, ts, dur, external_id, args.correlation, args.sequence_number,
+                  dims if dims is not None else [],
+                  [intern(t) for t in types] if types is not None else [],
+                  args.input_strides if args.input_strides is not None else [],
+                  [intern(c) for c in concrete] if concrete is not None else [],
+                  scope=parse_scope_name(name) if kind is EventKind.ANNOTATION else None))
+    return ops, kernels
+
+
+def _rate(value: float | None) -> float | None:
+    """As ``trace._rate_or_none`` on a number the decoder gave: finite and non-negative, or None."""
+    return value if value is not None and 0 <= value < float("inf") else None
+
+
+def _percent(value: float | None) -> float | None:
+    return value if value is not None and 0 <= value <= 100 else None
