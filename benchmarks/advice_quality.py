@@ -34,7 +34,7 @@ from convdoctor.analyzer.hardware import device_name  # noqa: E402
 from convdoctor.analyzer.workload import Workload, call_model, workload_from  # noqa: E402
 from convdoctor.api import ProfileOptions, profile  # noqa: E402
 from convdoctor.reports.presentation import measured_result  # noqa: E402
-from convdoctor.reports.report import FindingOutcome  # noqa: E402
+from convdoctor.reports.report import FindingOutcome, Plan  # noqa: E402
 from convdoctor.rules.cd101_channels_last import to_channels_last  # noqa: E402
 from convdoctor.rules.transforms import autocast  # noqa: E402
 
@@ -103,14 +103,20 @@ def run(quick: bool) -> list[dict[str, object]]:
             rows.append({
                 "model": case.name, "mode": mode, "batch": int(case.inputs.shape[0]),
                 "baseline_ms": expert.estimate.baseline_ms,
-                "plan": plan.measurement if plan and plan.measurement else None,
-                "plan_steps": (" + ".join(s.finding.rule_name for s in plan.steps) if plan
+                "plan": plan.measurement if plan else None,
+                "plan_steps": (_plan_steps(plan) if plan
                                else "no accepted fix: " + "; ".join(_why_not(o) for o in report.outcomes)),
                 "predictions": _predictions(plan.steps if plan else []),
                 "expert": expert, "compile": compile_result, "compile_s": compiled.compile_s,
             })
             print(rows[-1]["plan_steps"], _cell(rows[-1]["plan"]), _cell(expert), _cell(compile_result), flush=True)
     return rows
+
+
+def _plan_steps(plan: Plan) -> str:
+    """``channels-last + torch-compile``, and the accepted fixes the plan was not faster with."""
+    left = "".join(f" (left out: {lo.outcome.finding.rule_name}, {lo.reason})" for lo in plan.left_out)
+    return " + ".join(s.finding.rule_name for s in plan.steps) + left
 
 
 def _predictions(steps: list[FindingOutcome]) -> str:

@@ -32,6 +32,7 @@ from convdoctor.offline import Progress, ReportFiles, SilentProgress, build_repo
 from convdoctor.reports.report import (
     FindingOutcome,
     LayerMeasurement,
+    LeftOut,
     Plan,
     Report,
     WorkloadSummary,
@@ -203,9 +204,13 @@ def _candidate_limit(options: ProfileOptions, spent_s: float) -> TimeLimit:
 def build_plan(
     target: Workload | Trial, outcomes: list[FindingOutcome], options: ProfileOptions, progress: Progress
 ) -> Plan | None:
-    """Combine every accepted candidate into one and measure it: speedups do not multiply.
+    """The accepted candidates combined one by one, each kept only when the plan measures faster with it.
 
     Accepted: measured faster, numerics within tolerance, and not an architecture change (no retraining).
+    Speedups do not multiply, and two fixes can undo each other (torch.compile on top of channels_last in training
+    on this CPU): starting from the fastest alone, each further accepted candidate, by its own speedup, is added and
+    the combination measured against the baseline; it stays when that is faster than the plan so far and within the
+    combined tolerance, and is left out, with the measurement that showed it, otherwise.
     """
     trial = LocalTrial(target, options, progress) if isinstance(target, Workload) else target
     accepted = [o for o in outcomes if o.measurement is not None and o.numerics_ok and o.same_candidate_as is None
@@ -213,21 +218,26 @@ def build_plan(
                 and o.finding.candidate.process_environment is None]  # process settings cannot combine in-process
     if not accepted:
         return None
-    steps = sorted(accepted, key=lambda o: -o.measurement.estimate.speedup)
-    if len(steps) == 1:
-        only = steps[0]
-        return Plan(steps=steps, measurement=only.measurement, numerics_ok=only.numerics_ok,
-                    tolerance=only.finding.candidate.tolerance)
-    candidates = [o.finding.candidate for o in steps]
-    combined = combine(candidates)
-    progress.stage(f"measuring the combined plan: {combined.title}")
-    try:
-        result, _ = trial(candidates, (options.timeout_s, "--timeout"))
-    except Exception as exc:  # the combination may fail where each step alone did not
-        return Plan(steps=steps, tolerance=combined.tolerance,
-                    not_measured=f"the combined candidate failed: {_failure(exc)}")
-    return Plan(steps=steps, measurement=result, numerics_ok=result.numerics.within(combined.tolerance),
-                tolerance=combined.tolerance)
+    first, *rest = sorted(accepted, key=lambda o: -o.measurement.estimate.speedup)
+    plan = Plan(steps=[first], measurement=first.measurement, tolerance=first.finding.candidate.tolerance)
+    for outcome in rest:
+        candidates = [step.finding.candidate for step in [*plan.steps, outcome]]
+        combined = combine(candidates)
+        progress.stage(f"measuring the plan with {outcome.finding.rule_id}: {combined.title}")
+        try:
+            result, _ = trial(candidates, (options.timeout_s, "--timeout"))
+        except Exception as exc:  # the combination may fail where each step alone did not
+            plan.left_out.append(LeftOut(outcome, None, f"the plan with it failed: {_failure(exc)}"))
+            continue
+        if not result.numerics.within(combined.tolerance):
+            plan.left_out.append(LeftOut(outcome, result, f"the plan with it is beyond the combined tolerance "
+                                                          f"{combined.tolerance:g}"))
+        elif result.estimate.speedup <= plan.measurement.estimate.speedup:
+            plan.left_out.append(LeftOut(outcome, result, f"the plan with it measured {result.estimate.speedup:.2f}×, "
+                                                          f"without it {plan.measurement.estimate.speedup:.2f}×"))
+        else:
+            plan = replace(plan, steps=[*plan.steps, outcome], measurement=result, tolerance=combined.tolerance)
+    return plan
 
 
 def _try_candidate(

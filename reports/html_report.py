@@ -11,6 +11,7 @@ from convdoctor.reports.presentation import (
     headline,
     kernel_columns,
     layer_lines,
+    left_out_lines,
     measured_result,
     plan_lines,
     tensorboard_command,
@@ -33,10 +34,12 @@ def render_html(report: Report, data: dict[str, Any] | None = None) -> str:
     ]
     results = [measured_result(o) for o in report.outcomes]
     plan = plan_lines(report.plan) if report.plan else []
+    left_out = left_out_lines(report.plan) if report.plan else []
     return ENVIRONMENT.get_template("report.html.j2").render(
         report=data,
         headline=headline(report),
         results=results,
+        left_out=left_out,
         architecture=[architecture_note(o) for o in report.outcomes],
         layer_results=[layer_lines(o) for o in report.outcomes],
         breakdown=[(label, ms, ms / step_ms, color) for label, ms, color in breakdown],

@@ -256,10 +256,18 @@ def _plan(plan: Plan) -> dict[str, Any]:
             for step in plan.steps
         ],
         "tolerance": plan.tolerance,
-        "measurement": None if plan.measurement is None else _measurement(plan.measurement, plan.numerics_ok,
-                                                                          compares_outputs=True),
+        "measurement": _measurement(plan.measurement, True, compares_outputs=True),
         "measured_saving": _saving(plan.measurement),
-        "not_measured": plan.not_measured,
+        "left_out": [
+            {
+                "rule_id": left.outcome.finding.rule_id,
+                "fix": left.outcome.finding.fix,
+                "speedup_alone": left.outcome.measurement.estimate.speedup if left.outcome.measurement else None,
+                "plan_speedup_with_it": left.measurement.estimate.speedup if left.measurement else None,
+                "reason": left.reason,
+            }
+            for left in plan.left_out
+        ],
     }
 
 

@@ -19,12 +19,11 @@ def headline(report: Report) -> str:
 
 def _plan_sentence(report: Report) -> str:
     plan = report.plan
-    if plan is not None and plan.measurement is not None:
+    if plan is not None:
         fixes = plan.steps[0].finding.fix if len(plan.steps) == 1 else f"The plan below ({len(plan.steps)} fixes)"
-        numerics = "" if plan.numerics_ok else " but its outputs differ beyond tolerance"
         if plan.measurement.estimate.verdict is Verdict.FASTER:
-            return f"{fixes} makes it {speedup_text(plan.measurement)}, measured{numerics}."
-        return f"{fixes}, measured together: {speedup_text(plan.measurement)}{numerics}."
+            return f"{fixes} makes it {speedup_text(plan.measurement)}, measured."
+        return f"{fixes}, measured together: {speedup_text(plan.measurement)}."
     if any(o.measurement for o in report.outcomes):
         return "No candidate made it measurably faster without changing the model."
     return f"{len(report.outcomes)} finding(s); none measured."
@@ -104,12 +103,14 @@ def plan_lines(plan: Plan) -> list[str]:
         predicted = step.finding.estimated_saving
         guess = f", predicted saving {predicted:.0%}" if predicted is not None else ""
         lines.append(f"{step.finding.fix} ({step.finding.rule_id}): alone {measured_result(step)}{guess}")
-    if plan.measurement is not None:
-        lines.append(f"together: {speedup_text(plan.measurement)}"
-                     + ("" if plan.numerics_ok else f", outputs beyond the tolerance {plan.tolerance:g}"))
-    else:
-        lines.append(f"together: not measured: {plan.not_measured}")
+    lines.append(f"together: {speedup_text(plan.measurement)}")
     return lines
+
+
+def left_out_lines(plan: Plan) -> list[str]:
+    """One line per accepted fix the plan measured without, and why."""
+    return [f"left out: {left.outcome.finding.fix} ({left.outcome.finding.rule_id}), alone "
+            f"{measured_result(left.outcome)}: {left.reason}" for left in plan.left_out]
 
 
 def architecture_note(outcome: FindingOutcome) -> str | None:

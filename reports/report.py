@@ -57,10 +57,18 @@ class Plan:
     """The accepted fixes (faster, numerics within tolerance, no retraining) applied together and measured as one."""
 
     steps: list[FindingOutcome]  # ranked by their own measured speedup
-    measurement: Measurement | None = None
-    numerics_ok: bool | None = None
-    tolerance: float = 0.0
-    not_measured: str | None = None
+    measurement: Measurement  # numerics within the combined tolerance: a step that breaks it is left out
+    tolerance: float
+    left_out: list[LeftOut] = field(default_factory=list)  # accepted alone, but the plan was not faster with them
+
+
+@dataclass(frozen=True)
+class LeftOut:
+    """An accepted fix the plan measured without: with it, the plan failed, lost numerics, or was not faster."""
+
+    outcome: FindingOutcome
+    measurement: Measurement | None  # the plan with it, against the baseline; None when it failed
+    reason: str
 
 
 @dataclass(frozen=True)

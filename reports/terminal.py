@@ -13,6 +13,7 @@ from convdoctor.reports.presentation import (
     architecture_note,
     headline,
     layer_lines,
+    left_out_lines,
     measured_result,
     plan_lines,
     tensorboard_command,
@@ -76,7 +77,8 @@ def render_summary(report: Report, html_path: str, json_path: str, overwrote: bo
     if report.plan is not None:
         *steps, together = plan_lines(report.plan)
         lines += ["", click.style("Plan (accepted fixes, measured together):", bold=True),
-                  *(f"  {number}. {step}" for number, step in enumerate(steps, start=1)), f"  {_colored(together)}"]
+                  *(f"  {number}. {step}" for number, step in enumerate(steps, start=1)), f"  {_colored(together)}",
+                  *(f"  {line}" for line in left_out_lines(report.plan))]
     for problem in report.rule_problems:
         lines.append(f"warning: {problem}")
     lines += [

@@ -11,7 +11,7 @@ from torch import nn
 from convdoctor.analyzer.benchmark import BenchmarkSettings, Verdict
 from convdoctor.analyzer.workload import Workload, workload_from
 from convdoctor.api import ProfileOptions, SilentProgress, build_plan, measure_findings
-from convdoctor.reports.presentation import plan_lines
+from convdoctor.reports.presentation import left_out_lines, plan_lines
 from convdoctor.rules.base import Candidate, Finding, NumericsContract, PlanStage, Severity, combine
 
 QUICK = BenchmarkSettings(warmup_s=0.0, warmup_steps=2, min_rounds=6, max_rounds=6, max_warmup_s=2.0)
@@ -74,10 +74,39 @@ def test_plan_measures_the_accepted_fixes_together():
         ["first", "second"], key=lambda n: -outcomes[["first", "second"].index(n)].measurement.estimate.speedup)
     assert "rewrite" not in [s.finding.rule_name for s in plan.steps]  # an architecture change needs retraining
     alone = max(o.measurement.estimate.speedup for o in outcomes[:2])
-    assert plan.measurement.estimate.verdict is Verdict.FASTER and plan.numerics_ok
+    assert plan.measurement.estimate.verdict is Verdict.FASTER and plan.left_out == []
     assert plan.measurement.estimate.speedup > 2 * alone  # both naps gone: far more than either alone
     assert workload.model.first.seconds == 0.02  # the workload itself was never changed
     assert plan_lines(plan)[-1].startswith("together: ")
+
+
+def _every_nap(seconds: float):
+    def transform(workload: Workload) -> Workload:
+        for nap in workload.model:
+            nap.seconds = seconds
+        return workload
+    return transform
+
+
+def test_a_fix_that_undoes_another_is_left_out_with_the_measurement_that_showed_it():
+    """Each is faster alone (2x and 1.3x), but applied after the first, the second puts its nap back: the plan keeps
+    the first only, says why, and its measurement is the first's own."""
+    model = nn.Sequential()
+    model.add_module("first", Nap(0.02))
+    model.add_module("second", Nap(0.02))
+    workload = workload_from(model, torch.zeros(2), device="cpu")
+    findings = [_finding("first", _without("first")), _finding("evenly", _every_nap(0.015))]
+    options = ProfileOptions(benchmark=QUICK)
+    outcomes = measure_findings(workload, findings, options, SilentProgress())
+    assert all(o.measurement.estimate.verdict is Verdict.FASTER for o in outcomes)
+    plan = build_plan(workload, outcomes, options, SilentProgress())
+    assert plan is not None and [s.finding.rule_name for s in plan.steps] == ["first"]
+    assert plan.measurement is outcomes[0].measurement
+    (left,) = plan.left_out
+    assert left.outcome is outcomes[1] and left.measurement is not None
+    assert left.measurement.estimate.speedup < plan.measurement.estimate.speedup  # ~1.33x against ~2x
+    assert "the plan with it measured" in left.reason
+    assert left_out_lines(plan)[0].startswith("left out: drop evenly (CD999), alone ")
 
 
 def test_the_identity_candidate_is_no_measurable_difference_and_gives_no_plan():
