@@ -41,10 +41,22 @@ class ClickProgress:
 
 def _rule_selection(command: Callable[..., None]) -> Callable[..., None]:
     """The --select/--ignore options that `profile` and `analyze` share."""
-    command = click.option("--ignore", multiple=True, metavar="RULE",
-                           help="Skip these rules (id, id prefix or name); repeatable.")(command)
-    return click.option("--select", multiple=True, metavar="RULE",
-                        help="Run only these rules (id, id prefix or name); repeatable.")(command)
+    command = click.option("--ignore", multiple=True, metavar="RULE", callback=_rule_entries,
+                           help="Skip these rules (id, id prefix or name); repeatable or comma-separated.")(command)
+    return click.option("--select", multiple=True, metavar="RULE", callback=_rule_entries,
+                        help="Run only these rules (id, id prefix or name); repeatable or comma-separated.")(command)
+
+
+def _rule_entries(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[str, ...]:
+    """``--select CD101,CD109 --select torch-compile`` as entries, each checked against the installed rules."""
+    from convdoctor.rules.registry import load_rules, unmatched_entries
+
+    entries = tuple(entry.strip() for value in values for entry in value.split(",") if entry.strip())
+    unknown = unmatched_entries(load_rules().rules, entries)
+    if unknown:
+        raise click.BadParameter(f"no rule matches {', '.join(repr(e) for e in unknown)}; "
+                                 "`convdoctor rules` lists the ids and names")
+    return entries
 
 
 @click.group()

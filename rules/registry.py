@@ -69,6 +69,11 @@ def run_rules(rules: list[Rule], analysis: ConvAnalysis) -> RuleResults:
     return RuleResults(findings=findings, skipped=skipped)
 
 
+def unmatched_entries(rules: list[Rule], entries: tuple[str, ...]) -> list[str]:
+    """The ``--select``/``--ignore`` entries that name no rule: a typo would otherwise select nothing, silently."""
+    return [e for e in entries if not any(r.id.startswith(e.upper()) or r.name == e.lower() for r in rules)]
+
+
 def select_rules(rules: list[Rule], select: tuple[str, ...] = (), ignore: tuple[str, ...] = ()) -> list[Rule]:
     """Rules whose id or name matches a ``select`` entry (all when none) and no ``ignore`` entry.
 

@@ -72,3 +72,21 @@ def test_ignored_rule_does_not_run_in_analyze(tmp_path):
     assert "CD101" in rule_ids()
     remaining = rule_ids("--ignore", "CD101")
     assert "CD101" not in remaining and remaining  # the other rules still ran
+
+
+def test_select_takes_comma_lists_and_refuses_entries_that_name_no_rule(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from conftest import SHARED_TRACES
+    from convdoctor.cli import main
+
+    trace = str(SHARED_TRACES["resnet50"])
+    listed = CliRunner().invoke(main, ["analyze", trace, "--out", str(tmp_path / "a"), "--format", "json",
+                                       "--select", "CD101,cudnn-benchmark"])
+    assert listed.exit_code == 0, listed.stderr
+    assert {f["rule_id"] for f in json.loads(listed.stdout)["findings"]} == {"CD101", "CD104"}
+    typo = CliRunner().invoke(main, ["analyze", trace, "--out", str(tmp_path / "b"), "--select", "CD101,CD1O4"])
+    assert typo.exit_code == 2 and "no rule matches 'CD1O4'" in typo.stderr
+    assert not (tmp_path / "b").exists()  # refused before any work
