@@ -35,6 +35,7 @@ from convdoctor.analyzer.workload import Workload, call_model, workload_from  # 
 from convdoctor.api import ProfileOptions, profile  # noqa: E402
 from convdoctor.reports.presentation import measured_result  # noqa: E402
 from convdoctor.reports.report import FindingOutcome, Plan  # noqa: E402
+from convdoctor.rules.base import SavingBound  # noqa: E402
 from convdoctor.rules.cd101_channels_last import to_channels_last  # noqa: E402
 from convdoctor.rules.transforms import autocast  # noqa: E402
 
@@ -122,7 +123,9 @@ def _plan_steps(plan: Plan) -> str:
 def _predictions(steps: list[FindingOutcome]) -> str:
     """Each plan step that predicts a saving from the trace: ``conv-bn-fold 3% vs 5%`` (predicted vs measured alone);
     the steps whose saving the trace cannot bound make no prediction."""
-    pairs = [f"{s.finding.rule_name} {s.finding.estimated_saving:.0%} vs {1 - 1 / s.measurement.estimate.speedup:.0%}"
+    pairs = [f"{s.finding.rule_name} {s.finding.estimated_saving:.0%}"
+             f"{'' if s.finding.saving_bound is SavingBound.ESTIMATE else f' ({s.finding.saving_bound.value})'}"
+             f" vs {1 - 1 / s.measurement.estimate.speedup:.0%}"
              for s in steps if s.finding.estimated_saving is not None and s.measurement is not None]
     return "; ".join(pairs) or "—"
 

@@ -193,6 +193,7 @@ def _outcome(outcome: FindingOutcome) -> dict[str, Any]:
         "snippet": finding.snippet,
         "evidence": finding.evidence,
         "estimated_saving": finding.estimated_saving,
+        "saving_bound": finding.saving_bound.value,
         "candidate": None if candidate is None else {
             "title": candidate.title, "numerics": candidate.numerics.value, "tolerance": candidate.tolerance},
         "measurement": None if outcome.measurement is None else _measurement(
@@ -252,6 +253,7 @@ def _plan(plan: Plan) -> dict[str, Any]:
                 "speedup": step.measurement.estimate.speedup if step.measurement else None,
                 "measured_saving": _saving(step.measurement),
                 "estimated_saving": step.finding.estimated_saving,
+                "saving_bound": step.finding.saving_bound.value,
             }
             for step in plan.steps
         ],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from convdoctor.analyzer.measurement import BatchSweep, Measurement, ThroughputMeasurement, Verdict
 from convdoctor.reports.report import FindingOutcome, Plan, Report
+from convdoctor.rules.base import Finding, SavingBound
 
 
 def headline(report: Report) -> str:
@@ -100,11 +101,20 @@ def plan_lines(plan: Plan) -> list[str]:
     """The plan's steps with their own results, then the combined result (or why it has none)."""
     lines = []
     for step in plan.steps:
-        predicted = step.finding.estimated_saving
-        guess = f", predicted saving {predicted:.0%}" if predicted is not None else ""
+        guess = f", {predicted_saving(step.finding)}" if step.finding.estimated_saving is not None else ""
         lines.append(f"{step.finding.fix} ({step.finding.rule_id}): alone {measured_result(step)}{guess}")
     lines.append(f"together: {speedup_text(plan.measurement)}")
     return lines
+
+
+def predicted_saving(finding: Finding) -> str:
+    """``predicted saving 4%``, ``predicted saving at most 12%``, or ``2% visible in the trace (…)``."""
+    saving = finding.estimated_saving
+    if finding.saving_bound is SavingBound.AT_MOST:
+        return f"predicted saving at most {saving:.0%}"
+    if finding.saving_bound is SavingBound.PART:
+        return f"{saving:.0%} visible in the trace (the rest of the effect is not)"
+    return f"predicted saving {saving:.0%}"
 
 
 def left_out_lines(plan: Plan) -> list[str]:

@@ -39,6 +39,14 @@ class Severity(str, enum.Enum):
     ERROR = "error"
 
 
+class SavingBound(str, enum.Enum):
+    """What a finding's estimated saving is: the trace shows some of what a fix does, rarely all of it."""
+
+    ESTIMATE = "estimate"  # the time of the work the fix removes (a folded BatchNorm, a redundant bias)
+    AT_MOST = "at most"  # an upper bound (time spent where the fix can at best make it vanish)
+    PART = "part"  # only the part the trace shows (layout copies): the fix's main effect, faster kernels, is not
+
+
 class Requirement(str, enum.Enum):
     """Facts a rule needs from the profile."""
 
@@ -117,6 +125,7 @@ class Finding:
     layers: list[str] = field(default_factory=list)
     evidence: dict[str, Any] = field(default_factory=dict)
     estimated_saving: float | None = None  # fraction of step time, when the trace bounds it
+    saving_bound: SavingBound = SavingBound.ESTIMATE  # how to read estimated_saving
     candidate: Candidate | None = None
     larger_batches: LargerBatches | None = None
 

@@ -6,7 +6,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Iterable
 
 from convdoctor.analyzer.layers import ConvAnalysis, MemoryFormat
-from convdoctor.rules.base import Candidate, Finding, NumericsContract, Requirement, Severity
+from convdoctor.rules.base import Candidate, Finding, NumericsContract, Requirement, SavingBound, Severity
 
 if TYPE_CHECKING:  # torch is imported when a candidate runs: analyzing a trace never imports it
     import torch
@@ -129,6 +129,7 @@ for the finding to be reported.
                 "conversions": sorted({c.name for layer in converting for c in layer.conversions}),
             },
             estimated_saving=analysis.share(conversion_us) if conversion_us > 0 else None,
+            saving_bound=SavingBound.PART,  # the visible conversions; NHWC kernels' own speed is not in the trace
             candidate=Candidate(
                 title="model and inputs in channels_last",
                 transform=to_channels_last,

@@ -9,7 +9,7 @@ from typing import Any, Iterable
 
 from convdoctor.analyzer.layers import CONV_OP, ConvAnalysis, ConvLayer, LayoutConversion, MemoryFormat, memory_format
 from convdoctor.analyzer.profile import EventKind, Op, Profile
-from convdoctor.rules.base import Candidate, Finding, NumericsContract, Requirement, Severity
+from convdoctor.rules.base import Candidate, Finding, NumericsContract, Requirement, SavingBound, Severity
 from convdoctor.rules.cd101_channels_last import to_channels_last
 
 KNOWN = (MemoryFormat.CONTIGUOUS, MemoryFormat.CHANNELS_LAST)
@@ -167,6 +167,7 @@ the finding is a warning rather than info.
                 "conversion_alone_removes_flips": not code_sources,
             },
             estimated_saving=share if conversion_us > 0 else None,
+            saving_bound=SavingBound.PART,
             candidate=Candidate(
                 title="model and inputs in channels_last" + (" (the model's own NCHW copies stay)"
                                                              if code_sources else ""),

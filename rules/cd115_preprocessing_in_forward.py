@@ -9,7 +9,7 @@ from typing import Any, Iterable, Iterator
 from convdoctor.analyzer.layers import CONV_OP, DTYPE_NAMES, ConvAnalysis, TimeBasis
 from convdoctor.analyzer.module_scope import ROOT_NAME
 from convdoctor.analyzer.profile import EventKind, Op
-from convdoctor.rules.base import Finding, Requirement, Severity
+from convdoctor.rules.base import Finding, Requirement, SavingBound, Severity
 
 # What an input-preparation op looks like, by its aten name; ops of no kind here are listed but not counted.
 KINDS = (
@@ -197,7 +197,8 @@ ops for the finding to be reported.
                 "ops": rows,
                 "not_counted": sorted(others),  # root-scope ops before the first conv of no preparation kind
             },
-            estimated_saving=min(share, 1.0),  # the most that taking these ops out of the step can save
+            estimated_saving=min(share, 1.0),
+            saving_bound=SavingBound.AT_MOST,  # taking these ops out of the step saves their time at best
             candidate=None,  # staging data belongs to the user's input pipeline
         )
 

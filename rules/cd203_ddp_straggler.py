@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Iterable
 
 from convdoctor.analyzer.layers import ConvAnalysis
-from convdoctor.rules.base import Finding, Requirement, Severity
+from convdoctor.rules.base import Finding, Requirement, SavingBound, Severity
 
 SNIPPETS = {
     "untraced": """\
@@ -86,4 +86,5 @@ None: the noise threshold (5% of a step, 1 ms) is fixed in `analyzer/job_view.py
             evidence={"rank": s.rank, "excess_ms": s.excess_us / 1e3, "excess_fraction": s.excess_fraction,
                       "extra_untraced_ms": s.extra_untraced_us / 1e3, "extra_compute_ms": s.extra_compute_us / 1e3},
             estimated_saving=min(1.0, s.excess_us / max(r.step_us for r in job.ranks)),
+            saving_bound=SavingBound.AT_MOST,  # the job waits for the straggler's extra time, no more
         )

@@ -118,3 +118,14 @@ def test_the_identity_candidate_is_no_measurable_difference_and_gives_no_plan():
     assert estimate.verdict is Verdict.NO_DIFFERENCE, estimate
     assert outcomes[0].numerics_ok is True
     assert build_plan(workload, outcomes, ProfileOptions(benchmark=settings), SilentProgress()) is None
+
+
+def test_a_prediction_says_what_kind_of_bound_it_is():
+    from convdoctor.reports.presentation import predicted_saving
+    from convdoctor.rules.base import SavingBound
+
+    fold = replace(_finding("bn", _without("bn")), estimated_saving=0.04)
+    assert predicted_saving(fold) == "predicted saving 4%"
+    copies = replace(fold, estimated_saving=0.02, saving_bound=SavingBound.PART)
+    assert predicted_saving(copies) == "2% visible in the trace (the rest of the effect is not)"
+    assert predicted_saving(replace(fold, saving_bound=SavingBound.AT_MOST)) == "predicted saving at most 4%"
