@@ -185,7 +185,8 @@ def measure_findings(
                 finding, not_measured=f"the measuring time budget ({options.time_budget_s:g} s) ran out before "
                                       "this candidate; raise --time-budget to measure it")
         elif finding.candidate.process_environment is not None:
-            outcomes[index] = _try_process_environment(workload, finding, options, progress)
+            outcomes[index] = _try_candidate(ProcessTrial(workload, options, progress), None, finding, options,
+                                             progress, _candidate_limit(options, spent))
         else:
             outcomes[index] = by_transform[id(finding.candidate.transform)] = _try_candidate(
                 trial, workload, finding, options, progress, _candidate_limit(options, spent))
@@ -250,7 +251,7 @@ def _try_candidate(
     progress.stage(f"measuring {finding.rule_id} {finding.rule_name}: baseline vs {candidate.title}")
     try:
         result, delta = trial([candidate], limit)
-    except (ModelTimeoutError, NotSendable) as exc:
+    except (ModelTimeoutError, CannotMeasure) as exc:
         return FindingOutcome(finding, not_measured=str(exc))
     except Exception as exc:  # a candidate may fail in any way (OOM included); the run goes on
         return FindingOutcome(finding, not_measured=f"the candidate failed: {_failure(exc)}")
@@ -261,32 +262,14 @@ def _try_candidate(
     return FindingOutcome(finding, measurement=result, numerics_ok=ok, layer_measurements=layers)
 
 
-def _try_process_environment(
-    workload: Workload | None, finding: Finding, options: ProfileOptions, progress: Progress
-) -> FindingOutcome:
-    """A candidate that changes how the process starts: measured in two worker processes, alternating steps."""
-    candidate = finding.candidate
-    assert candidate is not None and candidate.process_environment is not None
-    if workload is None:
-        return FindingOutcome(finding, not_measured="process settings are not measured under --nproc")
-    if not os.path.isfile(workload.source):
-        return FindingOutcome(finding, not_measured="process settings are measured on a model file (convdoctor "
-                                                    "profile MODEL_PY): each variant starts its own process")
-    progress.stage(f"measuring {finding.rule_id} {finding.rule_name}: two worker processes, {candidate.title}")
-    try:
-        result = measure_environment(workload, candidate.process_environment, options.benchmark, progress.rounds)
-    except Exception as exc:  # the workers may fail in any way; the run goes on
-        return FindingOutcome(finding, not_measured=f"the candidate failed: {_failure(exc)}")
-    return FindingOutcome(finding, measurement=result, numerics_ok=result.numerics.within(candidate.tolerance))
-
-
 def _failure(exc: Exception) -> str:
     """A failed trial in one line: a job's error line is already one."""
-    return str(exc) if isinstance(exc, (JobError, NotSendable, WorkerError)) else describe_exception(exc)
+    return str(exc) if isinstance(exc, (JobError, CannotMeasure, WorkerError)) else describe_exception(exc)
 
 
-class NotSendable(Exception):
-    """A candidate that cannot be sent to a job's workers (its transform does not pickle)."""
+class CannotMeasure(Exception):
+    """A candidate that a trial cannot measure, and why, in one line (a transform that does not pickle for a
+    job's workers; a process setting without a model file for its worker processes)."""
 
 
 def _try_layer(workload: Workload, trial: LayerTrial, options: ProfileOptions, progress: Progress) -> LayerMeasurement:
@@ -331,6 +314,27 @@ def _try_larger_batches(
     return FindingOutcome(finding, throughput=sweep)
 
 
+class ProcessTrial:
+    """Baseline against a process setting (``Candidate.process_environment``): two worker processes started from
+    the model file, with and without it, timed in alternating steps (``environment_trial.measure_environment``)."""
+
+    def __init__(self, workload: Workload | None, options: ProfileOptions, progress: Progress) -> None:
+        self.workload, self.options, self.progress = workload, options, progress
+
+    def __call__(self, candidates: list[Candidate], limit: TimeLimit) -> tuple[Measurement, ArchitectureDelta | None]:
+        (candidate,) = candidates  # process settings are never combined: the plan runs in one process
+        assert candidate.process_environment is not None
+        if self.workload is None:
+            raise CannotMeasure("process settings are not measured under --nproc")
+        if not os.path.isfile(self.workload.source):
+            raise CannotMeasure("process settings are measured on a model file (convdoctor profile MODEL_PY): "
+                                "each variant starts its own process")
+        seconds, limit_name = limit
+        with time_limit(seconds, f"this trial ({limit_name})", advice=CANDIDATE_TIMEOUT_ADVICE):
+            return measure_environment(self.workload, candidate.process_environment, self.options.benchmark,
+                                       self.progress.rounds), None
+
+
 class JobTrial:
     """Baseline against candidates as a whole data-parallel job: one launch per trial (``job_tasks.measure_job``)."""
 
@@ -342,7 +346,7 @@ class JobTrial:
         try:
             pickle.dumps(candidates)
         except Exception as exc:  # closures and local classes do not pickle
-            raise NotSendable("not measured under --nproc: its transform cannot be sent to the job's workers "
+            raise CannotMeasure("not measured under --nproc: its transform cannot be sent to the job's workers "
                               "(it does not pickle); profile without --nproc to measure it") from exc
         return run_job(self.spec, MeasureTask(tuple(candidates), self.options.benchmark))[0]
 

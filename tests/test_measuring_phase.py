@@ -139,3 +139,13 @@ def test_a_process_setting_is_measured_in_worker_processes_and_kept_out_of_the_p
     sentence = process_setting_sentence([outcome, accepted])  # the headline says so, as the plan cannot
     assert "a process setting (CD999) makes it" in sentence and "faster" in sentence and "two processes" in sentence
     assert process_setting_sentence([replace(accepted, measurement=None)]) == ""
+
+
+def test_a_process_setting_on_a_model_object_says_it_needs_a_model_file():
+    from convdoctor.rules.cd118_cpu_allocator import KEEP_HEAP
+
+    candidate = Candidate(title="allocator", transform=lambda w: w, numerics=NumericsContract.EXACT,
+                          tolerance=1e-5, process_environment=KEEP_HEAP)
+    finding = replace(_finding("allocator", lambda w: w, 0.1), candidate=candidate)
+    (outcome,) = measure_findings(_workload(), [finding], ProfileOptions(benchmark=QUICK), SilentProgress())
+    assert outcome.measurement is None and "measured on a model file" in outcome.not_measured
