@@ -30,6 +30,9 @@ class EventKind(str, enum.Enum):
     GPU_ANNOTATION = "gpu_user_annotation"
 
 
+# Events that may open a module scope (module_scope.parse_scope_name): convdoctor's annotations, PyTorch's
+# python_function module events.
+SCOPE_KINDS = frozenset({EventKind.ANNOTATION, EventKind.PYTHON})
 HOST_KINDS = frozenset({EventKind.CPU_OP, EventKind.ANNOTATION, EventKind.PYTHON, EventKind.RUNTIME})
 DEVICE_KINDS = frozenset({EventKind.KERNEL, EventKind.MEMCPY, EventKind.MEMSET})
 

@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from convdoctor.analyzer.collector import collector_paused
 from convdoctor.analyzer.module_scope import parse_scope_name
-from convdoctor.analyzer.profile import DEVICE_KINDS, EventKind, Kernel, Op, Profile, Step
+from convdoctor.analyzer.profile import DEVICE_KINDS, SCOPE_KINDS, EventKind, Kernel, Op, Profile, Step
 from convdoctor.analyzer.trace_fast import (
     EXACT_FLOAT_INT,
     MAX_DIM,
@@ -439,7 +439,7 @@ def _typed_event(raw: dict[str, Any], kind: EventKind) -> Op | Kernel | None:
         )
     if kind is EventKind.GPU_ANNOTATION:
         return None
-    scope = parse_scope_name(name) if kind is EventKind.ANNOTATION else None
+    scope = parse_scope_name(name) if kind in SCOPE_KINDS else None
     return Op(
         name=name,
         kind=kind,

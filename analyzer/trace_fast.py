@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import msgspec
 
 from convdoctor.analyzer.module_scope import parse_scope_name
-from convdoctor.analyzer.profile import DEVICE_KINDS, EventKind, Kernel, Op
+from convdoctor.analyzer.profile import DEVICE_KINDS, SCOPE_KINDS, EventKind, Kernel, Op
 
 # The limits that the typing functions of trace.py and the field types here share.
 MAX_TIME_US = float(2**63)  # no int64 clock, in µs or even ns, goes beyond: sums and spans of times stay finite
@@ -148,7 +148,7 @@ def typed_events(events: list[Event], kind_of: Any) -> tuple[list[Op], list[Kern
                   [intern(t) for t in types] if types is not None else [],
                   args.input_strides if args.input_strides is not None else [],
                   [intern(c) for c in concrete] if concrete is not None else [],
-                  scope=parse_scope_name(name) if kind is EventKind.ANNOTATION else None))
+                  scope=parse_scope_name(name) if kind in SCOPE_KINDS else None))
     return ops, kernels
 
 

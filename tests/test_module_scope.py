@@ -54,3 +54,26 @@ def test_a_model_file_path_with_a_quote_and_accents_keeps_the_trace_valid(tmp_pa
     profile = load_profile(capture(workload, tmp_path / "tb", "run", steps=1)[0])
     assert profile.environment["model_file"] == str(folder / "model.py").replace('"', "")
     assert "é" in profile.environment["model_file"]
+
+
+def test_pytorch_module_events_name_the_layers_of_a_trace_captured_elsewhere(tmp_path: Path):
+    """A trace recorded by plain torch.profiler with with_stack=True (no convdoctor scopes) carries PyTorch's
+    `nn.Module: Conv2d_1` events: they name the layers, and the fold rule finds each conv's BatchNorm."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from convdoctor.rules.cd109_conv_bn_fold import ConvBnFoldRule
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(),
+                          nn.Sequential(nn.Conv2d(8, 16, 3), nn.BatchNorm2d(16))).eval()
+    with torch.no_grad(), profile(activities=[ProfilerActivity.CPU], with_stack=True, with_modules=True,
+                                  record_shapes=True) as prof:
+        model(torch.randn(2, 3, 16, 16))
+    trace = tmp_path / "elsewhere.pt.trace.json"
+    prof.export_chrome_trace(str(trace))
+    analysis = analyze_convs(load_profile(trace))
+    shapes = {layer.name: layer.weight_shape for layer in analysis.layers}
+    assert shapes == {"Conv2d_0": [8, 3, 3, 3], "Conv2d_1": [16, 8, 3, 3]}
+    assert {layer.module_class for layer in analysis.layers} == {"Conv2d"}
+    assert parse_scope_name("nn.Module: BatchNorm2d_12").class_name == "BatchNorm2d"
+    (finding,) = ConvBnFoldRule().check(analysis)
+    assert "Conv2d_0 -> BatchNorm2d_0" in finding.message
