@@ -22,12 +22,12 @@ from convdoctor.analyzer.module_scope import parse_scope_name
 from convdoctor.analyzer.profile import DEVICE_KINDS, EventKind, Kernel, Op, Profile, Step
 from convdoctor.analyzer.trace_fast import (
     EXACT_FLOAT_INT,
-    MAX_DIM,
     MAX_TIME_US,
     TIME_RESOLUTION_US,
     NotPlain,
     split_trace,
     typed_events,
+    typed_shapes,
 )
 from convdoctor.errors import TraceError
 
@@ -124,14 +124,14 @@ def load_profile(path: str | Path) -> Profile:
     with collector_paused():
         data = _read_bytes(path)
         try:  # ASCII bytes are their own UTF-8 text (most traces): no copy decoded
-            events, top = split_trace(data if data.isascii() else _text(data, path))
+            events, top, list_shapes = split_trace(data if data.isascii() else _text(data, path))
             metadata = {key: json.loads(bytes(raw), object_hook=_slim_event) for key, raw in top.items()}
         except (NotPlain, ValueError, RecursionError):
             pass  # read the tolerant way: the same result, or the TraceError that says what is wrong
         else:
             del data, top
             typer = _EventTyper()
-            return _profile(metadata, *typed_events(events, typer.kind), typer.unknown, str(path))
+            return _profile(metadata, *typed_events(events, typer.kind, list_shapes), typer.unknown, str(path))
         hook = _TypingHook()
         data = _parse_json(_text(data, path), path, hook)
         events = data["traceEvents"]
@@ -335,38 +335,6 @@ def _percent_or_none(value: Any) -> float | None:
     return number if number is not None and number <= 100 else None
 
 
-
-
-def _shapes(value: Any) -> list[Any]:
-    """``Input Dims`` / ``Input Strides``: one entry per operator input, typed.
-
-    An entry is a tensor's sizes (a list of ints in 0..2**63-1; ``[]`` for a scalar or a non-tensor input) or, for a
-    TensorList input, a list of such lists. An entry of any other form becomes ``[]``: unknown, like a non-tensor.
-    """
-    if not isinstance(value, list):
-        return []
-    if all(_shape_entry(entry) is entry for entry in value):
-        return value  # keep the trace's list when it is fine
-    typed = [_shape_entry(entry) for entry in value]
-    return value if all(t is v for t, v in zip(typed, value)) else typed  # keep the trace's list when it is fine
-
-
-def _shape_entry(entry: Any) -> list[Any]:
-    if not isinstance(entry, list):
-        return []
-    if all(type(v) is int and 0 <= v <= MAX_DIM for v in entry):  # the common case, without a call per dim
-        return entry
-    if all(_is_dim(v) for v in entry):
-        return entry
-    if all(isinstance(v, list) and all(_is_dim(d) for d in v) for v in entry):
-        return entry  # a TensorList: one shape per tensor
-    return []
-
-
-def _is_dim(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_DIM
-
-
 def _strings(value: Any) -> list[str]:
     """``Input type`` / ``Concrete Inputs``: one string per input; any other value becomes ``""`` (not given).
 
@@ -384,9 +352,9 @@ ARG_SCHEMA: dict[str, tuple[tuple[str, ...], Callable[[Any], Any]]] = {
     "external_id": (("External id", "external id"), _int_or_none),
     "correlation": (("correlation",), _int_or_none),
     "sequence_number": (("Sequence number",), _int_or_none),
-    "input_dims": (("Input Dims", "Input dims"), _shapes),
+    "input_dims": (("Input Dims", "Input dims"), typed_shapes),
     "input_types": (("Input type",), _strings),
-    "input_strides": (("Input Strides",), _shapes),
+    "input_strides": (("Input Strides",), typed_shapes),
     "concrete_inputs": (("Concrete Inputs",), _strings),
     "device": (("device",), _int_or_none),
     "stream": (("stream",), _int_or_none),
