@@ -26,7 +26,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from convdoctor.analyzer.layers import TRANSPOSE_KERNEL, ConvAnalysis, ConvLayer, is_conv_backward_node
-from convdoctor.analyzer.profile import EventKind, Kernel
+from convdoctor.analyzer.profile import EventKind, Kernel, Op
 
 # Checked first: FP32 SIMT code, even inside an XMMA/CUTLASS kernel (``sm80_xmma_gemm_f32f32_…_ffma``,
 # ``cutlass_80_simt_sgemm``) and pseudo-FP16 cuDNN kernels that compute in FP32 (``volta_fp16_scudnn_fp16_…``).
@@ -154,15 +154,26 @@ def _add(share: KernelShare, kernel: Kernel, steps: int) -> None:
 
 
 def _pass(kernel: Kernel, launchers: dict[int, str]) -> str:
-    """"backward" when the kernel's launcher runs in a backward pass, else "forward"; ``launchers`` remembers
-    the pass of each launcher."""
-    launcher = kernel.launcher
-    if launcher is None:
+    """"backward" when the kernel's launcher or an event around it has a backward name, else "forward";
+    ``launchers`` remembers the pass of each event on the way up, so each event is looked at once."""
+    op = kernel.launcher
+    if op is None:
         return "forward"
-    known = launchers.get(id(launcher))
-    if known is None:
-        chain = (launcher, *launcher.ancestors())
-        known = launchers[id(launcher)] = "backward" if any(_backward_name(op.name) for op in chain) else "forward"
+    below: list[Op] = []  # the events looked at on the way up: without a backward name and not yet remembered
+    while True:
+        known = launchers.get(id(op))
+        if known is not None:
+            break
+        if _backward_name(op.name):
+            known = "backward"
+            break
+        below.append(op)
+        op = op.parent
+        if op is None:
+            known = "forward"
+            break
+    for event in below:
+        launchers[id(event)] = known
     return known
 
 

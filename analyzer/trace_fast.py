@@ -2,14 +2,20 @@
 
 The decoder reads only the keys the parser uses (call stacks, flows' extra keys and unknown args are skipped in
 C) and checks each value's type and range as it decodes. The field types below accept exactly the values that
-``trace``'s typing functions keep unchanged; any other value (a time written as a string, a TensorList shape, a
-``null``, an id of another type, JSON the standard library accepts and msgspec does not, such as ``NaN``) makes
-the decoding fail, and ``load_profile`` then reads the trace the tolerant way. Both give the same Profile.
+``trace``'s typing functions keep unchanged; any other value (a time written as a string, a ``null``, an id of
+another type, JSON the standard library accepts and msgspec does not, such as ``NaN``) makes the decoding fail,
+and ``load_profile`` then reads the trace the tolerant way. Both give the same Profile.
+
+Shapes are decoded as plain tensor sizes first; a trace holding a TensorList input's shapes (``aten::cat``,
+``_foreach`` ops: a list of sizes per tensor) is decoded again with shape types that take them, and the few
+entries those types take but the tolerant typing does not keep (sizes and lists mixed in one entry) are typed by
+``typed_shapes``, the function both readings share.
 """
 
 from __future__ import annotations
 
 import sys
+from itertools import chain
 from typing import Annotated, Any
 
 import msgspec
@@ -27,7 +33,8 @@ Time = Annotated[float, msgspec.Meta(ge=-MAX_TIME_US, le=MAX_TIME_US)]
 Dim = Annotated[int, msgspec.Meta(ge=0, le=MAX_DIM)]
 LaunchDim = Annotated[int, msgspec.Meta(ge=1, le=EXACT_FLOAT_INT)]
 Count = Annotated[int, msgspec.Meta(ge=0, le=EXACT_FLOAT_INT)]
-Shapes = list[list[Dim]]  # one tensor's sizes per input; a TensorList input (a list of lists) is left to the slow way
+Shapes = list[list[Dim]]  # one tensor's sizes per input
+ListShapes = list[list[Dim | list[Dim]]]  # ...or, for a TensorList input, a list of sizes per tensor
 Dim3 = tuple[LaunchDim, LaunchDim, LaunchDim]
 
 
@@ -55,7 +62,16 @@ class Args(msgspec.Struct, frozen=True, gc=False):
     est_occupancy_pct: float = msgspec.field(name="est. achieved occupancy %", default=None)
 
 
+class ListArgs(Args, frozen=True, gc=False):
+    """``Args`` whose shapes may hold a TensorList input's (see ``ListShapes``)."""
+
+    input_dims: ListShapes = msgspec.field(name="Input Dims", default=None)
+    input_dims_lower: ListShapes = msgspec.field(name="Input dims", default=None)
+    input_strides: ListShapes = msgspec.field(name="Input Strides", default=None)
+
+
 NO_ARGS = Args()
+NO_LIST_ARGS = ListArgs()
 
 
 class Event(msgspec.Struct, gc=False):
@@ -71,7 +87,14 @@ class Event(msgspec.Struct, gc=False):
     args: Args = NO_ARGS
 
 
+class ListEvent(Event, gc=False):
+    """An ``Event`` whose shapes may hold a TensorList input's."""
+
+    args: ListArgs = NO_LIST_ARGS
+
+
 EVENTS = msgspec.json.Decoder(list[Event])
+LIST_EVENTS = msgspec.json.Decoder(list[ListEvent])
 TOP_LEVEL = msgspec.json.Decoder(dict[str, msgspec.Raw])
 
 
@@ -79,24 +102,29 @@ class NotPlain(Exception):
     """The trace holds a value the typed decoding does not take: read it the tolerant way."""
 
 
-def split_trace(text: str | bytes) -> tuple[list[Event], dict[str, msgspec.Raw]]:
-    """The trace's events, decoded, and its other top-level values, undecoded; NotPlain when the typed decoding
-    does not take the trace (including JSON that is not a Kineto trace: the tolerant reading says what is wrong)."""
+def split_trace(text: str | bytes) -> tuple[list[Event], dict[str, msgspec.Raw], bool]:
+    """The trace's events, decoded; its other top-level values, undecoded; and whether the events were decoded
+    with ``ListShapes`` (the trace holds a shape plain sizes do not take). NotPlain when the typed decoding does
+    not take the trace (including JSON that is not a Kineto trace: the tolerant reading says what is wrong)."""
     try:
         top = TOP_LEVEL.decode(text)
         raw_events = top.pop("traceEvents", None)
         if raw_events is None:
             raise NotPlain("no traceEvents")
-        return EVENTS.decode(raw_events), top
+        try:
+            return EVENTS.decode(raw_events), top, False
+        except msgspec.ValidationError:  # stops at the first value refused: a TensorList's shapes, or a null...
+            return LIST_EVENTS.decode(raw_events), top, True
     except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
         raise NotPlain(str(exc)) from exc
 
 
-def typed_events(events: list[Event], kind_of: Any) -> tuple[list[Op], list[Kernel]]:
+def typed_events(events: list[Event], kind_of: Any, list_shapes: bool = False) -> tuple[list[Op], list[Kernel]]:
     """The Op or Kernel of each complete event whose category ``kind_of`` maps to a kind, each list in trace order.
 
     The same records as ``trace._typed_event`` makes of the same events: the decoder already checked every type
-    and range, so what is left is the clamping of sub-nanosecond times, the spellings, and interning.
+    and range, so what is left is the clamping of sub-nanosecond times, the spellings, and interning (and, for
+    events decoded with ``list_shapes``, the entries mixing sizes and lists).
     """
     ops: list[Op] = []
     kernels: list[Kernel] = []
@@ -141,15 +169,55 @@ def typed_events(events: list[Event], kind_of: Any) -> tuple[list[Op], list[Kern
             tid = threads[event.tid] = intern(str(event.tid))
         external_id = args.external_id if args.external_id is not None else args.external_id_lower
         dims = args.input_dims if args.input_dims is not None else args.input_dims_lower
+        strides = args.input_strides
+        if list_shapes:
+            dims, strides = _unmixed(dims), _unmixed(strides)
         types = args.input_types
         concrete = args.concrete_inputs
         add_op(Op(name, kind, pid, tid, ts, dur, external_id, args.correlation, args.sequence_number,
                   dims if dims is not None else [],
                   [intern(t) for t in types] if types is not None else [],
-                  args.input_strides if args.input_strides is not None else [],
+                  strides if strides is not None else [],
                   [intern(c) for c in concrete] if concrete is not None else [],
                   scope=parse_scope_name(name) if kind in SCOPE_KINDS else None))
     return ops, kernels
+
+
+def _unmixed(shapes: list[Any] | None) -> list[Any] | None:
+    """``ListShapes`` as the tolerant typing keeps them: only an entry mixing sizes and lists changes (to ``[]``)."""
+    if not shapes or list not in map(type, chain.from_iterable(shapes)):  # no TensorList: nothing to mix
+        return shapes
+    return typed_shapes(shapes)
+
+
+def typed_shapes(value: Any) -> list[Any]:
+    """``Input Dims`` / ``Input Strides``: one entry per operator input, typed.
+
+    An entry is a tensor's sizes (a list of ints in 0..2**63-1; ``[]`` for a scalar or a non-tensor input) or, for a
+    TensorList input, a list of such lists. An entry of any other form becomes ``[]``: unknown, like a non-tensor.
+    """
+    if not isinstance(value, list):
+        return []
+    if all(_shape_entry(entry) is entry for entry in value):
+        return value  # keep the trace's list when it is fine
+    typed = [_shape_entry(entry) for entry in value]
+    return value if all(t is v for t, v in zip(typed, value)) else typed  # keep the trace's list when it is fine
+
+
+def _shape_entry(entry: Any) -> list[Any]:
+    if not isinstance(entry, list):
+        return []
+    if all(type(v) is int and 0 <= v <= MAX_DIM for v in entry):  # the common case, without a call per dim
+        return entry
+    if all(_is_dim(v) for v in entry):
+        return entry
+    if all(isinstance(v, list) and all(_is_dim(d) for d in v) for v in entry):
+        return entry  # a TensorList: one shape per tensor
+    return []
+
+
+def _is_dim(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_DIM
 
 
 def _rate(value: float | None) -> float | None:

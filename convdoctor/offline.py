@@ -20,10 +20,10 @@ from convdoctor.analyzer.collector import collector_paused
 from convdoctor.analyzer.job_view import job_view
 from convdoctor.analyzer.layers import ConvAnalysis, analyze_convs
 from convdoctor.analyzer.roofline import analyze_roofline
-from convdoctor.analyzer.trace import TRACE_SUFFIXES, find_traces, load_profile
+from convdoctor.analyzer.trace import TRACE_SUFFIXES, ReadAhead, find_traces, load_profile
 from convdoctor.errors import OutputDirError, ReportError, TraceError
 from convdoctor.reports.files import write_atomically
-from convdoctor.reports.html_report import render_html
+from convdoctor.reports.html_report import load_template, render_html
 from convdoctor.reports.json_report import dict_to_json, report_to_dict
 from convdoctor.reports.report import FindingOutcome, Report, RuleDoc, WorkloadSummary, trace_summary
 from convdoctor.rules.base import Rule, doc_sections
@@ -78,17 +78,20 @@ def analyze_path(path: str | Path, out_dir: Path | None = None, progress: Progre
     """
     path = Path(path)
     traces = find_traces(path)
+    runs = _runs(traces)
+    reader = ReadAhead(trace for run in runs for trace in run)  # the first trace reads while the rules load
     base = out_dir or Path("convdoctor-out") / path.name.split(".")[0]
     rule_set = load_rules()
     rules = select_rules(rule_set.rules, select, ignore)
+    load_template()  # this thread's work while the first trace is read: it would wait otherwise
     written, failed = [], []
-    for run in _runs(traces):
+    for run in runs:
         with collector_paused():  # the traces' objects live until their reports are written: nothing to collect
             analyzed = []
             for trace in run:
                 progress.stage(f"analyzing {trace}")
                 try:
-                    analyzed.append((trace, analyze_convs(load_profile(trace))))
+                    analyzed.append((trace, analyze_convs(load_profile(trace, reader.take(trace)))))
                 except TraceError as exc:
                     failed.append(str(exc))
             if len(analyzed) > 1:

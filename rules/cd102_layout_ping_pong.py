@@ -213,6 +213,8 @@ def _nchw_sources(profile: Profile, to_nchw: list[LayoutConversion], layer_names
     classes = {op.scope.qualified_name: op.scope.class_name for op in profile.ops if op.scope is not None}
     calls: dict[str | None, list[Op]] = defaultdict(list)
     for op in profile.ops:
+        if op.name != "aten::copy_":  # most events: checked first (_is_copy_to_nchw checks it again)
+            continue
         module = op.module.qualified_name if op.module is not None else None
         if module in by_module and _is_copy_to_nchw(op):
             top = _outermost_op(op)

@@ -6,7 +6,7 @@ from collections import defaultdict
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from convdoctor.analyzer.layers import ConvAnalysis, is_conv_backward_node, is_conv_op
-from convdoctor.analyzer.profile import EventKind, Kernel, Profile
+from convdoctor.analyzer.profile import EventKind, Op, Profile
 from convdoctor.rules.base import Candidate, Finding, NumericsContract, PlanStage, Requirement, Severity
 from convdoctor.rules.transforms import autocast, backend_flags
 
@@ -234,25 +234,36 @@ baseline output magnitude).
 def _conv_device(profile: Profile) -> int | None:
     """The device that ran the most conv kernel time (forward and backward)."""
     time: dict[int | None, float] = defaultdict(float)
-    launched_by_conv: dict[int, bool] = {}  # per launcher
+    in_conv: dict[int, bool] = {}  # per event: it or an event around it is a conv
     for kernel in profile.kernels:
         if kernel.kind is not EventKind.KERNEL or kernel.launcher is None:
             continue
-        by_conv = launched_by_conv.get(id(kernel.launcher))
-        if by_conv is None:
-            by_conv = launched_by_conv[id(kernel.launcher)] = _launched_by_conv(kernel)
-        if by_conv:
+        if _in_conv(kernel.launcher, in_conv):
             time[kernel.device] += kernel.dur_us
     if not time:
         return None
     return max(time, key=lambda device: time[device])
 
 
-def _launched_by_conv(kernel: Kernel) -> bool:
-    launcher = kernel.launcher
-    if launcher is None:
-        return False
-    return any(is_conv_op(op.name) or is_conv_backward_node(op.name) for op in (launcher, *launcher.ancestors()))
+def _in_conv(op: Op, known: dict[int, bool]) -> bool:
+    """Whether ``op`` or an event around it is a conv op or a conv backward node; ``known`` remembers the answer
+    of each event on the way up, so each event is looked at once."""
+    below: list[Op] = []  # the events looked at on the way up: not convs, and not yet remembered
+    node: Op | None = op
+    while node is not None:
+        answer = known.get(id(node))
+        if answer is not None:
+            break
+        if is_conv_op(node.name) or is_conv_backward_node(node.name):
+            answer = True
+            break
+        below.append(node)
+        node = node.parent
+    else:
+        answer = False
+    for event in below:
+        known[id(event)] = answer
+    return answer
 
 
 def _device_properties(profile: Profile, device: int | None) -> dict[str, Any] | None:

@@ -211,6 +211,9 @@ def _host_events_in(profile: Profile, gaps: list[tuple[float, float]]) -> list[t
     for op in profile.ops:
         if op.ts_us >= last:
             break
+        parent = op.parent  # _top_of_step's first test inlined: it rules out most events
+        if parent is not None and not _is_step(parent.name):
+            continue
         if op.end_us <= first or not _top_of_step(op):
             continue
         near = ordered[bisect.bisect_left(starts, op.ts_us - longest):bisect.bisect_left(starts, op.end_us)]

@@ -9,6 +9,7 @@ import gc
 import gzip
 import json
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -90,8 +91,9 @@ def _summary_of(profile) -> list:
 @pytest.mark.parametrize("name", sorted(SHARED_TRACES))
 def test_typed_decoding_takes_the_shared_traces_and_agrees_with_the_json_reading(name):
     """The real traces go the fast way (a regression that sent them the tolerant way would only show as time)."""
-    events, top = split_trace(gzip.decompress(SHARED_TRACES[name].read_bytes()).decode())
+    events, top, list_shapes = split_trace(gzip.decompress(SHARED_TRACES[name].read_bytes()).decode())
     assert len(events) == len(raw_events(name)) and "traceEvents" not in top
+    assert not list_shapes  # no TensorList input: the plain shape types took them, no second decoding
     assert _summary_of(load_profile(SHARED_TRACES[name])) == _summary_of(parse_trace(read_trace(SHARED_TRACES[name])))
 
 
@@ -118,6 +120,10 @@ TAKEN = {
     "lower-case spellings": dict(op_args={"External id": None, "Input Dims": None}),
     "a huge id": dict(op_args={"Sequence number": 10**30}),
     "string pid and int tid": dict(pid="Spans", tid=7),
+    "TensorList shapes": dict(op_args={"Input Dims": [[[1, 2], [3, 4]], []]}),
+    "TensorList strides": dict(op_args={"Input Strides": [[], [[8, 1], [1]], [[]]]}),
+    "empty TensorList": dict(op_args={"Input Dims": [[], [[]], [[], [2]]]}),
+    "sizes and lists mixed in one entry": dict(op_args={"Input Dims": [[1, [2, 3]], [[4], 5], [6]]}),
 }
 # Values the field types refuse: the trace is read the tolerant way, to the same Profile.
 REFUSED = {
@@ -125,7 +131,8 @@ REFUSED = {
     "null duration": dict(dur=None),
     "time beyond an int64 clock": dict(ts=2.0**64),
     "name not a string": dict(name=17),
-    "TensorList shapes": dict(op_args={"Input Dims": [[[1, 2], [3, 4]], []]}),
+    "negative size in a TensorList": dict(op_args={"Input Dims": [[[1, 2], [-3]]]}),
+    "shapes nested three deep": dict(op_args={"Input Strides": [[[[1]]]]}),
     "negative size": dict(op_args={"Input Dims": [[-1, 3]]}),
     "null id": dict(op_args={"External id": None}),
     "boolean device": dict(kernel_args={"device": True}),
@@ -150,7 +157,10 @@ def test_values_the_typed_decoding_takes_type_as_the_json_reading_does(tmp_path,
     else:
         path = _one_kernel_and_op_changed(tmp_path, **changes)
     split_trace(path.read_text())  # taken: no NotPlain
-    assert _summary_of(load_profile(path)) == _summary_of(parse_trace(read_trace(path), str(path)))
+    profile = load_profile(path)
+    assert _summary_of(profile) == _summary_of(parse_trace(read_trace(path), str(path)))
+    if change == "sizes and lists mixed in one entry":  # typed as the tolerant reading types it: unknown
+        assert any(op.input_dims == [[], [], [6]] for op in profile.ops)
 
 
 @pytest.mark.parametrize("change", sorted(REFUSED))
@@ -169,3 +179,44 @@ def test_json_that_only_the_standard_library_reads_is_read_the_tolerant_way(tmp_
     profile = load_profile(path)
     assert _summary_of(profile) == _summary_of(parse_trace(read_trace(path), str(path)))
     assert any(k.blocks_per_sm is None for k in profile.kernels)
+
+
+@pytest.fixture(scope="module")
+def tensorlist_trace(tmp_path_factory) -> Path:
+    """A real CPU trace, with shapes, of a tiny model whose ops take TensorList inputs: ``torch.cat`` in the
+    forward pass, and the ``_foreach`` ops of an SGD step."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+    optimizer = torch.optim.SGD(conv.parameters(), lr=0.1, foreach=True)
+    x = torch.randn(2, 3, 8, 8)
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        y = conv(x)
+        torch.cat([y, x, y], dim=1).sum().backward()
+        optimizer.step()
+    path = tmp_path_factory.mktemp("tensorlist") / "tensorlist.pt.trace.json"
+    prof.export_chrome_trace(str(path))
+    return path
+
+
+def test_a_real_trace_with_tensorlist_shapes_takes_the_fast_path(tensorlist_trace):
+    raw = json.loads(tensorlist_trace.read_text())["traceEvents"]
+    cat = next(e for e in raw if e.get("name") == "aten::cat")
+    assert cat["args"]["Input Dims"][0] == [[2, 4, 8, 8], [2, 3, 8, 8], [2, 4, 8, 8]]  # a TensorList's shapes
+    events, _, list_shapes = split_trace(tensorlist_trace.read_text())  # taken: no NotPlain
+    assert list_shapes and len(events) == len(raw)
+    profile = load_profile(tensorlist_trace)
+    assert _summary_of(profile) == _summary_of(parse_trace(read_trace(tensorlist_trace), str(tensorlist_trace)))
+    assert [op.input_dims for op in profile.ops if op.name == "aten::cat"] == [cat["args"]["Input Dims"]]
+    foreach = [op for op in profile.ops if op.name.startswith("aten::_foreach")]
+    assert foreach and any(op.input_dims[0] == [[4, 3, 3, 3], [4]] for op in foreach)  # weight and bias together
+    layers = layer_facts(analyze_convs(profile))
+    assert len(layers) == 1 and layers == layer_facts(analyze_convs(parse_trace(read_trace(tensorlist_trace))))
+
+
+def test_convdoctor_s_own_traces_take_the_fast_path(small_cnn_run):
+    _, report, _ = small_cnn_run
+    assert report["trace_files"]
+    for trace in report["trace_files"]:
+        split_trace(gzip.decompress(Path(trace).read_bytes()) if trace.endswith(".gz") else Path(trace).read_text())

@@ -11,7 +11,7 @@ import pytest
 from conftest import SHARED_TRACES
 from convdoctor.analyzer.layers import TimeBasis, analyze_convs, conv_flops
 from convdoctor.analyzer.profile import EventKind
-from convdoctor.analyzer.trace import load_profile
+from convdoctor.analyzer.trace import ReadAhead, load_profile, parse_trace
 from convdoctor.errors import TraceError
 
 
@@ -65,6 +65,52 @@ def test_truncated_gzip_is_a_trace_error(tmp_path: Path):
     broken.write_bytes(data[: len(data) // 2])
     with pytest.raises(TraceError, match="truncated"):
         load_profile(broken)
+
+
+def _gzip_layouts(text: bytes) -> dict[str, bytes]:
+    """The same text gzipped the ways a file can hold it: the fast gunzip must read each as gzip.decompress does."""
+    text += b" " * (len(text) % 2)  # an even length: two halves of equal length (JSON allows the space)
+    half = len(text) // 2
+    return {
+        "one member": gzip.compress(text),
+        "two members": gzip.compress(text[:1000]) + gzip.compress(text[1000:]),
+        "two members of the same length": gzip.compress(text[:half]) + gzip.compress(text[half:]),
+        "zero padding after the member": gzip.compress(text) + b"\0" * 16,
+    }
+
+
+@pytest.mark.parametrize("layout", sorted(_gzip_layouts(b"")))
+def test_gzip_members_and_padding_read_as_gzip_decompress_reads_them(tmp_path: Path, layout: str):
+    text = gzip.decompress(SHARED_TRACES["cpu_only"].read_bytes())
+    raw = _gzip_layouts(text)[layout]
+    assert gzip.decompress(raw).rstrip() == text.rstrip()  # the layout holds the whole trace
+    path = tmp_path / "layout.pt.trace.json.gz"
+    path.write_bytes(raw)
+    profile, expected = load_profile(path), parse_trace(json.loads(text))
+    assert [(op.name, op.ts_us) for op in profile.ops] == [(op.name, op.ts_us) for op in expected.ops]
+    assert len(profile.ops) >= 10  # the comparison is not of two empty lists
+
+
+def test_bytes_after_the_gzip_member_are_a_trace_error(tmp_path: Path):
+    path = tmp_path / "tail.pt.trace.json.gz"
+    path.write_bytes(SHARED_TRACES["cpu_only"].read_bytes() + b"not gzip")
+    with pytest.raises(gzip.BadGzipFile):
+        gzip.decompress(path.read_bytes())
+    with pytest.raises(TraceError, match="cannot be decompressed"):
+        load_profile(path)
+
+
+def test_read_ahead_gives_each_trace_its_bytes_or_its_error_in_order(tmp_path: Path):
+    good = SHARED_TRACES["cpu_only"]
+    broken = tmp_path / "broken.pt.trace.json.gz"
+    broken.write_bytes(good.read_bytes()[:500])
+    reader = ReadAhead([good, broken, good])
+    with pytest.raises(ValueError, match="not the next trace"):
+        reader.take(broken)
+    assert reader.take(good) == gzip.decompress(good.read_bytes())
+    with pytest.raises(TraceError, match="truncated"):
+        reader.take(broken)
+    assert len(load_profile(good, reader.take(good)).ops) == len(load_profile(good).ops)
 
 
 def test_invalid_json_is_a_trace_error(tmp_path: Path):
