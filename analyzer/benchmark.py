@@ -7,6 +7,7 @@ import os
 import random
 import statistics
 import time
+import weakref
 from dataclasses import dataclass, replace
 from typing import Any, Callable
 
@@ -234,7 +235,7 @@ def _gradient_reference(baseline: Workload, candidate: Workload, base_grads: dic
                         cand_grads: dict[str, torch.Tensor], shared: list[str]) -> GradientReference | None:
     """Both float32 runs' gradients against the float64 baseline's; when the candidate's are more than
     REFERENCE_FACTOR times further, the candidate's own float64 gradients too (same step, or another one)."""
-    exact = _float64_grads(baseline)
+    exact = _baseline_float64_grads(baseline)
     if exact is None or not all(n in exact for n in shared):
         return None
     baseline_error, _ = worst_parameter_error(exact, base_grads, shared)
@@ -262,6 +263,20 @@ def worst_parameter_error(exact: dict[str, torch.Tensor], approx: dict[str, torc
               if approx[n].shape == exact[n].shape else float("inf") for n in names}
     worst = max(errors, key=errors.__getitem__)
     return errors[worst], worst
+
+
+# The baseline's float64 gradients, computed once per baseline model and inputs: every candidate (and the plan) of a
+# run is judged against the same ones.
+_BASELINE_FLOAT64_GRADS: weakref.WeakKeyDictionary[torch.nn.Module, tuple[int, dict[str, torch.Tensor] | None]] = \
+    weakref.WeakKeyDictionary()
+
+
+def _baseline_float64_grads(baseline: Workload) -> dict[str, torch.Tensor] | None:
+    """``_float64_grads(baseline)``, remembered for the baseline's model object and inputs."""
+    known = _BASELINE_FLOAT64_GRADS.get(baseline.model)
+    if known is None or known[0] != id(baseline.inputs):
+        known = _BASELINE_FLOAT64_GRADS[baseline.model] = (id(baseline.inputs), _float64_grads(baseline))
+    return known[1]
 
 
 def _float64_grads(workload: Workload) -> dict[str, torch.Tensor] | None:

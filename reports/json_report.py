@@ -10,7 +10,14 @@ from convdoctor.analyzer.communication import DEFINITIONS as COMM_DEFINITIONS
 from convdoctor.analyzer.conv_kernels import KernelShare, LayerKernels, layer_kernels
 from convdoctor.analyzer.job_view import JobView
 from convdoctor.analyzer.layers import ConvLayer
-from convdoctor.analyzer.measurement import BatchSweep, GradientReference, Measurement, ThroughputMeasurement
+from convdoctor.analyzer.measurement import (
+    CONFIDENCE,
+    BatchSweep,
+    GradientReference,
+    Measurement,
+    SpeedupEstimate,
+    ThroughputMeasurement,
+)
 from convdoctor.analyzer.model_cost import ArchitectureDelta
 from convdoctor.analyzer.roofline import LayerRoofline, Roofline
 from convdoctor.reports.report import FindingOutcome, Plan, Report
@@ -229,11 +236,7 @@ def _throughput_point(point: ThroughputMeasurement) -> dict[str, Any]:
         "batch_size": point.batch_size,
         "samples_per_s": point.samples_per_s,
         "baseline_samples_per_s": point.baseline_samples_per_s,
-        "speedup": estimate.speedup,
-        "ci_low": estimate.ci_low,
-        "ci_high": estimate.ci_high,
-        "confidence": 0.95,
-        "verdict": estimate.verdict.value,
+        **_interval(estimate),
         "rounds": point.rounds,
         "warmup_steps": list(point.warmup_steps),
         "threads": point.threads,
@@ -298,16 +301,18 @@ def _gradient_reference(reference: GradientReference | None) -> dict[str, Any] |
             "rounding_only": reference.rounding_only}
 
 
+def _interval(estimate: SpeedupEstimate) -> dict[str, Any]:
+    """A speedup with its interval and verdict, as every measurement in report.json has it."""
+    return {"speedup": estimate.speedup, "ci_low": estimate.ci_low, "ci_high": estimate.ci_high,
+            "confidence": CONFIDENCE, "verdict": estimate.verdict.value}
+
+
 def _measurement(measurement: Measurement, numerics_ok: bool | None, *, compares_outputs: bool) -> dict[str, Any]:
     estimate, numerics = measurement.estimate, measurement.numerics
     return {
         "baseline_ms": estimate.baseline_ms,
         "candidate_ms": estimate.candidate_ms,
-        "speedup": estimate.speedup,
-        "ci_low": estimate.ci_low,
-        "ci_high": estimate.ci_high,
-        "confidence": 0.95,
-        "verdict": estimate.verdict.value,
+        **_interval(estimate),
         # An architecture change computes something else: its outputs are not compared (see "architecture").
         "max_abs_error": _number(numerics.max_abs_error) if compares_outputs else None,
         "max_rel_error": _number(numerics.max_rel_error) if compares_outputs else None,
