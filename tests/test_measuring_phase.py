@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 
 import torch
@@ -149,3 +150,18 @@ def test_a_process_setting_on_a_model_object_says_it_needs_a_model_file():
     finding = replace(_finding("allocator", lambda w: w, 0.1), candidate=candidate)
     (outcome,) = measure_findings(_workload(), [finding], ProfileOptions(benchmark=QUICK), SilentProgress())
     assert outcome.measurement is None and "measured on a model file" in outcome.not_measured
+
+
+def test_a_time_limit_holds_when_its_alarm_is_swallowed():
+    """The alarm may go off inside code that catches everything (a callback): the limit still ends the block."""
+    import pytest
+
+    from convdoctor.analyzer.workload import time_limit
+    from convdoctor.errors import ModelTimeoutError
+
+    with pytest.raises(ModelTimeoutError, match="did not finish within 0.01 s"):
+        with time_limit(0.01, "this block"):
+            try:
+                time.sleep(0.05)
+            except ModelTimeoutError:
+                pass
