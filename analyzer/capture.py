@@ -20,12 +20,13 @@ from torch.autograd.profiler import record_function
 from torch.profiler import ProfilerActivity, profile, schedule, tensorboard_trace_handler
 
 from convdoctor.analyzer.hardware import device_name, environment_peaks
+from convdoctor.analyzer.layout_probe import LAYOUT_PROBE_KEY, recordable, time_leaf_layouts
 from convdoctor.analyzer.module_scope import scope_name
+from convdoctor.analyzer.profile import METADATA_KEY
 from convdoctor.analyzer.trace import TRACE_SUFFIXES
 from convdoctor.analyzer.workload import Workload, describe_exception, make_step, synchronize
 from convdoctor.errors import ConvDoctorError, InputMismatchError, ModelFileError
 
-METADATA_KEY = "convdoctor"  # top-level key of the trace JSON holding environment()
 WAIT_STEPS = 1
 WARMUP_STEPS = 1
 INTERRUPTED_DIR = "interrupted"  # beside the log dir: traces of runs that did not finish
@@ -202,11 +203,13 @@ class PendingTraces:
         return _set_aside(self.scratch, self.target)
 
 
-def record(workload: Workload, logdir: Path, run_name: str, *, steps: int = 3, worker_name: str = "worker0"
-           ) -> PendingTraces:
+def record(workload: Workload, logdir: Path, run_name: str, *, steps: int = 3, worker_name: str = "worker0",
+           probe_layouts: bool = False) -> PendingTraces:
     """Profile ``steps`` steps of a copy of the workload into a scratch folder under ``logdir``.
 
     ``worker_name`` starts each trace file's name (TensorBoard's worker); a rank of a job puts its rank in it.
+    ``probe_layouts`` first times each leaf module in channels_last against its layout (``time_leaf_layouts``) and
+    records the result in the traces' metadata.
 
     Nothing under ``logdir/run_name`` changes until the result is published. A capture that fails or is
     interrupted leaves what the profiler had written set aside as interrupted (see PendingTraces).
@@ -221,6 +224,8 @@ def record(workload: Workload, logdir: Path, run_name: str, *, steps: int = 3, w
     target = logdir / run_name
     try:
         settings = environment(run)  # before the profiler starts: measuring peaks is no part of a step
+        if probe_layouts:
+            settings[LAYOUT_PROBE_KEY] = recordable(time_leaf_layouts(run), run.model)
         recorded = _metadata_json(settings)
         sched = schedule(wait=WAIT_STEPS, warmup=WARMUP_STEPS, active=steps, repeat=1)
         handler = tensorboard_trace_handler(str(scratch), worker_name=worker_name)

@@ -30,6 +30,9 @@ class EventKind(str, enum.Enum):
     GPU_ANNOTATION = "gpu_user_annotation"
 
 
+METADATA_KEY = "convdoctor"  # top-level key of the trace JSON where capture records its environment
+
+
 # Events that may open a module scope (module_scope.parse_scope_name): convdoctor's annotations, PyTorch's
 # python_function module events.
 SCOPE_KINDS = frozenset({EventKind.ANNOTATION, EventKind.PYTHON})
@@ -164,7 +167,7 @@ class Profile:
         None. A trace edited by hand cannot put NaN, containers or numbers beyond float range before the rules
         and the reports (a JSON report cannot hold NaN).
         """
-        recorded = self.metadata.get("convdoctor")
+        recorded = self.metadata.get(METADATA_KEY)
         if not isinstance(recorded, dict):
             return {}
         return {key: value for key, value in recorded.items() if _recordable(value)}

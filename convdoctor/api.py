@@ -38,7 +38,7 @@ from convdoctor.reports.report import (
     WorkloadSummary,
     trace_summary,
 )
-from convdoctor.rules.base import Candidate, Finding, LayerTrial, NumericsContract, combine
+from convdoctor.rules.base import Candidate, Finding, LayerTrial, NumericsContract, Probe, combine, wanted_probes
 from convdoctor.rules.registry import load_rules, run_rules, select_rules
 
 
@@ -94,15 +94,18 @@ def _run(workload: Workload, options: ProfileOptions, files: ReportFiles, progre
     progress.stage("checking that the inputs fit the model")
     with time_limit(options.timeout_s, "the model's first step"):
         check_fits(workload)
-    progress.stage(f"capturing {options.steps} {workload.mode.value} steps under torch.profiler")
     run_name = f"{Path(workload.source).stem}-{workload.mode.value}-{workload.device.type}"
+    rule_set = load_rules()
+    rules = select_rules(rule_set.rules, options.select, options.ignore)
+    probe_layouts = options.measure and Probe.LAYOUT in wanted_probes(rules)  # a probe is a measurement
+    progress.stage(f"{'timing each layer in channels_last, then ' if probe_layouts else ''}capturing "
+                   f"{options.steps} {workload.mode.value} steps under torch.profiler")
     with time_limit(options.timeout_s, "the profiled steps"):
-        traces = record(workload, files.logdir, run_name, steps=options.steps)
+        traces = record(workload, files.logdir, run_name, steps=options.steps, probe_layouts=probe_layouts)
     try:
         progress.stage("analyzing the trace")
         analysis = analyze_convs(load_profile(traces.files[0]))
-        rule_set = load_rules()
-        results = run_rules(select_rules(rule_set.rules, options.select, options.ignore), analysis)
+        results = run_rules(rules, analysis)
         outcomes = measure_findings(workload, results.findings, options, progress)
         report = build_report(analysis, _summary(workload, options), outcomes, traces.published_files, files.logdir,
                          results, rule_set)

@@ -12,8 +12,8 @@ from convdoctor.reports.presentation import (
     kernel_columns,
     layer_lines,
     left_out_lines,
-    measured_result,
     plan_lines,
+    result_with_prediction,
     tensorboard_command,
 )
 from convdoctor.reports.report import Report
@@ -41,7 +41,7 @@ def render_html(report: Report, data: dict[str, Any] | None = None) -> str:
         ("layout conversions", summary["conversion_time_ms"], "#d9822b"),
         ("everything else", other_ms, "#9aa5b1"),
     ]
-    results = [measured_result(o) for o in report.outcomes]
+    results = [result_with_prediction(o) for o in report.outcomes]
     plan = plan_lines(report.plan) if report.plan else []
     left_out = left_out_lines(report.plan) if report.plan else []
     return ENVIRONMENT.get_template(TEMPLATE).render(

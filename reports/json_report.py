@@ -20,7 +20,7 @@ from convdoctor.analyzer.measurement import (
 )
 from convdoctor.analyzer.model_cost import ArchitectureDelta
 from convdoctor.analyzer.roofline import LayerRoofline, Roofline
-from convdoctor.reports.report import FindingOutcome, Plan, Report
+from convdoctor.reports.report import FindingOutcome, Plan, Report, predicted_speedup
 
 SCHEMA_VERSION = "1.1"  # 1.1: optional distributed, device_kernels, throughput, larger_batches, layer_measurements
 
@@ -201,6 +201,7 @@ def _outcome(outcome: FindingOutcome) -> dict[str, Any]:
         "evidence": finding.evidence,
         "estimated_saving": finding.estimated_saving,
         "saving_bound": finding.saving_bound.value,
+        "predicted_speedup": predicted_speedup(finding),
         "candidate": None if candidate is None else {
             "title": candidate.title, "numerics": candidate.numerics.value, "tolerance": candidate.tolerance},
         "measurement": None if outcome.measurement is None else _measurement(
@@ -257,6 +258,7 @@ def _plan(plan: Plan) -> dict[str, Any]:
                 "measured_saving": _saving(step.measurement),
                 "estimated_saving": step.finding.estimated_saving,
                 "saving_bound": step.finding.saving_bound.value,
+                "predicted_speedup": predicted_speedup(step.finding),
             }
             for step in plan.steps
         ],

@@ -98,6 +98,14 @@ class Report:
     roofline: Roofline | None = None  # the device's peaks and each layer against them
 
 
+def predicted_speedup(finding: Finding) -> float | None:
+    """The speedup the analysis predicts: ``1 / (1 - estimated_saving)``, the estimated share of the profiled step
+    taken off the step (a share, so the profiler's own overhead in the trace does not scale it). None without an
+    estimate, or when the estimate is the whole step."""
+    saving = finding.estimated_saving
+    return 1.0 / (1.0 - saving) if saving is not None and saving < 1.0 else None
+
+
 def trace_summary(analysis: ConvAnalysis, trace: Path) -> WorkloadSummary:
     """What a trace captured elsewhere tells of its workload; what it does not tell is 'unknown'.
 

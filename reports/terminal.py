@@ -14,8 +14,8 @@ from convdoctor.reports.presentation import (
     headline,
     layer_lines,
     left_out_lines,
-    measured_result,
     plan_lines,
+    result_with_prediction,
     tensorboard_command,
     throughput_lines,
 )
@@ -53,7 +53,7 @@ def render_summary(report: Report, html_path: str, json_path: str, overwrote: bo
     for outcome in report.outcomes:
         f = outcome.finding
         lines.append(f"{f.rule_id} {f.rule_name}: {f.message}")
-        lines.append(f"  fix: {f.fix} -> {_colored(measured_result(outcome))}")
+        lines.append(f"  fix: {f.fix} -> {_colored(result_with_prediction(outcome))}")
         lines += [f"    {line}" for line in layer_lines(outcome)]
         if outcome.throughput is not None:
             lines += [f"    {line}" for line in throughput_lines(outcome.throughput)]

@@ -10,6 +10,8 @@ The Rule protocol (the one hook, documented the way pytest documents its hookspe
     severity: Severity   default severity of its findings
     requires: frozenset[Requirement]   what the profile must hold; the rule is skipped with a reason otherwise
     opt_in: bool         (optional, default False) runs only when selected by its id or name
+    probes: frozenset[Probe]   (optional, default empty) timings of the live workload that `profile` takes at
+                         capture and records in the trace for the rule's prediction; the rule works without them
     def check(self, analysis: ConvAnalysis) -> Iterable[Finding]
 
 A rule reads the ConvAnalysis (the Profile and its conv layers); it never parses JSON or runs the model.
@@ -55,6 +57,17 @@ class Requirement(str, enum.Enum):
     DEVICE_KERNELS = "CUDA kernels"
     COMMUNICATION = "collective communication"  # a rank of a data-parallel job (DDP allreduce)
     RANKS = "other ranks' traces"  # every rank of the job, analyzed together (profile --nproc)
+
+
+class Probe(str, enum.Enum):
+    """Timings `profile` takes on the live workload at capture for a rule that asks (``Rule.probes``)."""
+
+    LAYOUT = "layout"  # each leaf module in channels_last against its own layout (analyzer/layout_probe.py)
+
+
+def wanted_probes(rules: Iterable[Rule]) -> frozenset[Probe]:
+    """The probes any of these rules asks for."""
+    return frozenset(probe for rule in rules for probe in getattr(rule, "probes", ()))
 
 
 class NumericsContract(str, enum.Enum):

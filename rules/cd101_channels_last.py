@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Iterable
 
-from convdoctor.analyzer.layers import ConvAnalysis, MemoryFormat
-from convdoctor.rules.base import Candidate, Finding, NumericsContract, Requirement, SavingBound, Severity
+from convdoctor.analyzer.layers import ConvAnalysis, LayoutConversion, MemoryFormat
+from convdoctor.analyzer.layout_probe import recorded_probe
+from convdoctor.analyzer.module_time import leaf_module_times
+from convdoctor.rules.base import Candidate, Finding, NumericsContract, Probe, Requirement, SavingBound, Severity
 
 if TYPE_CHECKING:  # torch is imported when a candidate runs: analyzing a trace never imports it
     import torch
@@ -47,6 +49,48 @@ def to_channels_last(workload: Workload) -> Workload:
     return replace(workload, model=model, inputs=map_tensors(workload.inputs, channels_last))
 
 
+@dataclass(frozen=True)
+class ProbedSaving:
+    """What channels_last saves per step by the layout probe: each probed leaf module's time in the trace times
+    ``1 - channels_last / current`` as timed alone, plus the layout conversions outside those modules."""
+
+    saving_us: float
+    by_class: dict[str, tuple[float, float]]  # module class: (time per step in the trace, predicted saving), in us
+    probed_modules: int
+    conversions_outside_us: float
+
+    def evidence(self, analysis: ConvAnalysis) -> dict[str, object]:
+        largest_first = sorted(self.by_class.items(), key=lambda item: -abs(item[1][1]))
+        return {
+            "predicted_saving_ms_per_step": self.saving_us / 1e3,
+            "predicted_share": analysis.share(self.saving_us),
+            "probed_modules": self.probed_modules,
+            "conversions_outside_probed_ms_per_step": self.conversions_outside_us / 1e3,
+            "by_module_class": {name: {"trace_ms_per_step": trace / 1e3, "predicted_saving_ms_per_step": saving / 1e3}
+                                for name, (trace, saving) in largest_first},
+        }
+
+
+def probed_saving(analysis: ConvAnalysis, conversions: list[LayoutConversion]) -> ProbedSaving | None:
+    """The layout probe's prediction for the trace, or None when the trace holds no probe (traces captured
+    elsewhere, or by ``profile --no-measure``) or none of its modules is in the trace."""
+    probe = recorded_probe(analysis.profile)
+    if not probe:
+        return None
+    times = leaf_module_times(analysis.profile, analysis.time_basis)
+    by_class: dict[str, tuple[float, float]] = {}
+    for name, layout in probe.items():
+        if name in times:
+            trace_us, saving_us = by_class.get(times[name].class_name, (0.0, 0.0))
+            by_class[times[name].class_name] = (trace_us + times[name].time_us,
+                                                saving_us + times[name].time_us * (1 - layout.ratio))
+    if not by_class:
+        return None
+    outside = sum(c.dur_us for c in conversions if c.op_module not in probe) / analysis.profile.step_count
+    return ProbedSaving(saving_us=sum(saving for _, saving in by_class.values()) + outside, by_class=by_class,
+                        probed_modules=sum(name in times for name in probe), conversions_outside_us=outside)
+
+
 class ChannelsLastRule:
     """Convolutions in NCHW where channels-last (NHWC) kernels would run, or layout conversions around them."""
 
@@ -55,6 +99,7 @@ class ChannelsLastRule:
     summary = "Convolutions run in NCHW, or memory-format conversions surround them"
     severity = Severity.WARNING
     requires = frozenset({Requirement.CONV_LAYERS})
+    probes = frozenset({Probe.LAYOUT})
     min_share = 0.0  # Options: smallest share of step time in affected layers that is reported
     doc = """\
 ## What it detects
@@ -111,6 +156,11 @@ for the finding to be reported.
         if converting:
             count = sum(len(layer.conversions) for layer in converting) / analysis.profile.step_count
             parts.append(f"{count:g} layout conversions per step cost {conversion_us / 1e3:.2f} ms")
+        probed = probed_saving(analysis, [c for layer in converting for c in layer.conversions])
+        if probed is not None:
+            word = "saves" if probed.saving_us >= 0 else "costs"
+            parts.append(f"timed alone in channels_last, these modules predict it {word} "
+                         f"{abs(analysis.share(probed.saving_us)):.0%} of the step")
         yield Finding(
             rule_id=self.id,
             rule_name=self.name,
@@ -127,9 +177,13 @@ for the finding to be reported.
                 "affected_share": share,
                 "conversion_ms_per_step": conversion_us / 1e3,
                 "conversions": sorted({c.name for layer in converting for c in layer.conversions}),
+                **({"layout_probe": probed.evidence(analysis)} if probed is not None else {}),
             },
-            estimated_saving=analysis.share(conversion_us) if conversion_us > 0 else None,
-            saving_bound=SavingBound.PART,  # the visible conversions; NHWC kernels' own speed is not in the trace
+            # With a layout probe (convdoctor's own captures) the whole effect is predicted; else only the visible
+            # conversions are, since the NHWC kernels' own speed is not in the trace.
+            estimated_saving=(analysis.share(probed.saving_us) if probed is not None
+                              else analysis.share(conversion_us) if conversion_us > 0 else None),
+            saving_bound=SavingBound.ESTIMATE if probed is not None else SavingBound.PART,
             candidate=Candidate(
                 title="model and inputs in channels_last",
                 transform=to_channels_last,

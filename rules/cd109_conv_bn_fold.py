@@ -6,14 +6,13 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from convdoctor.analyzer.layers import ConvAnalysis, TimeBasis
-from convdoctor.analyzer.profile import EventKind, Op
+from convdoctor.analyzer.profile import Op
 from convdoctor.rules.base import Candidate, Finding, NumericsContract, Requirement, Severity
 from convdoctor.rules.module_pairs import ModulePair, bn_op, conv_bn_pairs
 from convdoctor.rules.transforms import replace_module
 
 if TYPE_CHECKING:  # torch is imported when a candidate runs: analyzing a trace never imports it
     from convdoctor.analyzer.workload import Workload
-
 
 
 @dataclass(frozen=True)
@@ -71,7 +70,7 @@ def find_pairs(analysis: ConvAnalysis) -> tuple[list[FoldPair], list[Skipped]]:
             continue
         pairs.append(FoldPair(
             conv=pair.conv, bn=pair.bn, shape=pair.shape, calls_per_step=len(pair.bn_calls) / steps,
-            bn_us_per_step=sum(_time_us(call, analysis.time_basis) for call in pair.bn_calls) / steps))
+            bn_us_per_step=sum(_bn_call_us(call, analysis.time_basis) for call in pair.bn_calls) / steps))
     pairs.sort(key=lambda pair: pair.bn_us_per_step, reverse=True)
     return pairs, skipped
 
@@ -88,10 +87,10 @@ def _why_not_foldable(pair: ModulePair) -> str | None:
     return None
 
 
-def _time_us(call: Op, basis: TimeBasis) -> float:
-    if basis is TimeBasis.DEVICE:
-        return call.device_time_us()
-    return sum(op.dur_us for op in call.children if op.kind is EventKind.CPU_OP)
+def _bn_call_us(call: Op, basis: TimeBasis) -> float:
+    """What folding removes of one BN call: on the host the whole module call (its Python forward and its
+    operators), on a GPU the device time of the kernels it launches."""
+    return call.device_time_us() if basis is TimeBasis.DEVICE else call.dur_us
 
 
 def _snippet(pairs: list[FoldPair]) -> str:
@@ -163,7 +162,7 @@ The module scopes of the trace: the order of module calls under each parent modu
 modules (`Conv2d`, `BatchNorm2d`), the input shape of `aten::batch_norm` against the conv layer's output
 shape, its `training` argument (`Concrete Inputs`) and whether running mean and variance are passed; the
 step's mode (recorded at capture, else whether the trace holds backward ops). The BN time per step is the
-host time of its operators (device time of its kernels on GPU).
+host time of its module calls, Python forward and operators (device time of its kernels on GPU).
 
 ## Options
 `min_bn_share` (fraction of step time, default 0.0): smallest share of the step spent in foldable BatchNorm

@@ -45,6 +45,9 @@ def test_analyze_a_log_dir_with_two_workers(tmp_path: Path, small_cnn_run):
         assert [layer["name"] for layer in report["layers"]] == [layer["name"] for layer in profiled["layers"]]
         assert report["workload"]["device"] == "cpu" and report["workload"]["mode"] == "eval"
         assert report["logdir"] == str(logdir)
+        # the layout probe travels in the traces: offline, CD101 predicts what the profiling run predicted
+        cd101, profiled_cd101 = (next(f for f in r["findings"] if f["rule_id"] == "CD101") for r in (report, profiled))
+        assert cd101["saving_bound"] == "estimate" and cd101["estimated_saving"] == profiled_cd101["estimated_saving"]
     assert {p.parent.name for p in (tmp_path / "out").rglob("report.json")} == {trace.name.split(".pt")[0],
                                                                              "worker1.123"}
 

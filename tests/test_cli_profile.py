@@ -47,6 +47,9 @@ def test_report_json_is_sane_for_small_cnn(small_cnn_run):
     within_noise = measurement["ci_low"] <= 1.0 + MIN_EFFECT and measurement["ci_high"] >= 1.0 - MIN_EFFECT
     assert (measurement["verdict"] == "no measurable difference") == within_noise
     assert measurement["max_abs_error"] < 1e-3 and measurement["numerics_ok"] is True
+    # measuring probes each layer in channels_last at capture: the whole effect is predicted, beside the measurement
+    assert finding["saving_bound"] == "estimate" and finding["evidence"]["layout_probe"]["probed_modules"] >= 30
+    assert finding["predicted_speedup"] == pytest.approx(1 / (1 - finding["estimated_saving"]))
 
 
 def test_terminal_summary_and_progress(small_cnn_run):
@@ -56,6 +59,9 @@ def test_terminal_summary_and_progress(small_cnn_run):
     assert f"tensorboard --logdir {out / 'tb'}" in result.stdout
     assert str(out / "report.html") in result.stdout
     assert "capturing 2 eval steps" in result.stderr and "measuring CD101" in result.stderr
+    assert "timing each layer in channels_last" in result.stderr
+    cd101 = next(f for f in report["findings"] if f["rule_id"] == "CD101")
+    assert f"predicted {cd101['predicted_speedup']:.2f}×" in result.stdout
     assert "USDT" not in result.stderr  # the profiler's own chatter is kept out of the user's terminal
 
 
@@ -80,6 +86,8 @@ def test_format_json_prints_the_report_and_a_rerun_says_it_overwrites(tmp_path: 
     assert "overwrote the previous report" in third.stdout
     assert printed["findings"][0]["measurement"] is None
     assert "--no-measure" in printed["findings"][0]["not_measured"]
+    assert "layout_probe" not in printed["findings"][0]["evidence"]  # the probe is a measurement: not taken
+    assert printed["findings"][0]["predicted_speedup"] is None  # no conversions, and no probe: no estimate
 
 
 def test_module_level_model_with_dict_inputs_and_a_neighbour_import(tmp_path: Path):

@@ -12,6 +12,7 @@ from convdoctor.analyzer.benchmark import BenchmarkSettings, Verdict
 from convdoctor.analyzer.workload import Workload, workload_from
 from convdoctor.api import ProfileOptions, SilentProgress, build_plan, measure_findings
 from convdoctor.reports.presentation import left_out_lines, plan_lines
+from convdoctor.reports.report import predicted_speedup
 from convdoctor.rules.base import Candidate, Finding, NumericsContract, PlanStage, Severity, combine
 
 QUICK = BenchmarkSettings(warmup_s=0.0, warmup_steps=2, min_rounds=6, max_rounds=6, max_warmup_s=2.0)
@@ -77,7 +78,14 @@ def test_plan_measures_the_accepted_fixes_together():
     assert plan.measurement.estimate.verdict is Verdict.FASTER and plan.left_out == []
     assert plan.measurement.estimate.speedup > 2 * alone  # both naps gone: far more than either alone
     assert workload.model.first.seconds == 0.02  # the workload itself was never changed
-    assert plan_lines(plan)[-1].startswith("together: ")
+    lines = plan_lines(plan)
+    assert lines[-1].startswith("together: ")
+    first = next(s for s in plan.steps if s.finding.rule_name == "first")
+    predicted = predicted_speedup(first.finding)
+    assert predicted == 2.0  # half of the step saved
+    assert abs(first.measurement.estimate.speedup / predicted - 1) < 0.15  # and one 20 ms nap of two is half
+    assert "; predicted 2.00×" in next(line for line in lines if line.startswith("drop first"))
+    assert "predicted" not in next(line for line in lines if line.startswith("drop second"))  # no estimate
 
 
 def _every_nap(seconds: float):
@@ -129,3 +137,4 @@ def test_a_prediction_says_what_kind_of_bound_it_is():
     copies = replace(fold, estimated_saving=0.02, saving_bound=SavingBound.PART)
     assert predicted_saving(copies) == "2% visible in the trace (the rest of the effect is not)"
     assert predicted_saving(replace(fold, saving_bound=SavingBound.AT_MOST)) == "predicted saving at most 4%"
+    assert predicted_saving(replace(fold, estimated_saving=-0.03)) == "predicted to cost 3%"
