@@ -7,7 +7,7 @@ For each model and mode it measures, against the same baseline with convdoctor's
     the architecture rules CD107/CD108 are left out: they need retraining and never enter the plan),
 (b) the expert recipe applied blindly (channels_last; on a GPU also bf16 autocast),
 (c) torch.compile with default settings (compile time excluded from the timing, reported beside it),
-and each plan step's predicted saving beside its measured one (where the trace bounds it).
+and each measured finding's predicted saving beside its measured one, where the analysis predicts one.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import small_cnn  # noqa: E402
 
 from convdoctor.analyzer.benchmark import BenchmarkSettings, Measurement, measure  # noqa: E402
 from convdoctor.analyzer.hardware import device_name  # noqa: E402
+from convdoctor.analyzer.measurement import MIN_EFFECT  # noqa: E402
 from convdoctor.analyzer.workload import Workload, call_model, workload_from  # noqa: E402
 from convdoctor.api import ProfileOptions, profile  # noqa: E402
 from convdoctor.reports.presentation import measured_result  # noqa: E402
@@ -38,6 +39,9 @@ from convdoctor.reports.report import FindingOutcome, Plan  # noqa: E402
 from convdoctor.rules.base import SavingBound  # noqa: E402
 from convdoctor.rules.cd101_channels_last import to_channels_last  # noqa: E402
 from convdoctor.rules.transforms import autocast  # noqa: E402
+
+
+PREDICTION_TOLERANCE = 0.25  # the issue's goal: predicted savings within ±25% of the measured ones
 
 
 @dataclass(frozen=True)
@@ -107,7 +111,7 @@ def run(quick: bool) -> list[dict[str, object]]:
                 "plan": plan.measurement if plan else None,
                 "plan_steps": (_plan_steps(plan) if plan
                                else "no accepted fix: " + "; ".join(_why_not(o) for o in report.outcomes)),
-                "predictions": _predictions(plan.steps if plan else []),
+                "predictions": _predictions(report.outcomes),
                 "expert": expert, "compile": compile_result, "compile_s": compiled.compile_s,
             })
             print(rows[-1]["plan_steps"], _cell(rows[-1]["plan"]), _cell(expert), _cell(compile_result), flush=True)
@@ -120,14 +124,24 @@ def _plan_steps(plan: Plan) -> str:
     return " + ".join(s.finding.rule_name for s in plan.steps) + left
 
 
-def _predictions(steps: list[FindingOutcome]) -> str:
-    """Each plan step that predicts a saving from the trace: ``conv-bn-fold 3% vs 5%`` (predicted vs measured alone);
-    the steps whose saving the trace cannot bound make no prediction."""
-    pairs = [f"{s.finding.rule_name} {s.finding.estimated_saving:.0%}"
-             f"{'' if s.finding.saving_bound is SavingBound.ESTIMATE else f' ({s.finding.saving_bound.value})'}"
-             f" vs {1 - 1 / s.measurement.estimate.speedup:.0%}"
-             for s in steps if s.finding.estimated_saving is not None and s.measurement is not None]
-    return "; ".join(pairs) or "—"
+def _predictions(outcomes: list[FindingOutcome]) -> list[tuple[str, float, float]]:
+    """(rule name, predicted saving, measured saving) of every measured finding whose analysis predicts a saving:
+    the prediction is the estimated share of the step; the measured saving ``1 - 1/speedup``."""
+    return [(o.finding.rule_name + ("" if o.finding.saving_bound is SavingBound.ESTIMATE
+                                    else f" ({o.finding.saving_bound.value})"),
+             o.finding.estimated_saving, 1 - 1 / o.measurement.estimate.speedup)
+            for o in outcomes if o.finding.estimated_saving is not None and o.measurement is not None]
+
+
+def within(predicted: float, measured: float) -> bool:
+    """The issue's bar, ±25% of the measured saving, with a floor of one point of the step (the harness's
+    MIN_EFFECT: a measured saving under 1% is "no measurable difference")."""
+    return abs(predicted - measured) <= max(PREDICTION_TOLERANCE * abs(measured), MIN_EFFECT)
+
+
+def _prediction_cell(predictions: list[tuple[str, float, float]]) -> str:
+    return "; ".join(f"{name} {p:.0%} vs {m:.0%}{'' if within(p, m) else ' (off)'}"
+                     for name, p, m in predictions) or "—"
 
 
 def _cell(measurement: Measurement | None) -> str:
@@ -146,7 +160,7 @@ def write_results(rows: list[dict[str, object]], path: Path) -> None:
         "`python benchmarks/advice_quality.py`; speedups are medians of interleaved rounds against the same "
         "baseline, with 95% bootstrap intervals.",
         "",
-        "| model | mode | batch | baseline ms | convdoctor plan | plan steps | predicted vs measured alone "
+        "| model | mode | batch | baseline ms | convdoctor plan | plan steps | predicted vs measured saving, alone "
         "| plan's measured saving "
         "| expert recipe (channels_last) | torch.compile | compile s |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
@@ -155,8 +169,14 @@ def write_results(rows: list[dict[str, object]], path: Path) -> None:
         plan = row["plan"]
         measured = f"{1 - 1 / plan.estimate.speedup:.0%}" if plan else "0%"
         lines.append(f"| {row['model']} | {row['mode']} | {row['batch']} | {row['baseline_ms']:.1f} | {_cell(plan)} "
-                     f"| {row['plan_steps']} | {row['predictions']} | {measured} | {_cell(row['expert'])} "
-                     f"| {_cell(row['compile'])} | {row['compile_s']:.0f} |")
+                     f"| {row['plan_steps']} | {_prediction_cell(row['predictions'])} | {measured} "
+                     f"| {_cell(row['expert'])} | {_cell(row['compile'])} | {row['compile_s']:.0f} |")
+    predictions = [(p, m) for row in rows for _, p, m in row["predictions"]]
+    estimates = [(p, m) for row in rows for name, p, m in row["predictions"] if "(" not in name]
+    lines += ["", f"Predictions within ±{PREDICTION_TOLERANCE:.0%} of the measured saving (or within one point of the "
+              f"step): {sum(within(p, m) for p, m in estimates)} of {len(estimates)} estimates; "
+              f"{sum(within(p, m) for p, m in predictions)} of {len(predictions)} with the bounds (at most, part). "
+              "(off) marks the others."]
     path.write_text("\n".join(lines) + "\n")
     print(f"wrote {path}")
 
