@@ -128,7 +128,10 @@ why convdoctor measures it on your workload before recommending it.
 
 ## Evidence
 Each conv layer's input strides (`Input Strides` of `aten::convolution`), and the conversion ops and kernels
-charged to each layer with their time.
+charged to each layer with their time. When `profile` took the layout probe (it does when it measures), each leaf
+module's time alone in channels_last against its own layout, recorded in the trace: the predicted saving is each
+module's time in the trace (forward, and its backward nodes in training) × `1 - channels_last/current`, plus the
+conversions outside those modules. Without it only the visible conversions are predicted.
 
 ## Options
 `min_share` (fraction of step time, default 0.0): smallest share of the step spent in affected layers

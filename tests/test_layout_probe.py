@@ -122,3 +122,13 @@ def test_cd101_predicts_the_whole_effect_with_a_probe_and_only_copies_without(tm
     plain = capture_analysis(workload, tmp_path / "plain")
     (unprobed,) = ChannelsLastRule().check(plain)
     assert "layout_probe" not in unprobed.evidence and unprobed.estimated_saving is None
+
+
+def test_profile_probes_only_for_a_rule_that_reads_the_probe():
+    from convdoctor.rules.base import Probe, wanted_probes
+    from convdoctor.rules.registry import load_rules, select_rules
+
+    rules = load_rules().rules
+    assert Probe.LAYOUT in wanted_probes(rules)
+    assert wanted_probes(select_rules(rules, ("CD109", "CD116"), ())) == frozenset()
+    assert wanted_probes(select_rules(rules, (), ("CD101",))) == frozenset()
