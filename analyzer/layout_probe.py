@@ -127,9 +127,11 @@ def _leaf_calls(workload: Workload) -> dict[str, tuple[nn.Module, tuple, dict, t
 
 def _time_both(module: nn.Module, args: tuple, kwargs: dict, workload: Workload, rounds: int) -> LeafLayoutTime:
     """Median time per call of a copy of the module in its layout and of one in channels_last, interleaved."""
+    from convdoctor.analyzer.benchmark import time_step
+    from convdoctor.analyzer.workload import Mode
     from convdoctor.rules.cd101_channels_last import channels_last
 
-    train = workload.mode.value == "train"
+    train = workload.mode is Mode.TRAIN
     current = _call(copy.deepcopy(module), args, kwargs, train)
     converted = _call(copy.deepcopy(module).to(memory_format=_format(args, kwargs)), _map(args, channels_last),
                       _map(kwargs, channels_last), train)
@@ -142,7 +144,7 @@ def _time_both(module: nn.Module, args: tuple, kwargs: dict, workload: Workload,
             break
         order = (0, 1) if index % 2 == 0 else (1, 0)  # ABBA: neither side always runs first
         for side in order:
-            times[side].append(_timed((current, converted)[side], workload.device))
+            times[side].append(time_step((current, converted)[side], workload.device))
     return LeafLayoutTime(statistics.median(times[0]) * 1e6, statistics.median(times[1]) * 1e6)
 
 
@@ -167,16 +169,6 @@ def _call(module: nn.Module, args: tuple, kwargs: dict, train: bool) -> Callable
             output.backward(torch.ones_like(output))
 
     return forward_backward
-
-
-def _timed(call: Callable[[], None], device: torch.device) -> float:
-    from convdoctor.analyzer.workload import synchronize
-
-    synchronize(device)
-    start = time.perf_counter()
-    call()
-    synchronize(device)
-    return time.perf_counter() - start
 
 
 def _format(args: tuple, kwargs: dict) -> torch.memory_format:
