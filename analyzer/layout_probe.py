@@ -5,7 +5,7 @@ The probe runs one step with hooks that keep the arguments of every leaf module 
 then times each distinct (module class, settings, argument shapes) alone, a copy in its current layout against
 a copy in channels_last, in interleaved rounds (forward under no_grad in eval; forward and backward in train).
 Only the ratio of the two is used: the leaf's time in the trace times ``1 - channels_last / current`` is what
-channels_last is predicted to save there (analysis's ``layout_saving``), the design's "local % of the layer ×
+channels_last is predicted to save there (CD101's ``probed_saving``), the design's "local % of the layer ×
 the layer's share of time".
 
 The result is recorded in the trace's convdoctor metadata (``LAYOUT_PROBE_KEY``), keyed by module scope name,
