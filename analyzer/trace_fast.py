@@ -49,9 +49,9 @@ class Args(msgspec.Struct, frozen=True, gc=False):
     sequence_number: int = msgspec.field(name="Sequence number", default=None)
     input_dims: Shapes = msgspec.field(name="Input Dims", default=None)
     input_dims_lower: Shapes = msgspec.field(name="Input dims", default=None)
-    input_types: list[str] = msgspec.field(name="Input type", default=None)
+    input_types: tuple[str, ...] = msgspec.field(name="Input type", default=None)
     input_strides: Shapes = msgspec.field(name="Input Strides", default=None)
-    concrete_inputs: list[str] = msgspec.field(name="Concrete Inputs", default=None)
+    concrete_inputs: tuple[str, ...] = msgspec.field(name="Concrete Inputs", default=None)
     device: int = None
     stream: int = None
     grid: Dim3 = None
@@ -138,6 +138,7 @@ def typed_events(events: list[msgspec.Struct], kind_of: Any, list_shapes: bool =
     intern = sys.intern
     names: dict[str, str] = {}  # interned names, and the ids seen as pid/tid strings
     threads: dict[int | str, str] = {}
+    strings: dict[tuple[str, ...], tuple[str, ...]] = {}  # each list of input types or values met, interned
     kinds: dict[str, EventKind] = {}  # the kinds of the category spellings met
     for event in events:
         if not isinstance(event, Event):
@@ -179,14 +180,24 @@ def typed_events(events: list[msgspec.Struct], kind_of: Any, list_shapes: bool =
         if list_shapes:
             dims, strides = _unmixed(dims), _unmixed(strides)
         types = args.input_types
+        if types is not None:
+            types = strings.get(types) or _interned(types, strings)
         concrete = args.concrete_inputs
+        if concrete is not None:
+            concrete = strings.get(concrete) or _interned(concrete, strings)
         add_op(Op(name, kind, pid, tid, ts, dur, external_id, args.correlation, args.sequence_number,
                   dims if dims is not None else [],
-                  [intern(t) for t in types] if types is not None else [],
+                  list(types) if types is not None else [],
                   strides if strides is not None else [],
-                  [intern(c) for c in concrete] if concrete is not None else [],
+                  list(concrete) if concrete is not None else [],
                   scope=parse_scope_name(name) if kind in SCOPE_KINDS else None))
     return ops, kernels
+
+
+def _interned(strings: tuple[str, ...], known: dict[tuple[str, ...], tuple[str, ...]]) -> tuple[str, ...]:
+    """``strings`` interned (a few hundred type names and values repeat over millions of events), remembered."""
+    interned = known[strings] = tuple(map(sys.intern, strings))
+    return interned
 
 
 def _unmixed(shapes: list[Any] | None) -> list[Any] | None:
