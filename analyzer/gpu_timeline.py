@@ -76,12 +76,17 @@ def gpu_timeline(profile: Profile, device: int | None = None) -> GpuTimeline | N
         merged = _merged([(max(k.ts_us, start), min(k.end_us, end)) for k in inside])
         started = [k for k in inside if start <= k.ts_us < end and k.kind is EventKind.KERNEL]
         durations.extend(k.dur_us for k in started)
+        busy = _length(merged)
         by_stream: dict[int | None, list[Kernel]] = defaultdict(list)
         for k in inside:
             by_stream[k.stream].append(k)
-        for stream, stream_events in by_stream.items():
-            stream_busy[stream] += _length(_merged([(max(k.ts_us, start), min(k.end_us, end)) for k in stream_events]))
-        steps.append(StepTimeline(step=number, ts_us=start, span_us=end - start, busy_us=_length(merged),
+        if len(by_stream) == 1:  # one stream (most traces): its busy time is the device's, merged above
+            stream_busy[inside[0].stream] += busy
+        else:
+            for stream, stream_events in by_stream.items():
+                stream_busy[stream] += _length(_merged([(max(k.ts_us, start), min(k.end_us, end))
+                                                        for k in stream_events]))
+        steps.append(StepTimeline(step=number, ts_us=start, span_us=end - start, busy_us=busy,
                                   kernel_count=len(started), gaps=_gaps(merged, start, end)))
     count = len(steps)
     span = sum(s.span_us for s in steps) / count

@@ -25,6 +25,7 @@ BACKWARD_OP = re.compile(r"Backward|^autograd::engine")
 CONV_MODULE_CLASS = re.compile(r"Conv(Transpose)?[123]d")
 REORDER_OPS = frozenset({"aten::to_mkldnn", "aten::to_dense", "aten::mkldnn_reorder_conv2d_weight",
                          "aten::mkldnn_reorder_conv3d_weight"})
+CONVERSION_OPS = REORDER_OPS | {"aten::copy_"}  # the operators a host layout conversion can be
 TRANSPOSE_KERNEL = re.compile(r"nchwToNhwc|nhwcToNchw|nchw2nhwc|nhwc2nchw", re.IGNORECASE)
 ELEMENT_BYTES = {"float": 4, "double": 8, "c10::Half": 2, "c10::BFloat16": 2, "half": 2, "bfloat16": 2,
                  "c10::Float8_e4m3fn": 1, "c10::Float8_e5m2": 1}
@@ -153,6 +154,7 @@ class ConvAnalysis:
     time_basis: TimeBasis
     step_time_us: float
     notes: list[str] = field(default_factory=list)  # what could not be computed, and why
+    calls: list[Op] = field(default_factory=list, repr=False)  # the outermost conv operators, in trace order
     job: JobView | None = None  # set for one rank of a data-parallel job: what all its ranks' traces say
 
     @property
@@ -211,7 +213,8 @@ def conv_output_shape(
 def analyze_convs(profile: Profile) -> ConvAnalysis:
     """Attribute every convolution call in the profile to a layer and compute its metrics."""
     basis = TimeBasis.DEVICE if profile.has_device_events else TimeBasis.HOST
-    calls = [op for op in profile.ops if _is_conv_call(op)]
+    cpu_op = EventKind.CPU_OP
+    calls = [op for op in profile.ops if op.kind is cpu_op and is_conv_op(op.name) and _outermost_conv(op)]
     layer_of_call: dict[int, ConvLayer] = {}
     layers: dict[str, ConvLayer] = {}
     notes: list[str] = []
@@ -222,7 +225,7 @@ def analyze_convs(profile: Profile) -> ConvAnalysis:
         layer.kernels.extend(_kernels(op))
         layer_of_call[id(op)] = layer
     forward_by_sequence = {op.sequence_number: op for op in calls if op.sequence_number is not None}
-    backward_nodes = [op for op in profile.ops if op.kind is EventKind.CPU_OP and is_conv_backward_node(op.name)]
+    backward_nodes = [op for op in profile.ops if op.kind is cpu_op and is_conv_backward_node(op.name)]
     for node in backward_nodes:
         forward = forward_by_sequence.get(node.sequence_number)
         layer = layer_of_call.get(id(forward)) if forward is not None else None
@@ -248,13 +251,12 @@ def analyze_convs(profile: Profile) -> ConvAnalysis:
         notes.append("the trace has no convdoctor module scopes: layers are named by their order in the step")
     ordered = sorted(layers.values(), key=lambda layer: layer.time_per_step_us, reverse=True)
     return ConvAnalysis(profile=profile, layers=ordered, time_basis=basis,
-                        step_time_us=profile.step_time_us, notes=notes)
+                        step_time_us=profile.step_time_us, notes=notes, calls=calls)
 
 
-def _is_conv_call(op: Op) -> bool:
-    """A conv operator with no conv operator around it (the call as the model made it)."""
-    return (op.kind is EventKind.CPU_OP and is_conv_op(op.name)
-            and not any(a.kind is EventKind.CPU_OP and is_conv_op(a.name) for a in op.ancestors()))
+def _outermost_conv(op: Op) -> bool:
+    """No conv operator around this one: a conv operator so placed is the call as the model made it."""
+    return not any(a.kind is EventKind.CPU_OP and is_conv_op(a.name) for a in op.ancestors())
 
 
 def _name_calls(profile: Profile, calls: list[Op]) -> list[tuple[Op, str]]:
@@ -387,6 +389,8 @@ def _charge_conversions(profile: Profile, calls: list[Op], layer_of_call: dict[i
     for op in calls:
         calls_by_thread[(op.pid, op.tid)].append(op)
     for op in profile.ops:
+        if op.name not in CONVERSION_OPS:  # most events: one test, without a call
+            continue
         conversion = _host_conversion(op)
         if conversion is None:
             continue

@@ -16,7 +16,7 @@ import zlib
 from collections import Counter, defaultdict
 from operator import attrgetter
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, NamedTuple
 
 from convdoctor.analyzer.collector import collector_paused
 from convdoctor.analyzer.module_scope import parse_scope_name
@@ -87,6 +87,24 @@ def _read_bytes(path: Path) -> bytes:
         raise TraceError(f"{path}: cannot be decompressed ({exc}); the file is truncated or not gzip") from exc
     except OSError as exc:  # permissions, a file that vanished, an I/O error
         raise TraceError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
+
+
+class Reading(NamedTuple):
+    """The traces of a trace file or log dir grouped by run, and their reading, started in that order."""
+
+    runs: list[list[Path]]
+    reader: ReadAhead
+
+
+def start_reading(path: str | Path) -> Reading:
+    """Find the traces of ``path`` (see ``find_traces``) and start reading the first one; TraceError as there.
+
+    A run is the folder its traces are in (TensorBoard's run; its workers are the files).
+    """
+    runs: dict[Path, list[Path]] = {}
+    for trace in find_traces(path):
+        runs.setdefault(trace.parent, []).append(trace)
+    return Reading(list(runs.values()), ReadAhead(trace for run in runs.values() for trace in run))
 
 
 class ReadAhead:

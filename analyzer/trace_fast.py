@@ -1,10 +1,11 @@
 """The fast reading of a Kineto trace: msgspec decodes each event straight into the fields ``trace`` types.
 
-The decoder reads only the keys the parser uses (call stacks, flows' extra keys and unknown args are skipped in
-C) and checks each value's type and range as it decodes. The field types below accept exactly the values that
-``trace``'s typing functions keep unchanged; any other value (a time written as a string, a ``null``, an id of
-another type, JSON the standard library accepts and msgspec does not, such as ``NaN``) makes the decoding fail,
-and ``load_profile`` then reads the trace the tolerant way. Both give the same Profile.
+The decoder reads only the keys the parser uses of the complete events, the only ones it types (call stacks,
+unknown args and every key of the other events are skipped in C), and checks each value's type and range as it
+decodes. The field types below accept exactly the values that ``trace``'s typing functions keep unchanged; any
+other value (a time written as a string, a ``null``, an id of another type, JSON the standard library accepts and
+msgspec does not, such as ``NaN``) makes the decoding fail, and ``load_profile`` then reads the trace the tolerant
+way. Both give the same Profile.
 
 Shapes are decoded as plain tensor sizes first; a trace holding a TensorList input's shapes (``aten::cat``,
 ``_foreach`` ops: a list of sizes per tensor) is decoded again with shape types that take them, and the few
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import sys
 from itertools import chain
-from typing import Annotated, Any
+from typing import Annotated, Any, Union
 
 import msgspec
 
@@ -48,9 +49,9 @@ class Args(msgspec.Struct, frozen=True, gc=False):
     sequence_number: int = msgspec.field(name="Sequence number", default=None)
     input_dims: Shapes = msgspec.field(name="Input Dims", default=None)
     input_dims_lower: Shapes = msgspec.field(name="Input dims", default=None)
-    input_types: list[str] = msgspec.field(name="Input type", default=None)
+    input_types: tuple[str, ...] = msgspec.field(name="Input type", default=None)
     input_strides: Shapes = msgspec.field(name="Input Strides", default=None)
-    concrete_inputs: list[str] = msgspec.field(name="Concrete Inputs", default=None)
+    concrete_inputs: tuple[str, ...] = msgspec.field(name="Concrete Inputs", default=None)
     device: int = None
     stream: int = None
     grid: Dim3 = None
@@ -74,10 +75,9 @@ NO_ARGS = Args()
 NO_LIST_ARGS = ListArgs()
 
 
-class Event(msgspec.Struct, gc=False):
-    """The keys of a trace event the parser reads."""
+class Event(msgspec.Struct, tag_field="ph", tag="X", gc=False):
+    """The keys of a complete (``ph`` X) event the parser reads."""
 
-    ph: str = ""
     cat: str = ""
     name: str = ""
     ts: Time = None  # an event without a time is left out
@@ -93,8 +93,13 @@ class ListEvent(Event, gc=False):
     args: ListArgs = NO_LIST_ARGS
 
 
-EVENTS = msgspec.json.Decoder(list[Event])
-LIST_EVENTS = msgspec.json.Decoder(list[ListEvent])
+# The other phases of the Trace Event Format (flows, instants, metadata…): the parser types none of them, so each
+# decodes to an empty struct, its keys skipped in C. An event without a phase, or with one not listed, makes the
+# decoding fail and the trace is read the tolerant way (which skips that event too).
+OTHER_PHASES = "BEiICbnesftPNODMVvRc"
+UNREAD = tuple(msgspec.defstruct(f"Unread{ph}", [], tag_field="ph", tag=ph, gc=False) for ph in OTHER_PHASES)
+EVENTS = msgspec.json.Decoder(list[Union[(Event, *UNREAD)]])
+LIST_EVENTS = msgspec.json.Decoder(list[Union[(ListEvent, *UNREAD)]])
 TOP_LEVEL = msgspec.json.Decoder(dict[str, msgspec.Raw])
 
 
@@ -102,7 +107,7 @@ class NotPlain(Exception):
     """The trace holds a value the typed decoding does not take: read it the tolerant way."""
 
 
-def split_trace(text: str | bytes) -> tuple[list[Event], dict[str, msgspec.Raw], bool]:
+def split_trace(text: str | bytes) -> tuple[list[msgspec.Struct], dict[str, msgspec.Raw], bool]:
     """The trace's events, decoded; its other top-level values, undecoded; and whether the events were decoded
     with ``ListShapes`` (the trace holds a shape plain sizes do not take). NotPlain when the typed decoding does
     not take the trace (including JSON that is not a Kineto trace: the tolerant reading says what is wrong)."""
@@ -119,7 +124,8 @@ def split_trace(text: str | bytes) -> tuple[list[Event], dict[str, msgspec.Raw],
         raise NotPlain(str(exc)) from exc
 
 
-def typed_events(events: list[Event], kind_of: Any, list_shapes: bool = False) -> tuple[list[Op], list[Kernel]]:
+def typed_events(events: list[msgspec.Struct], kind_of: Any, list_shapes: bool = False
+                 ) -> tuple[list[Op], list[Kernel]]:
     """The Op or Kernel of each complete event whose category ``kind_of`` maps to a kind, each list in trace order.
 
     The same records as ``trace._typed_event`` makes of the same events: the decoder already checked every type
@@ -132,9 +138,10 @@ def typed_events(events: list[Event], kind_of: Any, list_shapes: bool = False) -
     intern = sys.intern
     names: dict[str, str] = {}  # interned names, and the ids seen as pid/tid strings
     threads: dict[int | str, str] = {}
+    strings: dict[tuple[str, ...], tuple[str, ...]] = {}  # each list of input types or values met, interned
     kinds: dict[str, EventKind] = {}  # the kinds of the category spellings met
     for event in events:
-        if event.ph != "X":
+        if not isinstance(event, Event):
             continue
         kind = kinds.get(event.cat)
         if kind is None:
@@ -173,14 +180,24 @@ def typed_events(events: list[Event], kind_of: Any, list_shapes: bool = False) -
         if list_shapes:
             dims, strides = _unmixed(dims), _unmixed(strides)
         types = args.input_types
+        if types is not None:
+            types = strings.get(types) or _interned(types, strings)
         concrete = args.concrete_inputs
+        if concrete is not None:
+            concrete = strings.get(concrete) or _interned(concrete, strings)
         add_op(Op(name, kind, pid, tid, ts, dur, external_id, args.correlation, args.sequence_number,
                   dims if dims is not None else [],
-                  [intern(t) for t in types] if types is not None else [],
+                  list(types) if types is not None else [],
                   strides if strides is not None else [],
-                  [intern(c) for c in concrete] if concrete is not None else [],
+                  list(concrete) if concrete is not None else [],
                   scope=parse_scope_name(name) if kind in SCOPE_KINDS else None))
     return ops, kernels
+
+
+def _interned(strings: tuple[str, ...], known: dict[tuple[str, ...], tuple[str, ...]]) -> tuple[str, ...]:
+    """``strings`` interned (a few hundred type names and values repeat over millions of events), remembered."""
+    interned = known[strings] = tuple(map(sys.intern, strings))
+    return interned
 
 
 def _unmixed(shapes: list[Any] | None) -> list[Any] | None:

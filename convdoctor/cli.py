@@ -49,9 +49,11 @@ def _rule_selection(command: Callable[..., None]) -> Callable[..., None]:
 
 def _rule_entries(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[str, ...]:
     """``--select CD101,CD109 --select torch-compile`` as entries, each checked against the installed rules."""
+    entries = tuple(entry.strip() for value in values for entry in value.split(",") if entry.strip())
+    if not entries:
+        return entries  # nothing to check: the rules load later, while the first trace is read
     from convdoctor.rules.registry import load_rules, unmatched_entries
 
-    entries = tuple(entry.strip() for value in values for entry in value.split(",") if entry.strip())
     unknown = unmatched_entries(load_rules().rules, entries)
     if unknown:
         raise click.BadParameter(f"no rule matches {', '.join(repr(e) for e in unknown)}; "
@@ -128,10 +130,13 @@ def profile_command(model_py: Path, device: str, mode: str, batch_size: int | No
 def analyze_command(trace_or_logdir: Path, out_dir: Path | None, output_format: str, select: tuple[str, ...],
                     ignore: tuple[str, ...]) -> None:
     """Analyze Kineto traces captured elsewhere: a *.pt.trace.json[.gz] file or a TensorBoard log dir."""
+    from convdoctor.analyzer.trace import start_reading
+
+    reading = _or_exit(lambda: start_reading(trace_or_logdir))  # the first trace is gunzipped while the rest loads
     from convdoctor.offline import analyze_path
     from convdoctor.reports.json_report import report_to_dict
 
-    result = _or_exit(lambda: analyze_path(trace_or_logdir, out_dir, ClickProgress(), select, ignore))
+    result = _or_exit(lambda: analyze_path(trace_or_logdir, out_dir, ClickProgress(), select, ignore, reading))
     # The process ends after the reports are shown: leave the traces' millions of objects to the OS rather than
     # have the collector's final pass at exit traverse and free them one by one (seconds on a large trace).
     gc.freeze()

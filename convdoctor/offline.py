@@ -20,7 +20,7 @@ from convdoctor.analyzer.collector import collector_paused
 from convdoctor.analyzer.job_view import job_view
 from convdoctor.analyzer.layers import ConvAnalysis, analyze_convs
 from convdoctor.analyzer.roofline import analyze_roofline
-from convdoctor.analyzer.trace import TRACE_SUFFIXES, ReadAhead, find_traces, load_profile
+from convdoctor.analyzer.trace import TRACE_SUFFIXES, Reading, find_traces, load_profile, start_reading
 from convdoctor.errors import OutputDirError, ReportError, TraceError
 from convdoctor.reports.files import write_atomically
 from convdoctor.reports.html_report import load_template, render_html
@@ -68,18 +68,19 @@ class AnalyzeResult:
 
 
 def analyze_path(path: str | Path, out_dir: Path | None = None, progress: Progress = SilentProgress(),
-                 select: tuple[str, ...] = (), ignore: tuple[str, ...] = ()) -> AnalyzeResult:
+                 select: tuple[str, ...] = (), ignore: tuple[str, ...] = (), reading: Reading | None = None
+                 ) -> AnalyzeResult:
     """Analyze traces captured elsewhere (a trace file or a log dir): one report per trace, nothing measured.
 
     With several traces (runs, ranks) each report goes to ``<out>/<run>/<worker>/``. The traces of one run that
     are ranks of a job (their communication is in the trace) are also compared: the lowest rank's report carries
     the job view (per-rank communication, stragglers). A trace that cannot be read is named in ``failed`` and the
-    others are still analyzed; when none can be read, TraceError.
+    others are still analyzed; when none can be read, TraceError. ``reading``: the reading of ``path``, when it
+    was started already (``start_reading``: the command line starts it before importing this module).
     """
     path = Path(path)
-    traces = find_traces(path)
-    runs = _runs(traces)
-    reader = ReadAhead(trace for run in runs for trace in run)  # the first trace reads while the rules load
+    runs, reader = reading or start_reading(path)  # the first trace reads while the rules load
+    traces = [trace for run in runs for trace in run]
     base = out_dir or Path("convdoctor-out") / path.name.split(".")[0]
     rule_set = load_rules()
     rules = select_rules(rule_set.rules, select, ignore)
@@ -106,14 +107,6 @@ def analyze_path(path: str | Path, out_dir: Path | None = None, progress: Progre
         more = f" (and {len(failed) - 1} more unreadable traces)" if len(failed) > 1 else ""
         raise TraceError(failed[0] + more)
     return AnalyzeResult(written=written, failed=failed)
-
-
-def _runs(traces: list[Path]) -> list[list[Path]]:
-    """Traces grouped by run: the folder they are in (TensorBoard's run; its workers are the files)."""
-    runs: dict[Path, list[Path]] = {}
-    for trace in traces:
-        runs.setdefault(trace.parent, []).append(trace)
-    return list(runs.values())
 
 
 RANK_IN_NAME = re.compile(r"rank[-_]?(\d+)", re.IGNORECASE)

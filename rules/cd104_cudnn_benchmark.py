@@ -6,8 +6,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Iterable
 
-from convdoctor.analyzer.layers import ConvAnalysis, TimeBasis, is_conv_op
-from convdoctor.analyzer.profile import EventKind, Profile
+from convdoctor.analyzer.layers import ConvAnalysis, TimeBasis
 from convdoctor.rules.base import Candidate, Finding, NumericsContract, PlanStage, Requirement, Severity
 from convdoctor.rules.transforms import backend_flags
 
@@ -34,7 +33,7 @@ def benchmark_facts(analysis: ConvAnalysis) -> BenchmarkFacts:
     """The cudnn.benchmark setting convdoctor recorded (if any) and whether the conv shapes repeat each step."""
     profile = analysis.profile
     recorded = profile.environment.get("cudnn_benchmark")
-    per_step = _shapes_per_step(profile)
+    per_step = _shapes_per_step(analysis)
     distinct = {shape for shapes in per_step.values() for shape in shapes}
     return BenchmarkFacts(
         recorded=recorded if isinstance(recorded, bool) else None,
@@ -46,13 +45,12 @@ def benchmark_facts(analysis: ConvAnalysis) -> BenchmarkFacts:
     )
 
 
-def _shapes_per_step(profile: Profile) -> dict[int | None, Counter]:
-    """Per profiled step, how often each conv input shape ran (outermost conv ops only)."""
+def _shapes_per_step(analysis: ConvAnalysis) -> dict[int | None, Counter]:
+    """Per profiled step, how often each conv input shape ran (the conv calls: outermost conv ops only)."""
+    profile = analysis.profile
     shapes: dict[int | None, Counter] = defaultdict(Counter)
-    for op in profile.ops:
-        if op.kind is not EventKind.CPU_OP or not is_conv_op(op.name) or not op.input_dims:
-            continue
-        if any(is_conv_op(a.name) for a in op.ancestors() if a.kind is EventKind.CPU_OP):
+    for op in analysis.calls:
+        if not op.input_dims:
             continue
         step = profile.step_of(op.ts_us)
         shapes[step.number if step else None][tuple(tuple(d) for d in op.input_dims[:2] if isinstance(d, list))] += 1

@@ -139,3 +139,22 @@ def test_analyze_never_imports_torch(tmp_path: Path):
     assert "torch imported: False" in result.stderr
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["rule_problems"] == [] and len(report["layers"]) == 53
+
+
+def test_analyze_starts_reading_the_trace_before_loading_the_pipeline(tmp_path: Path):
+    """The gunzip of the first trace (a thread) overlaps the imports of the pipeline and the rules."""
+    script = ("import runpy, sys, threading\n"
+              "start = threading.Thread.start\n"
+              "def noted(thread):\n"
+              "    loaded = [m for m in ('convdoctor.offline', 'convdoctor.rules.registry') if m in sys.modules]\n"
+              "    sys.stderr.write(f'{thread.name} started after {loaded}\\n')\n"
+              "    start(thread)\n"
+              "threading.Thread.start = noted\n"
+              "sys.argv = ['convdoctor', 'analyze', sys.argv[1], '--out', sys.argv[2]]\n"
+              "runpy.run_module('convdoctor', run_name='__main__')\n")
+    trace = SHARED_TRACES["cpu_only"]
+    result = subprocess.run([sys.executable, "-c", script, str(trace), str(tmp_path)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert f"read {trace.name} started after []" in result.stderr
+    assert (tmp_path / "report.json").exists()

@@ -124,6 +124,7 @@ TAKEN = {
     "TensorList strides": dict(op_args={"Input Strides": [[], [[8, 1], [1]], [[]]]}),
     "empty TensorList": dict(op_args={"Input Dims": [[], [[]], [[], [2]]]}),
     "sizes and lists mixed in one entry": dict(op_args={"Input Dims": [[1, [2, 3]], [[4], 5], [6]]}),
+    "an operator turned into an instant": dict(ph="i"),  # not typed: its keys are skipped, as flows' are
 }
 # Values the field types refuse: the trace is read the tolerant way, to the same Profile.
 REFUSED = {
@@ -141,6 +142,8 @@ REFUSED = {
     "zero block": dict(kernel_args={"block": [0, 1, 1]}),
     "input type not a string": dict(op_args={"Input type": ["float", 3]}),
     "args not an object": dict(args=[1, 2]),
+    "a phase the Trace Event Format does not have": dict(ph="Z"),
+    "phase not a string": dict(ph=1),
 }
 
 
@@ -159,6 +162,8 @@ def test_values_the_typed_decoding_takes_type_as_the_json_reading_does(tmp_path,
     split_trace(path.read_text())  # taken: no NotPlain
     profile = load_profile(path)
     assert _summary_of(profile) == _summary_of(parse_trace(read_trace(path), str(path)))
+    if change == "an operator turned into an instant":
+        assert len(profile.ops) == len(load_profile(_one_kernel_and_op_changed(tmp_path)).ops) - 1
     if change == "sizes and lists mixed in one entry":  # typed as the tolerant reading types it: unknown
         assert any(op.input_dims == [[], [], [6]] for op in profile.ops)
 
@@ -169,6 +174,18 @@ def test_values_the_typed_decoding_refuses_are_read_the_tolerant_way(tmp_path, c
     with pytest.raises(NotPlain):
         split_trace(path.read_text())
     assert _summary_of(load_profile(path)) == _summary_of(parse_trace(read_trace(path), str(path)))
+
+
+def test_an_event_without_a_phase_is_read_the_tolerant_way(tmp_path):
+    path = _one_kernel_and_op_changed(tmp_path, op_args={"External id": 123456789})
+    trace = json.loads(path.read_text())
+    del next(e for e in trace["traceEvents"] if e.get("args", {}).get("External id") == 123456789)["ph"]
+    path.write_text(json.dumps(trace))
+    with pytest.raises(NotPlain):
+        split_trace(path.read_text())
+    profile = load_profile(path)
+    assert _summary_of(profile) == _summary_of(parse_trace(read_trace(path), str(path)))
+    assert all(op.external_id != 123456789 for op in profile.ops)  # skipped, as the tolerant reading skips it
 
 
 def test_json_that_only_the_standard_library_reads_is_read_the_tolerant_way(tmp_path):
