@@ -20,7 +20,7 @@ from torch.autograd.profiler import record_function
 from torch.profiler import ProfilerActivity, profile, schedule, tensorboard_trace_handler
 
 from convdoctor.analyzer.hardware import device_name, environment_peaks
-from convdoctor.analyzer.layout_probe import LAYOUT_PROBE_KEY, recordable, time_leaf_layouts
+from convdoctor.analyzer.layout_probe import LAYOUT_PROBE_KEY, LeafLayoutTime, recordable
 from convdoctor.analyzer.module_scope import scope_name
 from convdoctor.analyzer.profile import METADATA_KEY
 from convdoctor.analyzer.trace import TRACE_SUFFIXES
@@ -204,12 +204,11 @@ class PendingTraces:
 
 
 def record(workload: Workload, logdir: Path, run_name: str, *, steps: int = 3, worker_name: str = "worker0",
-           probe_layouts: bool = False) -> PendingTraces:
+           layout_probe: dict[str, LeafLayoutTime] | None = None) -> PendingTraces:
     """Profile ``steps`` steps of a copy of the workload into a scratch folder under ``logdir``.
 
     ``worker_name`` starts each trace file's name (TensorBoard's worker); a rank of a job puts its rank in it.
-    ``probe_layouts`` first times each leaf module in channels_last against its layout (``time_leaf_layouts``) and
-    records the result in the traces' metadata.
+    ``layout_probe`` (``time_leaf_layouts`` of the workload), when given, is recorded in the traces' metadata.
 
     Nothing under ``logdir/run_name`` changes until the result is published. A capture that fails or is
     interrupted leaves what the profiler had written set aside as interrupted (see PendingTraces).
@@ -224,8 +223,8 @@ def record(workload: Workload, logdir: Path, run_name: str, *, steps: int = 3, w
     target = logdir / run_name
     try:
         settings = environment(run)  # before the profiler starts: measuring peaks is no part of a step
-        if probe_layouts:
-            settings[LAYOUT_PROBE_KEY] = recordable(time_leaf_layouts(run), run.model)
+        if layout_probe:
+            settings[LAYOUT_PROBE_KEY] = recordable(layout_probe, run.model)
         recorded = _metadata_json(settings)
         sched = schedule(wait=WAIT_STEPS, warmup=WARMUP_STEPS, active=steps, repeat=1)
         handler = tensorboard_trace_handler(str(scratch), worker_name=worker_name)

@@ -22,6 +22,7 @@ from convdoctor.analyzer.job_tasks import CaptureTask, MeasureTask
 from convdoctor.analyzer.job_view import job_view
 from convdoctor.analyzer.launch import JobSpec, run_job
 from convdoctor.analyzer.layers import analyze_convs
+from convdoctor.analyzer.layout_probe import time_leaf_layouts
 from convdoctor.analyzer.model_cost import ArchitectureDelta, model_cost
 from convdoctor.analyzer.trace import load_profile
 from convdoctor.analyzer.workload import (
@@ -97,11 +98,14 @@ def _run(workload: Workload, options: ProfileOptions, files: ReportFiles, progre
     run_name = f"{Path(workload.source).stem}-{workload.mode.value}-{workload.device.type}"
     rule_set = load_rules()
     rules = select_rules(rule_set.rules, options.select, options.ignore)
-    probe_layouts = options.measure and Probe.LAYOUT in wanted_probes(rules)  # a probe is a measurement
-    progress.stage(f"{'timing each layer in channels_last, then ' if probe_layouts else ''}capturing "
-                   f"{options.steps} {workload.mode.value} steps under torch.profiler")
+    layout_probe = None
+    if options.measure and Probe.LAYOUT in wanted_probes(rules):  # a probe is a measurement: --no-measure skips it
+        progress.stage("timing each layer alone, in its layout and in channels_last")
+        with time_limit(options.timeout_s, "the layout probe"):
+            layout_probe = time_leaf_layouts(workload)
+    progress.stage(f"capturing {options.steps} {workload.mode.value} steps under torch.profiler")
     with time_limit(options.timeout_s, "the profiled steps"):
-        traces = record(workload, files.logdir, run_name, steps=options.steps, probe_layouts=probe_layouts)
+        traces = record(workload, files.logdir, run_name, steps=options.steps, layout_probe=layout_probe)
     try:
         progress.stage("analyzing the trace")
         analysis = analyze_convs(load_profile(traces.files[0]))

@@ -59,7 +59,7 @@ def test_terminal_summary_and_progress(small_cnn_run):
     assert f"tensorboard --logdir {out / 'tb'}" in result.stdout
     assert str(out / "report.html") in result.stdout
     assert "capturing 2 eval steps" in result.stderr and "measuring CD101" in result.stderr
-    assert "timing each layer in channels_last" in result.stderr
+    assert "timing each layer alone, in its layout and in channels_last" in result.stderr
     cd101 = next(f for f in report["findings"] if f["rule_id"] == "CD101")
     assert f"predicted {cd101['predicted_speedup']:.2f}×" in result.stdout
     assert "USDT" not in result.stderr  # the profiler's own chatter is kept out of the user's terminal

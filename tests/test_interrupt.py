@@ -60,9 +60,10 @@ def test_ctrl_c_while_measuring_keeps_the_previous_report_and_sets_the_new_trace
     assert len(aside) == 1 and str(out / "interrupted") in last
 
 
-def test_ctrl_c_while_capturing_changes_nothing(previous_run):
+@pytest.mark.parametrize("stage, delay_s", [("timing each layer", 0.0), ("capturing", 0.2)])
+def test_ctrl_c_while_probing_or_capturing_changes_nothing(previous_run, stage: str, delay_s: float):
     out, before = previous_run
-    result = _interrupt_when(out, "capturing", 0.2)
+    result = _interrupt_when(out, stage, delay_s)
     assert result.returncode == 130, result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("convdoctor: interrupted:")
     assert "Traceback" not in result.stderr

@@ -24,7 +24,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _probed_analysis(workload, tmp_path: Path):
-    traces = record(workload, tmp_path / "tb", "run", steps=2, probe_layouts=True).publish()
+    probe = time_leaf_layouts(workload, rounds=3)
+    traces = record(workload, tmp_path / "tb", "run", steps=2, layout_probe=probe).publish()
     return analyze_convs(load_profile(traces[0])), traces[0]
 
 
