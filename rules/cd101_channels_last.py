@@ -52,7 +52,7 @@ def to_channels_last(workload: Workload) -> Workload:
 @dataclass(frozen=True)
 class ProbedSaving:
     """What channels_last saves per step by the layout probe: each probed leaf module's time in the trace times
-    ``1 - channels_last / current`` as timed alone, plus the layout conversions outside those modules."""
+    ``1 - channels_last / current`` as timed alone, plus the forward's layout conversions outside those modules."""
 
     saving_us: float
     by_class: dict[str, tuple[float, float]]  # module class: (time per step in the trace, predicted saving), in us
@@ -86,7 +86,10 @@ def probed_saving(analysis: ConvAnalysis, conversions: list[LayoutConversion]) -
                                                 saving_us + times[name].time_us * (1 - layout.ratio))
     if not by_class:
         return None
-    outside = sum(c.dur_us for c in conversions if c.op_module not in probe) / analysis.profile.step_count
+    # Conversions in the forward outside any probed module; those of the backward (no module scope) run inside the
+    # autograd nodes already counted in the modules' backward time.
+    outside = sum(c.dur_us for c in conversions
+                  if c.op_module is not None and c.op_module not in probe) / analysis.profile.step_count
     return ProbedSaving(saving_us=sum(saving for _, saving in by_class.values()) + outside, by_class=by_class,
                         probed_modules=sum(name in times for name in probe), conversions_outside_us=outside)
 

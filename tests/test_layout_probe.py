@@ -133,3 +133,14 @@ def test_profile_probes_only_for_a_rule_that_reads_the_probe():
     assert Probe.LAYOUT in wanted_probes(rules)
     assert wanted_probes(select_rules(rules, ("CD109", "CD116"), ())) == frozenset()
     assert wanted_probes(select_rules(rules, (), ("CD101",))) == frozenset()
+
+
+def test_cd101_counts_backward_conversions_once_in_training(tmp_path: Path):
+    # small_cnn's training step on this CPU converts layouts inside the conv backward nodes (copy_ between NHWC and
+    # NCHW, charged to the layers): they are in the modules' backward time, so not added again as "outside"
+    workload = load_workload(EXAMPLES / "small_cnn.py", device="cpu", mode="train")
+    analysis, _ = _probed_analysis(workload, tmp_path)
+    (finding,) = ChannelsLastRule().check(analysis)
+    assert finding.evidence["layout_probe"]["conversions_outside_probed_ms_per_step"] == 0
+    backward = [c for layer in analysis.layers for c in layer.conversions if c.op_module is None]
+    assert finding.evidence["conversion_ms_per_step"] * 1e3 >= sum(c.dur_us for c in backward) / 2 > 0
