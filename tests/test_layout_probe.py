@@ -143,4 +143,7 @@ def test_cd101_counts_backward_conversions_once_in_training(tmp_path: Path):
     (finding,) = ChannelsLastRule().check(analysis)
     assert finding.evidence["layout_probe"]["conversions_outside_probed_ms_per_step"] == 0
     backward = [c for layer in analysis.layers for c in layer.conversions if c.op_module is None]
-    assert finding.evidence["conversion_ms_per_step"] * 1e3 >= sum(c.dur_us for c in backward) / 2 > 0
+    backward_us_per_step = sum(c.dur_us for c in backward) / analysis.profile.step_count
+    assert backward_us_per_step > 0  # there were backward copies to count twice
+    # all the layers' conversions include the backward ones (up to the order of the float sums)
+    assert finding.evidence["conversion_ms_per_step"] * 1e3 >= backward_us_per_step * (1 - 1e-9)
