@@ -80,11 +80,11 @@ def recorded_probe(profile: Profile) -> dict[str, LeafLayoutTime]:
     """The probe a trace's convdoctor metadata holds (``recordable``'s form), by qualified module name; entries
     that are not two positive finite times are left out. Empty for traces without one."""
     convdoctor = profile.metadata.get(METADATA_KEY)
-    value = convdoctor.get(LAYOUT_PROBE_KEY) if isinstance(convdoctor, dict) else None
-    if not isinstance(value, dict):
+    entries = convdoctor.get(LAYOUT_PROBE_KEY) if isinstance(convdoctor, dict) else None
+    if not isinstance(entries, dict):
         return {}
     probe = {}
-    for key, value in value.items():
+    for key, value in entries.items():
         scope = parse_scope_name(key) if isinstance(key, str) else None
         if scope is None or not isinstance(value, list) or len(value) != 2:
             continue
@@ -100,6 +100,7 @@ def _leaf_calls(workload: Workload) -> dict[str, tuple[nn.Module, tuple, dict, t
 
     run = workload.copy()
     calls: dict[str, tuple[nn.Module, tuple, dict, tuple[Any, ...]]] = {}
+    arguments: dict[tuple[Any, ...], tuple[tuple, dict]] = {}  # one copy per key: equal calls share it
     handles = []
 
     def keep(name: str) -> Callable[..., None]:
@@ -110,7 +111,9 @@ def _leaf_calls(workload: Workload) -> dict[str, tuple[nn.Module, tuple, dict, t
                 return
             key = (type(module).__qualname__, module.extra_repr(),
                    tuple((tuple(t.shape), t.stride(), t.dtype) for t in tensors))
-            calls[name] = (module, _detached(args), _detached(kwargs), key)
+            if key not in arguments:
+                arguments[key] = (_detached(args), _detached(kwargs))
+            calls[name] = (module, *arguments[key], key)
 
         return hook
 
