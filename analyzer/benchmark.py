@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import itertools
 import os
 import random
 import statistics
@@ -42,15 +43,28 @@ from convdoctor.analyzer.workload import (
 )
 
 
-def estimate_speedup(baseline_s: list[float], candidate_s: list[float], *, seed: int = 0) -> SpeedupEstimate:
-    """Ratio of medians with a paired bootstrap interval over rounds; the verdict is decided by the interval."""
+def estimate_speedup(baseline_s: list[float], candidate_s: list[float], *, blocks: list[int] | None = None,
+                     seed: int = 0) -> SpeedupEstimate:
+    """Ratio of medians with a paired bootstrap interval; the verdict is decided by the interval.
+
+    ``blocks`` gives how many consecutive rounds each block holds (see BenchmarkSettings.blocks): then each
+    resample draws blocks first and rounds within the drawn blocks, so that a spread between blocks widens the
+    interval. Without it (or with one block) rounds are resampled directly.
+    """
     if len(baseline_s) != len(candidate_s) or len(baseline_s) < 2:
         raise ValueError("need two or more paired rounds")
+    blocks = blocks or [len(baseline_s)]
+    if sum(blocks) != len(baseline_s) or min(blocks) < 1:
+        raise ValueError("the blocks must hold every round, one or more each")
     rng = random.Random(seed)
-    n = len(baseline_s)
+    starts = list(itertools.accumulate(blocks, initial=0))
     ratios = []
     for _ in range(BOOTSTRAP_RESAMPLES):
-        picks = [rng.randrange(n) for _ in range(n)]
+        picks = []
+        for _ in blocks:
+            block = rng.randrange(len(blocks)) if len(blocks) > 1 else 0
+            first, size = starts[block], blocks[block]
+            picks.extend(first + rng.randrange(size) for _ in range(size))
         base = statistics.median(baseline_s[i] for i in picks)
         ratios.append(base / statistics.median(candidate_s[i] for i in picks))
     ratios.sort()
@@ -95,12 +109,12 @@ def measure(
 ) -> Measurement:
     """Time one step of each workload in interleaved rounds (random order within a round) and compare outputs.
 
-    Both run on copies; the workloads passed in are left as they were.
+    Both run on copies, fresh ones for each block of rounds; the workloads passed in are left as they were.
     """
     numerics, first_step_s = compare_first_step(baseline, candidate)
     rounds = _interleaved_rounds(baseline, candidate, settings, progress)
     return Measurement(
-        estimate=estimate_speedup(*rounds.times_s),
+        estimate=rounds.estimate(),
         numerics=numerics,
         rounds=len(rounds.times_s[0]),
         warmup_steps=rounds.warmup_steps,
@@ -109,6 +123,8 @@ def measure(
         device=str(baseline.device),
         timer=_timer(baseline.device),
         other_cores_busy=rounds.other_cores_busy,
+        blocks=len(rounds.blocks),
+        fresh_copies=True,
         peak_bytes=(_peak_bytes(baseline), _peak_bytes(candidate)),
         peak_memory=PEAK_TENSOR_MEMORY,
     )
@@ -141,68 +157,108 @@ def measure_throughput(
     return ThroughputMeasurement(
         baseline_batch=batches[0],
         batch_size=batches[1],
-        estimate=estimate_speedup(*per_sample),
+        estimate=estimate_speedup(*per_sample, blocks=rounds.blocks),
         rounds=len(per_sample[0]),
         warmup_steps=rounds.warmup_steps,
         threads=torch.get_num_threads(),
         device=str(baseline.device),
         timer=_timer(baseline.device),
         other_cores_busy=rounds.other_cores_busy,
+        blocks=len(rounds.blocks),
     )
 
 
 @dataclass(frozen=True)
-class _Rounds:
-    times_s: tuple[list[float], list[float]]  # (baseline, candidate) step times, one per round each
-    warmup_steps: tuple[int, int]
-    other_cores_busy: float | None
+class Rounds:
+    """The step times of two variants, one of each per round, taken in consecutive blocks of rounds."""
+
+    times_s: tuple[list[float], list[float]]  # (baseline, candidate)
+    blocks: list[int]  # rounds in each block, in order
+    warmup_steps: tuple[int, int] = (0, 0)  # (baseline, candidate): steps run before timing, all blocks together
+    other_cores_busy: float | None = None
+
+    def estimate(self) -> SpeedupEstimate:
+        return estimate_speedup(*self.times_s, blocks=self.blocks)
 
 
 def _interleaved_rounds(
     baseline: Workload, candidate: Workload, settings: BenchmarkSettings,
     progress: Callable[[int, int], None] | None,
-) -> _Rounds:
-    """Warm both up, then time one step of each per round (random order within a round) until enough rounds.
-
-    Both run on copies, in this process, with the same thread count; garbage collection is kept out of timed
-    regions. The workloads passed in are left as they were.
+) -> Rounds:
+    """Per block, fresh copies of both, warmed up; then one timed step of each per round (random order within a
+    round). The first block warms up until the timings settle; later ones, in a process already warm, run
+    ``warmup_steps`` steps of each fresh copy. Both run in this process, with the same thread count; garbage
+    collection is kept out of timed regions. The workloads passed in are left as they were.
     """
-    baseline, candidate = baseline.copy(), candidate.copy()
-    steps = (make_step(baseline), make_step(candidate))
-    warmups = [warm_up(step, workload, settings) for step, workload in zip(steps, (baseline, candidate))]
+    variants = (baseline, candidate)
+    steps: list[Callable[[], Any]] = []
+    warmups = [0, 0]
+
+    def fresh_copies(block: int) -> None:
+        steps.clear()  # the previous block's copies go before the next ones are made
+        for which, workload in enumerate(variants):
+            copy = workload.copy()
+            steps.append(make_step(copy))
+            if block == 0:
+                warmups[which] += warm_up(steps[which], copy, settings)
+            else:
+                for _ in range(settings.warmup_steps):
+                    time_step(steps[which], copy.device)
+                warmups[which] += settings.warmup_steps
+
     started, cpu_before = time.perf_counter(), cpu_jiffies()
-    times = alternating_rounds(lambda which: time_step(steps[which], (baseline, candidate)[which].device),
-                               settings, progress)
-    return _Rounds(times_s=times, warmup_steps=(warmups[0], warmups[1]),
+    rounds = alternating_rounds(lambda which: time_step(steps[which], variants[which].device), settings, progress,
+                                new_block=fresh_copies)
+    return replace(rounds, warmup_steps=(warmups[0], warmups[1]),
                    other_cores_busy=other_cores_busy(cpu_before, cpu_jiffies(), time.perf_counter() - started))
 
 
 def alternating_rounds(
     time_one: Callable[[int], float], settings: BenchmarkSettings,
     progress: Callable[[int, int], None] | None = None,
-) -> tuple[list[float], list[float]]:
+    new_block: Callable[[int], None] | None = None,
+) -> Rounds:
     """Per round, one timed step of each variant (0: baseline, 1: candidate) in random order, with the garbage
-    collector kept out, until ``min_rounds`` are done and the timed steps add up to ``target_s`` (or ``max_rounds``).
+    collector kept out, in ``settings.blocks`` consecutive blocks. ``new_block(index)``, when given, runs before each
+    block (outside the timed steps): it may make fresh copies to time. A block ends when it has its share of
+    ``min_rounds`` and of ``target_s`` (or of ``max_rounds``).
 
     The stopping rule reads only step times, so the ranks of a job, which share their times, stop together.
     """
     rng = random.Random(0)
     times: tuple[list[float], list[float]] = ([], [])
-    gc.collect()
+    blocks = max(1, min(settings.blocks, settings.max_rounds))
+    min_rounds, max_rounds = _shares(settings.min_rounds, blocks), _shares(settings.max_rounds, blocks)
+    block_sizes: list[int] = []
     gc_was_enabled = gc.isenabled()
-    gc.disable()
     try:
-        for round_index in range(settings.max_rounds):
-            for which in ([0, 1] if rng.random() < 0.5 else [1, 0]):
-                times[which].append(time_one(which))
-            if progress is not None:
-                progress(round_index + 1, settings.max_rounds)
-            if round_index + 1 >= settings.min_rounds and sum(times[0]) + sum(times[1]) >= settings.target_s:
-                break
+        for block in range(blocks):
+            if new_block is not None:
+                new_block(block)
+            gc.collect(2 if block == 0 else 1)  # a full collection takes 0.1 s with torch loaded: once is enough
+            gc.disable()
+            block_s = 0.0
+            for round_index in range(max_rounds[block]):
+                for which in ([0, 1] if rng.random() < 0.5 else [1, 0]):
+                    elapsed = time_one(which)
+                    times[which].append(elapsed)
+                    block_s += elapsed
+                if progress is not None:
+                    progress(sum(block_sizes) + round_index + 1, settings.max_rounds)
+                if round_index + 1 >= min_rounds[block] and block_s >= settings.target_s / blocks:
+                    break
+            block_sizes.append(round_index + 1)
+            if gc_was_enabled:
+                gc.enable()
     finally:
         if gc_was_enabled:
             gc.enable()
-    return times
+    return Rounds(times_s=times, blocks=block_sizes)
+
+
+def _shares(total: int, parts: int) -> list[int]:
+    """``total`` split into ``parts`` near-equal whole shares, the larger first, each at least 1."""
+    return [max(1, total // parts + (index < total % parts)) for index in range(parts)]
 
 
 def _timer(device: torch.device) -> str:

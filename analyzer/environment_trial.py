@@ -3,7 +3,8 @@ can change, so baseline and candidate each run in a worker process of their own 
 
 Both workers load the same file with the same seed and warm up until their timings settle; then rounds alternate
 between them in random order, one step each, while the other waits idle on its pipe. The bootstrap interval and
-verdict are the in-process harness's (``benchmark.estimate_speedup``). Outputs of the first step are compared on
+verdict are the in-process harness's (``benchmark.estimate_speedup``), over blocks of consecutive rounds (the same two
+workers throughout: a block is a stretch of time, not fresh copies). Outputs of the first step are compared on
 their first values (``step_server.COMPARED_VALUES``).
 """
 
@@ -24,7 +25,6 @@ from convdoctor.analyzer.benchmark import (
     alternating_rounds,
     Numerics,
     cpu_jiffies,
-    estimate_speedup,
     other_cores_busy,
 )
 from convdoctor.analyzer.workload import Workload
@@ -103,7 +103,7 @@ def measure_environment(
             workers.append(_Worker(workload, settings, env))
         pids = tuple(w.process.pid for w in workers)
         started, cpu_before = time.perf_counter(), cpu_jiffies(("self", *pids))
-        times = alternating_rounds(lambda which: workers[which].steps(1)[0], settings, progress)
+        rounds = alternating_rounds(lambda which: workers[which].steps(1)[0], settings, progress)
         busy = other_cores_busy(cpu_before, cpu_jiffies(("self", *pids)), time.perf_counter() - started)
         peaks = (workers[0].max_rss_bytes, workers[1].max_rss_bytes)
     finally:
@@ -111,15 +111,16 @@ def measure_environment(
             worker.close()
     baseline, candidate = (w.ready for w in workers)
     return Measurement(
-        estimate=estimate_speedup(*times),
+        estimate=rounds.estimate(),
         numerics=_numerics(baseline["values"], candidate["values"]),
-        rounds=len(times[0]),
+        rounds=len(rounds.times_s[0]),
         warmup_steps=(baseline["ready"], candidate["ready"]),
         first_step_s=(baseline["first_step_s"], candidate["first_step_s"]),
         threads=baseline["threads"],
         device=str(workload.device),
         timer="perf_counter in two worker processes, rounds alternating",
         other_cores_busy=busy,
+        blocks=len(rounds.blocks),
         peak_bytes=peaks,
         peak_memory=PEAK_RSS,
     )

@@ -16,7 +16,6 @@ from convdoctor.analyzer.benchmark import (
     Measurement,
     alternating_rounds,
     compare_first_step,
-    estimate_speedup,
 )
 from convdoctor.analyzer.capture import capture, check_fits
 from convdoctor.analyzer.model_cost import ArchitectureDelta, model_cost
@@ -76,16 +75,17 @@ def measure_job(baseline: Workload, candidate: Workload, settings: BenchmarkSett
     for step in steps:
         for _ in range(settings.warmup_steps):
             step()
-    times = alternating_rounds(lambda which: _job_step_s(steps[which], baseline.device), settings)
+    rounds = alternating_rounds(lambda which: _job_step_s(steps[which], baseline.device), settings)
     return Measurement(
-        estimate=estimate_speedup(times[0], times[1]),
+        estimate=rounds.estimate(),
         numerics=numerics,
-        rounds=len(times[0]),
+        rounds=len(rounds.times_s[0]),
         warmup_steps=(settings.warmup_steps, settings.warmup_steps),
         first_step_s=first_step_s,
         threads=torch.get_num_threads(),
         device=str(baseline.device),
         timer=JOB_TIMER,
+        blocks=len(rounds.blocks),
     )
 
 

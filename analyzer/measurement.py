@@ -54,6 +54,11 @@ class BenchmarkSettings:
     min_rounds: int = 10
     max_rounds: int = 60
     target_s: float = 4.0  # total timed time across both variants, once min_rounds are done
+    # The rounds are taken in this many blocks, one after the other, each (in one process) on fresh copies of both
+    # variants: one pair of copies timed once differs from the next pair, and from itself a minute later, by more
+    # than its rounds' noise (memory placement, allocator and machine state), so the interval is bootstrapped over
+    # blocks as well as rounds. min_rounds, max_rounds and target_s are totals over the blocks.
+    blocks: int = 3
 
 
 @dataclass(frozen=True)
@@ -123,12 +128,14 @@ class Measurement:
     estimate: SpeedupEstimate
     numerics: Numerics
     rounds: int
-    warmup_steps: tuple[int, int]  # (baseline, candidate): steps run until the timings settled
+    warmup_steps: tuple[int, int]  # (baseline, candidate): steps run before timing, every block's together
     first_step_s: tuple[float, float]  # (baseline, candidate): the very first call, compilation and lazy init included
     threads: int
     device: str
     timer: str
     other_cores_busy: float | None = None  # CPU cores other processes kept busy, on average, during the rounds
+    blocks: int = 1  # blocks the rounds were taken in (BenchmarkSettings.blocks)
+    fresh_copies: bool = False  # whether each block timed fresh copies of both variants
     peak_bytes: tuple[int | None, int | None] = (None, None)  # (baseline, candidate), in the sense of peak_memory
     peak_memory: str | None = None  # what peak_bytes measures (step_memory.PEAK_TENSOR_MEMORY, or a process's RSS)
 
@@ -155,6 +162,7 @@ class ThroughputMeasurement:
     device: str
     timer: str
     other_cores_busy: float | None = None
+    blocks: int = 1
 
     @property
     def baseline_samples_per_s(self) -> float:

@@ -52,6 +52,21 @@ def test_a_difference_below_the_minimum_effect_is_no_measurable_difference():
     assert estimate.ci_low > 1.0 and estimate.verdict is Verdict.NO_DIFFERENCE
 
 
+def test_blocks_that_disagree_widen_the_interval():
+    """Three blocks of rounds, each tight, 10%, 5% and 0% faster: over rounds alone the interval is narrower than
+    the blocks' spread and excludes 1.0; bootstrapped over blocks it holds their spread and says no difference."""
+    baseline = [t for seed in (7, 8, 9) for t in _noisy(10e-3, 0.02, 10, seed)]
+    candidate = [t for seed, speedup in ((10, 1.10), (11, 1.05), (12, 1.0))
+                 for t in _noisy(10e-3 / speedup, 0.02, 10, seed)]
+    pooled = estimate_speedup(baseline, candidate)
+    blocked = estimate_speedup(baseline, candidate, blocks=[10, 10, 10])
+    assert pooled.speedup == blocked.speedup  # the point estimate is the same ratio of medians
+    assert pooled.verdict is Verdict.FASTER and pooled.ci_high - pooled.ci_low < 0.08
+    assert blocked.verdict is Verdict.NO_DIFFERENCE and blocked.ci_low < 1.01 and blocked.ci_high > 1.08
+    with pytest.raises(ValueError):
+        estimate_speedup(baseline, candidate, blocks=[10, 10, 9])
+
+
 def test_compare_outputs_reports_abs_and_relative_error():
     base = (torch.tensor([1.0, -4.0]), torch.tensor([2, 3]))
     cand = (torch.tensor([1.5, -4.0]), torch.tensor([2, 3]))
@@ -87,6 +102,37 @@ def test_measure_finds_a_real_slowdown_and_identical_outputs():
     assert result.numerics.max_abs_error == 0.0
     assert 8 <= result.rounds <= 12 and result.timer == "perf_counter"
     assert model.sleep_s == 0.01  # the user's model is untouched
+
+
+class CopyDependent(Sleepy):
+    """A candidate whose speed depends on the copy timed: copies alternate between sleeping 6 ms and 14 ms."""
+
+    copies = 0
+
+    def __deepcopy__(self, memo: dict[int, object]) -> "CopyDependent":
+        import copy
+
+        clone = CopyDependent.__new__(CopyDependent)
+        memo[id(self)] = clone
+        clone.__dict__.update(copy.deepcopy(self.__dict__, memo))
+        CopyDependent.copies += 1
+        clone.sleep_s = 0.006 if CopyDependent.copies % 2 else 0.014
+        return clone
+
+
+def test_fresh_copies_per_block_put_the_spread_between_copies_in_the_interval():
+    """One pair of copies measured alone says faster or slower, whichever copy it drew; three blocks on fresh
+    copies see both and say no measurable difference."""
+    x = torch.randn(1, 3, 16, 16)
+    baseline = workload_from(Sleepy(0.01), x, device="cpu")
+    candidate = workload_from(CopyDependent(0.01), x, device="cpu")
+    settings = BenchmarkSettings(warmup_s=0.0, warmup_steps=1, max_warmup_s=0.5, min_rounds=6, max_rounds=6)
+    one_pair = measure(baseline, candidate, replace(settings, blocks=1))
+    assert one_pair.estimate.verdict is not Verdict.NO_DIFFERENCE and one_pair.blocks == 1
+    blocks = measure(baseline, candidate, replace(settings, blocks=3))
+    assert blocks.blocks == 3 and blocks.fresh_copies and blocks.rounds == 6
+    assert blocks.estimate.verdict is Verdict.NO_DIFFERENCE
+    assert blocks.estimate.ci_low < 0.8 and blocks.estimate.ci_high > 1.3
 
 
 def test_train_mode_measures_forward_backward_and_step():
