@@ -212,12 +212,12 @@ class Profile:
     @cached_property
     def outermost_cpu_ops(self) -> list[Op]:
         """The CPU operators with no CPU operator around them (the calls the program made), in trace order."""
-        nested: set[int] = set()  # ids of the events inside a CPU operator
+        nested: set[Op] = set()  # the events inside a CPU operator (events hash by identity)
         outermost = []
         for op in self.ops:  # sorted by start, longest first: a parent comes before its children
             parent = op.parent
-            if parent is not None and (parent.kind is EventKind.CPU_OP or id(parent) in nested):
-                nested.add(id(op))
+            if parent is not None and (parent.kind is EventKind.CPU_OP or parent in nested):
+                nested.add(op)
             elif op.kind is EventKind.CPU_OP:
                 outermost.append(op)
         return outermost

@@ -234,7 +234,7 @@ baseline output magnitude).
 def _conv_device(profile: Profile) -> int | None:
     """The device that ran the most conv kernel time (forward and backward)."""
     time: dict[int | None, float] = defaultdict(float)
-    in_conv: dict[int, bool] = {}  # per event: it or an event around it is a conv
+    in_conv: dict[Op, bool] = {}  # per event: it or an event around it is a conv
     for kernel in profile.kernels:
         if kernel.kind is not EventKind.KERNEL or kernel.launcher is None:
             continue
@@ -245,13 +245,13 @@ def _conv_device(profile: Profile) -> int | None:
     return max(time, key=lambda device: time[device])
 
 
-def _in_conv(op: Op, known: dict[int, bool]) -> bool:
+def _in_conv(op: Op, known: dict[Op, bool]) -> bool:
     """Whether ``op`` or an event around it is a conv op or a conv backward node; ``known`` remembers the answer
     of each event on the way up, so each event is looked at once."""
     below: list[Op] = []  # the events looked at on the way up: not convs, and not yet remembered
     node: Op | None = op
     while node is not None:
-        answer = known.get(id(node))
+        answer = known.get(node)
         if answer is not None:
             break
         if is_conv_op(node.name) or is_conv_backward_node(node.name):
@@ -262,7 +262,7 @@ def _in_conv(op: Op, known: dict[int, bool]) -> bool:
     else:
         answer = False
     for event in below:
-        known[id(event)] = answer
+        known[event] = answer
     return answer
 
 
