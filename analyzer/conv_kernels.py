@@ -111,12 +111,14 @@ class LayerKernels:
 def layer_kernels(analysis: ConvAnalysis) -> dict[str, LayerKernels]:
     """Read each layer's device kernels (empty on a CPU-only trace): algorithms, tensor cores, neighbours."""
     steps = max(analysis.profile.step_count, 1)
-    owner = {k: layer for layer in analysis.layers for k in layer.kernels if k.kind is EventKind.KERNEL}
+    compute = EventKind.KERNEL
+    owner = {k: layer for layer in analysis.layers for k in layer.kernels if k.kind is compute}
     if not owner:
         return {}
     device_kernels = (*analysis.profile.kernels, *(k for layer in analysis.layers for k in layer.kernels))
     launchers: dict[Op, str] = {}  # each launcher's pass, once
-    passes = {k: _pass(k, launchers) for k in device_kernels if k.kind is EventKind.KERNEL}  # each kernel's, once
+    passes = {k: launchers.get(k.launcher) or _pass(k, launchers)  # each kernel's, once; a known launcher's first
+              for k in device_kernels if k.kind is compute}
     result = {layer.name: _own_kernels(layer, steps, passes) for layer in analysis.layers}
     for layer_name, kernels in _neighbour_runs(analysis, owner, passes).items():
         for kernel in kernels:
@@ -188,8 +190,9 @@ def _neighbour_runs(
     """Per layer, the non-conv kernels on the same stream after its forward kernels and before the next conv
     kernel, stopping at the first kernel launched from the backward pass."""
     by_stream: dict[tuple[int | None, int | None], list[Kernel]] = defaultdict(list)
+    compute = EventKind.KERNEL
     for kernel in analysis.profile.kernels:
-        if kernel.kind is EventKind.KERNEL:
+        if kernel.kind is compute:
             by_stream[(kernel.device, kernel.stream)].append(kernel)
     runs: dict[str, list[Kernel]] = defaultdict(list)
     for kernels in by_stream.values():

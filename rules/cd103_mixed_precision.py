@@ -235,10 +235,12 @@ def _conv_device(profile: Profile) -> int | None:
     """The device that ran the most conv kernel time (forward and backward)."""
     time: dict[int | None, float] = defaultdict(float)
     in_conv: dict[Op, bool] = {}  # per event: it or an event around it is a conv
+    compute = EventKind.KERNEL
     for kernel in profile.kernels:
-        if kernel.kind is not EventKind.KERNEL or kernel.launcher is None:
+        if kernel.kind is not compute or kernel.launcher is None:
             continue
-        if _in_conv(kernel.launcher, in_conv):
+        known = in_conv.get(kernel.launcher)  # most launchers launch several kernels: no call for those
+        if known or (known is None and _in_conv(kernel.launcher, in_conv)):
             time[kernel.device] += kernel.dur_us
     if not time:
         return None
