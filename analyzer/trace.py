@@ -536,8 +536,9 @@ def _nest(ops: list[Op]) -> None:
                 parent = op.parent = stack[-1]
                 parent.children.append(op)
                 holder = parent if parent.scope is not None else parent.module_call
-                op.module_call = holder
-                op.module = holder.scope if holder is not None else None
+                if holder is not None:  # else both stay None
+                    op.module_call = holder
+                    op.module = holder.scope
             stack.append(op)
             ends.append(start + op.dur_us)
 

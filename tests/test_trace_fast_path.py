@@ -15,8 +15,8 @@ import pytest
 
 from conftest import SHARED_TRACES
 from convdoctor.analyzer.layers import analyze_convs
-from convdoctor.analyzer.trace import load_profile, parse_trace, read_trace
-from convdoctor.analyzer.trace_fast import TOP_LEVEL, NotPlain, _cut_events, split_trace
+from convdoctor.analyzer.trace import _EventTyper, load_profile, parse_trace, read_trace
+from convdoctor.analyzer.trace_fast import TOP_LEVEL, NotPlain, _cut_events, split_trace, typed_events
 
 HOST_CATEGORIES = {"operator", "cpu_op", "user_annotation", "python_function", "runtime", "cuda_runtime", "cuda_driver"}
 DEVICE_CATEGORIES = {"kernel", "memcpy", "gpu_memcpy", "memset", "gpu_memset"}
@@ -127,6 +127,17 @@ def test_the_events_are_cut_out_of_the_text_only_where_that_is_right(layout):
 def test_the_events_of_the_shared_traces_are_cut_out_of_the_text(name):
     """A regression that split them the plain way (twice the scanning) would only show as time."""
     assert _cut_events(gzip.decompress(SHARED_TRACES[name].read_bytes())) is not None
+
+
+def test_typing_takes_each_event_out_of_the_decoded_list():
+    """Each event is freed as soon as it is typed (its memory goes to the records), in trace order."""
+    events, _, list_shapes = split_trace(gzip.decompress(SHARED_TRACES["resnet50"].read_bytes()))
+    ops, kernels = typed_events(events, _EventTyper().kind, list_shapes)
+    assert events == []
+    profile = load_profile(SHARED_TRACES["resnet50"])
+    assert len(ops) == len(profile.ops) and len(kernels) == len(profile.kernels)
+    assert [k.ts_us for k in kernels] == [e["ts"] for e in raw_events("resnet50")
+                                          if e.get("ph") == "X" and e.get("cat", "").lower() in DEVICE_CATEGORIES]
 
 
 def _one_kernel_and_op_changed(tmp_path, op_args=None, kernel_args=None, **event_keys):
