@@ -24,6 +24,7 @@ import functools
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
+from operator import attrgetter
 
 from convdoctor.analyzer.layers import TRANSPOSE_KERNEL, ConvAnalysis, ConvLayer, is_conv_backward_node
 from convdoctor.analyzer.profile import EventKind, Kernel, Op
@@ -161,15 +162,15 @@ def _pass(kernel: Kernel, launchers: dict[Op, str]) -> str:
     op = kernel.launcher
     if op is None:
         return "forward"
-    below: list[Op] = []  # the events looked at on the way up: without a backward name and not yet remembered
+    below: list[Op] = []  # the events looked at on the way up and not yet remembered
     while True:
         known = launchers.get(op)
         if known is not None:
             break
+        below.append(op)
         if _backward_name(op.name):
             known = "backward"
             break
-        below.append(op)
         op = op.parent
         if op is None:
             known = "forward"
@@ -196,7 +197,7 @@ def _neighbour_runs(
             by_stream[(kernel.device, kernel.stream)].append(kernel)
     runs: dict[str, list[Kernel]] = defaultdict(list)
     for kernels in by_stream.values():
-        kernels.sort(key=lambda k: k.ts_us)
+        kernels.sort(key=attrgetter("ts_us"))
         current: ConvLayer | None = None
         for kernel in kernels:
             layer = owner.get(kernel)

@@ -250,16 +250,16 @@ def _conv_device(profile: Profile) -> int | None:
 def _in_conv(op: Op, known: dict[Op, bool]) -> bool:
     """Whether ``op`` or an event around it is a conv op or a conv backward node; ``known`` remembers the answer
     of each event on the way up, so each event is looked at once."""
-    below: list[Op] = []  # the events looked at on the way up: not convs, and not yet remembered
+    below: list[Op] = []  # the events looked at on the way up and not yet remembered
     node: Op | None = op
     while node is not None:
         answer = known.get(node)
         if answer is not None:
             break
+        below.append(node)
         if is_conv_op(node.name) or is_conv_backward_node(node.name):
             answer = True
             break
-        below.append(node)
         node = node.parent
     else:
         answer = False
