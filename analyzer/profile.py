@@ -51,7 +51,7 @@ class Op(msgspec.Struct, eq=False):
     """A host-side event (operator, annotation, python function or CUDA runtime call) with its nesting.
 
     A msgspec struct, not a dataclass: a trace makes hundreds of thousands, and its constructor is about twice as
-    fast. Events compare by identity.
+    fast. Events compare and hash by identity.
     """
 
     name: str

@@ -183,7 +183,8 @@ def typed_events(events: list[msgspec.Struct], kind_of: Any, list_shapes: bool =
     names: dict[str, str] = {}  # interned names, and the ids seen as pid/tid strings
     threads: dict[int | str, str] = {}
     strings: dict[tuple[str, ...], tuple[str, ...]] = {}  # each list of input types or values met, interned
-    kinds: dict[str, tuple[EventKind, bool, bool] | None] = {}  # each category spelling met: (kind, device, scope)
+    # Each category spelling met: its kind, whether that is a device kind and a scope kind; None for one not typed.
+    kinds: dict[str, tuple[EventKind, bool, bool] | None] = {}
     events.reverse()
     next_event = events.pop  # from the end: trace order
     for _ in range(len(events)):
