@@ -98,23 +98,24 @@ def _is_bucket_copy(name: str) -> bool:
 
 def communication(profile: Profile) -> CommView | None:
     """The communication view of a rank's trace; None when the trace holds no collective or no steps."""
+    cpu_op = EventKind.CPU_OP
     if profile.kernels and any(_is_nccl_kernel(k.name) for k in profile.kernels):
         comm = [(k.ts_us, k.end_us) for k in profile.kernels if _is_nccl_kernel(k.name)]
         compute = [(k.ts_us, k.end_us) for k in profile.kernels if not _is_nccl_kernel(k.name)]
         basis = "device"
     else:
-        collectives = [op for op in profile.ops if op.kind is EventKind.ANNOTATION
-                       and COLLECTIVE_ANNOTATION.match(op.name)]
+        annotation = EventKind.ANNOTATION
+        collectives = [op for op in profile.ops if op.kind is annotation and COLLECTIVE_ANNOTATION.match(op.name)]
         if not collectives:
             return None  # before reading every operator for the compute time
         comm_threads = {(op.pid, op.tid) for op in collectives}
         comm = [(op.ts_us, op.end_us) for op in collectives]
-        compute = [(op.ts_us, op.end_us) for op in profile.ops if op.kind is EventKind.CPU_OP
+        compute = [(op.ts_us, op.end_us) for op in profile.ops if op.kind is cpu_op
                    and (op.pid, op.tid) not in comm_threads and not _is_enqueue_op(op.name)]
         basis = "host"
     if not comm or not profile.steps:
         return None
-    calls = [op for op in profile.ops if op.kind is EventKind.CPU_OP and op.name.startswith("c10d::")
+    calls = [op for op in profile.ops if op.kind is cpu_op and op.name.startswith("c10d::")
              and ALLREDUCE.search(op.name)]  # the enqueueing calls: one per bucket, whatever the backend
     comm_union, compute_union = _union(comm), _union(compute)
     overlap = _intersect(comm_union, compute_union)

@@ -24,6 +24,7 @@ import functools
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
+from operator import attrgetter
 
 from convdoctor.analyzer.layers import TRANSPOSE_KERNEL, ConvAnalysis, ConvLayer, is_conv_backward_node
 from convdoctor.analyzer.profile import EventKind, Kernel, Op
@@ -111,12 +112,14 @@ class LayerKernels:
 def layer_kernels(analysis: ConvAnalysis) -> dict[str, LayerKernels]:
     """Read each layer's device kernels (empty on a CPU-only trace): algorithms, tensor cores, neighbours."""
     steps = max(analysis.profile.step_count, 1)
-    owner = {id(k): layer for layer in analysis.layers for k in layer.kernels if k.kind is EventKind.KERNEL}
+    compute = EventKind.KERNEL
+    owner = {k: layer for layer in analysis.layers for k in layer.kernels if k.kind is compute}
     if not owner:
         return {}
     device_kernels = (*analysis.profile.kernels, *(k for layer in analysis.layers for k in layer.kernels))
-    launchers: dict[int, str] = {}  # each launcher's pass, once
-    passes = {id(k): _pass(k, launchers) for k in device_kernels if k.kind is EventKind.KERNEL}  # each kernel's, once
+    launchers: dict[Op, str] = {}  # each launcher's pass, once
+    passes = {k: launchers.get(k.launcher) or _pass(k, launchers)  # each kernel's, once; a known launcher's first
+              for k in device_kernels if k.kind is compute}
     result = {layer.name: _own_kernels(layer, steps, passes) for layer in analysis.layers}
     for layer_name, kernels in _neighbour_runs(analysis, owner, passes).items():
         for kernel in kernels:
@@ -125,14 +128,14 @@ def layer_kernels(analysis: ConvAnalysis) -> dict[str, LayerKernels]:
     return result
 
 
-def _own_kernels(layer: ConvLayer, steps: int, passes: dict[int, str]) -> LayerKernels:
+def _own_kernels(layer: ConvLayer, steps: int, passes: dict[Kernel, str]) -> LayerKernels:
     algorithms: dict[tuple[str, str], KernelShare] = {}
     tensor_core = simt = unknown = 0.0
     for kernel in layer.kernels:
         if kernel.kind is not EventKind.KERNEL:
             continue
         family = algorithm_family(kernel.name)
-        _add(algorithms.setdefault((passes[id(kernel)], family), KernelShare()), kernel, steps)
+        _add(algorithms.setdefault((passes[kernel], family), KernelShare()), kernel, steps)
         if family in ("layout conversion", "helper"):
             continue
         on_tensor_cores = uses_tensor_cores(kernel.name)
@@ -153,27 +156,27 @@ def _add(share: KernelShare, kernel: Kernel, steps: int) -> None:
         share.names.append(kernel.name)
 
 
-def _pass(kernel: Kernel, launchers: dict[int, str]) -> str:
+def _pass(kernel: Kernel, launchers: dict[Op, str]) -> str:
     """"backward" when the kernel's launcher or an event around it has a backward name, else "forward";
     ``launchers`` remembers the pass of each event on the way up, so each event is looked at once."""
     op = kernel.launcher
     if op is None:
         return "forward"
-    below: list[Op] = []  # the events looked at on the way up: without a backward name and not yet remembered
+    below: list[Op] = []  # the events looked at on the way up and not yet remembered
     while True:
-        known = launchers.get(id(op))
+        known = launchers.get(op)
         if known is not None:
             break
+        below.append(op)
         if _backward_name(op.name):
             known = "backward"
             break
-        below.append(op)
         op = op.parent
         if op is None:
             known = "forward"
             break
     for event in below:
-        launchers[id(event)] = known
+        launchers[event] = known
     return known
 
 
@@ -183,24 +186,25 @@ def _backward_name(name: str) -> bool:
 
 
 def _neighbour_runs(
-    analysis: ConvAnalysis, owner: dict[int, ConvLayer], passes: dict[int, str]
+    analysis: ConvAnalysis, owner: dict[Kernel, ConvLayer], passes: dict[Kernel, str]
 ) -> dict[str, list[Kernel]]:
     """Per layer, the non-conv kernels on the same stream after its forward kernels and before the next conv
     kernel, stopping at the first kernel launched from the backward pass."""
     by_stream: dict[tuple[int | None, int | None], list[Kernel]] = defaultdict(list)
+    compute = EventKind.KERNEL
     for kernel in analysis.profile.kernels:
-        if kernel.kind is EventKind.KERNEL:
+        if kernel.kind is compute:
             by_stream[(kernel.device, kernel.stream)].append(kernel)
     runs: dict[str, list[Kernel]] = defaultdict(list)
     for kernels in by_stream.values():
-        kernels.sort(key=lambda k: k.ts_us)
+        kernels.sort(key=attrgetter("ts_us"))
         current: ConvLayer | None = None
         for kernel in kernels:
-            layer = owner.get(id(kernel))
+            layer = owner.get(kernel)
             if layer is not None:
-                current = layer if passes[id(kernel)] == "forward" else None
+                current = layer if passes[kernel] == "forward" else None
             elif current is not None:
-                if passes[id(kernel)] == "backward":
+                if passes[kernel] == "backward":
                     current = None
                 else:
                     runs[current.name].append(kernel)

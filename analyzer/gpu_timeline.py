@@ -71,10 +71,11 @@ def gpu_timeline(profile: Profile, device: int | None = None) -> GpuTimeline | N
     steps = []
     stream_busy: dict[int | None, float] = defaultdict(float)
     durations: list[float] = []
+    compute = EventKind.KERNEL
     for number, start, end in spans:
         inside = window.overlapping(start, end)
         merged = _merged([(max(k.ts_us, start), min(k.end_us, end)) for k in inside])
-        started = [k for k in inside if start <= k.ts_us < end and k.kind is EventKind.KERNEL]
+        started = [k for k in inside if start <= k.ts_us < end and k.kind is compute]
         durations.extend(k.dur_us for k in started)
         busy = _length(merged)
         by_stream: dict[int | None, list[Kernel]] = defaultdict(list)

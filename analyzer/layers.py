@@ -174,7 +174,8 @@ class ConvAnalysis:
             return recorded
         if any(layer.backward_us > 0 for layer in self.layers):
             return "train"
-        backward = any(op.kind is EventKind.CPU_OP and BACKWARD_OP.search(op.name) for op in self.profile.ops)
+        cpu_op = EventKind.CPU_OP
+        backward = any(op.kind is cpu_op and BACKWARD_OP.search(op.name) for op in self.profile.ops)
         return "train" if backward else "eval"
 
     def share(self, time_us: float) -> float:

@@ -55,8 +55,9 @@ def leaf_module_times(profile: Profile, basis: TimeBasis) -> dict[str, ModuleTim
 def _backward_nodes(profile: Profile) -> dict[int, Op]:
     """The outermost autograd node event of each sequence number."""
     nodes: dict[int, Op] = {}
+    cpu_op = EventKind.CPU_OP
     for op in profile.ops:
-        if (op.kind is EventKind.CPU_OP and op.sequence_number is not None and op.name.startswith(BACKWARD_NODE_PREFIX)
+        if (op.kind is cpu_op and op.sequence_number is not None and op.name.startswith(BACKWARD_NODE_PREFIX)
                 and op.sequence_number not in nodes):
             nodes[op.sequence_number] = op
     return nodes

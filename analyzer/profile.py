@@ -6,9 +6,12 @@ import bisect
 import enum
 import itertools
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
+from operator import attrgetter, is_not
 from typing import TYPE_CHECKING, Any, Iterator
+
+import msgspec
 
 from convdoctor.analyzer.module_scope import ModuleScope
 
@@ -18,7 +21,11 @@ if TYPE_CHECKING:
 
 
 class EventKind(str, enum.Enum):
-    """What a trace event is, whatever the spelling of its category in the trace's PyTorch version."""
+    """What a trace event is, whatever the spelling of its category in the trace's PyTorch version.
+
+    Loops over every event read the members they compare with into locals first: a member read from the class
+    costs about four times a local's (76 ns against 19 ns on Python 3.11), 20 ms per pass at 355k events.
+    """
 
     CPU_OP = "cpu_op"
     ANNOTATION = "user_annotation"
@@ -40,9 +47,12 @@ HOST_KINDS = frozenset({EventKind.CPU_OP, EventKind.ANNOTATION, EventKind.PYTHON
 DEVICE_KINDS = frozenset({EventKind.KERNEL, EventKind.MEMCPY, EventKind.MEMSET})
 
 
-@dataclass(eq=False, slots=True)
-class Op:
-    """A host-side event (operator, annotation, python function or CUDA runtime call) with its nesting."""
+class Op(msgspec.Struct, eq=False):
+    """A host-side event (operator, annotation, python function or CUDA runtime call) with its nesting.
+
+    A msgspec struct, not a dataclass: a trace makes hundreds of thousands, and its constructor is about twice as
+    fast. Events compare and hash by identity.
+    """
 
     name: str
     kind: EventKind
@@ -53,17 +63,19 @@ class Op:
     external_id: int | None = None
     correlation: int | None = None
     sequence_number: int | None = None
-    input_dims: list[Any] = field(default_factory=list)
-    input_types: list[str] = field(default_factory=list)
-    input_strides: list[Any] = field(default_factory=list)
-    concrete_inputs: list[Any] = field(default_factory=list)
-    # The links below stay out of repr: printing one event must not print the whole trace.
-    parent: Op | None = field(default=None, repr=False)
-    children: list[Op] = field(default_factory=list, repr=False)
-    kernels: list[Kernel] = field(default_factory=list, repr=False)
+    input_dims: list[Any] = []  # a new list for each event, as every default of [] below
+    input_types: list[str] = []
+    input_strides: list[Any] = []
+    concrete_inputs: list[Any] = []
+    parent: Op | None = None
+    children: list[Op] = []
+    kernels: list[Kernel] = []
     scope: ModuleScope | None = None  # set on module-scope annotations themselves
     module: ModuleScope | None = None  # the innermost module scope this event runs in
-    module_call: Op | None = field(default=None, repr=False)  # the annotation of that module call
+    module_call: Op | None = None  # the annotation of that module call
+
+    def __repr__(self) -> str:
+        return _repr(self, OP_LINKS)
 
     @property
     def end_us(self) -> float:
@@ -98,8 +110,7 @@ class Op:
         return own + nested
 
 
-@dataclass(eq=False, slots=True)
-class Kernel:
+class Kernel(msgspec.Struct, eq=False):
     """A device-side event: a kernel, memcpy or memset, linked to the host event that launched it.
 
     Kernels also carry their launch configuration and Kineto's occupancy estimate, where the trace has them (memcpy
@@ -115,7 +126,7 @@ class Kernel:
     ts_us: float
     dur_us: float
     correlation: int | None = None
-    launcher: Op | None = field(default=None, repr=False)  # the innermost operator around the launching call
+    launcher: Op | None = None  # the innermost operator around the launching call
     # Launch configuration and Kineto's occupancy estimate (kernels only; None where the trace omits them).
     grid: tuple[int, int, int] | None = None  # blocks in x, y, z
     block: tuple[int, int, int] | None = None  # threads per block in x, y, z
@@ -132,6 +143,19 @@ class Kernel:
     @property
     def threads_per_block(self) -> int | None:
         return self.block[0] * self.block[1] * self.block[2] if self.block is not None else None
+
+    def __repr__(self) -> str:
+        return _repr(self, KERNEL_LINKS)
+
+
+# The links each repr leaves out: printing one event must not print the whole trace.
+OP_LINKS = frozenset({"parent", "children", "kernels", "module_call"})
+KERNEL_LINKS = frozenset({"launcher"})
+
+
+def _repr(event: Op | Kernel, links: frozenset[str]) -> str:
+    fields = ", ".join(f"{name}={getattr(event, name)!r}" for name in event.__struct_fields__ if name not in links)
+    return f"{type(event).__name__}({fields})"
 
 
 @dataclass(frozen=True)
@@ -193,19 +217,20 @@ class Profile:
     @cached_property
     def outermost_cpu_ops(self) -> list[Op]:
         """The CPU operators with no CPU operator around them (the calls the program made), in trace order."""
-        nested: set[int] = set()  # ids of the events inside a CPU operator
+        nested: set[Op] = set()  # the events inside a CPU operator (events hash by identity)
         outermost = []
+        cpu_op = EventKind.CPU_OP
         for op in self.ops:  # sorted by start, longest first: a parent comes before its children
             parent = op.parent
-            if parent is not None and (parent.kind is EventKind.CPU_OP or id(parent) in nested):
-                nested.add(id(op))
-            elif op.kind is EventKind.CPU_OP:
+            if parent is not None and (parent.kind is cpu_op or parent in nested):
+                nested.add(op)
+            elif op.kind is cpu_op:
                 outermost.append(op)
         return outermost
 
     @cached_property
     def has_module_scopes(self) -> bool:
-        return any(op.scope is not None for op in self.ops)
+        return any(map(is_not, map(attrgetter("scope"), self.ops), itertools.repeat(None)))  # each event, in C
 
     @property
     def step_count(self) -> int:

@@ -14,7 +14,8 @@ import sys
 import threading
 import zlib
 from collections import Counter, defaultdict
-from operator import attrgetter
+from itertools import islice
+from operator import attrgetter, eq
 from pathlib import Path
 from typing import Any, Callable, Iterable, NamedTuple
 
@@ -318,9 +319,7 @@ def _split(events: list[Op | Kernel]) -> tuple[list[Op], list[Kernel]]:
 def _profile(data: dict[str, Any], ops: list[Op], kernels: list[Kernel], unknown: Counter[str], trace_path: str
              ) -> Profile:
     """The Profile of a trace's typed events (each list in trace order): sorted, nested and linked."""
-    # By start, the longest first among equal starts (two stable sorts: no key tuple per event).
-    ops.sort(key=attrgetter("dur_us"), reverse=True)
-    ops.sort(key=attrgetter("ts_us"))
+    _sort_by_start(ops)
     kernels.sort(key=attrgetter("ts_us"))
     _nest(ops)
     _link_kernels(ops, kernels)
@@ -510,6 +509,16 @@ def _typed_event(raw: dict[str, Any], kind: EventKind) -> Op | Kernel | None:
     )
 
 
+def _sort_by_start(ops: list[Op]) -> None:
+    """Sort by start, the longest first among equal starts, else in trace order (stable sorts: no key tuple per
+    event). A trace is mostly written in order, which the first sort takes fastest; equal starts are rare."""
+    ops.sort(key=attrgetter("ts_us"))
+    starts = list(map(attrgetter("ts_us"), ops))
+    if any(map(eq, starts, islice(starts, 1, None))):
+        ops.sort(key=attrgetter("dur_us"), reverse=True)
+        ops.sort(key=attrgetter("ts_us"))
+
+
 def _nest(ops: list[Op]) -> None:
     """Build parent/child links per thread from time containment, and the module scope of each event."""
     by_thread: dict[tuple[str, str], list[Op]] = defaultdict(list)
@@ -527,8 +536,9 @@ def _nest(ops: list[Op]) -> None:
                 parent = op.parent = stack[-1]
                 parent.children.append(op)
                 holder = parent if parent.scope is not None else parent.module_call
-                op.module_call = holder
-                op.module = holder.scope if holder is not None else None
+                if holder is not None:  # else both stay None
+                    op.module_call = holder
+                    op.module = holder.scope
             stack.append(op)
             ends.append(start + op.dur_us)
 

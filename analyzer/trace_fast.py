@@ -101,6 +101,9 @@ UNREAD = tuple(msgspec.defstruct(f"Unread{ph}", [], tag_field="ph", tag=ph, gc=F
 EVENTS = msgspec.json.Decoder(list[Union[(Event, *UNREAD)]])
 LIST_EVENTS = msgspec.json.Decoder(list[Union[(ListEvent, *UNREAD)]])
 TOP_LEVEL = msgspec.json.Decoder(dict[str, msgspec.Raw])
+EVENTS_KEY = b'"traceEvents"'
+EMPTY_ARRAY = msgspec.Raw(b"[]")
+JSON_SPACE = b" \t\n\r"
 
 
 class NotPlain(Exception):
@@ -112,16 +115,54 @@ def split_trace(text: str | bytes) -> tuple[list[msgspec.Struct], dict[str, msgs
     with ``ListShapes`` (the trace holds a shape plain sizes do not take). NotPlain when the typed decoding does
     not take the trace (including JSON that is not a Kineto trace: the tolerant reading says what is wrong)."""
     try:
+        cut = _cut_events(text) if isinstance(text, bytes) else None
+        if cut is not None:
+            top, raw_events = cut
+            try:
+                return _decoded_events(raw_events, top)
+            except msgspec.DecodeError:  # not JSON, or a "]" after the events' array: split the plain way
+                pass
         top = TOP_LEVEL.decode(text)
         raw_events = top.pop("traceEvents", None)
         if raw_events is None:
             raise NotPlain("no traceEvents")
-        try:
-            return EVENTS.decode(raw_events), top, False
-        except msgspec.ValidationError:  # stops at the first value refused: a TensorList's shapes, or a null...
-            return LIST_EVENTS.decode(raw_events), top, True
+        return _decoded_events(raw_events, top)
     except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
         raise NotPlain(str(exc)) from exc
+
+
+def _decoded_events(raw_events: Any, top: dict[str, msgspec.Raw]
+                    ) -> tuple[list[msgspec.Struct], dict[str, msgspec.Raw], bool]:
+    try:
+        return EVENTS.decode(raw_events), top, False
+    except msgspec.ValidationError:  # stops at the first value refused: a TensorList's shapes, or a null...
+        return LIST_EVENTS.decode(raw_events), top, True
+
+
+def _cut_events(text: bytes) -> tuple[dict[str, msgspec.Raw], memoryview] | None:
+    """The trace's top-level values other than its events, undecoded, and its events' array, not yet decoded;
+    None when the array cannot be cut out so.
+
+    The events are almost all of a trace: rather than scanning them twice (once to split the top level, once to
+    decode them), the array is cut from the ``[`` after the first ``"traceEvents":`` to the last ``]``, and the
+    rest is decoded with ``[]`` in its place. The rest must hold that ``[]`` as its only ``traceEvents``; the
+    array is right when it decodes (a JSON value has one end: a cut past it leaves trailing characters).
+    """
+    key = text.find(EVENTS_KEY)
+    start = text.find(b"[", key + len(EVENTS_KEY)) if key >= 0 else -1
+    end = text.rfind(b"]") + 1
+    if start < 0 or end <= start or text[key + len(EVENTS_KEY):start].strip(JSON_SPACE) != b":":
+        return None
+    rest = text[:key] + EVENTS_KEY + b":[]" + text[end:]
+    if rest.count(EVENTS_KEY) != 1:
+        return None
+    try:
+        top = TOP_LEVEL.decode(rest)
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        return None
+    if top.pop("traceEvents", None) != EMPTY_ARRAY:
+        return None
+    return top, memoryview(text)[start:end]
 
 
 def typed_events(events: list[msgspec.Struct], kind_of: Any, list_shapes: bool = False
@@ -131,6 +172,9 @@ def typed_events(events: list[msgspec.Struct], kind_of: Any, list_shapes: bool =
     The same records as ``trace._typed_event`` makes of the same events: the decoder already checked every type
     and range, so what is left is the clamping of sub-nanosecond times, the spellings, and interning (and, for
     events decoded with ``list_shapes``, the entries mixing sizes and lists).
+
+    ``events`` is emptied on the way: each event is freed as soon as it is typed, so the records take the memory
+    it held instead of new pages (55k fewer page faults at 10x, 0.1 s).
     """
     ops: list[Op] = []
     kernels: list[Kernel] = []
@@ -139,17 +183,22 @@ def typed_events(events: list[msgspec.Struct], kind_of: Any, list_shapes: bool =
     names: dict[str, str] = {}  # interned names, and the ids seen as pid/tid strings
     threads: dict[int | str, str] = {}
     strings: dict[tuple[str, ...], tuple[str, ...]] = {}  # each list of input types or values met, interned
-    kinds: dict[str, EventKind] = {}  # the kinds of the category spellings met
-    for event in events:
+    # Each category spelling met: its kind, whether that is a device kind and a scope kind; None for one not typed.
+    kinds: dict[str, tuple[EventKind, bool, bool] | None] = {}
+    events.reverse()
+    next_event = events.pop  # from the end: trace order
+    for _ in range(len(events)):
+        event = next_event()
         if not isinstance(event, Event):
             continue
-        kind = kinds.get(event.cat)
-        if kind is None:
+        known = kinds.get(event.cat, False)
+        if known is False:
             kind = kind_of(event.cat)  # which also counts the unknown categories
             if kind is None:
                 continue
-            kinds[event.cat] = kind
-        if kind is EventKind.GPU_ANNOTATION:
+            known = kinds[event.cat] = (
+                None if kind is EventKind.GPU_ANNOTATION else (kind, kind in DEVICE_KINDS, kind in SCOPE_KINDS))
+        if known is None:
             continue
         ts = event.ts
         if ts is None:
@@ -162,11 +211,12 @@ def typed_events(events: list[msgspec.Struct], kind_of: Any, list_shapes: bool =
         name = names.get(event.name)
         if name is None:
             name = names[event.name] = intern(event.name)
+        kind, device, scoped = known
         args = event.args
-        if kind in DEVICE_KINDS:
+        if device:
             add_kernel(Kernel(name, kind, args.device, args.stream, ts, dur, args.correlation, None, args.grid,
-                          args.block, args.registers_per_thread, args.shared_memory_bytes,
-                          _rate(args.blocks_per_sm), _rate(args.warps_per_sm), _percent(args.est_occupancy_pct)))
+                              args.block, args.registers_per_thread, args.shared_memory_bytes,
+                              _rate(args.blocks_per_sm), _rate(args.warps_per_sm), _percent(args.est_occupancy_pct)))
             continue
         pid = threads.get(event.pid)
         if pid is None:
@@ -181,16 +231,14 @@ def typed_events(events: list[msgspec.Struct], kind_of: Any, list_shapes: bool =
             dims, strides = _unmixed(dims), _unmixed(strides)
         types = args.input_types
         if types is not None:
-            types = strings.get(types) or _interned(types, strings)
+            types = list(strings.get(types) or _interned(types, strings))
         concrete = args.concrete_inputs
         if concrete is not None:
-            concrete = strings.get(concrete) or _interned(concrete, strings)
+            concrete = list(strings.get(concrete) or _interned(concrete, strings))
         add_op(Op(name, kind, pid, tid, ts, dur, external_id, args.correlation, args.sequence_number,
-                  dims if dims is not None else [],
-                  list(types) if types is not None else [],
-                  strides if strides is not None else [],
-                  list(concrete) if concrete is not None else [],
-                  scope=parse_scope_name(name) if kind in SCOPE_KINDS else None))
+                  [] if dims is None else dims, [] if types is None else types,
+                  [] if strides is None else strides, [] if concrete is None else concrete,
+                  None, [], [], parse_scope_name(name) if scoped else None))
     return ops, kernels
 
 

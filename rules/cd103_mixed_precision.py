@@ -234,35 +234,37 @@ baseline output magnitude).
 def _conv_device(profile: Profile) -> int | None:
     """The device that ran the most conv kernel time (forward and backward)."""
     time: dict[int | None, float] = defaultdict(float)
-    in_conv: dict[int, bool] = {}  # per event: it or an event around it is a conv
+    in_conv: dict[Op, bool] = {}  # per event: it or an event around it is a conv
+    compute = EventKind.KERNEL
     for kernel in profile.kernels:
-        if kernel.kind is not EventKind.KERNEL or kernel.launcher is None:
+        if kernel.kind is not compute or kernel.launcher is None:
             continue
-        if _in_conv(kernel.launcher, in_conv):
+        known = in_conv.get(kernel.launcher)  # most launchers launch several kernels: no call for those
+        if known or (known is None and _in_conv(kernel.launcher, in_conv)):
             time[kernel.device] += kernel.dur_us
     if not time:
         return None
     return max(time, key=lambda device: time[device])
 
 
-def _in_conv(op: Op, known: dict[int, bool]) -> bool:
+def _in_conv(op: Op, known: dict[Op, bool]) -> bool:
     """Whether ``op`` or an event around it is a conv op or a conv backward node; ``known`` remembers the answer
     of each event on the way up, so each event is looked at once."""
-    below: list[Op] = []  # the events looked at on the way up: not convs, and not yet remembered
+    below: list[Op] = []  # the events looked at on the way up and not yet remembered
     node: Op | None = op
     while node is not None:
-        answer = known.get(id(node))
+        answer = known.get(node)
         if answer is not None:
             break
+        below.append(node)
         if is_conv_op(node.name) or is_conv_backward_node(node.name):
             answer = True
             break
-        below.append(node)
         node = node.parent
     else:
         answer = False
     for event in below:
-        known[id(event)] = answer
+        known[event] = answer
     return answer
 
 

@@ -40,7 +40,8 @@ def overhead_facts(analysis: ConvAnalysis, short_op_us: float, short_kernel_us: 
     profile = analysis.profile
     steps = profile.step_count
     if analysis.time_basis is TimeBasis.DEVICE:
-        durations = [k.dur_us for k in profile.kernels if k.kind is EventKind.KERNEL]
+        compute = EventKind.KERNEL
+        durations = [k.dur_us for k in profile.kernels if k.kind is compute]
         threshold = short_kernel_us
         timeline = profile.gpu_timeline
         idle = timeline.idle_share if timeline is not None else None

@@ -121,7 +121,8 @@ events (direct children of the step) that run during the long gaps, and pageable
         short_idle_us = timeline.idle_us - long_idle_us
         hosts = _host_events_in(profile, long_gaps)
         cause = self._cause(timeline, long_idle_us, hosts)
-        pageable = [k for k in profile.kernels if k.kind is EventKind.MEMCPY and PAGEABLE_HTOD.search(k.name)
+        memcpy = EventKind.MEMCPY
+        pageable = [k for k in profile.kernels if k.kind is memcpy and PAGEABLE_HTOD.search(k.name)
                     and k.device == timeline.device and any(s.ts_us <= k.ts_us < s.ts_us + s.span_us
                                                             for s in timeline.steps)]
         idle = (f"GPU idle {timeline.idle_share:.0%} of each step ({timeline.idle_us / 1e3:.1f} of "

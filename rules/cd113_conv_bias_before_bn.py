@@ -82,8 +82,9 @@ def find_bias_pairs(analysis: ConvAnalysis) -> list[BiasPair]:
 def _backward_nodes(analysis: ConvAnalysis) -> dict[int, list[Op]]:
     """Conv backward nodes by the sequence number they share with their forward op."""
     nodes: dict[int, list[Op]] = {}
+    cpu_op = EventKind.CPU_OP
     for op in analysis.profile.ops:
-        if op.kind is EventKind.CPU_OP and op.sequence_number is not None and CONV_BACKWARD_NODE.match(op.name):
+        if op.kind is cpu_op and op.sequence_number is not None and CONV_BACKWARD_NODE.match(op.name):
             nodes.setdefault(op.sequence_number, []).append(op)
     return nodes
 

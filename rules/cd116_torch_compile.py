@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from operator import attrgetter
 from typing import Iterable
 
 from convdoctor.analyzer.layers import ConvAnalysis, is_conv_op
@@ -76,7 +77,7 @@ and the most frequent op names; the absence of `Torch-Compiled Region` events.
 
     def check(self, analysis: ConvAnalysis) -> Iterable[Finding]:
         profile = analysis.profile
-        if any(op.name.startswith(COMPILED_REGION) for op in profile.ops):
+        if any(name.startswith(COMPILED_REGION) for name in set(map(attrgetter("name"), profile.ops))):
             return
         ops = eager_ops(analysis)
         steps = profile.step_count

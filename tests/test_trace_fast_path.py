@@ -15,8 +15,8 @@ import pytest
 
 from conftest import SHARED_TRACES
 from convdoctor.analyzer.layers import analyze_convs
-from convdoctor.analyzer.trace import load_profile, parse_trace, read_trace
-from convdoctor.analyzer.trace_fast import NotPlain, split_trace
+from convdoctor.analyzer.trace import _EventTyper, load_profile, parse_trace, read_trace
+from convdoctor.analyzer.trace_fast import TOP_LEVEL, NotPlain, _cut_events, split_trace, typed_events
 
 HOST_CATEGORIES = {"operator", "cpu_op", "user_annotation", "python_function", "runtime", "cuda_runtime", "cuda_driver"}
 DEVICE_CATEGORIES = {"kernel", "memcpy", "gpu_memcpy", "memset", "gpu_memset"}
@@ -95,6 +95,49 @@ def test_typed_decoding_takes_the_shared_traces_and_agrees_with_the_json_reading
     assert len(events) == len(raw_events(name)) and "traceEvents" not in top
     assert not list_shapes  # no TensorList input: the plain shape types took them, no second decoding
     assert _summary_of(load_profile(SHARED_TRACES[name])) == _summary_of(parse_trace(read_trace(SHARED_TRACES[name])))
+
+
+# Top-level values around the events (before, after): the events' array is cut out of the text, or the top level is
+# split the plain way where a cut cannot be right; the same events and values either way.
+AROUND_EVENTS = {
+    "as Kineto writes them": ({"schemaVersion": 1}, {"traceName": "trace.json", "displayTimeUnit": "ms"}),
+    "an array after the events": ({}, {"ranks": [[0, 1], [2]], "traceName": "trace.json"}),
+    "a bracket in a string after the events": ({}, {"traceName": "run]1.json"}),
+    "a traceEvents key inside a value before the events": ({"copy": {"traceEvents": [1]}}, {}),
+    "an empty event list": ({"copy": {"traceEvents": []}}, {}),
+}
+
+
+@pytest.mark.parametrize("layout", sorted(AROUND_EVENTS))
+def test_the_events_are_cut_out_of_the_text_only_where_that_is_right(layout):
+    before, after = AROUND_EVENTS[layout]
+    trace = json.loads(gzip.decompress(SHARED_TRACES["cpu_only"].read_bytes()))
+    events = [] if layout == "an empty event list" else trace["traceEvents"]
+    others = {key: value for key, value in trace.items() if key not in after and key != "traceEvents"}
+    text = json.dumps({**before, **others, "traceEvents": events, **after}).encode()
+    decoded, top, _ = split_trace(text)
+    plain = TOP_LEVEL.decode(text)
+    assert decoded == split_trace(text.decode())[0]  # a str is split the plain way
+    assert len(decoded) == len(events) and top == {k: v for k, v in plain.items() if k != "traceEvents"}
+    if layout == "as Kineto writes them":
+        assert _cut_events(text) is not None
+
+
+@pytest.mark.parametrize("name", sorted(SHARED_TRACES))
+def test_the_events_of_the_shared_traces_are_cut_out_of_the_text(name):
+    """A regression that split them the plain way (twice the scanning) would only show as time."""
+    assert _cut_events(gzip.decompress(SHARED_TRACES[name].read_bytes())) is not None
+
+
+def test_typing_takes_each_event_out_of_the_decoded_list():
+    """Each event is freed as soon as it is typed (its memory goes to the records), in trace order."""
+    events, _, list_shapes = split_trace(gzip.decompress(SHARED_TRACES["resnet50"].read_bytes()))
+    ops, kernels = typed_events(events, _EventTyper().kind, list_shapes)
+    assert events == []
+    profile = load_profile(SHARED_TRACES["resnet50"])
+    assert len(ops) == len(profile.ops) and len(kernels) == len(profile.kernels)
+    assert [k.ts_us for k in kernels] == [e["ts"] for e in raw_events("resnet50")
+                                          if e.get("ph") == "X" and e.get("cat", "").lower() in DEVICE_CATEGORIES]
 
 
 def _one_kernel_and_op_changed(tmp_path, op_args=None, kernel_args=None, **event_keys):
