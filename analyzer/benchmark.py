@@ -39,6 +39,7 @@ from convdoctor.analyzer.workload import (
     make_step,
     map_tensors,
     synchronize,
+    time_step,
     training_loss,
 )
 
@@ -429,11 +430,3 @@ def warm_up(step: Callable[[], Any], workload: Workload, settings: BenchmarkSett
 def _settled(times: list[float], settings: BenchmarkSettings) -> bool:
     recent, before = statistics.median(times[-3:]), statistics.median(times[-6:-3])
     return abs(recent - before) <= settings.settle_tolerance * before
-
-
-def time_step(step: Callable[[], Any], device: torch.device) -> float:
-    synchronize(device)
-    start = time.perf_counter()
-    step()
-    synchronize(device)
-    return time.perf_counter() - start

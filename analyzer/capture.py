@@ -8,6 +8,7 @@ import os
 import platform
 import resource
 import shutil
+import statistics
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -22,13 +23,17 @@ from torch.profiler import ProfilerActivity, profile, schedule, tensorboard_trac
 from convdoctor.analyzer.hardware import device_name, environment_peaks
 from convdoctor.analyzer.layout_probe import LAYOUT_PROBE_KEY, LeafLayoutTime, recordable
 from convdoctor.analyzer.module_scope import scope_name
-from convdoctor.analyzer.profile import METADATA_KEY
+from convdoctor.analyzer.profile import METADATA_KEY, UNPROFILED_STEP_KEY
 from convdoctor.analyzer.trace import TRACE_SUFFIXES
-from convdoctor.analyzer.workload import Workload, describe_exception, make_step, synchronize
+from convdoctor.analyzer.workload import Workload, describe_exception, make_step, synchronize, time_step
 from convdoctor.errors import ConvDoctorError, InputMismatchError, ModelFileError
 
 WAIT_STEPS = 1
 WARMUP_STEPS = 1
+# Before the profiler starts, the copy it records runs UNPROFILED_WARM_STEPS steps (lazy init, first allocations),
+# then UNPROFILED_TIMED_STEPS timed ones: their median is the step as the harness times it (UNPROFILED_STEP_KEY).
+UNPROFILED_WARM_STEPS = 2
+UNPROFILED_TIMED_STEPS = 3
 INTERRUPTED_DIR = "interrupted"  # beside the log dir: traces of runs that did not finish
 
 
@@ -223,6 +228,7 @@ def record(workload: Workload, logdir: Path, run_name: str, *, steps: int = 3, w
     target = logdir / run_name
     try:
         settings = environment(run)  # before the profiler starts: measuring peaks is no part of a step
+        settings[UNPROFILED_STEP_KEY] = unprofiled_step_us(step, run.device)
         if layout_probe:
             settings[LAYOUT_PROBE_KEY] = recordable(layout_probe, run.model)
         recorded = _metadata_json(settings)
@@ -248,6 +254,13 @@ def record(workload: Workload, logdir: Path, run_name: str, *, steps: int = 3, w
         _set_aside(scratch, target)
         raise
     return PendingTraces(scratch=scratch, target=target, names=written)
+
+
+def unprofiled_step_us(step: Callable[[], Any], device: torch.device) -> float:
+    """The median time of a step without the profiler, in µs, after a few steps that warm it up."""
+    for _ in range(UNPROFILED_WARM_STEPS):
+        step()
+    return statistics.median(time_step(step, device) for _ in range(UNPROFILED_TIMED_STEPS)) * 1e6
 
 
 def capture(workload: Workload, logdir: Path, run_name: str, *, steps: int = 3, worker_name: str = "worker0"

@@ -130,7 +130,7 @@ def _leaf_calls(workload: Workload) -> dict[str, tuple[nn.Module, tuple, dict, t
 
 def _time_both(module: nn.Module, args: tuple, kwargs: dict, workload: Workload, rounds: int) -> LeafLayoutTime:
     """Median time per call of a copy of the module in its layout and of one in channels_last, interleaved."""
-    from convdoctor.analyzer.benchmark import time_step
+    from convdoctor.analyzer.workload import time_step
     from convdoctor.analyzer.workload import Mode
     from convdoctor.rules.cd101_channels_last import channels_last
 

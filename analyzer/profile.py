@@ -38,6 +38,7 @@ class EventKind(str, enum.Enum):
 
 
 METADATA_KEY = "convdoctor"  # top-level key of the trace JSON where capture records its environment
+UNPROFILED_STEP_KEY = "unprofiled_step_us"  # in it: the median step time without the profiler, µs
 
 
 # Events that may open a module scope (module_scope.parse_scope_name): convdoctor's annotations, PyTorch's

@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from convdoctor.analyzer.benchmark import BenchmarkSettings, time_step, warm_up
-from convdoctor.analyzer.workload import describe_exception, flat_tensors, load_workload, make_step
+from convdoctor.analyzer.benchmark import BenchmarkSettings, warm_up
+from convdoctor.analyzer.workload import describe_exception, flat_tensors, load_workload, make_step, time_step
 
 COMPARED_VALUES = 4096  # the first values of the first step's outputs, sent back for the numerics check
 

@@ -175,6 +175,15 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def time_step(step: Callable[[], Any], device: torch.device) -> float:
+    """Seconds one call of ``step`` takes, the device's queued work included."""
+    synchronize(device)
+    start = time.perf_counter()
+    step()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
 def resolve_device(name: str) -> torch.device:
     """``auto`` picks CUDA when it is available, else the CPU."""
     if name == "auto":

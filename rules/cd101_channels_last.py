@@ -63,7 +63,7 @@ class ProbedSaving:
         largest_first = sorted(self.by_class.items(), key=lambda item: -abs(item[1][1]))
         return {
             "predicted_saving_ms_per_step": self.saving_us / 1e3,
-            "predicted_share": analysis.share(self.saving_us),
+            "predicted_share": analysis.saving_share(self.saving_us),
             "probed_modules": self.probed_modules,
             "conversions_outside_probed_ms_per_step": self.conversions_outside_us / 1e3,
             "by_module_class": {name: {"trace_ms_per_step": trace / 1e3, "predicted_saving_ms_per_step": saving / 1e3}
@@ -134,7 +134,9 @@ Each conv layer's input strides (`Input Strides` of `aten::convolution`), and th
 charged to each layer with their time. When `profile` took the layout probe (it does when it measures), each leaf
 module's time alone in channels_last against its own layout, recorded in the trace: the predicted saving is each
 module's time in the trace (forward, and its backward nodes in training) × `1 - channels_last/current`, plus the
-conversions outside those modules. Without it only the visible conversions are predicted.
+conversions outside those modules, over the step timed without the profiler at capture (operator times are
+close to unprofiled ones; the profiler's cost is mostly around them). Without a probe only the visible
+conversions are predicted.
 
 ## Options
 `min_share` (fraction of step time, default 0.0): smallest share of the step spent in affected layers
@@ -166,7 +168,7 @@ for the finding to be reported.
         if probed is not None:
             word = "saves" if probed.saving_us >= 0 else "costs"
             parts.append(f"timed alone in channels_last, these modules predict it {word} "
-                         f"{abs(analysis.share(probed.saving_us)):.0%} of the step")
+                         f"{abs(analysis.saving_share(probed.saving_us)):.0%} of the step")
         yield Finding(
             rule_id=self.id,
             rule_name=self.name,
@@ -187,8 +189,8 @@ for the finding to be reported.
             },
             # With a layout probe (convdoctor's own captures) the whole effect is predicted; else only the visible
             # conversions are, since the NHWC kernels' own speed is not in the trace.
-            estimated_saving=(analysis.share(probed.saving_us) if probed is not None
-                              else analysis.share(conversion_us) if conversion_us > 0 else None),
+            estimated_saving=(analysis.saving_share(probed.saving_us) if probed is not None
+                              else analysis.saving_share(conversion_us) if conversion_us > 0 else None),
             saving_bound=SavingBound.ESTIMATE if probed is not None else SavingBound.PART,
             candidate=Candidate(
                 title="model and inputs in channels_last",

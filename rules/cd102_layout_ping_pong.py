@@ -166,7 +166,7 @@ the finding is a warning rather than info.
                 "nchw_sources": [_source_row(s) for s in sources],
                 "conversion_alone_removes_flips": not code_sources,
             },
-            estimated_saving=share if conversion_us > 0 else None,
+            estimated_saving=analysis.saving_share(conversion_us) if conversion_us > 0 else None,
             saving_bound=SavingBound.PART,
             candidate=Candidate(
                 title="model and inputs in channels_last" + (" (the model's own NCHW copies stay)"

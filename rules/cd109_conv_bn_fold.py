@@ -6,7 +6,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from convdoctor.analyzer.layers import ConvAnalysis, TimeBasis
-from convdoctor.analyzer.profile import Op
+from convdoctor.analyzer.profile import EventKind, Op
 from convdoctor.rules.base import Candidate, Finding, NumericsContract, Requirement, Severity
 from convdoctor.rules.module_pairs import ModulePair, bn_op, conv_bn_pairs
 from convdoctor.rules.transforms import replace_module
@@ -88,9 +88,12 @@ def _why_not_foldable(pair: ModulePair) -> str | None:
 
 
 def _bn_call_us(call: Op, basis: TimeBasis) -> float:
-    """What folding removes of one BN call: on the host the whole module call (its Python forward and its
-    operators), on a GPU the device time of the kernels it launches."""
-    return call.device_time_us() if basis is TimeBasis.DEVICE else call.dur_us
+    """What folding removes of one BN call: on the host its operators' time, on a GPU the device time of the
+    kernels it launches. Not the whole module call: under the profiler that holds the module-scope hooks and
+    annotation (on small_cnn 1.80 ms per step against 1.19 ms of operators, and folding measured 1.03-1.21 ms)."""
+    if basis is TimeBasis.DEVICE:
+        return call.device_time_us()
+    return sum(op.dur_us for op in call.children if op.kind is EventKind.CPU_OP)
 
 
 def _snippet(pairs: list[FoldPair]) -> str:
@@ -162,7 +165,8 @@ The module scopes of the trace: the order of module calls under each parent modu
 modules (`Conv2d`, `BatchNorm2d`), the input shape of `aten::batch_norm` against the conv layer's output
 shape, its `training` argument (`Concrete Inputs`) and whether running mean and variance are passed; the
 step's mode (recorded at capture, else whether the trace holds backward ops). The BN time per step is the
-host time of its module calls, Python forward and operators (device time of its kernels on GPU).
+host time of the operators of its module calls (device time of its kernels on GPU); the predicted saving is
+that over the step timed without the profiler at capture, where the trace records it.
 
 ## Options
 `min_bn_share` (fraction of step time, default 0.0): smallest share of the step spent in foldable BatchNorm
@@ -184,6 +188,7 @@ which the finding is a warning rather than info.
             return
         bn_us = sum(pair.bn_us_per_step for pair in pairs)
         share = analysis.share(bn_us)
+        predicted = analysis.saving_share(bn_us)
         if share < self.min_bn_share:
             return
         first = pairs[0]
@@ -208,9 +213,10 @@ which the finding is a warning rather than info.
                 "pair_count": len(pairs),
                 "bn_ms_per_step": bn_us / 1e3,
                 "bn_share": share,
+                "predicted_share": predicted,  # over the step timed without the profiler, where the trace has it
                 "skipped": [{"bn": s.bn, "conv": s.conv, "reason": s.reason} for s in skipped],
             },
-            estimated_saving=share,
+            estimated_saving=predicted,
             candidate=Candidate(
                 title=f"{len(pairs)} BatchNorm layer{'s' if len(pairs) != 1 else ''} folded into their convs",
                 transform=fold_conv_bn([(pair.conv, pair.bn) for pair in pairs]),

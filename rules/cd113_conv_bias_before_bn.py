@@ -238,7 +238,7 @@ which the finding is a warning rather than info.
                 "bias_ms_per_step": bias_us / 1e3 if share is not None else None,
                 "bias_share": share,
             },
-            estimated_saving=share,
+            estimated_saving=analysis.saving_share(bias_us) if share is not None else None,
             candidate=Candidate(
                 title=f"{len(pairs)} conv bias{'es' if len(pairs) != 1 else ''} moved into the BatchNorm after it",
                 transform=drop_bias_into_bn([(pair.conv, pair.bn) for pair in pairs]),

@@ -117,7 +117,9 @@ def test_cd101_predicts_the_whole_effect_with_a_probe_and_only_copies_without(tm
     by_class = evidence["by_module_class"]
     assert {"Conv2d", "BatchNorm2d"} <= set(by_class)
     total = sum(row["predicted_saving_ms_per_step"] for row in by_class.values())
-    assert finding.estimated_saving == pytest.approx(probed.share(total * 1e3))
+    # over the step timed without the profiler (recorded at capture), not the traced step
+    assert finding.estimated_saving == pytest.approx(total * 1e3 / probed.unprofiled_step_us)
+    assert finding.evidence["layout_probe"]["predicted_share"] == finding.estimated_saving
     assert "timed alone in channels_last" in finding.message
 
     plain = capture_analysis(workload, tmp_path / "plain")

@@ -12,6 +12,7 @@ from torch import nn
 from conftest import EXAMPLES, MODELS, SHARED_TRACES, capture_analysis
 from convdoctor.analyzer.benchmark import BenchmarkSettings
 from convdoctor.analyzer.layers import ConvAnalysis, analyze_convs
+from convdoctor.analyzer.profile import EventKind
 from convdoctor.analyzer.trace import load_profile
 from convdoctor.analyzer.workload import Workload, call_model, load_workload
 from convdoctor.api import ProfileOptions, profile_file
@@ -51,7 +52,15 @@ def test_triggers_on_every_conv_bn_pair_in_eval(small_cnn_eval):
     assert all(pair["bn_ms_per_step"] > 0 for pair in pairs)
     assert finding.evidence["bn_ms_per_step"] == pytest.approx(sum(pair["bn_ms_per_step"] for pair in pairs))
     assert finding.evidence["mode"] == "eval" and finding.evidence["skipped"] == []
-    assert 0 < finding.evidence["bn_share"] < 1 and finding.estimated_saving == finding.evidence["bn_share"]
+    assert 0 < finding.evidence["bn_share"] < 1
+    # what folding removes is the BN operators' time, not the whole module call (which holds the profiler's hooks)
+    bn_calls = [op for op in analysis.profile.ops if op.scope is not None and op.scope.class_name == "BatchNorm2d"]
+    operators_us = sum(child.dur_us for call in bn_calls for child in call.children if child.kind is EventKind.CPU_OP)
+    assert finding.evidence["bn_ms_per_step"] * 1e3 == pytest.approx(operators_us / analysis.profile.step_count)
+    assert operators_us < sum(call.dur_us for call in bn_calls)
+    # predicted over the step timed without the profiler, which convdoctor's capture records
+    assert finding.estimated_saving == finding.evidence["predicted_share"] == pytest.approx(
+        finding.evidence["bn_ms_per_step"] * 1e3 / analysis.unprofiled_step_us)
     assert f"{pairs[0]['conv']} -> {pairs[0]['bn']} and 14 more pairs: BN costs" in finding.message
     assert finding.candidate is not None and finding.candidate.numerics is NumericsContract.EXACT
     assert finding.candidate.tolerance <= 1e-4
