@@ -57,10 +57,14 @@ def test_does_not_trigger_on_a_compiled_model(tmp_path: Path):
 @pytest.mark.slow
 @pytest.mark.usefixtures("one_thread")
 def test_the_compiled_candidate_is_measured_and_its_compile_time_reported(tmp_path: Path):
+    from torch._inductor import config as inductor_config
+
     settings = BenchmarkSettings(warmup_s=0, min_rounds=5, max_rounds=5)
     model = _model().eval()
-    report, _ = profile(model, torch.randn(2, 3, 32, 32), ProfileOptions(
-        device="cpu", out_dir=tmp_path, steps=1, select=("CD116",), benchmark=settings))
+    # inductor's caches (on disk, kept between runs) would load the code an earlier test compiled: compile it here
+    with inductor_config.patch(force_disable_caches=True):
+        report, _ = profile(model, torch.randn(2, 3, 32, 32), ProfileOptions(
+            device="cpu", out_dir=tmp_path, steps=1, select=("CD116",), benchmark=settings))
     (outcome,) = report.outcomes
     assert outcome.measurement is not None, outcome.not_measured
     assert outcome.numerics_ok is True
