@@ -38,6 +38,7 @@ def report_to_dict(report: Report) -> dict[str, Any]:
         "summary": {
             "time_basis": analysis.time_basis.value,
             "step_time_ms": analysis.step_time_us / 1e3,
+            "unprofiled_step_ms": analysis.unprofiled_step_us / 1e3 if analysis.unprofiled_step_us else None,
             "conv_time_ms": analysis.conv_time_us / 1e3,
             "conv_share": analysis.share(analysis.conv_time_us),
             "conversion_time_ms": analysis.conversion_time_us / 1e3,

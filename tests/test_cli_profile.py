@@ -41,6 +41,8 @@ def test_report_json_is_sane_for_small_cnn(small_cnn_run):
     times = [layer["time_ms"] for layer in report["layers"]]
     assert times == sorted(times, reverse=True) and times[-1] > 0
     assert 0 < report["summary"]["conv_share"] <= 1
+    recorded = json.loads(Path(report["trace_files"][0]).read_text())["convdoctor"]["unprofiled_step_us"]
+    assert report["summary"]["unprofiled_step_ms"] == pytest.approx(recorded / 1e3)
     finding = next(f for f in report["findings"] if f["rule_id"] == "CD101")
     measurement = finding["measurement"]
     assert measurement["ci_low"] <= measurement["speedup"] <= measurement["ci_high"]
@@ -70,7 +72,8 @@ def test_html_report_names_layers_and_the_measured_result(small_cnn_run):
     html = (out / "report.html").read_text()
     for layer in report["layers"]:
         assert f"<code>{layer['name']}</code>" in html
-    assert "CD101" in html and "interleaved rounds" in html
+    assert "CD101" in html and "interleaved rounds in 3 blocks of fresh copies" in html
+    assert f"{report['summary']['unprofiled_step_ms']:.2f} ms without it" in html
 
 
 def test_format_json_prints_the_report_and_a_rerun_says_it_overwrites(tmp_path: Path):
