@@ -232,12 +232,12 @@ def alternating_rounds(
     min_rounds, max_rounds = _shares(settings.min_rounds, blocks), _shares(settings.max_rounds, blocks)
     block_sizes: list[int] = []
     gc_was_enabled = gc.isenabled()
-    try:
-        for block in range(blocks):
-            if new_block is not None:
-                new_block(block)
-            gc.collect(2 if block == 0 else 1)  # a full collection takes 0.1 s with torch loaded: once is enough
-            gc.disable()
+    for block in range(blocks):
+        if new_block is not None:
+            new_block(block)
+        gc.collect(2 if block == 0 else 1)  # a full collection takes 0.1 s with torch loaded: once is enough
+        gc.disable()
+        try:
             block_s = 0.0
             for round_index in range(max_rounds[block]):
                 for which in ([0, 1] if rng.random() < 0.5 else [1, 0]):
@@ -248,12 +248,10 @@ def alternating_rounds(
                     progress(sum(block_sizes) + round_index + 1, settings.max_rounds)
                 if round_index + 1 >= min_rounds[block] and block_s >= settings.target_s / blocks:
                     break
-            block_sizes.append(round_index + 1)
+        finally:
             if gc_was_enabled:
                 gc.enable()
-    finally:
-        if gc_was_enabled:
-            gc.enable()
+        block_sizes.append(round_index + 1)
     return Rounds(times_s=times, blocks=block_sizes)
 
 

@@ -134,9 +134,9 @@ Each conv layer's input strides (`Input Strides` of `aten::convolution`), and th
 charged to each layer with their time. When `profile` took the layout probe (it does when it measures), each leaf
 module's time alone in channels_last against its own layout, recorded in the trace: the predicted saving is each
 module's time in the trace (forward, and its backward nodes in training) × `1 - channels_last/current`, plus the
-conversions outside those modules, over the step timed without the profiler at capture (operator times are
-close to unprofiled ones; the profiler's cost is mostly around them). Without a probe only the visible
-conversions are predicted.
+conversions outside those modules, over the step timed without the profiler at capture (much of the profiler's
+cost lies around the operators, but multi-threaded convs slow under it too, so this can run high). Without a probe
+only the visible conversions are predicted.
 
 ## Options
 `min_share` (fraction of step time, default 0.0): smallest share of the step spent in affected layers
