@@ -31,6 +31,7 @@ from convdoctor.analyzer.trace_fast import (
     typed_events,
     typed_shapes,
 )
+from convdoctor.analyzer.trace_stream import GZIP_MAGIC, TraceStream, streamed_events
 from convdoctor.errors import TraceError
 
 CATEGORY_KINDS: dict[str, EventKind] = {
@@ -51,7 +52,6 @@ CATEGORY_KINDS: dict[str, EventKind] = {
 # Categories that carry no timed work worth typing (flows, markers, whole-trace spans).
 IGNORED_CATEGORIES = frozenset({"trace", "async", "ac2g", "async_cpu_to_gpu", "overhead", "python_function_cpp"})
 
-GZIP_MAGIC = b"\x1f\x8b"
 MAX_DEFLATE_RATIO = 1032  # deflate output is at most this many times its input
 
 STEP_NAME = re.compile(r"^ProfilerStep#([0-9]{1,18})$")
@@ -109,45 +109,28 @@ def start_reading(path: str | Path) -> Reading:
 
 
 class ReadAhead:
-    """Trace files read in order, each in a background thread while the one before it is analyzed.
+    """Trace files read in order, each on a background thread while the one before it is analyzed.
 
-    zlib and file reads release the interpreter lock, so the gunzip of the next trace (about a tenth of its
-    analysis) runs on another core. The first file starts reading at once; each next one when the one before it
-    is taken. An error of the reading (a TraceError) is raised by ``take``.
+    zlib and file reads release the interpreter lock, so each file is gunzipped on another core (see
+    ``TraceStream``): the first at once, each next one once the one before it has been read.
     """
 
     def __init__(self, paths: Iterable[Path]) -> None:
         self._paths = iter(paths)
-        self._reading: tuple[Path, threading.Thread, list[Any]] | None = None
-        self._start_next()
+        self._next: TraceStream | None = None
+        self._start_next(None)
 
-    def take(self, path: Path) -> bytes:
-        """The bytes of ``path``, the next file in order (read as ``load_profile`` reads it)."""
-        if self._reading is None or self._reading[0] != path:
+    def take(self, path: Path) -> TraceStream:
+        """The stream of ``path``, the next file in order (for ``load_profile``)."""
+        if self._next is None or self._next.path != path:
             raise ValueError(f"{path} is not the next trace to read")
-        _, thread, outcome = self._reading
-        thread.join()
-        self._start_next()
-        if isinstance(outcome[0], BaseException):
-            raise outcome[0]
-        return outcome[0]
+        stream = self._next
+        self._start_next(stream.thread)
+        return stream
 
-    def _start_next(self) -> None:
+    def _start_next(self, after: threading.Thread | None) -> None:
         path = next(self._paths, None)
-        if path is None:
-            self._reading = None
-            return
-        outcome: list[Any] = [None]  # the bytes, or the exception the reading raised
-
-        def read() -> None:
-            try:
-                outcome[0] = _read_bytes(path)
-            except BaseException as exc:  # raised by take(), in the thread that asks
-                outcome[0] = exc
-
-        thread = threading.Thread(target=read, name=f"read {path.name}", daemon=True)
-        thread.start()
-        self._reading = (path, thread, outcome)
+        self._next = None if path is None else TraceStream(path, after)
 
 
 def _gunzip(raw: bytes) -> bytes:
@@ -195,19 +178,30 @@ def _check_kineto(data: Any, trace_path: str) -> None:
         raise TraceError(f"{trace_path}: is JSON but not a Kineto trace (no 'traceEvents' list)")
 
 
-def load_profile(path: str | Path, data: bytes | None = None) -> Profile:
+def load_profile(path: str | Path, stream: TraceStream | None = None) -> Profile:
     """Read and parse one trace file: the same Profile as ``parse_trace(read_trace(path))``, faster and smaller.
 
-    ``data``: the file's bytes, gunzipped, when they were read already (``ReadAhead``).
+    ``stream``: the file's reading, when it was started already (``ReadAhead``).
 
-    Events are decoded straight into their typed fields (``trace_fast``); a trace holding a value that decoding
-    does not take is read the tolerant way, each event typed as soon as the ``json`` module decodes it (see
-    ``_TypingHook``). The cyclic garbage collector is paused meanwhile (see ``collector_paused``).
+    Events are decoded straight into their typed fields while the file is gunzipped (``trace_stream``); a trace
+    that reading does not take is decoded whole the same way (``trace_fast``), and a trace holding a value that
+    decoding does not take is read the tolerant way, each event typed as soon as the ``json`` module decodes it
+    (see ``_TypingHook``). The cyclic garbage collector is paused meanwhile (see ``collector_paused``).
     """
     path = Path(path)
     with collector_paused():
-        if data is None:
-            data = _read_bytes(path)
+        typer = _EventTyper()
+        stream = stream or TraceStream(path)
+        try:
+            ops, kernels, top = streamed_events(stream.pieces(), typer.kind)
+            metadata = {key: json.loads(bytes(raw), object_hook=_slim_event) for key, raw in top.items()}
+        except (NotPlain, ValueError, RecursionError):
+            pass  # read whole
+        else:
+            return _profile(metadata, ops, kernels, typer.unknown, str(path))
+        finally:
+            stream.close()
+        data = _read_bytes(path)
         try:  # ASCII bytes are their own UTF-8 text (most traces): no copy decoded
             events, top, list_shapes = split_trace(data if data.isascii() else _text(data, path))
             metadata = {key: json.loads(bytes(raw), object_hook=_slim_event) for key, raw in top.items()}

@@ -165,9 +165,10 @@ def _cut_events(text: bytes) -> tuple[dict[str, msgspec.Raw], memoryview] | None
     return top, memoryview(text)[start:end]
 
 
-def typed_events(events: list[msgspec.Struct], kind_of: Any, list_shapes: bool = False
-                 ) -> tuple[list[Op], list[Kernel]]:
-    """The Op or Kernel of each complete event whose category ``kind_of`` maps to a kind, each list in trace order.
+def typed_events(events: list[msgspec.Struct], kind_of: Any, list_shapes: bool = False,
+                 typed: tuple[list[Op], list[Kernel]] | None = None) -> tuple[list[Op], list[Kernel]]:
+    """The Op or Kernel of each complete event whose category ``kind_of`` maps to a kind, each list in trace order
+    (appended to ``typed``'s lists when given: the records of the events decoded before).
 
     The same records as ``trace._typed_event`` makes of the same events: the decoder already checked every type
     and range, so what is left is the clamping of sub-nanosecond times, the spellings, and interning (and, for
@@ -176,8 +177,7 @@ def typed_events(events: list[msgspec.Struct], kind_of: Any, list_shapes: bool =
     ``events`` is emptied on the way: each event is freed as soon as it is typed, so the records take the memory
     it held instead of new pages (55k fewer page faults at 10x, 0.1 s).
     """
-    ops: list[Op] = []
-    kernels: list[Kernel] = []
+    ops, kernels = typed or ([], [])
     add_op, add_kernel = ops.append, kernels.append
     intern = sys.intern
     names: dict[str, str] = {}  # interned names, and the ids seen as pid/tid strings
