@@ -150,7 +150,8 @@ def streamed_events(pieces: Iterable[bytes], kind_of: Any, run_bytes: int = RUN_
                 runs += 1
             del pending[:run_start]
         if runs == 0:  # all of it came in one piece, or the events were never found: decoded whole
-            text = head + bytes(pending)
+            text = head + pending
+            del pending[:]  # one copy of the text at a time
             events, top, list_shapes = split_trace(text if ascii_only else text.decode("utf-8"))
             typed_events(events, kind_of, list_shapes, typed)
             return *typed, top
