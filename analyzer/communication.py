@@ -99,7 +99,7 @@ def _is_bucket_copy(name: str) -> bool:
 def communication(profile: Profile) -> CommView | None:
     """The communication view of a rank's trace; None when the trace holds no collective or no steps."""
     cpu_op = EventKind.CPU_OP
-    if profile.kernels and any(_is_nccl_kernel(k.name) for k in profile.kernels):
+    if any(map(_is_nccl_kernel, {k.name for k in profile.kernels})):  # each distinct name once
         comm = [(k.ts_us, k.end_us) for k in profile.kernels if _is_nccl_kernel(k.name)]
         compute = [(k.ts_us, k.end_us) for k in profile.kernels if not _is_nccl_kernel(k.name)]
         basis = "device"

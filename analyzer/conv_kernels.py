@@ -25,6 +25,7 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from operator import attrgetter
+from typing import Callable
 
 from convdoctor.analyzer.layers import TRANSPOSE_KERNEL, ConvAnalysis, ConvLayer, is_conv_backward_node
 from convdoctor.analyzer.profile import EventKind, Kernel, Op
@@ -116,26 +117,29 @@ def layer_kernels(analysis: ConvAnalysis) -> dict[str, LayerKernels]:
     owner = {k: layer for layer in analysis.layers for k in layer.kernels if k.kind is compute}
     if not owner:
         return {}
-    device_kernels = (*analysis.profile.kernels, *(k for layer in analysis.layers for k in layer.kernels))
-    launchers: dict[Op, str] = {}  # each launcher's pass, once
-    passes = {k: launchers.get(k.launcher) or _pass(k, launchers)  # each kernel's, once; a known launcher's first
-              for k in device_kernels if k.kind is compute}
-    result = {layer.name: _own_kernels(layer, steps, passes) for layer in analysis.layers}
-    for layer_name, kernels in _neighbour_runs(analysis, owner, passes).items():
+    launchers: dict[Op, str] = {}  # each event's pass, once
+
+    def pass_of(kernel: Kernel) -> str:
+        """Found when first asked, for the layers' kernels and those after a forward conv only: finding it for
+        every kernel of the trace first took 0.05 s at 10x."""
+        return launchers.get(kernel.launcher) or _pass(kernel, launchers)
+
+    result = {layer.name: _own_kernels(layer, steps, pass_of) for layer in analysis.layers}
+    for layer_name, kernels in _neighbour_runs(analysis, owner, pass_of).items():
         for kernel in kernels:
             share = result[layer_name].neighbours.setdefault(neighbour_category(kernel.name), KernelShare())
             _add(share, kernel, steps)
     return result
 
 
-def _own_kernels(layer: ConvLayer, steps: int, passes: dict[Kernel, str]) -> LayerKernels:
+def _own_kernels(layer: ConvLayer, steps: int, pass_of: Callable[[Kernel], str]) -> LayerKernels:
     algorithms: dict[tuple[str, str], KernelShare] = {}
     tensor_core = simt = unknown = 0.0
     for kernel in layer.kernels:
         if kernel.kind is not EventKind.KERNEL:
             continue
         family = algorithm_family(kernel.name)
-        _add(algorithms.setdefault((passes[kernel], family), KernelShare()), kernel, steps)
+        _add(algorithms.setdefault((pass_of(kernel), family), KernelShare()), kernel, steps)
         if family in ("layout conversion", "helper"):
             continue
         on_tensor_cores = uses_tensor_cores(kernel.name)
@@ -186,7 +190,7 @@ def _backward_name(name: str) -> bool:
 
 
 def _neighbour_runs(
-    analysis: ConvAnalysis, owner: dict[Kernel, ConvLayer], passes: dict[Kernel, str]
+    analysis: ConvAnalysis, owner: dict[Kernel, ConvLayer], pass_of: Callable[[Kernel], str]
 ) -> dict[str, list[Kernel]]:
     """Per layer, the non-conv kernels on the same stream after its forward kernels and before the next conv
     kernel, stopping at the first kernel launched from the backward pass."""
@@ -202,9 +206,9 @@ def _neighbour_runs(
         for kernel in kernels:
             layer = owner.get(kernel)
             if layer is not None:
-                current = layer if passes[kernel] == "forward" else None
+                current = layer if pass_of(kernel) == "forward" else None
             elif current is not None:
-                if passes[kernel] == "backward":
+                if pass_of(kernel) == "backward":
                     current = None
                 else:
                     runs[current.name].append(kernel)

@@ -155,6 +155,7 @@ class ConvAnalysis:
     step_time_us: float
     notes: list[str] = field(default_factory=list)  # what could not be computed, and why
     calls: list[Op] = field(default_factory=list, repr=False)  # the outermost conv operators, in trace order
+    backward_nodes: list[Op] = field(default_factory=list, repr=False)  # conv backward nodes, in trace order
     job: JobView | None = None  # set for one rank of a data-parallel job: what all its ranks' traces say
 
     @property
@@ -235,32 +236,32 @@ def conv_output_shape(
 def analyze_convs(profile: Profile) -> ConvAnalysis:
     """Attribute every convolution call in the profile to a layer and compute its metrics."""
     basis = TimeBasis.DEVICE if profile.has_device_events else TimeBasis.HOST
-    cpu_op = EventKind.CPU_OP
-    calls = [op for op in profile.ops if op.kind is cpu_op and is_conv_op(op.name) and _outermost_conv(op)]
+    calls, backward_nodes, conversion_ops = _conv_events(profile)
     layer_of_call: dict[int, ConvLayer] = {}
     layers: dict[str, ConvLayer] = {}
     notes: list[str] = []
     for op, name in _name_calls(profile, calls):
         layer = layers.get(name) or layers.setdefault(name, _new_layer(name, op))
         layer.calls += 1
-        layer.forward_us += _time_us(op, basis)
-        layer.kernels.extend(_kernels(op))
+        time_us, kernels, _ = _call_work(op, basis)
+        layer.forward_us += time_us
+        layer.kernels.extend(kernels)
         layer_of_call[id(op)] = layer
     forward_by_sequence = {op.sequence_number: op for op in calls if op.sequence_number is not None}
-    backward_nodes = [op for op in profile.ops if op.kind is cpu_op and is_conv_backward_node(op.name)]
     for node in backward_nodes:
         forward = forward_by_sequence.get(node.sequence_number)
         layer = layer_of_call.get(id(forward)) if forward is not None else None
         if layer is None:
             continue
-        layer.backward_us += _time_us(node, basis)
-        layer.kernels.extend(_kernels(node))
+        time_us, kernels, events = _call_work(node, basis)
+        layer.backward_us += time_us
+        layer.kernels.extend(kernels)
         if layer.output_shape is None and _tensor_shape(node.input_dims, 0):
             layer.output_shape = _tensor_shape(node.input_dims, 0)  # grad_output has the forward output's shape
             _fill_metrics(layer)
-        for op in (node, *node.descendants()):
-            layer_of_call.setdefault(id(op), layer)
-    _charge_conversions(profile, calls, layer_of_call)
+        for event in events:
+            layer_of_call.setdefault(id(event), layer)
+    _charge_conversions(profile, calls, conversion_ops, layer_of_call)
     steps = profile.step_count
     for layer in layers.values():
         layer.calls_per_step = layer.calls / steps
@@ -273,7 +274,27 @@ def analyze_convs(profile: Profile) -> ConvAnalysis:
         notes.append("the trace has no convdoctor module scopes: layers are named by their order in the step")
     ordered = sorted(layers.values(), key=lambda layer: layer.time_per_step_us, reverse=True)
     return ConvAnalysis(profile=profile, layers=ordered, time_basis=basis,
-                        step_time_us=profile.step_time_us, notes=notes, calls=calls)
+                        step_time_us=profile.step_time_us, notes=notes, calls=calls, backward_nodes=backward_nodes)
+
+
+def _conv_events(profile: Profile) -> tuple[list[Op], list[Op], list[Op]]:
+    """The outermost conv operators, the conv backward nodes and the operators that may be host layout conversions,
+    each in trace order: one pass over every event for the three (a pass takes about 0.04 s at 355k events)."""
+    cpu_op = EventKind.CPU_OP
+    calls: list[Op] = []
+    backward_nodes: list[Op] = []
+    conversion_ops: list[Op] = []
+    for op in profile.ops:
+        if op.kind is not cpu_op:
+            continue
+        name = op.name
+        if name in CONVERSION_OPS:
+            conversion_ops.append(op)
+        if is_conv_op(name) and _outermost_conv(op):
+            calls.append(op)
+        if is_conv_backward_node(name):
+            backward_nodes.append(op)
+    return calls, backward_nodes, conversion_ops
 
 
 def _outermost_conv(op: Op) -> bool:
@@ -397,22 +418,36 @@ def _fill_metrics(layer: ConvLayer) -> None:
     layer.bytes = (numel + layer.bias_numel) * layer.element_bytes
 
 
-def _time_us(op: Op, basis: TimeBasis) -> float:
-    return op.device_time_us() if basis is TimeBasis.DEVICE else op.dur_us
+def _call_work(op: Op, basis: TimeBasis) -> tuple[float, list[Kernel], list[Op]]:
+    """A conv call's time (its device time, or its host duration on a CPU trace), the device events of it and of
+    the events nested in it, and those events (it first, then ``descendants()``'s order).
+
+    One walk for the three instead of one each (analyze_convs 0.27 -> 0.23 s at 10x). The device time is summed as
+    ``Op.device_time_us`` sums it, its own kernels' and then each nested event's in turn: the same float.
+    """
+    events = [op]
+    kernels = list(op.kernels)
+    nested = 0
+    stack = op.children[::-1]
+    while stack:
+        event = stack.pop()
+        events.append(event)
+        if event.kernels:
+            kernels.extend(event.kernels)
+            nested += sum(k.dur_us for k in event.kernels)
+        if event.children:
+            stack.extend(reversed(event.children))
+    time_us = sum(k.dur_us for k in op.kernels) + nested if basis is TimeBasis.DEVICE else op.dur_us
+    return time_us, kernels, events
 
 
-def _kernels(op: Op) -> list[Kernel]:
-    return [k for o in (op, *op.descendants()) for k in o.kernels]
-
-
-def _charge_conversions(profile: Profile, calls: list[Op], layer_of_call: dict[int, ConvLayer]) -> None:
+def _charge_conversions(profile: Profile, calls: list[Op], conversion_ops: list[Op],
+                        layer_of_call: dict[int, ConvLayer]) -> None:
     """Charge each layout conversion to the conv it runs in, else the one it feeds, else the one it follows."""
     calls_by_thread: dict[tuple[str, str], list[Op]] = defaultdict(list)
     for op in calls:
         calls_by_thread[(op.pid, op.tid)].append(op)
-    for op in profile.ops:
-        if op.name not in CONVERSION_OPS:  # most events: one test, without a call
-            continue
+    for op in conversion_ops:
         conversion = _host_conversion(op)
         if conversion is None:
             continue

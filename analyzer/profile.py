@@ -8,7 +8,6 @@ import itertools
 import math
 from dataclasses import dataclass
 from functools import cached_property
-from operator import attrgetter, is_not
 from typing import TYPE_CHECKING, Any, Iterator
 
 import msgspec
@@ -230,8 +229,17 @@ class Profile:
         return outermost
 
     @cached_property
+    def scope_ops(self) -> list[Op]:
+        """The module-scope annotations (events with a scope), in trace order.
+
+        Found once for the rules that look for module calls, instead of each reading every event (0.02-0.03 s a
+        pass at 355k events).
+        """
+        return [op for op in self.ops if op.scope is not None]
+
+    @property
     def has_module_scopes(self) -> bool:
-        return any(map(is_not, map(attrgetter("scope"), self.ops), itertools.repeat(None)))  # each event, in C
+        return bool(self.scope_ops)
 
     @property
     def step_count(self) -> int:

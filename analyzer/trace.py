@@ -13,9 +13,8 @@ import re
 import sys
 import threading
 import zlib
-from collections import Counter, defaultdict
-from itertools import islice
-from operator import attrgetter, eq
+from collections import Counter
+from operator import attrgetter
 from pathlib import Path
 from typing import Any, Callable, Iterable, NamedTuple
 
@@ -505,36 +504,55 @@ def _typed_event(raw: dict[str, Any], kind: EventKind) -> Op | Kernel | None:
 
 def _sort_by_start(ops: list[Op]) -> None:
     """Sort by start, the longest first among equal starts, else in trace order (stable sorts: no key tuple per
-    event). A trace is mostly written in order, which the first sort takes fastest; equal starts are rare."""
+    event). A trace is mostly written in order, which the first sort takes fastest; equal starts are rare.
+
+    Equal starts are looked for by a loop over the events, which stops at the first: a list of the starts and
+    ``any(map(eq, ...))`` over it took twice as long (0.07 against 0.04 s at 10x).
+    """
     ops.sort(key=attrgetter("ts_us"))
-    starts = list(map(attrgetter("ts_us"), ops))
-    if any(map(eq, starts, islice(starts, 1, None))):
-        ops.sort(key=attrgetter("dur_us"), reverse=True)
-        ops.sort(key=attrgetter("ts_us"))
+    previous = None
+    for op in ops:
+        start = op.ts_us
+        if start == previous:
+            ops.sort(key=attrgetter("dur_us"), reverse=True)
+            ops.sort(key=attrgetter("ts_us"))
+            return
+        previous = start
 
 
 def _nest(ops: list[Op]) -> None:
-    """Build parent/child links per thread from time containment, and the module scope of each event."""
-    by_thread: dict[tuple[str, str], list[Op]] = defaultdict(list)
-    for op in ops:
-        by_thread[(op.pid, op.tid)].append(op)
-    for thread_ops in by_thread.values():
-        stack: list[Op] = []
-        ends: list[float] = []  # the end of each event on the stack
-        for op in thread_ops:  # already sorted by start, longest first
-            start = op.ts_us
-            while ends and start >= ends[-1]:
-                stack.pop()
-                ends.pop()
-            if stack:
-                parent = op.parent = stack[-1]
-                parent.children.append(op)
-                holder = parent if parent.scope is not None else parent.module_call
-                if holder is not None:  # else both stay None
-                    op.module_call = holder
-                    op.module = holder.scope
-            stack.append(op)
-            ends.append(start + op.dur_us)
+    """Build parent/child links per thread from time containment, and the module scope of each event.
+
+    One pass in start order, with the thread's state in locals: its innermost open event (the parent of an event
+    that starts before it ends), that end, the module-scope annotation around it, and a stack of the states it
+    encloses. A thread's events come in runs (two threads switch 121 times in 355k events at 10x), so the state is
+    swapped only when the pid or tid object changes (they are interned; equal strings that are not the same object
+    only cost a swap): no per-thread lists and no key per event, 0.18 -> 0.13 s at 10x.
+    """
+    saved: dict[tuple[str | None, str | None], tuple[list[Any], Op | None, float, Op | None]] = {}  # other threads'
+    pid = tid = None
+    enclosing: list[tuple[Op | None, float, Op | None]] = []  # the (parent, end, holder) states below the current
+    parent: Op | None = None  # the innermost open event
+    end = math.inf  # its end
+    holder: Op | None = None  # the module-scope annotation the parent is or runs in
+    for op in ops:  # sorted by start, longest first
+        if op.tid is not tid or op.pid is not pid:
+            saved[(pid, tid)] = (enclosing, parent, end, holder)
+            pid, tid = op.pid, op.tid
+            enclosing, parent, end, holder = saved.get((pid, tid)) or ([], None, math.inf, None)
+        start = op.ts_us
+        while start >= end:  # the bottom state's end is infinite: it is never left
+            parent, end, holder = enclosing.pop()
+        if parent is not None:
+            op.parent = parent
+            parent.children.append(op)
+            if holder is not None:  # else both stay None
+                op.module_call = holder
+                op.module = holder.scope
+        enclosing.append((parent, end, holder))
+        parent, end = op, start + op.dur_us
+        if op.scope is not None:
+            holder = op
 
 
 def _link_kernels(ops: list[Op], kernels: list[Kernel]) -> None:

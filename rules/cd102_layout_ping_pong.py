@@ -181,9 +181,8 @@ the finding is a warning rather than info.
 def _execution_order(profile: Profile, layers: list[ConvLayer]) -> list[ConvLayer]:
     """The layers in the order they first run: by the start of their module scope, then their call index."""
     first_start: dict[str, float] = {}
-    for op in profile.ops:
-        if op.scope is not None:
-            first_start.setdefault(op.scope.qualified_name, op.ts_us)
+    for op in profile.scope_ops:
+        first_start.setdefault(op.scope.qualified_name, op.ts_us)
 
     def key(layer: ConvLayer) -> tuple[float, int]:
         scope = layer.name if layer.name in first_start else layer.name.rpartition(":")[0]
@@ -210,7 +209,7 @@ def _nchw_sources(profile: Profile, to_nchw: list[LayoutConversion], layer_names
     by_module: dict[str | None, list[LayoutConversion]] = defaultdict(list)
     for conversion in to_nchw:
         by_module[conversion.op_module].append(conversion)
-    classes = {op.scope.qualified_name: op.scope.class_name for op in profile.ops if op.scope is not None}
+    classes = {op.scope.qualified_name: op.scope.class_name for op in profile.scope_ops}
     calls: dict[str | None, list[Op]] = defaultdict(list)
     for op in profile.ops:
         if op.name != "aten::copy_":  # most events: checked first (_is_copy_to_nchw checks it again)

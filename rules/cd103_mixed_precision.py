@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 from convdoctor.analyzer.layers import ConvAnalysis, is_conv_backward_node, is_conv_op
-from convdoctor.analyzer.profile import EventKind, Op, Profile
+from convdoctor.analyzer.profile import EventKind, Kernel, Op, Profile
 from convdoctor.rules.base import Candidate, Finding, NumericsContract, PlanStage, Requirement, Severity
 from convdoctor.rules.transforms import autocast, backend_flags
 
@@ -232,8 +232,22 @@ baseline output magnitude).
 
 
 def _conv_device(profile: Profile) -> int | None:
-    """The device that ran the most conv kernel time (forward and backward)."""
+    """The device that ran the most conv kernel time (forward and backward).
+
+    On a trace of one device (most), the first conv kernel answers: the others need not be looked for.
+    """
+    if len({kernel.device for kernel in profile.kernels}) == 1:
+        return next((kernel.device for kernel in _conv_kernels(profile)), None)
     time: dict[int | None, float] = defaultdict(float)
+    for kernel in _conv_kernels(profile):
+        time[kernel.device] += kernel.dur_us
+    if not time:
+        return None
+    return max(time, key=lambda device: time[device])
+
+
+def _conv_kernels(profile: Profile) -> Iterator[Kernel]:
+    """The compute kernels launched in a conv op or a conv backward node, in trace order."""
     in_conv: dict[Op, bool] = {}  # per event: it or an event around it is a conv
     compute = EventKind.KERNEL
     for kernel in profile.kernels:
@@ -241,10 +255,7 @@ def _conv_device(profile: Profile) -> int | None:
             continue
         known = in_conv.get(kernel.launcher)  # most launchers launch several kernels: no call for those
         if known or (known is None and _in_conv(kernel.launcher, in_conv)):
-            time[kernel.device] += kernel.dur_us
-    if not time:
-        return None
-    return max(time, key=lambda device: time[device])
+            yield kernel
 
 
 def _in_conv(op: Op, known: dict[Op, bool]) -> bool:

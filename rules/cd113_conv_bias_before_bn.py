@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-from convdoctor.analyzer.layers import CONV_BACKWARD_NODE, CONV_OP, ConvAnalysis, TimeBasis
+from convdoctor.analyzer.layers import CONV_OP, ConvAnalysis, TimeBasis
 from convdoctor.analyzer.profile import EventKind, Op
 from convdoctor.rules.base import Candidate, Finding, NumericsContract, PlanStage, Requirement, Severity
 from convdoctor.rules.module_pairs import ModulePair, conv_bn_pairs
@@ -82,9 +82,8 @@ def find_bias_pairs(analysis: ConvAnalysis) -> list[BiasPair]:
 def _backward_nodes(analysis: ConvAnalysis) -> dict[int, list[Op]]:
     """Conv backward nodes by the sequence number they share with their forward op."""
     nodes: dict[int, list[Op]] = {}
-    cpu_op = EventKind.CPU_OP
-    for op in analysis.profile.ops:
-        if op.kind is cpu_op and op.sequence_number is not None and CONV_BACKWARD_NODE.match(op.name):
+    for op in analysis.backward_nodes:
+        if op.sequence_number is not None:
             nodes.setdefault(op.sequence_number, []).append(op)
     return nodes
 

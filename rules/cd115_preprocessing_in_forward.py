@@ -47,7 +47,7 @@ def op_kind(name: str) -> str | None:
 def root_calls(analysis: ConvAnalysis) -> list[Op]:
     """The module-scope annotations of the model's own calls (qualified name ``<model>``) in the profiled steps."""
     profile = analysis.profile
-    return [op for op in profile.ops if op.scope is not None and op.scope.qualified_name == ROOT_NAME
+    return [op for op in profile.scope_ops if op.scope.qualified_name == ROOT_NAME
             and (not profile.steps or profile.step_of(op.ts_us) is not None)]
 
 

@@ -66,8 +66,8 @@ def conv_pool_pairs(analysis: ConvAnalysis) -> list[ConvPool]:
     """Stride-1 'same' 2-D conv modules followed in every call by a 2×2, stride-2, unpadded MaxPool2d/AvgPool2d."""
     layers = {layer.name: layer for layer in analysis.layers}
     calls: dict[str, list[Op]] = {}
-    for op in analysis.profile.ops:
-        if op.scope is not None and op.scope.qualified_name in layers:
+    for op in analysis.profile.scope_ops:
+        if op.scope.qualified_name in layers:
             calls.setdefault(op.scope.qualified_name, []).append(op)
     pairs = []
     for name, conv_calls in calls.items():

@@ -46,8 +46,8 @@ def conv_bn_pairs(analysis: ConvAnalysis) -> tuple[list[ModulePair], list[Unpair
     Both lists follow the order of the BNs' first calls.
     """
     calls: dict[str, list[Op]] = defaultdict(list)
-    for op in analysis.profile.ops:
-        if op.scope is not None and (CONV_CLASS.match(op.scope.class_name) or BN_CLASS.match(op.scope.class_name)):
+    for op in analysis.profile.scope_ops:
+        if CONV_CLASS.match(op.scope.class_name) or BN_CLASS.match(op.scope.class_name):
             calls[op.scope.qualified_name].append(op)
     output_shapes = {layer.name: layer.output_shape for layer in analysis.layers}
     pairs: list[ModulePair] = []
