@@ -26,8 +26,8 @@ from convdoctor.analyzer.trace_fast import (
     MAX_TIME_US,
     TIME_RESOLUTION_US,
     NotPlain,
+    EventTyping,
     split_trace,
-    typed_events,
     typed_shapes,
 )
 from convdoctor.analyzer.trace_stream import GZIP_MAGIC, TraceStream, streamed_events
@@ -190,14 +190,15 @@ def load_profile(path: str | Path, stream: TraceStream | None = None) -> Profile
     path = Path(path)
     with collector_paused():
         typer = _EventTyper()
+        typing = EventTyping(typer.kind)
         stream = stream or TraceStream(path)
         try:
-            ops, kernels, top = streamed_events(stream.pieces(), typer.kind)
+            top = streamed_events(stream.pieces(), typing)
             metadata = {key: json.loads(bytes(raw), object_hook=_slim_event) for key, raw in top.items()}
         except (NotPlain, ValueError, RecursionError):
             pass  # read whole
         else:
-            return _profile(metadata, ops, kernels, typer.unknown, str(path))
+            return _profile(metadata, typing.ops, typing.kernels, typer.unknown, str(path))
         finally:
             stream.close()
         data = _read_bytes(path)
@@ -209,7 +210,9 @@ def load_profile(path: str | Path, stream: TraceStream | None = None) -> Profile
         else:
             del data, top
             typer = _EventTyper()
-            return _profile(metadata, *typed_events(events, typer.kind, list_shapes), typer.unknown, str(path))
+            typing = EventTyping(typer.kind)
+            typing.add(events, list_shapes)
+            return _profile(metadata, typing.ops, typing.kernels, typer.unknown, str(path))
         hook = _TypingHook()
         data = _parse_json(_text(data, path), path, hook)
         events = data["traceEvents"]

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import sys
 from itertools import chain
-from typing import Annotated, Any, Union
+from typing import Annotated, Any, Callable, Union
 
 import msgspec
 
@@ -165,81 +165,90 @@ def _cut_events(text: bytes) -> tuple[dict[str, msgspec.Raw], memoryview] | None
     return top, memoryview(text)[start:end]
 
 
-def typed_events(events: list[msgspec.Struct], kind_of: Any, list_shapes: bool = False,
-                 typed: tuple[list[Op], list[Kernel]] | None = None) -> tuple[list[Op], list[Kernel]]:
-    """The Op or Kernel of each complete event whose category ``kind_of`` maps to a kind, each list in trace order
-    (appended to ``typed``'s lists when given: the records of the events decoded before).
+class EventTyping:
+    """The Op and Kernel records of decoded events, each list in trace order, typed one run of events after the
+    other (``add``); what the typing remembers (interned names and thread ids, input types, category kinds)
+    carries over from one run to the next."""
 
-    The same records as ``trace._typed_event`` makes of the same events: the decoder already checked every type
-    and range, so what is left is the clamping of sub-nanosecond times, the spellings, and interning (and, for
-    events decoded with ``list_shapes``, the entries mixing sizes and lists).
+    def __init__(self, kind_of: Callable[[str], EventKind | None]) -> None:
+        self.kind_of = kind_of  # a category's kind, None for one not typed (it also counts the unknown ones)
+        self.ops: list[Op] = []
+        self.kernels: list[Kernel] = []
+        self._names: dict[str, str] = {}  # interned names, and the ids seen as pid/tid strings
+        self._threads: dict[int | str, str] = {}
+        self._strings: dict[tuple[str, ...], tuple[str, ...]] = {}  # each list of input types or values, interned
+        # Each category spelling met: its kind, whether that is a device kind and a scope kind; None: not typed.
+        self._kinds: dict[str, tuple[EventKind, bool, bool] | None] = {}
 
-    ``events`` is emptied on the way: each event is freed as soon as it is typed, so the records take the memory
-    it held instead of new pages (55k fewer page faults at 10x, 0.1 s).
-    """
-    ops, kernels = typed or ([], [])
-    add_op, add_kernel = ops.append, kernels.append
-    intern = sys.intern
-    names: dict[str, str] = {}  # interned names, and the ids seen as pid/tid strings
-    threads: dict[int | str, str] = {}
-    strings: dict[tuple[str, ...], tuple[str, ...]] = {}  # each list of input types or values met, interned
-    # Each category spelling met: its kind, whether that is a device kind and a scope kind; None for one not typed.
-    kinds: dict[str, tuple[EventKind, bool, bool] | None] = {}
-    events.reverse()
-    next_event = events.pop  # from the end: trace order
-    for _ in range(len(events)):
-        event = next_event()
-        if not isinstance(event, Event):
-            continue
-        known = kinds.get(event.cat, False)
-        if known is False:
-            kind = kind_of(event.cat)  # which also counts the unknown categories
-            if kind is None:
+    def add(self, events: list[msgspec.Struct], list_shapes: bool = False) -> None:
+        """Type each complete event whose category has a kind, after the events added before.
+
+        The same records as ``trace._typed_event`` makes of the same events: the decoder already checked every
+        type and range, so what is left is the clamping of sub-nanosecond times, the spellings, and interning (and,
+        for events decoded with ``list_shapes``, the entries mixing sizes and lists).
+
+        ``events`` is emptied on the way: each event is freed as soon as it is typed, so the records take the
+        memory it held instead of new pages (55k fewer page faults at 10x, 0.1 s).
+        """
+        add_op, add_kernel = self.ops.append, self.kernels.append
+        kind_of = self.kind_of
+        intern = sys.intern
+        names, threads, strings, kinds = self._names, self._threads, self._strings, self._kinds
+        events.reverse()
+        next_event = events.pop  # from the end: trace order
+        for _ in range(len(events)):
+            event = next_event()
+            if not isinstance(event, Event):
                 continue
-            known = kinds[event.cat] = (
-                None if kind is EventKind.GPU_ANNOTATION else (kind, kind in DEVICE_KINDS, kind in SCOPE_KINDS))
-        if known is None:
-            continue
-        ts = event.ts
-        if ts is None:
-            continue
-        if -TIME_RESOLUTION_US < ts < TIME_RESOLUTION_US:
-            ts = 0.0
-        dur = event.dur
-        if -TIME_RESOLUTION_US < dur < TIME_RESOLUTION_US:
-            dur = 0.0
-        name = names.get(event.name)
-        if name is None:
-            name = names[event.name] = intern(event.name)
-        kind, device, scoped = known
-        args = event.args
-        if device:
-            add_kernel(Kernel(name, kind, args.device, args.stream, ts, dur, args.correlation, None, args.grid,
-                              args.block, args.registers_per_thread, args.shared_memory_bytes,
-                              _rate(args.blocks_per_sm), _rate(args.warps_per_sm), _percent(args.est_occupancy_pct)))
-            continue
-        pid = threads.get(event.pid)
-        if pid is None:
-            pid = threads[event.pid] = intern(str(event.pid))
-        tid = threads.get(event.tid)
-        if tid is None:
-            tid = threads[event.tid] = intern(str(event.tid))
-        external_id = args.external_id if args.external_id is not None else args.external_id_lower
-        dims = args.input_dims if args.input_dims is not None else args.input_dims_lower
-        strides = args.input_strides
-        if list_shapes:
-            dims, strides = _unmixed(dims), _unmixed(strides)
-        types = args.input_types
-        if types is not None:
-            types = list(strings.get(types) or _interned(types, strings))
-        concrete = args.concrete_inputs
-        if concrete is not None:
-            concrete = list(strings.get(concrete) or _interned(concrete, strings))
-        add_op(Op(name, kind, pid, tid, ts, dur, external_id, args.correlation, args.sequence_number,
-                  [] if dims is None else dims, [] if types is None else types,
-                  [] if strides is None else strides, [] if concrete is None else concrete,
-                  None, [], [], parse_scope_name(name) if scoped else None))
-    return ops, kernels
+            known = kinds.get(event.cat, False)
+            if known is False:
+                kind = kind_of(event.cat)  # which also counts the unknown categories
+                if kind is None:
+                    continue
+                known = kinds[event.cat] = (
+                    None if kind is EventKind.GPU_ANNOTATION else (kind, kind in DEVICE_KINDS, kind in SCOPE_KINDS))
+            if known is None:
+                continue
+            ts = event.ts
+            if ts is None:
+                continue
+            if -TIME_RESOLUTION_US < ts < TIME_RESOLUTION_US:
+                ts = 0.0
+            dur = event.dur
+            if -TIME_RESOLUTION_US < dur < TIME_RESOLUTION_US:
+                dur = 0.0
+            name = names.get(event.name)
+            if name is None:
+                name = names[event.name] = intern(event.name)
+            kind, device, scoped = known
+            args = event.args
+            if device:
+                add_kernel(Kernel(name, kind, args.device, args.stream, ts, dur, args.correlation, None, args.grid,
+                                  args.block, args.registers_per_thread, args.shared_memory_bytes,
+                                  _rate(args.blocks_per_sm), _rate(args.warps_per_sm),
+                                  _percent(args.est_occupancy_pct)))
+                continue
+            pid = threads.get(event.pid)
+            if pid is None:
+                pid = threads[event.pid] = intern(str(event.pid))
+            tid = threads.get(event.tid)
+            if tid is None:
+                tid = threads[event.tid] = intern(str(event.tid))
+            external_id = args.external_id if args.external_id is not None else args.external_id_lower
+            dims = args.input_dims if args.input_dims is not None else args.input_dims_lower
+            strides = args.input_strides
+            if list_shapes:
+                dims, strides = _unmixed(dims), _unmixed(strides)
+            types = args.input_types
+            if types is not None:
+                types = list(strings.get(types) or _interned(types, strings))
+            concrete = args.concrete_inputs
+            if concrete is not None:
+                concrete = list(strings.get(concrete) or _interned(concrete, strings))
+            add_op(Op(name, kind, pid, tid, ts, dur, external_id, args.correlation, args.sequence_number,
+                      [] if dims is None else dims, [] if types is None else types,
+                      [] if strides is None else strides, [] if concrete is None else concrete,
+                      None, [], [], parse_scope_name(name) if scoped else None))
 
 
 def _interned(strings: tuple[str, ...], known: dict[tuple[str, ...], tuple[str, ...]]) -> tuple[str, ...]:

@@ -22,7 +22,6 @@ from typing import Any, Iterable, Iterator
 
 import msgspec
 
-from convdoctor.analyzer.profile import Kernel, Op
 from convdoctor.analyzer.trace_fast import (
     EMPTY_ARRAY,
     EVENTS,
@@ -31,14 +30,14 @@ from convdoctor.analyzer.trace_fast import (
     LIST_EVENTS,
     TOP_LEVEL,
     NotPlain,
+    EventTyping,
     split_trace,
-    typed_events,
 )
 
 GZIP_MAGIC = b"\x1f\x8b"
 COMPRESSED_STEP = 1 << 18  # gzip bytes per zlib call: about 8 MB of JSON at a trace's usual ratio (25-30x)
 PLAIN_STEP = 8 << 20  # bytes per read of a trace that is not gzipped
-RUN_BYTES = 1 << 20  # text of the events decoded and typed at a time
+RUN_BYTES = 1 << 17  # text of the events decoded and typed at a time: their structs stay in the core's cache
 MAX_END_TRIES = 8  # ``]`` after ``}`` tried, from the right, as the end of the events' array
 OPEN, CLOSE, COMMA, BRACE_CLOSE = ord("["), ord("]"), ord(","), ord("}")
 SPACE = frozenset(JSON_SPACE)
@@ -117,15 +116,14 @@ def _gunzipped_in_pieces(raw: bytes, put: Any) -> bool:
     return False  # truncated
 
 
-def streamed_events(pieces: Iterable[bytes], kind_of: Any, run_bytes: int = RUN_BYTES
-                    ) -> tuple[list[Op], list[Kernel], dict[str, msgspec.Raw]]:
-    """The Op and Kernel records of a trace's text given in pieces (see ``typed_events``), and its other top-level
-    values, undecoded; NotPlain when the pieces cannot be decoded so.
+def streamed_events(pieces: Iterable[bytes], typing: EventTyping, run_bytes: int = RUN_BYTES
+                    ) -> dict[str, msgspec.Raw]:
+    """Type the events of a trace's text given in pieces into ``typing``; the trace's other top-level values,
+    undecoded. NotPlain when the pieces cannot be decoded so.
 
     The events are decoded in runs of about ``run_bytes``, each typed at once: its structs are still in the cache
     (decoding the whole array first and then typing it is 10-20% slower).
     """
-    typed: tuple[list[Op], list[Kernel]] = ([], [])
     pending = bytearray()  # the text not decoded yet: from the events' "[" once it is found
     head = b""  # the text before the "traceEvents" key, and the key up to its "["
     ascii_only = True  # every piece so far is ASCII (most traces): runs are decoded from the bytes
@@ -142,7 +140,7 @@ def streamed_events(pieces: Iterable[bytes], kind_of: Any, run_bytes: int = RUN_
                 del pending[:start]
             run_start = 0
             while cutting and (cut := _cut_after(pending, run_start + run_bytes)) is not None:
-                if not _typed_run(pending, run_start, cut[0], ascii_only, kind_of, typed):
+                if not _typed_run(pending, run_start, cut[0], ascii_only, typing):
                     cutting = False  # inside a string, or past the events' end
                     break
                 pending[cut[1]] = OPEN  # the separator before the next event opens the next run
@@ -153,12 +151,11 @@ def streamed_events(pieces: Iterable[bytes], kind_of: Any, run_bytes: int = RUN_
             text = head + pending
             del pending[:]  # one copy of the text at a time
             events, top, list_shapes = split_trace(text if ascii_only else text.decode("utf-8"))
-            typed_events(events, kind_of, list_shapes, typed)
-            return *typed, top
-        top = _last_run(head, pending, ascii_only, kind_of, typed)
+            typing.add(events, list_shapes)
+            return top
+        return _last_run(head, pending, ascii_only, typing)
     except (msgspec.DecodeError, msgspec.ValidationError, RecursionError, UnicodeDecodeError) as exc:
         raise NotPlain(str(exc)) from exc
-    return *typed, top
 
 
 def _events_start(text: bytearray) -> int | None:
@@ -189,8 +186,7 @@ def _cut_after(text: bytearray, at: int) -> tuple[int, int] | None:
     return None
 
 
-def _typed_run(text: bytearray, start: int, end: int, ascii_only: bool, kind_of: Any,
-               typed: tuple[list[Op], list[Kernel]]) -> bool:
+def _typed_run(text: bytearray, start: int, end: int, ascii_only: bool, typing: EventTyping) -> bool:
     """Decode and type the events of ``text[start:end + 1]`` (from the run's ``[`` to the ``}`` at ``end``); False,
     and ``text`` unchanged, when that text is not a list of values (a cut inside a string or past the events)."""
     separator = text[end + 1]
@@ -208,12 +204,11 @@ def _typed_run(text: bytearray, start: int, end: int, ascii_only: bool, kind_of:
         text[end + 1] = separator
         return False
     run = None
-    typed_events(events, kind_of, list_shapes, typed)
+    typing.add(events, list_shapes)
     return True
 
 
-def _last_run(head: bytes, text: bytearray, ascii_only: bool, kind_of: Any, typed: tuple[list[Op], list[Kernel]]
-              ) -> dict[str, msgspec.Raw]:
+def _last_run(head: bytes, text: bytearray, ascii_only: bool, typing: EventTyping) -> dict[str, msgspec.Raw]:
     """Type the last events (``text`` holds them from their ``[``, then the rest of the trace); the top-level
     values other than the events, undecoded."""
     key = head.find(EVENTS_KEY)
@@ -233,6 +228,6 @@ def _last_run(head: bytes, text: bytearray, ascii_only: bool, kind_of: Any, type
             top = TOP_LEVEL.decode(rest)
         except (msgspec.DecodeError, msgspec.ValidationError):
             continue  # this "]" is not the events' end
-        if top.pop("traceEvents", None) == EMPTY_ARRAY and _typed_run(text, 0, brace, ascii_only, kind_of, typed):
+        if top.pop("traceEvents", None) == EMPTY_ARRAY and _typed_run(text, 0, brace, ascii_only, typing):
             return top
     raise NotPlain("the end of the events' array was not found")

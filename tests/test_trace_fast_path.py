@@ -16,7 +16,7 @@ import pytest
 from conftest import SHARED_TRACES
 from convdoctor.analyzer.layers import analyze_convs
 from convdoctor.analyzer.trace import _EventTyper, load_profile, parse_trace, read_trace
-from convdoctor.analyzer.trace_fast import TOP_LEVEL, NotPlain, _cut_events, split_trace, typed_events
+from convdoctor.analyzer.trace_fast import TOP_LEVEL, EventTyping, NotPlain, _cut_events, split_trace
 
 HOST_CATEGORIES = {"operator", "cpu_op", "user_annotation", "python_function", "runtime", "cuda_runtime", "cuda_driver"}
 DEVICE_CATEGORIES = {"kernel", "memcpy", "gpu_memcpy", "memset", "gpu_memset"}
@@ -132,7 +132,9 @@ def test_the_events_of_the_shared_traces_are_cut_out_of_the_text(name):
 def test_typing_takes_each_event_out_of_the_decoded_list():
     """Each event is freed as soon as it is typed (its memory goes to the records), in trace order."""
     events, _, list_shapes = split_trace(gzip.decompress(SHARED_TRACES["resnet50"].read_bytes()))
-    ops, kernels = typed_events(events, _EventTyper().kind, list_shapes)
+    typing = EventTyping(_EventTyper().kind)
+    typing.add(events, list_shapes)
+    ops, kernels = typing.ops, typing.kernels
     assert events == []
     profile = load_profile(SHARED_TRACES["resnet50"])
     assert len(ops) == len(profile.ops) and len(kernels) == len(profile.kernels)

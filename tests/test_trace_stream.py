@@ -14,8 +14,8 @@ import pytest
 
 from conftest import SHARED_TRACES
 from convdoctor.analyzer import trace_stream
-from convdoctor.analyzer.trace import _EventTyper, load_profile, parse_trace
-from convdoctor.analyzer.trace_fast import NotPlain
+from convdoctor.analyzer.trace import _EventTyper, _profile, load_profile, parse_trace
+from convdoctor.analyzer.trace_fast import EventTyping, NotPlain
 from convdoctor.analyzer.trace_stream import TraceStream, streamed_events
 from convdoctor.errors import TraceError
 from test_trace_fast_path import _summary_of
@@ -32,11 +32,10 @@ def _streamed_summary(text: bytes, piece: int, run: int, monkeypatch) -> list:
 
     monkeypatch.setattr(trace_stream, "split_trace", whole)
     typer = _EventTyper()
-    ops, kernels, top = streamed_events(_pieces(text, piece), typer.kind, run_bytes=run)
-    from convdoctor.analyzer.trace import _profile
-
+    typing = EventTyping(typer.kind)
+    top = streamed_events(_pieces(text, piece), typing, run_bytes=run)
     metadata = {key: json.loads(bytes(raw)) for key, raw in top.items()}
-    return _summary_of(_profile(metadata, ops, kernels, typer.unknown, "<memory>"))
+    return _summary_of(_profile(metadata, typing.ops, typing.kernels, typer.unknown, "<memory>"))
 
 
 @pytest.mark.parametrize("name", sorted(SHARED_TRACES))
@@ -105,7 +104,7 @@ def test_a_second_traceevents_key_after_the_events_is_refused():
     text = _trace_text({}).rstrip()[:-1] + b', "traceEvents": []}'
     assert json.loads(text)["traceEvents"] == []  # JSON keeps the last one: no events at all
     with pytest.raises(NotPlain):
-        streamed_events(_pieces(text, 700), _EventTyper().kind, run_bytes=300)
+        streamed_events(_pieces(text, 700), EventTyping(_EventTyper().kind), run_bytes=300)
 
 
 def test_a_file_streams_from_its_thread_in_gunzipped_pieces(tmp_path):
