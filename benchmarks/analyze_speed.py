@@ -16,7 +16,8 @@ peak RSS (from ``os.wait4``) is its own. The tools, on the same gzipped trace:
 
 Every tool runs from compiled bytecode: pip compiles the packages it installs, and convdoctor's own modules are
 compiled here first (an editable install in a shell with ``PYTHONDONTWRITEBYTECODE`` set would otherwise compile
-them from source in every run: 0.06 s of the 1x time).
+them from source in every run: ``python -X importtime`` shows ``convdoctor.offline`` and what it imports taking
+0.15 s from source and 0.11 s from bytecode).
 """
 
 from __future__ import annotations
