@@ -5,8 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import platform
-import resource
 import shutil
 import statistics
 import tempfile
@@ -21,6 +19,7 @@ from torch.autograd.profiler import record_function
 from torch.profiler import ProfilerActivity, profile, schedule, tensorboard_trace_handler
 
 from convdoctor.analyzer.hardware import device_name, environment_peaks
+from convdoctor.analyzer.host_allocator import allocator, faults_per_step, heap_kept, keep_heap
 from convdoctor.analyzer.layout_probe import LAYOUT_PROBE_KEY, LeafLayoutTime, recordable
 from convdoctor.analyzer.module_scope import scope_name
 from convdoctor.analyzer.profile import METADATA_KEY, UNPROFILED_STEP_KEY
@@ -30,10 +29,13 @@ from convdoctor.errors import ConvDoctorError, InputMismatchError, ModelFileErro
 
 WAIT_STEPS = 1
 WARMUP_STEPS = 1
-# Before the profiler starts, the copy it records runs UNPROFILED_WARM_STEPS steps (lazy init, first allocations),
-# then UNPROFILED_TIMED_STEPS timed ones: their median is the step as the harness times it (UNPROFILED_STEP_KEY).
+# Before the profiler starts, UNPROFILED_WARM_STEPS steps (lazy init, first allocations) and FAULT_STEPS whose page
+# faults are counted with the process's own allocator; then the heap is kept (settled_allocator), and the copy it
+# records runs UNPROFILED_WARM_STEPS again and UNPROFILED_TIMED_STEPS timed steps: their median is the step as the
+# harness times it (UNPROFILED_STEP_KEY).
 UNPROFILED_WARM_STEPS = 2
 UNPROFILED_TIMED_STEPS = 3
+FAULT_STEPS = 1  # warm steps whose page faults are counted, before the heap is kept
 INTERRUPTED_DIR = "interrupted"  # beside the log dir: traces of runs that did not finish
 
 
@@ -106,23 +108,6 @@ def check_fits(workload: Workload) -> None:
     except (Exception, SystemExit) as exc:  # the user's forward may raise anything, sys.exit() included
         raise ModelFileError(f"{workload.source}: the model's forward raised {describe_exception(exc)}; "
                              "fix the model so that one step runs") from exc
-
-
-def minor_page_faults() -> int:
-    """Minor page faults of this process so far: each is a fresh page the kernel had to map (and zero)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-
-
-def allocator() -> str:
-    """The host allocator this process runs with: a preloaded jemalloc/tcmalloc, or glibc malloc and its settings."""
-    preload = os.environ.get("LD_PRELOAD", "")
-    for name in ("jemalloc", "tcmalloc", "mimalloc"):
-        if name in preload:
-            return f"{name} (LD_PRELOAD)"
-    settings = [f"{k}={v}" for k, v in sorted(os.environ.items())
-                if k.startswith("MALLOC_") or (k == "GLIBC_TUNABLES" and "malloc" in v)]
-    libc = "glibc malloc" if platform.libc_ver()[0] == "glibc" else "the system malloc"
-    return f"{libc} ({', '.join(settings) if settings else 'defaults'})"
 
 
 def environment(workload: Workload) -> dict[str, Any]:
@@ -208,12 +193,27 @@ class PendingTraces:
         return _set_aside(self.scratch, self.target)
 
 
+def settled_allocator(step: Callable[[], Any]) -> dict[str, Any]:
+    """Count the page faults of a warm ``step`` with the process's own allocator (CD118's evidence), then keep
+    glibc's heap for the rest of the process (``host_allocator.keep_heap``); what the trace records of both."""
+    for _ in range(UNPROFILED_WARM_STEPS):
+        step()
+    recorded: dict[str, Any] = {}
+    if not heap_kept():  # once it is kept, the faults are no longer the process's own allocator's
+        recorded["minor_faults_per_step"] = faults_per_step(step, FAULT_STEPS)
+    recorded["heap_kept"] = keep_heap()
+    return recorded
+
+
 def record(workload: Workload, logdir: Path, run_name: str, *, steps: int = 3, worker_name: str = "worker0",
-           layout_probe: dict[str, LeafLayoutTime] | None = None) -> PendingTraces:
+           layout_probe: dict[str, LeafLayoutTime] | None = None, allocator_record: dict[str, Any] | None = None
+           ) -> PendingTraces:
     """Profile ``steps`` steps of a copy of the workload into a scratch folder under ``logdir``.
 
     ``worker_name`` starts each trace file's name (TensorBoard's worker); a rank of a job puts its rank in it.
     ``layout_probe`` (``time_leaf_layouts`` of the workload), when given, is recorded in the traces' metadata.
+    ``allocator_record``: ``settled_allocator``'s, when the caller settled the allocator before (the layout probe
+    runs with the heap kept too); else it is settled here.
 
     Nothing under ``logdir/run_name`` changes until the result is published. A capture that fails or is
     interrupted leaves what the profiler had written set aside as interrupted (see PendingTraces).
@@ -228,6 +228,7 @@ def record(workload: Workload, logdir: Path, run_name: str, *, steps: int = 3, w
     target = logdir / run_name
     try:
         settings = environment(run)  # before the profiler starts: measuring peaks is no part of a step
+        settings.update(settled_allocator(step) if allocator_record is None else allocator_record)
         settings[UNPROFILED_STEP_KEY] = unprofiled_step_us(step, run.device)
         if layout_probe:
             settings[LAYOUT_PROBE_KEY] = recordable(layout_probe, run.model)
@@ -237,12 +238,7 @@ def record(workload: Workload, logdir: Path, run_name: str, *, steps: int = 3, w
         with quiet_profiler(), ModuleScopes(run.model), profile(
             activities=activities, schedule=sched, on_trace_ready=handler, record_shapes=True
         ) as profiler:
-            for index in range(WAIT_STEPS + WARMUP_STEPS + steps):
-                if index == WAIT_STEPS:
-                    faults_before = minor_page_faults()
-                if index == WAIT_STEPS + WARMUP_STEPS:  # the warm-up steps ran: lazy init is behind them
-                    faults = (minor_page_faults() - faults_before) // max(WARMUP_STEPS, 1)
-                    recorded = _metadata_json({**settings, "minor_faults_per_step": faults})
+            for _ in range(WAIT_STEPS + WARMUP_STEPS + steps):
                 profiler.add_metadata_json(METADATA_KEY, recorded)  # kept only by the session that records
                 step()
                 synchronize(run.device)

@@ -16,17 +16,17 @@ from torch import nn
 
 from convdoctor.analyzer.batch_sweep import sweep_batch_sizes
 from convdoctor.analyzer.benchmark import BenchmarkSettings, Measurement, Verdict, measure
-from convdoctor.analyzer.capture import check_fits, environment, record
+from convdoctor.analyzer.capture import check_fits, environment, record, settled_allocator
 from convdoctor.analyzer.environment_trial import WorkerError, measure_environment
 from convdoctor.analyzer.job_tasks import CaptureTask, MeasureTask
 from convdoctor.analyzer.job_view import job_view
 from convdoctor.analyzer.launch import JobSpec, run_job
-from convdoctor.analyzer.layers import analyze_convs
+from convdoctor.analyzer.layers import ConvAnalysis, analyze_convs
 from convdoctor.analyzer.layout_probe import time_leaf_layouts
 from convdoctor.analyzer.model_cost import ArchitectureDelta, model_cost
 from convdoctor.analyzer.trace import load_profile
 from convdoctor.analyzer.workload import (
-    Inputs, Workload, describe_exception, load_workload, resolve_device, time_limit, workload_from,
+    Inputs, Workload, describe_exception, load_workload, make_step, resolve_device, time_limit, workload_from,
 )
 from convdoctor.errors import JobError, ModelTimeoutError
 from convdoctor.offline import Progress, ReportFiles, SilentProgress, build_report, prepare_out_dir, write_report
@@ -95,6 +95,8 @@ def _run(workload: Workload, options: ProfileOptions, files: ReportFiles, progre
     progress.stage("checking that the inputs fit the model")
     with time_limit(options.timeout_s, "the model's first step"):
         check_fits(workload)
+    with time_limit(options.timeout_s, "the model's first steps"):
+        allocator_record = settled_allocator(make_step(workload.copy()))  # before anything is timed
     run_name = f"{Path(workload.source).stem}-{workload.mode.value}-{workload.device.type}"
     rule_set = load_rules()
     rules = select_rules(rule_set.rules, options.select, options.ignore)
@@ -105,14 +107,15 @@ def _run(workload: Workload, options: ProfileOptions, files: ReportFiles, progre
             layout_probe = time_leaf_layouts(workload)
     progress.stage(f"capturing {options.steps} {workload.mode.value} steps under torch.profiler")
     with time_limit(options.timeout_s, "the profiled steps"):
-        traces = record(workload, files.logdir, run_name, steps=options.steps, layout_probe=layout_probe)
+        traces = record(workload, files.logdir, run_name, steps=options.steps, layout_probe=layout_probe,
+                        allocator_record=allocator_record)
     try:
         progress.stage("analyzing the trace")
         analysis = analyze_convs(load_profile(traces.files[0]))
         results = run_rules(rules, analysis)
         outcomes = measure_findings(workload, results.findings, options, progress)
-        report = build_report(analysis, _summary(workload, options), outcomes, traces.published_files, files.logdir,
-                         results, rule_set)
+        report = build_report(analysis, _summary(workload, options, analysis), outcomes, traces.published_files,
+                              files.logdir, results, rule_set)
         report.plan = build_plan(workload, outcomes, options, progress)
     except BaseException as exc:  # Ctrl-C included: the previous report stays, this run's traces are set aside
         kept = traces.set_aside()
@@ -404,7 +407,7 @@ def _capture_job(spec: JobSpec, logdir: Path, run_name: str, steps: int) -> list
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _summary(workload: Workload, options: ProfileOptions) -> WorkloadSummary:
+def _summary(workload: Workload, options: ProfileOptions, analysis: ConvAnalysis) -> WorkloadSummary:
     env = environment(workload)
     return WorkloadSummary(
         model_file=workload.source,
@@ -417,4 +420,5 @@ def _summary(workload: Workload, options: ProfileOptions) -> WorkloadSummary:
         torch_version=env["torch_version"],
         threads=env["threads"],
         allocator=env["allocator"],
+        heap_kept=analysis.profile.environment.get("heap_kept") is True,
     )

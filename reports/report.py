@@ -26,6 +26,7 @@ class WorkloadSummary:
     torch_version: str
     threads: int | None  # None when the trace does not say
     allocator: str | None = None  # the host allocator the profiled process ran with; None when the trace does not say
+    heap_kept: bool = False  # glibc's thresholds fixed while tracing and measuring (host_allocator.keep_heap)
 
 
 @dataclass
@@ -128,4 +129,5 @@ def trace_summary(analysis: ConvAnalysis, trace: Path) -> WorkloadSummary:
         torch_version=recorded.get("torch_version") or "unknown (not recorded in the trace)",
         threads=recorded.get("threads"),
         allocator=recorded.get("allocator"),
+        heap_kept=recorded.get("heap_kept") is True,
     )

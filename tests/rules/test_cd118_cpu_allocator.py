@@ -32,14 +32,17 @@ def test_fires_with_glibc_defaults(tmp_path: Path):
     report = _profile(tmp_path, {})
     assert report["workload"]["allocator"] == "glibc malloc (defaults)"
     (finding,) = [f for f in report["findings"] if f["rule_id"] == "CD118"]
-    assert finding["evidence"]["minor_faults_per_step"] >= 256
+    assert finding["evidence"]["minor_faults_per_step"] >= 256  # counted before convdoctor kept the heap...
     assert "MALLOC_MMAP_THRESHOLD_" in finding["snippet"]
+    assert report["workload"]["heap_kept"] is True  # ...for its tracing and measuring
+    assert "thresholds fixed by convdoctor" in (tmp_path / "report.html").read_text()
 
 
 def test_quiet_when_the_process_keeps_its_heap(tmp_path: Path):
     report = _profile(tmp_path, KEEP_HEAP)
     assert "MALLOC_MMAP_THRESHOLD_=4294967296" in report["workload"]["allocator"]
     assert [f for f in report["findings"] if f["rule_id"] == "CD118"] == []
+    assert report["workload"]["heap_kept"] is False  # the user's own settings, left as they are
 
 
 def test_the_candidate_is_measured_in_two_worker_processes():

@@ -1,0 +1,60 @@
+"""Keeping glibc's heap in a running process: a fresh process each time (the setting lasts as long as the process)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from convdoctor.analyzer.host_allocator import KEEP_HEAP, allocator
+
+# Allocates and frees a 32 MiB tensor as a conv step does with its activations, and prints the minor page faults of
+# one such step before and after keep_heap() (and what keep_heap returned).
+STEPS = """
+import torch
+from convdoctor.analyzer.host_allocator import faults_per_step, keep_heap
+
+def step():
+    torch.ones(8 << 20).sum()  # 32 MiB, written then freed
+
+for _ in range(8):
+    step()
+before = faults_per_step(step, 4)
+kept = keep_heap()
+for _ in range(8):  # the heap grows to what a step needs
+    step()
+print(before, kept, faults_per_step(step, 4))
+"""
+
+
+def _run(env: dict[str, str]) -> tuple[int, bool, int]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "LD_PRELOAD"}
+    done = subprocess.run([sys.executable, "-c", STEPS], capture_output=True, text=True, env={**clean, **env},
+                          timeout=120, check=True)
+    before, kept, after = done.stdout.split()
+    return int(before), kept == "True", int(after)
+
+
+@pytest.mark.skipif(not allocator().startswith("glibc malloc"), reason="glibc malloc only")
+def test_keeping_the_heap_ends_the_page_faults_of_a_large_block_freed_every_step():
+    before, kept, after = _run({})
+    assert kept
+    assert before >= (32 << 20) // 4096 // 2  # glibc maps the block afresh: about a fault per 4 KiB page
+    assert after < before // 20  # reused from the heap
+
+
+@pytest.mark.skipif(not allocator().startswith("glibc malloc"), reason="glibc malloc only")
+def test_the_user_s_own_settings_are_left_as_they_are():
+    before, kept, after = _run(dict(KEEP_HEAP))
+    assert not kept and before < 100 and after < 100  # their settings keep the heap already
+
+
+def test_only_glibc_with_its_defaults_is_changed(monkeypatch):
+    monkeypatch.setenv("LD_PRELOAD", "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2")
+    assert allocator() == "jemalloc (LD_PRELOAD)"
+    monkeypatch.delenv("LD_PRELOAD")
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "2")
+    assert allocator().endswith("(MALLOC_ARENA_MAX=2)")
+    assert not _run({"MALLOC_ARENA_MAX": "2"})[1]  # keep_heap leaves the user's settings as they are
