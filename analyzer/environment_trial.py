@@ -3,9 +3,9 @@ can change, so baseline and candidate each run in a worker process of their own 
 
 Both workers load the same file with the same seed and warm up until their timings settle; then rounds alternate
 between them in random order, one step each, while the other waits idle on its pipe. The bootstrap interval and
-verdict are the in-process harness's (``benchmark.estimate_speedup``), over blocks of consecutive rounds (the same two
-workers throughout: a block is a stretch of time, not fresh copies). Outputs of the first step are compared on
-their first values (``step_server.COMPARED_VALUES``).
+verdict are the in-process harness's (``benchmark.estimate_speedup``), over blocks of consecutive rounds, each with a
+fresh pair of workers. Outputs of the first pair's first step are compared on their first values
+(``step_server.COMPARED_VALUES``).
 """
 
 from __future__ import annotations
@@ -94,36 +94,89 @@ def measure_environment(
     workload: Workload, environment: dict[str, str], settings: BenchmarkSettings = BenchmarkSettings(),
     progress: Callable[[int, int], None] | None = None,
 ) -> Measurement:
-    """Baseline (this process's environment) against the same model file with ``environment`` added."""
+    """Baseline (this process's environment) against the same model file with ``environment`` added.
+
+    Each block of rounds has a fresh pair of workers: what a process start changes (the allocator's state, where
+    memory lands) differs from one process to the next by more than its rounds' noise (small_cnn's allocator
+    setting measured 1.32x, 1.48x and 1.26x in three runs with one pair each, intervals apart), so the interval is
+    bootstrapped over pairs of processes as well as rounds.
+    """
     if not os.path.isfile(workload.source):
         raise WorkerError("an environment candidate needs the model file (profile MODEL_PY), not a model object")
-    workers: list[_Worker] = []
+    pairs = _WorkerPairs(workload, environment, settings)
     try:
-        for env in ({}, environment):  # one after the other: neither warms up while the other is timed
-            workers.append(_Worker(workload, settings, env))
-        pids = tuple(w.process.pid for w in workers)
-        started, cpu_before = time.perf_counter(), cpu_jiffies(("self", *pids))
-        rounds = alternating_rounds(lambda which: workers[which].steps(1)[0], settings, progress)
-        busy = other_cores_busy(cpu_before, cpu_jiffies(("self", *pids)), time.perf_counter() - started)
-        peaks = (workers[0].max_rss_bytes, workers[1].max_rss_bytes)
+        rounds = alternating_rounds(lambda which: pairs.current[which].steps(1)[0], settings, progress,
+                                    new_block=pairs.start)
     finally:
-        for worker in workers:
-            worker.close()
-    baseline, candidate = (w.ready for w in workers)
+        pairs.close()
+    baseline, candidate = pairs.first_ready
     return Measurement(
         estimate=rounds.estimate(),
         numerics=_numerics(baseline["values"], candidate["values"]),
         rounds=len(rounds.times_s[0]),
-        warmup_steps=(baseline["ready"], candidate["ready"]),
+        warmup_steps=pairs.warmup_steps,
         first_step_s=(baseline["first_step_s"], candidate["first_step_s"]),
         threads=baseline["threads"],
         device=str(workload.device),
-        timer="perf_counter in two worker processes, rounds alternating",
-        other_cores_busy=busy,
+        timer="perf_counter in worker processes, a fresh pair for each block, rounds alternating",
+        other_cores_busy=pairs.other_cores_busy(),
         blocks=len(rounds.blocks),
-        peak_bytes=peaks,
+        fresh_copies=True,
+        peak_bytes=pairs.peaks,
         peak_memory=PEAK_RSS,
     )
+
+
+class _WorkerPairs:
+    """The (baseline, candidate) worker processes of each block in turn, and what they reported."""
+
+    def __init__(self, workload: Workload, environment: dict[str, str], settings: BenchmarkSettings) -> None:
+        self._start_worker = lambda env: _Worker(workload, settings, env)
+        self._environment = environment
+        self.current: list[_Worker] = []
+        self.first_ready: tuple[dict[str, Any], dict[str, Any]] = ({}, {})
+        self.warmup_steps = (0, 0)
+        self.peaks: tuple[int | None, int | None] = (None, None)
+        self._busy: list[tuple[float, float | None]] = []  # (seconds, other cores busy) of each block
+        self._block_start: tuple[float, tuple[int, int] | None] | None = None  # once both workers are ready
+
+    def start(self, block: int) -> None:
+        """Close the previous block's workers and start this block's, one after the other (neither warms up while
+        the other runs)."""
+        self.close()
+        for env in ({}, self._environment):
+            self.current.append(self._start_worker(env))
+        ready = (self.current[0].ready, self.current[1].ready)
+        if block == 0:
+            self.first_ready = ready
+        self.warmup_steps = (self.warmup_steps[0] + ready[0]["ready"], self.warmup_steps[1] + ready[1]["ready"])
+        self._block_start = (time.perf_counter(), cpu_jiffies(self._pids()))
+
+    def close(self) -> None:
+        """End the current block: note its peaks and busy cores, and close its workers."""
+        if self._block_start is not None:
+            started, cpu_before = self._block_start
+            wall = time.perf_counter() - started
+            self._busy.append((wall, other_cores_busy(cpu_before, cpu_jiffies(self._pids()), wall)))
+            self.peaks = (_larger(self.peaks[0], self.current[0].max_rss_bytes),
+                          _larger(self.peaks[1], self.current[1].max_rss_bytes))
+            self._block_start = None
+        for worker in self.current:
+            worker.close()
+        self.current = []
+
+    def other_cores_busy(self) -> float | None:
+        """Cores kept busy by other processes, averaged over the blocks' time; None when not known."""
+        known = [(wall, busy) for wall, busy in self._busy if busy is not None]
+        total = sum(wall for wall, _ in known)
+        return sum(wall * busy for wall, busy in known) / total if known and total > 0 else None
+
+    def _pids(self) -> tuple[int | str, ...]:
+        return ("self", *(worker.process.pid for worker in self.current))
+
+
+def _larger(a: int | None, b: int | None) -> int | None:
+    return b if a is None else a if b is None else max(a, b)
 
 
 def _numerics(baseline: list[float], candidate: list[float]) -> Numerics:

@@ -1,5 +1,5 @@
 """CD118 cpu-allocator on real CLI runs: fires under glibc's defaults, stays quiet when the process starts with the
-allocator kept, and its candidate is measured in two real worker processes."""
+allocator kept, and its candidate is measured in real worker processes, a fresh pair for each block of rounds."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import pytest
 
 from conftest import EXAMPLES, MODELS, run_cli
 from convdoctor.analyzer.benchmark import BenchmarkSettings, Verdict
+from convdoctor.analyzer import environment_trial
 from convdoctor.analyzer.environment_trial import WorkerError, measure_environment
 from convdoctor.analyzer.workload import load_workload
 from convdoctor.rules.cd118_cpu_allocator import KEEP_HEAP
@@ -45,9 +46,18 @@ def test_quiet_when_the_process_keeps_its_heap(tmp_path: Path):
     assert report["workload"]["heap_kept"] is False  # the user's own settings, left as they are
 
 
-def test_the_candidate_is_measured_in_two_worker_processes():
+def test_the_candidate_is_measured_in_a_fresh_pair_of_worker_processes_per_block(monkeypatch):
+    started = []
+
+    class CountedWorker(environment_trial._Worker):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            started.append(self.process.pid)
+
+    monkeypatch.setattr(environment_trial, "_Worker", CountedWorker)
     workload = load_workload(EXAMPLES / "seed_grouped.py")
     result = measure_environment(workload, KEEP_HEAP, QUICK)
+    assert result.blocks == 3 and result.fresh_copies and len(set(started)) == 6  # two real processes per block
     assert result.rounds == 4 and result.estimate.baseline_ms > 0 and result.estimate.candidate_ms > 0
     assert result.estimate.verdict in set(Verdict)
     assert result.numerics.max_abs_error == 0.0  # same seed, same arithmetic: identical outputs
