@@ -8,7 +8,8 @@ the same conv measured 12 ms in one block of rounds and 32 ms in the block befor
 processes disagreed by as much (seed_grouped, eval, 2 threads). Measured speedups were partly the allocator's
 state, and did not repeat. So once the page faults of the process's own allocator are counted (CD118's evidence),
 ``keep_heap`` fixes both thresholds for the rest of the process, and tracing and measuring run with a heap that
-keeps its blocks, as CD118 advises; CD118 measures what that setting gives on its own, in two worker processes.
+keeps its blocks, as CD118 advises; CD118 measures what that setting gives on its own, in worker processes
+started with and without it.
 """
 
 from __future__ import annotations

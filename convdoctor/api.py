@@ -325,8 +325,9 @@ def _try_larger_batches(
 
 
 class ProcessTrial:
-    """Baseline against a process setting (``Candidate.process_environment``): two worker processes started from
-    the model file, with and without it, timed in alternating steps (``environment_trial.measure_environment``)."""
+    """Baseline against a process setting (``Candidate.process_environment``): worker processes started from
+    the model file, with and without it (a fresh pair per block), timed in alternating steps
+    (``environment_trial.measure_environment``)."""
 
     def __init__(self, workload: Workload | None, options: ProfileOptions, progress: Progress) -> None:
         self.workload, self.options, self.progress = workload, options, progress

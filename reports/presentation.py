@@ -31,7 +31,7 @@ def _plan_sentence(report: Report) -> str:
 
 
 def process_setting_sentence(outcomes: list[FindingOutcome]) -> str:
-    """The best process setting measured faster (in two processes, so never a plan step), or nothing."""
+    """The best process setting measured faster (in worker processes, so never a plan step), or nothing."""
     faster = [o for o in outcomes if o.finding.candidate is not None
               and o.finding.candidate.process_environment is not None and o.measurement is not None
               and o.measurement.estimate.verdict is Verdict.FASTER]
@@ -39,7 +39,7 @@ def process_setting_sentence(outcomes: list[FindingOutcome]) -> str:
         return ""
     best = max(faster, key=lambda o: o.measurement.estimate.speedup)  # type: ignore[union-attr]
     return (f" Apart from that, a process setting ({best.finding.rule_id}) makes it "
-            f"{speedup_text(best.measurement)}, measured in two processes.")  # type: ignore[arg-type]
+            f"{speedup_text(best.measurement)}, measured in worker processes with and without it.")  # type: ignore[arg-type]
 
 
 def measured_result(outcome: FindingOutcome) -> str:

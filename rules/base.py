@@ -108,7 +108,7 @@ class Candidate:
     stage: PlanStage = PlanStage.LAYOUT  # where it goes in a combined plan
     layer_trials: tuple[LayerTrial, ...] = ()  # layers also measured alone, beside the whole model
     # Set for a change of how the process starts (allocator variables, LD_PRELOAD): the transform is then the
-    # identity, the candidate is measured in two worker processes (analyzer/environment_trial.py), never in a plan.
+    # identity, the candidate is measured in pairs of worker processes (analyzer/environment_trial.py), never in a plan.
     process_environment: dict[str, str] | None = None
 
 

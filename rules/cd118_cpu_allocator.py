@@ -57,8 +57,9 @@ LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2 python infer.py
 ## Evidence
 `minor_faults_per_step` and `allocator` recorded in the trace at capture (a trace captured by another tool has
 neither, and the rule then says nothing); the absence of CUDA kernels; the step time. The candidate is
-measured in two worker processes that differ only in these environment variables, alternating steps
-between them (a process setting cannot be switched inside one process), so it needs a model file; its
+measured in worker processes that differ only in these environment variables, alternating steps
+between them, a fresh pair for each block of rounds (a process setting cannot be switched inside one process),
+so it needs a model file; its
 outputs are compared on the first values of the first step. It is reported beside the plan, not in it: the
 plan's candidates are combined inside one process.
 
@@ -93,7 +94,7 @@ plan's candidates are combined inside one process.
             advice=(f"Steps map and unmap {fresh_mib:.1f} MiB of activations every time. Start Python with {settings} "
                     "(glibc keeps large freed blocks for reuse and stops trimming the heap) or with jemalloc or "
                     "tcmalloc preloaded. The process then holds on to its peak memory between steps. This is a "
-                    "setting of how the process starts, so it is measured in two worker processes and kept out of "
+                    "setting of how the process starts, so it is measured in pairs of worker processes and kept out of "
                     "the in-process plan; convdoctor traced and measured the other findings with glibc's thresholds "
                     "fixed in its own process, so their speedups are on top of this one."),
             snippet=f"export {settings}\npython your_script.py",

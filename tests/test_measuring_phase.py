@@ -138,7 +138,7 @@ def test_a_process_setting_is_measured_in_worker_processes_and_kept_out_of_the_p
     from convdoctor.reports.presentation import process_setting_sentence
 
     sentence = process_setting_sentence([outcome, accepted])  # the headline says so, as the plan cannot
-    assert "a process setting (CD999) makes it" in sentence and "faster" in sentence and "two processes" in sentence
+    assert "a process setting (CD999) makes it" in sentence and "faster" in sentence and "worker processes" in sentence
     assert process_setting_sentence([replace(accepted, measurement=None)]) == ""
 
 
