@@ -131,8 +131,7 @@ class _WorkerPairs:
     """The (baseline, candidate) worker processes of each block in turn, and what they reported."""
 
     def __init__(self, workload: Workload, environment: dict[str, str], settings: BenchmarkSettings) -> None:
-        self._start_worker = lambda env: _Worker(workload, settings, env)
-        self._environment = environment
+        self._workload, self._settings, self._environment = workload, settings, environment
         self.current: list[_Worker] = []
         self.first_ready: tuple[dict[str, Any], dict[str, Any]] = ({}, {})
         self.warmup_steps = (0, 0)
@@ -145,7 +144,7 @@ class _WorkerPairs:
         the other runs)."""
         self.close()
         for env in ({}, self._environment):
-            self.current.append(self._start_worker(env))
+            self.current.append(_Worker(self._workload, self._settings, env))
         ready = (self.current[0].ready, self.current[1].ready)
         if block == 0:
             self.first_ready = ready

@@ -193,8 +193,7 @@ def load_profile(path: str | Path, stream: TraceStream | None = None) -> Profile
         typing = EventTyping(typer.kind)
         stream = stream or TraceStream(path)
         try:
-            top = streamed_events(stream.pieces(), typing)
-            metadata = {key: json.loads(bytes(raw), object_hook=_slim_event) for key, raw in top.items()}
+            metadata = _metadata(streamed_events(stream.pieces(), typing))
         except (NotPlain, ValueError, RecursionError):
             pass  # read whole
         else:
@@ -204,7 +203,7 @@ def load_profile(path: str | Path, stream: TraceStream | None = None) -> Profile
         data = _read_bytes(path)
         try:  # ASCII bytes are their own UTF-8 text (most traces): no copy decoded
             events, top, list_shapes = split_trace(data if data.isascii() else _text(data, path))
-            metadata = {key: json.loads(bytes(raw), object_hook=_slim_event) for key, raw in top.items()}
+            metadata = _metadata(top)
         except (NotPlain, ValueError, RecursionError):
             pass  # read the tolerant way: the same result, or the TraceError that says what is wrong
         else:
@@ -222,6 +221,11 @@ def load_profile(path: str | Path, stream: TraceStream | None = None) -> Profile
         # An object taken for an event sits somewhere else than in the event list (inside an event's args, or
         # the metadata), where it must stay a JSON object: read again, cutting events to their parts only.
         return parse_trace(read_trace(path, slim=True), str(path))
+
+
+def _metadata(top: dict[str, Any]) -> dict[str, Any]:
+    """The top-level values other than the events, decoded (their events cut to what the parser reads)."""
+    return {key: json.loads(bytes(raw), object_hook=_slim_event) for key, raw in top.items()}
 
 
 SKIPPED = object()  # what _TypingHook leaves in place of an event that is not typed

@@ -148,21 +148,40 @@ def _cut_events(text: bytes) -> tuple[dict[str, msgspec.Raw], memoryview] | None
     rest is decoded with ``[]`` in its place. The rest must hold that ``[]`` as its only ``traceEvents``; the
     array is right when it decodes (a JSON value has one end: a cut past it leaves trailing characters).
     """
-    key = text.find(EVENTS_KEY)
-    start = text.find(b"[", key + len(EVENTS_KEY)) if key >= 0 else -1
-    end = text.rfind(b"]") + 1
-    if start < 0 or end <= start or text[key + len(EVENTS_KEY):start].strip(JSON_SPACE) != b":":
+    try:
+        start = events_start(text)
+    except NotPlain:
         return None
-    rest = text[:key] + EVENTS_KEY + b":[]" + text[end:]
+    end = text.rfind(b"]") + 1
+    if start is None or end <= start:
+        return None
+    top = top_level_around(text[:text.find(EVENTS_KEY)], text[end:])
+    return None if top is None else (top, memoryview(text)[start:end])
+
+
+def events_start(text: bytes | bytearray) -> int | None:
+    """Where the events' array starts (its ``[``): None while the text does not hold the first ``"traceEvents"``
+    key and a ``[`` after it; NotPlain when what follows that key is not ``: [``."""
+    key = text.find(EVENTS_KEY)
+    if key < 0 or (start := text.find(b"[", key + len(EVENTS_KEY))) < 0:
+        return None
+    if text[key + len(EVENTS_KEY):start].strip(JSON_SPACE) != b":":
+        raise NotPlain("the traceEvents key is not followed by an array")
+    return start
+
+
+def top_level_around(before: bytes, after: bytes) -> dict[str, msgspec.Raw] | None:
+    """The trace's top-level values other than its events, undecoded, when ``before`` (the text up to the
+    ``"traceEvents"`` key) and ``after`` (the text after the events' array) hold them with that key once; None
+    when they do not (the array was not cut where it ends, or the key is there twice)."""
+    rest = before + EVENTS_KEY + b":[]" + after
     if rest.count(EVENTS_KEY) != 1:
         return None
     try:
         top = TOP_LEVEL.decode(rest)
     except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
         return None
-    if top.pop("traceEvents", None) != EMPTY_ARRAY:
-        return None
-    return top, memoryview(text)[start:end]
+    return top if top.pop("traceEvents", None) == EMPTY_ARRAY else None
 
 
 class EventTyping:

@@ -23,15 +23,15 @@ from typing import Any, Iterable, Iterator
 import msgspec
 
 from convdoctor.analyzer.trace_fast import (
-    EMPTY_ARRAY,
     EVENTS,
     EVENTS_KEY,
     JSON_SPACE,
     LIST_EVENTS,
-    TOP_LEVEL,
-    NotPlain,
     EventTyping,
+    NotPlain,
+    events_start,
     split_trace,
+    top_level_around,
 )
 
 GZIP_MAGIC = b"\x1f\x8b"
@@ -134,7 +134,7 @@ def streamed_events(pieces: Iterable[bytes], typing: EventTyping, run_bytes: int
             pending += piece
             ascii_only = ascii_only and piece.isascii()
             if not head:
-                if (start := _events_start(pending)) is None:
+                if (start := events_start(pending)) is None:
                     continue
                 head = bytes(pending[:start])
                 del pending[:start]
@@ -156,16 +156,6 @@ def streamed_events(pieces: Iterable[bytes], typing: EventTyping, run_bytes: int
         return _last_run(head, pending, ascii_only, typing)
     except (msgspec.DecodeError, msgspec.ValidationError, RecursionError, UnicodeDecodeError) as exc:
         raise NotPlain(str(exc)) from exc
-
-
-def _events_start(text: bytearray) -> int | None:
-    """Where the events' array starts (its ``[``), once the text holds the ``"traceEvents"`` key and the ``[``."""
-    key = text.find(EVENTS_KEY)
-    if key < 0 or (start := text.find(b"[", key + len(EVENTS_KEY))) < 0:
-        return None
-    if text[key + len(EVENTS_KEY):start].strip(JSON_SPACE) != b":":
-        raise NotPlain("the traceEvents key is not followed by an array")
-    return start
 
 
 def _cut_after(text: bytearray, at: int) -> tuple[int, int] | None:
@@ -221,13 +211,7 @@ def _last_run(head: bytes, text: bytearray, ascii_only: bool, typing: EventTypin
         if text[brace] != BRACE_CLOSE:
             continue  # a list of other values, or a "]" in a string
         tries += 1
-        rest = head[:key] + EVENTS_KEY + b":[]" + bytes(text[end + 1:])
-        if rest.count(EVENTS_KEY) != 1:
-            raise NotPlain("more than one traceEvents key")
-        try:
-            top = TOP_LEVEL.decode(rest)
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            continue  # this "]" is not the events' end
-        if top.pop("traceEvents", None) == EMPTY_ARRAY and _typed_run(text, 0, brace, ascii_only, typing):
+        top = top_level_around(head[:key], bytes(text[end + 1:]))  # None: this "]" is not the events' end
+        if top is not None and _typed_run(text, 0, brace, ascii_only, typing):
             return top
     raise NotPlain("the end of the events' array was not found")
