@@ -18,6 +18,7 @@ from convdoctor.analyzer.benchmark import (
     compare_first_step,
 )
 from convdoctor.analyzer.capture import capture, check_fits
+from convdoctor.analyzer.host_allocator import keep_heap
 from convdoctor.analyzer.model_cost import ArchitectureDelta, model_cost
 from convdoctor.analyzer.workload import Workload, make_step, synchronize
 from convdoctor.rules.base import Candidate, NumericsContract, combine
@@ -67,8 +68,11 @@ def measure_job(baseline: Workload, candidate: Workload, settings: BenchmarkSett
 
     A fixed number of warm-up steps (ranks could not agree on when timings settle), a barrier before each timed
     step, and the slowest rank's time as the step's: all ranks see the same times, so they stop together. Numerics
-    compare one local step of each (no communication), which is what a candidate changes.
+    compare one local step of each (no communication), which is what a candidate changes. Each rank keeps glibc's
+    heap first, as ``profile`` does for a single process: the measuring ranks are fresh processes, and with glibc's
+    defaults a step's time depends on what the process allocated before (``host_allocator``).
     """
+    keep_heap()
     numerics, first_step_s = compare_first_step(baseline, candidate)
     baseline, candidate = baseline.copy(), candidate.copy()
     steps = (make_step(baseline), make_step(candidate))

@@ -59,7 +59,7 @@ class Case:
     inputs: torch.Tensor
 
 
-CASE_NAMES = ("small_cnn", "resnet18", "mobilenet_v2")
+CASE_NAMES = ("small_cnn", "resnet18", "mobilenet_v2", "efficientnet_b0")
 QUICK_CASE_NAMES = CASE_NAMES[:2]
 
 
@@ -69,7 +69,8 @@ def case(name: str, quick: bool) -> Case:
     batch = 2 if quick else 8
     if name == "small_cnn":
         return Case(name, small_cnn.get_model(), small_cnn.get_inputs(batch))
-    model = {"resnet18": models.ResNet18, "mobilenet_v2": models.MobileNetV2}[name]()
+    model = {"resnet18": models.ResNet18, "mobilenet_v2": models.MobileNetV2,
+             "efficientnet_b0": models.EfficientNetB0}[name]()
     return Case(name, model, torch.randn(batch, 3, 224, 224))
 
 

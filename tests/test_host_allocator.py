@@ -58,3 +58,32 @@ def test_only_glibc_with_its_defaults_is_changed(monkeypatch):
     monkeypatch.setenv("MALLOC_ARENA_MAX", "2")
     assert allocator().endswith("(MALLOC_ARENA_MAX=2)")
     assert not _run({"MALLOC_ARENA_MAX": "2"})[1]  # keep_heap leaves the user's settings as they are
+
+
+# One rank of a data-parallel measuring job (world size 1): measure_job keeps the heap before it times anything.
+JOB_RANK = """
+import datetime
+import torch
+import torch.distributed as dist
+from torch import nn
+from convdoctor.analyzer.host_allocator import heap_kept
+from convdoctor.analyzer.job_tasks import measure_job
+from convdoctor.analyzer.measurement import BenchmarkSettings
+from convdoctor.analyzer.workload import workload_from
+
+dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1, timeout=datetime.timedelta(seconds=60))
+workload = workload_from(nn.Conv2d(3, 8, 3), torch.randn(2, 3, 16, 16), device="cpu", mode="train")
+before = heap_kept()
+settings = BenchmarkSettings(warmup_s=0.0, warmup_steps=1, max_warmup_s=1.0, min_rounds=3, max_rounds=3, blocks=1)
+measure_job(workload, workload.copy(), settings)
+print(before, heap_kept())
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.skipif(not allocator().startswith("glibc malloc"), reason="glibc malloc only")
+def test_a_measuring_job_rank_keeps_the_heap_before_it_times():
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "LD_PRELOAD"}
+    done = subprocess.run([sys.executable, "-c", JOB_RANK], capture_output=True, text=True, env=clean, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "True"]
