@@ -198,8 +198,13 @@ def within_interval(predicted: float, low: float, high: float) -> bool:
     return within(predicted, min(max(predicted, low), high))
 
 
+def _percent(share: float) -> str:
+    """A share in whole percent, without the "-0%" that formatting a small negative number gives."""
+    return f"{int(round(share * 100))}%"
+
+
 def _prediction_cell(predictions: list[list]) -> str:
-    return "; ".join(f"{name} {p:.0%} vs {m:.0%} ({low:.0%}–{high:.0%})"
+    return "; ".join(f"{name} {_percent(p)} vs {_percent(m)} ({_percent(low)}–{_percent(high)})"
                      f"{'' if within(p, m) else ' (off)' if not within_interval(p, low, high) else ' (off the median)'}"
                      for name, p, m, low, high in predictions) or "—"
 
