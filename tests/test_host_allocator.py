@@ -29,9 +29,14 @@ print(before, kept, faults_per_step(step, 4))
 """
 
 
+def _without_allocator_settings() -> dict[str, str]:
+    """This environment without MALLOC_* settings or a preloaded allocator: glibc with its defaults."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "LD_PRELOAD"}
+
+
 def _run(env: dict[str, str]) -> tuple[int, bool, int]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "LD_PRELOAD"}
-    done = subprocess.run([sys.executable, "-c", STEPS], capture_output=True, text=True, env={**clean, **env},
+    done = subprocess.run([sys.executable, "-c", STEPS], capture_output=True, text=True,
+                          env={**_without_allocator_settings(), **env},
                           timeout=120, check=True)
     before, kept, after = done.stdout.split()
     return int(before), kept == "True", int(after)
@@ -83,7 +88,7 @@ dist.destroy_process_group()
 
 @pytest.mark.skipif(not allocator().startswith("glibc malloc"), reason="glibc malloc only")
 def test_a_measuring_job_rank_keeps_the_heap_before_it_times():
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "LD_PRELOAD"}
-    done = subprocess.run([sys.executable, "-c", JOB_RANK], capture_output=True, text=True, env=clean, timeout=120)
+    done = subprocess.run([sys.executable, "-c", JOB_RANK], capture_output=True, text=True,
+                          env=_without_allocator_settings(), timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["False", "True"]
