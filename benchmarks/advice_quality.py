@@ -12,8 +12,8 @@ plan is timed head to head against the better of (b) and (c): two separate measu
 differ by more than their intervals on a shared machine, one measurement of the two against each other does not.
 
 Each row (model and mode) runs in a fresh process of its own, as `convdoctor profile` does for a user: a process
-that has already run other models holds their heaps, and its timings differ (MobileNetV2 eval 102 ms in the sixth
-row of one long process, 83 ms in a fresh one).
+that has already run other models holds their heaps, and its timings differ (MobileNetV2 eval 102 ms as the fifth
+row of one long process, 73-80 ms in a fresh one).
 """
 
 from __future__ import annotations
