@@ -110,25 +110,89 @@ def measure(
 ) -> Measurement:
     """Time one step of each workload in interleaved rounds (random order within a round) and compare outputs.
 
-    Both run on copies, fresh ones for each block of rounds; the workloads passed in are left as they were.
+    Both run on copies, fresh ones for each block of rounds; the workloads passed in are left as they were. The
+    blocks run one after the other; ``Comparison`` runs them one at a time, to spread them over a longer time.
     """
-    numerics, first_step_s = compare_first_step(baseline, candidate)
-    rounds = _interleaved_rounds(baseline, candidate, settings, progress)
-    return Measurement(
-        estimate=rounds.estimate(),
-        numerics=numerics,
-        rounds=len(rounds.times_s[0]),
-        warmup_steps=rounds.warmup_steps,
-        first_step_s=first_step_s,
-        threads=torch.get_num_threads(),
-        device=str(baseline.device),
-        timer=_timer(baseline.device),
-        other_cores_busy=rounds.other_cores_busy,
-        blocks=len(rounds.blocks),
-        fresh_copies=True,
-        peak_bytes=(_peak_bytes(baseline), _peak_bytes(candidate)),
-        peak_memory=PEAK_TENSOR_MEMORY,
-    )
+    comparison = Comparison(baseline, candidate, settings, progress)
+    while comparison.blocks_left:
+        comparison.run_block()
+    return comparison.measurement()
+
+
+class Comparison:
+    """Baseline against candidate, one block of interleaved rounds at a time (``measure`` runs them all at once).
+
+    The outputs are compared when it is made. Each ``run_block`` makes fresh copies of both, warms them up (until
+    the timings settle in the first block, ``warmup_steps`` steps in later ones) and times its share of the rounds;
+    between blocks nothing of the comparison is held but the times. Spreading the blocks of several comparisons over
+    the measuring phase makes each interval, bootstrapped over blocks, hold minutes of the machine's state instead
+    of seconds: on a shared VM the ratio of two variants moves over tens of seconds (benchmarks/RERUN.md).
+    """
+
+    def __init__(self, baseline: Workload, candidate: Workload, settings: BenchmarkSettings,
+                 progress: Callable[[int, int], None] | None = None) -> None:
+        self.baseline, self.candidate, self.settings, self.progress = baseline, candidate, settings, progress
+        self.numerics, self.first_step_s = compare_first_step(baseline, candidate)
+        self._times: tuple[list[float], list[float]] = ([], [])
+        self._blocks: list[int] = []
+        self._warmups = [0, 0]
+        self._busy: list[tuple[float, float | None]] = []  # (wall seconds, other cores busy) per block
+        self._plan = _block_plan(settings)
+        self._rng = random.Random(0)
+
+    @property
+    def blocks_left(self) -> int:
+        return len(self._plan) - len(self._blocks)
+
+    def run_block(self) -> None:
+        """Fresh copies of both, warmed up, then this block's rounds."""
+        block = len(self._blocks)
+        steps = []
+        for which, workload in enumerate((self.baseline, self.candidate)):
+            copy = workload.copy()
+            steps.append(make_step(copy))
+            if block == 0:
+                self._warmups[which] += warm_up(steps[which], copy, self.settings)
+            else:
+                for _ in range(self.settings.warmup_steps):
+                    time_step(steps[which], copy.device)
+                self._warmups[which] += self.settings.warmup_steps
+        devices = (self.baseline.device, self.candidate.device)
+        started, cpu_before = time.perf_counter(), cpu_jiffies()
+        done = sum(self._blocks)
+        progress = None if self.progress is None else (
+            lambda rounds, _: self.progress(done + rounds, self.settings.max_rounds))
+        self._blocks.append(_block_of_rounds(lambda which: time_step(steps[which], devices[which]), self._plan[block],
+                                             self.settings.target_s / len(self._plan), self._rng, self._times,
+                                             first=block == 0, progress=progress))
+        wall = time.perf_counter() - started
+        self._busy.append((wall, other_cores_busy(cpu_before, cpu_jiffies(), wall)))
+
+    def rounds(self) -> Rounds:
+        known = [(wall, busy) for wall, busy in self._busy if busy is not None]
+        total = sum(wall for wall, _ in known)
+        busy = sum(wall * b for wall, b in known) / total if known and total > 0 else None
+        return Rounds(times_s=self._times, blocks=list(self._blocks), warmup_steps=(self._warmups[0], self._warmups[1]),
+                      other_cores_busy=busy)
+
+    def measurement(self) -> Measurement:
+        """The comparison so far (every block run, or fewer when it was cut short) as a Measurement."""
+        rounds = self.rounds()
+        return Measurement(
+            estimate=rounds.estimate(),
+            numerics=self.numerics,
+            rounds=len(rounds.times_s[0]),
+            warmup_steps=rounds.warmup_steps,
+            first_step_s=self.first_step_s,
+            threads=torch.get_num_threads(),
+            device=str(self.baseline.device),
+            timer=_timer(self.baseline.device),
+            other_cores_busy=rounds.other_cores_busy,
+            blocks=len(rounds.blocks),
+            fresh_copies=True,
+            peak_bytes=(_peak_bytes(self.baseline), _peak_bytes(self.candidate)),
+            peak_memory=PEAK_TENSOR_MEMORY,
+        )
 
 
 def _peak_bytes(workload: Workload) -> int | None:
@@ -187,9 +251,8 @@ def _interleaved_rounds(
     progress: Callable[[int, int], None] | None,
 ) -> Rounds:
     """Per block, fresh copies of both, warmed up; then one timed step of each per round (random order within a
-    round). The first block warms up until the timings settle; later ones, in a process already warm, run
-    ``warmup_steps`` steps of each fresh copy. Both run in this process, with the same thread count; garbage
-    collection is kept out of timed regions. The workloads passed in are left as they were.
+    round), the blocks one after the other. Both run in this process, with the same thread count; garbage
+    collection is kept out of timed regions. The workloads passed in are left as they were (no outputs compared).
     """
     variants = (baseline, candidate)
     steps: list[Callable[[], Any]] = []
@@ -228,31 +291,50 @@ def alternating_rounds(
     """
     rng = random.Random(0)
     times: tuple[list[float], list[float]] = ([], [])
-    blocks = max(1, min(settings.blocks, settings.max_rounds))
-    min_rounds, max_rounds = _shares(settings.min_rounds, blocks), _shares(settings.max_rounds, blocks)
+    plan = _block_plan(settings)
     block_sizes: list[int] = []
-    gc_was_enabled = gc.isenabled()
-    for block in range(blocks):
+    for block, shares in enumerate(plan):
         if new_block is not None:
             new_block(block)
-        gc.collect(2 if block == 0 else 1)  # a full collection takes 0.1 s with torch loaded: once is enough
-        gc.disable()
-        try:
-            block_s = 0.0
-            for round_index in range(max_rounds[block]):
-                for which in ([0, 1] if rng.random() < 0.5 else [1, 0]):
-                    elapsed = time_one(which)
-                    times[which].append(elapsed)
-                    block_s += elapsed
-                if progress is not None:
-                    progress(sum(block_sizes) + round_index + 1, settings.max_rounds)
-                if round_index + 1 >= min_rounds[block] and block_s >= settings.target_s / blocks:
-                    break
-        finally:
-            if gc_was_enabled:
-                gc.enable()
-        block_sizes.append(round_index + 1)
+        done = sum(block_sizes)
+        block_progress = None if progress is None else (
+            lambda rounds, _, done=done: progress(done + rounds, settings.max_rounds))
+        block_sizes.append(_block_of_rounds(time_one, shares, settings.target_s / len(plan), rng, times,
+                                            first=block == 0, progress=block_progress))
     return Rounds(times_s=times, blocks=block_sizes)
+
+
+def _block_plan(settings: BenchmarkSettings) -> list[tuple[int, int]]:
+    """(min rounds, max rounds) of each block: ``min_rounds`` and ``max_rounds`` shared out over the blocks."""
+    blocks = max(1, min(settings.blocks, settings.max_rounds))
+    return list(zip(_shares(settings.min_rounds, blocks), _shares(settings.max_rounds, blocks)))
+
+
+def _block_of_rounds(
+    time_one: Callable[[int], float], shares: tuple[int, int], target_s: float, rng: random.Random,
+    times: tuple[list[float], list[float]], *, first: bool, progress: Callable[[int, int], None] | None,
+) -> int:
+    """One block of rounds appended to ``times``; how many rounds it took. It ends when it has ``shares[0]`` rounds
+    and ``target_s`` of timed steps, or ``shares[1]`` rounds."""
+    min_rounds, max_rounds = shares
+    gc_was_enabled = gc.isenabled()
+    gc.collect(2 if first else 1)  # a full collection takes 0.1 s with torch loaded: once is enough
+    gc.disable()
+    try:
+        block_s = 0.0
+        for round_index in range(max_rounds):
+            for which in ([0, 1] if rng.random() < 0.5 else [1, 0]):
+                elapsed = time_one(which)
+                times[which].append(elapsed)
+                block_s += elapsed
+            if progress is not None:
+                progress(round_index + 1, max_rounds)
+            if round_index + 1 >= min_rounds and block_s >= target_s:
+                break
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return round_index + 1
 
 
 def _shares(total: int, parts: int) -> list[int]:

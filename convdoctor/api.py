@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import shutil
@@ -9,13 +10,13 @@ import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Protocol
+from typing import Iterator, Protocol
 
 import torch
 from torch import nn
 
 from convdoctor.analyzer.batch_sweep import sweep_batch_sizes
-from convdoctor.analyzer.benchmark import BenchmarkSettings, Measurement, Verdict, measure
+from convdoctor.analyzer.benchmark import BenchmarkSettings, Comparison, Measurement, Verdict, measure
 from convdoctor.analyzer.capture import check_fits, environment, record, settled_allocator
 from convdoctor.analyzer.environment_trial import WorkerError, measure_environment
 from convdoctor.analyzer.job_tasks import CaptureTask, MeasureTask
@@ -146,19 +147,58 @@ class LocalTrial:
         self.workload, self.options, self.progress = workload, options, progress
 
     def __call__(self, candidates: list[Candidate], limit: TimeLimit) -> tuple[Measurement, ArchitectureDelta | None]:
+        pending = self.start(candidates, limit)
+        while pending.comparison.blocks_left:
+            pending.run_block()
+        return pending.result()
+
+    def start(self, candidates: list[Candidate], limit: TimeLimit) -> PendingTrial:
+        """The candidates applied together, their outputs compared and the first block of rounds timed."""
         candidate = candidates[0] if len(candidates) == 1 else combine(candidates)
-        seconds, limit_name = limit
+        pending = PendingTrial(self.workload, candidate, limit)
+        with pending.limit():
+            trial = candidate.transform(self.workload.copy())
+            pending.comparison = Comparison(self.workload, trial, self.options.benchmark, self.progress.rounds)
+            pending.comparison.run_block()
+        return pending
+
+
+class PendingTrial:
+    """A candidate's in-process trial between its blocks of rounds: what is left of its time limit goes with it."""
+
+    comparison: Comparison
+
+    def __init__(self, workload: Workload, candidate: Candidate, limit: TimeLimit) -> None:
+        self.workload, self.candidate = workload, candidate
+        self.seconds_left, limit_name = limit
+        self.what = (f"this trial ({limit_name})" if self.seconds_left is None
+                     else f"this trial ({limit_name}: {self.seconds_left:g} s in all)")
+
+    @contextlib.contextmanager
+    def limit(self) -> Iterator[None]:
+        """The trial's time limit, less what its earlier blocks took; the device's cache emptied when it fails."""
+        started = time.perf_counter()
         try:
-            with time_limit(seconds, f"this trial ({limit_name})", advice=CANDIDATE_TIMEOUT_ADVICE):
-                trial = candidate.transform(self.workload.copy())
-                result = measure(self.workload, trial, self.options.benchmark, progress=self.progress.rounds)
+            with time_limit(self.seconds_left, self.what, advice=CANDIDATE_TIMEOUT_ADVICE):
+                yield
         except Exception:
             if self.workload.device.type == "cuda":
                 torch.cuda.empty_cache()
             raise
-        if candidate.numerics is NumericsContract.ARCHITECTURE:
-            return result, ArchitectureDelta(before=model_cost(self.workload), after=model_cost(trial))
-        return result, None
+        finally:
+            if self.seconds_left is not None:
+                self.seconds_left = max(self.seconds_left - (time.perf_counter() - started), 1e-3)
+
+    def run_block(self) -> None:
+        with self.limit():
+            self.comparison.run_block()
+
+    def result(self) -> tuple[Measurement, ArchitectureDelta | None]:
+        measurement = self.comparison.measurement()
+        if self.candidate.numerics is NumericsContract.ARCHITECTURE:
+            return measurement, ArchitectureDelta(before=model_cost(self.workload),
+                                                  after=model_cost(self.comparison.candidate))
+        return measurement, None
 
 
 def measure_findings(
@@ -167,21 +207,27 @@ def measure_findings(
     """Try each finding's candidate, the largest estimated saving first, until the time budget runs out.
 
     ``target`` is the workload (measured in this process) or a Trial (a whole job). Outcomes come back in the order
-    of ``findings``.
+    of ``findings``. Without a time budget, the in-process candidates' blocks of rounds are spread over the phase:
+    each candidate's first block in priority order, then the second block of each, and so on, so that every
+    interval holds the machine's state over the whole phase (``benchmark.Comparison``). With a budget each
+    candidate is finished before the next starts: the budget goes to the largest savings first.
     """
     workload = target if isinstance(target, Workload) else None
     trial = LocalTrial(target, options, progress) if isinstance(target, Workload) else target
+    spread = isinstance(trial, LocalTrial) and options.time_budget_s is None
     started = time.perf_counter()
     by_priority = sorted(range(len(findings)), key=lambda i: -(findings[i].estimated_saving or 0.0))
     outcomes: dict[int, FindingOutcome] = {}
-    by_transform: dict[int, FindingOutcome] = {}  # rules that propose the same transform share one measurement
+    pending: dict[int, PendingTrial] = {}
+    first_with: dict[int, int] = {}  # a transform's id: the finding that measures it (rules may share a transform)
+    same_as: dict[int, int] = {}
     for index in by_priority:
         finding = findings[index]
         spent = time.perf_counter() - started
         left_s = None if options.time_budget_s is None else options.time_budget_s - spent
-        earlier = by_transform.get(id(finding.candidate.transform)) if finding.candidate else None
+        earlier = first_with.get(id(finding.candidate.transform)) if finding.candidate else None
         if earlier is not None:
-            outcomes[index] = replace(earlier, finding=finding, same_candidate_as=earlier.finding.rule_id)
+            same_as[index] = earlier
         elif finding.larger_batches is not None and workload is None:
             outcomes[index] = FindingOutcome(finding, not_measured="larger batches are not measured under --nproc")
         elif finding.larger_batches is not None and options.measure and (left_s is None or left_s > 0):
@@ -198,9 +244,54 @@ def measure_findings(
             outcomes[index] = _try_candidate(ProcessTrial(workload, options, progress), None, finding, options,
                                              progress, _candidate_limit(options, spent))
         else:
-            outcomes[index] = by_transform[id(finding.candidate.transform)] = _try_candidate(
-                trial, workload, finding, options, progress, _candidate_limit(options, spent))
+            first_with[id(finding.candidate.transform)] = index
+            if spread:
+                started_trial = _start_candidate(trial, finding, progress, _candidate_limit(options, spent))
+                if isinstance(started_trial, FindingOutcome):
+                    outcomes[index] = started_trial
+                else:
+                    pending[index] = started_trial
+            else:
+                outcomes[index] = _try_candidate(trial, workload, finding, options, progress,
+                                                 _candidate_limit(options, spent))
+    outcomes.update(_finish_spread(pending, findings, workload, options, progress))
+    for index, earlier in same_as.items():
+        outcomes[index] = replace(outcomes[earlier], finding=findings[index],
+                                  same_candidate_as=findings[earlier].rule_id)
     return [outcomes[i] for i in range(len(findings))]
+
+
+def _start_candidate(trial: LocalTrial, finding: Finding, progress: Progress,
+                     limit: TimeLimit) -> PendingTrial | FindingOutcome:
+    """A candidate's numerics and first block of rounds, or why it could not be measured."""
+    progress.stage(f"measuring {finding.rule_id} {finding.rule_name}: baseline vs {finding.candidate.title}, "
+                   "first block")
+    try:
+        return trial.start([finding.candidate], limit)
+    except Exception as exc:
+        return _failed(finding, exc)
+
+
+def _finish_spread(pending: dict[int, PendingTrial], findings: list[Finding], workload: Workload | None,
+                   options: ProfileOptions, progress: Progress) -> dict[int, FindingOutcome]:
+    """The later blocks of every started candidate, one block of each in turn; then each one's outcome."""
+    outcomes: dict[int, FindingOutcome] = {}
+    while pending:
+        for index, trial in list(pending.items()):
+            if not trial.comparison.blocks_left:
+                result, delta = trial.result()
+                outcomes[index] = _outcome(findings[index], result, delta, workload, options, progress)
+                del pending[index]
+                continue
+            block = len(trial.comparison.rounds().blocks) + 1
+            progress.stage(f"measuring {findings[index].rule_id} {findings[index].rule_name}: block {block} of "
+                           f"{block + trial.comparison.blocks_left - 1}")
+            try:
+                trial.run_block()
+            except Exception as exc:
+                outcomes[index] = _failed(findings[index], exc, f" (in block {block})")
+                del pending[index]
+    return outcomes
 
 
 def _candidate_limit(options: ProfileOptions, spent_s: float) -> TimeLimit:
@@ -261,12 +352,25 @@ def _try_candidate(
     progress.stage(f"measuring {finding.rule_id} {finding.rule_name}: baseline vs {candidate.title}")
     try:
         result, delta = trial([candidate], limit)
-    except (ModelTimeoutError, CannotMeasure) as exc:
-        return FindingOutcome(finding, not_measured=str(exc))
-    except Exception as exc:  # a candidate may fail in any way (OOM included); the run goes on
-        return FindingOutcome(finding, not_measured=f"the candidate failed: {_failure(exc)}")
+    except Exception as exc:
+        return _failed(finding, exc)
+    return _outcome(finding, result, delta, workload, options, progress)
+
+
+def _failed(finding: Finding, exc: Exception, where: str = "") -> FindingOutcome:
+    """A candidate that timed out, cannot be measured here, or failed in any way (OOM included): the run goes on."""
+    if isinstance(exc, (ModelTimeoutError, CannotMeasure)):
+        return FindingOutcome(finding, not_measured=f"{exc}{where}")
+    return FindingOutcome(finding, not_measured=f"the candidate failed{where}: {_failure(exc)}")
+
+
+def _outcome(finding: Finding, result: Measurement, delta: ArchitectureDelta | None, workload: Workload | None,
+             options: ProfileOptions, progress: Progress) -> FindingOutcome:
+    """A measured candidate's outcome: its architecture delta, or its numerics against its tolerance and the
+    single-layer trials it asks for."""
     if delta is not None:
         return FindingOutcome(finding, measurement=result, architecture=delta)
+    candidate = finding.candidate
     ok = result.numerics.within(candidate.tolerance)
     layers = [_try_layer(workload, layer, options, progress) for layer in candidate.layer_trials] if workload else []
     return FindingOutcome(finding, measurement=result, numerics_ok=ok, layer_measurements=layers)

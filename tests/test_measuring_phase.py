@@ -165,3 +165,54 @@ def test_a_time_limit_holds_when_its_alarm_is_swallowed():
                 time.sleep(0.05)
             except ModelTimeoutError:
                 pass
+
+
+class _Stages(SilentProgress):
+    """Keeps every stage line; calls ``on_stage`` with each (to arm a failure at a given block)."""
+
+    def __init__(self, on_stage=lambda text: None) -> None:
+        self.lines: list[str] = []
+        self.on_stage = on_stage
+
+    def stage(self, text: str) -> None:
+        self.lines.append(text)
+        self.on_stage(text)
+
+
+def test_without_a_budget_the_candidates_take_turns_block_by_block():
+    findings = [_finding("small", lambda w: w, 0.01), _finding("large", lambda w: w, 0.3)]
+    stages = _Stages()
+    small, large = measure_findings(_workload(), findings, ProfileOptions(benchmark=QUICK), stages)
+    order = [(line.split(":")[0].split()[-1], line.split(": ")[1].split(",")[-1].strip()) for line in stages.lines]
+    assert order == [("large", "first block"), ("small", "first block"), ("large", "block 2 of 3"),
+                     ("small", "block 2 of 3"), ("large", "block 3 of 3"), ("small", "block 3 of 3")]
+    assert small.measurement.blocks == large.measurement.blocks == 3
+
+
+class _FailsWhenArmed(nn.Module):
+    armed = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _FailsWhenArmed.armed:
+            raise RuntimeError("CPU out of memory in a later block")
+        return x
+
+
+def test_a_candidate_that_fails_in_a_later_block_is_reported_and_the_others_finish():
+    _FailsWhenArmed.armed = False
+
+    def fails_later(workload: Workload) -> Workload:
+        return replace(workload, model=nn.Sequential(workload.model, _FailsWhenArmed()))
+
+    def arm(text: str) -> None:
+        if "fails-later" in text and "block 2 of" in text:
+            _FailsWhenArmed.armed = True
+
+    findings = [_finding("fails-later", fails_later, 0.3), _finding("identity", lambda w: w, 0.1)]
+    try:
+        failed, identity = measure_findings(_workload(), findings, ProfileOptions(benchmark=QUICK), _Stages(arm))
+    finally:
+        _FailsWhenArmed.armed = False
+    assert failed.measurement is None
+    assert failed.not_measured.startswith("the candidate failed (in block 2): RuntimeError: CPU out of memory")
+    assert identity.measurement is not None and identity.measurement.blocks == 3
