@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import itertools
+import math
 import os
 import random
 import statistics
@@ -46,17 +47,38 @@ from convdoctor.analyzer.workload import (
 
 def estimate_speedup(baseline_s: list[float], candidate_s: list[float], *, blocks: list[int] | None = None,
                      seed: int = 0) -> SpeedupEstimate:
-    """Ratio of medians with a paired bootstrap interval; the verdict is decided by the interval.
+    """Ratio of medians with a 95% interval; the verdict is decided by the interval.
 
-    ``blocks`` gives how many consecutive rounds each block holds (see BenchmarkSettings.blocks): then each
-    resample draws blocks first and rounds within the drawn blocks, so that a spread between blocks widens the
-    interval. Without it (or with one block) rounds are resampled directly.
+    ``blocks`` gives how many consecutive rounds each block holds (see BenchmarkSettings.blocks). The interval is
+    the paired bootstrap's (``bootstrap_interval``), widened, where it is narrower, to the Student-t interval of the
+    blocks' own speedups (``between_blocks``) when there are two or more blocks.
     """
     if len(baseline_s) != len(candidate_s) or len(baseline_s) < 2:
         raise ValueError("need two or more paired rounds")
     blocks = blocks or [len(baseline_s)]
     if sum(blocks) != len(baseline_s) or min(blocks) < 1:
         raise ValueError("the blocks must hold every round, one or more each")
+    base_median, cand_median = statistics.median(baseline_s), statistics.median(candidate_s)
+    low, high = bootstrap_interval(baseline_s, candidate_s, blocks, seed)
+    if len(blocks) > 1:
+        block_low, block_high = between_blocks(baseline_s, candidate_s, blocks, base_median / cand_median)
+        low, high = min(low, block_low), max(high, block_high)
+    verdict = (Verdict.FASTER if low > 1.0 + MIN_EFFECT else Verdict.SLOWER if high < 1.0 - MIN_EFFECT
+               else Verdict.NO_DIFFERENCE)
+    return SpeedupEstimate(
+        baseline_ms=base_median * 1e3,
+        candidate_ms=cand_median * 1e3,
+        speedup=base_median / cand_median,
+        ci_low=low,
+        ci_high=high,
+        verdict=verdict,
+    )
+
+
+def bootstrap_interval(baseline_s: list[float], candidate_s: list[float], blocks: list[int],
+                       seed: int = 0) -> tuple[float, float]:
+    """The paired bootstrap interval of the ratio of medians: each resample draws blocks first, then rounds within
+    the drawn blocks (rounds alone with one block)."""
     rng = random.Random(seed)
     starts = list(itertools.accumulate(blocks, initial=0))
     ratios = []
@@ -70,19 +92,43 @@ def estimate_speedup(baseline_s: list[float], candidate_s: list[float], *, block
         ratios.append(base / statistics.median(candidate_s[i] for i in picks))
     ratios.sort()
     tail = (1 - CONFIDENCE) / 2
-    low = ratios[int(tail * BOOTSTRAP_RESAMPLES)]
-    high = ratios[min(BOOTSTRAP_RESAMPLES - 1, int((1 - tail) * BOOTSTRAP_RESAMPLES))]
-    base_median, cand_median = statistics.median(baseline_s), statistics.median(candidate_s)
-    verdict = (Verdict.FASTER if low > 1.0 + MIN_EFFECT else Verdict.SLOWER if high < 1.0 - MIN_EFFECT
-               else Verdict.NO_DIFFERENCE)
-    return SpeedupEstimate(
-        baseline_ms=base_median * 1e3,
-        candidate_ms=cand_median * 1e3,
-        speedup=base_median / cand_median,
-        ci_low=low,
-        ci_high=high,
-        verdict=verdict,
-    )
+    return ratios[int(tail * BOOTSTRAP_RESAMPLES)], ratios[min(BOOTSTRAP_RESAMPLES - 1,
+                                                               int((1 - tail) * BOOTSTRAP_RESAMPLES))]
+
+
+def between_blocks(baseline_s: list[float], candidate_s: list[float], blocks: list[int],
+                   speedup: float) -> tuple[float, float]:
+    """The interval of ``speedup`` that the blocks' own speedups (ratios of their medians) give as independent
+    samples: ``speedup`` times and over exp(t * s / sqrt(n)), s their standard deviation in logs, t Student's at
+    CONFIDENCE with n - 1 degrees of freedom.
+
+    On a shared machine the ratio of two variants drifts with the machine's state over seconds (benchmarks/
+    RERUN.md: blocks 0.75 s apart correlate 0.5, 7 s apart not at all); a bootstrap over a few blocks reads their
+    spread as if it were all there is (3 blocks: 53% of intervals held the long-run ratio), the t interval does not
+    (90% with blocks spread over the phase).
+    """
+    starts = list(itertools.accumulate(blocks, initial=0))
+    logs = [math.log(statistics.median(baseline_s[a:b]) / statistics.median(candidate_s[a:b]))
+            for a, b in zip(starts, starts[1:])]
+    half = student_t(CONFIDENCE, len(logs) - 1) * statistics.stdev(logs) / math.sqrt(len(logs))
+    return speedup / math.exp(half), speedup * math.exp(half)
+
+
+# Student's t two-sided 95% quantiles for 1-10 degrees of freedom; beyond, the Cornish-Fisher expansion is within
+# 0.001 of them.
+_T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
+
+
+def student_t(confidence: float, freedom: int) -> float:
+    """The two-sided ``confidence`` quantile of Student's t with ``freedom`` degrees of freedom (95% tabulated up
+    to 10 degrees; otherwise the Cornish-Fisher expansion around the normal quantile)."""
+    if freedom < 1:
+        raise ValueError("Student's t needs one or more degrees of freedom")
+    if confidence == 0.95 and freedom <= len(_T95):
+        return _T95[freedom - 1]
+    z, v = statistics.NormalDist().inv_cdf((1 + confidence) / 2), freedom
+    return (z + (z**3 + z) / (4 * v) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * v**2)
+            + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * v**3))
 
 
 def compare_outputs(baseline: Any, candidate: Any) -> Numerics:
@@ -124,9 +170,11 @@ class Comparison:
 
     The outputs are compared when it is made. Each ``run_block`` makes fresh copies of both, warms them up (until
     the timings settle in the first block, ``warmup_steps`` steps in later ones) and times its share of the rounds;
-    between blocks nothing of the comparison is held but the times. Spreading the blocks of several comparisons over
-    the measuring phase makes each interval, bootstrapped over blocks, hold minutes of the machine's state instead
-    of seconds: on a shared VM the ratio of two variants moves over tens of seconds (benchmarks/RERUN.md).
+    between blocks nothing of the comparison is held but the times. A block starts ``block_spacing_s`` or more
+    after the one before it (waiting when nothing else ran in between), and the measuring phase lets several
+    comparisons take turns: on a shared VM the ratio of two variants drifts with the machine's state over seconds,
+    so blocks in a row would sample one state and their interval would not hold the next run's ratio
+    (benchmarks/INTERVALS.md).
     """
 
     def __init__(self, baseline: Workload, candidate: Workload, settings: BenchmarkSettings,
@@ -139,13 +187,17 @@ class Comparison:
         self._busy: list[tuple[float, float | None]] = []  # (wall seconds, other cores busy) per block
         self._plan = _block_plan(settings)
         self._rng = random.Random(0)
+        self._last_start: float | None = None
 
     @property
     def blocks_left(self) -> int:
         return len(self._plan) - len(self._blocks)
 
     def run_block(self) -> None:
-        """Fresh copies of both, warmed up, then this block's rounds."""
+        """Fresh copies of both, warmed up, then this block's rounds; ``block_spacing_s`` after the last block."""
+        if self._last_start is not None:
+            time.sleep(max(0.0, self.settings.block_spacing_s - (time.perf_counter() - self._last_start)))
+        self._last_start = time.perf_counter()
         block = len(self._blocks)
         steps = []
         for which, workload in enumerate((self.baseline, self.candidate)):

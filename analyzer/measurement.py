@@ -54,11 +54,16 @@ class BenchmarkSettings:
     min_rounds: int = 10
     max_rounds: int = 60
     target_s: float = 4.0  # total timed time across both variants, once min_rounds are done
-    # The rounds are taken in this many blocks, one after the other, each (in one process) on fresh copies of both
-    # variants: one pair of copies timed once differs from the next pair, and from itself a minute later, by more
-    # than its rounds' noise (memory placement, allocator and machine state), so the interval is bootstrapped over
-    # blocks as well as rounds. min_rounds, max_rounds and target_s are totals over the blocks.
-    blocks: int = 3
+    # The rounds are taken in this many blocks, each (in one process) on fresh copies of both variants: one pair of
+    # copies timed once differs from the next pair, and from itself a minute later, by more than its rounds' noise
+    # (memory placement, allocator and machine state), so the interval is taken over blocks as well as rounds
+    # (``benchmark.estimate_speedup``). Six, not three: the blocks' t interval with 5 degrees of freedom is 2.4
+    # times narrower than with 2 for the same spread. min_rounds, max_rounds and target_s are totals over the blocks.
+    blocks: int = 6
+    # A comparison's block starts at least this long after its previous one started (``benchmark.Comparison``):
+    # the ratio of two variants drifts with the machine's state, and blocks 0.75 s apart correlate 0.5, 7 s apart
+    # not at all (benchmarks/INTERVALS.md). In a measuring phase other candidates' blocks fill the wait.
+    block_spacing_s: float = 5.0
 
 
 @dataclass(frozen=True)

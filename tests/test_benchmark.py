@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import random
+import statistics
 import time
 from dataclasses import replace
 
@@ -15,9 +17,11 @@ from convdoctor.analyzer.benchmark import (
     GradientReference,
     Numerics,
     Verdict,
+    between_blocks,
     compare_outputs,
     estimate_speedup,
     measure,
+    student_t,
     worst_parameter_error,
 )
 from convdoctor.analyzer.workload import workload_from
@@ -67,6 +71,31 @@ def test_blocks_that_disagree_widen_the_interval():
         estimate_speedup(baseline, candidate, blocks=[10, 10, 9])
 
 
+def test_a_few_blocks_that_drift_get_the_t_interval_of_their_speedups():
+    """Three tight blocks 4%, 6% and 8% faster: resampling three blocks reads their spread as all there is (the
+    bootstrap's interval lies inside 1.04-1.08); as three samples of a drifting ratio, Student's t with two degrees
+    of freedom puts it at 1.06 x/÷ exp(4.303 * s / sqrt(3)) - 1.011 to 1.111 - and the verdict follows it."""
+    baseline = [10e-3] * 30
+    candidate = [10e-3 / speedup for speedup in (1.04, 1.06, 1.08) for _ in range(10)]
+    logs = [math.log(s) for s in (1.04, 1.06, 1.08)]
+    half = 4.303 * statistics.stdev(logs) / math.sqrt(3)
+    estimate = estimate_speedup(baseline, candidate, blocks=[10, 10, 10])
+    assert estimate.speedup == pytest.approx(1.06)
+    assert estimate.ci_low == pytest.approx(1.06 / math.exp(half)) and estimate.ci_high == pytest.approx(
+        1.06 * math.exp(half))
+    assert estimate.ci_low < 1.02 and estimate.ci_high > 1.10 and estimate.verdict is Verdict.FASTER
+    assert between_blocks(baseline, candidate, [10, 10, 10], 1.06) == (estimate.ci_low, estimate.ci_high)
+    drifting = [10e-3 / speedup for speedup in (1.0, 1.03, 1.06) for _ in range(10)]
+    assert estimate_speedup(baseline, drifting, blocks=[10, 10, 10]).verdict is Verdict.NO_DIFFERENCE
+    assert estimate_speedup(baseline, drifting).verdict is Verdict.FASTER  # the rounds alone: 3% faster
+
+
+@pytest.mark.parametrize(("freedom", "quantile"), [(1, 12.706), (2, 4.303), (5, 2.571), (10, 2.228), (12, 2.179),
+                                                    (20, 2.086), (30, 2.042), (120, 1.980), (10**6, 1.960)])
+def test_student_t_quantiles(freedom: int, quantile: float):
+    assert student_t(0.95, freedom) == pytest.approx(quantile, abs=1e-3)
+
+
 def test_compare_outputs_reports_abs_and_relative_error():
     base = (torch.tensor([1.0, -4.0]), torch.tensor([2, 3]))
     cand = (torch.tensor([1.5, -4.0]), torch.tensor([2, 3]))
@@ -95,7 +124,8 @@ def test_measure_finds_a_real_slowdown_and_identical_outputs():
     baseline = workload_from(model, x, device="cpu")
     slower = baseline.copy()
     slower.model.sleep_s = 0.05
-    settings = BenchmarkSettings(warmup_s=0.0, warmup_steps=2, min_rounds=8, max_rounds=12, target_s=0.1)
+    settings = BenchmarkSettings(block_spacing_s=0,
+                                 warmup_s=0.0, warmup_steps=2, min_rounds=8, max_rounds=12, target_s=0.1)
     result = measure(baseline, slower, settings)
     assert result.estimate.verdict is Verdict.SLOWER
     assert result.estimate.ci_high < 0.8  # ~0.2 expected; loose enough for a busy 2-core machine
@@ -126,7 +156,8 @@ def test_fresh_copies_per_block_put_the_spread_between_copies_in_the_interval():
     x = torch.randn(1, 3, 16, 16)
     baseline = workload_from(Sleepy(0.01), x, device="cpu")
     candidate = workload_from(CopyDependent(0.01), x, device="cpu")
-    settings = BenchmarkSettings(warmup_s=0.0, warmup_steps=1, max_warmup_s=0.5, min_rounds=6, max_rounds=6)
+    settings = BenchmarkSettings(block_spacing_s=0,
+                                 warmup_s=0.0, warmup_steps=1, max_warmup_s=0.5, min_rounds=6, max_rounds=6)
     one_pair = measure(baseline, candidate, replace(settings, blocks=1))
     assert one_pair.estimate.verdict is not Verdict.NO_DIFFERENCE and one_pair.blocks == 1
     blocks = measure(baseline, candidate, replace(settings, blocks=3))
@@ -135,11 +166,29 @@ def test_fresh_copies_per_block_put_the_spread_between_copies_in_the_interval():
     assert blocks.estimate.ci_low < 0.8 and blocks.estimate.ci_high > 1.3
 
 
+def test_the_blocks_of_one_comparison_start_block_spacing_s_apart():
+    """Three blocks of a few milliseconds each: with 0.4 s spacing the measurement waits between them (two waits),
+    without it the blocks run in a row."""
+    x = torch.randn(1, 3, 16, 16)
+    baseline, candidate = (workload_from(Sleepy(0.001), x, device="cpu") for _ in range(2))
+    settings = BenchmarkSettings(block_spacing_s=0.4, warmup_s=0.0, warmup_steps=1, max_warmup_s=0.5, min_rounds=3,
+                                 max_rounds=3, blocks=3)
+    started = time.perf_counter()
+    spaced = measure(baseline, candidate, settings)
+    spaced_s = time.perf_counter() - started
+    started = time.perf_counter()
+    in_a_row = measure(baseline, candidate, replace(settings, block_spacing_s=0.0))
+    in_a_row_s = time.perf_counter() - started
+    assert spaced.blocks == in_a_row.blocks == 3
+    assert spaced_s >= 0.8 > in_a_row_s
+
+
 def test_train_mode_measures_forward_backward_and_step():
     torch.manual_seed(0)
     baseline = workload_from(nn.Conv2d(3, 4, 3), torch.randn(2, 3, 16, 16), device="cpu", mode="train")
     candidate = replace(baseline.copy())
-    result = measure(baseline, candidate, BenchmarkSettings(warmup_s=0.0, min_rounds=4, max_rounds=4))
+    result = measure(baseline, candidate, BenchmarkSettings(block_spacing_s=0,
+                                                            warmup_s=0.0, min_rounds=4, max_rounds=4))
     assert result.rounds == 4
     assert result.numerics.max_abs_error == 0.0
     assert result.numerics.max_grad_abs_error == 0.0  # gradients of the first backward are compared too
@@ -151,7 +200,7 @@ def test_warm_up_runs_until_timings_settle():
 
     delays = iter([0.02] * 4 + [0.002] * 100)  # a slow start (caches, lazy init), then steady
     workload = workload_from(nn.Identity(), torch.zeros(1), device="cpu")
-    settings = BenchmarkSettings(warmup_s=0.0, warmup_steps=3)
+    settings = BenchmarkSettings(block_spacing_s=0, warmup_s=0.0, warmup_steps=3)
     count = warm_up(lambda: time.sleep(next(delays)), workload, settings)
     # the 4 slow steps, then steady ones until the last 3 and the 3 before (at most one slow) agree
     assert 9 <= count <= 20
@@ -165,7 +214,7 @@ def test_a_busy_machine_is_noticed():
     import sys
 
     workload = workload_from(Sleepy(0.01), torch.randn(1, 3, 16, 16), device="cpu")
-    settings = BenchmarkSettings(warmup_s=0.0, warmup_steps=2, min_rounds=20, max_rounds=20)
+    settings = BenchmarkSettings(block_spacing_s=0, warmup_s=0.0, warmup_steps=2, min_rounds=20, max_rounds=20)
     spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
         busy = measure(workload, workload.copy(), settings)
@@ -198,7 +247,8 @@ def test_peak_memory_of_a_step_counts_its_activations():
     assert step_peak_bytes(workload) >= output_bytes
     wider = workload_from(nn.Conv2d(3, 128, 3, padding=1), torch.randn(4, 3, 64, 64), device="cpu")
     assert step_peak_bytes(wider) >= 2 * output_bytes
-    quick = BenchmarkSettings(warmup_s=0.0, warmup_steps=2, min_rounds=3, max_rounds=3, max_warmup_s=1.0)
+    quick = BenchmarkSettings(block_spacing_s=0,
+                              warmup_s=0.0, warmup_steps=2, min_rounds=3, max_rounds=3, max_warmup_s=1.0)
     result = measure(workload, wider, quick)
     assert result.peak_bytes[0] < result.peak_bytes[1] and result.peak_memory
 

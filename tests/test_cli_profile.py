@@ -11,7 +11,7 @@ import torch
 from click.testing import CliRunner
 
 from conftest import EXAMPLES, MODELS, SCHEMA, run_cli
-from convdoctor.analyzer.measurement import MIN_EFFECT
+from convdoctor.analyzer.measurement import MIN_EFFECT, BenchmarkSettings
 from convdoctor.cli import main
 
 
@@ -72,7 +72,9 @@ def test_html_report_names_layers_and_the_measured_result(small_cnn_run):
     html = (out / "report.html").read_text()
     for layer in report["layers"]:
         assert f"<code>{layer['name']}</code>" in html
-    assert "CD101" in html and "interleaved rounds in 3 blocks of fresh copies" in html
+    cd101 = next(f["measurement"] for f in report["findings"] if f["rule_id"] == "CD101")
+    assert cd101["blocks"] == BenchmarkSettings().blocks
+    assert "CD101" in html and f"interleaved rounds in {cd101['blocks']} blocks of fresh copies" in html
     assert f"{report['summary']['unprofiled_step_ms']:.2f} ms without it" in html
 
 
@@ -128,7 +130,8 @@ def test_the_users_model_is_never_modified(tmp_path: Path):
     inputs = torch.randn(2, 3, 16, 16)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     report, _ = profile(model, inputs, ProfileOptions(out_dir=tmp_path, mode="train", steps=1, select=("CD101",),
-                                                      benchmark=BenchmarkSettings(warmup_s=0, min_rounds=3,
+                                                      benchmark=BenchmarkSettings(block_spacing_s=0,
+                                                                                  warmup_s=0, min_rounds=3,
                                                                                   max_rounds=3)))
     assert report.outcomes[0].measurement is not None
     after = model.state_dict()
