@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from typing import Any, Callable
 
 from convdoctor.analyzer.benchmark import (
@@ -29,9 +29,6 @@ from convdoctor.analyzer.benchmark import (
 )
 from convdoctor.analyzer.workload import Workload
 
-# At most this many blocks, each with a fresh pair of workers: a pair costs two process starts (torch imported, the
-# model loaded and warmed up: seconds), where an in-process block costs two copies.
-WORKER_PAIRS = 3
 PEAK_RSS = "the worker process's peak resident memory (ru_maxrss), model and framework included"
 
 
@@ -106,7 +103,6 @@ def measure_environment(
     """
     if not os.path.isfile(workload.source):
         raise WorkerError("an environment candidate needs the model file (profile MODEL_PY), not a model object")
-    settings = replace(settings, blocks=min(settings.blocks, WORKER_PAIRS))
     pairs = _WorkerPairs(workload, environment, settings)
     try:
         rounds = alternating_rounds(lambda which: pairs.current[which].steps(1)[0], settings, progress,

@@ -4,7 +4,7 @@
     python benchmarks/allocator_state.py --model examples/small_cnn.py --processes 2
 
 Each process loads the model, measures channels_last (CD101's candidate) against the baseline with convdoctor's
-harness (three blocks of fresh copies, interleaved rounds) and prints the speedup, its interval and the median
+harness (its blocks of fresh copies, interleaved rounds) and prints the speedup, its interval and the median
 baseline and candidate step of each block — once with glibc's defaults, once with the heap kept (``keep_heap``,
 as ``convdoctor profile`` does before it traces and measures).
 """

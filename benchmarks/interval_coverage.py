@@ -73,6 +73,12 @@ def _log_ratio(block: dict) -> float:
     return math.log(statistics.median(block["baseline"]) / statistics.median(block["candidate"]))
 
 
+def _autocorrelation(values: list[float], lag: int) -> float:
+    mean = statistics.mean(values)
+    spread = sum((v - mean) ** 2 for v in values)
+    return sum((values[i] - mean) * (values[i + lag] - mean) for i in range(len(values) - lag)) / spread
+
+
 def evaluate(series: list[list[dict]], n: int, gap: int, with_t: bool) -> tuple[int, float, float, float]:
     """(measurements, share holding the long-run ratio, share of pairs overlapping, median half-width)."""
     from convdoctor.analyzer import benchmark
@@ -115,8 +121,14 @@ def main() -> None:
         print(f"{args.out}: {len(blocks)} blocks")
         return
     series = [json.loads(path.read_text()) for path in args.series]
-    print(f"{sum(map(len, series))} blocks in {len(series)} series: "
-          f"long-run speedup {math.exp(statistics.mean(_log_ratio(b) for s in series for b in s)):.3f}")
+    print(f"{sum(map(len, series))} blocks in {len(series)} series, one every "
+          f"{statistics.mean(s[-1]['t'] / (len(s) - 1) for s in series):.2f} s: long-run speedup "
+          f"{math.exp(statistics.mean(_log_ratio(b) for s in series for b in s)):.3f}, the blocks' own speedups "
+          f"{statistics.mean(statistics.stdev(map(_log_ratio, s)) for s in series):.3f} apart (standard deviation "
+          "in logs)")
+    print("correlation of block speedups, by blocks apart: " + ", ".join(
+        f"{lag}: {statistics.mean(_autocorrelation(list(map(_log_ratio, s)), lag) for s in series):.2f}"
+        for lag in (1, 3, 10, 30)))
     print("| blocks | gap | interval | measurements | holds the long-run ratio | pairs overlap | median half-width |")
     print("|---|---|---|---|---|---|---|")
     for n, gap in itertools.product(args.blocks, args.gaps):
