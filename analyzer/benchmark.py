@@ -102,10 +102,10 @@ def between_blocks(baseline_s: list[float], candidate_s: list[float], blocks: li
     samples: ``speedup`` times and over exp(t * s / sqrt(n)), s their standard deviation in logs, t Student's at
     CONFIDENCE with n - 1 degrees of freedom.
 
-    On a shared machine the ratio of two variants drifts with the machine's state over seconds (benchmarks/
-    RERUN.md: blocks 0.75 s apart correlate 0.5, 7 s apart not at all); a bootstrap over a few blocks reads their
-    spread as if it were all there is (3 blocks: 53% of intervals held the long-run ratio), the t interval does not
-    (90% with blocks spread over the phase).
+    On a shared machine the ratio of two variants drifts with the machine's state over seconds (blocks 0.5 s apart
+    correlate about 0.5, 5-7 s apart hardly at all); a bootstrap over a few blocks reads their spread as all there
+    is: with 3 blocks 5 s apart it held the long-run ratio in 75% of measurements, with this interval 92%
+    (benchmarks/INTERVALS.md).
     """
     starts = list(itertools.accumulate(blocks, initial=0))
     logs = [math.log(statistics.median(baseline_s[a:b]) / statistics.median(candidate_s[a:b]))
@@ -221,11 +221,8 @@ class Comparison:
         self._busy.append((wall, other_cores_busy(cpu_before, cpu_jiffies(), wall)))
 
     def rounds(self) -> Rounds:
-        known = [(wall, busy) for wall, busy in self._busy if busy is not None]
-        total = sum(wall for wall, _ in known)
-        busy = sum(wall * b for wall, b in known) / total if known and total > 0 else None
         return Rounds(times_s=self._times, blocks=list(self._blocks), warmup_steps=(self._warmups[0], self._warmups[1]),
-                      other_cores_busy=busy)
+                      other_cores_busy=time_weighted_busy(self._busy))
 
     def measurement(self) -> Measurement:
         """The comparison so far (every block run, or fewer when it was cut short) as a Measurement."""
@@ -544,6 +541,14 @@ def other_cores_busy(before: tuple[int, int] | None, after: tuple[int, int] | No
         return None
     others = (after[0] - before[0]) - (after[1] - before[1])
     return max(others, 0) / os.sysconf("SC_CLK_TCK") / wall_s
+
+
+def time_weighted_busy(blocks: list[tuple[float, float | None]]) -> float | None:
+    """Other cores busy over several blocks, from each block's (wall seconds, other_cores_busy), weighted by its
+    time; None when no block knows."""
+    known = [(wall, busy) for wall, busy in blocks if busy is not None]
+    total = sum(wall for wall, _ in known)
+    return sum(wall * busy for wall, busy in known) / total if known and total > 0 else None
 
 
 def warm_up(step: Callable[[], Any], workload: Workload, settings: BenchmarkSettings) -> int:

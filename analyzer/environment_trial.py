@@ -26,6 +26,7 @@ from convdoctor.analyzer.benchmark import (
     Numerics,
     cpu_jiffies,
     other_cores_busy,
+    time_weighted_busy,
 )
 from convdoctor.analyzer.workload import Workload
 
@@ -166,9 +167,7 @@ class _WorkerPairs:
 
     def other_cores_busy(self) -> float | None:
         """Cores kept busy by other processes, averaged over the blocks' time; None when not known."""
-        known = [(wall, busy) for wall, busy in self._busy if busy is not None]
-        total = sum(wall for wall, _ in known)
-        return sum(wall * busy for wall, busy in known) / total if known and total > 0 else None
+        return time_weighted_busy(self._busy)
 
     def _pids(self) -> tuple[int | str, ...]:
         return ("self", *(worker.process.pid for worker in self.current))

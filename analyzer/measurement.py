@@ -52,8 +52,10 @@ class BenchmarkSettings:
     settle_tolerance: float = 0.05  # …then until the median of the last 3 steps is within 5% of the 3 before
     max_warmup_s: float = 10.0  # per variant, whether or not the timings settled
     min_rounds: int = 10
-    max_rounds: int = 60
-    target_s: float = 4.0  # total timed time across both variants, once min_rounds are done
+    # 20 rounds a block at most: with 10, a fast model's block median carried about as much noise as the drift
+    # between blocks (benchmarks/INTERVALS.md), and the blocks' t interval took both
+    max_rounds: int = 120
+    target_s: float = 6.0  # total timed time across both variants, once min_rounds are done
     # The rounds are taken in this many blocks, each (in one process) on fresh copies of both variants: one pair of
     # copies timed once differs from the next pair, and from itself a minute later, by more than its rounds' noise
     # (memory placement, allocator and machine state), so the interval is taken over blocks as well as rounds
@@ -61,8 +63,8 @@ class BenchmarkSettings:
     # times narrower than with 2 for the same spread. min_rounds, max_rounds and target_s are totals over the blocks.
     blocks: int = 6
     # A comparison's block starts at least this long after its previous one started (``benchmark.Comparison``):
-    # the ratio of two variants drifts with the machine's state, and blocks 0.75 s apart correlate 0.5, 7 s apart
-    # not at all (benchmarks/INTERVALS.md). In a measuring phase other candidates' blocks fill the wait.
+    # the ratio of two variants drifts with the machine's state, and blocks 0.5 s apart correlate about 0.5, 5-7 s
+    # apart hardly at all (benchmarks/INTERVALS.md). In a measuring phase other candidates' blocks fill the wait.
     block_spacing_s: float = 5.0
 
 
