@@ -157,7 +157,8 @@ def measure(
     """Time one step of each workload in interleaved rounds (random order within a round) and compare outputs.
 
     Both run on copies, fresh ones for each block of rounds; the workloads passed in are left as they were. The
-    blocks run one after the other; ``Comparison`` runs them one at a time, to spread them over a longer time.
+    blocks run one after the other, ``block_spacing_s`` apart; ``Comparison`` runs them one at a time, so that a
+    measuring phase can give the wait to other comparisons' blocks.
     """
     comparison = Comparison(baseline, candidate, settings, progress)
     while comparison.blocks_left:
