@@ -200,16 +200,8 @@ class Comparison:
             time.sleep(max(0.0, self.settings.block_spacing_s - (time.perf_counter() - self._last_start)))
         self._last_start = time.perf_counter()
         block = len(self._blocks)
-        steps = []
-        for which, workload in enumerate((self.baseline, self.candidate)):
-            copy = workload.copy()
-            steps.append(make_step(copy))
-            if block == 0:
-                self._warmups[which] += warm_up(steps[which], copy, self.settings)
-            else:
-                for _ in range(self.settings.warmup_steps):
-                    time_step(steps[which], copy.device)
-                self._warmups[which] += self.settings.warmup_steps
+        steps, warmups = fresh_steps((self.baseline, self.candidate), self.settings, first=block == 0)
+        self._warmups = [done + now for done, now in zip(self._warmups, warmups)]
         devices = (self.baseline.device, self.candidate.device)
         started, cpu_before = time.perf_counter(), cpu_jiffies()
         done = sum(self._blocks)
@@ -310,21 +302,32 @@ def _interleaved_rounds(
 
     def fresh_copies(block: int) -> None:
         steps.clear()  # the previous block's copies go before the next ones are made
-        for which, workload in enumerate(variants):
-            copy = workload.copy()
-            steps.append(make_step(copy))
-            if block == 0:
-                warmups[which] += warm_up(steps[which], copy, settings)
-            else:
-                for _ in range(settings.warmup_steps):
-                    time_step(steps[which], copy.device)
-                warmups[which] += settings.warmup_steps
+        fresh, ran = fresh_steps(variants, settings, first=block == 0)
+        steps.extend(fresh)
+        warmups[:] = [done + now for done, now in zip(warmups, ran)]
 
     started, cpu_before = time.perf_counter(), cpu_jiffies()
     rounds = alternating_rounds(lambda which: time_step(steps[which], variants[which].device), settings, progress,
                                 new_block=fresh_copies)
     return replace(rounds, warmup_steps=(warmups[0], warmups[1]),
                    other_cores_busy=other_cores_busy(cpu_before, cpu_jiffies(), time.perf_counter() - started))
+
+
+def fresh_steps(variants: tuple[Workload, ...], settings: BenchmarkSettings,
+                first: bool) -> tuple[list[Callable[[], Any]], list[int]]:
+    """A step of a fresh copy of each variant, warmed up (until the timings settle in a first block, ``warmup_steps``
+    steps in later ones), and how many warm-up steps each ran."""
+    steps, warmups = [], []
+    for workload in variants:
+        copy = workload.copy()
+        steps.append(make_step(copy))
+        if first:
+            warmups.append(warm_up(steps[-1], copy, settings))
+        else:
+            for _ in range(settings.warmup_steps):
+                time_step(steps[-1], copy.device)
+            warmups.append(settings.warmup_steps)
+    return steps, warmups
 
 
 def alternating_rounds(

@@ -32,7 +32,7 @@ from pathlib import Path
 def collect(model_file: Path, rule_id: str, minutes: float) -> list[dict]:
     import torch
 
-    from convdoctor.analyzer.benchmark import alternating_rounds, warm_up
+    from convdoctor.analyzer.benchmark import alternating_rounds, fresh_steps
     from convdoctor.analyzer.capture import record
     from convdoctor.analyzer.host_allocator import keep_heap
     from convdoctor.analyzer.layers import analyze_convs
@@ -55,14 +55,7 @@ def collect(model_file: Path, rule_id: str, minutes: float) -> list[dict]:
     blocks: list[dict] = []
     started = time.perf_counter()
     while time.perf_counter() - started < minutes * 60:
-        steps = []
-        for which, variant in enumerate((workload, candidate.transform(workload.copy()))):
-            copy = variant.copy()
-            steps.append(make_step(copy))
-            if not blocks:
-                warm_up(steps[which], copy, harness)
-            for _ in range(harness.warmup_steps if blocks else 0):
-                time_step(steps[which], copy.device)
+        steps, _ = fresh_steps((workload, candidate.transform(workload.copy())), harness, first=not blocks)
         at = time.perf_counter() - started
         rounds = alternating_rounds(lambda which: time_step(steps[which], torch.device("cpu")), one_block)
         blocks.append({"t": at, "baseline": rounds.times_s[0], "candidate": rounds.times_s[1]})
