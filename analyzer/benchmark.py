@@ -75,6 +75,13 @@ def estimate_speedup(baseline_s: list[float], candidate_s: list[float], *, block
     )
 
 
+def undecided(estimate: SpeedupEstimate) -> bool:
+    """The interval reaches into 1 ± MIN_EFFECT while its median lies outside that band: a change the blocks so far
+    can neither confirm nor rule out, which more blocks may decide."""
+    return (estimate.verdict is Verdict.NO_DIFFERENCE
+            and not 1.0 - MIN_EFFECT <= estimate.speedup <= 1.0 + MIN_EFFECT)
+
+
 def bootstrap_interval(baseline_s: list[float], candidate_s: list[float], blocks: list[int],
                        seed: int = 0) -> tuple[float, float]:
     """The paired bootstrap interval of the ratio of medians: each resample draws blocks first, then rounds within
@@ -175,7 +182,8 @@ class Comparison:
     after the one before it (waiting when nothing else ran in between), and the measuring phase lets several
     comparisons take turns: on a shared VM the ratio of two variants drifts with the machine's state over seconds,
     so blocks in a row would sample one state and their interval would not hold the next run's ratio
-    (benchmarks/INTERVALS.md).
+    (benchmarks/INTERVALS.md). When the planned blocks leave the change open (``undecided``), ``extra_blocks`` more
+    are taken, once.
     """
 
     def __init__(self, baseline: Workload, candidate: Workload, settings: BenchmarkSettings,
@@ -187,6 +195,8 @@ class Comparison:
         self._warmups = [0, 0]
         self._busy: list[tuple[float, float | None]] = []  # (wall seconds, other cores busy) per block
         self._plan = _block_plan(settings)
+        self._block_target_s = settings.target_s / len(self._plan)
+        self._extra_blocks = 0
         self._rng = random.Random(0)
         self._last_start: float | None = None
 
@@ -206,12 +216,16 @@ class Comparison:
         started, cpu_before = time.perf_counter(), cpu_jiffies()
         done = sum(self._blocks)
         progress = None if self.progress is None else (
-            lambda rounds, _: self.progress(done + rounds, self.settings.max_rounds))
+            lambda rounds, _: self.progress(done + rounds, sum(most for _, most in self._plan)))
         self._blocks.append(_block_of_rounds(lambda which: time_step(steps[which], devices[which]), self._plan[block],
-                                             self.settings.target_s / len(self._plan), self._rng, self._times,
+                                             self._block_target_s, self._rng, self._times,
                                              first=block == 0, progress=progress))
         wall = time.perf_counter() - started
         self._busy.append((wall, other_cores_busy(cpu_before, cpu_jiffies(), wall)))
+        if (len(self._blocks) == len(self._plan) and not self._extra_blocks and self.settings.extra_blocks > 0
+                and undecided(self.rounds().estimate())):
+            self._extra_blocks = self.settings.extra_blocks
+            self._plan += [self._plan[i % len(self._plan)] for i in range(self._extra_blocks)]
 
     def rounds(self) -> Rounds:
         return Rounds(times_s=self._times, blocks=list(self._blocks), warmup_steps=(self._warmups[0], self._warmups[1]),
@@ -231,6 +245,7 @@ class Comparison:
             timer=_timer(self.baseline.device),
             other_cores_busy=rounds.other_cores_busy,
             blocks=len(rounds.blocks),
+            extra_blocks=self._extra_blocks,
             fresh_copies=True,
             peak_bytes=(_peak_bytes(self.baseline), _peak_bytes(self.candidate)),
             peak_memory=PEAK_TENSOR_MEMORY,

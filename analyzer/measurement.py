@@ -66,6 +66,11 @@ class BenchmarkSettings:
     # the ratio of two variants drifts with the machine's state, and blocks 0.5 s apart correlate about 0.5, 5-7 s
     # apart hardly at all (benchmarks/INTERVALS.md). In a measuring phase other candidates' blocks fill the wait.
     block_spacing_s: float = 5.0
+    # A second look, once: when the blocks leave a change open (``benchmark.undecided``: the interval reaches into
+    # 1 ± MIN_EFFECT, its median lies outside it), this many more blocks are taken and the verdict is read from all
+    # of them. A change of 3-8% on a small model is otherwise "no measurable difference" in about half of all runs;
+    # what the second look costs in false verdicts on a change of nothing is measured in benchmarks/INTERVALS.md.
+    extra_blocks: int = 6
 
 
 @dataclass(frozen=True)
@@ -142,6 +147,7 @@ class Measurement:
     timer: str
     other_cores_busy: float | None = None  # CPU cores other processes kept busy, on average, during the rounds
     blocks: int = 1  # blocks the rounds were taken in (BenchmarkSettings.blocks)
+    extra_blocks: int = 0  # of ``blocks``, those of a second look (BenchmarkSettings.extra_blocks)
     fresh_copies: bool = False  # whether each block timed fresh copies of both variants
     peak_bytes: tuple[int | None, int | None] = (None, None)  # (baseline, candidate), in the sense of peak_memory
     peak_memory: str | None = None  # what peak_bytes measures (step_memory.PEAK_TENSOR_MEMORY, or a process's RSS)

@@ -1,9 +1,11 @@
 """How often does the harness's interval hold the speedup a long measurement gives? Block series, then resampled.
 
     python benchmarks/interval_coverage.py collect examples/seed_grouped.py CD101 --minutes 4 --out grouped.json
+    python benchmarks/interval_coverage.py collect examples/small_cnn.py identity --minutes 8 --out aa.json
     python benchmarks/interval_coverage.py evaluate grouped.json [more.json ...]
 
-``collect`` profiles the model file (three traced steps, the default rules), takes the named rule's candidate and
+``collect`` profiles the model file (three traced steps, the default rules), takes the named rule's candidate (or
+``identity``, a copy of the baseline) and
 times blocks of interleaved rounds of baseline against it for ``--minutes``, one block after the other in one
 process, as the harness takes one block: fresh copies of both, warmed up (until the timings settle in the first
 block, ``warmup_steps`` steps in later ones), then ``max_rounds / blocks`` rounds. It writes each block's start time
@@ -28,6 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
+IDENTITY = "identity"  # the candidate that changes nothing: an A/A series, for how often a no-op gets a verdict
+
 
 def collect(model_file: Path, rule_id: str, minutes: float) -> list[dict]:
     import torch
@@ -38,7 +42,7 @@ def collect(model_file: Path, rule_id: str, minutes: float) -> list[dict]:
     from convdoctor.analyzer.layers import analyze_convs
     from convdoctor.analyzer.measurement import BenchmarkSettings
     from convdoctor.analyzer.trace import load_profile
-    from convdoctor.analyzer.workload import load_workload, make_step, time_step
+    from convdoctor.analyzer.workload import Workload, load_workload, make_step, time_step
     from convdoctor.rules.registry import load_rules, run_rules
 
     workload = load_workload(model_file, device="cpu", mode="eval")
@@ -47,7 +51,8 @@ def collect(model_file: Path, rule_id: str, minutes: float) -> list[dict]:
     keep_heap()
     traces = record(workload, Path(tempfile.mkdtemp()), "coverage", steps=3)
     findings = run_rules(load_rules().rules, analyze_convs(load_profile(traces.files[0]))).findings
-    candidate = next(f.candidate for f in findings if f.rule_id == rule_id and f.candidate is not None)
+    transform = (Workload.copy if rule_id == IDENTITY else
+                 next(f.candidate.transform for f in findings if f.rule_id == rule_id and f.candidate is not None))
     harness = BenchmarkSettings()
     one_block = BenchmarkSettings(blocks=1, min_rounds=max(1, harness.min_rounds // harness.blocks),
                                   max_rounds=harness.max_rounds // harness.blocks,
@@ -55,7 +60,7 @@ def collect(model_file: Path, rule_id: str, minutes: float) -> list[dict]:
     blocks: list[dict] = []
     started = time.perf_counter()
     while time.perf_counter() - started < minutes * 60:
-        steps, _ = fresh_steps((workload, candidate.transform(workload.copy())), harness, first=not blocks)
+        steps, _ = fresh_steps((workload, transform(workload.copy())), harness, first=not blocks)
         at = time.perf_counter() - started
         rounds = alternating_rounds(lambda which: time_step(steps[which], torch.device("cpu")), one_block)
         blocks.append({"t": at, "baseline": rounds.times_s[0], "candidate": rounds.times_s[1]})
@@ -72,27 +77,40 @@ def _autocorrelation(values: list[float], lag: int) -> float:
     return sum((values[i] - mean) * (values[i + lag] - mean) for i in range(len(values) - lag)) / spread
 
 
-def evaluate(series: list[list[dict]], n: int, gap: int, with_t: bool) -> tuple[int, float, float, float]:
-    """(measurements, share holding the long-run ratio, share of pairs overlapping, median half-width)."""
+def evaluate(series: list[list[dict]], n: int, gap: int, with_t: bool,
+             extra: int = 0) -> tuple[int, float, float, float, float]:
+    """(measurements, share holding the long-run ratio, share of pairs overlapping, median half-width, share with a
+    verdict). ``extra``: a measurement the ``n`` blocks leave undecided takes that many more, ``gap`` apart, as the
+    harness's second look does (a measurement without room for them in its series is left out)."""
     from convdoctor.analyzer import benchmark
 
     long_run = math.exp(statistics.mean(_log_ratio(b) for blocks in series for b in blocks))
-    intervals = []
+    intervals, verdicts = [], 0
     for blocks in series:
-        span = (n - 1) * gap + 1
-        for first in range(0, len(blocks) - span + 1, span):
-            chosen = [blocks[first + k * gap] for k in range(n)]
-            base = [t for b in chosen for t in b["baseline"]]
-            cand = [t for b in chosen for t in b["candidate"]]
-            sizes = [len(b["baseline"]) for b in chosen]
-            e = benchmark.estimate_speedup(base, cand, blocks=sizes)
-            low, high = (e.ci_low, e.ci_high) if with_t else benchmark.bootstrap_interval(base, cand, sizes)
+        span = (n + extra - 1) * gap + 1
+        for first in range(0, len(blocks) - span + 1, (n - 1) * gap + 1):
+            e, low, high = _interval([blocks[first + k * gap] for k in range(n)], with_t)
+            if extra and benchmark.undecided(e):
+                e, low, high = _interval([blocks[first + k * gap] for k in range(n + extra)], with_t)
             intervals.append((e.speedup, low, high))
+            verdicts += e.verdict is not benchmark.Verdict.NO_DIFFERENCE
     pairs = list(itertools.combinations(intervals, 2))
     holds = sum(low <= long_run <= high for _, low, high in intervals) / len(intervals)
     overlap = sum(a[1] <= b[2] and b[1] <= a[2] for a, b in pairs) / max(len(pairs), 1)
     half = statistics.median((high - low) / 2 / speedup for speedup, low, high in intervals)
-    return len(intervals), holds, overlap, half
+    return len(intervals), holds, overlap, half, verdicts / len(intervals)
+
+
+def _interval(chosen: list[dict], with_t: bool) -> tuple[object, float, float]:
+    """The harness's estimate of these blocks, and its interval with or without the between-block t term."""
+    from convdoctor.analyzer import benchmark
+
+    base = [t for b in chosen for t in b["baseline"]]
+    cand = [t for b in chosen for t in b["candidate"]]
+    sizes = [len(b["baseline"]) for b in chosen]
+    e = benchmark.estimate_speedup(base, cand, blocks=sizes)
+    low, high = (e.ci_low, e.ci_high) if with_t else benchmark.bootstrap_interval(base, cand, sizes)
+    return e, low, high
 
 
 def main() -> None:
@@ -107,6 +125,8 @@ def main() -> None:
     evaluating.add_argument("series", type=Path, nargs="+", help="files from collect (of one model and rule)")
     evaluating.add_argument("--blocks", type=int, nargs="+", default=[3, 6])
     evaluating.add_argument("--gaps", type=int, nargs="+", default=[1, 3, 6])
+    evaluating.add_argument("--second-look", type=int, nargs="+", default=[0],
+                            help="extra blocks for an undecided measurement (0: none; several: a row each)")
     args = parser.parse_args()
     if args.command == "collect":
         blocks = collect(args.model_file, args.rule_id, args.minutes)
@@ -122,13 +142,15 @@ def main() -> None:
     print("correlation of block speedups, by blocks apart: " + ", ".join(
         f"{lag}: {statistics.mean(_autocorrelation(list(map(_log_ratio, s)), lag) for s in series):.2f}"
         for lag in (1, 3, 10, 30)))
-    print("| blocks | gap | interval | measurements | holds the long-run ratio | pairs overlap | median half-width |")
-    print("|---|---|---|---|---|---|---|")
-    for n, gap in itertools.product(args.blocks, args.gaps):
+    print("| blocks | gap | second look | interval | measurements | holds the long-run ratio | pairs overlap | "
+          "median half-width | with a verdict |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for n, gap, extra in itertools.product(args.blocks, args.gaps, args.second_look):
         for with_t in (False, True):
-            count, holds, overlap, half = evaluate(series, n, gap, with_t)
+            count, holds, overlap, half, decided = evaluate(series, n, gap, with_t, extra)
             name = "bootstrap + t over blocks" if with_t else "bootstrap over blocks"
-            print(f"| {n} | {gap} | {name} | {count} | {holds:.0%} | {overlap:.0%} | {half:.1%} |")
+            print(f"| {n} | {gap} | {f'+{extra}' if extra else 'none'} | {name} | {count} | {holds:.0%} | "
+                  f"{overlap:.0%} | {half:.1%} | {decided:.0%} |")
 
 
 if __name__ == "__main__":

@@ -326,6 +326,7 @@ def _measurement(measurement: Measurement, numerics_ok: bool | None, *, compares
         "numerics_ok": numerics_ok,
         "rounds": measurement.rounds,
         "blocks": measurement.blocks,
+        "extra_blocks": measurement.extra_blocks,
         "fresh_copies": measurement.fresh_copies,
         "warmup_steps": list(measurement.warmup_steps),
         "first_step_s": list(measurement.first_step_s),

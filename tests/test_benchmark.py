@@ -12,16 +12,19 @@ import pytest
 import torch
 from torch import nn
 
+from convdoctor.analyzer import benchmark
 from convdoctor.analyzer.benchmark import (
     BenchmarkSettings,
     GradientReference,
     Numerics,
+    SpeedupEstimate,
     Verdict,
     between_blocks,
     compare_outputs,
     estimate_speedup,
     measure,
     student_t,
+    undecided,
     worst_parameter_error,
 )
 from convdoctor.analyzer.workload import workload_from
@@ -124,7 +127,7 @@ def test_measure_finds_a_real_slowdown_and_identical_outputs():
     baseline = workload_from(model, x, device="cpu")
     slower = baseline.copy()
     slower.model.sleep_s = 0.05
-    settings = BenchmarkSettings(block_spacing_s=0,
+    settings = BenchmarkSettings(block_spacing_s=0, extra_blocks=0,
                                  warmup_s=0.0, warmup_steps=2, min_rounds=8, max_rounds=12, target_s=0.1)
     result = measure(baseline, slower, settings)
     assert result.estimate.verdict is Verdict.SLOWER
@@ -156,7 +159,7 @@ def test_fresh_copies_per_block_put_the_spread_between_copies_in_the_interval():
     x = torch.randn(1, 3, 16, 16)
     baseline = workload_from(Sleepy(0.01), x, device="cpu")
     candidate = workload_from(CopyDependent(0.01), x, device="cpu")
-    settings = BenchmarkSettings(block_spacing_s=0,
+    settings = BenchmarkSettings(block_spacing_s=0, extra_blocks=0,
                                  warmup_s=0.0, warmup_steps=1, max_warmup_s=0.5, min_rounds=6, max_rounds=6)
     one_pair = measure(baseline, candidate, replace(settings, blocks=1))
     assert one_pair.estimate.verdict is not Verdict.NO_DIFFERENCE and one_pair.blocks == 1
@@ -171,8 +174,8 @@ def test_the_blocks_of_one_comparison_start_block_spacing_s_apart():
     without it the blocks run in a row."""
     x = torch.randn(1, 3, 16, 16)
     baseline, candidate = (workload_from(Sleepy(0.001), x, device="cpu") for _ in range(2))
-    settings = BenchmarkSettings(block_spacing_s=0.4, warmup_s=0.0, warmup_steps=1, max_warmup_s=0.5, min_rounds=3,
-                                 max_rounds=3, blocks=3)
+    settings = BenchmarkSettings(block_spacing_s=0.4, extra_blocks=0, warmup_s=0.0, warmup_steps=1, max_warmup_s=0.5,
+                                 min_rounds=3, max_rounds=3, blocks=3)
     started = time.perf_counter()
     spaced = measure(baseline, candidate, settings)
     spaced_s = time.perf_counter() - started
@@ -183,11 +186,46 @@ def test_the_blocks_of_one_comparison_start_block_spacing_s_apart():
     assert spaced_s >= 0.8 > in_a_row_s
 
 
+@pytest.mark.parametrize(("speedup", "low", "high", "left_open"), [
+    (1.04, 0.99, 1.09, True),  # a 4% change the interval cannot yet separate from none
+    (0.96, 0.91, 1.005, True),
+    (1.005, 0.97, 1.04, False),  # the median itself is inside 1 ± MIN_EFFECT: nothing to decide
+    (1.04, 1.02, 1.06, False),  # decided: faster
+    (1.008, 1.005, 1.011, False),  # decided: a difference below the minimum effect
+])
+def test_undecided_means_the_interval_reaches_into_the_band_and_its_median_does_not(
+        speedup: float, low: float, high: float, left_open: bool):
+    verdict = (Verdict.FASTER if low > 1.01 else Verdict.SLOWER if high < 0.99 else Verdict.NO_DIFFERENCE)
+    assert undecided(SpeedupEstimate(10.0, 10.0 / speedup, speedup, low, high, verdict)) is left_open
+
+
+@pytest.mark.parametrize("left_open", [True, False])
+def test_a_change_left_open_gets_extra_blocks_once(monkeypatch: pytest.MonkeyPatch, left_open: bool):
+    """The decision is read once, after the planned blocks, from all their rounds; the extra blocks are timed like
+    the planned ones and counted in the measurement."""
+    looks: list[int] = []
+
+    def decision(estimate: SpeedupEstimate) -> bool:
+        looks.append(1)
+        return left_open
+
+    monkeypatch.setattr(benchmark, "undecided", decision)
+    x = torch.randn(1, 3, 16, 16)
+    baseline, candidate = (workload_from(Sleepy(0.001), x, device="cpu") for _ in range(2))
+    settings = BenchmarkSettings(block_spacing_s=0, warmup_s=0.0, warmup_steps=1, max_warmup_s=0.5, min_rounds=6,
+                                 max_rounds=6, blocks=3, extra_blocks=2)
+    result = measure(baseline, candidate, settings)
+    assert len(looks) == 1
+    assert result.blocks == (5 if left_open else 3) and result.extra_blocks == (2 if left_open else 0)
+    assert result.rounds == (10 if left_open else 6)  # two rounds a block, the extra ones too
+    assert measure(baseline, candidate, replace(settings, extra_blocks=0)).blocks == 3 and len(looks) == 1
+
+
 def test_train_mode_measures_forward_backward_and_step():
     torch.manual_seed(0)
     baseline = workload_from(nn.Conv2d(3, 4, 3), torch.randn(2, 3, 16, 16), device="cpu", mode="train")
     candidate = replace(baseline.copy())
-    result = measure(baseline, candidate, BenchmarkSettings(block_spacing_s=0,
+    result = measure(baseline, candidate, BenchmarkSettings(block_spacing_s=0, extra_blocks=0,
                                                             warmup_s=0.0, min_rounds=4, max_rounds=4))
     assert result.rounds == 4
     assert result.numerics.max_abs_error == 0.0
@@ -200,7 +238,7 @@ def test_warm_up_runs_until_timings_settle():
 
     delays = iter([0.02] * 4 + [0.002] * 100)  # a slow start (caches, lazy init), then steady
     workload = workload_from(nn.Identity(), torch.zeros(1), device="cpu")
-    settings = BenchmarkSettings(block_spacing_s=0, warmup_s=0.0, warmup_steps=3)
+    settings = BenchmarkSettings(block_spacing_s=0, extra_blocks=0, warmup_s=0.0, warmup_steps=3)
     count = warm_up(lambda: time.sleep(next(delays)), workload, settings)
     # the 4 slow steps, then steady ones until the last 3 and the 3 before (at most one slow) agree
     assert 9 <= count <= 20
@@ -214,7 +252,8 @@ def test_a_busy_machine_is_noticed():
     import sys
 
     workload = workload_from(Sleepy(0.01), torch.randn(1, 3, 16, 16), device="cpu")
-    settings = BenchmarkSettings(block_spacing_s=0, warmup_s=0.0, warmup_steps=2, min_rounds=20, max_rounds=20)
+    settings = BenchmarkSettings(block_spacing_s=0, extra_blocks=0,
+                                 warmup_s=0.0, warmup_steps=2, min_rounds=20, max_rounds=20)
     spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
         busy = measure(workload, workload.copy(), settings)
@@ -247,7 +286,7 @@ def test_peak_memory_of_a_step_counts_its_activations():
     assert step_peak_bytes(workload) >= output_bytes
     wider = workload_from(nn.Conv2d(3, 128, 3, padding=1), torch.randn(4, 3, 64, 64), device="cpu")
     assert step_peak_bytes(wider) >= 2 * output_bytes
-    quick = BenchmarkSettings(block_spacing_s=0,
+    quick = BenchmarkSettings(block_spacing_s=0, extra_blocks=0,
                               warmup_s=0.0, warmup_steps=2, min_rounds=3, max_rounds=3, max_warmup_s=1.0)
     result = measure(workload, wider, quick)
     assert result.peak_bytes[0] < result.peak_bytes[1] and result.peak_memory

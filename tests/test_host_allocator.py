@@ -79,7 +79,7 @@ from convdoctor.analyzer.workload import workload_from
 dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1, timeout=datetime.timedelta(seconds=60))
 workload = workload_from(nn.Conv2d(3, 8, 3), torch.randn(2, 3, 16, 16), device="cpu", mode="train")
 before = heap_kept()
-settings = BenchmarkSettings(block_spacing_s=0,
+settings = BenchmarkSettings(block_spacing_s=0, extra_blocks=0,
                              warmup_s=0.0, warmup_steps=1, max_warmup_s=1.0, min_rounds=3, max_rounds=3, blocks=1)
 measure_job(workload, workload.copy(), settings)
 print(before, heap_kept())

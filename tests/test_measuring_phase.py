@@ -13,7 +13,8 @@ from convdoctor.analyzer.workload import Workload, workload_from
 from convdoctor.api import ProfileOptions, SilentProgress, measure_findings
 from convdoctor.rules.base import Candidate, Finding, NumericsContract, Severity
 
-QUICK = BenchmarkSettings(block_spacing_s=0, warmup_s=0.0, warmup_steps=2, min_rounds=3, max_rounds=3, max_warmup_s=1.0)
+QUICK = BenchmarkSettings(block_spacing_s=0, extra_blocks=0,
+                          warmup_s=0.0, warmup_steps=2, min_rounds=3, max_rounds=3, max_warmup_s=1.0)
 
 
 def _finding(name: str, transform, saving: float | None) -> Finding:

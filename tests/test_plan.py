@@ -15,7 +15,8 @@ from convdoctor.reports.presentation import left_out_lines, plan_lines
 from convdoctor.reports.report import predicted_speedup
 from convdoctor.rules.base import Candidate, Finding, NumericsContract, PlanStage, Severity, combine
 
-QUICK = BenchmarkSettings(block_spacing_s=0, warmup_s=0.0, warmup_steps=2, min_rounds=6, max_rounds=6, max_warmup_s=2.0)
+QUICK = BenchmarkSettings(block_spacing_s=0, extra_blocks=0,
+                          warmup_s=0.0, warmup_steps=2, min_rounds=6, max_rounds=6, max_warmup_s=2.0)
 
 
 class Nap(nn.Module):
@@ -119,7 +120,7 @@ def test_a_fix_that_undoes_another_is_left_out_with_the_measurement_that_showed_
 
 def test_the_identity_candidate_is_no_measurable_difference_and_gives_no_plan():
     workload = workload_from(nn.Sequential(Nap(0.01)), torch.zeros(2), device="cpu")
-    settings = BenchmarkSettings(block_spacing_s=0,
+    settings = BenchmarkSettings(block_spacing_s=0, extra_blocks=0,
                                  warmup_s=0.0, warmup_steps=2, min_rounds=15, max_rounds=15, max_warmup_s=2.0)
     outcomes = measure_findings(workload, [_finding("noop", lambda w: w)], ProfileOptions(benchmark=settings),
                                 SilentProgress())

@@ -96,7 +96,8 @@ def test_profile_measures_the_padded_layers_alone_and_the_model(tmp_path: Path):
     from convdoctor.api import ProfileOptions, profile_file
     from convdoctor.reports.terminal import render_summary
 
-    quick = BenchmarkSettings(block_spacing_s=0, warmup_s=0, max_warmup_s=1.0, min_rounds=6, max_rounds=8, target_s=0.5)
+    quick = BenchmarkSettings(block_spacing_s=0, extra_blocks=0,
+                              warmup_s=0, max_warmup_s=1.0, min_rounds=6, max_rounds=8, target_s=0.5)
     options = ProfileOptions(device="cpu", out_dir=tmp_path, select=("CD105",), steps=1, benchmark=quick)
     report, files = profile_file(MODELS / "cd105_odd_channels.py", options)
     (outcome,) = report.outcomes  # each 30-channel layer is about a third of the step: far above min_share

@@ -18,7 +18,7 @@ from convdoctor.rules.base import Severity
 from convdoctor.rules.cd106_batch_size import BatchSizeRule, overhead_facts
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-QUICK = BenchmarkSettings(block_spacing_s=0,
+QUICK = BenchmarkSettings(block_spacing_s=0, extra_blocks=0,
                           warmup_s=0, warmup_steps=3, max_warmup_s=1.0, min_rounds=6, max_rounds=12, target_s=0.5)
 
 

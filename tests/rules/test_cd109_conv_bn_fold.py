@@ -94,7 +94,7 @@ def test_candidate_folds_a_copy_within_tolerance(small_cnn_eval):
 
 
 def test_profile_measures_the_fold(tmp_path: Path):
-    settings = BenchmarkSettings(block_spacing_s=0, warmup_s=0, min_rounds=5, max_rounds=5)
+    settings = BenchmarkSettings(block_spacing_s=0, extra_blocks=0, warmup_s=0, min_rounds=5, max_rounds=5)
     report, _ = profile_file(EXAMPLES / "small_cnn.py", ProfileOptions(
         device="cpu", out_dir=tmp_path, steps=1, select=("CD109",), benchmark=settings))
     [outcome] = [o for o in report.outcomes if o.finding.rule_id == "CD109"]

@@ -132,7 +132,7 @@ def test_does_not_trigger_when_a_relu_comes_between(tmp_path: Path):
 
 
 def test_profile_measures_the_change(tmp_path: Path):
-    settings = BenchmarkSettings(block_spacing_s=0, warmup_s=0, min_rounds=5, max_rounds=5)
+    settings = BenchmarkSettings(block_spacing_s=0, extra_blocks=0, warmup_s=0, min_rounds=5, max_rounds=5)
     report, _ = profile_file(MODEL, ProfileOptions(device="cpu", out_dir=tmp_path, steps=1, select=("CD113",),
                                                    benchmark=settings))
     [outcome] = [o for o in report.outcomes if o.finding.rule_id == "CD113"]
@@ -143,7 +143,7 @@ def test_profile_measures_the_change(tmp_path: Path):
 
 def test_profile_measures_the_change_in_train_mode(tmp_path: Path):
     """Gradients are compared by parameter name over the parameters both models keep (the biases are gone)."""
-    settings = BenchmarkSettings(block_spacing_s=0, warmup_s=0, min_rounds=5, max_rounds=5)
+    settings = BenchmarkSettings(block_spacing_s=0, extra_blocks=0, warmup_s=0, min_rounds=5, max_rounds=5)
     report, _ = profile_file(MODEL, ProfileOptions(device="cpu", mode="train", out_dir=tmp_path, steps=1,
                                                    select=("CD113",), benchmark=settings))
     [outcome] = [o for o in report.outcomes if o.finding.rule_id == "CD113"]

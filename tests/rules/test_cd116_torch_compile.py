@@ -59,7 +59,7 @@ def test_does_not_trigger_on_a_compiled_model(tmp_path: Path):
 def test_the_compiled_candidate_is_measured_and_its_compile_time_reported(tmp_path: Path):
     from torch._inductor import config as inductor_config
 
-    settings = BenchmarkSettings(block_spacing_s=0, warmup_s=0, min_rounds=5, max_rounds=5)
+    settings = BenchmarkSettings(block_spacing_s=0, extra_blocks=0, warmup_s=0, min_rounds=5, max_rounds=5)
     model = _model().eval()
     # inductor's caches (on disk, kept between runs) would load the code an earlier test compiled: compile it here
     with inductor_config.patch(force_disable_caches=True):

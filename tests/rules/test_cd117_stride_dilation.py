@@ -81,7 +81,8 @@ def test_dilated_conv_compared_with_the_undilated_ones_of_the_run(conv_pool, rat
 def test_profile_measures_the_strided_model(tmp_path: Path):
     from convdoctor.api import ProfileOptions, profile_file
 
-    quick = BenchmarkSettings(block_spacing_s=0, warmup_s=0, max_warmup_s=1.0, min_rounds=6, max_rounds=8, target_s=0.5)
+    quick = BenchmarkSettings(block_spacing_s=0, extra_blocks=0,
+                              warmup_s=0, max_warmup_s=1.0, min_rounds=6, max_rounds=8, target_s=0.5)
     options = ProfileOptions(device="cpu", out_dir=tmp_path, select=("CD117",), steps=1, benchmark=quick)
     report, files = profile_file(MODELS / "cd117_conv_pool.py", options)
     outcome = next(o for o in report.outcomes if o.finding.candidate is not None)

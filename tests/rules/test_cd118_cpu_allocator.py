@@ -17,7 +17,8 @@ from convdoctor.analyzer.environment_trial import WorkerError, measure_environme
 from convdoctor.analyzer.workload import load_workload
 from convdoctor.rules.cd118_cpu_allocator import KEEP_HEAP
 
-QUICK = BenchmarkSettings(block_spacing_s=0, warmup_s=0.0, warmup_steps=2, min_rounds=4, max_rounds=4, max_warmup_s=2.0,
+QUICK = BenchmarkSettings(block_spacing_s=0, extra_blocks=0,
+                          warmup_s=0.0, warmup_steps=2, min_rounds=4, max_rounds=4, max_warmup_s=2.0,
                           blocks=3)
 ALLOCATOR_VARIABLES = ("MALLOC_", "GLIBC_TUNABLES", "LD_PRELOAD")
 
