@@ -223,7 +223,7 @@ def write_results(rows: list[dict[str, object]], path: Path) -> None:
         f"Machine: {device_name(torch.device('cpu'))}, {torch.get_num_threads()} threads; "
         f"Python {platform.python_version()}, torch {torch.__version__}. Produced by "
         "`python benchmarks/advice_quality.py`; speedups are medians of interleaved rounds against the same "
-        "baseline, with 95% bootstrap intervals.",
+        "baseline, with 95% intervals (the harness's: bootstrap and t over blocks).",
         "",
         "| model | mode | batch | baseline ms | convdoctor plan | plan steps | predicted vs measured saving, alone "
         "| plan's measured saving "
