@@ -68,8 +68,8 @@ class BenchmarkSettings:
     block_spacing_s: float = 5.0
     # A second look, once: when the blocks leave a change open (``benchmark.undecided``: the interval reaches into
     # 1 ± MIN_EFFECT, its median lies outside it), this many more blocks are taken and the verdict is read from all
-    # of them. A change of 3-8% on a small model is otherwise "no measurable difference" in about half of all runs;
-    # what the second look costs in false verdicts on a change of nothing is measured in benchmarks/INTERVALS.md.
+    # of them. From recorded series (benchmarks/INTERVALS.md): a real 4% slowdown got a verdict in 14-21% of
+    # six-block measurements and 33-44% with the second look; a copy timed against itself got none either way.
     extra_blocks: int = 6
 
 
