@@ -29,6 +29,10 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from convdoctor.analyzer.measurement import SpeedupEstimate
 
 IDENTITY = "identity"  # the candidate that changes nothing: an A/A series, for how often a no-op gets a verdict
 
@@ -101,7 +105,7 @@ def evaluate(series: list[list[dict]], n: int, gap: int, with_t: bool,
     return len(intervals), holds, overlap, half, verdicts / len(intervals)
 
 
-def _interval(chosen: list[dict], with_t: bool) -> tuple[object, float, float]:
+def _interval(chosen: list[dict], with_t: bool) -> tuple[SpeedupEstimate, float, float]:
     """The harness's estimate of these blocks, and its interval with or without the between-block t term."""
     from convdoctor.analyzer import benchmark
 
