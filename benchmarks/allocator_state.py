@@ -23,11 +23,11 @@ HERE = Path(__file__).resolve().parent
 ONE_PROCESS = """
 import json, statistics, sys
 import torch
-from convdoctor.analyzer.benchmark import _interleaved_rounds
-from convdoctor.analyzer.host_allocator import keep_heap
-from convdoctor.analyzer.measurement import BenchmarkSettings
-from convdoctor.analyzer.workload import load_workload
-from convdoctor.rules.cd101_channels_last import to_channels_last
+from convdoctor.analyzer.measure.benchmark import _interleaved_rounds
+from convdoctor.analyzer.capture.host_allocator import keep_heap
+from convdoctor.analyzer.measure.results import BenchmarkSettings
+from convdoctor.analyzer.capture.workload import load_workload
+from convdoctor.analyzer.candidates.layout import to_channels_last
 
 torch.set_num_threads(2)
 kept = keep_heap() if sys.argv[2] == "kept" else False

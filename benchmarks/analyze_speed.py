@@ -16,7 +16,7 @@ peak RSS (from ``os.wait4``) is its own. The tools, on the same gzipped trace:
 
 Every tool runs from compiled bytecode: pip compiles the packages it installs, and convdoctor's own modules are
 compiled here first (an editable install in a shell with ``PYTHONDONTWRITEBYTECODE`` set would otherwise compile
-them from source in every run: ``python -X importtime`` shows ``convdoctor.offline`` and what it imports taking
+them from source in every run: ``python -X importtime`` shows ``convdoctor.pipeline`` and what it imports taking
 0.15 s from source and 0.11 s from bytecode).
 """
 
@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 
-from trace_memory import V100, mem_total_gib, build_trace, run_measured
+from trace_memory import V100, build_trace, mem_total_gib, run_measured
 
 PEERS = Path(__file__).resolve().parent / ".peers"
 HTA_PYTHON = PEERS / "hta" / "bin" / "python"

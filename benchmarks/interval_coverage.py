@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from convdoctor.analyzer.measurement import SpeedupEstimate
+    from convdoctor.analyzer.measure.results import SpeedupEstimate
 
 IDENTITY = "identity"  # the candidate that changes nothing: an A/A series, for how often a no-op gets a verdict
 
@@ -40,13 +40,13 @@ IDENTITY = "identity"  # the candidate that changes nothing: an A/A series, for 
 def collect(model_file: Path, rule_id: str, minutes: float) -> list[dict]:
     import torch
 
-    from convdoctor.analyzer.benchmark import alternating_rounds, fresh_steps
-    from convdoctor.analyzer.capture import record
-    from convdoctor.analyzer.host_allocator import keep_heap
-    from convdoctor.analyzer.layers import analyze_convs
-    from convdoctor.analyzer.measurement import BenchmarkSettings
-    from convdoctor.analyzer.trace import load_profile
-    from convdoctor.analyzer.workload import Workload, load_workload, make_step, time_step
+    from convdoctor.analyzer.capture.host_allocator import keep_heap
+    from convdoctor.analyzer.capture.recording import record
+    from convdoctor.analyzer.capture.workload import Workload, load_workload, make_step, time_step
+    from convdoctor.analyzer.conv.layers import analyze_convs
+    from convdoctor.analyzer.measure.benchmark import alternating_rounds, fresh_steps
+    from convdoctor.analyzer.measure.results import BenchmarkSettings
+    from convdoctor.analyzer.trace.reader import load_profile
     from convdoctor.rules.registry import load_rules, run_rules
 
     workload = load_workload(model_file, device="cpu", mode="eval")
@@ -86,7 +86,7 @@ def evaluate(series: list[list[dict]], n: int, gap: int, with_t: bool,
     """(measurements, share holding the long-run ratio, share of pairs overlapping, median half-width, share with a
     verdict). ``extra``: a measurement the ``n`` blocks leave undecided takes that many more, ``gap`` apart, as the
     harness's second look does (a measurement without room for them in its series is left out)."""
-    from convdoctor.analyzer import benchmark
+    from convdoctor.analyzer.measure import benchmark
 
     long_run = math.exp(statistics.mean(_log_ratio(b) for blocks in series for b in blocks))
     intervals, verdicts = [], 0
@@ -107,7 +107,7 @@ def evaluate(series: list[list[dict]], n: int, gap: int, with_t: bool,
 
 def _interval(chosen: list[dict], with_t: bool) -> tuple[SpeedupEstimate, float, float]:
     """The harness's estimate of these blocks, and its interval with or without the between-block t term."""
-    from convdoctor.analyzer import benchmark
+    from convdoctor.analyzer.measure import benchmark
 
     base = [t for b in chosen for t in b["baseline"]]
     cand = [t for b in chosen for t in b["candidate"]]

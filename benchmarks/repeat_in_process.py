@@ -20,11 +20,11 @@ from pathlib import Path
 
 
 def measure_repeatedly(model_file: Path, repeats: int, pause_s: float, settings: dict[str, float]) -> str:
-    from convdoctor.analyzer.benchmark import measure
-    from convdoctor.analyzer.host_allocator import keep_heap
-    from convdoctor.analyzer.measurement import BenchmarkSettings
-    from convdoctor.analyzer.workload import load_workload, make_step
-    from convdoctor.rules.cd101_channels_last import to_channels_last
+    from convdoctor.analyzer.candidates.layout import to_channels_last
+    from convdoctor.analyzer.capture.host_allocator import keep_heap
+    from convdoctor.analyzer.capture.workload import load_workload, make_step
+    from convdoctor.analyzer.measure.benchmark import measure
+    from convdoctor.analyzer.measure.results import BenchmarkSettings
 
     workload = load_workload(model_file, device="cpu", mode="eval")
     for _ in range(2):

@@ -32,7 +32,7 @@ from typing import Any, Iterator
 REPO = Path(__file__).resolve().parents[1]
 V100 = REPO / "tests" / "data" / "resnet50_v100_train_fp32.pt.trace.json.gz"
 ID_KEYS = ("correlation", "External id", "external id", "Sequence number")
-IMPORT_ONLY = "import convdoctor.cli, convdoctor.api, convdoctor.analyzer.trace, convdoctor.rules.registry"
+IMPORT_ONLY = "import convdoctor.cli, convdoctor.api, convdoctor.analyzer.trace.reader, convdoctor.rules.registry"
 
 
 def repeated_events(data: dict[str, Any], factor: int) -> Iterator[dict[str, Any]]:
@@ -127,8 +127,8 @@ def measure(factors: list[int], keep: Path | None) -> None:
 
 def where(factor: int) -> None:
     """tracemalloc in this process: what is alive after reading, after typing, after analysis (and the peaks)."""
-    from convdoctor.analyzer.layers import analyze_convs
-    from convdoctor.analyzer.trace import load_profile, parse_trace, read_trace
+    from convdoctor.analyzer.conv.layers import analyze_convs
+    from convdoctor.analyzer.trace.reader import load_profile, parse_trace, read_trace
     from convdoctor.rules.registry import load_rules, run_rules
 
     data = json.loads(gzip.decompress(V100.read_bytes()))

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-try:
-    __version__ = version("convdoctor")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0.0.0+unknown"
+from convdoctor.version import __version__
 
 __all__ = ["ProfileOptions", "profile", "profile_file", "__version__"]
 

@@ -15,22 +15,51 @@ from typing import Iterator, Protocol
 import torch
 from torch import nn
 
-from convdoctor.analyzer.batch_sweep import sweep_batch_sizes
-from convdoctor.analyzer.benchmark import BenchmarkSettings, Comparison, Measurement, Verdict, measure
-from convdoctor.analyzer.capture import check_fits, environment, record, settled_allocator
-from convdoctor.analyzer.environment_trial import WorkerError, measure_environment
-from convdoctor.analyzer.job_tasks import CaptureTask, MeasureTask
-from convdoctor.analyzer.job_view import job_view
-from convdoctor.analyzer.launch import JobSpec, run_job
-from convdoctor.analyzer.layers import ConvAnalysis, analyze_convs
-from convdoctor.analyzer.layout_probe import time_leaf_layouts
-from convdoctor.analyzer.model_cost import ArchitectureDelta, model_cost
-from convdoctor.analyzer.trace import load_profile
-from convdoctor.analyzer.workload import (
-    Inputs, Workload, describe_exception, load_workload, make_step, resolve_device, time_limit, workload_from,
+from convdoctor.analyzer.candidates.candidate import Candidate, LayerTrial, NumericsContract, combine
+from convdoctor.analyzer.capture.launch import JobSpec, run_job
+from convdoctor.analyzer.capture.recording import (
+    check_fits,
+    environment,
+    record,
+    settled_allocator,
 )
+from convdoctor.analyzer.capture.workload import (
+    Inputs,
+    Workload,
+    describe_exception,
+    load_workload,
+    make_step,
+    resolve_device,
+    time_limit,
+    workload_from,
+)
+from convdoctor.analyzer.conv.job_view import job_view
+from convdoctor.analyzer.conv.layers import ConvAnalysis, analyze_convs
+from convdoctor.analyzer.measure.batch_sweep import sweep_batch_sizes
+from convdoctor.analyzer.measure.benchmark import (
+    BenchmarkSettings,
+    Comparison,
+    Measurement,
+    Verdict,
+    measure,
+)
+from convdoctor.analyzer.measure.environment_trial import (
+    WorkerError,
+    measure_environment,
+)
+from convdoctor.analyzer.measure.job_tasks import CaptureTask, MeasureTask
+from convdoctor.analyzer.measure.layout_probe import time_leaf_layouts
+from convdoctor.analyzer.measure.model_cost import ArchitectureDelta, model_cost
+from convdoctor.analyzer.trace.reader import load_profile
 from convdoctor.errors import JobError, ModelTimeoutError
-from convdoctor.offline import Progress, ReportFiles, SilentProgress, build_report, prepare_out_dir, write_report
+from convdoctor.pipeline import (
+    Progress,
+    ReportFiles,
+    SilentProgress,
+    build_report,
+    prepare_out_dir,
+    write_report,
+)
 from convdoctor.reports.report import (
     FindingOutcome,
     LayerMeasurement,
@@ -40,7 +69,7 @@ from convdoctor.reports.report import (
     WorkloadSummary,
     trace_summary,
 )
-from convdoctor.rules.base import Candidate, Finding, LayerTrial, NumericsContract, Probe, combine, wanted_probes
+from convdoctor.rules.base import Finding, Probe, wanted_probes
 from convdoctor.rules.registry import load_rules, run_rules, select_rules
 
 

@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING, Callable, TypeVar
 
 import click
 
-from convdoctor import __version__
 from convdoctor.errors import ConvDoctorError
 from convdoctor.output import captured_prints
+from convdoctor.version import __version__
 
 if TYPE_CHECKING:
-    from convdoctor.offline import ReportFiles
+    from convdoctor.pipeline import ReportFiles
     from convdoctor.reports.report import Report
 
 EXIT_OK, EXIT_FINDINGS, EXIT_USER_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -100,7 +100,7 @@ def profile_command(model_py: Path, device: str, mode: str, batch_size: int | No
                     output_format: str, fail_under: float | None, nproc: int, backend: str | None,
                     select: tuple[str, ...], ignore: tuple[str, ...]) -> None:
     """Profile the model that MODEL_PY defines, measure each fix, and write HTML and JSON reports."""
-    from convdoctor.analyzer.workload import process_exit_guard
+    from convdoctor.analyzer.capture.workload import process_exit_guard
     from convdoctor.api import ProfileOptions, profile_file
 
     options = ProfileOptions(device=device, mode=mode, batch_size=batch_size, steps=steps, out_dir=out_dir,
@@ -130,10 +130,10 @@ def profile_command(model_py: Path, device: str, mode: str, batch_size: int | No
 def analyze_command(trace_or_logdir: Path, out_dir: Path | None, output_format: str, select: tuple[str, ...],
                     ignore: tuple[str, ...]) -> None:
     """Analyze Kineto traces captured elsewhere: a *.pt.trace.json[.gz] file or a TensorBoard log dir."""
-    from convdoctor.analyzer.trace import start_reading
+    from convdoctor.analyzer.trace.reader import start_reading
 
     reading = _or_exit(lambda: start_reading(trace_or_logdir))  # the first trace is gunzipped while the rest loads
-    from convdoctor.offline import analyze_path
+    from convdoctor.pipeline import analyze_path
     from convdoctor.reports.json_report import report_to_dict
 
     result = _or_exit(lambda: analyze_path(trace_or_logdir, out_dir, ClickProgress(), select, ignore, reading))
@@ -158,7 +158,7 @@ def analyze_command(trace_or_logdir: Path, out_dir: Path | None, output_format: 
               help="Also write the comparison as a self-contained HTML page.")
 def diff_command(before: Path, after: Path, html_path: Path | None) -> None:
     """Compare two runs: BEFORE and AFTER are report.json files, or traces (one each)."""
-    from convdoctor.offline import report_data
+    from convdoctor.pipeline import report_data
     from convdoctor.reports.diff import diff_reports, render_diff_html, render_diff_text
     from convdoctor.reports.files import write_atomically
 
@@ -175,7 +175,7 @@ def diff_command(before: Path, after: Path, html_path: Path | None) -> None:
               help="Port on 127.0.0.1; 0 picks a free one.")
 def tensorboard_command(out: Path, port: int) -> None:
     """Show the runs under OUT [default: convdoctor-out] in TensorBoard's convdoctor tab, until Ctrl-C."""
-    from convdoctor.tensorboard_server import start_tensorboard
+    from convdoctor.tensorboard.server import start_tensorboard
 
     url = _or_exit(lambda: start_tensorboard(out, port))
     click.echo(f"convdoctor: TensorBoard at {url}#convdoctor (Ctrl-C stops it)")

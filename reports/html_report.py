@@ -19,7 +19,6 @@ from convdoctor.reports.presentation import (
 from convdoctor.reports.report import Report
 from convdoctor.reports.templating import ENVIRONMENT
 
-
 TEMPLATE = "report.html.j2"
 
 

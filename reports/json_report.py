@@ -6,11 +6,13 @@ import json
 import math
 from typing import Any
 
-from convdoctor.analyzer.communication import DEFINITIONS as COMM_DEFINITIONS
-from convdoctor.analyzer.conv_kernels import KernelShare, LayerKernels, layer_kernels
-from convdoctor.analyzer.job_view import JobView
-from convdoctor.analyzer.layers import ConvLayer
-from convdoctor.analyzer.measurement import (
+from convdoctor.analyzer.conv.communication import DEFINITIONS as COMM_DEFINITIONS
+from convdoctor.analyzer.conv.job_view import JobView
+from convdoctor.analyzer.conv.kernels import KernelShare, LayerKernels, layer_kernels
+from convdoctor.analyzer.conv.layers import ConvLayer
+from convdoctor.analyzer.conv.roofline import LayerRoofline, Roofline
+from convdoctor.analyzer.measure.model_cost import ArchitectureDelta
+from convdoctor.analyzer.measure.results import (
     CONFIDENCE,
     BatchSweep,
     GradientReference,
@@ -18,8 +20,6 @@ from convdoctor.analyzer.measurement import (
     SpeedupEstimate,
     ThroughputMeasurement,
 )
-from convdoctor.analyzer.model_cost import ArchitectureDelta
-from convdoctor.analyzer.roofline import LayerRoofline, Roofline
 from convdoctor.reports.report import FindingOutcome, Plan, Report, predicted_speedup
 
 SCHEMA_VERSION = "1.1"  # 1.1: optional distributed, device_kernels, throughput, larger_batches, layer_measurements

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from convdoctor.analyzer.measurement import BatchSweep, Measurement, ThroughputMeasurement, Verdict
+from convdoctor.analyzer.measure.results import (
+    BatchSweep,
+    Measurement,
+    ThroughputMeasurement,
+    Verdict,
+)
 from convdoctor.reports.report import FindingOutcome, Plan, Report, predicted_speedup
 from convdoctor.rules.base import Finding, SavingBound
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from convdoctor.analyzer.measurement import BatchSweep, Measurement
-from convdoctor.analyzer.layers import ConvAnalysis
-from convdoctor.analyzer.model_cost import ArchitectureDelta
-from convdoctor.analyzer.roofline import Roofline
+from convdoctor.analyzer.conv.layers import ConvAnalysis
+from convdoctor.analyzer.conv.roofline import Roofline
+from convdoctor.analyzer.measure.model_cost import ArchitectureDelta
+from convdoctor.analyzer.measure.results import BatchSweep, Measurement
 from convdoctor.rules.base import Finding
 
 

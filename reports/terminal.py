@@ -6,9 +6,8 @@ import shutil
 
 import click
 
-from convdoctor.analyzer.job_view import JobView
-
-from convdoctor.analyzer.roofline import LayerRoofline
+from convdoctor.analyzer.conv.job_view import JobView
+from convdoctor.analyzer.conv.roofline import LayerRoofline
 from convdoctor.reports.presentation import (
     architecture_note,
     headline,

@@ -23,12 +23,15 @@ from __future__ import annotations
 import enum
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Protocol, runtime_checkable
+from typing import Any, Iterable, Protocol, runtime_checkable
 
-from convdoctor.analyzer.layers import ConvAnalysis
-
-if TYPE_CHECKING:
-    from convdoctor.analyzer.workload import Workload
+# The candidate types belong to the rule API (a plugin's finding may carry one) and live with the transforms.
+from convdoctor.analyzer.candidates.candidate import Candidate as Candidate
+from convdoctor.analyzer.candidates.candidate import LayerTrial as LayerTrial
+from convdoctor.analyzer.candidates.candidate import NumericsContract as NumericsContract
+from convdoctor.analyzer.candidates.candidate import PlanStage as PlanStage
+from convdoctor.analyzer.candidates.candidate import combine as combine
+from convdoctor.analyzer.conv.layers import ConvAnalysis
 
 DOC_SECTIONS = ("What it detects", "Why it is slow", "Example", "Use instead", "Evidence", "Options", "References")
 
@@ -68,48 +71,6 @@ class Probe(str, enum.Enum):
 def wanted_probes(rules: Iterable[Rule]) -> frozenset[Probe]:
     """The probes any of these rules asks for."""
     return frozenset(probe for rule in rules for probe in getattr(rule, "probes", ()))
-
-
-class NumericsContract(str, enum.Enum):
-    """What a candidate promises about the model's outputs."""
-
-    EXACT = "exact"  # same math; only rounding may differ within the tolerance
-    APPROXIMATE = "approximate"  # e.g. lower precision: error reported against the tolerance
-    ARCHITECTURE = "architecture change"  # a different model: needs retraining, FLOPs/params reported
-
-
-class PlanStage(enum.IntEnum):
-    """Where a candidate goes when several are combined: module surgery first, wrappers around the model last."""
-
-    STRUCTURE = 0  # replaces or folds modules (conv-bn folding)
-    LAYOUT = 1  # changes tensors in place (memory format)
-    WRAPPER = 2  # wraps the whole model (autocast, compile)
-
-
-@dataclass(frozen=True)
-class LayerTrial:
-    """One layer of a candidate measured on its own: the layer's module alone, on random inputs of the shape the
-    trace recorded for it, before and after ``transform`` (which sees the layer as the whole model, ``<model>``)."""
-
-    layer: str  # qualified module name in the workload's model
-    input_shape: tuple[int, ...]
-    transform: Callable[[Workload], Workload]
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """A transform of a copy of the workload that a finding proposes, and what it promises about numerics."""
-
-    title: str
-    transform: Callable[[Workload], Workload]
-    numerics: NumericsContract
-    tolerance: float = 0.0  # max relative error of outputs that still counts as the same model (unused for
-    # an architecture change, whose outputs are not compared)
-    stage: PlanStage = PlanStage.LAYOUT  # where it goes in a combined plan
-    layer_trials: tuple[LayerTrial, ...] = ()  # layers also measured alone, beside the whole model
-    # Set for a change of how the process starts (allocator variables, LD_PRELOAD): the transform is then the
-    # identity, the candidate is measured in pairs of worker processes (analyzer/environment_trial.py), never in a plan.
-    process_environment: dict[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -173,29 +134,7 @@ def missing_requirements(rule: Rule, analysis: ConvAnalysis) -> list[str]:
         Requirement.CONV_LAYERS: bool(analysis.layers),
         Requirement.MODULE_SCOPES: profile.has_module_scopes,
         Requirement.DEVICE_KERNELS: profile.has_device_events,
-        Requirement.COMMUNICATION: profile.communication is not None,
+        Requirement.COMMUNICATION: analysis.communication is not None,
         Requirement.RANKS: analysis.job is not None,
     }
     return [f"trace has no {req.value}" for req in sorted(rule.requires) if not present[req]]
-
-
-def combine(candidates: list[Candidate]) -> Candidate:
-    """One candidate that applies all of them, module surgery first and model wrappers last.
-
-    Errors of approximate candidates can add up, so the combined tolerance is the sum of theirs.
-    """
-    ordered = sorted(candidates, key=lambda c: c.stage)  # stable: same-stage candidates keep their order
-
-    def transform(workload: Workload) -> Workload:
-        for candidate in ordered:
-            workload = candidate.transform(workload)
-        return workload
-
-    approximate = any(c.numerics is not NumericsContract.EXACT for c in ordered)
-    return Candidate(
-        title=" + ".join(c.title for c in ordered),
-        transform=transform,
-        numerics=NumericsContract.APPROXIMATE if approximate else NumericsContract.EXACT,
-        tolerance=sum(c.tolerance for c in ordered),
-        stage=max(c.stage for c in ordered),
-    )

@@ -2,51 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Iterable
+from dataclasses import dataclass
+from typing import Iterable
 
-from convdoctor.analyzer.layers import ConvAnalysis, LayoutConversion, MemoryFormat
-from convdoctor.analyzer.layout_probe import recorded_probe
-from convdoctor.analyzer.module_time import leaf_module_times
-from convdoctor.rules.base import Candidate, Finding, NumericsContract, Probe, Requirement, SavingBound, Severity
-
-if TYPE_CHECKING:  # torch is imported when a candidate runs: analyzing a trace never imports it
-    import torch
-
-    from convdoctor.analyzer.workload import Workload
+from convdoctor.analyzer.candidates.candidate import Candidate, NumericsContract
+from convdoctor.analyzer.candidates.layout import to_channels_last
+from convdoctor.analyzer.conv.layers import ConvAnalysis, LayoutConversion, MemoryFormat
+from convdoctor.analyzer.conv.module_time import leaf_module_times
+from convdoctor.analyzer.trace.probe_record import recorded_probe
+from convdoctor.rules.base import Finding, Probe, Requirement, SavingBound, Severity
 
 SNIPPET = """\
 model = model.to(memory_format=torch.channels_last)
 x = x.contiguous(memory_format=torch.channels_last)  # 5-D inputs: torch.channels_last_3d
 out = model(x)"""
-
-
-def channels_last(tensor: torch.Tensor) -> torch.Tensor:
-    """A 4-D tensor in channels_last, a 5-D one in channels_last_3d; other tensors unchanged."""
-    import torch
-
-    if tensor.dim() == 4:
-        return tensor.contiguous(memory_format=torch.channels_last)
-    if tensor.dim() == 5:
-        return tensor.contiguous(memory_format=torch.channels_last_3d)
-    return tensor
-
-
-def to_channels_last(workload: Workload) -> Workload:
-    """The workload with every 4-D/5-D parameter, buffer and input in channels-last memory format."""
-    import torch
-
-    from convdoctor.analyzer.workload import map_tensors
-
-    model = workload.model
-    with torch.no_grad():
-        for param in model.parameters():
-            param.data = channels_last(param.data)
-        for module in model.modules():
-            for name, buffer in module._buffers.items():
-                if buffer is not None:
-                    module._buffers[name] = channels_last(buffer)
-    return replace(workload, model=model, inputs=map_tensors(workload.inputs, channels_last))
 
 
 @dataclass(frozen=True)

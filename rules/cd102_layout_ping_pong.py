@@ -7,10 +7,18 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from convdoctor.analyzer.layers import CONV_OP, ConvAnalysis, ConvLayer, LayoutConversion, MemoryFormat, memory_format
-from convdoctor.analyzer.profile import EventKind, Op, Profile
-from convdoctor.rules.base import Candidate, Finding, NumericsContract, Requirement, SavingBound, Severity
-from convdoctor.rules.cd101_channels_last import to_channels_last
+from convdoctor.analyzer.candidates.candidate import Candidate, NumericsContract
+from convdoctor.analyzer.candidates.layout import to_channels_last
+from convdoctor.analyzer.conv.layers import (
+    CONV_OP,
+    ConvAnalysis,
+    ConvLayer,
+    LayoutConversion,
+    MemoryFormat,
+    memory_format,
+)
+from convdoctor.analyzer.trace.profile import EventKind, Op, Profile
+from convdoctor.rules.base import Finding, Requirement, SavingBound, Severity
 
 KNOWN = (MemoryFormat.CONTIGUOUS, MemoryFormat.CHANNELS_LAST)
 SHORT = {MemoryFormat.CONTIGUOUS: "NCHW", MemoryFormat.CHANNELS_LAST: "NHWC"}

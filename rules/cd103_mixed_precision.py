@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-from convdoctor.analyzer.layers import ConvAnalysis, is_conv_backward_node, is_conv_op
-from convdoctor.analyzer.profile import EventKind, Kernel, Op, Profile
-from convdoctor.rules.base import Candidate, Finding, NumericsContract, PlanStage, Requirement, Severity
-from convdoctor.rules.transforms import autocast, backend_flags
+from convdoctor.analyzer.candidates.candidate import Candidate, NumericsContract, PlanStage
+from convdoctor.analyzer.candidates.transforms import autocast, backend_flags
+from convdoctor.analyzer.conv.conv_device import conv_device, device_properties
+from convdoctor.analyzer.conv.layers import (
+    ConvAnalysis,
+)
+from convdoctor.rules.base import Finding, Requirement, Severity
 
 if TYPE_CHECKING:  # torch is imported when a candidate runs: analyzing a trace never imports it
     import torch
 
-    from convdoctor.analyzer.workload import Workload
+    from convdoctor.analyzer.capture.workload import Workload
 
 TOLERANCE = 2e-2  # max relative error of outputs (max |diff| / max |baseline|) that autocast may cause
 TF32_TOLERANCE = 1e-2  # TF32 keeps fp32's range with a 10-bit mantissa, like float16's
@@ -125,8 +127,8 @@ baseline output magnitude).
     def check(self, analysis: ConvAnalysis) -> Iterable[Finding]:
         profile = analysis.profile
         fp32 = [layer for layer in analysis.layers if layer.dtype == "float32"]
-        device = _conv_device(profile)
-        props = _device_properties(profile, device)
+        device = conv_device(profile)
+        props = device_properties(profile, device)
         if not fp32 or props is None:
             return
         major, minor = props.get("computeMajor"), props.get("computeMinor")
@@ -229,62 +231,3 @@ baseline output magnitude).
         else:
             advice += " This GPU predates TF32 (Ampere): float16 autocast is the way to its tensor cores."
         return advice
-
-
-def _conv_device(profile: Profile) -> int | None:
-    """The device that ran the most conv kernel time (forward and backward).
-
-    On a trace of one device (most), the first conv kernel answers: the others need not be looked for.
-    """
-    if len({kernel.device for kernel in profile.kernels}) == 1:
-        return next((kernel.device for kernel in _conv_kernels(profile)), None)
-    time: dict[int | None, float] = defaultdict(float)
-    for kernel in _conv_kernels(profile):
-        time[kernel.device] += kernel.dur_us
-    if not time:
-        return None
-    return max(time, key=lambda device: time[device])
-
-
-def _conv_kernels(profile: Profile) -> Iterator[Kernel]:
-    """The compute kernels launched in a conv op or a conv backward node, in trace order."""
-    in_conv: dict[Op, bool] = {}  # per event: it or an event around it is a conv
-    compute = EventKind.KERNEL
-    for kernel in profile.kernels:
-        if kernel.kind is not compute or kernel.launcher is None:
-            continue
-        known = in_conv.get(kernel.launcher)  # most launchers launch several kernels: no call for those
-        if known or (known is None and _in_conv(kernel.launcher, in_conv)):
-            yield kernel
-
-
-def _in_conv(op: Op, known: dict[Op, bool]) -> bool:
-    """Whether ``op`` or an event around it is a conv op or a conv backward node; ``known`` remembers the answer
-    of each event on the way up, so each event is looked at once."""
-    below: list[Op] = []  # the events looked at on the way up and not yet remembered
-    node: Op | None = op
-    while node is not None:
-        answer = known.get(node)
-        if answer is not None:
-            break
-        below.append(node)
-        if is_conv_op(node.name) or is_conv_backward_node(node.name):
-            answer = True
-            break
-        node = node.parent
-    else:
-        answer = False
-    for event in below:
-        known[event] = answer
-    return answer
-
-
-def _device_properties(profile: Profile, device: int | None) -> dict[str, Any] | None:
-    """The ``deviceProperties`` entry of ``device`` (its ``id``, else its position), or None."""
-    if device is None:
-        return None
-    by_id = next((p for p in profile.device_properties if p.get("id") == device), None)
-    if by_id is not None:
-        return by_id
-    positional = profile.device_properties[device] if device < len(profile.device_properties) else None
-    return positional if positional is not None and "id" not in positional else None

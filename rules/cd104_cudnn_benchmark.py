@@ -6,9 +6,10 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Iterable
 
-from convdoctor.analyzer.layers import ConvAnalysis, TimeBasis
-from convdoctor.rules.base import Candidate, Finding, NumericsContract, PlanStage, Requirement, Severity
-from convdoctor.rules.transforms import backend_flags
+from convdoctor.analyzer.candidates.candidate import Candidate, NumericsContract, PlanStage
+from convdoctor.analyzer.candidates.transforms import backend_flags
+from convdoctor.analyzer.conv.layers import ConvAnalysis, TimeBasis
+from convdoctor.rules.base import Finding, Requirement, Severity
 
 SNIPPET = """\
 import torch

@@ -5,16 +5,18 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-from convdoctor.analyzer.layers import ConvAnalysis, ConvLayer, TimeBasis
-from convdoctor.analyzer.module_scope import ROOT_NAME
-from convdoctor.rules.base import Candidate, Finding, LayerTrial, NumericsContract, Requirement, Severity
-from convdoctor.rules.cd103_mixed_precision import _conv_device, _device_properties
-from convdoctor.rules.conv_replacement import is_dense_conv2d, not_replaceable, replace_convs
+from convdoctor.analyzer.candidates.candidate import Candidate, LayerTrial, NumericsContract
+from convdoctor.analyzer.candidates.conv_replacement import replace_convs
+from convdoctor.analyzer.conv.conv_device import conv_device, device_properties
+from convdoctor.analyzer.conv.layers import ConvAnalysis, ConvLayer, TimeBasis
+from convdoctor.analyzer.trace.module_scope import ROOT_NAME
+from convdoctor.rules.base import Finding, Requirement, Severity
+from convdoctor.rules.shared.conv_choice import is_dense_conv2d, not_replaceable
 
 if TYPE_CHECKING:
     from torch import nn
 
-    from convdoctor.analyzer.workload import Workload
+    from convdoctor.analyzer.capture.workload import Workload
 
 CPU_BLOCKS = {"AVX512": 16, "AVX2": 8}  # fp32 lanes of oneDNN's blocked layouts (nChw16c / nChw8c)
 IMAGE_CHANNELS = 4  # input channels up to this (RGB, RGBA) are exempt: cuDNN pads them itself, oneDNN has a path
@@ -24,7 +26,7 @@ def padded(multiple: int) -> Callable[[nn.Conv2d], nn.Module]:
     """Build a PaddedConv2d of ``old`` with both channel counts rounded up to ``multiple`` (image inputs kept)."""
 
     def build(old: nn.Conv2d) -> nn.Module:
-        from convdoctor.rules.torch_parts import PaddedConv2d
+        from convdoctor.analyzer.candidates.torch_parts import PaddedConv2d
 
         in_to = old.in_channels if old.in_channels <= IMAGE_CHANNELS else _round_up(old.in_channels, multiple)
         return PaddedConv2d(old, in_to, _round_up(old.out_channels, multiple))
@@ -35,7 +37,7 @@ def padded(multiple: int) -> Callable[[nn.Conv2d], nn.Module]:
 def __getattr__(name: str) -> Any:
     """``PaddedConv2d``, where the report's advice names it, imported on first use (it needs torch)."""
     if name == "PaddedConv2d":
-        from convdoctor.rules.torch_parts import PaddedConv2d
+        from convdoctor.analyzer.candidates.torch_parts import PaddedConv2d
 
         return PaddedConv2d
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -55,7 +57,7 @@ def channel_block(analysis: ConvAnalysis, dtype: str) -> tuple[int | None, str]:
     profile = analysis.profile
     env = profile.environment
     if analysis.time_basis is TimeBasis.DEVICE:
-        props = _device_properties(profile, _conv_device(profile))
+        props = device_properties(profile, conv_device(profile))
         major = props.get("computeMajor") if props else None
         if not isinstance(major, int):
             return None, "the trace does not say which GPU ran the convs"

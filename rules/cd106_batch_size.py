@@ -6,9 +6,9 @@ import statistics
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from convdoctor.analyzer.layers import ConvAnalysis, TimeBasis
-from convdoctor.analyzer.profile import EventKind
-from convdoctor.analyzer.roofline import analyze_roofline
+from convdoctor.analyzer.conv.layers import ConvAnalysis, TimeBasis
+from convdoctor.analyzer.conv.roofline import analyze_roofline
+from convdoctor.analyzer.trace.profile import EventKind
 from convdoctor.rules.base import Finding, LargerBatches, Requirement, Severity
 
 SNIPPET = """\
@@ -43,7 +43,7 @@ def overhead_facts(analysis: ConvAnalysis, short_op_us: float, short_kernel_us: 
         compute = EventKind.KERNEL
         durations = [k.dur_us for k in profile.kernels if k.kind is compute]
         threshold = short_kernel_us
-        timeline = profile.gpu_timeline
+        timeline = analysis.gpu_timeline
         idle = timeline.idle_share if timeline is not None else None
     else:
         durations = [op.dur_us for op in profile.outermost_cpu_ops]

@@ -5,14 +5,16 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-from convdoctor.analyzer.layers import ConvAnalysis, ConvLayer
-from convdoctor.rules.base import Candidate, Finding, NumericsContract, Requirement, Severity
-from convdoctor.rules.conv_replacement import flops_si, is_dense_conv2d, like, not_replaceable, replace_convs
+from convdoctor.analyzer.candidates.candidate import Candidate, NumericsContract
+from convdoctor.analyzer.candidates.conv_replacement import like, replace_convs
+from convdoctor.analyzer.conv.layers import ConvAnalysis, ConvLayer
+from convdoctor.rules.base import Finding, Requirement, Severity
+from convdoctor.rules.shared.conv_choice import flops_si, is_dense_conv2d, not_replaceable
 
 if TYPE_CHECKING:  # torch is imported when a candidate runs: analyzing a trace never imports it
     from torch import nn
 
-    from convdoctor.analyzer.workload import Workload
+    from convdoctor.analyzer.capture.workload import Workload
 
 SNIPPET = """\
 # before: a dense 3x3 conv, C -> K channels

@@ -5,14 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-from convdoctor.analyzer.layers import ConvAnalysis, TimeBasis
-from convdoctor.analyzer.profile import EventKind, Op
-from convdoctor.rules.base import Candidate, Finding, NumericsContract, Requirement, Severity
-from convdoctor.rules.module_pairs import ModulePair, bn_op, conv_bn_pairs
-from convdoctor.rules.transforms import replace_module
+from convdoctor.analyzer.candidates.candidate import Candidate, NumericsContract
+from convdoctor.analyzer.candidates.surgery import replace_module
+from convdoctor.analyzer.conv.layers import ConvAnalysis, TimeBasis
+from convdoctor.analyzer.trace.profile import EventKind, Op
+from convdoctor.rules.base import Finding, Requirement, Severity
+from convdoctor.rules.shared.module_pairs import ModulePair, bn_op, conv_bn_pairs
 
 if TYPE_CHECKING:  # torch is imported when a candidate runs: analyzing a trace never imports it
-    from convdoctor.analyzer.workload import Workload
+    from convdoctor.analyzer.capture.workload import Workload
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,7 @@ def fold_conv_bn(pairs: list[tuple[str, str]]) -> Callable[[Workload], Workload]
         from torch import nn
         from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-        from convdoctor.rules.torch_parts import BN_CLASSES, CONV_CLASSES
+        from convdoctor.analyzer.candidates.torch_parts import BN_CLASSES, CONV_CLASSES
 
         model = workload.model
         for conv_name, bn_name in pairs:

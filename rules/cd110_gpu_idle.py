@@ -8,9 +8,9 @@ import re
 from collections import defaultdict
 from typing import Iterable
 
-from convdoctor.analyzer.gpu_timeline import GpuTimeline
-from convdoctor.analyzer.layers import ConvAnalysis
-from convdoctor.analyzer.profile import EventKind, Op, Profile
+from convdoctor.analyzer.conv.gpu_timeline import GpuTimeline
+from convdoctor.analyzer.conv.layers import ConvAnalysis
+from convdoctor.analyzer.trace.profile import EventKind, Op, Profile
 from convdoctor.rules.base import Finding, Requirement, Severity
 
 STEP_OP = re.compile(r"^ProfilerStep#\d+$")
@@ -111,7 +111,7 @@ events (direct children of the step) that run during the long gaps, and pageable
 
     def check(self, analysis: ConvAnalysis) -> Iterable[Finding]:
         profile = analysis.profile
-        timeline = profile.gpu_timeline
+        timeline = analysis.gpu_timeline
         if timeline is None or timeline.span_us <= 0 or timeline.idle_share < self.min_idle_share:
             return
         steps = len(timeline.steps)

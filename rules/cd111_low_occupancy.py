@@ -6,8 +6,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from convdoctor.analyzer.layers import ConvAnalysis
-from convdoctor.analyzer.profile import EventKind, Kernel, Profile
+from convdoctor.analyzer.conv.layers import ConvAnalysis
+from convdoctor.analyzer.trace.profile import EventKind, Kernel, Profile
 from convdoctor.rules.base import Finding, Requirement, Severity
 
 SNIPPET = """\

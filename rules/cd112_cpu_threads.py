@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-from convdoctor.analyzer.layers import ConvAnalysis
-from convdoctor.rules.base import Candidate, Finding, NumericsContract, PlanStage, Requirement, Severity
-from convdoctor.rules.transforms import intra_op_threads
+from convdoctor.analyzer.candidates.candidate import Candidate, NumericsContract, PlanStage
+from convdoctor.analyzer.candidates.transforms import intra_op_threads
+from convdoctor.analyzer.conv.layers import ConvAnalysis
+from convdoctor.rules.base import Finding, Requirement, Severity
 
 
 def _snippet(threads: int, cores: int) -> str:

@@ -6,13 +6,14 @@ import math
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-from convdoctor.analyzer.layers import CONV_OP, ConvAnalysis, TimeBasis
-from convdoctor.analyzer.profile import EventKind, Op
-from convdoctor.rules.base import Candidate, Finding, NumericsContract, PlanStage, Requirement, Severity
-from convdoctor.rules.module_pairs import ModulePair, conv_bn_pairs
+from convdoctor.analyzer.candidates.candidate import Candidate, NumericsContract, PlanStage
+from convdoctor.analyzer.conv.layers import CONV_OP, ConvAnalysis, TimeBasis
+from convdoctor.analyzer.trace.profile import EventKind, Op
+from convdoctor.rules.base import Finding, Requirement, Severity
+from convdoctor.rules.shared.module_pairs import ModulePair, conv_bn_pairs
 
 if TYPE_CHECKING:  # torch is imported when a candidate runs: analyzing a trace never imports it
-    from convdoctor.analyzer.workload import Workload
+    from convdoctor.analyzer.capture.workload import Workload
 
 # Ops a conv runs for its bias outside the conv kernel itself: cuDNN/MIOpen add it after the conv (`add_`),
 # the slow CPU path broadcasts it into the output first (`copy_`), and the backward reduces grad_output (`sum`).
@@ -43,7 +44,7 @@ def drop_bias_into_bn(pairs: list[tuple[str, str]]) -> Callable[[Workload], Work
     def transform(workload: Workload) -> Workload:
         import torch
 
-        from convdoctor.rules.torch_parts import BN_CLASSES, CONV_CLASSES
+        from convdoctor.analyzer.candidates.torch_parts import BN_CLASSES, CONV_CLASSES
 
         model = workload.model
         with torch.no_grad():

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-from convdoctor.analyzer.layers import ConvAnalysis, ConvLayer, MemoryFormat
-from convdoctor.rules.base import Candidate, Finding, NumericsContract, Requirement, Severity
-from convdoctor.rules.cd101_channels_last import to_channels_last
+from convdoctor.analyzer.candidates.candidate import Candidate, NumericsContract
+from convdoctor.analyzer.candidates.layout import to_channels_last
+from convdoctor.analyzer.conv.layers import ConvAnalysis, ConvLayer, MemoryFormat
+from convdoctor.rules.base import Finding, Requirement, Severity
 
 SNIPPET = """\
 # depthwise convs are memory-bound: give them the NHWC kernels and fuse what follows them

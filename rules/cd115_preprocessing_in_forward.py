@@ -6,9 +6,14 @@ import re
 from collections import defaultdict
 from typing import Any, Iterable, Iterator
 
-from convdoctor.analyzer.layers import CONV_OP, DTYPE_NAMES, ConvAnalysis, TimeBasis
-from convdoctor.analyzer.module_scope import ROOT_NAME
-from convdoctor.analyzer.profile import EventKind, Op
+from convdoctor.analyzer.conv.layers import (
+    CONV_OP,
+    DTYPE_NAMES,
+    ConvAnalysis,
+    TimeBasis,
+)
+from convdoctor.analyzer.trace.module_scope import ROOT_NAME
+from convdoctor.analyzer.trace.profile import EventKind, Op
 from convdoctor.rules.base import Finding, Requirement, SavingBound, Severity
 
 # What an input-preparation op looks like, by its aten name; ops of no kind here are listed but not counted.

@@ -6,10 +6,11 @@ from collections import Counter
 from operator import attrgetter
 from typing import Iterable
 
-from convdoctor.analyzer.layers import ConvAnalysis, is_conv_op
-from convdoctor.analyzer.profile import Op
-from convdoctor.rules.base import Candidate, Finding, NumericsContract, PlanStage, Requirement, Severity
-from convdoctor.rules.transforms import compiled
+from convdoctor.analyzer.candidates.candidate import Candidate, NumericsContract, PlanStage
+from convdoctor.analyzer.candidates.transforms import compiled
+from convdoctor.analyzer.conv.layers import ConvAnalysis, is_conv_op
+from convdoctor.analyzer.trace.profile import Op
+from convdoctor.rules.base import Finding, Requirement, Severity
 
 COMPILED_REGION = "Torch-Compiled Region"
 SNIPPET = """\

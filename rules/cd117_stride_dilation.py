@@ -7,14 +7,16 @@ import statistics
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-from convdoctor.analyzer.layers import ConvAnalysis, ConvLayer
-from convdoctor.analyzer.profile import EventKind, Op
-from convdoctor.rules.base import Candidate, Finding, NumericsContract, Requirement, Severity
-from convdoctor.rules.conv_replacement import flops_si, is_dense_conv2d, like, not_replaceable
-from convdoctor.rules.transforms import replace_module
+from convdoctor.analyzer.candidates.candidate import Candidate, NumericsContract
+from convdoctor.analyzer.candidates.conv_replacement import like
+from convdoctor.analyzer.candidates.surgery import replace_module
+from convdoctor.analyzer.conv.layers import ConvAnalysis, ConvLayer
+from convdoctor.analyzer.trace.profile import EventKind, Op
+from convdoctor.rules.base import Finding, Requirement, Severity
+from convdoctor.rules.shared.conv_choice import flops_si, is_dense_conv2d, not_replaceable
 
 if TYPE_CHECKING:  # torch is imported when a candidate runs: analyzing a trace never imports it
-    from convdoctor.analyzer.workload import Workload
+    from convdoctor.analyzer.capture.workload import Workload
 
 POOL_CLASSES = ("MaxPool2d", "AvgPool2d")
 POOL_OPS = ("aten::max_pool2d", "aten::avg_pool2d", "aten::mkldnn_max_pool2d")

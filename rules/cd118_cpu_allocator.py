@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from convdoctor.analyzer.host_allocator import KEEP_HEAP
-from convdoctor.analyzer.layers import ConvAnalysis
-from convdoctor.rules.base import Candidate, Finding, NumericsContract, PlanStage, Requirement, Severity
+from convdoctor.analyzer.candidates.candidate import Candidate, NumericsContract, PlanStage
+from convdoctor.analyzer.capture.host_allocator import KEEP_HEAP
+from convdoctor.analyzer.conv.layers import ConvAnalysis
+from convdoctor.rules.base import Finding, Requirement, Severity
 
 PAGE_BYTES = 4096
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 from functools import partial
 from typing import Iterable
 
-from convdoctor.analyzer.layers import ConvAnalysis
-from convdoctor.rules.base import Candidate, Finding, NumericsContract, PlanStage, Requirement, Severity
-from convdoctor.rules.transforms import with_ddp
+from convdoctor.analyzer.candidates.candidate import Candidate, NumericsContract, PlanStage
+from convdoctor.analyzer.candidates.transforms import with_ddp
+from convdoctor.analyzer.conv.layers import ConvAnalysis
+from convdoctor.rules.base import Finding, Requirement, Severity
 
 MIB = 2**20
 
@@ -62,7 +63,7 @@ default 0.5); `target_buckets` (default 4): the candidate's bucket size splits t
 """
 
     def check(self, analysis: ConvAnalysis) -> Iterable[Finding]:
-        view = analysis.profile.communication
+        view = analysis.communication
         if view is None:
             return
         if analysis.job is not None:

@@ -5,9 +5,10 @@ from __future__ import annotations
 from functools import partial
 from typing import Iterable
 
-from convdoctor.analyzer.layers import ConvAnalysis
-from convdoctor.rules.base import Candidate, Finding, NumericsContract, PlanStage, Requirement, Severity
-from convdoctor.rules.transforms import with_ddp
+from convdoctor.analyzer.candidates.candidate import Candidate, NumericsContract, PlanStage
+from convdoctor.analyzer.candidates.transforms import with_ddp
+from convdoctor.analyzer.conv.layers import ConvAnalysis
+from convdoctor.rules.base import Finding, Requirement, Severity
 
 
 class GradientAsBucketViewRule:
@@ -54,7 +55,7 @@ The union per step of DDP's copy operators in the trace (`torch.distributed.ddp.
 """
 
     def check(self, analysis: ConvAnalysis) -> Iterable[Finding]:
-        view = analysis.profile.communication
+        view = analysis.communication
         if view is None or analysis.profile.environment.get("ddp_gradient_as_bucket_view") is True:
             return
         step_us, copy_us = view.mean("step_us"), view.mean("bucket_copy_us")

@@ -5,9 +5,10 @@ from __future__ import annotations
 from functools import partial
 from typing import Iterable
 
-from convdoctor.analyzer.layers import ConvAnalysis
-from convdoctor.rules.base import Candidate, Finding, NumericsContract, PlanStage, Requirement, Severity
-from convdoctor.rules.transforms import with_ddp
+from convdoctor.analyzer.candidates.candidate import Candidate, NumericsContract, PlanStage
+from convdoctor.analyzer.candidates.transforms import with_ddp
+from convdoctor.analyzer.conv.layers import ConvAnalysis
+from convdoctor.rules.base import Finding, Requirement, Severity
 
 
 class DdpStaticGraphRule:
@@ -56,7 +57,7 @@ None.
     def check(self, analysis: ConvAnalysis) -> Iterable[Finding]:
         env = analysis.profile.environment
         static, unused = env.get("ddp_static_graph"), env.get("ddp_find_unused_parameters")
-        if analysis.profile.communication is None or static is not False:
+        if analysis.communication is None or static is not False:
             return  # not captured by convdoctor (settings unknown), or already static
         searching = unused is True
         yield Finding(

@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 
-from convdoctor.analyzer.layers import ConvAnalysis
+from convdoctor.analyzer.conv.layers import ConvAnalysis
 from convdoctor.rules.base import Finding, Rule, missing_requirements
 
 ENTRY_POINT_GROUP = "convdoctor.rules"

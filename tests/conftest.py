@@ -40,16 +40,16 @@ def small_cnn_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict,
 
 def capture_analysis(workload, tmp_path: Path, steps: int = 1):
     """Capture ``steps`` profiled steps of a workload with the real profiler and analyze its conv layers."""
-    from convdoctor.analyzer.capture import capture
-    from convdoctor.analyzer.layers import analyze_convs
-    from convdoctor.analyzer.trace import load_profile
+    from convdoctor.analyzer.capture.recording import capture
+    from convdoctor.analyzer.conv.layers import analyze_convs
+    from convdoctor.analyzer.trace.reader import load_profile
 
     return analyze_convs(load_profile(capture(workload, tmp_path / "tb", "run", steps=steps)[0]))
 
 
 def file_analysis(model_file: Path, tmp_path: Path, steps: int = 1):
     """Load a model file on the CPU and capture and analyze it: the workload and its ConvAnalysis."""
-    from convdoctor.analyzer.workload import load_workload
+    from convdoctor.analyzer.capture.workload import load_workload
 
     workload = load_workload(model_file, device="cpu")
     return workload, capture_analysis(workload, tmp_path, steps)
@@ -88,9 +88,9 @@ def slow_rank_job(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]
 
 def job_analyses(out: Path):
     """The analyses of a job's rank traces (rank order), rank 0's carrying the job view."""
-    from convdoctor.analyzer.job_view import job_view
-    from convdoctor.analyzer.layers import analyze_convs
-    from convdoctor.analyzer.trace import find_traces, load_profile
+    from convdoctor.analyzer.conv.job_view import job_view
+    from convdoctor.analyzer.conv.layers import analyze_convs
+    from convdoctor.analyzer.trace.reader import find_traces, load_profile
 
     analyses = [analyze_convs(load_profile(t)) for t in find_traces(out / "tb")]
     analyses[0].job = job_view(analyses)

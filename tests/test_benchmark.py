@@ -12,8 +12,9 @@ import pytest
 import torch
 from torch import nn
 
-from convdoctor.analyzer import benchmark
-from convdoctor.analyzer.benchmark import (
+from convdoctor.analyzer.capture.workload import workload_from
+from convdoctor.analyzer.measure import benchmark
+from convdoctor.analyzer.measure.benchmark import (
     BenchmarkSettings,
     GradientReference,
     Numerics,
@@ -27,7 +28,6 @@ from convdoctor.analyzer.benchmark import (
     undecided,
     worst_parameter_error,
 )
-from convdoctor.analyzer.workload import workload_from
 
 
 def _noisy(center: float, spread: float, n: int, seed: int) -> list[float]:
@@ -234,7 +234,7 @@ def test_train_mode_measures_forward_backward_and_step():
 
 
 def test_warm_up_runs_until_timings_settle():
-    from convdoctor.analyzer.benchmark import warm_up
+    from convdoctor.analyzer.measure.benchmark import warm_up
 
     delays = iter([0.02] * 4 + [0.002] * 100)  # a slow start (caches, lazy init), then steady
     workload = workload_from(nn.Identity(), torch.zeros(1), device="cpu")
@@ -264,7 +264,7 @@ def test_a_busy_machine_is_noticed():
 
 
 def test_gradients_get_a_looser_tolerance_than_outputs():
-    from convdoctor.analyzer.measurement import GRADIENT_TOLERANCE_FACTOR, Numerics
+    from convdoctor.analyzer.measure.results import GRADIENT_TOLERANCE_FACTOR, Numerics
 
     tolerance = 1e-4
     assert Numerics(0.0, 5e-5, 0.0, 7e-4).within(tolerance)  # channels_last training on small_cnn looks like this
@@ -277,9 +277,9 @@ def test_peak_memory_of_a_step_counts_its_activations():
     import torch
     from torch import nn
 
-    from convdoctor.analyzer.benchmark import BenchmarkSettings, measure
-    from convdoctor.analyzer.step_memory import step_peak_bytes
-    from convdoctor.analyzer.workload import workload_from
+    from convdoctor.analyzer.capture.workload import workload_from
+    from convdoctor.analyzer.measure.benchmark import BenchmarkSettings, measure
+    from convdoctor.analyzer.measure.step_memory import step_peak_bytes
 
     output_bytes = 4 * 64 * 64 * 64 * 4
     workload = workload_from(nn.Conv2d(3, 64, 3, padding=1), torch.randn(4, 3, 64, 64), device="cpu")
@@ -323,11 +323,12 @@ def test_gradients_summed_in_another_order_are_judged_against_float64():
     """channels_last training sums in another order and lands further from float64 than NCHW does; a float64 run of
     the candidate itself shows it is the same training step, so it passes. A candidate with the same outputs and
     another backward is caught by the same float64 run."""
-    from convdoctor.analyzer.benchmark import compare_first_step
-    from convdoctor.analyzer.measurement import SAME_STEP_TOLERANCE
-    from convdoctor.analyzer.workload import load_workload
-    from convdoctor.rules.cd101_channels_last import to_channels_last
     from conftest import EXAMPLES
+
+    from convdoctor.analyzer.candidates.layout import to_channels_last
+    from convdoctor.analyzer.capture.workload import load_workload
+    from convdoctor.analyzer.measure.benchmark import compare_first_step
+    from convdoctor.analyzer.measure.results import SAME_STEP_TOLERANCE
 
     workload = load_workload(EXAMPLES / "small_cnn.py", device="cpu", mode="train")
     numerics, _ = compare_first_step(workload, to_channels_last(workload.copy()))
@@ -367,8 +368,8 @@ def test_worst_parameter_error_floors_gradients_that_are_zero_up_to_rounding():
 
 def test_dropout_draws_the_same_masks_in_both_first_steps():
     """In train mode a model with dropout gives the same outputs in baseline and an identical candidate."""
-    from convdoctor.analyzer.benchmark import compare_first_step
-    from convdoctor.analyzer.workload import workload_from
+    from convdoctor.analyzer.capture.workload import workload_from
+    from convdoctor.analyzer.measure.benchmark import compare_first_step
 
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Flatten(), nn.Dropout(0.5), nn.Linear(8 * 14 * 14, 4))
     workload = workload_from(model, torch.randn(2, 3, 16, 16), device="cpu", mode="train")
@@ -380,8 +381,8 @@ def test_dropout_draws_the_same_masks_in_both_first_steps():
 
 def test_a_compiled_candidate_draws_the_eager_dropout_masks():
     """torch.compile's own generator would draw other masks: outputs half different, another training step."""
-    from convdoctor.analyzer.benchmark import compare_first_step
-    from convdoctor.rules.transforms import compiled
+    from convdoctor.analyzer.candidates.transforms import compiled
+    from convdoctor.analyzer.measure.benchmark import compare_first_step
 
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Dropout(0.5), nn.Linear(8 * 14 * 14, 4))
     workload = workload_from(model, torch.randn(2, 3, 16, 16), device="cpu", mode="train")

@@ -11,10 +11,9 @@ from pathlib import Path
 import jsonschema
 import pytest
 from click.testing import CliRunner
-
 from conftest import SCHEMA, SHARED_TRACES
-from convdoctor.cli import main
 
+from convdoctor.cli import main
 
 
 def test_analyze_a_gpu_training_trace(tmp_path: Path):
@@ -146,7 +145,7 @@ def test_analyze_starts_reading_the_trace_before_loading_the_pipeline(tmp_path: 
     script = ("import runpy, sys, threading\n"
               "start = threading.Thread.start\n"
               "def noted(thread):\n"
-              "    loaded = [m for m in ('convdoctor.offline', 'convdoctor.rules.registry') if m in sys.modules]\n"
+              "    loaded = [m for m in ('convdoctor.pipeline', 'convdoctor.rules.registry') if m in sys.modules]\n"
               "    sys.stderr.write(f'{thread.name} started after {loaded}\\n')\n"
               "    start(thread)\n"
               "threading.Thread.start = noted\n"

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-
 from conftest import EXAMPLES, MODELS, run_cli
+
 from convdoctor.cli import main
 
 CASES = [
@@ -86,7 +86,7 @@ def test_what_the_model_prints_stays_out_of_the_json_on_stdout(tmp_path: Path):
 def test_time_limit_interrupts_user_code():
     import time
 
-    from convdoctor.analyzer.workload import time_limit
+    from convdoctor.analyzer.capture.workload import time_limit
     from convdoctor.errors import ModelTimeoutError
 
     started = time.perf_counter()

@@ -9,11 +9,10 @@ import jsonschema
 import pytest
 import torch
 from click.testing import CliRunner
-
 from conftest import EXAMPLES, MODELS, SCHEMA, run_cli
-from convdoctor.analyzer.measurement import MIN_EFFECT, BenchmarkSettings
-from convdoctor.cli import main
 
+from convdoctor.analyzer.measure.results import MIN_EFFECT, BenchmarkSettings
+from convdoctor.cli import main
 
 
 def test_profile_writes_reports_and_traces(small_cnn_run):
@@ -125,8 +124,8 @@ def test_train_mode_profiles_backward_and_measures_the_training_step(tmp_path: P
 
 
 def test_the_users_model_is_never_modified(tmp_path: Path):
+    from convdoctor.analyzer.measure.benchmark import BenchmarkSettings
     from convdoctor.api import ProfileOptions, profile
-    from convdoctor.analyzer.benchmark import BenchmarkSettings
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU())
@@ -146,8 +145,8 @@ def test_the_users_model_is_never_modified(tmp_path: Path):
 
 @pytest.mark.parametrize("example", ["seed_conv.py", "seed_grouped.py", "seed_separable.py", "small_cnn.py"])
 def test_every_example_loads_and_fits(example: str):
-    from convdoctor.analyzer.capture import check_fits
-    from convdoctor.analyzer.workload import load_workload
+    from convdoctor.analyzer.capture.recording import check_fits
+    from convdoctor.analyzer.capture.workload import load_workload
 
     check_fits(load_workload(EXAMPLES / example, device="cpu"))
 

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-
 from conftest import SHARED_TRACES
-from convdoctor.cli import main
 from tensorboard_server import serve
+
+from convdoctor.cli import main
 
 PRINTED_URL = re.compile(r"^convdoctor: TensorBoard at (http://127\.0\.0\.1:\d+)/#convdoctor \(Ctrl-C stops it\)$",
                          re.MULTILINE)

@@ -8,11 +8,11 @@ import json
 from collections import defaultdict
 
 import pytest
-
 from conftest import SHARED_TRACES
-from convdoctor.analyzer.conv_kernels import algorithm_family, layer_kernels, uses_tensor_cores
-from convdoctor.analyzer.layers import analyze_convs
-from convdoctor.analyzer.trace import load_profile
+
+from convdoctor.analyzer.conv.kernels import algorithm_family, layer_kernels, uses_tensor_cores
+from convdoctor.analyzer.conv.layers import analyze_convs
+from convdoctor.analyzer.trace.reader import load_profile
 
 # Kernel names as they appear in public profiler output (PyTorch, TensorRT and TensorFlow issues and sources).
 NAMES = [

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-
 from conftest import EXAMPLES
+
 from convdoctor.cli import main
 
 CHANNELS_LAST_MODEL = f'''

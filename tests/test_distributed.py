@@ -9,9 +9,7 @@ import sys
 from pathlib import Path
 
 import jsonschema
-
 from conftest import EXAMPLES, MODELS, REPO, SCHEMA, run_cli
-
 
 
 def _run_job(model: str, out: Path, pids: Path, *args: str) -> subprocess.CompletedProcess[str]:

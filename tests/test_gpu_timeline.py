@@ -6,11 +6,11 @@ import math
 import statistics
 
 import pytest
-
 from conftest import SHARED_TRACES
-from convdoctor.analyzer.gpu_timeline import gpu_timeline
-from convdoctor.analyzer.profile import EventKind
-from convdoctor.analyzer.trace import load_profile
+
+from convdoctor.analyzer.conv.gpu_timeline import gpu_timeline
+from convdoctor.analyzer.trace.profile import EventKind
+from convdoctor.analyzer.trace.reader import load_profile
 
 
 @pytest.fixture(scope="module")

@@ -8,13 +8,13 @@ import sys
 
 import pytest
 
-from convdoctor.analyzer.host_allocator import KEEP_HEAP, allocator
+from convdoctor.analyzer.capture.host_allocator import KEEP_HEAP, allocator
 
 # Allocates and frees a 32 MiB tensor as a conv step does with its activations, and prints the minor page faults of
 # one such step before and after keep_heap() (and what keep_heap returned).
 STEPS = """
 import torch
-from convdoctor.analyzer.host_allocator import faults_per_step, keep_heap
+from convdoctor.analyzer.capture.host_allocator import faults_per_step, keep_heap
 
 def step():
     torch.ones(8 << 20).sum()  # 32 MiB, written then freed
@@ -71,10 +71,10 @@ import datetime
 import torch
 import torch.distributed as dist
 from torch import nn
-from convdoctor.analyzer.host_allocator import heap_kept
-from convdoctor.analyzer.job_tasks import measure_job
-from convdoctor.analyzer.measurement import BenchmarkSettings
-from convdoctor.analyzer.workload import workload_from
+from convdoctor.analyzer.capture.host_allocator import heap_kept
+from convdoctor.analyzer.measure.job_tasks import measure_job
+from convdoctor.analyzer.measure.results import BenchmarkSettings
+from convdoctor.analyzer.capture.workload import workload_from
 
 dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1, timeout=datetime.timedelta(seconds=60))
 workload = workload_from(nn.Conv2d(3, 8, 3), torch.randn(2, 3, 16, 16), device="cpu", mode="train")

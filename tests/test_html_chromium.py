@@ -15,10 +15,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
-
 from browser import CHROMIUM, DevTools, check_layout, chromium, console_lines, page_problems, parse_html, png_facts
 from conftest import OUTPUT
+from torch import nn
 
 if CHROMIUM is None:
     pytest.skip("no `chromium` on PATH (Debian: apt-get install chromium); the HTML report is not checked in a "

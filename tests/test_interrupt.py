@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import MODELS, REPO, run_cli
 
 MODEL = MODELS / "slow_steps.py"

@@ -6,14 +6,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import MODELS
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from conftest import MODELS
-from convdoctor.analyzer.capture import capture
-from convdoctor.analyzer.layers import MemoryFormat, analyze_convs, memory_format
-from convdoctor.analyzer.trace import load_profile
-from convdoctor.analyzer.workload import load_workload, workload_from
+from convdoctor.analyzer.capture.recording import capture
+from convdoctor.analyzer.capture.workload import load_workload, workload_from
+from convdoctor.analyzer.conv.layers import MemoryFormat, analyze_convs, memory_format
+from convdoctor.analyzer.trace.reader import load_profile
 
 
 class ManyConvs(nn.Module):

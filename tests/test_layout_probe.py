@@ -7,16 +7,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import EXAMPLES, MODELS, capture_analysis
 from torch import nn
 
-from conftest import EXAMPLES, MODELS, capture_analysis
-from convdoctor.analyzer.capture import record
-from convdoctor.analyzer.layers import analyze_convs
-from convdoctor.analyzer.layout_probe import LAYOUT_PROBE_KEY, recorded_probe, time_leaf_layouts
-from convdoctor.analyzer.module_time import leaf_module_times
-from convdoctor.analyzer.profile import METADATA_KEY
-from convdoctor.analyzer.trace import load_profile
-from convdoctor.analyzer.workload import load_workload, workload_from
+from convdoctor.analyzer.capture.recording import record
+from convdoctor.analyzer.capture.workload import load_workload, workload_from
+from convdoctor.analyzer.conv.layers import analyze_convs
+from convdoctor.analyzer.conv.module_time import leaf_module_times
+from convdoctor.analyzer.measure.layout_probe import time_leaf_layouts
+from convdoctor.analyzer.trace.probe_record import LAYOUT_PROBE_KEY, recorded_probe
+from convdoctor.analyzer.trace.profile import METADATA_KEY
+from convdoctor.analyzer.trace.reader import load_profile
 from convdoctor.rules.base import SavingBound
 from convdoctor.rules.cd101_channels_last import ChannelsLastRule
 

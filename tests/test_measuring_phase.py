@@ -8,10 +8,11 @@ from dataclasses import replace
 import torch
 from torch import nn
 
-from convdoctor.analyzer.benchmark import BenchmarkSettings
-from convdoctor.analyzer.workload import Workload, workload_from
+from convdoctor.analyzer.candidates.candidate import Candidate, NumericsContract
+from convdoctor.analyzer.capture.workload import Workload, workload_from
+from convdoctor.analyzer.measure.benchmark import BenchmarkSettings
 from convdoctor.api import ProfileOptions, SilentProgress, measure_findings
-from convdoctor.rules.base import Candidate, Finding, NumericsContract, Severity
+from convdoctor.rules.base import Finding, Severity
 
 QUICK = BenchmarkSettings(block_spacing_s=0, extra_blocks=0,
                           warmup_s=0.0, warmup_steps=2, min_rounds=3, max_rounds=3, max_warmup_s=1.0)
@@ -121,8 +122,9 @@ def test_a_candidate_running_past_the_time_budget_is_stopped_when_the_budget_end
 
 def test_a_process_setting_is_measured_in_worker_processes_and_kept_out_of_the_plan():
     from conftest import EXAMPLES
-    from convdoctor.analyzer.benchmark import Verdict
-    from convdoctor.analyzer.workload import load_workload
+
+    from convdoctor.analyzer.capture.workload import load_workload
+    from convdoctor.analyzer.measure.benchmark import Verdict
     from convdoctor.api import build_plan
     from convdoctor.rules.cd118_cpu_allocator import KEEP_HEAP
 
@@ -157,7 +159,7 @@ def test_a_time_limit_holds_when_its_alarm_is_swallowed():
     """The alarm may go off inside code that catches everything (a callback): the limit still ends the block."""
     import pytest
 
-    from convdoctor.analyzer.workload import time_limit
+    from convdoctor.analyzer.capture.workload import time_limit
     from convdoctor.errors import ModelTimeoutError
 
     with pytest.raises(ModelTimeoutError, match="did not finish within 0.01 s"):

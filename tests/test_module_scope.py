@@ -8,11 +8,11 @@ import pytest
 import torch
 from torch import nn
 
-from convdoctor.analyzer.capture import capture
-from convdoctor.analyzer.layers import analyze_convs
-from convdoctor.analyzer.module_scope import ROOT_NAME, parse_scope_name, scope_name
-from convdoctor.analyzer.trace import load_profile
-from convdoctor.analyzer.workload import workload_from
+from convdoctor.analyzer.capture.recording import capture
+from convdoctor.analyzer.capture.workload import workload_from
+from convdoctor.analyzer.conv.layers import analyze_convs
+from convdoctor.analyzer.trace.module_scope import ROOT_NAME, parse_scope_name, scope_name
+from convdoctor.analyzer.trace.reader import load_profile
 
 NAMES = ['x" onerror="alert(1)', "100%", "back\\slash", "tab\there", "aéb_слой_层", "<script>alert(1)</script>",
          "layer1.0.conv2"]
@@ -45,7 +45,8 @@ def test_a_model_file_path_with_a_quote_and_accents_keeps_the_trace_valid(tmp_pa
     import shutil
 
     from conftest import EXAMPLES
-    from convdoctor.analyzer.workload import load_workload
+
+    from convdoctor.analyzer.capture.workload import load_workload
 
     folder = tmp_path / 'we"ird é'
     folder.mkdir()

@@ -24,7 +24,7 @@ def test_wheel_installs_everything_under_convdoctor(tmp_path: Path):
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert "[convdoctor.rules]" in entry_points and "CD101 = convdoctor.rules.cd101_channels_last" in entry_points
     assert "convdoctor = convdoctor.cli:main" in entry_points
-    assert "[tensorboard_plugins]\nconvdoctor = convdoctor.tensorboard_plugin:ConvDoctorPlugin" in entry_points
+    assert "[tensorboard_plugins]\nconvdoctor = convdoctor.tensorboard.plugin:ConvDoctorPlugin" in entry_points
 
 
 def test_python_dash_m_and_version():

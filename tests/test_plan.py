@@ -8,12 +8,13 @@ from dataclasses import replace
 import torch
 from torch import nn
 
-from convdoctor.analyzer.benchmark import BenchmarkSettings, Verdict
-from convdoctor.analyzer.workload import Workload, workload_from
+from convdoctor.analyzer.candidates.candidate import Candidate, NumericsContract, PlanStage, combine
+from convdoctor.analyzer.capture.workload import Workload, workload_from
+from convdoctor.analyzer.measure.benchmark import BenchmarkSettings, Verdict
 from convdoctor.api import ProfileOptions, SilentProgress, build_plan, measure_findings
 from convdoctor.reports.presentation import left_out_lines, plan_lines
 from convdoctor.reports.report import predicted_speedup
-from convdoctor.rules.base import Candidate, Finding, NumericsContract, PlanStage, Severity, combine
+from convdoctor.rules.base import Finding, Severity
 
 QUICK = BenchmarkSettings(block_spacing_s=0, extra_blocks=0,
                           warmup_s=0.0, warmup_steps=2, min_rounds=6, max_rounds=6, max_warmup_s=2.0)

@@ -10,26 +10,26 @@ import jsonschema
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import SCHEMA, SHARED_TRACES, capture_analysis
 from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
-from conftest import SCHEMA, SHARED_TRACES, capture_analysis
-from convdoctor.analyzer.hardware import (
+from convdoctor.analyzer.capture.hardware import cpu_peaks
+from convdoctor.analyzer.capture.workload import workload_from
+from convdoctor.analyzer.conv.layers import ConvLayer, MemoryFormat, analyze_convs
+from convdoctor.analyzer.conv.peaks import (
     GIGA,
     TERA,
     Peaks,
     PeaksSource,
-    cpu_peaks,
     datasheet_peaks,
     gpu_spec,
     trace_peaks,
     unknown_peaks,
 )
-from convdoctor.analyzer.layers import ConvLayer, MemoryFormat, analyze_convs
-from convdoctor.analyzer.roofline import Bound, analyze_roofline, ridge_point, roofline
-from convdoctor.analyzer.trace import load_profile
-from convdoctor.analyzer.workload import workload_from
+from convdoctor.analyzer.conv.roofline import Bound, analyze_roofline, ridge_point, roofline
+from convdoctor.analyzer.trace.reader import load_profile
 from convdoctor.cli import main
 from convdoctor.reports.charts import roofline_chart
 

@@ -19,7 +19,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-
 from conftest import SHARED_TRACES
 from tensorboard_server import START_TIMEOUT, TensorBoard, tensorboard
 

@@ -18,14 +18,14 @@ from html import escape, unescape
 from pathlib import Path
 
 import pytest
-from werkzeug.test import Client
-
 from browser import CHROMIUM, DevTools, page_problems, png_facts
 from conftest import OUTPUT, SHARED_TRACES
-from convdoctor.offline import analyze_trace
-from convdoctor.tensorboard_plugin import ConvDoctorPlugin
 from tensorboard.plugins.base_plugin import TBContext
 from tensorboard_server import tensorboard
+from werkzeug.test import Client
+
+from convdoctor.pipeline import analyze_trace
+from convdoctor.tensorboard.plugin import ConvDoctorPlugin
 
 PLUGIN = "/data/plugin/convdoctor"
 HOSTILE_RUN = "<script>alert(1)</script>"  # a folder "<script>alert(1)<" holding a folder "script>"

@@ -13,11 +13,11 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-
 from conftest import SHARED_TRACES
-from convdoctor.analyzer.layers import analyze_convs
-from convdoctor.analyzer.trace import _EventTyper, load_profile, parse_trace, read_trace
-from convdoctor.analyzer.trace_fast import TOP_LEVEL, EventTyping, NotPlain, _cut_events, split_trace
+
+from convdoctor.analyzer.conv.layers import analyze_convs
+from convdoctor.analyzer.trace.fast import TOP_LEVEL, EventTyping, NotPlain, _cut_events, split_trace
+from convdoctor.analyzer.trace.reader import _EventTyper, load_profile, parse_trace, read_trace
 
 HOST_CATEGORIES = {"operator", "cpu_op", "user_annotation", "python_function", "runtime", "cuda_runtime", "cuda_driver"}
 DEVICE_CATEGORIES = {"kernel", "memcpy", "gpu_memcpy", "memset", "gpu_memset"}

@@ -21,15 +21,15 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+from conftest import EXAMPLES, MODELS, SHARED_TRACES
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import EXAMPLES, MODELS, SHARED_TRACES
-from convdoctor.analyzer.gpu_timeline import gpu_timeline
-from convdoctor.analyzer.layers import analyze_convs
-from convdoctor.analyzer.profile import Profile
-from convdoctor.analyzer.roofline import analyze_roofline
-from convdoctor.analyzer.trace import ARG_KEYS, CATEGORY_KINDS, load_profile, parse_trace, read_trace
+from convdoctor.analyzer.conv.gpu_timeline import gpu_timeline
+from convdoctor.analyzer.conv.layers import analyze_convs
+from convdoctor.analyzer.conv.roofline import analyze_roofline
+from convdoctor.analyzer.trace.profile import Profile
+from convdoctor.analyzer.trace.reader import ARG_KEYS, CATEGORY_KINDS, load_profile, parse_trace, read_trace
 from convdoctor.errors import TraceError
 from convdoctor.rules.registry import load_rules, run_rules
 
@@ -82,8 +82,8 @@ def _v100_slice(head: int = 1500, tail: int = 700) -> dict[str, Any]:
 
 def _recorded() -> dict[str, dict[str, Any]]:
     """Traces recorded here, on CPU, through convdoctor's own capture (one step each)."""
-    from convdoctor.analyzer.capture import capture
-    from convdoctor.analyzer.workload import load_workload
+    from convdoctor.analyzer.capture.recording import capture
+    from convdoctor.analyzer.capture.workload import load_workload
 
     traces = {}
     with tempfile.TemporaryDirectory() as logdir:
@@ -174,7 +174,7 @@ def test_conv_shapes_with_empty_or_huge_dims_analyze(base: str, tensor: int, dim
 def test_conv_times_at_the_edges_of_float_write_finite_reports(tmp_path: Path, base: str, key: str, value: float):
     """Sub-nanosecond and astronomic times on every conv call: the whole `analyze` writes its JSON report, which
     holds only finite numbers (json with allow_nan=False), instead of dividing by an underflowed duration."""
-    from convdoctor.offline import analyze_path
+    from convdoctor.pipeline import analyze_path
 
     trace = dict(_bases()[base])
     trace["traceEvents"] = [{**e, key: value} if isinstance(e, dict) and "onv" in str(e.get("name")) else e
@@ -449,7 +449,7 @@ def test_recorded_peak_beyond_float_range_is_not_a_crash():
 def test_recorded_environment_of_the_wrong_kind_is_left_out(tmp_path: Path, key: str, value: Any):
     """convdoctor's recorded environment, edited: the value is left out and the whole `analyze` writes its report
     (a NaN copied into the workload summary made the JSON report raise)."""
-    from convdoctor.offline import analyze_path
+    from convdoctor.pipeline import analyze_path
 
     trace = dict(_bases()["layout_flip"])
     trace["convdoctor"] = {**trace["convdoctor"], key: value, "peaks_source": "measured"}

@@ -7,11 +7,11 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import SHARED_TRACES
-from convdoctor.analyzer.layers import TimeBasis, analyze_convs, conv_flops
-from convdoctor.analyzer.profile import EventKind
-from convdoctor.analyzer.trace import ReadAhead, load_profile, parse_trace
+
+from convdoctor.analyzer.conv.layers import TimeBasis, analyze_convs, conv_flops
+from convdoctor.analyzer.trace.profile import EventKind
+from convdoctor.analyzer.trace.reader import ReadAhead, load_profile, parse_trace
 from convdoctor.errors import TraceError
 
 

@@ -11,14 +11,14 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import SHARED_TRACES
-from convdoctor.analyzer import trace_stream
-from convdoctor.analyzer.trace import _EventTyper, _profile, load_profile, parse_trace
-from convdoctor.analyzer.trace_fast import EventTyping, NotPlain
-from convdoctor.analyzer.trace_stream import TraceStream, streamed_events
-from convdoctor.errors import TraceError
 from test_trace_fast_path import _summary_of
+
+from convdoctor.analyzer.trace import stream as trace_stream
+from convdoctor.analyzer.trace.fast import EventTyping, NotPlain
+from convdoctor.analyzer.trace.reader import _EventTyper, _profile, load_profile, parse_trace
+from convdoctor.analyzer.trace.stream import TraceStream, streamed_events
+from convdoctor.errors import TraceError
 
 
 def _pieces(text: bytes, size: int) -> list[bytes]:

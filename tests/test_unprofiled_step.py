@@ -6,13 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import EXAMPLES, SHARED_TRACES
-from convdoctor.analyzer.capture import record
-from convdoctor.analyzer.layers import analyze_convs
-from convdoctor.analyzer.profile import METADATA_KEY, UNPROFILED_STEP_KEY
-from convdoctor.analyzer.trace import load_profile
-from convdoctor.analyzer.workload import load_workload
+
+from convdoctor.analyzer.capture.recording import record
+from convdoctor.analyzer.capture.workload import load_workload
+from convdoctor.analyzer.conv.layers import analyze_convs
+from convdoctor.analyzer.trace.profile import METADATA_KEY, UNPROFILED_STEP_KEY
+from convdoctor.analyzer.trace.reader import load_profile
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -1,6 +1,5 @@
 """Module-level `model` and `inputs` (a dict of keyword tensors), and a neighbour import."""
 import torch
-
 from neighbour_blocks import TwoConvs
 
 model = TwoConvs()

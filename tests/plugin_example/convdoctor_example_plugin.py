@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from convdoctor.analyzer.layers import ConvAnalysis
+from convdoctor.analyzer.conv.layers import ConvAnalysis
 from convdoctor.rules.base import Finding, Requirement, Severity
 
 

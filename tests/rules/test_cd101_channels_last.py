@@ -6,11 +6,12 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import EXAMPLES, MODELS, capture_analysis
-from convdoctor.analyzer.workload import load_workload
-from convdoctor.rules.base import NumericsContract
-from convdoctor.rules.cd101_channels_last import ChannelsLastRule, to_channels_last
+
+from convdoctor.analyzer.candidates.candidate import NumericsContract
+from convdoctor.analyzer.candidates.layout import to_channels_last
+from convdoctor.analyzer.capture.workload import load_workload
+from convdoctor.rules.cd101_channels_last import ChannelsLastRule
 
 
 def _findings(model_file: Path, tmp_path: Path):
@@ -59,7 +60,7 @@ def test_candidate_converts_a_copy_and_leaves_the_original(tmp_path: Path):
 
 
 def test_candidate_handles_3d_convs():
-    from convdoctor.analyzer.workload import workload_from
+    from convdoctor.analyzer.capture.workload import workload_from
 
     workload = workload_from(torch.nn.Conv3d(2, 4, 3), torch.randn(1, 2, 4, 8, 8), device="cpu")
     converted = to_channels_last(workload.copy())

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import EXAMPLES, MODELS, capture_analysis
-from convdoctor.analyzer.layers import ConvAnalysis, MemoryFormat
-from convdoctor.analyzer.workload import Workload, load_workload
-from convdoctor.rules.base import NumericsContract, Severity
-from convdoctor.rules.cd101_channels_last import to_channels_last
-from convdoctor.rules.cd102_layout_ping_pong import LayoutPingPongRule
 
+from convdoctor.analyzer.candidates.candidate import NumericsContract
+from convdoctor.analyzer.candidates.layout import to_channels_last
+from convdoctor.analyzer.capture.workload import Workload, load_workload
+from convdoctor.analyzer.conv.layers import ConvAnalysis, MemoryFormat
+from convdoctor.rules.base import Severity
+from convdoctor.rules.cd102_layout_ping_pong import LayoutPingPongRule
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

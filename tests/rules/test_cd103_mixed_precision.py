@@ -8,16 +8,16 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import EXAMPLES, SHARED_TRACES, capture_analysis
-from convdoctor.analyzer.benchmark import compare_first_step
-from convdoctor.analyzer.layers import analyze_convs
-from convdoctor.analyzer.trace import load_profile
-from convdoctor.analyzer.workload import load_workload, workload_from
-from convdoctor.rules.base import NumericsContract, PlanStage
+
+from convdoctor.analyzer.candidates.candidate import NumericsContract, PlanStage
+from convdoctor.analyzer.candidates.torch_parts import Autocast
+from convdoctor.analyzer.capture.workload import load_workload, workload_from
+from convdoctor.analyzer.conv.layers import analyze_convs
+from convdoctor.analyzer.measure.benchmark import compare_first_step
+from convdoctor.analyzer.trace.reader import load_profile
 from convdoctor.rules.cd103_mixed_precision import MixedPrecisionRule, mixed_precision_dtype
 from convdoctor.rules.registry import run_rules
-from convdoctor.rules.torch_parts import Autocast
 
 
 @pytest.fixture(scope="module")

@@ -12,17 +12,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import MODELS, SHARED_TRACES, capture_analysis
 from torch import nn
 
-from conftest import MODELS, SHARED_TRACES, capture_analysis
-from convdoctor.analyzer.layers import analyze_convs
-from convdoctor.analyzer.trace import load_profile
-from convdoctor.analyzer.workload import load_workload, workload_from
+from convdoctor.analyzer.candidates.torch_parts import BackendFlags
+from convdoctor.analyzer.candidates.transforms import backend_flags
+from convdoctor.analyzer.capture.workload import load_workload, workload_from
+from convdoctor.analyzer.conv.layers import analyze_convs
+from convdoctor.analyzer.trace.reader import load_profile
 from convdoctor.rules.base import Severity
 from convdoctor.rules.cd104_cudnn_benchmark import CudnnBenchmarkRule, benchmark_facts
 from convdoctor.rules.registry import run_rules
-from convdoctor.rules.torch_parts import BackendFlags
-from convdoctor.rules.transforms import backend_flags
 
 
 @pytest.fixture(scope="module")

@@ -9,14 +9,14 @@ from pathlib import Path
 import jsonschema
 import pytest
 import torch
+from conftest import EXAMPLES, MODELS, SCHEMA, SHARED_TRACES, capture_analysis, file_analysis
 from torch import nn
 
-from conftest import EXAMPLES, MODELS, SCHEMA, SHARED_TRACES, capture_analysis, file_analysis
-from convdoctor.analyzer.benchmark import BenchmarkSettings
-from convdoctor.analyzer.layers import analyze_convs
-from convdoctor.analyzer.trace import load_profile
-from convdoctor.analyzer.workload import load_workload, workload_from
-from convdoctor.rules.base import NumericsContract
+from convdoctor.analyzer.candidates.candidate import NumericsContract
+from convdoctor.analyzer.capture.workload import load_workload, workload_from
+from convdoctor.analyzer.conv.layers import analyze_convs
+from convdoctor.analyzer.measure.benchmark import BenchmarkSettings
+from convdoctor.analyzer.trace.reader import load_profile
 from convdoctor.rules.cd105_channel_alignment import CPU_BLOCKS, ChannelAlignmentRule, channel_block, pad_channels
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-
 from conftest import EXAMPLES, MODELS, SCHEMA, SHARED_TRACES, capture_analysis
-from convdoctor.analyzer.benchmark import BenchmarkSettings, Verdict
-from convdoctor.analyzer.layers import analyze_convs
-from convdoctor.analyzer.trace import load_profile
-from convdoctor.analyzer.workload import load_workload, workload_from
+
+from convdoctor.analyzer.capture.workload import load_workload, workload_from
+from convdoctor.analyzer.conv.layers import analyze_convs
+from convdoctor.analyzer.measure.benchmark import BenchmarkSettings, Verdict
+from convdoctor.analyzer.trace.reader import load_profile
 from convdoctor.rules.base import Severity
 from convdoctor.rules.cd106_batch_size import BatchSizeRule, overhead_facts
 

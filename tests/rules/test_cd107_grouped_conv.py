@@ -7,15 +7,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import EXAMPLES, MODELS, file_analysis
 from torch import nn
 
-from conftest import EXAMPLES, MODELS, file_analysis
-from convdoctor.analyzer.model_cost import model_cost
-from convdoctor.analyzer.workload import workload_from
-from convdoctor.rules.base import NumericsContract, Severity
-from convdoctor.rules.cd101_channels_last import to_channels_last
+from convdoctor.analyzer.candidates.candidate import NumericsContract
+from convdoctor.analyzer.candidates.conv_replacement import replace_convs
+from convdoctor.analyzer.candidates.layout import to_channels_last
+from convdoctor.analyzer.capture.workload import workload_from
+from convdoctor.analyzer.measure.model_cost import model_cost
+from convdoctor.rules.base import Severity
 from convdoctor.rules.cd107_grouped_conv import GroupedConvRule, to_grouped
-from convdoctor.rules.conv_replacement import replace_convs
 
 
 def test_triggers_on_the_dense_seed_conv(seed_conv):
@@ -144,7 +145,7 @@ def test_transform_refuses_a_module_that_is_not_a_conv2d():
 
 
 def test_end_to_end_measures_an_architecture_change(tmp_path: Path):
-    from convdoctor.analyzer.benchmark import BenchmarkSettings
+    from convdoctor.analyzer.measure.benchmark import BenchmarkSettings
     from convdoctor.api import ProfileOptions, profile_file
 
     options = ProfileOptions(out_dir=tmp_path, select=("CD107",), steps=1,

@@ -8,13 +8,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import EXAMPLES, MODELS, file_analysis
 from torch import nn
 
-from conftest import EXAMPLES, MODELS, file_analysis
-from convdoctor.analyzer.model_cost import model_cost
-from convdoctor.analyzer.workload import workload_from
-from convdoctor.rules.base import NumericsContract, Severity
-from convdoctor.rules.cd101_channels_last import to_channels_last
+from convdoctor.analyzer.candidates.candidate import NumericsContract
+from convdoctor.analyzer.candidates.layout import to_channels_last
+from convdoctor.analyzer.capture.workload import workload_from
+from convdoctor.analyzer.measure.model_cost import model_cost
+from convdoctor.rules.base import Severity
 from convdoctor.rules.cd108_depthwise_separable import DepthwiseSeparableRule, separable_flops_ratio, to_separable
 
 SEED_RATIO = (64 * 9 + 64 * 128) / (64 * 128 * 9)  # (C·k² + C·K) / (C·K·k²) = 137/1152
@@ -130,7 +131,7 @@ def test_transform_keeps_dtype_memory_format_and_training_state():
 
 
 def test_end_to_end_measures_an_architecture_change(tmp_path: Path):
-    from convdoctor.analyzer.benchmark import BenchmarkSettings
+    from convdoctor.analyzer.measure.benchmark import BenchmarkSettings
     from convdoctor.api import ProfileOptions, profile_file
 
     options = ProfileOptions(out_dir=tmp_path, select=("CD108",), steps=1,

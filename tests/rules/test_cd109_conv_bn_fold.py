@@ -7,16 +7,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import EXAMPLES, MODELS, SHARED_TRACES, capture_analysis
 from torch import nn
 
-from conftest import EXAMPLES, MODELS, SHARED_TRACES, capture_analysis
-from convdoctor.analyzer.benchmark import BenchmarkSettings
-from convdoctor.analyzer.layers import ConvAnalysis, analyze_convs
-from convdoctor.analyzer.profile import EventKind
-from convdoctor.analyzer.trace import load_profile
-from convdoctor.analyzer.workload import Workload, call_model, load_workload
+from convdoctor.analyzer.candidates.candidate import NumericsContract
+from convdoctor.analyzer.capture.workload import Workload, call_model, load_workload
+from convdoctor.analyzer.conv.layers import ConvAnalysis, analyze_convs
+from convdoctor.analyzer.measure.benchmark import BenchmarkSettings
+from convdoctor.analyzer.trace.profile import EventKind
+from convdoctor.analyzer.trace.reader import load_profile
 from convdoctor.api import ProfileOptions, profile_file
-from convdoctor.rules.base import NumericsContract
 from convdoctor.rules.cd109_conv_bn_fold import ConvBnFoldRule, find_pairs
 
 SMALL_CNN_PAIRS = {("stem.0", "stem.1")} | {

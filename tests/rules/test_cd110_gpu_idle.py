@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import SHARED_TRACES
-from convdoctor.analyzer.layers import analyze_convs
-from convdoctor.analyzer.trace import load_profile
+
+from convdoctor.analyzer.conv.layers import analyze_convs
+from convdoctor.analyzer.trace.reader import load_profile
 from convdoctor.rules.cd110_gpu_idle import GpuIdleRule
 from convdoctor.rules.registry import run_rules
 

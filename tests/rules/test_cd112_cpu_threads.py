@@ -12,17 +12,18 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import MODELS, SHARED_TRACES, capture_analysis
-from convdoctor.analyzer.benchmark import BenchmarkSettings
-from convdoctor.analyzer.layers import ConvAnalysis, analyze_convs
-from convdoctor.analyzer.trace import load_profile
-from convdoctor.analyzer.workload import Workload, call_model, load_workload, workload_from
+
+from convdoctor.analyzer.candidates.candidate import NumericsContract, PlanStage
+from convdoctor.analyzer.candidates.torch_parts import IntraOpThreads
+from convdoctor.analyzer.candidates.transforms import intra_op_threads
+from convdoctor.analyzer.capture.workload import Workload, call_model, load_workload, workload_from
+from convdoctor.analyzer.conv.layers import ConvAnalysis, analyze_convs
+from convdoctor.analyzer.measure.benchmark import BenchmarkSettings
+from convdoctor.analyzer.trace.reader import load_profile
 from convdoctor.api import ProfileOptions, profile_file
-from convdoctor.rules.base import NumericsContract, PlanStage, Severity
+from convdoctor.rules.base import Severity
 from convdoctor.rules.cd112_cpu_threads import CpuThreadsRule
-from convdoctor.rules.torch_parts import IntraOpThreads
-from convdoctor.rules.transforms import intra_op_threads
 
 MODEL = MODELS / "cd112_one_thread.py"
 CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import EXAMPLES, MODELS, capture_analysis
 from torch import nn
 
-from conftest import EXAMPLES, MODELS, capture_analysis
-from convdoctor.analyzer.benchmark import BenchmarkSettings
-from convdoctor.analyzer.layers import ConvAnalysis
-from convdoctor.analyzer.workload import Workload, call_model, load_workload
+from convdoctor.analyzer.candidates.candidate import NumericsContract, PlanStage
+from convdoctor.analyzer.capture.workload import Workload, call_model, load_workload
+from convdoctor.analyzer.conv.layers import ConvAnalysis
+from convdoctor.analyzer.measure.benchmark import BenchmarkSettings
 from convdoctor.api import ProfileOptions, profile_file
-from convdoctor.rules.base import NumericsContract, PlanStage
 from convdoctor.rules.cd109_conv_bn_fold import fold_conv_bn
 from convdoctor.rules.cd113_conv_bias_before_bn import ConvBiasBeforeBnRule, drop_bias_into_bn
 

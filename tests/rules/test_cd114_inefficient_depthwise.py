@@ -9,13 +9,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import EXAMPLES, capture_analysis
 from torch import nn
 
-from conftest import EXAMPLES, capture_analysis
-from convdoctor.analyzer.layers import ConvAnalysis
-from convdoctor.analyzer.workload import Workload, load_workload, workload_from
-from convdoctor.rules.base import NumericsContract, Severity
-from convdoctor.rules.cd101_channels_last import to_channels_last
+from convdoctor.analyzer.candidates.candidate import NumericsContract
+from convdoctor.analyzer.candidates.layout import to_channels_last
+from convdoctor.analyzer.capture.workload import Workload, load_workload, workload_from
+from convdoctor.analyzer.conv.layers import ConvAnalysis
+from convdoctor.rules.base import Severity
 from convdoctor.rules.cd114_inefficient_depthwise import InefficientDepthwiseRule, achieved_gflops
 
 PIXELS = 224 * 224

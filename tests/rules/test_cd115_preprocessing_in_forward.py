@@ -7,10 +7,10 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import EXAMPLES, MODELS, capture_analysis
-from convdoctor.analyzer.layers import ConvAnalysis
-from convdoctor.analyzer.workload import load_workload
+
+from convdoctor.analyzer.capture.workload import load_workload
+from convdoctor.analyzer.conv.layers import ConvAnalysis
 from convdoctor.rules.base import Severity
 from convdoctor.rules.cd115_preprocessing_in_forward import (
     PreprocessingInForwardRule,
@@ -18,7 +18,6 @@ from convdoctor.rules.cd115_preprocessing_in_forward import (
     root_calls,
     root_scope_ops,
 )
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

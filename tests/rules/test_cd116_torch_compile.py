@@ -6,16 +6,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import capture_analysis
 from torch import nn
 
-from conftest import capture_analysis
-from convdoctor.analyzer.benchmark import BenchmarkSettings, Verdict
-from convdoctor.analyzer.workload import workload_from
+from convdoctor.analyzer.candidates.candidate import PlanStage
+from convdoctor.analyzer.candidates.transforms import compiled
+from convdoctor.analyzer.capture.workload import workload_from
+from convdoctor.analyzer.measure.benchmark import BenchmarkSettings, Verdict
 from convdoctor.api import ProfileOptions, profile
-from convdoctor.rules.base import PlanStage
 from convdoctor.rules.cd116_torch_compile import TorchCompileRule
 from convdoctor.rules.registry import load_rules, select_rules
-from convdoctor.rules.transforms import compiled
 
 
 def _model() -> nn.Module:

@@ -9,12 +9,12 @@ from pathlib import Path
 import jsonschema
 import pytest
 import torch
-
 from conftest import MODELS, SCHEMA, capture_analysis, file_analysis
-from convdoctor.analyzer.benchmark import BenchmarkSettings
-from convdoctor.analyzer.model_cost import model_cost
-from convdoctor.analyzer.workload import load_workload
-from convdoctor.rules.base import NumericsContract
+
+from convdoctor.analyzer.candidates.candidate import NumericsContract
+from convdoctor.analyzer.capture.workload import load_workload
+from convdoctor.analyzer.measure.benchmark import BenchmarkSettings
+from convdoctor.analyzer.measure.model_cost import model_cost
 from convdoctor.rules.cd117_stride_dilation import StrideDilationRule, achieved_gflops, conv_pool_pairs
 
 pytestmark = pytest.mark.usefixtures("one_thread")

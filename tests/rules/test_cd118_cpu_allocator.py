@@ -9,12 +9,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-
 from conftest import EXAMPLES, MODELS, run_cli
-from convdoctor.analyzer.benchmark import BenchmarkSettings, Verdict
-from convdoctor.analyzer import environment_trial
-from convdoctor.analyzer.environment_trial import WorkerError, measure_environment
-from convdoctor.analyzer.workload import load_workload
+
+from convdoctor.analyzer.capture.workload import load_workload
+from convdoctor.analyzer.measure import environment_trial
+from convdoctor.analyzer.measure.benchmark import BenchmarkSettings, Verdict
+from convdoctor.analyzer.measure.environment_trial import WorkerError, measure_environment
 from convdoctor.rules.cd118_cpu_allocator import KEEP_HEAP
 
 QUICK = BenchmarkSettings(block_spacing_s=0, extra_blocks=0,

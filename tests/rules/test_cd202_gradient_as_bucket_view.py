@@ -2,8 +2,9 @@
 
 import pickle
 
-from convdoctor.rules.cd202_gradient_as_bucket_view import GradientAsBucketViewRule
 from conftest import job_analyses
+
+from convdoctor.rules.cd202_gradient_as_bucket_view import GradientAsBucketViewRule
 
 
 def test_copies_found_in_a_default_ddp_trace(slow_rank_job):

@@ -1,7 +1,8 @@
 """CD203 on a real 2-rank job whose rank 1 sleeps in its forward, and on the same traces without the job view."""
 
-from convdoctor.rules.cd203_ddp_straggler import DdpStragglerRule
 from conftest import job_analyses
+
+from convdoctor.rules.cd203_ddp_straggler import DdpStragglerRule
 
 
 def test_triggers_on_the_rank_that_sleeps(slow_rank_job):

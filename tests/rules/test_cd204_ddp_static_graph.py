@@ -1,7 +1,8 @@
 """CD204 on a real 2-rank job's trace (DDP defaults recorded), and silent on a single-device trace."""
 
-from convdoctor.rules.cd204_ddp_static_graph import DdpStaticGraphRule
 from conftest import SHARED_TRACES, job_analyses
+
+from convdoctor.rules.cd204_ddp_static_graph import DdpStaticGraphRule
 
 
 def test_triggers_on_a_ddp_trace_with_default_settings(slow_rank_job):
@@ -12,7 +13,7 @@ def test_triggers_on_a_ddp_trace_with_default_settings(slow_rank_job):
 
 
 def test_silent_without_communication():
-    from convdoctor.analyzer.layers import analyze_convs
-    from convdoctor.analyzer.trace import load_profile
+    from convdoctor.analyzer.conv.layers import analyze_convs
+    from convdoctor.analyzer.trace.reader import load_profile
 
     assert list(DdpStaticGraphRule().check(analyze_convs(load_profile(SHARED_TRACES["cpu_only"])))) == []

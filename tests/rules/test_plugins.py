@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, SHARED_TRACES
 
 PLUGIN_PACKAGE = Path(__file__).resolve().parents[1] / "plugin_example"

@@ -59,8 +59,8 @@ def test_ignored_rule_does_not_run_in_analyze(tmp_path):
     import json
 
     from click.testing import CliRunner
-
     from conftest import SHARED_TRACES
+
     from convdoctor.cli import main
 
     def rule_ids(*extra: str) -> list[str]:
@@ -78,8 +78,8 @@ def test_select_takes_comma_lists_and_refuses_entries_that_name_no_rule(tmp_path
     import json
 
     from click.testing import CliRunner
-
     from conftest import SHARED_TRACES
+
     from convdoctor.cli import main
 
     trace = str(SHARED_TRACES["resnet50"])

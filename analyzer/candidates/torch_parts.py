@@ -1,0 +1,133 @@
+"""The torch side of candidates: the nn.Module wrappers and module classes that transforms build.
+
+Imported only when a candidate is applied to a model, so that analyzing a trace never imports torch.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from convdoctor.analyzer.candidates.conv_replacement import like
+from convdoctor.analyzer.capture.workload import map_tensors
+
+CONV_CLASSES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+BN_CLASSES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+class Autocast(nn.Module):
+    """Runs the wrapped model under ``torch.autocast`` and returns float32 outputs."""
+
+    def __init__(self, model: nn.Module, device_type: str, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.model = model
+        self.device_type = device_type
+        self.dtype = dtype
+
+    def forward(self, *args: object, **kwargs: object) -> object:
+        with torch.autocast(device_type=self.device_type, dtype=self.dtype):
+            output = self.model(*args, **kwargs)
+        return map_tensors(output, lambda t: t.float() if t.is_floating_point() else t)
+
+
+class IntraOpThreads(nn.Module):
+    """Runs the wrapped model's forward with ``threads`` intra-op threads, and puts the previous count back after.
+
+    Only the forward runs inside: a backward started later from its outputs runs with the caller's threads.
+    """
+
+    def __init__(self, model: nn.Module, threads: int) -> None:
+        super().__init__()
+        self.model = model
+        self.threads = threads
+
+    def forward(self, *args: object, **kwargs: object) -> object:
+        previous = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        try:
+            return self.model(*args, **kwargs)
+        finally:
+            torch.set_num_threads(previous)
+
+
+class Compiled(nn.Module):
+    """The model under ``torch.compile`` (default mode), compiled on the first call of each copy."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self._compiled: Callable[..., object] | None = None  # a compiled function, not a registered module
+
+    def forward(self, *args: object, **kwargs: object) -> object:
+        if self._compiled is None:
+            self._compiled = torch.compile(self.model.forward)
+        return self._compiled(*args, **kwargs)
+
+    def __getstate__(self) -> dict[str, object]:
+        state = self.__dict__.copy()
+        state["_compiled"] = None  # a copy compiles its own model, never the original's
+        return state
+
+
+BACKEND_FLAGS = {  # name -> (module, attribute) of the torch.backends switches a candidate may set
+    "cudnn_benchmark": (torch.backends.cudnn, "benchmark"),
+    "cudnn_allow_tf32": (torch.backends.cudnn, "allow_tf32"),
+    "matmul_allow_tf32": (torch.backends.cuda.matmul, "allow_tf32"),
+}
+
+
+class BackendFlags(nn.Module):
+    """Runs the wrapped model's forward with some ``torch.backends`` switches set, and puts them back after.
+
+    Only the forward runs inside: a backward started later from its outputs runs with the caller's switches.
+    """
+
+    def __init__(self, model: nn.Module, flags: dict[str, bool]) -> None:
+        super().__init__()
+        unknown = set(flags) - set(BACKEND_FLAGS)
+        if unknown:
+            raise ValueError(f"unknown backend flags {sorted(unknown)}; known: {sorted(BACKEND_FLAGS)}")
+        self.model = model
+        self.flags = dict(flags)
+
+    def forward(self, *args: object, **kwargs: object) -> object:
+        previous = {name: getattr(*BACKEND_FLAGS[name]) for name in self.flags}
+        for name, value in self.flags.items():
+            setattr(*BACKEND_FLAGS[name], value)
+        try:
+            return self.model(*args, **kwargs)
+        finally:
+            for name, value in previous.items():
+                setattr(*BACKEND_FLAGS[name], value)
+
+
+class PaddedConv2d(nn.Module):
+    """An nn.Conv2d computed with zero-padded channels: the same outputs, channel counts a multiple of the block.
+
+    Extra input channels are zeros appended to the input and zero weights; extra filters are zero and their
+    outputs are sliced off. In training the padded weights get zero gradients, so they stay zero.
+    """
+
+    def __init__(self, conv: nn.Conv2d, in_to: int, out_to: int) -> None:
+        super().__init__()
+        self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
+        self.conv = nn.Conv2d(in_to, out_to, conv.kernel_size, stride=conv.stride, padding=conv.padding,
+                              dilation=conv.dilation, bias=conv.bias is not None, padding_mode=conv.padding_mode,
+                              device=conv.weight.device, dtype=conv.weight.dtype)
+        with torch.no_grad():
+            self.conv.weight.zero_()
+            self.conv.weight[:conv.out_channels, :conv.in_channels] = conv.weight
+            if conv.bias is not None:
+                self.conv.bias.zero_()
+                self.conv.bias[:conv.out_channels] = conv.bias
+        like(self.conv, conv)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        extra = self.conv.in_channels - self.in_channels
+        if extra:
+            x = F.pad(x, (0, 0, 0, 0, 0, extra))
+        y = self.conv(x)
+        return y[:, :self.out_channels] if self.conv.out_channels != self.out_channels else y

@@ -1,0 +1,112 @@
+"""The device a workload runs on: its name, and the peaks to record in its traces for a roofline.
+
+A CPU's peaks are measured here at capture time (a float32 matmul and a large copy, best of a few); a GPU's come
+from NVIDIA's datasheets (``conv.peaks``), looked up by the device's name.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from convdoctor.analyzer.conv.peaks import (
+    PEAK_BANDWIDTH_KEY,
+    PEAK_FLOPS_KEY,
+    PEAKS_DESCRIPTION_KEY,
+    PEAKS_DTYPE_KEY,
+    PEAKS_SOURCE_KEY,
+    Peaks,
+    PeaksSource,
+    datasheet_peaks,
+    unknown_peaks,
+)
+
+if TYPE_CHECKING:
+    import torch
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU's model name (from /proc/cpuinfo where there is one)."""
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+# ------------------------------------------------------------------------------------------------ CPU: measured
+
+MATMUL_SIZE = 1024  # float32 1024x1024 @ 1024x1024: 2.1 GFLOP, tens of ms on a few cores
+COPY_BYTES = 256 * 2**20  # well past any last-level cache
+MATMUL_BUDGET_S, COPY_BUDGET_S = 0.4, 0.3  # best of as many runs as fit (3 at least, 30 at most)
+
+
+@lru_cache(maxsize=None)
+def _measured_cpu_peaks(threads: int) -> tuple[float, float, int, int]:
+    """(FLOP/s, bytes/s, matmul runs, copy runs): the best run of torch.mm and of a 256 MB copy on ``threads``
+    threads. The best, not the median: other processes only ever slow a run down."""
+    import torch
+
+    a = torch.randn(MATMUL_SIZE, MATMUL_SIZE)
+    b = torch.randn(MATMUL_SIZE, MATMUL_SIZE)
+    out = torch.empty(MATMUL_SIZE, MATMUL_SIZE)
+    torch.mm(a, b, out=out)  # first call: BLAS/oneDNN set-up, not timed
+    mm_runs = _best_runs(lambda: torch.mm(a, b, out=out), MATMUL_BUDGET_S)
+    source = torch.ones(COPY_BYTES // 4)
+    target = torch.zeros(COPY_BYTES // 4)  # both written once, so the timed copies touch no fresh pages
+    copy_runs = _best_runs(lambda: target.copy_(source), COPY_BUDGET_S)
+    # A copy reads and writes every byte: 2 × its size moved (as STREAM counts its copy kernel).
+    return 2 * MATMUL_SIZE**3 / min(mm_runs), 2 * COPY_BYTES / min(copy_runs), len(mm_runs), len(copy_runs)
+
+
+def _best_runs(work: Any, budget_s: float, least: int = 3, most: int = 30) -> list[float]:
+    """Durations of runs of ``work``: at least ``least``, then more while ``budget_s`` lasts."""
+    durations: list[float] = []
+    started = time.perf_counter()
+    while len(durations) < least or (len(durations) < most and time.perf_counter() - started < budget_s):
+        begin = time.perf_counter()
+        work()
+        durations.append(max(time.perf_counter() - begin, 1e-9))
+    return durations
+
+
+def cpu_peaks() -> Peaks:
+    """This machine's float32 roofs, measured once per process and thread count (about 1 s).
+
+    Compute roof: the best FLOP/s of a 1024x1024 float32 torch.mm on torch.get_num_threads() threads (the practical
+    oneDNN/BLAS roof, not the vector units' theoretical peak). Bandwidth roof: the best of a 256 MB tensor copy,
+    counting the bytes read and written (as STREAM's copy does).
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    flops, bandwidth, mm_runs, copy_runs = _measured_cpu_peaks(threads)
+    return Peaks(flops, bandwidth, PeaksSource.MEASURED,
+                 f"measured at capture on {threads} thread{'' if threads == 1 else 's'}: the best of {mm_runs} float32 "
+                 f"{MATMUL_SIZE}x{MATMUL_SIZE} matmuls and of {copy_runs} {COPY_BYTES >> 20} MB copies")
+
+
+# ------------------------------------------------------------------------------------------------ GPU: datasheets
+
+
+def environment_peaks(device: torch.device, dtype: str) -> dict[str, Any]:
+    """The peaks to record in a capture's environment: measured on a CPU, from the datasheet on a GPU."""
+    import torch
+
+    if device.type == "cpu":  # measured in float32 only: the roofline of other dtypes is left out
+        peaks = cpu_peaks() if dtype in ("float32", "unknown") else unknown_peaks(f"no CPU peaks for {dtype}", dtype)
+    else:
+        peaks = datasheet_peaks(device_name(device), dtype, torch.backends.cudnn.allow_tf32)
+    return {PEAK_FLOPS_KEY: peaks.peak_flops_per_s, PEAK_BANDWIDTH_KEY: peaks.bandwidth_bytes_per_s,
+            PEAKS_SOURCE_KEY: peaks.source.value, PEAKS_DTYPE_KEY: peaks.dtype,
+            PEAKS_DESCRIPTION_KEY: peaks.description}
+
+

@@ -1,0 +1,179 @@
+"""Communication in one rank's trace: how long collectives ran in each step, and how much of that overlapped compute.
+
+Definitions (the report states them):
+- communication: the union of the intervals of collective work: ``gloo:*`` / ``nccl:*`` annotations that c10d
+  records on its worker threads (CPU), or NCCL kernels (GPU);
+- compute: the union of the intervals of the other operators (CPU: operators on threads that run no collective,
+  without the ``c10d::*`` calls that only enqueue one; GPU: the other kernels);
+- overlap: communication time during which compute also ran; exposed communication is the rest, the time a rank
+  did nothing but communicate (or wait for a slower rank in a collective).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass
+
+from convdoctor.analyzer.trace.profile import EventKind, Profile
+
+COLLECTIVE_ANNOTATION = re.compile(r"^(gloo|nccl|mpi|ucc):")
+ENQUEUE_OP = re.compile(r"^(c10d::|record_param_comms$)")
+NCCL_KERNEL = re.compile(r"nccl", re.IGNORECASE)
+ALLREDUCE = re.compile(r"all_?reduce", re.IGNORECASE)
+BUCKET_COPY_OP = re.compile(r"reducer::(copy_bucket_to_grad|mul_out)")  # DDP copying gradients out of buckets
+
+Interval = tuple[float, float]
+DEFINITIONS = {
+    "communication": "union of the collective intervals: gloo:*/nccl:* annotations on c10d's threads (CPU) or "
+                     "NCCL kernels (GPU)",
+    "compute": "union of the other operators (CPU: on threads that run no collective, without the c10d:: calls "
+               "that only enqueue one) or kernels (GPU)",
+    "overlap": "communication time during which compute also ran; exposed communication is the rest",
+    "work": "a rank's step less its exposed communication: its own compute, Python and data loading",
+    "straggler": "the rank with the most work in every profiled step, by more than 5% of a step and 1 ms in each",
+}
+
+
+@dataclass(frozen=True)
+class CommStep:
+    """One profiled step of one rank, in µs."""
+
+    number: int
+    step_us: float
+    comm_us: float
+    overlap_us: float
+    compute_us: float
+    allreduce_calls: int  # DDP issues one allreduce per gradient bucket
+    allreduce_elements: int  # gradient elements the allreduces carried
+    bucket_copy_us: float  # DDP copying gradients between buckets and .grad
+
+    @property
+    def exposed_comm_us(self) -> float:
+        return self.comm_us - self.overlap_us
+
+    @property
+    def work_us(self) -> float:
+        """The step less its exposed communication: what the rank spent on its own (compute, Python, data)."""
+        return self.step_us - self.exposed_comm_us
+
+
+@dataclass(frozen=True)
+class CommView:
+    """Communication of one rank over its profiled steps."""
+
+    steps: list[CommStep]
+    time_basis: str  # "host" (CPU traces) or "device" (NCCL kernels)
+
+    def mean(self, field: str) -> float:
+        return sum(getattr(s, field) for s in self.steps) / len(self.steps)
+
+    @property
+    def comm_share(self) -> float:
+        step = self.mean("step_us")
+        return self.mean("comm_us") / step if step > 0 else 0.0
+
+    @property
+    def overlap_fraction(self) -> float:
+        """Of the communication time, the fraction that overlapped compute."""
+        comm = self.mean("comm_us")
+        return self.mean("overlap_us") / comm if comm > 0 else 0.0
+
+
+# Name checks remembered per name: a trace repeats a few hundred names over hundreds of thousands of events.
+@functools.cache
+def _is_nccl_kernel(name: str) -> bool:
+    return NCCL_KERNEL.search(name) is not None
+
+
+@functools.cache
+def _is_enqueue_op(name: str) -> bool:
+    return ENQUEUE_OP.match(name) is not None
+
+
+@functools.cache
+def _is_bucket_copy(name: str) -> bool:
+    return BUCKET_COPY_OP.search(name) is not None
+
+
+def communication(profile: Profile) -> CommView | None:
+    """The communication view of a rank's trace; None when the trace holds no collective or no steps."""
+    cpu_op = EventKind.CPU_OP
+    if any(map(_is_nccl_kernel, {k.name for k in profile.kernels})):  # each distinct name once
+        comm = [(k.ts_us, k.end_us) for k in profile.kernels if _is_nccl_kernel(k.name)]
+        compute = [(k.ts_us, k.end_us) for k in profile.kernels if not _is_nccl_kernel(k.name)]
+        basis = "device"
+    else:
+        annotation = EventKind.ANNOTATION
+        collectives = [op for op in profile.ops if op.kind is annotation and COLLECTIVE_ANNOTATION.match(op.name)]
+        if not collectives:
+            return None  # before reading every operator for the compute time
+        comm_threads = {(op.pid, op.tid) for op in collectives}
+        comm = [(op.ts_us, op.end_us) for op in collectives]
+        compute = [(op.ts_us, op.end_us) for op in profile.ops if op.kind is cpu_op
+                   and (op.pid, op.tid) not in comm_threads and not _is_enqueue_op(op.name)]
+        basis = "host"
+    if not comm or not profile.steps:
+        return None
+    calls = [op for op in profile.ops if op.kind is cpu_op and op.name.startswith("c10d::")
+             and ALLREDUCE.search(op.name)]  # the enqueueing calls: one per bucket, whatever the backend
+    comm_union, compute_union = _union(comm), _union(compute)
+    overlap = _intersect(comm_union, compute_union)
+    copies = _union([(op.ts_us, op.end_us) for op in profile.ops if _is_bucket_copy(op.name)])
+    steps = []
+    for step in profile.steps:
+        span = [(step.ts_us, step.end_us)]
+        steps.append(CommStep(
+            number=step.number,
+            step_us=step.dur_us,
+            comm_us=_length(_intersect(comm_union, span)),
+            overlap_us=_length(_intersect(overlap, span)),
+            compute_us=_length(_intersect(compute_union, span)),
+            allreduce_calls=sum(1 for op in calls if step.ts_us <= op.ts_us < step.end_us),
+            allreduce_elements=sum(_elements(op.input_dims) for op in calls if step.ts_us <= op.ts_us < step.end_us),
+            bucket_copy_us=_length(_intersect(copies, span)),
+        ))
+    return CommView(steps=steps, time_basis=basis)
+
+
+def _elements(input_dims: list) -> int:
+    """Elements of a collective's first input (a tensor, or a list of tensors)."""
+    first = input_dims[0] if input_dims else []
+    shapes = first if first and isinstance(first[0], list) else [first]
+    total = 0
+    for shape in shapes:
+        count = 1
+        for dim in shape:
+            count *= dim
+        total += count if shape else 0
+    return total
+
+
+def _union(intervals: list[Interval]) -> list[Interval]:
+    """Sorted, non-overlapping intervals covering the same time."""
+    merged: list[Interval] = []
+    for start, end in sorted(intervals):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
+
+
+def _intersect(a: list[Interval], b: list[Interval]) -> list[Interval]:
+    """The time both unions cover (each sorted and non-overlapping)."""
+    out: list[Interval] = []
+    i = j = 0
+    while i < len(a) and j < len(b):
+        start, end = max(a[i][0], b[j][0]), min(a[i][1], b[j][1])
+        if start < end:
+            out.append((start, end))
+        if a[i][1] < b[j][1]:
+            i += 1
+        else:
+            j += 1
+    return out
+
+
+def _length(intervals: list[Interval]) -> float:
+    return sum(end - start for start, end in intervals)

@@ -1,0 +1,588 @@
+"""The A/B harness: baseline against candidate, interleaved, with a confidence interval and a numerics check."""
+
+from __future__ import annotations
+
+import gc
+import itertools
+import math
+import os
+import random
+import statistics
+import time
+import weakref
+from dataclasses import dataclass, replace
+from typing import Any, Callable
+
+import torch
+
+from convdoctor.analyzer.capture.workload import (
+    Mode,
+    Workload,
+    call_model,
+    flat_tensors,
+    make_step,
+    map_tensors,
+    synchronize,
+    time_step,
+    training_loss,
+)
+from convdoctor.analyzer.measure.results import (
+    BOOTSTRAP_RESAMPLES,
+    CONFIDENCE,
+    FIRST_STEP_SEED,
+    GRADIENT_NORM_FLOOR,
+    GRADIENT_REFERENCE_FLOOR,
+    MIN_EFFECT,
+    REFERENCE_FACTOR,
+    BenchmarkSettings,
+    GradientReference,
+    Measurement,
+    Numerics,
+    SpeedupEstimate,
+    ThroughputMeasurement,
+    Verdict,
+)
+from convdoctor.analyzer.measure.step_memory import PEAK_TENSOR_MEMORY, step_peak_bytes
+
+
+def estimate_speedup(baseline_s: list[float], candidate_s: list[float], *, blocks: list[int] | None = None,
+                     seed: int = 0) -> SpeedupEstimate:
+    """Ratio of medians with a 95% interval; the verdict is decided by the interval.
+
+    ``blocks`` gives how many consecutive rounds each block holds (see BenchmarkSettings.blocks). The interval is
+    the paired bootstrap's (``bootstrap_interval``), widened, where it is narrower, to the Student-t interval of the
+    blocks' own speedups (``between_blocks``) when there are two or more blocks.
+    """
+    if len(baseline_s) != len(candidate_s) or len(baseline_s) < 2:
+        raise ValueError("need two or more paired rounds")
+    blocks = blocks or [len(baseline_s)]
+    if sum(blocks) != len(baseline_s) or min(blocks) < 1:
+        raise ValueError("the blocks must hold every round, one or more each")
+    base_median, cand_median = statistics.median(baseline_s), statistics.median(candidate_s)
+    low, high = bootstrap_interval(baseline_s, candidate_s, blocks, seed)
+    if len(blocks) > 1:
+        block_low, block_high = between_blocks(baseline_s, candidate_s, blocks, base_median / cand_median)
+        low, high = min(low, block_low), max(high, block_high)
+    verdict = (Verdict.FASTER if low > 1.0 + MIN_EFFECT else Verdict.SLOWER if high < 1.0 - MIN_EFFECT
+               else Verdict.NO_DIFFERENCE)
+    return SpeedupEstimate(
+        baseline_ms=base_median * 1e3,
+        candidate_ms=cand_median * 1e3,
+        speedup=base_median / cand_median,
+        ci_low=low,
+        ci_high=high,
+        verdict=verdict,
+    )
+
+
+def undecided(estimate: SpeedupEstimate) -> bool:
+    """The interval reaches into 1 ± MIN_EFFECT while its median lies outside that band: a change the blocks so far
+    can neither confirm nor rule out, which more blocks may decide."""
+    return (estimate.verdict is Verdict.NO_DIFFERENCE
+            and not 1.0 - MIN_EFFECT <= estimate.speedup <= 1.0 + MIN_EFFECT)
+
+
+def bootstrap_interval(baseline_s: list[float], candidate_s: list[float], blocks: list[int],
+                       seed: int = 0) -> tuple[float, float]:
+    """The paired bootstrap interval of the ratio of medians: each resample draws blocks first, then rounds within
+    the drawn blocks (rounds alone with one block)."""
+    rng = random.Random(seed)
+    starts = list(itertools.accumulate(blocks, initial=0))
+    ratios = []
+    for _ in range(BOOTSTRAP_RESAMPLES):
+        picks = []
+        for _ in blocks:
+            block = rng.randrange(len(blocks)) if len(blocks) > 1 else 0
+            first, size = starts[block], blocks[block]
+            picks.extend(first + rng.randrange(size) for _ in range(size))
+        base = statistics.median(baseline_s[i] for i in picks)
+        ratios.append(base / statistics.median(candidate_s[i] for i in picks))
+    ratios.sort()
+    tail = (1 - CONFIDENCE) / 2
+    return ratios[int(tail * BOOTSTRAP_RESAMPLES)], ratios[min(BOOTSTRAP_RESAMPLES - 1,
+                                                               int((1 - tail) * BOOTSTRAP_RESAMPLES))]
+
+
+def between_blocks(baseline_s: list[float], candidate_s: list[float], blocks: list[int],
+                   speedup: float) -> tuple[float, float]:
+    """The interval of ``speedup`` that the blocks' own speedups (ratios of their medians) give as independent
+    samples: ``speedup`` times and over exp(t * s / sqrt(n)), s their standard deviation in logs, t Student's at
+    CONFIDENCE with n - 1 degrees of freedom.
+
+    On a shared machine the ratio of two variants drifts with the machine's state over seconds (blocks 0.5 s apart
+    correlate about 0.5, 5-7 s apart hardly at all); a bootstrap over a few blocks reads their spread as all there
+    is: with 3 blocks 5 s apart it held the long-run ratio in 75% of measurements, with this interval 92%
+    (benchmarks/INTERVALS.md).
+    """
+    starts = list(itertools.accumulate(blocks, initial=0))
+    logs = [math.log(statistics.median(baseline_s[a:b]) / statistics.median(candidate_s[a:b]))
+            for a, b in zip(starts, starts[1:])]
+    half = student_t(CONFIDENCE, len(logs) - 1) * statistics.stdev(logs) / math.sqrt(len(logs))
+    return speedup / math.exp(half), speedup * math.exp(half)
+
+
+# Student's t two-sided 95% quantiles for 1-10 degrees of freedom; beyond, the Cornish-Fisher expansion is within
+# 0.001 of them.
+_T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
+
+
+def student_t(confidence: float, freedom: int) -> float:
+    """The two-sided ``confidence`` quantile of Student's t with ``freedom`` degrees of freedom (95% tabulated up
+    to 10 degrees; otherwise the Cornish-Fisher expansion around the normal quantile)."""
+    if freedom < 1:
+        raise ValueError("Student's t needs one or more degrees of freedom")
+    if confidence == 0.95 and freedom <= len(_T95):
+        return _T95[freedom - 1]
+    z, v = statistics.NormalDist().inv_cdf((1 + confidence) / 2), freedom
+    return (z + (z**3 + z) / (4 * v) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * v**2)
+            + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * v**3))
+
+
+def compare_outputs(baseline: Any, candidate: Any) -> Numerics:
+    """Max absolute and relative error over the floating-point tensors of two outputs of the same structure."""
+    base, cand = flat_tensors(baseline), flat_tensors(candidate)
+    if len(base) != len(cand):
+        return Numerics(max_abs_error=float("inf"), max_rel_error=float("inf"))
+    max_abs, max_ref = 0.0, 0.0
+    for b, c in zip(base, cand):
+        if not b.is_floating_point():
+            continue
+        if b.shape != c.shape:
+            return Numerics(max_abs_error=float("inf"), max_rel_error=float("inf"))
+        b64, c64 = b.detach().double().cpu(), c.detach().double().cpu()
+        max_abs = max(max_abs, float((b64 - c64).abs().max()) if b64.numel() else 0.0)
+        max_ref = max(max_ref, float(b64.abs().max()) if b64.numel() else 0.0)
+    return Numerics(max_abs_error=max_abs, max_rel_error=max_abs / max_ref if max_ref > 0 else max_abs)
+
+
+def measure(
+    baseline: Workload,
+    candidate: Workload,
+    settings: BenchmarkSettings = BenchmarkSettings(),
+    progress: Callable[[int, int], None] | None = None,
+) -> Measurement:
+    """Time one step of each workload in interleaved rounds (random order within a round) and compare outputs.
+
+    Both run on copies, fresh ones for each block of rounds; the workloads passed in are left as they were. The
+    blocks run one after the other, ``block_spacing_s`` apart; ``Comparison`` runs them one at a time, so that a
+    measuring phase can give the wait to other comparisons' blocks.
+    """
+    comparison = Comparison(baseline, candidate, settings, progress)
+    while comparison.blocks_left:
+        comparison.run_block()
+    return comparison.measurement()
+
+
+class Comparison:
+    """Baseline against candidate, one block of interleaved rounds at a time (``measure`` runs them all at once).
+
+    The outputs are compared when it is made. Each ``run_block`` makes fresh copies of both, warms them up (until
+    the timings settle in the first block, ``warmup_steps`` steps in later ones) and times its share of the rounds;
+    between blocks nothing of the comparison is held but the times. A block starts ``block_spacing_s`` or more
+    after the one before it (waiting when nothing else ran in between), and the measuring phase lets several
+    comparisons take turns: on a shared VM the ratio of two variants drifts with the machine's state over seconds,
+    so blocks in a row would sample one state and their interval would not hold the next run's ratio
+    (benchmarks/INTERVALS.md). When the planned blocks leave the change open (``undecided``), ``extra_blocks`` more
+    are taken, once.
+    """
+
+    def __init__(self, baseline: Workload, candidate: Workload, settings: BenchmarkSettings,
+                 progress: Callable[[int, int], None] | None = None) -> None:
+        self.baseline, self.candidate, self.settings, self.progress = baseline, candidate, settings, progress
+        self.numerics, self.first_step_s = compare_first_step(baseline, candidate)
+        self._times: tuple[list[float], list[float]] = ([], [])
+        self._blocks: list[int] = []
+        self._warmups = [0, 0]
+        self._busy: list[tuple[float, float | None]] = []  # (wall seconds, other cores busy) per block
+        self._plan = _block_plan(settings)
+        self._block_target_s = settings.target_s / len(self._plan)
+        self._extra_blocks = 0
+        self._rng = random.Random(0)
+        self._last_start: float | None = None
+
+    @property
+    def blocks_left(self) -> int:
+        return len(self._plan) - len(self._blocks)
+
+    def run_block(self) -> None:
+        """Fresh copies of both, warmed up, then this block's rounds; ``block_spacing_s`` after the last block."""
+        if self._last_start is not None:
+            time.sleep(max(0.0, self.settings.block_spacing_s - (time.perf_counter() - self._last_start)))
+        self._last_start = time.perf_counter()
+        block = len(self._blocks)
+        steps, warmups = fresh_steps((self.baseline, self.candidate), self.settings, first=block == 0)
+        self._warmups = [done + now for done, now in zip(self._warmups, warmups)]
+        devices = (self.baseline.device, self.candidate.device)
+        started, cpu_before = time.perf_counter(), cpu_jiffies()
+        done = sum(self._blocks)
+        progress = None if self.progress is None else (
+            lambda rounds, _: self.progress(done + rounds, sum(most for _, most in self._plan)))
+        self._blocks.append(_block_of_rounds(lambda which: time_step(steps[which], devices[which]), self._plan[block],
+                                             self._block_target_s, self._rng, self._times,
+                                             first=block == 0, progress=progress))
+        wall = time.perf_counter() - started
+        self._busy.append((wall, other_cores_busy(cpu_before, cpu_jiffies(), wall)))
+        if (len(self._blocks) == len(self._plan) and not self._extra_blocks and self.settings.extra_blocks > 0
+                and undecided(self.rounds().estimate())):
+            self._extra_blocks = self.settings.extra_blocks
+            self._plan += [self._plan[i % len(self._plan)] for i in range(self._extra_blocks)]
+
+    def rounds(self) -> Rounds:
+        return Rounds(times_s=self._times, blocks=list(self._blocks), warmup_steps=(self._warmups[0], self._warmups[1]),
+                      other_cores_busy=time_weighted_busy(self._busy))
+
+    def measurement(self) -> Measurement:
+        """The comparison so far (every block run, or fewer when it was cut short) as a Measurement."""
+        rounds = self.rounds()
+        return Measurement(
+            estimate=rounds.estimate(),
+            numerics=self.numerics,
+            rounds=len(rounds.times_s[0]),
+            warmup_steps=rounds.warmup_steps,
+            first_step_s=self.first_step_s,
+            threads=torch.get_num_threads(),
+            device=str(self.baseline.device),
+            timer=_timer(self.baseline.device),
+            other_cores_busy=rounds.other_cores_busy,
+            blocks=len(rounds.blocks),
+            extra_blocks=self._extra_blocks,
+            fresh_copies=True,
+            peak_bytes=(_peak_bytes(self.baseline), _peak_bytes(self.candidate)),
+            peak_memory=PEAK_TENSOR_MEMORY,
+        )
+
+
+def _peak_bytes(workload: Workload) -> int | None:
+    try:
+        return step_peak_bytes(workload)
+    except Exception:  # a memory reading must not cost the measurement it belongs to
+        return None
+
+
+def measure_throughput(
+    baseline: Workload,
+    candidate: Workload,
+    settings: BenchmarkSettings = BenchmarkSettings(),
+    progress: Callable[[int, int], None] | None = None,
+) -> ThroughputMeasurement:
+    """Time one step of each workload in interleaved rounds, as ``measure`` does, and compare time per sample.
+
+    The two may run different batch sizes: each round's step time is divided by its workload's batch size, so the
+    ratio is one of throughputs (samples/s) and the bootstrap interval is taken over those per-sample times.
+    Outputs are not compared (they have different shapes).
+    """
+    batches = (baseline.batch_size, candidate.batch_size)
+    if not batches[0] or not batches[1]:
+        raise ValueError("a throughput comparison needs inputs with a batch dimension in both workloads")
+    rounds = _interleaved_rounds(baseline, candidate, settings, progress)
+    per_sample = [[t / batch for t in times] for times, batch in zip(rounds.times_s, batches)]
+    return ThroughputMeasurement(
+        baseline_batch=batches[0],
+        batch_size=batches[1],
+        estimate=estimate_speedup(*per_sample, blocks=rounds.blocks),
+        rounds=len(per_sample[0]),
+        warmup_steps=rounds.warmup_steps,
+        threads=torch.get_num_threads(),
+        device=str(baseline.device),
+        timer=_timer(baseline.device),
+        other_cores_busy=rounds.other_cores_busy,
+        blocks=len(rounds.blocks),
+    )
+
+
+@dataclass(frozen=True)
+class Rounds:
+    """The step times of two variants, one of each per round, taken in consecutive blocks of rounds."""
+
+    times_s: tuple[list[float], list[float]]  # (baseline, candidate)
+    blocks: list[int]  # rounds in each block, in order
+    warmup_steps: tuple[int, int] = (0, 0)  # (baseline, candidate): steps run before timing, all blocks together
+    other_cores_busy: float | None = None
+
+    def estimate(self) -> SpeedupEstimate:
+        return estimate_speedup(*self.times_s, blocks=self.blocks)
+
+
+def _interleaved_rounds(
+    baseline: Workload, candidate: Workload, settings: BenchmarkSettings,
+    progress: Callable[[int, int], None] | None,
+) -> Rounds:
+    """Per block, fresh copies of both, warmed up; then one timed step of each per round (random order within a
+    round), the blocks one after the other. Both run in this process, with the same thread count; garbage
+    collection is kept out of timed regions. The workloads passed in are left as they were (no outputs compared).
+    """
+    variants = (baseline, candidate)
+    steps: list[Callable[[], Any]] = []
+    warmups = [0, 0]
+
+    def fresh_copies(block: int) -> None:
+        steps.clear()  # the previous block's copies go before the next ones are made
+        fresh, ran = fresh_steps(variants, settings, first=block == 0)
+        steps.extend(fresh)
+        warmups[:] = [done + now for done, now in zip(warmups, ran)]
+
+    started, cpu_before = time.perf_counter(), cpu_jiffies()
+    rounds = alternating_rounds(lambda which: time_step(steps[which], variants[which].device), settings, progress,
+                                new_block=fresh_copies)
+    return replace(rounds, warmup_steps=(warmups[0], warmups[1]),
+                   other_cores_busy=other_cores_busy(cpu_before, cpu_jiffies(), time.perf_counter() - started))
+
+
+def fresh_steps(variants: tuple[Workload, ...], settings: BenchmarkSettings,
+                first: bool) -> tuple[list[Callable[[], Any]], list[int]]:
+    """A step of a fresh copy of each variant, warmed up (until the timings settle in a first block, ``warmup_steps``
+    steps in later ones), and how many warm-up steps each ran."""
+    steps, warmups = [], []
+    for workload in variants:
+        copy = workload.copy()
+        steps.append(make_step(copy))
+        if first:
+            warmups.append(warm_up(steps[-1], copy, settings))
+        else:
+            for _ in range(settings.warmup_steps):
+                time_step(steps[-1], copy.device)
+            warmups.append(settings.warmup_steps)
+    return steps, warmups
+
+
+def alternating_rounds(
+    time_one: Callable[[int], float], settings: BenchmarkSettings,
+    progress: Callable[[int, int], None] | None = None,
+    new_block: Callable[[int], None] | None = None,
+) -> Rounds:
+    """Per round, one timed step of each variant (0: baseline, 1: candidate) in random order, with the garbage
+    collector kept out, in ``settings.blocks`` consecutive blocks. ``new_block(index)``, when given, runs before each
+    block (outside the timed steps): it may make fresh copies to time. A block ends when it has its share of
+    ``min_rounds`` and of ``target_s`` (or of ``max_rounds``).
+
+    The stopping rule reads only step times, so the ranks of a job, which share their times, stop together.
+    """
+    rng = random.Random(0)
+    times: tuple[list[float], list[float]] = ([], [])
+    plan = _block_plan(settings)
+    block_sizes: list[int] = []
+    for block, shares in enumerate(plan):
+        if new_block is not None:
+            new_block(block)
+        done = sum(block_sizes)
+        block_progress = None if progress is None else (
+            lambda rounds, _, done=done: progress(done + rounds, settings.max_rounds))
+        block_sizes.append(_block_of_rounds(time_one, shares, settings.target_s / len(plan), rng, times,
+                                            first=block == 0, progress=block_progress))
+    return Rounds(times_s=times, blocks=block_sizes)
+
+
+def _block_plan(settings: BenchmarkSettings) -> list[tuple[int, int]]:
+    """(min rounds, max rounds) of each block: ``min_rounds`` and ``max_rounds`` shared out over the blocks."""
+    blocks = max(1, min(settings.blocks, settings.max_rounds))
+    return list(zip(_shares(settings.min_rounds, blocks), _shares(settings.max_rounds, blocks)))
+
+
+def _block_of_rounds(
+    time_one: Callable[[int], float], shares: tuple[int, int], target_s: float, rng: random.Random,
+    times: tuple[list[float], list[float]], *, first: bool, progress: Callable[[int, int], None] | None,
+) -> int:
+    """One block of rounds appended to ``times``; how many rounds it took. It ends when it has ``shares[0]`` rounds
+    and ``target_s`` of timed steps, or ``shares[1]`` rounds."""
+    min_rounds, max_rounds = shares
+    gc_was_enabled = gc.isenabled()
+    gc.collect(2 if first else 1)  # a full collection takes 0.1 s with torch loaded: once is enough
+    gc.disable()
+    try:
+        block_s = 0.0
+        for round_index in range(max_rounds):
+            for which in ([0, 1] if rng.random() < 0.5 else [1, 0]):
+                elapsed = time_one(which)
+                times[which].append(elapsed)
+                block_s += elapsed
+            if progress is not None:
+                progress(round_index + 1, max_rounds)
+            if round_index + 1 >= min_rounds and block_s >= target_s:
+                break
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return round_index + 1
+
+
+def _shares(total: int, parts: int) -> list[int]:
+    """``total`` split into ``parts`` near-equal whole shares, the larger first, each at least 1."""
+    return [max(1, total // parts + (index < total % parts)) for index in range(parts)]
+
+
+def _timer(device: torch.device) -> str:
+    return "torch.cuda.synchronize + perf_counter" if device.type == "cuda" else "perf_counter"
+
+
+def compare_first_step(baseline: Workload, candidate: Workload) -> tuple[Numerics, tuple[float, float]]:
+    """Outputs (and, in train mode, parameter gradients) of a first step on fresh copies of both workloads.
+
+    Gradients are paired by parameter name over the parameters both models have, so that a candidate which
+    removes a parameter (a redundant bias) or wraps the model (names gain a ``model.`` prefix) is still checked.
+    Also returns how long each first call took: this is where a candidate compiles.
+    """
+    base_output, base_grads, base_s = _first_step(baseline)
+    cand_output, cand_grads, cand_s = _first_step(candidate)
+    outputs = compare_outputs(base_output, cand_output)
+    cand_grads = {_unwrapped(name, base_grads): grad for name, grad in cand_grads.items()}
+    shared = [name for name in base_grads if name in cand_grads]
+    if baseline.mode is not Mode.TRAIN or not shared:
+        return outputs, (base_s, cand_s)
+    grads = compare_outputs([base_grads[n] for n in shared], [cand_grads[n] for n in shared])
+    reference = None
+    if grads.max_rel_error > GRADIENT_REFERENCE_FLOOR:
+        reference = _gradient_reference(baseline, candidate, base_grads, cand_grads, shared)
+    return Numerics(outputs.max_abs_error, outputs.max_rel_error, grads.max_abs_error, grads.max_rel_error,
+                    reference), (base_s, cand_s)
+
+
+def _gradient_reference(baseline: Workload, candidate: Workload, base_grads: dict[str, torch.Tensor],
+                        cand_grads: dict[str, torch.Tensor], shared: list[str]) -> GradientReference | None:
+    """Both float32 runs' gradients against the float64 baseline's; when the candidate's are more than
+    REFERENCE_FACTOR times further, the candidate's own float64 gradients too (same step, or another one)."""
+    exact = _baseline_float64_grads(baseline)
+    if exact is None or not all(n in exact for n in shared):
+        return None
+    baseline_error, _ = worst_parameter_error(exact, base_grads, shared)
+    candidate_error, worst = worst_parameter_error(exact, cand_grads, shared)
+    same_step = None
+    if candidate_error > REFERENCE_FACTOR * baseline_error:
+        candidate_exact = _float64_grads(candidate)
+        if candidate_exact is not None:
+            candidate_exact = {_unwrapped(name, exact): grad for name, grad in candidate_exact.items()}
+            if all(n in candidate_exact for n in shared):
+                same_step, _ = worst_parameter_error(exact, candidate_exact, shared)
+    return GradientReference(baseline_error, candidate_error, worst, same_step)
+
+
+def worst_parameter_error(exact: dict[str, torch.Tensor], approx: dict[str, torch.Tensor],
+                          names: list[str]) -> tuple[float, str]:
+    """The largest error of ``approx`` against ``exact`` over the named parameters, and that parameter's name.
+
+    A parameter's error is the norm of its gradient difference over the norm of its exact gradient, floored at
+    GRADIENT_NORM_FLOOR times the largest exact norm.
+    """
+    norms = {n: float(exact[n].double().norm()) for n in names}
+    floor = max(GRADIENT_NORM_FLOOR * max(norms.values(), default=0.0), torch.finfo(torch.float64).tiny)
+    errors = {n: float((approx[n].double() - exact[n].double()).norm()) / max(norms[n], floor)
+              if approx[n].shape == exact[n].shape else float("inf") for n in names}
+    worst = max(errors, key=errors.__getitem__)
+    return errors[worst], worst
+
+
+# The baseline's float64 gradients, computed once per baseline model and inputs: every candidate (and the plan) of a
+# run is judged against the same ones.
+_BASELINE_FLOAT64_GRADS: weakref.WeakKeyDictionary[torch.nn.Module, tuple[int, dict[str, torch.Tensor] | None]] = \
+    weakref.WeakKeyDictionary()
+
+
+def _baseline_float64_grads(baseline: Workload) -> dict[str, torch.Tensor] | None:
+    """``_float64_grads(baseline)``, remembered for the baseline's model object and inputs."""
+    known = _BASELINE_FLOAT64_GRADS.get(baseline.model)
+    if known is None or known[0] != id(baseline.inputs):
+        known = _BASELINE_FLOAT64_GRADS[baseline.model] = (id(baseline.inputs), _float64_grads(baseline))
+    return known[1]
+
+
+def _float64_grads(workload: Workload) -> dict[str, torch.Tensor] | None:
+    """The gradients of a first train step of the workload computed in float64; None where it cannot run so."""
+    exact = workload.copy()
+    try:
+        exact.model.double()
+        exact = replace(exact, inputs=map_tensors(exact.inputs, lambda t: t.double() if t.is_floating_point() else t))
+        return _first_step(exact)[1]
+    except (RuntimeError, TypeError, NotImplementedError):  # an op without a float64 kernel
+        return None
+
+
+def _unwrapped(name: str, known: dict[str, torch.Tensor]) -> str:
+    """``name`` without the ``model.`` prefixes that wrapper candidates add, when that names a known parameter."""
+    while name not in known and name.startswith("model."):
+        name = name[len("model."):]
+    return name
+
+
+def _first_step(workload: Workload) -> tuple[Any, dict[str, torch.Tensor], float]:
+    """A first forward on a fresh copy (before any optimizer step): output, gradients in train mode, seconds.
+
+    The random generators start from the same seed for every variant (and are put back after), so that dropout
+    draws the same masks in baseline and candidate: otherwise train-mode outputs differ by the masks alone. A
+    candidate under torch.compile draws them as eager mode does here (inductor's ``fallback_random``); its own
+    generator would give other masks, and another training step.
+    """
+    from torch._inductor import config as inductor_config
+
+    devices = [workload.device] if workload.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices), inductor_config.patch(fallback_random=True):
+        torch.manual_seed(FIRST_STEP_SEED)
+        return _seeded_first_step(workload)
+
+
+def _seeded_first_step(workload: Workload) -> tuple[Any, dict[str, torch.Tensor], float]:
+    probe = workload.copy()
+    started = time.perf_counter()
+    if workload.mode is not Mode.TRAIN:
+        probe.model.eval()
+        with torch.no_grad():
+            output = call_model(probe.model, probe.inputs)
+        synchronize(workload.device)
+        return output, {}, time.perf_counter() - started
+    probe.model.train()
+    output = call_model(probe.model, probe.inputs)
+    loss = training_loss(output)
+    if loss.requires_grad:
+        loss.backward()
+    synchronize(workload.device)
+    seconds = time.perf_counter() - started
+    grads = {name: p.grad for name, p in probe.model.named_parameters() if p.grad is not None}
+    return map_tensors(output, lambda t: t.detach()), grads, seconds
+
+
+def cpu_jiffies(pids: tuple[int | str, ...] = ("self",)) -> tuple[int, int] | None:
+    """(busy clock ticks of the whole machine, clock ticks of the given processes) from /proc; None without /proc."""
+    try:
+        with open("/proc/stat", encoding="ascii") as stat:
+            ticks = [int(v) for v in stat.readline().split()[1:9]]
+        own = 0
+        for pid in pids:
+            with open(f"/proc/{pid}/stat", encoding="ascii") as process:
+                fields = process.read().rsplit(")", 1)[1].split()
+            own += int(fields[11]) + int(fields[12])  # utime + stime
+        idle = ticks[3] + ticks[4]  # idle + iowait
+        return sum(ticks) - idle, own
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def other_cores_busy(before: tuple[int, int] | None, after: tuple[int, int] | None, wall_s: float) -> float | None:
+    """Cores that processes other than the measured ones kept busy, on average, between two cpu_jiffies()."""
+    if before is None or after is None or wall_s <= 0:
+        return None
+    others = (after[0] - before[0]) - (after[1] - before[1])
+    return max(others, 0) / os.sysconf("SC_CLK_TCK") / wall_s
+
+
+def time_weighted_busy(blocks: list[tuple[float, float | None]]) -> float | None:
+    """Other cores busy over several blocks, from each block's (wall seconds, other_cores_busy), weighted by its
+    time; None when no block knows."""
+    known = [(wall, busy) for wall, busy in blocks if busy is not None]
+    total = sum(wall for wall, _ in known)
+    return sum(wall * busy for wall, busy in known) / total if known and total > 0 else None
+
+
+def warm_up(step: Callable[[], Any], workload: Workload, settings: BenchmarkSettings) -> int:
+    """Run steps until the timings settle (allocator, oneDNN/cuDNN caches, lazy init); return how many ran."""
+    times: list[float] = []
+    started = time.perf_counter()
+    while True:
+        times.append(time_step(step, workload.device))
+        elapsed = time.perf_counter() - started
+        if elapsed >= settings.max_warmup_s:
+            return len(times)
+        if len(times) >= max(settings.warmup_steps, 6) and elapsed >= settings.warmup_s and _settled(times, settings):
+            return len(times)
+
+
+def _settled(times: list[float], settings: BenchmarkSettings) -> bool:
+    recent, before = statistics.median(times[-3:]), statistics.median(times[-6:-3])
+    return abs(recent - before) <= settings.settle_tolerance * before

@@ -1,0 +1,72 @@
+"""A worker process that loads a model file, warms it up, and times steps on request.
+
+Started by ``environment_trial`` once per variant, so that two variants can differ in what only a process start can
+set (allocator environment variables, LD_PRELOAD). Commands arrive on stdin, one number per line: N > 0 times N
+steps, 0 ends. Replies go to the file descriptor given on the command line, one JSON object per line, so that what
+the user's model prints cannot mix with them.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import resource
+import sys
+import time
+from typing import Any
+
+import torch
+
+from convdoctor.analyzer.capture.workload import (
+    describe_exception,
+    flat_tensors,
+    load_workload,
+    make_step,
+    time_step,
+)
+from convdoctor.analyzer.measure.benchmark import BenchmarkSettings, warm_up
+
+COMPARED_VALUES = 4096  # the first values of the first step's outputs, sent back for the numerics check
+
+
+def serve(request: dict[str, Any], reply: Any) -> None:
+    """Load the workload the request names, report readiness, then time steps until told to stop."""
+    torch.manual_seed(0)  # both variants build the same weights and inputs from a model file that draws them
+    workload = load_workload(request["model_file"], device=request["device"], mode=request["mode"],
+                             batch_size=request["batch_size"])
+    step = make_step(workload)
+    started = time.perf_counter()
+    output = step()
+    first_step_s = time.perf_counter() - started
+    values = [float(v) for t in flat_tensors(output) if t.is_floating_point()
+              for v in t.detach().flatten()[:COMPARED_VALUES].double().cpu().tolist()][:COMPARED_VALUES]
+    warmup = warm_up(step, workload, BenchmarkSettings(**request["settings"]))
+    _send(reply, {"ready": warmup, "first_step_s": first_step_s, "threads": torch.get_num_threads(), "values": values})
+    for line in sys.stdin:
+        count = int(line)
+        if count <= 0:
+            return
+        gc.collect()
+        gc.disable()
+        times = [time_step(step, workload.device) for _ in range(count)]
+        gc.enable()
+        _send(reply, {"times": times, "max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024})
+
+
+def _send(reply: Any, message: dict[str, Any]) -> None:
+    reply.write(json.dumps(message) + "\n")
+    reply.flush()
+
+
+def main() -> None:
+    request = json.loads(sys.argv[1])
+    with os.fdopen(int(sys.argv[2]), "w") as reply:
+        try:
+            serve(request, reply)
+        except BaseException as exc:  # the user's code may raise anything; the parent reports it in one line
+            _send(reply, {"error": describe_exception(exc)})
+
+
+if __name__ == "__main__":
+    main()

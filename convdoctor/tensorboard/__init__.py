@@ -1,0 +1,1 @@
+"""convdoctor's TensorBoard tab: the plugin and the server command."""

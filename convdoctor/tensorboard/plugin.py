@@ -1,0 +1,165 @@
+"""convdoctor's TensorBoard tab: the runs of the log dir, and each run's report, served offline.
+
+A run is a folder of the log dir that holds Kineto traces (``*.pt.trace.json[.gz]``, one per worker), named by its
+path relative to the log dir as the PyTorch Profiler plugin names it. The report shown for a worker's trace is
+
+1. the report `convdoctor profile` wrote for it, with its measured speedups: ``<out>/report.html`` for a trace in
+   ``<out>/tb/<run>/``, when ``<out>/report.json`` lists that trace;
+2. otherwise the trace analyzed on demand as `convdoctor analyze` would (nothing measured), kept in memory until
+   the trace file changes. Nothing is written into the log dir.
+
+Routes, under ``/data/plugin/convdoctor``: ``/index.js`` (the tab: a run selector and the report in a frame),
+``/runs`` (JSON: ``[{"run": ..., "workers": [...]}]``) and ``/report?run=RUN&worker=WORKER`` (the report page, with a
+Content-Security-Policy that lets it load nothing from anywhere). Only runs and workers the plugin lists are served.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+import threading
+from dataclasses import dataclass
+from html import escape
+from pathlib import Path
+
+import werkzeug
+from tensorboard.plugins import base_plugin
+from werkzeug import wrappers
+
+from convdoctor.analyzer.trace.reader import find_traces
+from convdoctor.errors import ConvDoctorError, TraceError
+
+PLUGIN_NAME = "convdoctor"
+TAB_SCRIPT = Path(__file__).with_name("static") / "tensorboard_tab.js"
+INLINE_SCRIPT = re.compile(r"<script>(.*?)</script>", re.DOTALL)
+
+
+@dataclass(frozen=True)
+class Run:
+    """A folder of the log dir with traces: its name and each worker's trace."""
+
+    name: str
+    traces: dict[str, Path]  # worker -> trace file
+
+
+def find_runs(logdir: Path) -> dict[str, Run]:
+    """The runs under the log dir LOGDIR by name, sorted; hidden folders (a capture in progress) are skipped."""
+    try:
+        traces = find_traces(logdir)
+    except TraceError:  # no traces (yet)
+        return {}
+    by_dir: dict[Path, dict[str, Path]] = {}
+    for trace in traces:
+        by_dir.setdefault(trace.parent, {})[worker_name(trace)] = trace
+    return {run.name: run for run in (Run(_run_name(logdir, folder), traces) for folder, traces in by_dir.items())}
+
+
+def worker_name(trace: Path) -> str:
+    """``worker0.1700000000000`` for ``worker0.1700000000000.pt.trace.json.gz``."""
+    return trace.name.split(".pt.trace")[0]
+
+
+def _run_name(logdir: Path, folder: Path) -> str:
+    return folder.name if folder == logdir else folder.relative_to(logdir).as_posix()
+
+
+def profile_report(trace: Path) -> Path | None:
+    """The report.html `convdoctor profile` wrote for TRACE (``<out>/tb/<run>/TRACE`` -> ``<out>/report.html``),
+    or None when there is none or its report.json lists other traces."""
+    out = trace.parent.parent.parent
+    try:
+        data = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    files = data.get("trace_files") if isinstance(data, dict) else None
+    listed = {Path(f).name for f in files if isinstance(f, str)} if isinstance(files, list) else set()
+    html = out / "report.html"
+    return html if trace.name in listed and html.is_file() else None
+
+
+class ConvDoctorPlugin(base_plugin.TBPlugin):
+    """The "convdoctor" tab of TensorBoard."""
+
+    plugin_name = PLUGIN_NAME
+
+    def __init__(self, context: base_plugin.TBContext) -> None:
+        super().__init__(context)
+        self.logdir = Path(context.logdir).resolve() if context.logdir else None
+        self._analyzed: dict[Path, tuple[tuple[int, int], str]] = {}  # trace -> ((mtime_ns, size), html)
+        self._analyzing = threading.Lock()
+
+    def get_plugin_apps(self) -> dict[str, object]:
+        return {"/index.js": self._tab_script, "/runs": self._runs, "/report": self._report}
+
+    def is_active(self) -> bool:
+        return bool(self._find_runs())
+
+    def frontend_metadata(self) -> base_plugin.FrontendMetadata:
+        return base_plugin.FrontendMetadata(es_module_path="/index.js", disable_reload=True, tab_name=PLUGIN_NAME)
+
+    def _find_runs(self) -> dict[str, Run]:
+        return find_runs(self.logdir) if self.logdir is not None and self.logdir.is_dir() else {}
+
+    @wrappers.Request.application
+    def _tab_script(self, request: werkzeug.Request) -> werkzeug.Response:
+        return _respond(TAB_SCRIPT.read_bytes(), "text/javascript; charset=utf-8")
+
+    @wrappers.Request.application
+    def _runs(self, request: werkzeug.Request) -> werkzeug.Response:
+        runs = [{"run": run.name, "workers": list(run.traces)} for run in self._find_runs().values()]
+        return _respond(json.dumps(runs), "application/json")
+
+    @wrappers.Request.application
+    def _report(self, request: werkzeug.Request) -> werkzeug.Response:
+        run = self._find_runs().get(request.args.get("run", ""))
+        if run is None:
+            return _respond("no such run in this log dir", "text/plain; charset=utf-8", status=404)
+        worker = request.args.get("worker") or next(iter(run.traces))
+        trace = run.traces.get(worker)
+        if trace is None:
+            return _respond(f"run {run.name!r} has no such worker", "text/plain; charset=utf-8", status=404)
+        written = profile_report(trace)
+        if written is not None:
+            return _html(written.read_text(encoding="utf-8"))
+        try:
+            return _html(self._analyzed_report(trace))
+        except ConvDoctorError as exc:
+            return _html(_problem_page(run.name, worker, str(exc)), status=422)
+
+    def _analyzed_report(self, trace: Path) -> str:
+        """The trace's report, analyzed once per version of the file."""
+        from convdoctor.pipeline import analyze_trace
+        from convdoctor.reports.html_report import render_html
+
+        with self._analyzing:
+            stat = trace.stat()
+            version = (stat.st_mtime_ns, stat.st_size)
+            cached = self._analyzed.get(trace)
+            if cached is None or cached[0] != version:
+                cached = self._analyzed[trace] = (version, render_html(analyze_trace(trace)))
+            return cached[1]
+
+
+def _problem_page(run: str, worker: str, problem: str) -> str:
+    return (f"<!DOCTYPE html><html lang=\"en\"><meta charset=\"utf-8\"><title>convdoctor: {escape(run)}</title>"
+            f"<body style=\"font-family: system-ui, sans-serif; margin: 2rem\"><h1>No report for {escape(run)} "
+            f"({escape(worker)})</h1><p>convdoctor could not analyze this trace: {escape(problem)}</p></body></html>")
+
+
+def _html(page: str, status: int = 200) -> werkzeug.Response:
+    """A report page that may run its own inline scripts and styles, and load nothing: no request leaves it."""
+    scripts = " ".join(f"'sha256-{base64.b64encode(hashlib.sha256(s.encode()).digest()).decode()}'"
+                       for s in INLINE_SCRIPT.findall(page))
+    policy = ("default-src 'none'; " + (f"script-src {scripts}; " if scripts else "")
+              + "style-src 'unsafe-inline'; img-src data:; font-src data:; base-uri 'none'; form-action 'none'; "
+              "frame-ancestors 'self'")
+    return _respond(page, "text/html; charset=utf-8", status, [("Content-Security-Policy", policy)])
+
+
+def _respond(body: str | bytes, content_type: str, status: int = 200,
+             headers: list[tuple[str, str]] | None = None) -> werkzeug.Response:
+    return werkzeug.Response(body, status=status, content_type=content_type,
+                             headers=[("X-Content-Type-Options", "nosniff"), ("Cache-Control", "no-cache"),
+                                      *(headers or [])])

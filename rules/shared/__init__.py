@@ -1,0 +1,1 @@
+"""Helpers two or more rules share (no rule module imports another rule module)."""
