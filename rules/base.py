@@ -85,6 +85,14 @@ class LargerBatches:
     budget_s: float = 60.0  # seconds for the whole sweep
 
 
+class Evidence(Protocol):
+    """A finding's evidence: a frozen dataclass of its rule holding the trace facts the finding rests on (units in
+    the field names); report.json shows its fields. ``message()`` renders the finding's one line from them, so the
+    line never says what the evidence does not hold."""
+
+    def message(self) -> str: ...
+
+
 @dataclass
 class Finding:
     """One thing a rule found, with the evidence that shows it and the fix it proposes."""
@@ -92,16 +100,20 @@ class Finding:
     rule_id: str
     rule_name: str
     severity: Severity
-    message: str  # one line with measured numbers
+    evidence: Evidence
     fix: str  # the title of the fix
     advice: str
     snippet: str
     layers: list[str] = field(default_factory=list)
-    evidence: dict[str, Any] = field(default_factory=dict)
     estimated_saving: float | None = None  # fraction of step time, when the trace bounds it
     saving_bound: SavingBound = SavingBound.ESTIMATE  # how to read estimated_saving
     candidate: Candidate | None = None
     larger_batches: LargerBatches | None = None
+
+    @property
+    def message(self) -> str:
+        """One line with measured numbers, rendered from the evidence."""
+        return self.evidence.message()
 
 
 @runtime_checkable
