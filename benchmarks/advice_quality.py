@@ -43,10 +43,9 @@ from convdoctor.analyzer.candidates.transforms import autocast  # noqa: E402
 from convdoctor.analyzer.capture.hardware import device_name  # noqa: E402
 from convdoctor.analyzer.capture.workload import Workload, call_model, workload_from  # noqa: E402
 from convdoctor.analyzer.measure.benchmark import BenchmarkSettings, Measurement, measure  # noqa: E402
-from convdoctor.analyzer.measure.results import MIN_EFFECT, Verdict  # noqa: E402
+from convdoctor.analyzer.measure.results import MIN_EFFECT, FindingOutcome, Plan, Verdict  # noqa: E402  # noqa: E402
 from convdoctor.api import ProfileOptions, profile  # noqa: E402
 from convdoctor.reports.presentation import measured_result  # noqa: E402
-from convdoctor.reports.report import FindingOutcome, Plan  # noqa: E402
 from convdoctor.rules.base import SavingBound
 
 PREDICTION_TOLERANCE = 0.25  # the goal: predicted savings within ±25% of the measured ones

@@ -101,7 +101,8 @@ def profile_command(model_py: Path, device: str, mode: str, batch_size: int | No
                     select: tuple[str, ...], ignore: tuple[str, ...]) -> None:
     """Profile the model that MODEL_PY defines, measure each fix, and write HTML and JSON reports."""
     from convdoctor.analyzer.capture.workload import process_exit_guard
-    from convdoctor.api import ProfileOptions, profile_file
+    from convdoctor.api import profile_file
+    from convdoctor.options import ProfileOptions
 
     options = ProfileOptions(device=device, mode=mode, batch_size=batch_size, steps=steps, out_dir=out_dir,
                              measure=not no_measure, time_budget_s=time_budget_s, timeout_s=timeout_s or None,

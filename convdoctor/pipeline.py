@@ -1,7 +1,8 @@
-"""Analyzing traces captured elsewhere, and writing a report's files: the part of the pipeline without torch.
+"""The pipeline, wired once: ``analyze_path`` (traces from elsewhere), ``profile_workload`` (one process) and
+``profile_job`` (every rank of a data-parallel job) each run trace → conv analysis → rules → measuring → report.
 
-`convdoctor analyze` runs only this module and what it imports; the profiling pipeline (``convdoctor.api``)
-imports torch and reuses the report building and writing here.
+`convdoctor analyze` never imports torch: the stages that do (capture, candidates, measure) are imported only for
+type checking here and inside the two profiling functions.
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ import os
 import re
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from convdoctor.analyzer.conv.job_view import job_view
 from convdoctor.analyzer.conv.layers import ConvAnalysis, analyze_convs
@@ -26,7 +27,8 @@ from convdoctor.analyzer.trace.reader import (
     load_profile,
     start_reading,
 )
-from convdoctor.errors import OutputDirError, ReportError, TraceError
+from convdoctor.errors import JobError, OutputDirError, ReportError, TraceError
+from convdoctor.progress import Progress, SilentProgress
 from convdoctor.reports.files import write_atomically
 from convdoctor.reports.html_report import load_template, render_html
 from convdoctor.reports.json_report import dict_to_json, report_to_dict
@@ -47,23 +49,9 @@ from convdoctor.rules.registry import (
 )
 from convdoctor.version import __version__
 
-
-class Progress(Protocol):
-    """Where the pipeline says what it is doing."""
-
-    def stage(self, text: str) -> None: ...
-
-    def rounds(self, done: int, total: int) -> None: ...
-
-
-class SilentProgress:
-    """Progress that says nothing (the Python API's default)."""
-
-    def stage(self, text: str) -> None:
-        pass
-
-    def rounds(self, done: int, total: int) -> None:
-        pass
+if TYPE_CHECKING:
+    from convdoctor.analyzer.capture.workload import Workload
+    from convdoctor.options import ProfileOptions
 
 
 @dataclass(frozen=True)
@@ -215,3 +203,101 @@ def prepare_out_dir(out_dir: Path) -> ReportFiles:
         raise OutputDirError(f"{out_dir}: cannot write reports there; pass --out DIR")
     return files
 
+
+def profile_workload(workload: Workload, options: ProfileOptions, files: ReportFiles, progress: Progress) -> Report:
+    """Capture the workload, analyze its trace, run the rules, measure their candidates and the plan, write the
+    report; on any failure (Ctrl-C included) the previous report stays and this run's traces are set aside."""
+    from convdoctor.analyzer.capture.recording import check_fits, record, settled_allocator
+    from convdoctor.analyzer.capture.workload import make_step, time_limit
+    from convdoctor.analyzer.measure.layout_probe import time_leaf_layouts
+    from convdoctor.analyzer.measure.phase import measure_findings
+    from convdoctor.analyzer.measure.plan import build_plan
+    from convdoctor.rules.base import Probe, wanted_probes
+
+    progress.stage("checking that the inputs fit the model")
+    with time_limit(options.timeout_s, "the model's first step"):
+        check_fits(workload)
+    with time_limit(options.timeout_s, "the model's first steps"):
+        allocator_record = settled_allocator(make_step(workload.copy()))  # before anything is timed
+    run_name = f"{Path(workload.source).stem}-{workload.mode.value}-{workload.device.type}"
+    rule_set = load_rules()
+    rules = select_rules(rule_set.rules, options.select, options.ignore)
+    layout_probe = None
+    if options.measure and Probe.LAYOUT in wanted_probes(rules):  # a probe is a measurement: --no-measure skips it
+        progress.stage("timing each layer alone, in its layout and in channels_last")
+        with time_limit(options.timeout_s, "the layout probe"):
+            layout_probe = time_leaf_layouts(workload)
+    progress.stage(f"capturing {options.steps} {workload.mode.value} steps under torch.profiler")
+    with time_limit(options.timeout_s, "the profiled steps"):
+        traces = record(workload, files.logdir, run_name, steps=options.steps, layout_probe=layout_probe,
+                        allocator_record=allocator_record)
+    try:
+        progress.stage("analyzing the trace")
+        analysis = analyze_convs(load_profile(traces.files[0]))
+        results = run_rules(rules, analysis)
+        outcomes = measure_findings(workload, results.findings, options.measuring, progress)
+        report = build_report(analysis, _summary(workload, options, analysis), outcomes, traces.published_files,
+                              files.logdir, results, rule_set)
+        report.plan = build_plan(workload, outcomes, options.measuring, progress)
+    except BaseException as exc:  # Ctrl-C included: the previous report stays, this run's traces are set aside
+        kept = traces.set_aside()
+        if kept is not None:
+            exc.add_note(f"this run's traces were set aside in {kept}; the previous report in {files.out_dir} "
+                         "is unchanged")
+        raise
+    traces.publish()
+    write_report(report, files)
+    return report
+
+
+def profile_job(path: Path, options: ProfileOptions, files: ReportFiles, progress: Progress) -> Report:
+    """Profile a data-parallel job: capture every rank, analyze each, report rank 0 with the job's view."""
+    from convdoctor.analyzer.capture.job_capture import capture_job
+    from convdoctor.analyzer.capture.launch import JobSpec
+    from convdoctor.analyzer.capture.workload import resolve_device
+    from convdoctor.analyzer.measure.phase import measure_findings
+    from convdoctor.analyzer.measure.plan import build_plan
+    from convdoctor.analyzer.measure.trials import JobTrial
+
+    if options.mode != "train":
+        raise JobError("--nproc needs --mode train: DistributedDataParallel communicates only in training "
+                       "(the gradient allreduce); profile inference on one device, without --nproc")
+    device = resolve_device(options.device).type
+    backend = options.backend or ("nccl" if device == "cuda" else "gloo")
+    spec = JobSpec(str(path), device, options.mode, options.batch_size, options.nproc, backend)
+    run_name = f"{path.stem}-train-{device}-{options.nproc}ranks"
+    progress.stage(f"launching {options.nproc} workers (torch elastic launcher, DistributedDataParallel, {backend}) "
+                   f"to capture {options.steps} train steps on every rank")
+    traces = capture_job(spec, files.logdir, run_name, options.steps)
+    progress.stage(f"analyzing {len(traces)} rank traces")
+    analyses = [analyze_convs(load_profile(trace)) for trace in traces]
+    main = analyses[0]
+    main.job = job_view(analyses)
+    rule_set = load_rules()
+    results = run_rules(select_rules(rule_set.rules, options.select, options.ignore), main)
+    trial = JobTrial(spec, options.benchmark)
+    outcomes = measure_findings(trial, results.findings, options.measuring, progress)
+    summary = replace(trace_summary(main, traces[0]), model_file=str(path), steps=options.steps)
+    report = build_report(main, summary, outcomes, traces, files.logdir, results, rule_set)
+    report.plan = build_plan(trial, outcomes, options.measuring, progress)
+    write_report(report, files)
+    return report
+
+
+def _summary(workload: Workload, options: ProfileOptions, analysis: ConvAnalysis) -> WorkloadSummary:
+    from convdoctor.analyzer.capture.recording import environment
+
+    env = environment(workload)
+    return WorkloadSummary(
+        model_file=workload.source,
+        device=env["device"],
+        device_name=env["device_name"],
+        mode=env["mode"],
+        batch_size=env["batch_size"],
+        dtype=env["dtype"],
+        steps=options.steps,
+        torch_version=env["torch_version"],
+        threads=env["threads"],
+        allocator=env["allocator"],
+        heap_kept=analysis.profile.environment.get("heap_kept") is True,
+    )

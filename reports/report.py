@@ -7,8 +7,7 @@ from pathlib import Path
 
 from convdoctor.analyzer.conv.layers import ConvAnalysis
 from convdoctor.analyzer.conv.roofline import Roofline
-from convdoctor.analyzer.measure.model_cost import ArchitectureDelta
-from convdoctor.analyzer.measure.results import BatchSweep, Measurement
+from convdoctor.analyzer.measure.results import FindingOutcome, Plan
 from convdoctor.rules.base import Finding
 
 
@@ -27,49 +26,6 @@ class WorkloadSummary:
     threads: int | None  # None when the trace does not say
     allocator: str | None = None  # the host allocator the profiled process ran with; None when the trace does not say
     heap_kept: bool = False  # glibc's thresholds fixed while tracing and measuring (host_allocator.keep_heap)
-
-
-@dataclass
-class FindingOutcome:
-    """A finding with what happened when its candidate was tried."""
-
-    finding: Finding
-    measurement: Measurement | None = None
-    not_measured: str | None = None  # why there is no measurement (off, no candidate, the candidate failed)
-    numerics_ok: bool | None = None  # the candidate's output error within its declared tolerance
-    architecture: ArchitectureDelta | None = None  # for an architecture change: FLOPs and params, before and after
-    same_candidate_as: str | None = None  # the rule whose identical candidate this measurement was taken for
-    throughput: BatchSweep | None = None  # for a larger-batch proposal: samples/s at each batch size tried
-    layer_measurements: list[LayerMeasurement] = field(default_factory=list)  # the candidate's layer trials
-
-
-@dataclass(frozen=True)
-class LayerMeasurement:
-    """One layer alone, before and after the candidate's change, on random inputs of its recorded shape."""
-
-    layer: str
-    input_shape: tuple[int, ...]
-    measurement: Measurement | None
-    not_measured: str | None = None  # why not (the layer trial failed)
-
-
-@dataclass
-class Plan:
-    """The accepted fixes (faster, numerics within tolerance, no retraining) applied together and measured as one."""
-
-    steps: list[FindingOutcome]  # ranked by their own measured speedup
-    measurement: Measurement  # numerics within the combined tolerance: a step that breaks it is left out
-    tolerance: float
-    left_out: list[LeftOut] = field(default_factory=list)  # accepted alone, but the plan was not faster with them
-
-
-@dataclass(frozen=True)
-class LeftOut:
-    """An accepted fix the plan measured without: with it, the plan failed, lost numerics, or was not faster."""
-
-    outcome: FindingOutcome
-    measurement: Measurement | None  # the plan with it, against the baseline; None when it failed
-    reason: str
 
 
 @dataclass(frozen=True)

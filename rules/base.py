@@ -27,6 +27,7 @@ from typing import Any, Iterable, Protocol, runtime_checkable
 
 # The candidate types belong to the rule API (a plugin's finding may carry one) and live with the transforms.
 from convdoctor.analyzer.candidates.candidate import Candidate as Candidate
+from convdoctor.analyzer.candidates.candidate import LargerBatches as LargerBatches
 from convdoctor.analyzer.candidates.candidate import LayerTrial as LayerTrial
 from convdoctor.analyzer.candidates.candidate import NumericsContract as NumericsContract
 from convdoctor.analyzer.candidates.candidate import PlanStage as PlanStage
@@ -71,18 +72,6 @@ class Probe(str, enum.Enum):
 def wanted_probes(rules: Iterable[Rule]) -> frozenset[Probe]:
     """The probes any of these rules asks for."""
     return frozenset(probe for rule in rules for probe in getattr(rule, "probes", ()))
-
-
-@dataclass(frozen=True)
-class LargerBatches:
-    """A finding's proposal to run the workload at larger batch sizes, measured in samples/s (not step time).
-
-    It changes the workload, not the model, so it is never a plan step. The pipeline builds the inputs with the
-    model file's ``get_inputs(batch_size)``; without it the proposal is reported unmeasured, saying how to enable it.
-    """
-
-    factors: tuple[int, ...] = (2, 4, 8, 16)  # multiples of the workload's batch, tried in growing order
-    budget_s: float = 60.0  # seconds for the whole sweep
 
 
 class Evidence(Protocol):

@@ -9,6 +9,7 @@ import pytest
 from conftest import SHARED_TRACES
 
 from convdoctor.analyzer.conv.gpu_timeline import gpu_timeline
+from convdoctor.analyzer.conv.layers import analyze_convs
 from convdoctor.analyzer.trace.profile import EventKind
 from convdoctor.analyzer.trace.reader import load_profile
 
@@ -23,7 +24,7 @@ def _kernels_starting_in(profile, step):
 
 
 def test_v100_busy_and_idle_time_per_step(resnet50):
-    timeline = resnet50.gpu_timeline
+    timeline = gpu_timeline(resnet50)
     assert timeline is not None and timeline.device == 0
     assert [s.step for s in timeline.steps] == [s.number for s in resnet50.steps]
     for step, line in zip(resnet50.steps, timeline.steps):
@@ -42,7 +43,7 @@ def test_v100_busy_and_idle_time_per_step(resnet50):
 
 
 def test_v100_kernel_count_and_median(resnet50):
-    timeline = resnet50.gpu_timeline
+    timeline = gpu_timeline(resnet50)
     inside = [k for step in resnet50.steps for k in _kernels_starting_in(resnet50, step)]
     assert timeline.kernel_count == len(inside)
     assert [line.kernel_count for line in timeline.steps] == [len(_kernels_starting_in(resnet50, s))
@@ -53,9 +54,10 @@ def test_v100_kernel_count_and_median(resnet50):
     assert 0 < timeline.median_kernel_us < 20  # most launches are tiny elementwise and BN-bookkeeping kernels
 
 
-def test_profile_caches_the_timeline(resnet50):
-    assert resnet50.gpu_timeline is resnet50.gpu_timeline
-    assert gpu_timeline(resnet50, device=0) == resnet50.gpu_timeline
+def test_the_analysis_keeps_the_timeline_of_the_busiest_device(resnet50):
+    analysis = analyze_convs(resnet50)
+    assert analysis.gpu_timeline is analysis.gpu_timeline
+    assert gpu_timeline(resnet50, device=0) == analysis.gpu_timeline
     assert gpu_timeline(resnet50, device=1) is None  # device 1 ran nothing
 
 
@@ -94,7 +96,7 @@ def test_launch_fields_are_none_on_memcpy_and_memset(resnet50):
 
 def test_a100_multi_stream_union_is_not_double_counted():
     profile = load_profile(SHARED_TRACES["recsys"])
-    timeline = profile.gpu_timeline
+    timeline = gpu_timeline(profile)
     assert timeline is not None
     assert timeline.device == 3  # rank 3 of 8 ran its kernels on cuda:3
     assert len(timeline.stream_busy_us) > 1
@@ -106,5 +108,5 @@ def test_a100_multi_stream_union_is_not_double_counted():
 
 def test_none_on_a_cpu_only_trace():
     profile = load_profile(SHARED_TRACES["cpu_only"])
-    assert profile.gpu_timeline is None
+    assert gpu_timeline(profile) is None
     assert gpu_timeline(profile) is None

@@ -11,7 +11,8 @@ from torch import nn
 from convdoctor.analyzer.candidates.candidate import Candidate, NumericsContract
 from convdoctor.analyzer.capture.workload import Workload, workload_from
 from convdoctor.analyzer.measure.benchmark import BenchmarkSettings
-from convdoctor.api import ProfileOptions, SilentProgress, measure_findings
+from convdoctor.analyzer.measure.phase import MeasuringOptions, measure_findings
+from convdoctor.progress import SilentProgress
 from convdoctor.rules.base import Finding, Severity
 
 QUICK = BenchmarkSettings(block_spacing_s=0, extra_blocks=0,
@@ -49,7 +50,7 @@ def _workload() -> Workload:
 
 def test_a_failing_candidate_is_reported_and_the_others_still_run():
     findings = [_finding("broken", _raises, 0.5), _finding("identity", lambda w: w, 0.1)]
-    broken, identity = measure_findings(_workload(), findings, ProfileOptions(benchmark=QUICK), SilentProgress())
+    broken, identity = measure_findings(_workload(), findings, MeasuringOptions(benchmark=QUICK), SilentProgress())
     assert broken.measurement is None
     assert broken.not_measured.startswith("the candidate failed: RuntimeError: CUDA out of memory")
     assert identity.measurement is not None and identity.numerics_ok is True
@@ -57,7 +58,7 @@ def test_a_failing_candidate_is_reported_and_the_others_still_run():
 
 def test_numerics_beyond_tolerance_are_flagged():
     (outcome,) = measure_findings(_workload(), [_finding("x2", _doubles_output, None)],
-                                   ProfileOptions(benchmark=QUICK), SilentProgress())
+                                   MeasuringOptions(benchmark=QUICK), SilentProgress())
     assert outcome.numerics_ok is False
     assert outcome.measurement.numerics.max_rel_error > 0.4
 
@@ -72,13 +73,13 @@ def test_the_largest_estimated_saving_is_measured_first():
         return transform
 
     findings = [_finding("small", tracked("small"), 0.01), _finding("large", tracked("large"), 0.3)]
-    measure_findings(_workload(), findings, ProfileOptions(benchmark=QUICK, time_budget_s=60), SilentProgress())
+    measure_findings(_workload(), findings, MeasuringOptions(benchmark=QUICK, time_budget_s=60), SilentProgress())
     assert tried == ["large", "small"]
 
 
 def test_a_spent_time_budget_stops_the_running_candidate_and_skips_the_rest():
     findings = [_finding("small", lambda w: w, 0.01), _finding("large", lambda w: w, 0.3)]
-    small, large = measure_findings(_workload(), findings, ProfileOptions(benchmark=QUICK, time_budget_s=0.0001),
+    small, large = measure_findings(_workload(), findings, MeasuringOptions(benchmark=QUICK, time_budget_s=0.0001),
                                      SilentProgress())
     assert large.measurement is None and "the rest of --time-budget" in large.not_measured
     assert small.measurement is None and "time budget (0.0001 s) ran out before" in small.not_measured
@@ -90,7 +91,7 @@ def test_rules_proposing_the_same_transform_share_one_measurement():
 
     first = replace(_finding("first", same, 0.3), rule_id="CD101")
     second = replace(_finding("second", same, 0.1), rule_id="CD114")
-    one, two = measure_findings(_workload(), [first, second], ProfileOptions(benchmark=QUICK), SilentProgress())
+    one, two = measure_findings(_workload(), [first, second], MeasuringOptions(benchmark=QUICK), SilentProgress())
     assert one.same_candidate_as is None and two.same_candidate_as == "CD101"
     assert two.measurement is one.measurement and two.finding is second
 
@@ -107,7 +108,7 @@ def _hangs(workload: Workload) -> Workload:
 
 def test_a_candidate_past_its_timeout_is_stopped_and_the_others_still_run():
     findings = [_finding("hangs", _hangs, 0.5), _finding("identity", lambda w: w, 0.1)]
-    hangs, identity = measure_findings(_workload(), findings, ProfileOptions(benchmark=QUICK, timeout_s=1.0),
+    hangs, identity = measure_findings(_workload(), findings, MeasuringOptions(benchmark=QUICK, timeout_s=1.0),
                                        SilentProgress())
     assert hangs.measurement is None
     assert "did not finish within 1 s" in hangs.not_measured and "--timeout" in hangs.not_measured
@@ -116,7 +117,7 @@ def test_a_candidate_past_its_timeout_is_stopped_and_the_others_still_run():
 
 def test_a_candidate_running_past_the_time_budget_is_stopped_when_the_budget_ends():
     (hangs,) = measure_findings(_workload(), [_finding("hangs", _hangs, 0.5)],
-                                ProfileOptions(benchmark=QUICK, time_budget_s=1.0), SilentProgress())
+                                MeasuringOptions(benchmark=QUICK, time_budget_s=1.0), SilentProgress())
     assert hangs.measurement is None and "the rest of --time-budget" in hangs.not_measured
 
 
@@ -125,19 +126,19 @@ def test_a_process_setting_is_measured_in_worker_processes_and_kept_out_of_the_p
 
     from convdoctor.analyzer.capture.workload import load_workload
     from convdoctor.analyzer.measure.benchmark import Verdict
-    from convdoctor.api import build_plan
+    from convdoctor.analyzer.measure.plan import build_plan
     from convdoctor.rules.cd118_cpu_allocator import KEEP_HEAP
 
     workload = load_workload(EXAMPLES / "seed_grouped.py")
     candidate = Candidate(title="allocator", transform=lambda w: w, numerics=NumericsContract.EXACT,
                           tolerance=1e-5, process_environment=KEEP_HEAP)
     finding = replace(_finding("allocator", lambda w: w, 0.1), candidate=candidate)
-    (outcome,) = measure_findings(workload, [finding], ProfileOptions(benchmark=QUICK), SilentProgress())
+    (outcome,) = measure_findings(workload, [finding], MeasuringOptions(benchmark=QUICK), SilentProgress())
     assert outcome.measurement is not None and "worker processes" in outcome.measurement.timer
     assert outcome.numerics_ok is True
     faster = replace(outcome.measurement.estimate, verdict=Verdict.FASTER)
     accepted = replace(outcome, measurement=replace(outcome.measurement, estimate=faster))
-    assert build_plan(workload, [accepted], ProfileOptions(benchmark=QUICK), SilentProgress()) is None
+    assert build_plan(workload, [accepted], MeasuringOptions(benchmark=QUICK), SilentProgress()) is None
     from convdoctor.reports.presentation import process_setting_sentence
 
     sentence = process_setting_sentence([outcome, accepted])  # the headline says so, as the plan cannot
@@ -151,7 +152,7 @@ def test_a_process_setting_on_a_model_object_says_it_needs_a_model_file():
     candidate = Candidate(title="allocator", transform=lambda w: w, numerics=NumericsContract.EXACT,
                           tolerance=1e-5, process_environment=KEEP_HEAP)
     finding = replace(_finding("allocator", lambda w: w, 0.1), candidate=candidate)
-    (outcome,) = measure_findings(_workload(), [finding], ProfileOptions(benchmark=QUICK), SilentProgress())
+    (outcome,) = measure_findings(_workload(), [finding], MeasuringOptions(benchmark=QUICK), SilentProgress())
     assert outcome.measurement is None and "measured on a model file" in outcome.not_measured
 
 
@@ -185,7 +186,7 @@ class _Stages(SilentProgress):
 def test_without_a_budget_the_candidates_take_turns_block_by_block():
     findings = [_finding("small", lambda w: w, 0.01), _finding("large", lambda w: w, 0.3)]
     stages = _Stages()
-    small, large = measure_findings(_workload(), findings, ProfileOptions(benchmark=QUICK), stages)
+    small, large = measure_findings(_workload(), findings, MeasuringOptions(benchmark=QUICK), stages)
     order = [(line.split(":")[0].split()[-1], line.split(": ")[1].split(",")[-1].strip()) for line in stages.lines]
     assert order == [("large", "first block"), ("small", "first block"), ("large", "block 2 of 3"),
                      ("small", "block 2 of 3"), ("large", "block 3 of 3"), ("small", "block 3 of 3")]
@@ -213,7 +214,7 @@ def test_a_candidate_that_fails_in_a_later_block_is_reported_and_the_others_fini
 
     findings = [_finding("fails-later", fails_later, 0.3), _finding("identity", lambda w: w, 0.1)]
     try:
-        failed, identity = measure_findings(_workload(), findings, ProfileOptions(benchmark=QUICK), _Stages(arm))
+        failed, identity = measure_findings(_workload(), findings, MeasuringOptions(benchmark=QUICK), _Stages(arm))
     finally:
         _FailsWhenArmed.armed = False
     assert failed.measurement is None

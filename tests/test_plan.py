@@ -11,7 +11,9 @@ from torch import nn
 from convdoctor.analyzer.candidates.candidate import Candidate, NumericsContract, PlanStage, combine
 from convdoctor.analyzer.capture.workload import Workload, workload_from
 from convdoctor.analyzer.measure.benchmark import BenchmarkSettings, Verdict
-from convdoctor.api import ProfileOptions, SilentProgress, build_plan, measure_findings
+from convdoctor.analyzer.measure.phase import MeasuringOptions, measure_findings
+from convdoctor.analyzer.measure.plan import build_plan
+from convdoctor.progress import SilentProgress
 from convdoctor.reports.presentation import left_out_lines, plan_lines
 from convdoctor.reports.report import predicted_speedup
 from convdoctor.rules.base import Finding, Severity
@@ -69,7 +71,7 @@ def test_plan_measures_the_accepted_fixes_together():
                 _finding("rewrite", lambda w: replace(w, model=nn.Sequential(Nap(0.0))))]
     findings[2] = replace(findings[2], candidate=replace(findings[2].candidate,
                                                          numerics=NumericsContract.ARCHITECTURE))
-    options = ProfileOptions(benchmark=QUICK)
+    options = MeasuringOptions(benchmark=QUICK)
     outcomes = measure_findings(workload, findings, options, SilentProgress())
     assert all(o.measurement.estimate.verdict is Verdict.FASTER for o in outcomes[:2])
     plan = build_plan(workload, outcomes, options, SilentProgress())
@@ -106,7 +108,7 @@ def test_a_fix_that_undoes_another_is_left_out_with_the_measurement_that_showed_
     model.add_module("second", Nap(0.02))
     workload = workload_from(model, torch.zeros(2), device="cpu")
     findings = [_finding("first", _without("first")), _finding("evenly", _every_nap(0.015))]
-    options = ProfileOptions(benchmark=QUICK)
+    options = MeasuringOptions(benchmark=QUICK)
     outcomes = measure_findings(workload, findings, options, SilentProgress())
     assert all(o.measurement.estimate.verdict is Verdict.FASTER for o in outcomes)
     plan = build_plan(workload, outcomes, options, SilentProgress())
@@ -126,12 +128,12 @@ def test_the_identity_candidate_is_no_measurable_difference_and_gives_no_plan():
     settings = BenchmarkSettings(block_spacing_s=0,
                                  warmup_s=0.0, warmup_steps=2, min_rounds=15, max_rounds=15, max_warmup_s=2.0)
     assert settings.extra_blocks > 0
-    outcomes = measure_findings(workload, [_finding("noop", lambda w: w)], ProfileOptions(benchmark=settings),
+    outcomes = measure_findings(workload, [_finding("noop", lambda w: w)], MeasuringOptions(benchmark=settings),
                                 SilentProgress())
     estimate = outcomes[0].measurement.estimate
     assert estimate.verdict is Verdict.NO_DIFFERENCE, estimate
     assert outcomes[0].numerics_ok is True
-    assert build_plan(workload, outcomes, ProfileOptions(benchmark=settings), SilentProgress()) is None
+    assert build_plan(workload, outcomes, MeasuringOptions(benchmark=settings), SilentProgress()) is None
 
 
 def test_a_prediction_says_what_kind_of_bound_it_is():

@@ -53,6 +53,18 @@ class Candidate:
     process_environment: dict[str, str] | None = None
 
 
+@dataclass(frozen=True)
+class LargerBatches:
+    """A finding's proposal to run the workload at larger batch sizes, measured in samples/s (not step time).
+
+    It changes the workload, not the model, so it is never a plan step. The pipeline builds the inputs with the
+    model file's ``get_inputs(batch_size)``; without it the proposal is reported unmeasured, saying how to enable it.
+    """
+
+    factors: tuple[int, ...] = (2, 4, 8, 16)  # multiples of the workload's batch, tried in growing order
+    budget_s: float = 60.0  # seconds for the whole sweep
+
+
 def combine(candidates: list[Candidate]) -> Candidate:
     """One candidate that applies all of them, module surgery first and model wrappers last.
 

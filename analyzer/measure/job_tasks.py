@@ -1,11 +1,10 @@
-"""What the workers of a data-parallel job do: capture traces on every rank, or time baseline against candidate
-as a whole job. Every rank runs the same steps in the same order, since each DDP step is a collective."""
+"""What the workers of a data-parallel job do to measure: time baseline against candidate as a whole job. Every rank
+runs the same steps in the same order, since each DDP step is a collective."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -13,7 +12,6 @@ import torch.distributed as dist
 
 from convdoctor.analyzer.candidates.candidate import Candidate, NumericsContract, combine
 from convdoctor.analyzer.capture.host_allocator import keep_heap
-from convdoctor.analyzer.capture.recording import capture, check_fits
 from convdoctor.analyzer.capture.workload import Workload, make_step, synchronize
 from convdoctor.analyzer.measure.benchmark import (
     BenchmarkSettings,
@@ -24,26 +22,6 @@ from convdoctor.analyzer.measure.benchmark import (
 from convdoctor.analyzer.measure.model_cost import ArchitectureDelta, model_cost
 
 JOB_TIMER = "barrier, then perf_counter on every rank; a step takes as long as its slowest rank"
-
-
-def rank_worker_name(rank: int) -> str:
-    """The worker name of a rank's traces (TensorBoard's worker, the start of the trace file's name)."""
-    return f"rank{rank}"
-
-
-@dataclass(frozen=True)
-class CaptureTask:
-    """Check that the inputs fit, then profile ``steps`` steps; each rank writes under ``<logdir>/rank<k>/<run>``."""
-
-    logdir: str
-    run_name: str
-    steps: int
-
-    def run(self, workload: Workload, rank: int) -> list[str]:
-        check_fits(workload)
-        traces = capture(workload, Path(self.logdir) / rank_worker_name(rank), self.run_name, steps=self.steps,
-                         worker_name=rank_worker_name(rank))
-        return [str(t) for t in traces]
 
 
 @dataclass(frozen=True)

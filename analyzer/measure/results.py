@@ -6,7 +6,13 @@ Plain records, without torch, so that reports can be read and written where torc
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+from convdoctor.analyzer.measure.model_cost import ArchitectureDelta
+
+if TYPE_CHECKING:
+    from convdoctor.analyzer.candidates.candidate import Candidate, LargerBatches
 
 CONFIDENCE = 0.95
 BOOTSTRAP_RESAMPLES = 2000
@@ -203,3 +209,56 @@ class BatchSweep:
         """The batch with the highest measured throughput among those measurably faster than the baseline."""
         faster = [p for p in self.points if p.estimate.verdict is Verdict.FASTER]
         return max(faster, key=lambda p: p.estimate.speedup, default=None)
+
+
+class Proposal(Protocol):
+    """What measuring reads of a finding (``rules.base.Finding`` is one): the fix it proposes and its estimate."""
+
+    rule_id: str
+    rule_name: str
+    estimated_saving: float | None
+    candidate: Candidate | None
+    larger_batches: LargerBatches | None
+
+
+@dataclass
+class FindingOutcome:
+    """A finding with what happened when its candidate was tried."""
+
+    finding: Proposal
+    measurement: Measurement | None = None
+    not_measured: str | None = None  # why there is no measurement (off, no candidate, the candidate failed)
+    numerics_ok: bool | None = None  # the candidate's output error within its declared tolerance
+    architecture: ArchitectureDelta | None = None  # for an architecture change: FLOPs and params, before and after
+    same_candidate_as: str | None = None  # the rule whose identical candidate this measurement was taken for
+    throughput: BatchSweep | None = None  # for a larger-batch proposal: samples/s at each batch size tried
+    layer_measurements: list[LayerMeasurement] = field(default_factory=list)  # the candidate's layer trials
+
+
+@dataclass(frozen=True)
+class LayerMeasurement:
+    """One layer alone, before and after the candidate's change, on random inputs of its recorded shape."""
+
+    layer: str
+    input_shape: tuple[int, ...]
+    measurement: Measurement | None
+    not_measured: str | None = None  # why not (the layer trial failed)
+
+
+@dataclass
+class Plan:
+    """The accepted fixes (faster, numerics within tolerance, no retraining) applied together and measured as one."""
+
+    steps: list[FindingOutcome]  # ranked by their own measured speedup
+    measurement: Measurement  # numerics within the combined tolerance: a step that breaks it is left out
+    tolerance: float
+    left_out: list[LeftOut] = field(default_factory=list)  # accepted alone, but the plan was not faster with them
+
+
+@dataclass(frozen=True)
+class LeftOut:
+    """An accepted fix the plan measured without: with it, the plan failed, lost numerics, or was not faster."""
+
+    outcome: FindingOutcome
+    measurement: Measurement | None  # the plan with it, against the baseline; None when it failed
+    reason: str

@@ -92,10 +92,11 @@ def test_profile_measures_samples_per_second_at_larger_batches(tmp_path: Path):
 
 
 def test_without_get_inputs_batch_size_it_says_how_to_enable_measuring(small_batch):
-    from convdoctor.api import ProfileOptions, SilentProgress, measure_findings
+    from convdoctor.analyzer.measure.phase import MeasuringOptions, measure_findings
+    from convdoctor.progress import SilentProgress
 
     workload, analysis = small_batch
     (finding,) = BatchSizeRule().check(analysis)
     plain = workload_from(workload.model, workload.inputs, device="cpu")  # a model object: no get_inputs
-    (outcome,) = measure_findings(plain, [finding], ProfileOptions(benchmark=QUICK), SilentProgress())
+    (outcome,) = measure_findings(plain, [finding], MeasuringOptions(benchmark=QUICK), SilentProgress())
     assert outcome.throughput is None and "get_inputs(batch_size" in outcome.not_measured

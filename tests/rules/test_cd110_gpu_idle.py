@@ -47,7 +47,7 @@ def test_triggers_on_the_v100_input_pipeline_stall(resnet50):
 
 def test_does_not_trigger_above_the_traces_idle_share(resnet50):
     rule = GpuIdleRule()
-    rule.min_idle_share = resnet50.profile.gpu_timeline.idle_share + 0.01
+    rule.min_idle_share = resnet50.gpu_timeline.idle_share + 0.01
     assert list(rule.check(resnet50)) == []
 
 

@@ -1,0 +1,52 @@
+"""The plan: the accepted fixes combined one by one, each kept only when the plan measures faster with it."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from convdoctor.analyzer.candidates.candidate import combine
+from convdoctor.analyzer.capture.workload import Workload
+from convdoctor.analyzer.measure.benchmark import Verdict
+from convdoctor.analyzer.measure.phase import MeasuringOptions
+from convdoctor.analyzer.measure.results import FindingOutcome, LeftOut, Plan
+from convdoctor.analyzer.measure.trials import LocalTrial, Trial, failure
+from convdoctor.progress import Progress
+
+
+def build_plan(
+    target: Workload | Trial, outcomes: list[FindingOutcome], options: MeasuringOptions, progress: Progress
+) -> Plan | None:
+    """The accepted candidates combined one by one, each kept only when the plan measures faster with it.
+
+    Accepted: measured faster, numerics within tolerance, and not an architecture change (no retraining).
+    Speedups do not multiply, and two fixes can undo each other (torch.compile on top of channels_last in training
+    on this CPU): starting from the fastest alone, each further accepted candidate, by its own speedup, is added and
+    the combination measured against the baseline; it stays when that is faster than the plan so far and within the
+    combined tolerance, and is left out, with the measurement that showed it, otherwise.
+    """
+    trial = LocalTrial(target, options.benchmark, progress) if isinstance(target, Workload) else target
+    accepted = [o for o in outcomes if o.measurement is not None and o.numerics_ok and o.same_candidate_as is None
+                and o.measurement.estimate.verdict is Verdict.FASTER and o.architecture is None
+                and o.finding.candidate.process_environment is None]  # process settings cannot combine in-process
+    if not accepted:
+        return None
+    first, *rest = sorted(accepted, key=lambda o: -o.measurement.estimate.speedup)
+    plan = Plan(steps=[first], measurement=first.measurement, tolerance=first.finding.candidate.tolerance)
+    for outcome in rest:
+        candidates = [step.finding.candidate for step in [*plan.steps, outcome]]
+        combined = combine(candidates)
+        progress.stage(f"measuring the plan with {outcome.finding.rule_id}: {combined.title}")
+        try:
+            result, _ = trial(candidates, (options.timeout_s, "--timeout"))
+        except Exception as exc:  # the combination may fail where each step alone did not
+            plan.left_out.append(LeftOut(outcome, None, f"the plan with it failed: {failure(exc)}"))
+            continue
+        if not result.numerics.within(combined.tolerance):
+            plan.left_out.append(LeftOut(outcome, result, f"the plan with it is beyond the combined tolerance "
+                                                          f"{combined.tolerance:g}"))
+        elif result.estimate.speedup <= plan.measurement.estimate.speedup:
+            plan.left_out.append(LeftOut(outcome, result, f"the plan with it measured {result.estimate.speedup:.2f}×, "
+                                                          f"without it {plan.measurement.estimate.speedup:.2f}×"))
+        else:
+            plan = replace(plan, steps=[*plan.steps, outcome], measurement=result, tolerance=combined.tolerance)
+    return plan
