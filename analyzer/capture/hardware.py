@@ -42,6 +42,51 @@ def device_name(device: torch.device) -> str:
     return platform.processor() or platform.machine()
 
 
+# ------------------------------------------------------------------------------------------------ CPU: low precision
+
+# /proc/cpuinfo flags that mean the CPU computes bfloat16/float16 dot products natively (x86 "flags", Arm "Features").
+LOW_PRECISION_FLAGS = ("avx512_bf16", "amx_bf16", "amx_tile", "avx512_fp16", "amx_fp16", "avx_vnni", "bf16", "fphp",
+                       "asimdhp", "sve")
+
+
+def cpu_flags() -> frozenset[str] | None:
+    """The feature flags of the first CPU in /proc/cpuinfo (x86 ``flags``, Arm ``Features``); None without it."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.is_file():
+        return None
+    for line in cpuinfo.read_text(errors="replace").splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return frozenset(value.split())
+    return None
+
+
+def low_precision_environment() -> dict[str, Any]:
+    """What decides whether bfloat16/float16 convolutions run natively on this CPU, for a capture's environment.
+
+    ``mkldnn_bf16_supported``/``mkldnn_fp16_supported``: torch's own checks (``torch.ops.mkldnn._is_mkldnn_*``), which
+    decide whether a bfloat16/float16 conv goes to oneDNN at all (else to ATen's reference ``thnn_conv2d``).
+    ``cpu_low_precision_flags``: the flags of LOW_PRECISION_FLAGS that /proc/cpuinfo lists, space-separated ("" when
+    none; None where there is no /proc/cpuinfo): the torch check is true on any AVX-512 CPU, where oneDNN emulates
+    bfloat16 without avx512_bf16 or amx_bf16.
+    """
+    import torch
+
+    def check(name: str) -> bool | None:
+        probe = getattr(torch.ops.mkldnn, name, None)
+        try:
+            return bool(probe()) if probe is not None else None
+        except RuntimeError:
+            return None
+
+    flags = cpu_flags()
+    return {
+        "mkldnn_bf16_supported": check("_is_mkldnn_bf16_supported"),
+        "mkldnn_fp16_supported": check("_is_mkldnn_fp16_supported"),
+        "cpu_low_precision_flags": None if flags is None else " ".join(f for f in LOW_PRECISION_FLAGS if f in flags),
+    }
+
+
 # ------------------------------------------------------------------------------------------------ CPU: measured
 
 MATMUL_SIZE = 1024  # float32 1024x1024 @ 1024x1024: 2.1 GFLOP, tens of ms on a few cores

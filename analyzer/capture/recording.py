@@ -23,7 +23,7 @@ from torch.profiler import (
     tensorboard_trace_handler,
 )
 
-from convdoctor.analyzer.capture.hardware import device_name, environment_peaks
+from convdoctor.analyzer.capture.hardware import device_name, environment_peaks, low_precision_environment
 from convdoctor.analyzer.capture.host_allocator import (
     allocator,
     faults_per_step,
@@ -152,6 +152,7 @@ def environment(workload: Workload) -> dict[str, Any]:
         "cudnn_deterministic": torch.backends.cudnn.deterministic,
         "mkldnn_enabled": torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # the vector ISA ATen/oneDNN kernels use
+        **low_precision_environment(),  # native bfloat16/float16 on this CPU (CD119, CD121)
         **environment_peaks(device, workload.dtype),
         **_ddp_environment(workload),
     }
