@@ -7,6 +7,7 @@ which never imports torch.
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import partial
 from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:
@@ -24,6 +25,18 @@ def autocast(dtype: torch.dtype) -> Callable[[Workload], Workload]:
         return replace(workload, model=Autocast(workload.model, workload.device.type, dtype))
 
     return transform
+
+
+def autocast_to(dtype_name: str) -> Callable[[Workload], Workload]:
+    """``autocast`` to the torch dtype named ``dtype_name`` ("bfloat16"), for a rule that builds its candidate without
+    importing torch; it pickles (a job's workers receive the candidate)."""
+    return partial(_autocast_to, dtype_name)
+
+
+def _autocast_to(dtype_name: str, workload: Workload) -> Workload:
+    import torch
+
+    return autocast(getattr(torch, dtype_name))(workload)
 
 
 def intra_op_threads(threads: int) -> Callable[[Workload], Workload]:
