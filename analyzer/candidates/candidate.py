@@ -24,7 +24,11 @@ class PlanStage(enum.IntEnum):
 
     STRUCTURE = 0  # replaces or folds modules (conv-bn folding)
     LAYOUT = 1  # changes tensors in place (memory format)
-    WRAPPER = 2  # wraps the whole model (autocast, compile)
+    WRAPPER = 2  # wraps the whole model (autocast, thread count, backend switches)
+    # Compiles the whole model, wrappers included: outermost, so that autocast runs inside the compiled graph (its
+    # weight casts folded by freezing, the output cast fused). torch 2.13 on a CPU compiles both orders; with autocast
+    # outside, the compiled graph's output is cast back eagerly (aten::_to_copy) on each call.
+    COMPILER = 3
 
 
 @dataclass(frozen=True)

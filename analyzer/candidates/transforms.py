@@ -57,6 +57,14 @@ def compiled(workload: Workload) -> Workload:
     return replace(workload, model=Compiled(workload.model))
 
 
+def frozen_compiled(workload: Workload) -> Workload:
+    """The workload with its model compiled by torch.compile with inductor's ``freezing`` set while it compiles
+    (``torch_parts.Compiled``): for eval, where the parameters are constants."""
+    from convdoctor.analyzer.candidates.torch_parts import Compiled
+
+    return replace(workload, model=Compiled(workload.model, freezing=True))
+
+
 def backend_flags(**flags: bool) -> Callable[[Workload], Workload]:
     """A transform that runs the model's forward with the named ``torch.backends`` switches set
     (``torch_parts.BACKEND_FLAGS``)."""
