@@ -108,5 +108,5 @@ and the most frequent op names; the absence of `Torch-Compiled Region` events.
             },
             estimated_saving=None,  # fusion removes part of this time, how much the trace cannot say
             candidate=Candidate(title="torch.compile(model)", transform=compiled,
-                                numerics=NumericsContract.APPROXIMATE, tolerance=1e-3, stage=PlanStage.WRAPPER),
+                                numerics=NumericsContract.APPROXIMATE, tolerance=1e-3, stage=PlanStage.COMPILER),
         )
