@@ -1,0 +1,142 @@
+"""CD120 compile-freezing: opt-in; fires on an eager eval model, not in training nor on a compiled model; its candidate
+compiles with inductor freezing set only while that copy compiles (the weights are frozen in, the global switch is
+left as it was), every fresh copy compiles its own frozen graph, and in a plan it wraps bfloat16 autocast."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import json
+import pytest
+import torch
+from conftest import MODELS, capture_analysis
+
+from convdoctor.analyzer.candidates.candidate import Candidate, NumericsContract, PlanStage, combine
+from convdoctor.analyzer.candidates.torch_parts import Autocast, Compiled
+from convdoctor.analyzer.candidates.transforms import autocast_to, compiled, frozen_compiled
+from convdoctor.analyzer.capture.workload import load_workload, make_step
+from convdoctor.analyzer.measure.benchmark import BenchmarkSettings, Verdict, compare_first_step
+from convdoctor.api import ProfileOptions, profile
+from convdoctor.rules.cd120_compile_freezing import TOLERANCE, CompileFreezingRule
+from convdoctor.rules.registry import load_rules, select_rules
+
+MODEL = MODELS / "cd120_conv_bn_eval.py"
+
+
+def test_is_opt_in():
+    rules = load_rules().rules
+    assert "CD120" not in [r.id for r in select_rules(rules)]
+    assert [r.id for r in select_rules(rules, select=("CD120",))] == ["CD120"]
+    assert [r.id for r in select_rules(rules, select=("compile-freezing",))] == ["CD120"]
+
+
+def test_triggers_on_an_eager_eval_model(tmp_path: Path):
+    analysis = capture_analysis(load_workload(MODEL, device="cpu"), tmp_path, steps=2)
+    (finding,) = CompileFreezingRule().check(analysis)
+    assert finding.rule_id == "CD120" and finding.rule_name == "compile-freezing"
+    evidence = finding.evidence
+    json.dumps(asdict(evidence))
+    assert evidence.conv_layers == 2 and set(finding.layers) == {"conv1", "conv2"}
+    assert evidence.batch_norms_per_step == 2  # both batch norms, which freezing folds into the convs
+    assert evidence.eager_ops_per_step >= 5  # two batch norms, three relus, one add at least
+    assert 0.1 <= evidence.conv_share < 1
+    assert "eagerly" in finding.message and "freezing" in finding.snippet
+    candidate = finding.candidate
+    assert candidate.stage is PlanStage.COMPILER and candidate.numerics is NumericsContract.APPROXIMATE
+    assert candidate.tolerance == TOLERANCE
+
+
+def test_quiet_in_training(tmp_path: Path):
+    analysis = capture_analysis(load_workload(MODEL, device="cpu", mode="train"), tmp_path)
+    assert analysis.mode == "train" and analysis.layers
+    assert list(CompileFreezingRule().check(analysis)) == []
+
+
+def test_quiet_on_a_compiled_model(tmp_path: Path):
+    workload = compiled(load_workload(MODEL, device="cpu"))
+    analysis = capture_analysis(workload, tmp_path)
+    assert analysis.layers  # the convs are still seen inside the compiled region
+    assert list(CompileFreezingRule().check(analysis)) == []
+
+
+def _bn_edited_output(model: torch.nn.Module, inner: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Outputs before and after scaling bn1's running variance in place, after the first (compiling) call."""
+    with torch.no_grad():
+        before = model(x)
+        inner.bn1.running_var.mul_(4)
+        return before, model(x)
+
+
+def test_freezing_is_set_only_while_that_copy_compiles():
+    from torch._inductor import config as inductor_config
+
+    workload = load_workload(MODEL, device="cpu")
+    assert inductor_config.freezing is False
+    frozen = frozen_compiled(workload.copy()).model.eval()
+    assert isinstance(frozen, Compiled) and frozen.freezing
+    before, after = _bn_edited_output(frozen, frozen.model, workload.inputs)
+    assert torch.equal(before, after)  # the batch norm was folded in as a constant when it compiled
+    assert inductor_config.freezing is False  # and the switch is back
+    plain = compiled(workload.copy()).model.eval()
+    before, after = _bn_edited_output(plain, plain.model, workload.inputs)
+    assert not torch.equal(before, after)  # a plain compile, after it, reads the live parameters
+
+
+def test_numerics_within_tolerance():
+    workload = load_workload(MODEL, device="cpu")
+    numerics, (_, first_s) = compare_first_step(workload, frozen_compiled(workload.copy()))
+    assert numerics.within(TOLERANCE) and numerics.max_rel_error < 1e-4
+    assert first_s > 0.5  # the first call compiled
+
+
+@pytest.mark.slow
+def test_every_fresh_copy_compiles_its_own_frozen_graph():
+    """Each copy's frozen graph guards on its own parameters: through one shared dynamo frame, torch 2.13 ran the
+    ninth copy eagerly (recompile_limit 8). Each copy's step must run compiled code."""
+    from torch._dynamo.utils import counters
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    workload = frozen_compiled(load_workload(MODEL, device="cpu"))
+    before = counters["stats"]["unique_graphs"]
+    for _ in range(10):
+        step = make_step(workload.copy())
+        step()  # compiles
+        with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+            step()
+        assert any(e.name.startswith("Torch-Compiled Region") for e in prof.events())
+        assert not any(e.name == "aten::batch_norm" for e in prof.events())  # folded: no eager batch norm
+    assert counters["stats"]["unique_graphs"] - before == 10
+
+
+def test_in_a_plan_compile_wraps_autocast():
+    freeze = Candidate("freeze", frozen_compiled, NumericsContract.APPROXIMATE, TOLERANCE, PlanStage.COMPILER)
+    bf16 = Candidate("bf16", autocast_to("bfloat16"), NumericsContract.APPROXIMATE, 2e-2, PlanStage.WRAPPER)
+    workload = load_workload(MODEL, device="cpu")
+    for order in ([freeze, bf16], [bf16, freeze]):
+        plan = combine(order)
+        assert plan.stage is PlanStage.COMPILER
+        trial = plan.transform(workload.copy())
+        assert isinstance(trial.model, Compiled) and isinstance(trial.model.model, Autocast)
+    numerics, _ = compare_first_step(workload, trial)
+    assert numerics.within(plan.tolerance)  # autocast inside the compiled, frozen graph runs and stays close
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_thread")
+def test_the_frozen_candidate_is_measured_and_its_compile_time_reported(tmp_path: Path):
+    from torch._inductor import config as inductor_config
+
+    settings = BenchmarkSettings(block_spacing_s=0, extra_blocks=0, warmup_s=0, min_rounds=4, max_rounds=4, blocks=2)
+    workload = load_workload(MODEL, device="cpu")
+    with inductor_config.patch(force_disable_caches=True):
+        report, _ = profile(workload.model, workload.inputs, ProfileOptions(
+            device="cpu", out_dir=tmp_path, steps=1, select=("CD120",), benchmark=settings))
+    (outcome,) = report.outcomes
+    assert outcome.measurement is not None, outcome.not_measured
+    assert outcome.numerics_ok is True
+    _, compiled_first = outcome.measurement.first_step_s
+    assert compiled_first * 1e3 > 5 * outcome.measurement.estimate.candidate_ms  # the first call compiled
+    assert outcome.measurement.estimate.verdict in set(Verdict)
+    assert inductor_config.freezing is False
