@@ -27,6 +27,10 @@ CONV_OP = re.compile(
     r"^aten::(?!\w*backward)(conv[123]d|conv_transpose[123]d|_?convolution|_convolution_mode|cudnn_convolution\w*|"
     r"mkldnn_convolution|miopen_\w*convolution\w*|thnn_conv\w*|_?slow_conv\w*|_nnpack_spatial_convolution|conv_tbc)$"
 )
+# The conv operators that only dispatch: the ones below them name the implementation (mkldnn_convolution, thnn_conv2d).
+DISPATCH_CONV_OPS = frozenset({"aten::conv1d", "aten::conv2d", "aten::conv3d", "aten::conv_transpose1d",
+                               "aten::conv_transpose2d", "aten::conv_transpose3d", "aten::convolution",
+                               "aten::_convolution", "aten::_convolution_mode"})
 CONV_BACKWARD_NODE = re.compile(r"^(?!autograd::)\w*Conv\w*Backward\w*$")
 BACKWARD_OP = re.compile(r"Backward|^autograd::engine")
 CONV_MODULE_CLASS = re.compile(r"Conv(Transpose)?[123]d")
@@ -130,6 +134,10 @@ class ConvLayer:
     backward_us: float = 0.0
     conversions: list[LayoutConversion] = field(default_factory=list)
     kernels: list[Kernel] = field(default_factory=list)  # device events of all calls, forward and backward
+    # The conv operators below the dispatching ones in its forward calls, in order of first call: which implementation
+    # ATen chose (aten::mkldnn_convolution, aten::thnn_conv2d -> aten::_slow_conv2d_forward, aten::slow_conv3d ...);
+    # empty where it calls the library without an operator of its own (oneDNN deconvolution, cuDNN, compiled code).
+    implementations: list[str] = field(default_factory=list)
     flops: int | None = None  # per call, forward
     bytes: int | None = None  # per call, forward: input + weight + bias + output
     calls_per_step: float = 0.0
@@ -258,9 +266,13 @@ def analyze_convs(profile: Profile) -> ConvAnalysis:
     for op, name in _name_calls(profile, calls):
         layer = layers.get(name) or layers.setdefault(name, _new_layer(name, op))
         layer.calls += 1
-        time_us, kernels, _ = _call_work(op, basis)
+        time_us, kernels, events = _call_work(op, basis)
         layer.forward_us += time_us
         layer.kernels.extend(kernels)
+        for event in events:
+            if event.kind is EventKind.CPU_OP and event.name not in DISPATCH_CONV_OPS and is_conv_op(event.name) \
+                    and event.name not in layer.implementations:
+                layer.implementations.append(event.name)
         layer_of_call[id(op)] = layer
     forward_by_sequence = {op.sequence_number: op for op in calls if op.sequence_number is not None}
     for node in backward_nodes:
