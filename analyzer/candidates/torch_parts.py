@@ -34,6 +34,30 @@ class Autocast(nn.Module):
         return map_tensors(output, lambda t: t.float() if t.is_floating_point() else t)
 
 
+class Float32Compute(nn.Module):
+    """Runs the wrapped model in float32 (its floating-point parameters and buffers converted once, its floating-point
+    inputs on each call) and returns floating-point outputs in the dtype of the first floating-point input: the
+    caller sees the dtypes it had."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model.float()
+
+    def forward(self, *args: object, **kwargs: object) -> object:
+        given = [t.dtype for t in _tensors((args, kwargs)) if t.is_floating_point()]
+        to32 = (lambda t: t.float() if t.is_floating_point() else t)  # noqa: E731
+        output = self.model(*map_tensors(list(args), to32), **map_tensors(kwargs, to32))
+        if not given:
+            return output
+        return map_tensors(output, lambda t: t.to(given[0]) if t.is_floating_point() else t)
+
+
+def _tensors(value: object) -> list[torch.Tensor]:
+    found: list[torch.Tensor] = []
+    map_tensors(value, lambda t: found.append(t) or t)
+    return found
+
+
 class IntraOpThreads(nn.Module):
     """Runs the wrapped model's forward with ``threads`` intra-op threads, and puts the previous count back after.
 
@@ -106,6 +130,7 @@ BACKEND_FLAGS = {  # name -> (module, attribute) of the torch.backends switches 
     "cudnn_benchmark": (torch.backends.cudnn, "benchmark"),
     "cudnn_allow_tf32": (torch.backends.cudnn, "allow_tf32"),
     "matmul_allow_tf32": (torch.backends.cuda.matmul, "allow_tf32"),
+    "mkldnn_enabled": (torch.backends.mkldnn, "enabled"),
 }
 
 

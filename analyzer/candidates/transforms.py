@@ -39,6 +39,14 @@ def _autocast_to(dtype_name: str, workload: Workload) -> Workload:
     return autocast(getattr(torch, dtype_name))(workload)
 
 
+def float32_compute(workload: Workload) -> Workload:
+    """The workload with its model run in float32, outputs cast back to the inputs' dtype
+    (``torch_parts.Float32Compute``): moves float16/bfloat16 convolutions off ATen's reference path on a CPU."""
+    from convdoctor.analyzer.candidates.torch_parts import Float32Compute
+
+    return replace(workload, model=Float32Compute(workload.model))
+
+
 def intra_op_threads(threads: int) -> Callable[[Workload], Workload]:
     """A transform that runs the model's forward with ``threads`` intra-op threads (``torch.set_num_threads``)."""
 
