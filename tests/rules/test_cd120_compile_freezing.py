@@ -123,6 +123,28 @@ def test_in_a_plan_compile_wraps_autocast():
     assert numerics.within(plan.tolerance)  # autocast inside the compiled, frozen graph runs and stays close
 
 
+def test_in_a_plan_with_the_fold_and_channels_last():
+    """The plan's order: CD109's fold (STRUCTURE), channels_last (LAYOUT), autocast (WRAPPER), the frozen compile
+    (COMPILER) outermost; the combination compiles and runs within its tolerance."""
+    from convdoctor.analyzer.candidates.layout import to_channels_last
+    from convdoctor.rules.cd109_conv_bn_fold import fold_conv_bn
+
+    freeze = Candidate("freeze", frozen_compiled, NumericsContract.APPROXIMATE, TOLERANCE, PlanStage.COMPILER)
+    bf16 = Candidate("bf16", autocast_to("bfloat16"), NumericsContract.APPROXIMATE, 2e-2, PlanStage.WRAPPER)
+    layout = Candidate("channels_last", to_channels_last, NumericsContract.EXACT, 1e-4, PlanStage.LAYOUT)
+    fold = Candidate("fold", fold_conv_bn([("conv1", "bn1"), ("conv2", "bn2")]), NumericsContract.EXACT, 1e-4,
+                     PlanStage.STRUCTURE)
+    plan = combine([freeze, bf16, layout, fold])
+    assert plan.title == "fold + channels_last + bf16 + freeze"
+    workload = load_workload(MODEL, device="cpu")
+    trial = plan.transform(workload.copy())
+    assert isinstance(trial.model, Compiled) and isinstance(trial.model.model, Autocast)
+    assert isinstance(trial.model.model.model.bn1, torch.nn.Identity)
+    assert trial.inputs.is_contiguous(memory_format=torch.channels_last)
+    numerics, _ = compare_first_step(workload, trial)
+    assert numerics.within(plan.tolerance)
+
+
 @pytest.mark.slow
 @pytest.mark.usefixtures("one_thread")
 def test_the_frozen_candidate_is_measured_and_its_compile_time_reported(tmp_path: Path):
