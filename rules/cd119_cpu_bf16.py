@@ -71,8 +71,8 @@ the trace on another machine decides as `profile` did; the finding names the fac
 
 The rule stays quiet on a CPU without native bfloat16 (AVX2 only, or AVX-512 without BF16): there torch sends
 bfloat16 convolutions to ATen's reference `thnn_conv2d` (or oneDNN emulates bfloat16 with float32 arithmetic),
-which is 4-16x slower than float32 on AVX2-only CPUs (pytorch/pytorch#183815; about 200x for one small
-Conv2d on an AVX2 EPYC here). It stays quiet too on a trace that does not record the facts.
+which is 4-16x slower than float32 on AVX2-only CPUs (pytorch/pytorch#183815; 99x for one small Conv2d on
+one thread of an AVX2 EPYC here). It stays quiet too on a trace that does not record the facts.
 
 ## Why it is slow
 With AVX512-BF16 a core does a bfloat16 dot product (`vdpbf16ps`) at twice the float32 FMA rate, and AMX tiles
