@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from convdoctor.analyzer.conv.job_view import job_view
+from convdoctor.analyzer.conv.job_view import job_view, trace_rank
 from convdoctor.analyzer.conv.layers import ConvAnalysis, analyze_convs
 from convdoctor.analyzer.conv.roofline import analyze_roofline
 from convdoctor.analyzer.trace.collector import collector_paused
@@ -120,10 +120,9 @@ RANK_IN_NAME = re.compile(r"rank[-_]?(\d+)", re.IGNORECASE)
 
 def _rank_order(trace: Path, analysis: ConvAnalysis) -> tuple[int, str]:
     """A trace's rank: Kineto's distributedInfo, convdoctor's record, or ``rank<k>`` in its name; unknown last."""
-    info = analysis.profile.metadata.get("distributedInfo")
-    for value in (info.get("rank") if isinstance(info, dict) else None, analysis.profile.environment.get("rank")):
-        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-            return value, trace.name
+    rank = trace_rank(analysis.profile)
+    if rank is not None:
+        return rank, trace.name
     match = RANK_IN_NAME.search(trace.name)
     return (int(match.group(1)) if match else sys.maxsize), trace.name
 
@@ -136,6 +135,8 @@ def report_data(path: str | Path) -> dict[str, Any]:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ReportError(f"{path}: cannot be read as a report ({exc}); pass a report.json or a trace") from exc
+        if isinstance(data, (dict, list)) and (isinstance(data, list) or "traceEvents" in data):
+            return report_to_dict(analyze_trace(path))  # a trace named *.json (HTA's rank-N.json)
         if not isinstance(data, dict) or "schema_version" not in data or "layers" not in data:
             raise ReportError(f"{path}: is JSON but not a convdoctor report.json; pass a report.json or a trace")
         return data
@@ -163,7 +164,7 @@ def _offline_report(analysis: ConvAnalysis, trace: Path, logdir: Path, rule_set:
 
 def _trace_key(logdir: Path, trace: Path) -> Path:
     """``run/worker`` for a trace under a log dir: where its report goes."""
-    return trace.relative_to(logdir).parent / trace.name.split(".pt.trace")[0]
+    return trace.relative_to(logdir).parent / trace.name.split(".pt.trace")[0].removesuffix(".gz").removesuffix(".json")
 
 
 def build_report(analysis: ConvAnalysis, summary: WorkloadSummary, outcomes: list[FindingOutcome], traces: list[Path],
