@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 import enum
+import functools
 import itertools
 import math
 from dataclasses import dataclass
@@ -69,6 +70,11 @@ class Op(msgspec.Struct, eq=False):
     scope: ModuleScope | None = None  # set on module-scope annotations themselves
     module: ModuleScope | None = None  # the innermost module scope this event runs in
     module_call: Op | None = None  # the annotation of that module call
+    # A collective's size as c10d's ``record_param_comms`` records it (PyTorch 2.x; None elsewhere): its name
+    # ("allreduce", "broadcast"...), the elements of its input, and their dtype as c10d spells it ("Float"...).
+    collective: str | None = None
+    message_elements: int | None = None
+    message_dtype: str | None = None
 
     def __repr__(self) -> str:
         return _repr(self, OP_LINKS)
@@ -156,11 +162,13 @@ def _repr(event: Op | Kernel, links: frozenset[str]) -> str:
 
 @dataclass(frozen=True)
 class Step:
-    """One profiled iteration (a ``ProfilerStep#N`` annotation)."""
+    """One profiled iteration: a ``ProfilerStep#N`` annotation, or one found from the repeating conv calls of a trace
+    that marks none (``inferred``)."""
 
     number: int
     ts_us: float
     dur_us: float
+    inferred: bool = False
 
     @property
     def end_us(self) -> float:
@@ -228,22 +236,56 @@ class Profile:
         return max(1, len(self.steps))
 
     @property
+    def step_spans(self) -> list[tuple[int | None, float, float]]:
+        """(step number, start, end) of each step; without steps, the whole traced span as one step, number None:
+        from the first host or device event's start to the last one's end. Every per-step figure divides by these
+        (the summary's step time, the GPU timeline's span), so that they agree."""
+        if self.steps:
+            return [(s.number, s.ts_us, s.end_us) for s in self.steps]
+        span = self.traced_span
+        return [] if span is None else [(None, *span)]
+
+    @cached_property
+    def traced_span(self) -> tuple[float, float] | None:
+        """From the first host or device event's start to the last one's end; None for a trace without events."""
+        top = [op for op in self.ops if op.parent is None]
+        starts = [op.ts_us for op in top] + [k.ts_us for k in self.kernels]
+        ends = [op.end_us for op in top] + [k.end_us for k in self.kernels]
+        return (min(starts), max(ends)) if starts else None
+
+    @property
     def step_time_us(self) -> float:
         """Mean wall time of a profiled step (the whole traced span when the trace marks no steps)."""
-        if self.steps:
-            return sum(s.dur_us for s in self.steps) / len(self.steps)
-        top = [op for op in self.ops if op.parent is None]
-        if not top:
-            return 0.0
-        return max(op.end_us for op in top) - min(op.ts_us for op in top)
+        spans = self.step_spans
+        return sum(end - start for _, start, end in spans) / len(spans) if spans else 0.0
+
+    @property
+    def steps_inferred(self) -> bool:
+        return bool(self.steps) and self.steps[0].inferred
+
+    @cached_property
+    def kernel_launches(self) -> int:
+        """CUDA/HIP runtime calls that launch a kernel (``cudaLaunchKernel``...): a trace of a GPU run has them even
+        when it has no kernel records (CUPTI range profiling, or device activities not recorded)."""
+        runtime = EventKind.RUNTIME
+        return sum(1 for op in self.ops if op.kind is runtime and _launches(op.name))
+
+    @cached_property
+    def cpu_op_count(self) -> int:
+        """PyTorch operator events: none in a Chrome trace from another tool."""
+        cpu_op = EventKind.CPU_OP
+        return sum(1 for op in self.ops if op.kind is cpu_op)
 
     def step_of(self, ts_us: float) -> Step | None:
-        """The step whose span holds the time ``ts_us`` (the first such, in ``steps`` order).
+        """The step whose span holds the time ``ts_us`` (the first such, in ``steps`` order; of two steps that touch,
+        the one that starts at ``ts_us``).
 
         Found by bisection, not by a scan: a trace of N steps asks this for about N times more events.
         """
         starts, reach = self._step_index
         started = bisect.bisect_right(starts, ts_us)  # steps[:started] start at or before ts_us
+        if started and starts[started - 1] == ts_us:  # a step that starts at ts_us holds it, not one ending there
+            return self.steps[bisect.bisect_left(starts, ts_us)]
         first = bisect.bisect_left(reach, ts_us, 0, started)  # the first of them whose span reaches ts_us
         return self.steps[first] if first < started else None
 
@@ -251,6 +293,11 @@ class Profile:
     def _step_index(self) -> tuple[list[float], list[float]]:
         """The steps' starts and the running maximum of their ends, for ``step_of`` (steps sorted by start)."""
         return [s.ts_us for s in self.steps], list(itertools.accumulate((s.end_us for s in self.steps), max))
+
+
+@functools.cache
+def _launches(name: str) -> bool:
+    return "LaunchKernel" in name or name.startswith(("cuLaunch", "cudaLaunch", "hipLaunch", "hipModuleLaunch"))
 
 
 def _recordable(value: Any) -> bool:
