@@ -7,9 +7,9 @@ import math
 from typing import Any
 
 from convdoctor.analyzer.conv.communication import DEFINITIONS as COMM_DEFINITIONS
-from convdoctor.analyzer.conv.job_view import JobView
+from convdoctor.analyzer.conv.job_view import JobView, trace_rank
 from convdoctor.analyzer.conv.kernels import KernelShare, LayerKernels, layer_kernels
-from convdoctor.analyzer.conv.layers import ConvLayer
+from convdoctor.analyzer.conv.layers import ConvAnalysis, ConvLayer
 from convdoctor.analyzer.conv.roofline import LayerRoofline, Roofline
 from convdoctor.analyzer.measure.model_cost import ArchitectureDelta
 from convdoctor.analyzer.measure.results import (
@@ -45,6 +45,10 @@ def report_to_dict(report: Report) -> dict[str, Any]:
             "notes": list(analysis.notes) + (list(roofline.notes) if roofline is not None else []),
             "peaks": _peaks(roofline),
             "device_kernels": _kernel_totals(kernels),
+            "steps_from": _steps_from(analysis),
+            "rank": trace_rank(analysis.profile),
+            "gpu": _gpu(analysis),
+            "communication": _communication(analysis),
         },
         "layers": [_layer(layer, analysis.share(layer.time_per_step_us), analysis.profile.step_count,
                           rooflines.get(layer.name), kernels.get(layer.name))
@@ -76,7 +80,8 @@ def distributed_to_dict(job: JobView) -> dict[str, Any]:
             "overlap_fraction": r.overlap_fraction, "allreduce_calls_per_step": r.allreduce_calls,
             "conv_ms": r.conv_us / 1e3,
         } for r in job.ranks],
-        "steps": [{"step": s.number, "work_ms": [w / 1e3 for w in s.work_us], "slowest_rank": s.slowest_rank,
+        "steps": [{"step": s.number, "work_ms": [w / 1e3 for w in s.work_us],
+                   "slowest_rank": s.slowest_rank if s.slowest_rank_id is None else s.slowest_rank_id,
                    "excess_ms": s.excess_us / 1e3, "excess_fraction": s.excess_fraction} for s in job.steps],
         "straggler": None if straggler is None else {
             "rank": straggler.rank, "decided": straggler.decided, "steps": straggler.steps,
@@ -90,6 +95,36 @@ def distributed_to_dict(job: JobView) -> dict[str, Any]:
         "layers": [{"name": layer.name, "time_ms": [None if t is None else t / 1e3 for t in layer.time_us]}
                    for layer in job.layers],
     }
+
+
+def _steps_from(analysis: ConvAnalysis) -> str:
+    """Where the report's steps come from: the trace's ProfilerStep marks, iterations found from its repeating conv
+    calls, or (neither) the whole traced span as one step."""
+    profile = analysis.profile
+    if profile.steps_inferred:
+        return "repeating conv calls"
+    return "ProfilerStep" if profile.steps else "whole trace"
+
+
+def _gpu(analysis: ConvAnalysis) -> dict[str, Any] | None:
+    """Per step, on the busiest device: kernel time (all devices), busy (kernels, memcpy, memset), idle, span."""
+    timeline = analysis.gpu_timeline
+    if timeline is None:
+        return None
+    return {"device": timeline.device, "kernel_ms": timeline.kernel_us / 1e3, "busy_ms": timeline.busy_us / 1e3,
+            "idle_ms": timeline.idle_us / 1e3, "span_ms": timeline.span_us / 1e3, "idle_share": timeline.idle_share,
+            "kernels_per_step": timeline.kernels_per_step}
+
+
+def _communication(analysis: ConvAnalysis) -> dict[str, Any] | None:
+    """Per step: collective time, its overlap with compute, NCCL kernel time, DDP's gradient buckets."""
+    view = analysis.communication
+    if view is None:
+        return None
+    return {"time_basis": view.time_basis, "comm_ms": view.mean("comm_us") / 1e3,
+            "overlap_ms": view.mean("overlap_us") / 1e3, "compute_ms": view.mean("compute_us") / 1e3,
+            "nccl_kernel_ms": view.mean("nccl_kernel_us") / 1e3, "buckets": view.mean("allreduce_calls"),
+            "gradient_mib": view.mean("allreduce_bytes") / 2**20, "definitions": COMM_DEFINITIONS}
 
 
 def dict_to_json(data: dict[str, Any]) -> str:

@@ -72,7 +72,7 @@ def trace_summary(analysis: ConvAnalysis, trace: Path) -> WorkloadSummary:
     recorded = profile.environment
     props = profile.device_properties
     first = analysis.layers[0] if analysis.layers else None
-    on_gpu = profile.has_device_events
+    on_gpu = profile.has_device_events or profile.kernel_launches > 0  # a GPU run without kernel records too
     return WorkloadSummary(
         model_file=str(trace),
         device=recorded.get("device") or ("cuda" if on_gpu else "cpu"),
