@@ -40,7 +40,7 @@ def benchmark_facts(analysis: ConvAnalysis) -> BenchmarkFacts:
         recorded=recorded if isinstance(recorded, bool) else None,
         on_cuda=analysis.time_basis is TimeBasis.DEVICE,
         steps=len(per_step),
-        fixed_shapes=len({frozenset(shapes.items()) for shapes in per_step.values()}) <= 1,
+        fixed_shapes=bool(distinct) and len({frozenset(shapes.items()) for shapes in per_step.values()}) <= 1,
         distinct_shapes=len(distinct),
         conv_kernels=list(dict.fromkeys(name for layer in analysis.layers for name in layer.kernel_names)),
     )

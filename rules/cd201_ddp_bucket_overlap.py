@@ -76,7 +76,8 @@ default 0.5); `target_buckets` (default 4): the candidate's bucket size splits t
         if step_us <= 0 or exposed_us / step_us < self.min_exposed_share or overlap >= self.max_overlap:
             return
         buckets = view.mean("allreduce_calls")
-        gradient_mib = view.mean("allreduce_elements") * 4 / MIB  # float32 gradients
+        gradient_mib = view.mean("allreduce_bytes") / MIB  # record_param_comms' elements x dtype size
+        size = f"{gradient_mib:.1f} MiB" if gradient_mib > 0 else "an unknown size (the trace records none)"
         cap = round(max(gradient_mib / self.target_buckets, 0.25), 2)
         recorded = analysis.profile.environment.get("ddp_bucket_cap_mb")
         current = f"bucket_cap_mb={recorded:g}" if isinstance(recorded, (int, float)) else "the default buckets"
@@ -86,9 +87,9 @@ default 0.5); `target_buckets` (default 4): the candidate's bucket size splits t
             severity=self.severity,
             message=(f"allreduce on {who}: {comm_us / 1e3:.1f} ms a step, {overlap:.0%} of it overlapping compute; "
                      f"{exposed_us / 1e3:.1f} ms ({exposed_us / step_us:.0%} of the step) exposed, in "
-                     f"{buckets:.1f} bucket(s) of {gradient_mib:.1f} MiB of gradients with {current}"),
+                     f"{buckets:.1f} bucket(s) of {size} of gradients with {current}"),
             fix=f"Smaller DDP buckets (bucket_cap_mb={cap:g}) so the allreduce starts during the backward",
-            advice=(f"The gradients ({gradient_mib:.1f} MiB) go out in {buckets:.1f} allreduce(s) per step, which "
+            advice=(f"The gradients ({size}) go out in {buckets:.1f} allreduce(s) per step, which "
                     "start only when the backward has nearly ended. With about "
                     f"{self.target_buckets} buckets the first ones are reduced while the backward still runs."),
             snippet=f"model = DistributedDataParallel(model, bucket_cap_mb={cap:g})",
