@@ -636,6 +636,7 @@ def _match_backward(profile: Profile, nodes: list[Op], calls: list[Op]) -> list[
     (any such call, where the trace has no shapes). The backward runs the layers in reverse order, so the latest
     unpaired forward of those shapes is the node's."""
     step_of_call = [profile.step_of(c.ts_us) for c in calls]
+    forward_shapes = [_forward_shapes(c) for c in calls]
     open_calls = list(range(len(calls)))  # indices of unpaired calls, in time order
     pairs = []
     for node in sorted(nodes, key=lambda n: n.ts_us):
@@ -646,7 +647,7 @@ def _match_backward(profile: Profile, nodes: list[Op], calls: list[Op]) -> list[
             call = calls[index]
             if call.ts_us > node.ts_us or step_of_call[index] is not step:
                 continue
-            if shapes is None or _forward_shapes(call, shapes):
+            if shapes is None or (forward_shapes[index][1] == shapes[1] and forward_shapes[index][0] in shapes[0]):
                 pairs.append((node, call))
                 del open_calls[position]
                 break
@@ -665,6 +666,7 @@ def _backward_shapes(node: Op) -> tuple[list[list[int]], list[int]] | None:
     return [_tensor_shape(dims, 0), _tensor_shape(dims, 1)], weight
 
 
-def _forward_shapes(call: Op, shapes: tuple[list[list[int]], list[int]]) -> bool:
+def _forward_shapes(call: Op) -> tuple[list[int], list[int]]:
+    """A conv call's input and weight shapes."""
     args = _conv_args(call)
-    return args["weight_shape"] == shapes[1] and args["input_shape"] in shapes[0]
+    return args["input_shape"], args["weight_shape"]
