@@ -141,6 +141,7 @@ def test_d8_cuda_launches_without_kernel_records_are_said():
     assert data["workload"]["device"] == "cuda"
     assert data["summary"]["time_basis"] == "host" and data["summary"]["gpu"] is None
     assert any("kernel launches but no kernel records" in note for note in data["summary"]["notes"])
+    assert any("does not read: cuda_profiler_range (77)" in note for note in data["summary"]["notes"])
 
 
 # D9 ------------------------------------------------------------------------------------------------------------
@@ -206,13 +207,8 @@ def test_report_agrees_with_the_oracle(trace: Path):
     are the same; as totals over the trace where convdoctor found iterations the oracle does not look for."""
     truth = oracle.oracle(trace)
     theirs = oracle.convdoctor_figures(report(trace))
-    if theirs["steps"] != truth["steps"]:  # iterations found from repeating conv calls: compare totals
-        assert "repeating" in report(trace)["summary"]["steps_from"]
-        for quantity in ("conv_fwd_ms", "conv_bwd_ms", "conversion_ms"):
-            if truth[quantity] is None:  # no device time in the trace
-                assert theirs[quantity] is None, quantity
-                continue
-            assert close(theirs[quantity] * theirs["steps"], truth[quantity] * truth["steps"]), quantity
-        return
-    for quantity in oracle.QUANTITIES:
-        assert oracle.agrees(truth[quantity], theirs[quantity]), (quantity, truth[quantity], theirs[quantity])
+    if theirs["steps"] != truth["steps"]:  # iterations found from repeating conv calls: totals compared
+        assert theirs["steps_from"] == "repeating conv calls"
+    verdicts = oracle.compare(truth, theirs)
+    assert sum(v is not None for v in verdicts.values()) >= 4
+    assert all(v is not False for v in verdicts.values()), (truth, theirs)

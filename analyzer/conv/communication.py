@@ -43,7 +43,7 @@ DEFINITIONS = {
 class CommStep:
     """One profiled step of one rank, in µs."""
 
-    number: int
+    number: int | None  # None: the whole trace, which marks no steps
     step_us: float
     comm_us: float
     overlap_us: float
@@ -103,7 +103,8 @@ def _is_bucket_copy(name: str) -> bool:
 
 
 def communication(profile: Profile) -> CommView | None:
-    """The communication view of a rank's trace; None when the trace holds no collective or no steps."""
+    """The communication view of a rank's trace, per step (the whole traced span where it marks none); None when the
+    trace holds no collective."""
     cpu_op = EventKind.CPU_OP
     nccl = []
     if any(map(_is_nccl_kernel, {k.name for k in profile.kernels})):  # each distinct name once
@@ -122,7 +123,8 @@ def communication(profile: Profile) -> CommView | None:
         compute = [(op.ts_us, op.end_us) for op in profile.ops if op.kind is cpu_op
                    and (op.pid, op.tid) not in comm_threads and not _is_enqueue_op(op.name)]
         basis = "host"
-    if not comm or not profile.steps:
+    spans = profile.step_spans  # without steps, the whole traced span is one step (as the GPU timeline's)
+    if not comm or not spans:
         return None
     calls = _bucket_calls(profile)
     sizes = {id(op): _message(op) for op in calls}
@@ -130,12 +132,12 @@ def communication(profile: Profile) -> CommView | None:
     overlap = _intersect(comm_union, compute_union)
     copies = _union([(op.ts_us, op.end_us) for op in profile.ops if _is_bucket_copy(op.name)])
     steps = []
-    for step in profile.steps:
-        span = [(step.ts_us, step.end_us)]
-        in_step = [op for op in calls if step.ts_us <= op.ts_us < step.end_us]
+    for number, start, end in spans:
+        span = [(start, end)]
+        in_step = [op for op in calls if start <= op.ts_us < end]
         steps.append(CommStep(
-            number=step.number,
-            step_us=step.dur_us,
+            number=number,
+            step_us=end - start,
             comm_us=_length(_intersect(comm_union, span)),
             overlap_us=_length(_intersect(overlap, span)),
             compute_us=_length(_intersect(compute_union, span)),
@@ -143,7 +145,7 @@ def communication(profile: Profile) -> CommView | None:
             allreduce_elements=sum(sizes[id(op)][0] for op in in_step),
             bucket_copy_us=_length(_intersect(copies, span)),
             allreduce_bytes=sum(sizes[id(op)][1] for op in in_step),
-            nccl_kernel_us=sum(k.dur_us for k in nccl if step.ts_us <= k.ts_us < step.end_us),
+            nccl_kernel_us=sum(k.dur_us for k in nccl if start <= k.ts_us < end),
         ))
     return CommView(steps=steps, time_basis=basis)
 

@@ -555,6 +555,11 @@ def _trace_notes(profile: Profile) -> list[str]:
     if profile.cpu_op_count == 0:
         notes.append("the trace holds no PyTorch operator events (cpu_op): it is not a PyTorch profiler trace, or "
                      "the profiler recorded no operators; there are no conv layers, steps or operators to read")
+    unread = {category: count for category, count in profile.unknown_categories.items() if count}
+    if unread:
+        listed = ", ".join(f"{category} ({count})" for category, count in sorted(unread.items(), key=lambda i: -i[1]))
+        notes.append(f"the trace holds events of categories convdoctor does not read: {listed}; their time is in no "
+                     "figure of this report")
     if not profile.kernels and profile.kernel_launches:
         notes.append(f"the trace records {profile.kernel_launches} CUDA kernel launches but no kernel records "
                      "(CUPTI range profiling, or CUDA activities not traced): GPU time, GPU idle and conv kernels "
