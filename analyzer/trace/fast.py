@@ -125,7 +125,10 @@ def split_trace(text: str | bytes) -> tuple[list[msgspec.Struct], dict[str, msgs
     not take the trace (including JSON that is not a Kineto trace: the tolerant reading says what is wrong)."""
     try:
         if _is_array(text):  # the Chrome trace format's other form: the events' array alone, nothing around it
-            return _decoded_events(text, {})
+            decoded = _decoded_events(text, {})
+            if not decoded[0]:  # no event: the tolerant reading says it is not a trace
+                raise NotPlain("an empty array")
+            return decoded
         cut = _cut_events(text) if isinstance(text, bytes) else None
         if cut is not None:
             top, raw_events = cut
