@@ -270,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("traces", nargs="*", type=Path)
     parser.add_argument("--markdown", type=Path, help="write the side-by-side tables here")
+    parser.add_argument("--hta", type=Path, help="HTA's figures (benchmarks/hta_compare.py's output) to add")
     args = parser.parse_args(argv)
     if args.traces:
         items = [(str(p), p) for p in args.traces]
@@ -278,7 +279,8 @@ def main(argv: list[str] | None = None) -> int:
         from fetch_corpus import cached
 
         items = [(entry.label, path) for entry, path in cached()]
-    rows, agree, total = [], 0, 0
+    hta = json.loads(args.hta.read_text()) if args.hta else {}
+    rows, agree, total, hta_rows = [], 0, 0, []
     for label, path in items:
         try:
             ours = oracle(path)
@@ -288,12 +290,14 @@ def main(argv: list[str] | None = None) -> int:
         report = convdoctor_report(path)
         theirs = convdoctor_figures(report) if isinstance(report, dict) else report
         rows.append((label, ours, theirs))
+        if str(path) in hta:
+            hta_rows.append((label, hta[str(path)], ours, theirs))
         if isinstance(theirs, dict):
             verdicts = [v for v in compare(ours, theirs).values() if v is not None]
             total += len(verdicts)
             agree += sum(verdicts)
         print(label, file=sys.stderr)
-    text = _markdown(rows, agree, total, argv)
+    text = _markdown(rows, agree, total, argv) + _hta_markdown(hta_rows)
     if args.markdown:
         args.markdown.write_text(text)
     else:
@@ -324,6 +328,29 @@ convdoctor's differ on purpose:
 
 ## Per trace
 """
+
+
+def _hta_markdown(rows: list[tuple[str, dict[str, Any], dict[str, Any], Any]]) -> str:
+    if not rows:
+        return ""
+    lines = ["", "## HTA", "",
+             "HolisticTraceAnalysis 0.5.0 (`pip install holistictraceanalysis` in its own venv; "
+             "`benchmarks/hta_compare.py`) on the traces with NCCL kernels: the share of communication-kernel time that "
+             "overlaps computation kernels. HTA averages it over the iterations it finds on the GPU (the device-side "
+             "`ProfilerStep` annotations), convdoctor and the oracle over the host `ProfilerStep` spans; HTA's kernel "
+             "breakdown counts the trace's kernels in its own iterations.", "",
+             "| trace | HTA overlap % | convdoctor overlap % | oracle overlap % | HTA communication ms (trace) |",
+             "|---|---|---|---|---|"]
+    for label, theirs_hta, ours, theirs in rows:
+        if "error" in theirs_hta:
+            lines.append(f"| {label} | HTA fails: {theirs_hta['error']} | | | |")
+            continue
+        mine = (100 * theirs["overlap_ms"] / theirs["nccl_ms"]
+                if isinstance(theirs, dict) and theirs.get("nccl_ms") else None)
+        oracle_pct = 100 * ours["overlap_ms"] / ours["nccl_ms"] if ours.get("nccl_ms") else None
+        lines.append(f"| {label} | {theirs_hta['comm_comp_overlap_pct']:.1f} | {_cell(mine)} | {_cell(oracle_pct)} | "
+                     f"{theirs_hta['communication_us'] / 1e3:.3f} |")
+    return "\n".join(lines) + "\n"
 
 
 def _markdown(rows: list[tuple[str, Any, Any]], agree: int, total: int, argv: list[str] | None) -> str:
