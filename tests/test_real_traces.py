@@ -3,11 +3,13 @@ on a real trace from it (tests/data/SOURCES.md), and what the analyzer cannot kn
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import sys
 from pathlib import Path
 
+import jsonschema
 import pytest
 from click.testing import CliRunner
 
@@ -16,7 +18,7 @@ from convdoctor.analyzer.trace.reader import find_traces, load_profile
 from convdoctor.cli import main
 from convdoctor.pipeline import analyze_path, analyze_trace
 from convdoctor.reports.json_report import report_to_dict
-from tests.conftest import DATA, REPO, SHARED_TRACES
+from conftest import DATA, REPO, SCHEMA, SHARED_TRACES
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 import oracle  # noqa: E402  (benchmarks/oracle.py: plain json, none of the analyzer's code)
@@ -33,7 +35,9 @@ FIXTURES = [DDP_A100, PT18_ARRAY, AUTOGRAD_API, ALEXNET, CUPTI_RANGE, EXCERPT, F
             SHARED_TRACES["resnet50"], SHARED_TRACES["cpu_only"]]
 
 
+@functools.cache
 def report(path: Path) -> dict:
+    """report.json's data for one trace, analyzed once per test session (the tests only read it)."""
     return report_to_dict(analyze_trace(path))
 
 
@@ -206,6 +210,7 @@ def test_report_agrees_with_the_oracle(trace: Path):
     """report.json's sums within 1% of benchmarks/oracle.py's (its own few lines of json): per step where the steps
     are the same; as totals over the trace where convdoctor found iterations the oracle does not look for."""
     truth = oracle.oracle(trace)
+    jsonschema.validate(report(trace), SCHEMA)
     theirs = oracle.convdoctor_figures(report(trace))
     if theirs["steps"] != truth["steps"]:  # iterations found from repeating conv calls: totals compared
         assert theirs["steps_from"] == "repeating conv calls"
