@@ -201,8 +201,8 @@ def convdoctor_figures(report: dict[str, Any]) -> dict[str, Any]:
         "steps": report["workload"]["steps"],
         "step_ms": summary["step_time_ms"],
         "kernel_ms": gpu.get("kernel_ms"),
-        "conv_fwd_ms": sum(layer["forward_ms"] for layer in layers) if device else None,
-        "conv_bwd_ms": sum(layer["backward_ms"] for layer in layers) if device else None,
+        "conv_fwd_ms": float(sum(layer["forward_ms"] for layer in layers)) if device else None,
+        "conv_bwd_ms": float(sum(layer["backward_ms"] for layer in layers)) if device else None,
         "conversion_ms": summary["conversion_time_ms"] if device else None,
         "nccl_ms": _device_comm(summary, "nccl_kernel_ms"),
         "overlap_ms": _device_comm(summary, "overlap_ms"),
@@ -217,9 +217,9 @@ def _device_comm(summary: dict[str, Any], key: str) -> float | None:
     """A device-basis communication figure; 0 without collectives; None on a GPU-less trace (CPU collectives are
     host intervals: not the oracle's NCCL kernels)."""
     comm = summary.get("communication")
-    if comm is None:
+    if comm is None or comm["time_basis"] != "device":  # no collective, or collectives seen only on the host
         return 0.0 if summary["time_basis"] == "device" or summary.get("gpu") else None
-    return comm[key] if comm["time_basis"] == "device" else None
+    return comm[key]
 
 
 TOTALS = ("conv_fwd_ms", "conv_bwd_ms", "conversion_ms", "rank")  # compared as totals where the steps differ
@@ -262,7 +262,7 @@ def _cell(value: Any) -> str:
     if value is None:
         return "–"
     if isinstance(value, float):
-        return f"{value:.3f}"
+        return f"{value:.3f}" if abs(value) >= 1 or value == 0 else f"{value:.4g}"
     return str(value)
 
 
@@ -333,7 +333,10 @@ convdoctor's differ on purpose:
 def _hta_markdown(rows: list[tuple[str, dict[str, Any], dict[str, Any], Any]]) -> str:
     if not rows:
         return ""
-    lines = ["", "## HTA", "",
+    close_rows = sum(1 for _, h, _, t in rows if "error" not in h and isinstance(t, dict) and t.get("nccl_ms")
+                     and abs(100 * t["overlap_ms"] / t["nccl_ms"] - h["comm_comp_overlap_pct"]) <= 2.5)
+    lines = ["", "## HTA", "", f"**HTA's overlap share within 2.5 points of convdoctor's on {close_rows} of "
+             f"{len(rows)} traces.**", "",
              "HolisticTraceAnalysis 0.5.0 (`pip install holistictraceanalysis` in its own venv; "
              "`benchmarks/hta_compare.py`) on the traces with NCCL kernels: the share of communication-kernel time that "
              "overlaps computation kernels. HTA averages it over the iterations it finds on the GPU (the device-side "
