@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from convdoctor.analyzer.conv.job_view import job_view
+from convdoctor.analyzer.conv.kernels import kernel_totals, layer_kernels
 from convdoctor.analyzer.conv.layers import ConvAnalysis, analyze_convs
 from convdoctor.analyzer.conv.roofline import analyze_roofline
 from convdoctor.analyzer.trace.collector import collector_paused
@@ -168,6 +169,7 @@ def _trace_key(logdir: Path, trace: Path) -> Path:
 
 def build_report(analysis: ConvAnalysis, summary: WorkloadSummary, outcomes: list[FindingOutcome], traces: list[Path],
             logdir: Path, results: RuleResults, rule_set: RuleSet) -> Report:
+    kernels = layer_kernels(analysis)
     return Report(
         tool_version=__version__,
         workload=summary,
@@ -180,11 +182,13 @@ def build_report(analysis: ConvAnalysis, summary: WorkloadSummary, outcomes: lis
         rule_docs=[RuleDoc(r.id, r.name, r.summary, doc_sections(r.doc)) for r in rule_set.rules
                    if any(o.finding.rule_id == r.id for o in outcomes)],
         roofline=analyze_roofline(analysis),
+        layer_kernels=kernels,
+        kernel_totals=kernel_totals(kernels),
     )
 
 
 def write_report(report: Report, files: ReportFiles) -> None:
-    data = report_to_dict(report)  # built once for both files: it reads every layer's kernels
+    data = report_to_dict(report)  # built once for both files
     write_atomically(files.json, dict_to_json(data))
     write_atomically(files.html, render_html(report, data))
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from convdoctor.analyzer.conv.communication import DEFINITIONS as COMM_DEFINITIONS
 from convdoctor.analyzer.conv.job_view import JobView
-from convdoctor.analyzer.conv.kernels import KernelShare, LayerKernels, layer_kernels
+from convdoctor.analyzer.conv.kernels import KernelShare, KernelTotals, LayerKernels
 from convdoctor.analyzer.conv.layers import ConvLayer
 from convdoctor.analyzer.conv.roofline import LayerRoofline, Roofline
 from convdoctor.analyzer.measure.model_cost import ArchitectureDelta
@@ -20,7 +20,7 @@ from convdoctor.analyzer.measure.results import (
     SpeedupEstimate,
     ThroughputMeasurement,
 )
-from convdoctor.reports.report import FindingOutcome, Plan, Report, predicted_speedup
+from convdoctor.reports.report import FindingOutcome, Plan, Report
 
 SCHEMA_VERSION = "1.1"  # 1.1: optional distributed, device_kernels, throughput, larger_batches, layer_measurements
 
@@ -30,7 +30,7 @@ def report_to_dict(report: Report) -> dict[str, Any]:
     analysis = report.analysis
     roofline = report.roofline
     rooflines = roofline.layers if roofline is not None else {}
-    kernels = layer_kernels(analysis)
+    kernels = report.layer_kernels
     return {
         "schema_version": SCHEMA_VERSION,
         "tool_version": report.tool_version,
@@ -44,7 +44,7 @@ def report_to_dict(report: Report) -> dict[str, Any]:
             "conversion_time_ms": analysis.conversion_time_us / 1e3,
             "notes": list(analysis.notes) + (list(roofline.notes) if roofline is not None else []),
             "peaks": _peaks(roofline),
-            "device_kernels": _kernel_totals(kernels),
+            "device_kernels": _kernel_totals(report.kernel_totals),
         },
         "layers": [_layer(layer, analysis.share(layer.time_per_step_us), analysis.profile.step_count,
                           rooflines.get(layer.name), kernels.get(layer.name))
@@ -116,19 +116,13 @@ def _peaks(roofline: Roofline | None) -> dict[str, Any] | None:
     }
 
 
-def _kernel_totals(kernels: dict[str, LayerKernels]) -> dict[str, Any] | None:
+def _kernel_totals(totals: KernelTotals | None) -> dict[str, Any] | None:
     """Conv kernel time per step by pass and algorithm family, and the share on tensor cores (GPU traces only)."""
-    if not kernels:
+    if totals is None:
         return None
-    by_family: dict[tuple[str, str], float] = {}
-    for layer in kernels.values():
-        for key, share in layer.algorithms.items():
-            by_family[key] = by_family.get(key, 0.0) + share.us_per_step
-    known = sum(k.tensor_core_us + k.simt_us for k in kernels.values())
     return {
-        "tensor_core_share": sum(k.tensor_core_us for k in kernels.values()) / known if known else None,
-        "algorithms": [{"pass": p, "family": f, "time_ms": us / 1e3}
-                       for (p, f), us in sorted(by_family.items(), key=lambda item: -item[1])],
+        "tensor_core_share": totals.tensor_core_share,
+        "algorithms": [{"pass": p, "family": f, "time_ms": us / 1e3} for p, f, us in totals.by_family_us],
     }
 
 
@@ -202,7 +196,7 @@ def _outcome(outcome: FindingOutcome) -> dict[str, Any]:
         "evidence": finding.evidence,
         "estimated_saving": finding.estimated_saving,
         "saving_bound": finding.saving_bound.value,
-        "predicted_speedup": predicted_speedup(finding),
+        "predicted_speedup": finding.predicted_speedup,
         "candidate": None if candidate is None else {
             "title": candidate.title, "numerics": candidate.numerics.value, "tolerance": candidate.tolerance},
         "measurement": None if outcome.measurement is None else _measurement(
@@ -257,16 +251,16 @@ def _plan(plan: Plan) -> dict[str, Any]:
                 "fix": step.finding.fix,
                 "snippet": step.finding.snippet,
                 "speedup": step.measurement.estimate.speedup if step.measurement else None,
-                "measured_saving": _saving(step.measurement),
+                "measured_saving": step.measurement.saving,
                 "estimated_saving": step.finding.estimated_saving,
                 "saving_bound": step.finding.saving_bound.value,
-                "predicted_speedup": predicted_speedup(step.finding),
+                "predicted_speedup": step.finding.predicted_speedup,
             }
             for step in plan.steps
         ],
         "tolerance": plan.tolerance,
         "measurement": _measurement(plan.measurement, True, compares_outputs=True),
-        "measured_saving": _saving(plan.measurement),
+        "measured_saving": plan.measurement.saving,
         "left_out": [
             {
                 "rule_id": left.outcome.finding.rule_id,
@@ -278,11 +272,6 @@ def _plan(plan: Plan) -> dict[str, Any]:
             for left in plan.left_out
         ],
     }
-
-
-def _saving(measurement: Measurement | None) -> float | None:
-    """The fraction of step time a measured candidate saves: 1 - candidate/baseline."""
-    return None if measurement is None else 1.0 - 1.0 / measurement.estimate.speedup
 
 
 def _architecture(delta: ArchitectureDelta) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from convdoctor.analyzer.measure.results import (
     ThroughputMeasurement,
     Verdict,
 )
-from convdoctor.reports.report import FindingOutcome, Plan, Report, predicted_speedup
+from convdoctor.reports.report import FindingOutcome, Plan, Report
 from convdoctor.rules.base import Finding, SavingBound
 
 
@@ -116,7 +116,7 @@ def result_with_prediction(outcome: FindingOutcome) -> str:
     finding = outcome.finding
     if finding.estimated_saving is None or outcome.throughput is not None:
         return result
-    speedup = predicted_speedup(finding)
+    speedup = finding.predicted_speedup
     if outcome.measurement is None or speedup is None:
         return f"{result}; {predicted_saving(finding)}"
     if finding.saving_bound is SavingBound.AT_MOST:

@@ -1,14 +1,15 @@
-"""The Report: everything the HTML, JSON and terminal reports show, filled by the pipeline."""
+"""The Report: everything the HTML, JSON and terminal reports show, computed by the pipeline before any of them
+renders; the renderers format its fields and compute nothing."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from convdoctor.analyzer.conv.kernels import KernelTotals, LayerKernels
 from convdoctor.analyzer.conv.layers import ConvAnalysis
 from convdoctor.analyzer.conv.roofline import Roofline
 from convdoctor.analyzer.measure.results import FindingOutcome, Plan
-from convdoctor.rules.base import Finding
 
 
 @dataclass(frozen=True)
@@ -53,14 +54,8 @@ class Report:
     rule_docs: list[RuleDoc] = field(default_factory=list)  # of the rules with findings
     plan: Plan | None = None  # None when nothing was measured faster
     roofline: Roofline | None = None  # the device's peaks and each layer against them
-
-
-def predicted_speedup(finding: Finding) -> float | None:
-    """The speedup the analysis predicts: ``1 / (1 - estimated_saving)``, the estimated share of the profiled step
-    taken off the step (a share, so the profiler's own overhead in the trace does not scale it). None without an
-    estimate, or when the estimate is the whole step."""
-    saving = finding.estimated_saving
-    return 1.0 / (1.0 - saving) if saving is not None and saving < 1.0 else None
+    layer_kernels: dict[str, LayerKernels] = field(default_factory=dict)  # each layer's device kernels (GPU traces)
+    kernel_totals: KernelTotals | None = None  # all layers' conv kernels summed (GPU traces)
 
 
 def trace_summary(analysis: ConvAnalysis, trace: Path) -> WorkloadSummary:

@@ -92,6 +92,14 @@ class Finding:
     candidate: Candidate | None = None
     larger_batches: LargerBatches | None = None
 
+    @property
+    def predicted_speedup(self) -> float | None:
+        """The speedup the analysis predicts: ``1 / (1 - estimated_saving)``, the estimated share of the profiled
+        step taken off the step (a share, so the profiler's own overhead in the trace does not scale it). None
+        without an estimate, or when the estimate is the whole step."""
+        saving = self.estimated_saving
+        return 1.0 / (1.0 - saving) if saving is not None and saving < 1.0 else None
+
 
 @runtime_checkable
 class Rule(Protocol):

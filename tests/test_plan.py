@@ -15,7 +15,6 @@ from convdoctor.analyzer.measure.phase import MeasuringOptions, measure_findings
 from convdoctor.analyzer.measure.plan import build_plan
 from convdoctor.progress import SilentProgress
 from convdoctor.reports.presentation import left_out_lines, plan_lines
-from convdoctor.reports.report import predicted_speedup
 from convdoctor.rules.base import Finding, Severity
 
 QUICK = BenchmarkSettings(block_spacing_s=0, extra_blocks=0,
@@ -85,7 +84,7 @@ def test_plan_measures_the_accepted_fixes_together():
     lines = plan_lines(plan)
     assert lines[-1].startswith("together: ")
     first = next(s for s in plan.steps if s.finding.rule_name == "first")
-    predicted = predicted_speedup(first.finding)
+    predicted = first.finding.predicted_speedup
     assert predicted == 2.0  # half of the step saved
     assert abs(first.measurement.estimate.speedup / predicted - 1) < 0.15  # and one 20 ms nap of two is half
     assert "; predicted 2.00×" in next(line for line in lines if line.startswith("drop first"))

@@ -182,7 +182,13 @@ class ConvAnalysis:
 
     @property
     def conversion_time_us(self) -> float:
+        """Layout conversions charged to the layers, per step."""
         return sum(layer.conversion_us for layer in self.layers) / self.profile.step_count
+
+    @property
+    def other_time_us(self) -> float:
+        """Step time outside the conv layers, per step (not below zero: device time can outlast the host's step)."""
+        return max(self.step_time_us - self.conv_time_us, 0.0)
 
     @property
     def mode(self) -> str:

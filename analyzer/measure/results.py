@@ -159,6 +159,11 @@ class Measurement:
     peak_memory: str | None = None  # what peak_bytes measures (step_memory.PEAK_TENSOR_MEMORY, or a process's RSS)
 
     @property
+    def saving(self) -> float:
+        """The fraction of step time the candidate saves: 1 - candidate/baseline."""
+        return 1.0 - 1.0 / self.estimate.speedup
+
+    @property
     def machine_was_busy(self) -> bool:
         """Other work competed for the cores: the interval holds for this run but may not repeat."""
         return self.other_cores_busy is not None and self.other_cores_busy > BUSY_CORES
