@@ -18,7 +18,7 @@ from convdoctor.analyzer.measure.results import (
     GradientReference,
     Measurement,
     SpeedupEstimate,
-    ThroughputMeasurement,
+    ThroughputPoint,
 )
 from convdoctor.reports.report import FindingOutcome, Plan, Report
 
@@ -210,8 +210,7 @@ def _outcome(outcome: FindingOutcome) -> dict[str, Any]:
         "layer_measurements": [
             {"layer": m.layer, "input_shape": list(m.input_shape), "not_measured": m.not_measured,
              "measurement": None if m.measurement is None else _measurement(
-                 m.measurement, m.measurement.numerics.within(candidate.tolerance) if candidate else None,
-                 compares_outputs=True)}
+                 m.measurement, m.numerics_ok, compares_outputs=True)}
             for m in outcome.layer_measurements],
     }
 
@@ -226,20 +225,20 @@ def _throughput(sweep: BatchSweep) -> dict[str, Any]:
     }
 
 
-def _throughput_point(point: ThroughputMeasurement) -> dict[str, Any]:
-    estimate = point.estimate
+def _throughput_point(point: ThroughputPoint) -> dict[str, Any]:
+    measurement = point.measurement
     return {
         "batch_size": point.batch_size,
         "samples_per_s": point.samples_per_s,
         "baseline_samples_per_s": point.baseline_samples_per_s,
-        **_interval(estimate),
-        "rounds": point.rounds,
-        "blocks": point.blocks,
-        "warmup_steps": list(point.warmup_steps),
-        "threads": point.threads,
-        "timer": point.timer,
-        "other_cores_busy": point.other_cores_busy,
-        "machine_was_busy": point.machine_was_busy,
+        **_interval(measurement.estimate),
+        "rounds": measurement.rounds,
+        "blocks": measurement.blocks,
+        "warmup_steps": list(measurement.warmup_steps),
+        "threads": measurement.threads,
+        "timer": measurement.timer,
+        "other_cores_busy": measurement.other_cores_busy,
+        "machine_was_busy": measurement.machine_was_busy,
     }
 
 
