@@ -75,7 +75,7 @@ def test_profile_measures_samples_per_second_at_larger_batches(tmp_path: Path):
     assert sizes == [2, 4, 8, 16][:len(sizes)] and sweep.stopped
     for point in sweep.points:
         e = point.estimate
-        assert e.ci_low <= e.speedup <= e.ci_high and point.rounds >= 6
+        assert e.ci_low <= e.speedup <= e.ci_high and point.measurement.rounds >= 6
         assert point.samples_per_s == pytest.approx(point.baseline_samples_per_s * e.speedup)
     if sweep.best is not None:
         assert sweep.best.estimate.verdict is Verdict.FASTER
