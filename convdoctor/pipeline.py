@@ -178,7 +178,7 @@ def build_report(analysis: ConvAnalysis, summary: WorkloadSummary, outcomes: lis
         trace_files=[str(t) for t in traces],
         logdir=str(logdir),
         skipped_rules=results.skipped,
-        rule_problems=rule_set.problems,
+        rule_problems=rule_set.problems + results.problems,
         rule_docs=[RuleDoc(r.id, r.name, r.summary, doc_sections(r.doc)) for r in rule_set.rules
                    if any(o.finding.rule_id == r.id for o in outcomes)],
         roofline=analyze_roofline(analysis),
