@@ -20,6 +20,7 @@ Its Finding may carry a Candidate, which the pipeline applies to a copy of the w
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import re
 from dataclasses import dataclass, field
@@ -91,6 +92,37 @@ class Evidence(Protocol):
     line never says what the evidence does not hold."""
 
     def message(self) -> str: ...
+
+
+def evidence_fields(evidence: Evidence) -> dict[str, Any]:
+    """The evidence as report.json shows it: ``dataclasses.asdict`` (nested dataclasses become dicts, tuples stay
+    sequences), save that two field markers leave a field out, at any depth:
+
+    - ``field(metadata={"serialize": False})``: a fact only ``message()`` needs, never in the report;
+    - ``field(metadata={"omit_none": True})``: an optional part, left out while it is None.
+    """
+    return _fields(evidence)
+
+
+def _fields(instance: Any) -> dict[str, Any]:
+    shown: dict[str, Any] = {}
+    for f in dataclasses.fields(instance):
+        value = getattr(instance, f.name)
+        if f.metadata.get("serialize", True) and not (value is None and f.metadata.get("omit_none", False)):
+            shown[f.name] = _value(value)
+    return shown
+
+
+def _value(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _fields(value)
+    if isinstance(value, list):
+        return [_value(item) for item in value]
+    if isinstance(value, tuple):
+        return tuple(_value(item) for item in value)
+    if isinstance(value, dict):
+        return {key: _value(item) for key, item in value.items()}
+    return value
 
 
 @dataclass
