@@ -21,6 +21,7 @@ from convdoctor.analyzer.measure.results import (
     ThroughputPoint,
 )
 from convdoctor.reports.report import FindingOutcome, Plan, Report
+from convdoctor.rules.base import evidence_fields
 
 SCHEMA_VERSION = "1.1"  # 1.1: optional distributed, device_kernels, throughput, larger_batches, layer_measurements
 
@@ -193,7 +194,7 @@ def _outcome(outcome: FindingOutcome) -> dict[str, Any]:
         "fix": finding.fix,
         "advice": finding.advice,
         "snippet": finding.snippet,
-        "evidence": finding.evidence,
+        "evidence": evidence_fields(finding.evidence),
         "estimated_saving": finding.estimated_saving,
         "saving_bound": finding.saving_bound.value,
         "predicted_speedup": finding.predicted_speedup,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -38,8 +38,18 @@ def _without(name: str):
     return transform
 
 
+@dataclass(frozen=True)
+class Named:
+    """A test finding's evidence: its name, which is also its message."""
+
+    name: str
+
+    def message(self) -> str:
+        return self.name
+
+
 def _finding(name: str, transform, stage: PlanStage = PlanStage.LAYOUT, saving: float | None = None) -> Finding:
-    return Finding(rule_id="CD999", rule_name=name, severity=Severity.INFO, message=name, fix=f"drop {name}",
+    return Finding(rule_id="CD999", rule_name=name, severity=Severity.INFO, evidence=Named(name), fix=f"drop {name}",
                    advice="", snippet=f"del model.{name}", estimated_saving=saving,
                    candidate=Candidate(title=f"no {name}", transform=transform, numerics=NumericsContract.EXACT,
                                        tolerance=1e-4, stage=stage))

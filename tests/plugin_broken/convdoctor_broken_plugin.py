@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from convdoctor.analyzer.conv.layers import ConvAnalysis
 from convdoctor.rules.base import Finding, Requirement, Severity
+
+
+@dataclass(frozen=True)
+class HalfResult:
+    """The one finding it yields before it raises."""
+
+    def message(self) -> str:
+        return "half a result"
 
 
 class BrokenRule:
@@ -19,6 +28,6 @@ class BrokenRule:
     doc = "## What it detects\nNothing: it raises.\n"
 
     def check(self, analysis: ConvAnalysis) -> Iterable[Finding]:
-        yield Finding(rule_id=self.id, rule_name=self.name, severity=self.severity, message="half a result",
+        yield Finding(rule_id=self.id, rule_name=self.name, severity=self.severity, evidence=HalfResult(),
                       fix="nothing to fix", advice="", snippet="")
         raise ValueError(f"no stride recorded for {analysis.layers[0].name}")
