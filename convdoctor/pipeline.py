@@ -122,7 +122,7 @@ RANK_IN_NAME = re.compile(r"rank[-_]?(\d+)", re.IGNORECASE)
 def _rank_order(trace: Path, analysis: ConvAnalysis) -> tuple[int, str]:
     """A trace's rank: Kineto's distributedInfo, convdoctor's record, or ``rank<k>`` in its name; unknown last."""
     info = analysis.profile.metadata.get("distributedInfo")
-    for value in (info.get("rank") if isinstance(info, dict) else None, analysis.profile.environment.get("rank")):
+    for value in (info.get("rank") if isinstance(info, dict) else None, analysis.profile.environment.rank):
         if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
             return value, trace.name
     match = RANK_IN_NAME.search(trace.name)
@@ -294,14 +294,14 @@ def _summary(workload: Workload, options: ProfileOptions, analysis: ConvAnalysis
     env = environment(workload)
     return WorkloadSummary(
         model_file=workload.source,
-        device=env["device"],
-        device_name=env["device_name"],
-        mode=env["mode"],
-        batch_size=env["batch_size"],
-        dtype=env["dtype"],
+        device=env.device,
+        device_name=env.device_name,
+        mode=env.mode,
+        batch_size=env.batch_size,
+        dtype=env.dtype,
         steps=options.steps,
-        torch_version=env["torch_version"],
-        threads=env["threads"],
-        allocator=env["allocator"],
-        heap_kept=analysis.profile.environment.get("heap_kept") is True,
+        torch_version=env.torch_version,
+        threads=env.threads,
+        allocator=env.allocator,
+        heap_kept=analysis.profile.environment.heap_kept is True,
     )

@@ -70,15 +70,15 @@ def trace_summary(analysis: ConvAnalysis, trace: Path) -> WorkloadSummary:
     on_gpu = profile.has_device_events
     return WorkloadSummary(
         model_file=str(trace),
-        device=recorded.get("device") or ("cuda" if on_gpu else "cpu"),
-        device_name=recorded.get("device_name")
+        device=recorded.device or ("cuda" if on_gpu else "cpu"),
+        device_name=recorded.device_name
         or (str(props[0].get("name", "unknown")) if on_gpu and props else "unknown"),
         mode=analysis.mode,
-        batch_size=recorded.get("batch_size", first.input_shape[0] if first and first.input_shape else None),
-        dtype=recorded.get("dtype") or (first.dtype if first else "unknown"),
+        batch_size=recorded.batch_size if recorded.recorded else (first.input_shape[0] if first and first.input_shape else None),
+        dtype=recorded.dtype or (first.dtype if first else "unknown"),
         steps=profile.step_count,
-        torch_version=recorded.get("torch_version") or "unknown (not recorded in the trace)",
-        threads=recorded.get("threads"),
-        allocator=recorded.get("allocator"),
-        heap_kept=recorded.get("heap_kept") is True,
+        torch_version=recorded.torch_version or "unknown (not recorded in the trace)",
+        threads=recorded.threads,
+        allocator=recorded.allocator,
+        heap_kept=recorded.heap_kept is True,
     )

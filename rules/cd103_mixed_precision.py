@@ -185,7 +185,7 @@ baseline output magnitude).
         training = any(layer.backward_us > 0 for layer in fp32)
         device_name = str(props.get("name", f"cuda:{device}"))
         capability = f"{major}.{minor if isinstance(minor, int) else 0}"
-        tf32 = profile.environment.get("cudnn_allow_tf32")
+        tf32 = profile.environment.cudnn_allow_tf32
         yield Finding(
             rule_id=self.id,
             rule_name=self.name,
@@ -225,7 +225,7 @@ baseline output magnitude).
                      capability: str) -> Finding | None:
         """On Ampere or newer (sm_80+), fp32 with a TF32 switch not known to be on: TF32 as its own candidate."""
         env = analysis.profile.environment
-        cudnn, matmul = env.get("cudnn_allow_tf32"), env.get("matmul_allow_tf32")
+        cudnn, matmul = env.cudnn_allow_tf32, env.matmul_allow_tf32
         if cudnn is True and matmul is True:
             return None
         return Finding(

@@ -55,7 +55,7 @@ class CudnnBenchmarkEvidence:
 def benchmark_facts(analysis: ConvAnalysis) -> BenchmarkFacts:
     """The cudnn.benchmark setting convdoctor recorded (if any) and whether the conv shapes repeat each step."""
     profile = analysis.profile
-    recorded = profile.environment.get("cudnn_benchmark")
+    recorded = profile.environment.cudnn_benchmark
     per_step = _shapes_per_step(analysis)
     distinct = {shape for shapes in per_step.values() for shape in shapes}
     return BenchmarkFacts(

@@ -100,13 +100,13 @@ def channel_block(analysis: ConvAnalysis, dtype: str) -> tuple[int | None, str]:
         if dtype == "float16" and major >= 7 or dtype == "bfloat16" and major >= 8:
             return 8, f"{name} runs {dtype} convs on tensor cores, in blocks of 8 channels"
         if dtype == "float32" and major >= 8:
-            if env.get("cudnn_allow_tf32") is False:
+            if env.cudnn_allow_tf32 is False:
                 return None, f"{name}: TF32 was turned off, so fp32 convs do not use tensor cores"
             return 4, f"{name} runs fp32 convs as TF32 on tensor cores, in blocks of 4 channels"
         return None, f"{name} has no tensor-core path for {dtype} convs"
     if dtype != "float32":
         return None, f"no oneDNN channel block known here for {dtype}"
-    capability = env.get("cpu_capability")
+    capability = env.cpu_capability
     if not isinstance(capability, str):
         return None, "the trace does not record the CPU's vector ISA (captured outside convdoctor)"
     block = CPU_BLOCKS.get(capability)

@@ -52,7 +52,7 @@ def overhead_facts(analysis: ConvAnalysis, short_op_us: float, short_kernel_us: 
     rooflines = analyze_roofline(analysis).layers if analysis.layers else {}
     flops = [layer.flops for layer in analysis.layers if layer.flops]
     pcts = [point.pct_of_roofline for point in rooflines.values()]
-    recorded = profile.environment.get("batch_size")
+    recorded = profile.environment.batch_size
     first = analysis.layers[0] if analysis.layers else None
     batch = recorded if isinstance(recorded, int) else (first.input_shape[0] if first and first.input_shape else None)
     return OverheadFacts(

@@ -179,7 +179,7 @@ backward node). Kernels whose trace lacks these fields are left out, and layers 
         if share < self.min_share:
             return
         device = max(devices, key=lambda d: devices[d]) if devices else None
-        benchmark = profile.environment.get("cudnn_benchmark")
+        benchmark = profile.environment.cudnn_benchmark
         yield Finding(
             rule_id=self.id,
             rule_name=self.name,

@@ -110,12 +110,12 @@ finding is a warning rather than info.
     def check(self, analysis: ConvAnalysis) -> Iterable[Finding]:
         profile = analysis.profile
         env = profile.environment
-        threads, cores = env.get("threads"), env.get("available_cores")
+        threads, cores = env.threads, env.available_cores
         if not isinstance(threads, int) or not isinstance(cores, int) or threads <= 0 or cores <= 0:
             return  # not recorded (a trace from elsewhere): the machine it ran on is unknown
-        if profile.has_device_events or not str(env.get("device", "cpu")).startswith("cpu"):
+        if profile.has_device_events or not str((env.device or "cpu")).startswith("cpu"):
             return  # GPU workload: the host threads are not what runs the convs
-        world_size = env.get("world_size")
+        world_size = env.world_size
         if isinstance(world_size, int) and world_size > 1:
             cores = max(1, cores // world_size)  # a rank of a job on this machine: its share of the cores
         if threads >= cores:
@@ -124,7 +124,7 @@ finding is a warning rather than info.
         share = analysis.share(conv_us)
         if share < self.min_conv_share:
             return
-        mode = env.get("mode") if env.get("mode") in ("train", "eval") else analysis.mode
+        mode = env.mode if env.mode in ("train", "eval") else analysis.mode
         advice = (
             f"torch.get_num_threads() was {threads} while {cores} cores are available to this process, so each "
             f"conv ran on {threads / cores:.0%} of the cores it could use. Find where the count is lowered "

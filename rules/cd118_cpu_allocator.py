@@ -91,10 +91,10 @@ plan's candidates are combined inside one process.
     def check(self, analysis: ConvAnalysis) -> Iterable[Finding]:
         profile = analysis.profile
         env = profile.environment
-        faults, allocator = env.get("minor_faults_per_step"), env.get("allocator")
+        faults, allocator = env.minor_faults_per_step, env.allocator
         if not isinstance(faults, int) or not isinstance(allocator, str):
             return  # not recorded: a trace captured by another tool
-        if profile.has_device_events or not str(env.get("device", "cpu")).startswith("cpu"):
+        if profile.has_device_events or not str((env.device or "cpu")).startswith("cpu"):
             return
         if faults < self.min_faults_per_step or not allocator.startswith("glibc malloc"):
             return

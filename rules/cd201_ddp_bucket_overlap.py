@@ -102,7 +102,7 @@ default 0.5); `target_buckets` (default 4): the candidate's bucket size splits t
         buckets = view.mean("allreduce_calls")
         gradient_mib = view.mean("allreduce_elements") * 4 / MIB  # float32 gradients
         cap = round(max(gradient_mib / self.target_buckets, 0.25), 2)
-        recorded = analysis.profile.environment.get("ddp_bucket_cap_mb")
+        recorded = analysis.profile.environment.ddp_bucket_cap_mb
         yield Finding(
             rule_id=self.id,
             rule_name=self.name,

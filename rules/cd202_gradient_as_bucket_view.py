@@ -69,7 +69,7 @@ The union per step of DDP's copy operators in the trace (`torch.distributed.ddp.
 
     def check(self, analysis: ConvAnalysis) -> Iterable[Finding]:
         view = analysis.communication
-        if view is None or analysis.profile.environment.get("ddp_gradient_as_bucket_view") is True:
+        if view is None or analysis.profile.environment.ddp_gradient_as_bucket_view is True:
             return
         step_us, copy_us = view.mean("step_us"), view.mean("bucket_copy_us")
         if step_us <= 0 or copy_us / step_us < self.min_share:

@@ -70,7 +70,7 @@ None.
 
     def check(self, analysis: ConvAnalysis) -> Iterable[Finding]:
         env = analysis.profile.environment
-        static, unused = env.get("ddp_static_graph"), env.get("ddp_find_unused_parameters")
+        static, unused = env.ddp_static_graph, env.ddp_find_unused_parameters
         if analysis.communication is None or static is not False:
             return  # not captured by convdoctor (settings unknown), or already static
         searching = unused is True

@@ -43,7 +43,7 @@ class RecordedEnvironment:
     rank: int | None = None  # of a data-parallel job
     world_size: int | None = None
     backend: str | None = None
-    ddp_bucket_cap_mb: float | None = None
+    ddp_bucket_cap_mb: int | float | None = None
     ddp_gradient_as_bucket_view: bool | None = None
     ddp_static_graph: bool | None = None
     ddp_find_unused_parameters: bool | None = None

@@ -5,13 +5,13 @@ from __future__ import annotations
 import bisect
 import enum
 import itertools
-import math
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Iterator
 
 import msgspec
 
+from convdoctor.analyzer.trace.environment import RecordedEnvironment
 from convdoctor.analyzer.trace.module_scope import ModuleScope
 
 
@@ -33,7 +33,6 @@ class EventKind(str, enum.Enum):
 
 
 METADATA_KEY = "convdoctor"  # top-level key of the trace JSON where capture records its environment
-UNPROFILED_STEP_KEY = "unprofiled_step_us"  # in it: the median step time without the profiler, µs
 
 
 # Events that may open a module scope (module_scope.parse_scope_name): convdoctor's annotations, PyTorch's
@@ -180,17 +179,12 @@ class Profile:
     unknown_categories: dict[str, int]  # categories this parser does not know, with their counts
 
     @property
-    def environment(self) -> dict[str, Any]:
-        """Settings convdoctor recorded at capture time (cudnn.benchmark, TF32, threads…); empty for other traces.
-
-        Only values of the kinds convdoctor records are kept: strings, booleans, int64 integers, finite floats and
-        None. A trace edited by hand cannot put NaN, containers or numbers beyond float range before the rules
-        and the reports (a JSON report cannot hold NaN).
-        """
+    def environment(self) -> RecordedEnvironment:
+        """Settings convdoctor recorded at capture time (cudnn.benchmark, TF32, threads…); all None for other
+        traces, and for any value of another type than the field's (a hand-edited trace cannot put NaN, containers
+        or numbers beyond int64 before the rules and the reports)."""
         recorded = self.metadata.get(METADATA_KEY)
-        if not isinstance(recorded, dict):
-            return {}
-        return {key: value for key, value in recorded.items() if _recordable(value)}
+        return RecordedEnvironment.from_metadata(recorded if isinstance(recorded, dict) else {})
 
     @property
     def has_device_events(self) -> bool:
@@ -251,12 +245,3 @@ class Profile:
     def _step_index(self) -> tuple[list[float], list[float]]:
         """The steps' starts and the running maximum of their ends, for ``step_of`` (steps sorted by start)."""
         return [s.ts_us for s in self.steps], list(itertools.accumulate((s.end_us for s in self.steps), max))
-
-
-def _recordable(value: Any) -> bool:
-    """A value of a kind convdoctor writes into a trace's environment."""
-    if isinstance(value, float):
-        return math.isfinite(value)
-    if isinstance(value, int) and not isinstance(value, bool):
-        return -(2**63) <= value < 2**63
-    return value is None or isinstance(value, (str, bool))

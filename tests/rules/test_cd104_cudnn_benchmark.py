@@ -65,7 +65,7 @@ def test_cpu_capture_records_the_setting_and_the_rule_does_not_run(tmp_path: Pat
         analysis = capture_analysis(workload, tmp_path)
     finally:
         torch.backends.cudnn.benchmark = previous
-    assert analysis.profile.environment["cudnn_benchmark"] is (not previous)
+    assert analysis.profile.environment.cudnn_benchmark is (not previous)
     facts = benchmark_facts(analysis)
     assert facts.recorded is (not previous) and not facts.on_cuda
     results = run_rules([CudnnBenchmarkRule()], analysis)

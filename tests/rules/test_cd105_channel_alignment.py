@@ -32,7 +32,7 @@ def odd(tmp_path_factory: pytest.TempPathFactory):
 
 def test_capture_records_the_cpu_isa(odd):
     _, analysis = odd
-    assert analysis.profile.environment["cpu_capability"] == CAPABILITY
+    assert analysis.profile.environment.cpu_capability == CAPABILITY
     block, why = channel_block(analysis, "float32")
     assert block == CPU_BLOCKS.get(CAPABILITY) and CAPABILITY in why
 

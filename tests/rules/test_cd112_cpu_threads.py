@@ -82,17 +82,17 @@ def test_does_not_trigger_with_a_thread_per_core(tmp_path: Path):
     workload = load_workload(MODEL, device="cpu")
     torch.set_num_threads(CORES)  # the fix, applied after the model file lowered the count
     analysis = _analysis(workload, tmp_path)
-    assert analysis.profile.environment["threads"] == analysis.profile.environment["available_cores"] == CORES
+    assert analysis.profile.environment.threads == analysis.profile.environment.available_cores == CORES
     assert list(CpuThreadsRule().check(analysis)) == []
 
 
 def test_says_nothing_without_a_recorded_environment(tmp_path: Path):
     foreign = analyze_convs(load_profile(SHARED_TRACES["cpu_only"]))
-    assert "threads" not in foreign.profile.environment
+    assert foreign.profile.environment.threads is None
     assert list(CpuThreadsRule().check(foreign)) == []
     torch.set_num_threads(1)
     analysis = _analysis(load_workload(MODEL, device="cpu"), tmp_path)
-    recorded = dict(analysis.profile.environment)
+    recorded = analysis.profile.environment.to_metadata()
     for missing in ("threads", "available_cores"):  # a trace with convs but without one of the two settings
         analysis.profile.metadata["convdoctor"] = {k: v for k, v in recorded.items() if k != missing}
         assert list(CpuThreadsRule().check(analysis)) == []
@@ -111,7 +111,7 @@ def test_says_nothing_on_gpu_workloads():
 def test_share_options(tmp_path: Path, min_share: float, warning_share: float, expected: Severity | None):
     torch.set_num_threads(1)
     analysis = _analysis(load_workload(MODEL, device="cpu"), tmp_path)
-    analysis.profile.metadata["convdoctor"] = {**analysis.profile.environment, "available_cores": 4}
+    analysis.profile.metadata["convdoctor"] = {**analysis.profile.environment.to_metadata(), "available_cores": 4}
     rule = CpuThreadsRule()
     rule.min_conv_share, rule.warning_share = min_share, warning_share
     findings = list(rule.check(analysis))
