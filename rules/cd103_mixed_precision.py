@@ -204,7 +204,7 @@ baseline output magnitude).
                 compute_capability=capability,
                 suggested_dtype=dtype,
                 training=training,
-                cudnn_allow_tf32=tf32 if isinstance(tf32, bool) else None,
+                cudnn_allow_tf32=tf32,
                 tolerance=TOLERANCE,
             ),
             estimated_saving=None,  # the tensor-core speedup is not in the trace: the candidate measures it

@@ -59,7 +59,7 @@ def benchmark_facts(analysis: ConvAnalysis) -> BenchmarkFacts:
     per_step = _shapes_per_step(analysis)
     distinct = {shape for shapes in per_step.values() for shape in shapes}
     return BenchmarkFacts(
-        recorded=recorded if isinstance(recorded, bool) else None,
+        recorded=recorded,
         on_cuda=analysis.time_basis is TimeBasis.DEVICE,
         steps=len(per_step),
         fixed_shapes=len({frozenset(shapes.items()) for shapes in per_step.values()}) <= 1,

@@ -107,7 +107,7 @@ def channel_block(analysis: ConvAnalysis, dtype: str) -> tuple[int | None, str]:
     if dtype != "float32":
         return None, f"no oneDNN channel block known here for {dtype}"
     capability = env.cpu_capability
-    if not isinstance(capability, str):
+    if capability is None:
         return None, "the trace does not record the CPU's vector ISA (captured outside convdoctor)"
     block = CPU_BLOCKS.get(capability)
     if block is None:

@@ -54,7 +54,7 @@ def overhead_facts(analysis: ConvAnalysis, short_op_us: float, short_kernel_us: 
     pcts = [point.pct_of_roofline for point in rooflines.values()]
     recorded = profile.environment.batch_size
     first = analysis.layers[0] if analysis.layers else None
-    batch = recorded if isinstance(recorded, int) else (first.input_shape[0] if first and first.input_shape else None)
+    batch = recorded if recorded is not None else (first.input_shape[0] if first and first.input_shape else None)
     return OverheadFacts(
         batch_size=batch,
         basis=analysis.time_basis,

@@ -197,7 +197,7 @@ backward node). Kernels whose trace lacks these fields are left out, and layers 
                 layers_without_occupancy=without_data,
                 note=(f"{len(without_data)} layer(s) have no kernels with occupancy fields in the trace and were "
                       "not checked") if without_data else "",
-                cudnn_benchmark=benchmark if isinstance(benchmark, bool) else None,
+                cudnn_benchmark=benchmark,
                 max_occupancy_pct=self.max_occupancy_pct,
                 min_underfilled_share=self.min_underfilled_share,
             ),

@@ -111,12 +111,12 @@ finding is a warning rather than info.
         profile = analysis.profile
         env = profile.environment
         threads, cores = env.threads, env.available_cores
-        if not isinstance(threads, int) or not isinstance(cores, int) or threads <= 0 or cores <= 0:
+        if threads is None or cores is None or threads <= 0 or cores <= 0:
             return  # not recorded (a trace from elsewhere): the machine it ran on is unknown
-        if profile.has_device_events or not str((env.device or "cpu")).startswith("cpu"):
+        if profile.has_device_events or not (env.device or "cpu").startswith("cpu"):
             return  # GPU workload: the host threads are not what runs the convs
         world_size = env.world_size
-        if isinstance(world_size, int) and world_size > 1:
+        if world_size is not None and world_size > 1:
             cores = max(1, cores // world_size)  # a rank of a job on this machine: its share of the cores
         if threads >= cores:
             return

@@ -92,9 +92,9 @@ plan's candidates are combined inside one process.
         profile = analysis.profile
         env = profile.environment
         faults, allocator = env.minor_faults_per_step, env.allocator
-        if not isinstance(faults, int) or not isinstance(allocator, str):
+        if faults is None or allocator is None:
             return  # not recorded: a trace captured by another tool
-        if profile.has_device_events or not str((env.device or "cpu")).startswith("cpu"):
+        if profile.has_device_events or not (env.device or "cpu").startswith("cpu"):
             return
         if faults < self.min_faults_per_step or not allocator.startswith("glibc malloc"):
             return

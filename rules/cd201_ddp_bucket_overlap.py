@@ -115,7 +115,7 @@ default 0.5); `target_buckets` (default 4): the candidate's bucket size splits t
             evidence=DdpBucketOverlapEvidence(
                 comm_ms=comm_us / 1e3, exposed_comm_ms=exposed_us / 1e3, overlap_fraction=overlap,
                 buckets_per_step=buckets, gradient_mib=gradient_mib, proposed_bucket_cap_mb=cap, rank=rank,
-                step_ms=step_us / 1e3, bucket_cap_mb=recorded if isinstance(recorded, (int, float)) else None),
+                step_ms=step_us / 1e3, bucket_cap_mb=recorded),
             candidate=Candidate(title=f"DDP with bucket_cap_mb={cap:g}", transform=partial(with_ddp, bucket_cap_mb=cap),
                                 numerics=NumericsContract.EXACT, tolerance=1e-5, stage=PlanStage.WRAPPER),
         )

@@ -47,7 +47,7 @@ class RecordedEnvironment:
     ddp_gradient_as_bucket_view: bool | None = None
     ddp_static_graph: bool | None = None
     ddp_find_unused_parameters: bool | None = None
-    minor_faults_per_step: float | None = None  # page faults of a warm step with the process's own allocator
+    minor_faults_per_step: int | None = None  # page faults of a warm step with the process's own allocator
     heap_kept: bool | None = None  # glibc's thresholds fixed for tracing and measuring (host_allocator.keep_heap)
     unprofiled_step_us: float | None = None  # the median step time without the profiler
 
