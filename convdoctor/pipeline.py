@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from convdoctor.analyzer.conv.job_view import job_view, trace_rank
+from convdoctor.analyzer.conv.kernels import kernel_totals, layer_kernels
 from convdoctor.analyzer.conv.layers import ConvAnalysis, analyze_convs
 from convdoctor.analyzer.conv.roofline import analyze_roofline
 from convdoctor.analyzer.trace.collector import collector_paused
@@ -169,6 +170,7 @@ def _trace_key(logdir: Path, trace: Path) -> Path:
 
 def build_report(analysis: ConvAnalysis, summary: WorkloadSummary, outcomes: list[FindingOutcome], traces: list[Path],
             logdir: Path, results: RuleResults, rule_set: RuleSet) -> Report:
+    kernels = layer_kernels(analysis)
     return Report(
         tool_version=__version__,
         workload=summary,
@@ -177,15 +179,17 @@ def build_report(analysis: ConvAnalysis, summary: WorkloadSummary, outcomes: lis
         trace_files=[str(t) for t in traces],
         logdir=str(logdir),
         skipped_rules=results.skipped,
-        rule_problems=rule_set.problems,
+        rule_problems=rule_set.problems + results.problems,
         rule_docs=[RuleDoc(r.id, r.name, r.summary, doc_sections(r.doc)) for r in rule_set.rules
                    if any(o.finding.rule_id == r.id for o in outcomes)],
         roofline=analyze_roofline(analysis),
+        layer_kernels=kernels,
+        kernel_totals=kernel_totals(kernels),
     )
 
 
 def write_report(report: Report, files: ReportFiles) -> None:
-    data = report_to_dict(report)  # built once for both files: it reads every layer's kernels
+    data = report_to_dict(report)  # built once for both files
     write_atomically(files.json, dict_to_json(data))
     write_atomically(files.html, render_html(report, data))
 
@@ -291,14 +295,14 @@ def _summary(workload: Workload, options: ProfileOptions, analysis: ConvAnalysis
     env = environment(workload)
     return WorkloadSummary(
         model_file=workload.source,
-        device=env["device"],
-        device_name=env["device_name"],
-        mode=env["mode"],
-        batch_size=env["batch_size"],
-        dtype=env["dtype"],
+        device=env.device,
+        device_name=env.device_name,
+        mode=env.mode,
+        batch_size=env.batch_size,
+        dtype=env.dtype,
         steps=options.steps,
-        torch_version=env["torch_version"],
-        threads=env["threads"],
-        allocator=env["allocator"],
-        heap_kept=analysis.profile.environment.get("heap_kept") is True,
+        torch_version=env.torch_version,
+        threads=env.threads,
+        allocator=env.allocator,
+        heap_kept=analysis.profile.environment.heap_kept is True,
     )

@@ -20,6 +20,7 @@ Its Finding may carry a Candidate, which the pipeline applies to a copy of the w
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import re
 from dataclasses import dataclass, field
@@ -74,6 +75,45 @@ def wanted_probes(rules: Iterable[Rule]) -> frozenset[Probe]:
     return frozenset(probe for rule in rules for probe in getattr(rule, "probes", ()))
 
 
+class Evidence(Protocol):
+    """A finding's evidence: a frozen dataclass of its rule holding the trace facts the finding rests on (units in
+    the field names); report.json shows its fields. ``message()`` renders the finding's one line from them, so the
+    line never says what the evidence does not hold."""
+
+    def message(self) -> str: ...
+
+
+def evidence_fields(evidence: Evidence) -> dict[str, Any]:
+    """The evidence as report.json shows it: ``dataclasses.asdict`` (nested dataclasses become dicts, tuples stay
+    sequences), save that two field markers leave a field out, at any depth:
+
+    - ``field(metadata={"serialize": False})``: a fact only ``message()`` needs, never in the report;
+    - ``field(metadata={"omit_none": True})``: an optional part, left out while it is None.
+    """
+    return _fields(evidence)
+
+
+def _fields(instance: Any) -> dict[str, Any]:
+    shown: dict[str, Any] = {}
+    for f in dataclasses.fields(instance):
+        value = getattr(instance, f.name)
+        if f.metadata.get("serialize", True) and not (value is None and f.metadata.get("omit_none", False)):
+            shown[f.name] = _value(value)
+    return shown
+
+
+def _value(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _fields(value)
+    if isinstance(value, list):
+        return [_value(item) for item in value]
+    if isinstance(value, tuple):
+        return tuple(_value(item) for item in value)
+    if isinstance(value, dict):
+        return {key: _value(item) for key, item in value.items()}
+    return value
+
+
 @dataclass
 class Finding:
     """One thing a rule found, with the evidence that shows it and the fix it proposes."""
@@ -81,16 +121,28 @@ class Finding:
     rule_id: str
     rule_name: str
     severity: Severity
-    message: str  # one line with measured numbers
+    evidence: Evidence
     fix: str  # the title of the fix
     advice: str
     snippet: str
     layers: list[str] = field(default_factory=list)
-    evidence: dict[str, Any] = field(default_factory=dict)
     estimated_saving: float | None = None  # fraction of step time, when the trace bounds it
     saving_bound: SavingBound = SavingBound.ESTIMATE  # how to read estimated_saving
     candidate: Candidate | None = None
     larger_batches: LargerBatches | None = None
+
+    @property
+    def predicted_speedup(self) -> float | None:
+        """The speedup the analysis predicts: ``1 / (1 - estimated_saving)``, the estimated share of the profiled
+        step taken off the step (a share, so the profiler's own overhead in the trace does not scale it). None
+        without an estimate, or when the estimate is the whole step."""
+        saving = self.estimated_saving
+        return 1.0 / (1.0 - saving) if saving is not None and saving < 1.0 else None
+
+    @property
+    def message(self) -> str:
+        """One line with measured numbers, rendered from the evidence."""
+        return self.evidence.message()
 
 
 @runtime_checkable

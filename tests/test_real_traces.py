@@ -12,13 +12,13 @@ from pathlib import Path
 import jsonschema
 import pytest
 from click.testing import CliRunner
+from conftest import DATA, REPO, SCHEMA, SHARED_TRACES
 
 from convdoctor.analyzer.conv.layers import analyze_convs, is_transpose_kernel
 from convdoctor.analyzer.trace.reader import find_traces, load_profile
 from convdoctor.cli import main
 from convdoctor.pipeline import analyze_path, analyze_trace
 from convdoctor.reports.json_report import report_to_dict
-from conftest import DATA, REPO, SCHEMA, SHARED_TRACES
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 import oracle  # noqa: E402  (benchmarks/oracle.py: plain json, none of the analyzer's code)

@@ -170,7 +170,7 @@ def job_view(analyses: Sequence[RankAnalysis]) -> JobView | None:
 def trace_rank(profile: Profile) -> int | None:
     """The rank a trace says it is: Kineto's ``distributedInfo.rank``, else the one convdoctor recorded; None."""
     info = profile.metadata.get("distributedInfo")
-    for value in (info.get("rank") if isinstance(info, dict) else None, profile.environment.get("rank")):
+    for value in (info.get("rank") if isinstance(info, dict) else None, profile.environment.rank):
         if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
             return value
     return None

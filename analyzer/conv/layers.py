@@ -17,7 +17,6 @@ from convdoctor.analyzer.conv.communication import CommView, communication
 from convdoctor.analyzer.conv.gpu_timeline import GpuTimeline, gpu_timeline
 from convdoctor.analyzer.conv.job_view import JobView
 from convdoctor.analyzer.trace.profile import (
-    UNPROFILED_STEP_KEY,
     EventKind,
     Kernel,
     Op,
@@ -185,12 +184,18 @@ class ConvAnalysis:
 
     @property
     def conversion_time_us(self) -> float:
+        """Layout conversions charged to the layers, per step."""
         return sum(layer.conversion_us for layer in self.layers) / self.profile.step_count
+
+    @property
+    def other_time_us(self) -> float:
+        """Step time outside the conv layers, per step (not below zero: device time can outlast the host's step)."""
+        return max(self.step_time_us - self.conv_time_us, 0.0)
 
     @property
     def mode(self) -> str:
         """``train`` or ``eval``: as recorded at capture time, else from backward work in the trace."""
-        recorded = self.profile.environment.get("mode")
+        recorded = self.profile.environment.mode
         if recorded in ("train", "eval"):
             return recorded
         if any(layer.backward_us > 0 for layer in self.layers):
@@ -206,7 +211,7 @@ class ConvAnalysis:
     @property
     def unprofiled_step_us(self) -> float | None:
         """The step timed without the profiler at capture (convdoctor's host-timed traces), else None."""
-        recorded = self.profile.environment.get(UNPROFILED_STEP_KEY)  # only finite numbers are kept there
+        recorded = self.profile.environment.unprofiled_step_us  # finite, or None
         number = isinstance(recorded, (int, float)) and not isinstance(recorded, bool)
         if self.time_basis is not TimeBasis.HOST or not number or recorded <= 0:
             return None

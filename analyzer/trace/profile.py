@@ -6,13 +6,13 @@ import bisect
 import enum
 import functools
 import itertools
-import math
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Iterator
 
 import msgspec
 
+from convdoctor.analyzer.trace.environment import RecordedEnvironment
 from convdoctor.analyzer.trace.module_scope import ModuleScope
 
 
@@ -34,7 +34,6 @@ class EventKind(str, enum.Enum):
 
 
 METADATA_KEY = "convdoctor"  # top-level key of the trace JSON where capture records its environment
-UNPROFILED_STEP_KEY = "unprofiled_step_us"  # in it: the median step time without the profiler, µs
 
 
 # Events that may open a module scope (module_scope.parse_scope_name): convdoctor's annotations, PyTorch's
@@ -188,17 +187,12 @@ class Profile:
     unknown_categories: dict[str, int]  # categories this parser does not know, with their counts
 
     @property
-    def environment(self) -> dict[str, Any]:
-        """Settings convdoctor recorded at capture time (cudnn.benchmark, TF32, threads…); empty for other traces.
-
-        Only values of the kinds convdoctor records are kept: strings, booleans, int64 integers, finite floats and
-        None. A trace edited by hand cannot put NaN, containers or numbers beyond float range before the rules
-        and the reports (a JSON report cannot hold NaN).
-        """
+    def environment(self) -> RecordedEnvironment:
+        """Settings convdoctor recorded at capture time (cudnn.benchmark, TF32, threads…); all None for other
+        traces, and for any value of another type than the field's (a hand-edited trace cannot put NaN, containers
+        or numbers beyond int64 before the rules and the reports)."""
         recorded = self.metadata.get(METADATA_KEY)
-        if not isinstance(recorded, dict):
-            return {}
-        return {key: value for key, value in recorded.items() if _recordable(value)}
+        return RecordedEnvironment.from_metadata(recorded if isinstance(recorded, dict) else {})
 
     @property
     def has_device_events(self) -> bool:
@@ -298,12 +292,3 @@ class Profile:
 @functools.cache
 def _launches(name: str) -> bool:
     return "LaunchKernel" in name or name.startswith(("cuLaunch", "cudaLaunch", "hipLaunch", "hipModuleLaunch"))
-
-
-def _recordable(value: Any) -> bool:
-    """A value of a kind convdoctor writes into a trace's environment."""
-    if isinstance(value, float):
-        return math.isfinite(value)
-    if isinstance(value, int) and not isinstance(value, bool):
-        return -(2**63) <= value < 2**63
-    return value is None or isinstance(value, (str, bool))
