@@ -196,7 +196,6 @@ def convdoctor_figures(report: dict[str, Any]) -> dict[str, Any]:
     layers = report["layers"]
     device = summary["time_basis"] == "device"  # else the layers' times are host times: not the oracle's
     gpu = summary.get("gpu") or {}
-    comm = summary.get("communication") or {}
     return {
         "steps": report["workload"]["steps"],
         "step_ms": summary["step_time_ms"],
