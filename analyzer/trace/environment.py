@@ -80,7 +80,9 @@ def _typed(value: Any, kinds: tuple[type, ...]) -> Any:
     if isinstance(value, bool):
         return value if bool in kinds else None
     if isinstance(value, int) and (int in kinds or float in kinds):
-        return (value if -(2**63) <= value < 2**63 else None) if int in kinds else float(value)
+        if not -(2**63) <= value < 2**63:  # beyond int64: no setting convdoctor records, and beyond a float's range
+            return None
+        return value if int in kinds else float(value)
     if isinstance(value, float) and float in kinds:
         return value if math.isfinite(value) else None
     if isinstance(value, str) and str in kinds:
