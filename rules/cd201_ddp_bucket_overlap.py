@@ -33,7 +33,7 @@ class DdpBucketOverlapEvidence:
         current = "the default buckets" if self.bucket_cap_mb is None else f"bucket_cap_mb={self.bucket_cap_mb:g}"
         return (f"allreduce on {who}: {self.comm_ms:.1f} ms a step, {self.overlap_fraction:.0%} of it overlapping "
                 f"compute; {self.exposed_comm_ms:.1f} ms ({self.exposed_comm_ms / self.step_ms:.0%} of the step) "
-                f"exposed, in {self.buckets_per_step:.1f} bucket(s) of {_size(self.gradient_mib)} of gradients "
+                f"exposed, in {self.buckets_per_step:.1f} bucket(s) of {_gradients(self.gradient_mib)} "
                 f"with {current}")
 
 
@@ -108,7 +108,7 @@ default 0.5); `target_buckets` (default 4): the candidate's bucket size splits t
             rule_name=self.name,
             severity=self.severity,
             fix=f"Smaller DDP buckets (bucket_cap_mb={cap:g}) so the allreduce starts during the backward",
-            advice=(f"The gradients ({_size(gradient_mib)}) go out in {buckets:.1f} allreduce(s) per step, which "
+            advice=(f"The {_gradients(gradient_mib)} go out in {buckets:.1f} allreduce(s) per step, which "
                     "start only when the backward has nearly ended. With about "
                     f"{self.target_buckets} buckets the first ones are reduced while the backward still runs."),
             snippet=f"model = DistributedDataParallel(model, bucket_cap_mb={cap:g})",
@@ -121,6 +121,6 @@ default 0.5); `target_buckets` (default 4): the candidate's bucket size splits t
         )
 
 
-def _size(gradient_mib: float) -> str:
-    """The gradients' size in words; the trace may record none (0), which is not a size of zero."""
-    return f"{gradient_mib:.1f} MiB" if gradient_mib > 0 else "an unknown size (the trace records none)"
+def _gradients(gradient_mib: float) -> str:
+    """The gradients and their size, when the trace records one (0: it records none, which is no size of zero)."""
+    return f"{gradient_mib:.1f} MiB of gradients" if gradient_mib > 0 else "gradients (their size is not in the trace)"
