@@ -12,6 +12,7 @@ from convdoctor.analyzer.conv.layers import ConvAnalysis
 from convdoctor.rules.base import Finding, Requirement, Severity
 
 MIB = 2**20
+DEFAULT_BUCKET_CAP_MB = 25.0  # DistributedDataParallel's default bucket_cap_mb
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,11 @@ default 0.5); `target_buckets` (default 4): the candidate's bucket size splits t
             return
         buckets = view.mean("allreduce_calls")
         gradient_mib = view.mean("allreduce_bytes") / MIB  # record_param_comms' elements x dtype size
-        cap = round(max(gradient_mib / self.target_buckets, 0.25), 2)
+        # Without a recorded size the proposal splits DDP's default bucket instead, and the advice says so.
+        cap = round(max((gradient_mib or DEFAULT_BUCKET_CAP_MB) / self.target_buckets, 0.25), 2)
+        basis = "" if gradient_mib > 0 else (
+            f" The trace does not record the gradients' size, so bucket_cap_mb={cap:g} splits DDP's default "
+            f"{DEFAULT_BUCKET_CAP_MB:g} MiB bucket instead.")
         recorded = analysis.profile.environment.ddp_bucket_cap_mb
         yield Finding(
             rule_id=self.id,
@@ -110,7 +115,7 @@ default 0.5); `target_buckets` (default 4): the candidate's bucket size splits t
             fix=f"Smaller DDP buckets (bucket_cap_mb={cap:g}) so the allreduce starts during the backward",
             advice=(f"The {_gradients(gradient_mib)} go out in {buckets:.1f} allreduce(s) per step, which "
                     "start only when the backward has nearly ended. With about "
-                    f"{self.target_buckets} buckets the first ones are reduced while the backward still runs."),
+                    f"{self.target_buckets} buckets the first ones are reduced while the backward still runs.{basis}"),
             snippet=f"model = DistributedDataParallel(model, bucket_cap_mb={cap:g})",
             evidence=DdpBucketOverlapEvidence(
                 comm_ms=comm_us / 1e3, exposed_comm_ms=exposed_us / 1e3, overlap_fraction=overlap,
