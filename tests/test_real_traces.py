@@ -96,6 +96,8 @@ def test_d3_bucket_size_not_in_the_trace_is_said_not_zero():
     assert any("bucket sizes unknown" in note for note in data["summary"]["notes"])
     [cd201] = [f for f in data["findings"] if f["rule_id"] == "CD201"]
     assert "0.0 MiB" not in cd201["message"] and "size is not in the trace" in cd201["message"]
+    # the proposal is DDP's default bucket split, said as such, not a cap computed from a size of zero
+    assert "bucket_cap_mb=6.25" in cd201["snippet"] and "default 25 MiB bucket" in cd201["advice"]
 
 
 # D4 ------------------------------------------------------------------------------------------------------------
