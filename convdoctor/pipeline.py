@@ -16,7 +16,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from convdoctor.analyzer.conv.job_view import job_view
+from convdoctor.analyzer.conv.job_view import job_view, trace_rank
+from convdoctor.analyzer.conv.kernels import kernel_totals, layer_kernels
 from convdoctor.analyzer.conv.layers import ConvAnalysis, analyze_convs
 from convdoctor.analyzer.conv.roofline import analyze_roofline
 from convdoctor.analyzer.trace.collector import collector_paused
@@ -120,10 +121,9 @@ RANK_IN_NAME = re.compile(r"rank[-_]?(\d+)", re.IGNORECASE)
 
 def _rank_order(trace: Path, analysis: ConvAnalysis) -> tuple[int, str]:
     """A trace's rank: Kineto's distributedInfo, convdoctor's record, or ``rank<k>`` in its name; unknown last."""
-    info = analysis.profile.metadata.get("distributedInfo")
-    for value in (info.get("rank") if isinstance(info, dict) else None, analysis.profile.environment.get("rank")):
-        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-            return value, trace.name
+    rank = trace_rank(analysis.profile)
+    if rank is not None:
+        return rank, trace.name
     match = RANK_IN_NAME.search(trace.name)
     return (int(match.group(1)) if match else sys.maxsize), trace.name
 
@@ -136,6 +136,8 @@ def report_data(path: str | Path) -> dict[str, Any]:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ReportError(f"{path}: cannot be read as a report ({exc}); pass a report.json or a trace") from exc
+        if isinstance(data, (dict, list)) and (isinstance(data, list) or "traceEvents" in data):
+            return report_to_dict(analyze_trace(path))  # a trace named *.json (HTA's rank-N.json)
         if not isinstance(data, dict) or "schema_version" not in data or "layers" not in data:
             raise ReportError(f"{path}: is JSON but not a convdoctor report.json; pass a report.json or a trace")
         return data
@@ -163,11 +165,12 @@ def _offline_report(analysis: ConvAnalysis, trace: Path, logdir: Path, rule_set:
 
 def _trace_key(logdir: Path, trace: Path) -> Path:
     """``run/worker`` for a trace under a log dir: where its report goes."""
-    return trace.relative_to(logdir).parent / trace.name.split(".pt.trace")[0]
+    return trace.relative_to(logdir).parent / trace.name.split(".pt.trace")[0].removesuffix(".gz").removesuffix(".json")
 
 
 def build_report(analysis: ConvAnalysis, summary: WorkloadSummary, outcomes: list[FindingOutcome], traces: list[Path],
             logdir: Path, results: RuleResults, rule_set: RuleSet) -> Report:
+    kernels = layer_kernels(analysis)
     return Report(
         tool_version=__version__,
         workload=summary,
@@ -176,15 +179,17 @@ def build_report(analysis: ConvAnalysis, summary: WorkloadSummary, outcomes: lis
         trace_files=[str(t) for t in traces],
         logdir=str(logdir),
         skipped_rules=results.skipped,
-        rule_problems=rule_set.problems,
+        rule_problems=rule_set.problems + results.problems,
         rule_docs=[RuleDoc(r.id, r.name, r.summary, doc_sections(r.doc)) for r in rule_set.rules
                    if any(o.finding.rule_id == r.id for o in outcomes)],
         roofline=analyze_roofline(analysis),
+        layer_kernels=kernels,
+        kernel_totals=kernel_totals(kernels),
     )
 
 
 def write_report(report: Report, files: ReportFiles) -> None:
-    data = report_to_dict(report)  # built once for both files: it reads every layer's kernels
+    data = report_to_dict(report)  # built once for both files
     write_atomically(files.json, dict_to_json(data))
     write_atomically(files.html, render_html(report, data))
 
@@ -290,14 +295,14 @@ def _summary(workload: Workload, options: ProfileOptions, analysis: ConvAnalysis
     env = environment(workload)
     return WorkloadSummary(
         model_file=workload.source,
-        device=env["device"],
-        device_name=env["device_name"],
-        mode=env["mode"],
-        batch_size=env["batch_size"],
-        dtype=env["dtype"],
+        device=env.device,
+        device_name=env.device_name,
+        mode=env.mode,
+        batch_size=env.batch_size,
+        dtype=env.dtype,
         steps=options.steps,
-        torch_version=env["torch_version"],
-        threads=env["threads"],
-        allocator=env["allocator"],
-        heap_kept=analysis.profile.environment.get("heap_kept") is True,
+        torch_version=env.torch_version,
+        threads=env.threads,
+        allocator=env.allocator,
+        heap_kept=analysis.profile.environment.heap_kept is True,
     )

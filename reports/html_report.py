@@ -32,13 +32,12 @@ def render_html(report: Report, data: dict[str, Any] | None = None) -> str:
     """The report as an HTML page (``data``: its report_to_dict, when the caller has it). Every name in it is user
     data and is escaped by the template engine."""
     data = report_to_dict(report) if data is None else data
-    summary = data["summary"]
-    step_ms = summary["step_time_ms"] or 1.0
-    other_ms = max(step_ms - summary["conv_time_ms"], 0.0)
+    analysis = report.analysis
+    step_us = analysis.step_time_us or 1.0
     breakdown = [
-        ("convolutions", summary["conv_time_ms"] - summary["conversion_time_ms"], "#3b6fb6"),
-        ("layout conversions", summary["conversion_time_ms"], "#d9822b"),
-        ("everything else", other_ms, "#9aa5b1"),
+        ("convolutions", analysis.conv_time_us - analysis.conversion_time_us, "#3b6fb6"),
+        ("layout conversions", analysis.conversion_time_us, "#d9822b"),
+        ("everything else", analysis.other_time_us, "#9aa5b1"),
     ]
     results = [result_with_prediction(o) for o in report.outcomes]
     plan = plan_lines(report.plan) if report.plan else []
@@ -50,12 +49,12 @@ def render_html(report: Report, data: dict[str, Any] | None = None) -> str:
         left_out=left_out,
         architecture=[architecture_note(o) for o in report.outcomes],
         layer_results=[layer_lines(o) for o in report.outcomes],
-        breakdown=[(label, ms, ms / step_ms, color) for label, ms, color in breakdown],
+        breakdown=[(label, us / 1e3, us / step_us, color) for label, us, color in breakdown],
         max_layer_ms=max((layer["time_ms"] for layer in data["layers"]), default=1.0) or 1.0,
         tensorboard=tensorboard_command(report.logdir),
         rule_docs=report.rule_docs,
         plan=plan,
-        roofline=roofline_chart(summary["peaks"], data["layers"]),
+        roofline=roofline_chart(data["summary"]["peaks"], data["layers"]),
         speedups=speedup_chart(data["findings"], results, data["plan"], plan[-1] if plan else None),
         bound_colors=BOUND_COLORS,
         roofline_reason=_no_roofline_reason(report),

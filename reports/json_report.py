@@ -7,9 +7,9 @@ import math
 from typing import Any
 
 from convdoctor.analyzer.conv.communication import DEFINITIONS as COMM_DEFINITIONS
-from convdoctor.analyzer.conv.job_view import JobView
-from convdoctor.analyzer.conv.kernels import KernelShare, LayerKernels, layer_kernels
-from convdoctor.analyzer.conv.layers import ConvLayer
+from convdoctor.analyzer.conv.job_view import JobView, trace_rank
+from convdoctor.analyzer.conv.kernels import KernelShare, KernelTotals, LayerKernels
+from convdoctor.analyzer.conv.layers import ConvAnalysis, ConvLayer
 from convdoctor.analyzer.conv.roofline import LayerRoofline, Roofline
 from convdoctor.analyzer.measure.model_cost import ArchitectureDelta
 from convdoctor.analyzer.measure.results import (
@@ -18,9 +18,10 @@ from convdoctor.analyzer.measure.results import (
     GradientReference,
     Measurement,
     SpeedupEstimate,
-    ThroughputMeasurement,
+    ThroughputPoint,
 )
-from convdoctor.reports.report import FindingOutcome, Plan, Report, predicted_speedup
+from convdoctor.reports.report import FindingOutcome, Plan, Report
+from convdoctor.rules.base import evidence_fields
 
 SCHEMA_VERSION = "1.1"  # 1.1: optional distributed, device_kernels, throughput, larger_batches, layer_measurements
 
@@ -30,7 +31,7 @@ def report_to_dict(report: Report) -> dict[str, Any]:
     analysis = report.analysis
     roofline = report.roofline
     rooflines = roofline.layers if roofline is not None else {}
-    kernels = layer_kernels(analysis)
+    kernels = report.layer_kernels
     return {
         "schema_version": SCHEMA_VERSION,
         "tool_version": report.tool_version,
@@ -44,7 +45,11 @@ def report_to_dict(report: Report) -> dict[str, Any]:
             "conversion_time_ms": analysis.conversion_time_us / 1e3,
             "notes": list(analysis.notes) + (list(roofline.notes) if roofline is not None else []),
             "peaks": _peaks(roofline),
-            "device_kernels": _kernel_totals(kernels),
+            "device_kernels": _kernel_totals(report.kernel_totals),
+            "steps_from": _steps_from(analysis),
+            "rank": trace_rank(analysis.profile),
+            "gpu": _gpu(analysis),
+            "communication": _communication(analysis),
         },
         "layers": [_layer(layer, analysis.share(layer.time_per_step_us), analysis.profile.step_count,
                           rooflines.get(layer.name), kernels.get(layer.name))
@@ -76,7 +81,8 @@ def distributed_to_dict(job: JobView) -> dict[str, Any]:
             "overlap_fraction": r.overlap_fraction, "allreduce_calls_per_step": r.allreduce_calls,
             "conv_ms": r.conv_us / 1e3,
         } for r in job.ranks],
-        "steps": [{"step": s.number, "work_ms": [w / 1e3 for w in s.work_us], "slowest_rank": s.slowest_rank,
+        "steps": [{"step": s.number, "work_ms": [w / 1e3 for w in s.work_us],
+                   "slowest_rank": s.slowest_rank if s.slowest_rank_id is None else s.slowest_rank_id,
                    "excess_ms": s.excess_us / 1e3, "excess_fraction": s.excess_fraction} for s in job.steps],
         "straggler": None if straggler is None else {
             "rank": straggler.rank, "decided": straggler.decided, "steps": straggler.steps,
@@ -90,6 +96,36 @@ def distributed_to_dict(job: JobView) -> dict[str, Any]:
         "layers": [{"name": layer.name, "time_ms": [None if t is None else t / 1e3 for t in layer.time_us]}
                    for layer in job.layers],
     }
+
+
+def _steps_from(analysis: ConvAnalysis) -> str:
+    """Where the report's steps come from: the trace's ProfilerStep marks, iterations found from its repeating conv
+    calls, or (neither) the whole traced span as one step."""
+    profile = analysis.profile
+    if profile.steps_inferred:
+        return "repeating conv calls"
+    return "ProfilerStep" if profile.steps else "whole trace"
+
+
+def _gpu(analysis: ConvAnalysis) -> dict[str, Any] | None:
+    """Per step, on the busiest device: kernel time (all devices), busy (kernels, memcpy, memset), idle, span."""
+    timeline = analysis.gpu_timeline
+    if timeline is None:
+        return None
+    return {"device": timeline.device, "kernel_ms": timeline.kernel_us / 1e3, "busy_ms": timeline.busy_us / 1e3,
+            "idle_ms": timeline.idle_us / 1e3, "span_ms": timeline.span_us / 1e3, "idle_share": timeline.idle_share,
+            "kernels_per_step": timeline.kernels_per_step}
+
+
+def _communication(analysis: ConvAnalysis) -> dict[str, Any] | None:
+    """Per step: collective time, its overlap with compute, NCCL kernel time, DDP's gradient buckets."""
+    view = analysis.communication
+    if view is None:
+        return None
+    return {"time_basis": view.time_basis, "comm_ms": view.mean("comm_us") / 1e3,
+            "overlap_ms": view.mean("overlap_us") / 1e3, "compute_ms": view.mean("compute_us") / 1e3,
+            "nccl_kernel_ms": view.mean("nccl_kernel_us") / 1e3, "buckets": view.mean("allreduce_calls"),
+            "gradient_mib": view.mean("allreduce_bytes") / 2**20, "definitions": COMM_DEFINITIONS}
 
 
 def dict_to_json(data: dict[str, Any]) -> str:
@@ -116,19 +152,13 @@ def _peaks(roofline: Roofline | None) -> dict[str, Any] | None:
     }
 
 
-def _kernel_totals(kernels: dict[str, LayerKernels]) -> dict[str, Any] | None:
+def _kernel_totals(totals: KernelTotals | None) -> dict[str, Any] | None:
     """Conv kernel time per step by pass and algorithm family, and the share on tensor cores (GPU traces only)."""
-    if not kernels:
+    if totals is None:
         return None
-    by_family: dict[tuple[str, str], float] = {}
-    for layer in kernels.values():
-        for key, share in layer.algorithms.items():
-            by_family[key] = by_family.get(key, 0.0) + share.us_per_step
-    known = sum(k.tensor_core_us + k.simt_us for k in kernels.values())
     return {
-        "tensor_core_share": sum(k.tensor_core_us for k in kernels.values()) / known if known else None,
-        "algorithms": [{"pass": p, "family": f, "time_ms": us / 1e3}
-                       for (p, f), us in sorted(by_family.items(), key=lambda item: -item[1])],
+        "tensor_core_share": totals.tensor_core_share,
+        "algorithms": [{"pass": p, "family": f, "time_ms": us / 1e3} for p, f, us in totals.by_family_us],
     }
 
 
@@ -199,10 +229,10 @@ def _outcome(outcome: FindingOutcome) -> dict[str, Any]:
         "fix": finding.fix,
         "advice": finding.advice,
         "snippet": finding.snippet,
-        "evidence": finding.evidence,
+        "evidence": evidence_fields(finding.evidence),
         "estimated_saving": finding.estimated_saving,
         "saving_bound": finding.saving_bound.value,
-        "predicted_speedup": predicted_speedup(finding),
+        "predicted_speedup": finding.predicted_speedup,
         "candidate": None if candidate is None else {
             "title": candidate.title, "numerics": candidate.numerics.value, "tolerance": candidate.tolerance},
         "measurement": None if outcome.measurement is None else _measurement(
@@ -216,8 +246,7 @@ def _outcome(outcome: FindingOutcome) -> dict[str, Any]:
         "layer_measurements": [
             {"layer": m.layer, "input_shape": list(m.input_shape), "not_measured": m.not_measured,
              "measurement": None if m.measurement is None else _measurement(
-                 m.measurement, m.measurement.numerics.within(candidate.tolerance) if candidate else None,
-                 compares_outputs=True)}
+                 m.measurement, m.numerics_ok, compares_outputs=True)}
             for m in outcome.layer_measurements],
     }
 
@@ -232,20 +261,20 @@ def _throughput(sweep: BatchSweep) -> dict[str, Any]:
     }
 
 
-def _throughput_point(point: ThroughputMeasurement) -> dict[str, Any]:
-    estimate = point.estimate
+def _throughput_point(point: ThroughputPoint) -> dict[str, Any]:
+    measurement = point.measurement
     return {
         "batch_size": point.batch_size,
         "samples_per_s": point.samples_per_s,
         "baseline_samples_per_s": point.baseline_samples_per_s,
-        **_interval(estimate),
-        "rounds": point.rounds,
-        "blocks": point.blocks,
-        "warmup_steps": list(point.warmup_steps),
-        "threads": point.threads,
-        "timer": point.timer,
-        "other_cores_busy": point.other_cores_busy,
-        "machine_was_busy": point.machine_was_busy,
+        **_interval(measurement.estimate),
+        "rounds": measurement.rounds,
+        "blocks": measurement.blocks,
+        "warmup_steps": list(measurement.warmup_steps),
+        "threads": measurement.threads,
+        "timer": measurement.timer,
+        "other_cores_busy": measurement.other_cores_busy,
+        "machine_was_busy": measurement.machine_was_busy,
     }
 
 
@@ -257,16 +286,16 @@ def _plan(plan: Plan) -> dict[str, Any]:
                 "fix": step.finding.fix,
                 "snippet": step.finding.snippet,
                 "speedup": step.measurement.estimate.speedup if step.measurement else None,
-                "measured_saving": _saving(step.measurement),
+                "measured_saving": step.measurement.saving,
                 "estimated_saving": step.finding.estimated_saving,
                 "saving_bound": step.finding.saving_bound.value,
-                "predicted_speedup": predicted_speedup(step.finding),
+                "predicted_speedup": step.finding.predicted_speedup,
             }
             for step in plan.steps
         ],
         "tolerance": plan.tolerance,
         "measurement": _measurement(plan.measurement, True, compares_outputs=True),
-        "measured_saving": _saving(plan.measurement),
+        "measured_saving": plan.measurement.saving,
         "left_out": [
             {
                 "rule_id": left.outcome.finding.rule_id,
@@ -278,11 +307,6 @@ def _plan(plan: Plan) -> dict[str, Any]:
             for left in plan.left_out
         ],
     }
-
-
-def _saving(measurement: Measurement | None) -> float | None:
-    """The fraction of step time a measured candidate saves: 1 - candidate/baseline."""
-    return None if measurement is None else 1.0 - 1.0 / measurement.estimate.speedup
 
 
 def _architecture(delta: ArchitectureDelta) -> dict[str, Any]:

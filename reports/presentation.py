@@ -5,10 +5,10 @@ from __future__ import annotations
 from convdoctor.analyzer.measure.results import (
     BatchSweep,
     Measurement,
-    ThroughputMeasurement,
+    ThroughputPoint,
     Verdict,
 )
-from convdoctor.reports.report import FindingOutcome, Plan, Report, predicted_speedup
+from convdoctor.reports.report import FindingOutcome, Plan, Report
 from convdoctor.rules.base import Finding, SavingBound
 
 
@@ -77,11 +77,12 @@ def throughput_result(sweep: BatchSweep) -> str:
     return f"batch {best.batch_size}: {throughput_text(best)}"
 
 
-def throughput_text(point: ThroughputMeasurement) -> str:
+def throughput_text(point: ThroughputPoint) -> str:
     """One batch size's samples/s against the baseline batch, with its interval, worded by its verdict."""
     e = point.estimate
     interval = f"95% CI {e.ci_low:.2f}–{e.ci_high:.2f}×"
-    busy = f"; other processes kept {point.other_cores_busy:.1f} cores busy" if point.machine_was_busy else ""
+    busy = (f"; other processes kept {point.measurement.other_cores_busy:.1f} cores busy"
+            if point.measurement.machine_was_busy else "")
     rates = f"{point.samples_per_s:.1f} vs {point.baseline_samples_per_s:.1f} samples/s"
     if e.verdict is Verdict.NO_DIFFERENCE:
         return f"no measurable difference in samples/s against batch {point.baseline_batch} ({rates}, " \
@@ -116,7 +117,7 @@ def result_with_prediction(outcome: FindingOutcome) -> str:
     finding = outcome.finding
     if finding.estimated_saving is None or outcome.throughput is not None:
         return result
-    speedup = predicted_speedup(finding)
+    speedup = finding.predicted_speedup
     if outcome.measurement is None or speedup is None:
         return f"{result}; {predicted_saving(finding)}"
     if finding.saving_bound is SavingBound.AT_MOST:

@@ -1,14 +1,15 @@
-"""The Report: everything the HTML, JSON and terminal reports show, filled by the pipeline."""
+"""The Report: everything the HTML, JSON and terminal reports show, computed by the pipeline before any of them
+renders; the renderers format its fields and compute nothing."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from convdoctor.analyzer.conv.kernels import KernelTotals, LayerKernels
 from convdoctor.analyzer.conv.layers import ConvAnalysis
 from convdoctor.analyzer.conv.roofline import Roofline
 from convdoctor.analyzer.measure.results import FindingOutcome, Plan
-from convdoctor.rules.base import Finding
 
 
 @dataclass(frozen=True)
@@ -53,14 +54,8 @@ class Report:
     rule_docs: list[RuleDoc] = field(default_factory=list)  # of the rules with findings
     plan: Plan | None = None  # None when nothing was measured faster
     roofline: Roofline | None = None  # the device's peaks and each layer against them
-
-
-def predicted_speedup(finding: Finding) -> float | None:
-    """The speedup the analysis predicts: ``1 / (1 - estimated_saving)``, the estimated share of the profiled step
-    taken off the step (a share, so the profiler's own overhead in the trace does not scale it). None without an
-    estimate, or when the estimate is the whole step."""
-    saving = finding.estimated_saving
-    return 1.0 / (1.0 - saving) if saving is not None and saving < 1.0 else None
+    layer_kernels: dict[str, LayerKernels] = field(default_factory=dict)  # each layer's device kernels (GPU traces)
+    kernel_totals: KernelTotals | None = None  # all layers' conv kernels summed (GPU traces)
 
 
 def trace_summary(analysis: ConvAnalysis, trace: Path) -> WorkloadSummary:
@@ -72,18 +67,18 @@ def trace_summary(analysis: ConvAnalysis, trace: Path) -> WorkloadSummary:
     recorded = profile.environment
     props = profile.device_properties
     first = analysis.layers[0] if analysis.layers else None
-    on_gpu = profile.has_device_events
+    on_gpu = profile.has_device_events or profile.kernel_launches > 0  # a GPU run without kernel records too
     return WorkloadSummary(
         model_file=str(trace),
-        device=recorded.get("device") or ("cuda" if on_gpu else "cpu"),
-        device_name=recorded.get("device_name")
+        device=recorded.device or ("cuda" if on_gpu else "cpu"),
+        device_name=recorded.device_name
         or (str(props[0].get("name", "unknown")) if on_gpu and props else "unknown"),
         mode=analysis.mode,
-        batch_size=recorded.get("batch_size", first.input_shape[0] if first and first.input_shape else None),
-        dtype=recorded.get("dtype") or (first.dtype if first else "unknown"),
+        batch_size=recorded.batch_size if recorded.recorded else (first.input_shape[0] if first and first.input_shape else None),
+        dtype=recorded.dtype or (first.dtype if first else "unknown"),
         steps=profile.step_count,
-        torch_version=recorded.get("torch_version") or "unknown (not recorded in the trace)",
-        threads=recorded.get("threads"),
-        allocator=recorded.get("allocator"),
-        heap_kept=recorded.get("heap_kept") is True,
+        torch_version=recorded.torch_version or "unknown (not recorded in the trace)",
+        threads=recorded.threads,
+        allocator=recorded.allocator,
+        heap_kept=recorded.heap_kept is True,
     )

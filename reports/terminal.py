@@ -47,6 +47,8 @@ def render_summary(report: Report, html_path: str, json_path: str, overwrote: bo
             lines.append(f"Slowest conv layers ({analysis.time_basis.value} time per step):")
             lines += [row.rstrip() for row in rows]
         lines.append("")
+    notes = list(analysis.notes) + (list(report.roofline.notes) if report.roofline is not None else [])
+    lines += [f"note: {note}" for note in notes] + ([""] if notes else [])
     if analysis.job is not None:
         lines += _ranks(analysis.job)
     for outcome in report.outcomes:

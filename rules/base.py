@@ -20,6 +20,7 @@ Its Finding may carry a Candidate, which the pipeline applies to a copy of the w
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import re
 from dataclasses import dataclass, field
@@ -82,6 +83,37 @@ class Evidence(Protocol):
     def message(self) -> str: ...
 
 
+def evidence_fields(evidence: Evidence) -> dict[str, Any]:
+    """The evidence as report.json shows it: ``dataclasses.asdict`` (nested dataclasses become dicts, tuples stay
+    sequences), save that two field markers leave a field out, at any depth:
+
+    - ``field(metadata={"serialize": False})``: a fact only ``message()`` needs, never in the report;
+    - ``field(metadata={"omit_none": True})``: an optional part, left out while it is None.
+    """
+    return _fields(evidence)
+
+
+def _fields(instance: Any) -> dict[str, Any]:
+    shown: dict[str, Any] = {}
+    for f in dataclasses.fields(instance):
+        value = getattr(instance, f.name)
+        if f.metadata.get("serialize", True) and not (value is None and f.metadata.get("omit_none", False)):
+            shown[f.name] = _value(value)
+    return shown
+
+
+def _value(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _fields(value)
+    if isinstance(value, list):
+        return [_value(item) for item in value]
+    if isinstance(value, tuple):
+        return tuple(_value(item) for item in value)
+    if isinstance(value, dict):
+        return {key: _value(item) for key, item in value.items()}
+    return value
+
+
 @dataclass
 class Finding:
     """One thing a rule found, with the evidence that shows it and the fix it proposes."""
@@ -98,6 +130,14 @@ class Finding:
     saving_bound: SavingBound = SavingBound.ESTIMATE  # how to read estimated_saving
     candidate: Candidate | None = None
     larger_batches: LargerBatches | None = None
+
+    @property
+    def predicted_speedup(self) -> float | None:
+        """The speedup the analysis predicts: ``1 / (1 - estimated_saving)``, the estimated share of the profiled
+        step taken off the step (a share, so the profiler's own overhead in the trace does not scale it). None
+        without an estimate, or when the estimate is the whole step."""
+        saving = self.estimated_saving
+        return 1.0 / (1.0 - saving) if saving is not None and saving < 1.0 else None
 
     @property
     def message(self) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable
 
 from convdoctor.analyzer.candidates.candidate import Candidate, NumericsContract
@@ -19,6 +19,51 @@ out = model(x)"""
 
 
 @dataclass(frozen=True)
+class ModuleClassSaving:
+    """One module class's time per step in the trace and what channels_last is predicted to save of it."""
+
+    trace_ms_per_step: float
+    predicted_saving_ms_per_step: float
+
+
+@dataclass(frozen=True)
+class LayoutProbeEvidence:
+    """The layout probe's prediction (ProbedSaving), module classes largest saving first."""
+
+    predicted_saving_ms_per_step: float
+    predicted_share: float  # of the step timed without the profiler, where the trace has it
+    probed_modules: int
+    conversions_outside_probed_ms_per_step: float
+    by_module_class: dict[str, ModuleClassSaving]
+
+
+@dataclass(frozen=True)
+class ChannelsLastEvidence:
+    """Conv layers in NCHW and the layout conversions charged to conv layers; the probe's prediction if taken."""
+
+    nchw_layers: int
+    spatial_conv_layers: int
+    affected_share: float  # of the step, in the NCHW or converting layers
+    conversion_ms_per_step: float
+    conversions: list[str]  # the conversion ops' names
+    conversions_per_step: float = field(repr=False, metadata={"serialize": False})
+    layout_probe: LayoutProbeEvidence | None = field(default=None, metadata={"omit_none": True})
+
+    def message(self) -> str:
+        parts: list[str] = []
+        if self.nchw_layers:
+            parts.append(f"{self.nchw_layers} of {self.spatial_conv_layers} conv layers run in NCHW")
+        if self.conversions:
+            parts.append(f"{self.conversions_per_step:g} layout conversions per step cost "
+                         f"{self.conversion_ms_per_step:.2f} ms")
+        if self.layout_probe is not None:
+            word = "saves" if self.layout_probe.predicted_saving_ms_per_step >= 0 else "costs"
+            parts.append(f"timed alone in channels_last, these modules predict it {word} "
+                         f"{abs(self.layout_probe.predicted_share):.0%} of the step")
+        return f"{'; '.join(parts)} ({self.affected_share:.0%} of the step in these layers)"
+
+
+@dataclass(frozen=True)
 class ProbedSaving:
     """What channels_last saves per step by the layout probe: each probed leaf module's time in the trace times
     ``1 - channels_last / current`` as timed alone, plus the forward's layout conversions outside those modules."""
@@ -28,16 +73,16 @@ class ProbedSaving:
     probed_modules: int
     conversions_outside_us: float
 
-    def evidence(self, analysis: ConvAnalysis) -> dict[str, object]:
+    def evidence(self, analysis: ConvAnalysis) -> LayoutProbeEvidence:
         largest_first = sorted(self.by_class.items(), key=lambda item: -abs(item[1][1]))
-        return {
-            "predicted_saving_ms_per_step": self.saving_us / 1e3,
-            "predicted_share": analysis.saving_share(self.saving_us),
-            "probed_modules": self.probed_modules,
-            "conversions_outside_probed_ms_per_step": self.conversions_outside_us / 1e3,
-            "by_module_class": {name: {"trace_ms_per_step": trace / 1e3, "predicted_saving_ms_per_step": saving / 1e3}
-                                for name, (trace, saving) in largest_first},
-        }
+        return LayoutProbeEvidence(
+            predicted_saving_ms_per_step=self.saving_us / 1e3,
+            predicted_share=analysis.saving_share(self.saving_us),
+            probed_modules=self.probed_modules,
+            conversions_outside_probed_ms_per_step=self.conversions_outside_us / 1e3,
+            by_module_class={name: ModuleClassSaving(trace / 1e3, saving / 1e3)
+                             for name, (trace, saving) in largest_first},
+        )
 
 
 def probed_saving(analysis: ConvAnalysis, conversions: list[LayoutConversion]) -> ProbedSaving | None:
@@ -129,33 +174,25 @@ for the finding to be reported.
         if share < self.min_share:
             return
         conversion_us = analysis.conversion_time_us
-        parts = [f"{len(nchw)} of {len(spatial)} conv layers run in NCHW"] if nchw else []
-        if converting:
-            count = sum(len(layer.conversions) for layer in converting) / analysis.profile.step_count
-            parts.append(f"{count:g} layout conversions per step cost {conversion_us / 1e3:.2f} ms")
         probed = probed_saving(analysis, [c for layer in converting for c in layer.conversions])
-        if probed is not None:
-            word = "saves" if probed.saving_us >= 0 else "costs"
-            parts.append(f"timed alone in channels_last, these modules predict it {word} "
-                         f"{abs(analysis.saving_share(probed.saving_us)):.0%} of the step")
         yield Finding(
             rule_id=self.id,
             rule_name=self.name,
             severity=self.severity if share >= 0.2 else Severity.INFO,
-            message=f"{'; '.join(parts)} ({share:.0%} of the step in these layers)",
             fix="Convert the model and its inputs to channels_last",
             advice="Keep activations in NHWC end to end: convert the model's parameters and the inputs once, "
                    "outside the step, so that no layer has to transpose.",
             snippet=SNIPPET,
             layers=[layer.name for layer in affected],
-            evidence={
-                "nchw_layers": len(nchw),
-                "spatial_conv_layers": len(spatial),
-                "affected_share": share,
-                "conversion_ms_per_step": conversion_us / 1e3,
-                "conversions": sorted({c.name for layer in converting for c in layer.conversions}),
-                **({"layout_probe": probed.evidence(analysis)} if probed is not None else {}),
-            },
+            evidence=ChannelsLastEvidence(
+                nchw_layers=len(nchw),
+                spatial_conv_layers=len(spatial),
+                affected_share=share,
+                conversion_ms_per_step=conversion_us / 1e3,
+                conversions=sorted({c.name for layer in converting for c in layer.conversions}),
+                conversions_per_step=sum(len(layer.conversions) for layer in converting) / analysis.profile.step_count,
+                layout_probe=probed.evidence(analysis) if probed is not None else None,
+            ),
             # With a layout probe (convdoctor's own captures) the whole effect is predicted; else only the visible
             # conversions are, since the NHWC kernels' own speed is not in the trace.
             estimated_saving=(analysis.saving_share(probed.saving_us) if probed is not None

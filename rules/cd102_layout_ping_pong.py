@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from dataclasses import dataclass
-from typing import Any, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
 
 from convdoctor.analyzer.candidates.candidate import Candidate, NumericsContract
 from convdoctor.analyzer.candidates.layout import to_channels_last
@@ -34,6 +34,66 @@ class NchwSource:
     in_model_code: bool  # False when the copies run inside a convolution (the library's choice, not the model's)
     per_step: float
     ms_per_step: float
+
+
+@dataclass(frozen=True)
+class ConversionRow:
+    """The layout copies charged to one layer by one operator, direction, tensor and module."""
+
+    layer: str
+    op: str
+    direction: str  # "NHWC->NCHW" or "NCHW->NHWC"
+    tensor: str  # "activation", "weight" or "unknown"
+    shape: list[int]
+    module: str | None  # the module scope the copies run in
+    per_step: float
+    ms_per_step: float
+
+
+@dataclass(frozen=True)
+class LayoutPingPongEvidence:
+    """The conv layers' formats in the order they run, the flips between them, and the copies both ways."""
+
+    layer_formats: dict[str, str]  # MemoryFormat values, "either" for an input that fits both
+    channels_last_layers: int
+    contiguous_layers: int
+    format_flips: int
+    flips: list[list[str]]  # [layer, next layer] pairs
+    conversions: list[ConversionRow]  # slowest first
+    to_nchw_per_step: float
+    to_nhwc_per_step: float
+    conversion_ms_per_step: float
+    conversion_share: float
+    nchw_sources: list[dict[str, Any]]  # NchwSource rows (its class_name as "class"), slowest first
+    conversion_alone_removes_flips: bool
+    copies_per_step: float = field(repr=False, metadata={"serialize": False})
+    both_ways: list[str] = field(repr=False, metadata={"serialize": False})  # layers whose copies run in and out
+
+    def message(self) -> str:
+        parts: list[str] = []
+        if self.flips:
+            a, b = self.flips[0]
+            first = f"{a} takes {_short(self.layer_formats[a])}, {b} {_short(self.layer_formats[b])}"
+            flips = self.format_flips
+            parts.append(f"{first}: {flips} format flip{'s' if flips != 1 else ''} between consecutive "
+                         f"conv layers ({self.channels_last_layers} NHWC, {self.contiguous_layers} NCHW)")
+        else:
+            both_ways = self.both_ways
+            where = (f"{both_ways[0]}{f' and {len(both_ways) - 1} more' if len(both_ways) > 1 else ''} "
+                     f"convert{'s' if len(both_ways) == 1 else ''} in and out" if both_ways else "copies run both ways")
+            known = self.channels_last_layers + self.contiguous_layers  # no flips: all in one format
+            formats_known = (f"all {known} conv layers take {'NHWC' if self.channels_last_layers else 'NCHW'}"
+                             if known else "the trace records no input strides")
+            parts.append(f"{formats_known}, yet {where}")
+        if self.conversions:
+            parts.append(f"{self.copies_per_step:g} layout copies per step ({self.to_nchw_per_step:g} NHWC->NCHW, "
+                         f"{self.to_nhwc_per_step:g} NCHW->NHWC) cost {self.conversion_ms_per_step:.2f} ms "
+                         f"({self.conversion_share:.1%} of the step)")
+        code_sources = [row for row in self.nchw_sources if row["in_model_code"]]
+        if code_sources:
+            parts.append("NCHW forced by " + ", ".join(_describe(row["module"], row["class"], row["calls"])
+                                                       for row in code_sources))
+        return "; ".join(parts)
 
 
 class LayoutPingPongRule:
@@ -127,53 +187,32 @@ the finding is a warning rather than info.
         code_sources = [s for s in sources if s.in_model_code]
         involved = {id(layer) for pair in flips for layer in pair} | {id(layer) for layer, _ in charged}
         layers = [layer for layer in ordered if id(layer) in involved]
-
-        parts = []
-        if flips:
-            a, b = flips[0]
-            first = f"{a.name} takes {SHORT[a.memory_format]}, {b.name} {SHORT[b.memory_format]}"
-            parts.append(f"{first}: {len(flips)} format flip{'s' if len(flips) != 1 else ''} between consecutive "
-                         f"conv layers ({len(formats[MemoryFormat.CHANNELS_LAST])} NHWC, "
-                         f"{len(formats[MemoryFormat.CONTIGUOUS])} NCHW)")
-        else:
-            both_ways = [layer for layer in ordered if {c.to_format for c in layer.conversions} >= set(KNOWN)]
-            where = (f"{both_ways[0].name}{f' and {len(both_ways) - 1} more' if len(both_ways) > 1 else ''} "
-                     f"convert{'s' if len(both_ways) == 1 else ''} in and out" if both_ways else "copies run both ways")
-            formats_known = (f"all {len(known)} conv layers take {SHORT[known[0].memory_format]}" if known
-                             else "the trace records no input strides")
-            parts.append(f"{formats_known}, yet {where}")
-        if charged:
-            parts.append(f"{len(charged) / steps:g} layout copies per step ({len(to_nchw) / steps:g} NHWC->NCHW, "
-                         f"{len(to_nhwc) / steps:g} NCHW->NHWC) cost {conversion_us / 1e3:.2f} ms ({share:.1%} of "
-                         "the step)")
-        if code_sources:
-            parts.append("NCHW forced by " + ", ".join(_describe(s) for s in code_sources))
-
         yield Finding(
             rule_id=self.id,
             rule_name=self.name,
             severity=self.severity if share >= self.warning_share else Severity.INFO,
-            message="; ".join(parts),
             fix="Keep one memory format end to end: convert the model and input to channels_last once"
                 + (", and drop the copies in the model's code that change it" if code_sources else ""),
             advice=_advice(code_sources, [layer.name for layer in layers if layer.conversions]),
             snippet=_snippet(code_sources),
             layers=[layer.name for layer in layers],
-            evidence={
-                "layer_formats": {layer.name: "either" if _fits_both(layer) else layer.memory_format.value
-                                  for layer in ordered},
-                "channels_last_layers": len(formats[MemoryFormat.CHANNELS_LAST]),
-                "contiguous_layers": len(formats[MemoryFormat.CONTIGUOUS]),
-                "format_flips": len(flips),
-                "flips": [[a.name, b.name] for a, b in flips],
-                "conversions": _conversion_rows(charged, steps),
-                "to_nchw_per_step": len(to_nchw) / steps,
-                "to_nhwc_per_step": len(to_nhwc) / steps,
-                "conversion_ms_per_step": conversion_us / 1e3,
-                "conversion_share": share,
-                "nchw_sources": [_source_row(s) for s in sources],
-                "conversion_alone_removes_flips": not code_sources,
-            },
+            evidence=LayoutPingPongEvidence(
+                layer_formats={layer.name: "either" if _fits_both(layer) else layer.memory_format.value
+                               for layer in ordered},
+                channels_last_layers=len(formats[MemoryFormat.CHANNELS_LAST]),
+                contiguous_layers=len(formats[MemoryFormat.CONTIGUOUS]),
+                format_flips=len(flips),
+                flips=[[a.name, b.name] for a, b in flips],
+                conversions=_conversion_rows(charged, steps),
+                to_nchw_per_step=len(to_nchw) / steps,
+                to_nhwc_per_step=len(to_nhwc) / steps,
+                conversion_ms_per_step=conversion_us / 1e3,
+                conversion_share=share,
+                nchw_sources=[_source_row(s) for s in sources],
+                conversion_alone_removes_flips=not code_sources,
+                copies_per_step=len(charged) / steps,
+                both_ways=[layer.name for layer in ordered if {c.to_format for c in layer.conversions} >= set(KNOWN)],
+            ),
             estimated_saving=analysis.saving_share(conversion_us) if conversion_us > 0 else None,
             saving_bound=SavingBound.PART,
             candidate=Candidate(
@@ -262,17 +301,17 @@ def _outermost_op(op: Op) -> Op:
     return top
 
 
-def _conversion_rows(charged: list[tuple[ConvLayer, LayoutConversion]], steps: int) -> list[dict[str, Any]]:
+def _conversion_rows(charged: list[tuple[ConvLayer, LayoutConversion]], steps: int) -> list[ConversionRow]:
     """The conversions grouped by layer, operator, direction, tensor and module, with count and time per step."""
     groups: dict[tuple[Any, ...], list[LayoutConversion]] = defaultdict(list)
     for layer, c in charged:
         tensor = "unknown" if not c.shape else "weight" if c.shape == layer.weight_shape else "activation"
         groups[(layer.name, c.name, f"{SHORT[c.from_format]}->{SHORT[c.to_format]}", tensor, c.op_module)].append(c)
-    rows = [{"layer": layer, "op": op, "direction": direction, "tensor": tensor, "shape": list(group[0].shape),
-             "module": module, "per_step": len(group) / steps,
-             "ms_per_step": sum(c.dur_us for c in group) / steps / 1e3}
+    rows = [ConversionRow(layer=layer, op=op, direction=direction, tensor=tensor, shape=list(group[0].shape),
+                          module=module, per_step=len(group) / steps,
+                          ms_per_step=sum(c.dur_us for c in group) / steps / 1e3)
             for (layer, op, direction, tensor, module), group in groups.items()]
-    return sorted(rows, key=lambda row: row["ms_per_step"], reverse=True)
+    return sorted(rows, key=lambda row: row.ms_per_step, reverse=True)
 
 
 def _source_row(source: NchwSource) -> dict[str, Any]:
@@ -280,17 +319,23 @@ def _source_row(source: NchwSource) -> dict[str, Any]:
             "in_model_code": source.in_model_code, "per_step": source.per_step, "ms_per_step": source.ms_per_step}
 
 
-def _describe(source: NchwSource) -> str:
-    module = source.module or "code outside any module"
-    where = f"{source.class_name}.forward ({module})" if source.class_name else module
-    return f"{'/'.join(source.calls)} in {where}" if source.calls else where
+def _short(value: str) -> str:
+    """A layer_formats value as NHWC or NCHW."""
+    return SHORT[MemoryFormat(value)]
+
+
+def _describe(module: str | None, class_name: str | None, calls: Sequence[str]) -> str:
+    """Where an NCHW source's copies run: its calls in its class's forward."""
+    place = module or "code outside any module"
+    where = f"{class_name}.forward ({place})" if class_name else place
+    return f"{'/'.join(calls)} in {where}" if calls else where
 
 
 def _advice(code_sources: list[NchwSource], converting: list[str]) -> str:
     one_format = ("Pick one memory format for the whole step, channels_last for convolutions, and convert the model's "
                   "parameters and the input once, outside the step.")
     if code_sources:
-        where = "; ".join(_describe(s) for s in code_sources)
+        where = "; ".join(_describe(s.module, s.class_name, s.calls) for s in code_sources)
         return (f"{one_format} The NHWC -> NCHW copies run in the model's own code: {where}. Converting the model "
                 "to channels_last will not remove them. Drop those calls, or give them "
                 "memory_format=torch.channels_last, then convert model and input once. The measured candidate only "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from convdoctor.analyzer.candidates.candidate import Candidate, NumericsContract, PlanStage
@@ -62,6 +63,48 @@ def autocast_for_device(trace_major: int | None) -> Callable[[Workload], Workloa
         return autocast(mixed_precision_dtype(workload.device, trace_major))(workload)
 
     return transform
+
+
+@dataclass(frozen=True)
+class MixedPrecisionEvidence:
+    """fp32 conv layers on a GPU with tensor cores (compute capability 7.0 or newer), and the dtype to try."""
+
+    fp32_layers: int
+    conv_layers: int
+    fp32_conv_ms_per_step: float
+    fp32_conv_share: float
+    device: int
+    device_name: str
+    compute_capability: str  # "major.minor"
+    suggested_dtype: str  # bfloat16 from sm_80, else float16
+    training: bool
+    cudnn_allow_tf32: bool | None  # as recorded at capture
+    tolerance: float
+
+    def message(self) -> str:
+        capability = self.compute_capability.replace(".", "")
+        cores = "bfloat16 and float16" if self.suggested_dtype == "bfloat16" else "float16"
+        return (f"{self.fp32_layers} of {self.conv_layers} conv layers run in float32: "
+                f"{self.fp32_conv_ms_per_step:.1f} ms, {self.fp32_conv_share:.0%} of the step, on {self.device_name} "
+                f"(sm_{capability}), whose tensor cores run {cores}")
+
+
+@dataclass(frozen=True)
+class TF32Evidence:
+    """fp32 convs on sm_80 or newer with a TF32 switch not known to be on (None: not recorded)."""
+
+    cudnn_allow_tf32: Any
+    matmul_allow_tf32: Any
+    compute_capability: str
+    device_name: str
+    fp32_conv_share: float
+    tolerance: float
+
+    def message(self) -> str:
+        flags = {"cudnn_allow_tf32": self.cudnn_allow_tf32, "matmul_allow_tf32": self.matmul_allow_tf32}
+        state = ", ".join(f"{name}={'unknown' if value is None else value}" for name, value in flags.items())
+        return (f"fp32 on {self.device_name} (sm_{self.compute_capability.replace('.', '')}) with {state}: TF32 "
+                f"tensor cores are the smaller step ({self.fp32_conv_share:.0%} of the step in fp32 convs)")
 
 
 class MixedPrecisionRule:
@@ -142,31 +185,28 @@ baseline output magnitude).
         training = any(layer.backward_us > 0 for layer in fp32)
         device_name = str(props.get("name", f"cuda:{device}"))
         capability = f"{major}.{minor if isinstance(minor, int) else 0}"
-        tf32 = profile.environment.get("cudnn_allow_tf32")
+        tf32 = profile.environment.cudnn_allow_tf32
         yield Finding(
             rule_id=self.id,
             rule_name=self.name,
             severity=self.severity if share >= 0.2 else Severity.INFO,
-            message=(f"{len(fp32)} of {len(analysis.layers)} conv layers run in float32: {fp32_us / 1e3:.1f} ms, "
-                     f"{share:.0%} of the step, on {device_name} (sm_{capability.replace('.', '')}), "
-                     f"whose tensor cores run {'bfloat16 and float16' if major >= 8 else 'float16'}"),
             fix=f"Run the model under torch.autocast({dtype})",
             advice=self._advice(major, dtype, training, tf32),
             snippet=(TRAIN_SNIPPET if training else EVAL_SNIPPET).format(dtype=dtype),
             layers=[layer.name for layer in fp32],
-            evidence={
-                "fp32_layers": len(fp32),
-                "conv_layers": len(analysis.layers),
-                "fp32_conv_ms_per_step": fp32_us / 1e3,
-                "fp32_conv_share": share,
-                "device": device,
-                "device_name": device_name,
-                "compute_capability": capability,
-                "suggested_dtype": dtype,
-                "training": training,
-                "cudnn_allow_tf32": tf32 if isinstance(tf32, bool) else None,
-                "tolerance": TOLERANCE,
-            },
+            evidence=MixedPrecisionEvidence(
+                fp32_layers=len(fp32),
+                conv_layers=len(analysis.layers),
+                fp32_conv_ms_per_step=fp32_us / 1e3,
+                fp32_conv_share=share,
+                device=device,
+                device_name=device_name,
+                compute_capability=capability,
+                suggested_dtype=dtype,
+                training=training,
+                cudnn_allow_tf32=tf32,
+                tolerance=TOLERANCE,
+            ),
             estimated_saving=None,  # the tensor-core speedup is not in the trace: the candidate measures it
             candidate=Candidate(
                 title=f"autocast to {dtype} (picked from the device at run time)",
@@ -185,25 +225,21 @@ baseline output magnitude).
                      capability: str) -> Finding | None:
         """On Ampere or newer (sm_80+), fp32 with a TF32 switch not known to be on: TF32 as its own candidate."""
         env = analysis.profile.environment
-        flags = {"cudnn_allow_tf32": env.get("cudnn_allow_tf32"), "matmul_allow_tf32": env.get("matmul_allow_tf32")}
-        off = [name for name, value in flags.items() if value is not True]
-        if not off:
+        cudnn, matmul = env.cudnn_allow_tf32, env.matmul_allow_tf32
+        if cudnn is True and matmul is True:
             return None
-        state = ", ".join(f"{name}={'unknown' if flags[name] is None else flags[name]}" for name in flags)
         return Finding(
             rule_id=self.id,
             rule_name=self.name,
             severity=Severity.INFO,
-            message=f"fp32 on {device_name} (sm_{capability.replace('.', '')}) with {state}: TF32 tensor cores "
-                    f"are the smaller step ({share:.0%} of the step in fp32 convs)",
             fix="Allow TF32 for convolutions and matmuls",
             advice=("On Ampere and newer, TF32 runs fp32 convolutions and matmuls on tensor cores with fp32's range "
                     "and a 10-bit mantissa, with no change to the model or its dtypes: a smaller step than autocast."
                     " cuDNN convolutions use it by default; matmuls (Linear) do not."),
             snippet=TF32_SNIPPET,
             layers=fp32_layers,
-            evidence={**flags, "compute_capability": capability, "device_name": device_name,
-                      "fp32_conv_share": share, "tolerance": TF32_TOLERANCE},
+            evidence=TF32Evidence(cudnn_allow_tf32=cudnn, matmul_allow_tf32=matmul, compute_capability=capability,
+                                  device_name=device_name, fp32_conv_share=share, tolerance=TF32_TOLERANCE),
             candidate=Candidate(
                 title="TF32 allowed for convolutions and matmuls",
                 transform=backend_flags(cudnn_allow_tf32=True, matmul_allow_tf32=True),

@@ -30,17 +30,39 @@ class BenchmarkFacts:
     conv_kernels: list[str]  # the distinct conv kernel names, in order of first launch
 
 
+UNKNOWN = "unknown (not recorded in the trace)"
+
+
+@dataclass(frozen=True)
+class CudnnBenchmarkEvidence:
+    """The recorded setting (UNKNOWN where the trace has none) and the conv shapes the autotuner would tune for."""
+
+    cudnn_benchmark: bool | str
+    profiled_steps: int
+    fixed_shapes: bool
+    distinct_conv_input_shapes: int
+    conv_kernels: list[str]  # the first 10 distinct conv kernel names
+
+    def message(self) -> str:
+        known = isinstance(self.cudnn_benchmark, bool)  # and False: a finding is for a setting that is not on
+        state = "off (recorded at capture)" if known else "unknown (the trace does not record it)"
+        shapes = self.distinct_conv_input_shapes
+        steps = (f"the same {shapes} conv input shape(s) in each of {self.profiled_steps} steps"
+                 if self.profiled_steps > 1 else f"{shapes} conv input shape(s) in the one profiled step")
+        return f"torch.backends.cudnn.benchmark is {state}, with {steps} on CUDA"
+
+
 def benchmark_facts(analysis: ConvAnalysis) -> BenchmarkFacts:
     """The cudnn.benchmark setting convdoctor recorded (if any) and whether the conv shapes repeat each step."""
     profile = analysis.profile
-    recorded = profile.environment.get("cudnn_benchmark")
+    recorded = profile.environment.cudnn_benchmark
     per_step = _shapes_per_step(analysis)
     distinct = {shape for shapes in per_step.values() for shape in shapes}
     return BenchmarkFacts(
-        recorded=recorded if isinstance(recorded, bool) else None,
+        recorded=recorded,
         on_cuda=analysis.time_basis is TimeBasis.DEVICE,
         steps=len(per_step),
-        fixed_shapes=len({frozenset(shapes.items()) for shapes in per_step.values()}) <= 1,
+        fixed_shapes=bool(distinct) and len({frozenset(shapes.items()) for shapes in per_step.values()}) <= 1,
         distinct_shapes=len(distinct),
         conv_kernels=list(dict.fromkeys(name for layer in analysis.layers for name in layer.kernel_names)),
     )
@@ -128,14 +150,10 @@ saying the state is unknown, with the evidence above; false: say nothing.
         if severity is None:
             return
         known = facts.recorded is not None
-        state = "off (recorded at capture)" if known else "unknown (the trace does not record it)"
-        steps = (f"the same {facts.distinct_shapes} conv input shape(s) in each of {facts.steps} steps"
-                 if facts.steps > 1 else f"{facts.distinct_shapes} conv input shape(s) in the one profiled step")
         yield Finding(
             rule_id=self.id,
             rule_name=self.name,
             severity=severity,
-            message=f"torch.backends.cudnn.benchmark is {state}, with {steps} on CUDA",
             fix="Set torch.backends.cudnn.benchmark = True",
             advice=("With fixed shapes, cuDNN's autotuner times its algorithms once per shape and keeps the "
                     "fastest." + ("" if known else " This trace was captured outside convdoctor, so whether the "
@@ -143,13 +161,13 @@ saying the state is unknown, with the evidence above; false: say nothing.
                                   "`convdoctor profile` to measure it.")),
             snippet=SNIPPET,
             layers=[layer.name for layer in analysis.layers],
-            evidence={
-                "cudnn_benchmark": facts.recorded if known else "unknown (not recorded in the trace)",
-                "profiled_steps": facts.steps,
-                "fixed_shapes": facts.fixed_shapes,
-                "distinct_conv_input_shapes": facts.distinct_shapes,
-                "conv_kernels": facts.conv_kernels[:10],
-            },
+            evidence=CudnnBenchmarkEvidence(
+                cudnn_benchmark=facts.recorded if known else UNKNOWN,
+                profiled_steps=facts.steps,
+                fixed_shapes=facts.fixed_shapes,
+                distinct_conv_input_shapes=facts.distinct_shapes,
+                conv_kernels=facts.conv_kernels[:10],
+            ),
             estimated_saving=None,  # the trace cannot show the other algorithms' times
             candidate=None if not known else Candidate(
                 title="cudnn.benchmark = True around the forward",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from convdoctor.analyzer.candidates.candidate import Candidate, LayerTrial, NumericsContract
@@ -20,6 +21,40 @@ if TYPE_CHECKING:
 
 CPU_BLOCKS = {"AVX512": 16, "AVX2": 8}  # fp32 lanes of oneDNN's blocked layouts (nChw16c / nChw8c)
 IMAGE_CHANNELS = 4  # input channels up to this (RGB, RGBA) are exempt: cuDNN pads them itself, oneDNN has a path
+IMAGE_INPUT_EXEMPT = f"input channels ≤ {IMAGE_CHANNELS} are not counted (the first conv's image)"
+
+
+@dataclass(frozen=True)
+class MisalignedLayer:
+    """A conv layer whose channel counts are not multiples of the block, and what padding makes them."""
+
+    name: str
+    in_channels: int
+    out_channels: int
+    in_channels_padded: int  # image inputs (up to IMAGE_CHANNELS) are kept
+    out_channels_padded: int
+    input_shape: list[int]
+    share: float
+    time_ms_per_step: float
+
+
+@dataclass(frozen=True)
+class ChannelAlignmentEvidence:
+    """The conv layers of one dtype whose channel counts miss the block, and the block."""
+
+    multiple: int
+    dtype: str
+    why: str  # why this block, on this device
+    image_input_exempt: str
+    share: float
+    layers: list[MisalignedLayer]
+    not_replaceable: dict[str, str | None]  # layer: why the candidate leaves it alone
+
+    def message(self) -> str:
+        top, rest = self.layers[0], len(self.layers) - 1
+        more = f" and {rest} more layer{'s' if rest > 1 else ''}" if rest else ""
+        return (f"{top.name}: {top.in_channels}→{top.out_channels} channels, not multiples of {self.multiple} "
+                f"({self.dtype}){more}; {self.share:.0%} of the step in such layers")
 
 
 def padded(multiple: int) -> Callable[[nn.Conv2d], nn.Module]:
@@ -65,14 +100,14 @@ def channel_block(analysis: ConvAnalysis, dtype: str) -> tuple[int | None, str]:
         if dtype == "float16" and major >= 7 or dtype == "bfloat16" and major >= 8:
             return 8, f"{name} runs {dtype} convs on tensor cores, in blocks of 8 channels"
         if dtype == "float32" and major >= 8:
-            if env.get("cudnn_allow_tf32") is False:
+            if env.cudnn_allow_tf32 is False:
                 return None, f"{name}: TF32 was turned off, so fp32 convs do not use tensor cores"
             return 4, f"{name} runs fp32 convs as TF32 on tensor cores, in blocks of 4 channels"
         return None, f"{name} has no tensor-core path for {dtype} convs"
     if dtype != "float32":
         return None, f"no oneDNN channel block known here for {dtype}"
-    capability = env.get("cpu_capability")
-    if not isinstance(capability, str):
+    capability = env.cpu_capability
+    if capability is None:
         return None, "the trace does not record the CPU's vector ISA (captured outside convdoctor)"
     block = CPU_BLOCKS.get(capability)
     if block is None:
@@ -167,9 +202,6 @@ random inputs of its recorded input shape, before and after padding, in interlea
     def _finding(self, analysis: ConvAnalysis, found: list[ConvLayer], chosen: list[ConvLayer], multiple: int,
                  reason: str, dtype: str) -> Finding:
         rows = [_row(analysis, layer, multiple) for layer in found]
-        top = rows[0]
-        share = sum(row["share"] for row in rows)
-        more = f" and {len(rows) - 1} more layer{'s' if len(rows) > 2 else ''}" if len(rows) > 1 else ""
         names = [layer.name for layer in chosen]
         trials = tuple(LayerTrial(layer.name, tuple(layer.input_shape), pad_channels([ROOT_NAME], multiple))
                        for layer in chosen[:self.max_layer_trials])
@@ -177,23 +209,21 @@ random inputs of its recorded input shape, before and after padding, in interlea
             rule_id=self.id,
             rule_name=self.name,
             severity=self.severity,
-            message=(f"{top['name']}: {top['in_channels']}→{top['out_channels']} channels, not multiples of "
-                     f"{multiple} ({dtype}){more}; {share:.0%} of the step in such layers"),
             fix=f"Pad conv channels to multiples of {multiple}",
             advice=(f"{reason}. Widen these layers to multiples of {multiple} when you next retrain, or pad them "
                     "with zero channels now (same outputs). The measurement says whether it pays on this device: "
                     "padding does more arithmetic to use a faster path, and only a measurement tells which wins."),
             snippet=_snippet(rows[0], multiple),
             layers=[layer.name for layer in found],
-            evidence={
-                "multiple": multiple,
-                "dtype": dtype,
-                "why": reason,
-                "image_input_exempt": f"input channels ≤ {IMAGE_CHANNELS} are not counted (the first conv's image)",
-                "share": share,
-                "layers": rows,
-                "not_replaceable": {layer.name: not_replaceable(layer) for layer in found if layer not in chosen},
-            },
+            evidence=ChannelAlignmentEvidence(
+                multiple=multiple,
+                dtype=dtype,
+                why=reason,
+                image_input_exempt=IMAGE_INPUT_EXEMPT,
+                share=sum(row.share for row in rows),
+                layers=rows,
+                not_replaceable={layer.name: not_replaceable(layer) for layer in found if layer not in chosen},
+            ),
             estimated_saving=None,  # the trace cannot tell the padded path's speed: only the measurement can
             candidate=None if not names else Candidate(
                 title=f"channels zero-padded to multiples of {multiple} in {len(names)} layer(s)",
@@ -205,23 +235,23 @@ random inputs of its recorded input shape, before and after padding, in interlea
         )
 
 
-def _row(analysis: ConvAnalysis, layer: ConvLayer, multiple: int) -> dict[str, Any]:
+def _row(analysis: ConvAnalysis, layer: ConvLayer, multiple: int) -> MisalignedLayer:
     in_channels, out_channels = layer.input_shape[1], layer.weight_shape[0]
-    return {
-        "name": layer.name,
-        "in_channels": in_channels,
-        "out_channels": out_channels,
-        "in_channels_padded": in_channels if in_channels <= IMAGE_CHANNELS else _round_up(in_channels, multiple),
-        "out_channels_padded": _round_up(out_channels, multiple),
-        "input_shape": list(layer.input_shape),
-        "share": analysis.share(layer.time_per_step_us),
-        "time_ms_per_step": layer.time_per_step_us / 1e3,
-    }
+    return MisalignedLayer(
+        name=layer.name,
+        in_channels=in_channels,
+        out_channels=out_channels,
+        in_channels_padded=in_channels if in_channels <= IMAGE_CHANNELS else _round_up(in_channels, multiple),
+        out_channels_padded=_round_up(out_channels, multiple),
+        input_shape=list(layer.input_shape),
+        share=analysis.share(layer.time_per_step_us),
+        time_ms_per_step=layer.time_per_step_us / 1e3,
+    )
 
 
-def _snippet(row: dict[str, Any], multiple: int) -> str:
-    return (f"# {row['name']}: {row['in_channels']}→{row['out_channels']} channels\n"
-            f"nn.Conv2d({row['in_channels_padded']}, {row['out_channels_padded']}, ...)  "
+def _snippet(row: MisalignedLayer, multiple: int) -> str:
+    return (f"# {row.name}: {row.in_channels}→{row.out_channels} channels\n"
+            f"nn.Conv2d({row.in_channels_padded}, {row.out_channels_padded}, ...)  "
             f"# multiples of {multiple}; widen the neighbours to match and retrain\n"
             "# or, same outputs without retraining: zero filters/channels up to the multiple, slice the extra "
             "outputs off\n"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Iterable
 
 from convdoctor.analyzer.conv.layers import ConvAnalysis, TimeBasis
 from convdoctor.analyzer.conv.roofline import analyze_roofline
@@ -52,9 +52,9 @@ def overhead_facts(analysis: ConvAnalysis, short_op_us: float, short_kernel_us: 
     rooflines = analyze_roofline(analysis).layers if analysis.layers else {}
     flops = [layer.flops for layer in analysis.layers if layer.flops]
     pcts = [point.pct_of_roofline for point in rooflines.values()]
-    recorded = profile.environment.get("batch_size")
+    recorded = profile.environment.batch_size
     first = analysis.layers[0] if analysis.layers else None
-    batch = recorded if isinstance(recorded, int) else (first.input_shape[0] if first and first.input_shape else None)
+    batch = recorded if recorded is not None else (first.input_shape[0] if first and first.input_shape else None)
     return OverheadFacts(
         batch_size=batch,
         basis=analysis.time_basis,
@@ -65,6 +65,32 @@ def overhead_facts(analysis: ConvAnalysis, short_op_us: float, short_kernel_us: 
         median_conv_flops=statistics.median(flops) if flops else None,
         median_conv_pct_of_roofline=statistics.median(pcts) if pcts else None,
     )
+
+
+@dataclass(frozen=True)
+class BatchSizeEvidence:
+    """The overhead facts that call the step per-op bound (OverheadFacts), with the threshold of a short op."""
+
+    batch_size: int | None
+    time_basis: str  # TimeBasis value: "host" ops or "device" kernels
+    ops_per_step: float
+    median_op_us: float
+    short_op_threshold_us: float
+    short_op_share: float
+    gpu_idle_share: float | None
+    median_conv_flops_per_call: float | None
+    median_conv_pct_of_roofline: float | None
+
+    def message(self) -> str:
+        unit = "kernels" if self.time_basis == TimeBasis.DEVICE.value else "top-level ops"
+        roof = (f"; conv layers run at a median {self.median_conv_pct_of_roofline:.2g}% of the roofline"
+                if self.median_conv_pct_of_roofline is not None else "")
+        work = (f", median conv {self.median_conv_flops_per_call / 1e6:.2f} MFLOP per call"
+                if self.median_conv_flops_per_call is not None else "")
+        idle = f", GPU idle {self.gpu_idle_share:.0%} of the step" if self.gpu_idle_share is not None else ""
+        return (f"batch {self.batch_size}: {self.ops_per_step:.0f} {unit} per step, median {self.median_op_us:.1f} µs; "
+                f"{self.short_op_share:.0%} of their time is in ones under {self.short_op_threshold_us:g} µs"
+                f"{idle}{work}{roof}")
 
 
 class BatchSizeRule:
@@ -162,20 +188,11 @@ overhead-bound.
         facts = overhead_facts(analysis, self.short_op_us, self.short_kernel_us)
         if not self.overhead_bound(facts):
             return
-        device = facts.basis is TimeBasis.DEVICE
-        unit, threshold = ("kernels", self.short_kernel_us) if device else ("top-level ops", self.short_op_us)
-        roof = (f"; conv layers run at a median {facts.median_conv_pct_of_roofline:.2g}% of the roofline"
-                if facts.median_conv_pct_of_roofline is not None else "")
-        work = (f", median conv {facts.median_conv_flops / 1e6:.2f} MFLOP per call"
-                if facts.median_conv_flops is not None else "")
-        idle = f", GPU idle {facts.gpu_idle_share:.0%} of the step" if facts.gpu_idle_share is not None else ""
+        threshold = self.short_kernel_us if facts.basis is TimeBasis.DEVICE else self.short_op_us
         yield Finding(
             rule_id=self.id,
             rule_name=self.name,
             severity=self.severity,
-            message=(f"batch {facts.batch_size}: {facts.ops_per_step:.0f} {unit} per step, median "
-                     f"{facts.median_op_us:.1f} µs; {facts.short_op_share:.0%} of their time is in ones under "
-                     f"{threshold:g} µs{idle}{work}{roof}"),
             fix="Run larger batches",
             advice=("Most of this step is fixed cost per op rather than work that grows with the batch, so more "
                     "samples per call should raise samples/s. This changes the workload, not the model: latency "
@@ -189,15 +206,15 @@ overhead-bound.
         )
 
 
-def _evidence(facts: OverheadFacts, threshold_us: float) -> dict[str, Any]:
-    return {
-        "batch_size": facts.batch_size,
-        "time_basis": facts.basis.value,
-        "ops_per_step": facts.ops_per_step,
-        "median_op_us": facts.median_op_us,
-        "short_op_threshold_us": threshold_us,
-        "short_op_share": facts.short_op_share,
-        "gpu_idle_share": facts.gpu_idle_share,
-        "median_conv_flops_per_call": facts.median_conv_flops,
-        "median_conv_pct_of_roofline": facts.median_conv_pct_of_roofline,
-    }
+def _evidence(facts: OverheadFacts, threshold_us: float) -> BatchSizeEvidence:
+    return BatchSizeEvidence(
+        batch_size=facts.batch_size,
+        time_basis=facts.basis.value,
+        ops_per_step=facts.ops_per_step,
+        median_op_us=facts.median_op_us,
+        short_op_threshold_us=threshold_us,
+        short_op_share=facts.short_op_share,
+        gpu_idle_share=facts.gpu_idle_share,
+        median_conv_flops_per_call=facts.median_conv_flops,
+        median_conv_pct_of_roofline=facts.median_conv_pct_of_roofline,
+    )

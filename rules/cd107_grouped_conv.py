@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Iterable
 
 from convdoctor.analyzer.candidates.candidate import Candidate, NumericsContract
 from convdoctor.analyzer.candidates.conv_replacement import like, replace_convs
@@ -22,6 +23,49 @@ SNIPPET = """\
 conv = nn.Conv2d(256, 256, kernel_size=3, padding=1)
 # after: 4 groups of 64 -> 64 channels; a quarter of the weights and FLOPs (retrain the model)
 conv = nn.Conv2d(256, 256, kernel_size=3, padding=1, groups=4)"""
+
+
+@dataclass(frozen=True)
+class GroupedLayer:
+    """A dense conv layer with its FLOPs and parameters, dense and grouped."""
+
+    name: str
+    share: float
+    time_ms_per_step: float
+    in_channels: int
+    out_channels: int
+    kernel: list[int]
+    flops_per_call: int
+    flops_per_call_after: int
+    forward_flops_per_step: int
+    params: int
+    params_after: int
+
+
+@dataclass(frozen=True)
+class GroupedConvEvidence:
+    """The dense conv layers that ``groups`` groups would cut to 1/groups of their FLOPs."""
+
+    groups: int
+    share: float
+    forward_flops_per_step: int
+    forward_flops_per_step_after: int
+    predicted_flops_ratio: float
+    layers: list[GroupedLayer]
+    not_replaceable: dict[str, str | None]  # layer: why the candidate leaves it alone
+
+    def message(self) -> str:
+        g, top = self.groups, self.layers[0]
+        kernel = "×".join(str(k) for k in top.kernel)
+        first = (f"{top.name}: {top.share:.0%} of the step, {flops_si(top.flops_per_call)} "
+                 f"per call in a dense {kernel} conv {top.in_channels}→{top.out_channels}; with groups={g} "
+                 f"{flops_si(top.flops_per_call_after, top.flops_per_call)} (÷{g})")
+        if len(self.layers) == 1:
+            return first
+        before = self.forward_flops_per_step
+        return (f"{len(self.layers)} dense conv layers take {self.share:.0%} of the step, "
+                f"{flops_si(before)} forward per step; "
+                f"with groups={g} {flops_si(before / g, before)} (÷{g}); slowest {first}")
 
 
 def grouped(groups: int) -> Callable[[nn.Conv2d], nn.Module]:
@@ -129,22 +173,11 @@ grouping; narrower groups run memory-bound and lose most of what they save.
             return
         g = self.groups
         rows = [self._row(analysis, layer) for layer in chosen]
-        share = sum(row["share"] for row in rows)
-        before = sum(row["forward_flops_per_step"] for row in rows)
-        top = rows[0]
-        kernel = "×".join(str(k) for k in chosen[0].weight_shape[2:])
-        first = (f"{top['name']}: {top['share']:.0%} of the step, {flops_si(top['flops_per_call'])} "
-                 f"per call in a dense {kernel} conv {top['in_channels']}→{top['out_channels']}; with groups={g} "
-                 f"{flops_si(top['flops_per_call_after'], top['flops_per_call'])} (÷{g})")
-        if len(rows) > 1:
-            first = (f"{len(rows)} dense conv layers take {share:.0%} of the step, "
-                     f"{flops_si(before)} forward per step; "
-                     f"with groups={g} {flops_si(before / g, before)} (÷{g}); slowest {first}")
+        before = sum(row.forward_flops_per_step for row in rows)
         yield Finding(
             rule_id=self.id,
             rule_name=self.name,
             severity=self.severity,
-            message=first,
             fix=f"Use grouped convolutions (groups={g}) and retrain",
             advice=(f"This changes the model: a conv with groups={g} has 1/{g} of the weights, so the network must "
                     "be retrained and its accuracy is unknown until it is. ResNeXt groups its 3×3 convs and keeps "
@@ -153,15 +186,15 @@ grouping; narrower groups run memory-bound and lose most of what they save.
                     "retraining run, and compare accuracy on your validation set."),
             snippet=SNIPPET,
             layers=[layer.name for layer in chosen],
-            evidence={
-                "groups": g,
-                "share": share,
-                "forward_flops_per_step": before,
-                "forward_flops_per_step_after": before // g,
-                "predicted_flops_ratio": 1 / g,
-                "layers": rows,
-                "not_replaceable": skipped,
-            },
+            evidence=GroupedConvEvidence(
+                groups=g,
+                share=sum(row.share for row in rows),
+                forward_flops_per_step=before,
+                forward_flops_per_step_after=before // g,
+                predicted_flops_ratio=1 / g,
+                layers=rows,
+                not_replaceable=skipped,
+            ),
             estimated_saving=None,  # a FLOP cut bounds no time: grouped kernels may be slower per FLOP
             candidate=Candidate(
                 title=f"grouped convs (groups={g}), fresh weights",
@@ -171,19 +204,19 @@ grouping; narrower groups run memory-bound and lose most of what they save.
             ),
         )
 
-    def _row(self, analysis: ConvAnalysis, layer: ConvLayer) -> dict[str, Any]:
+    def _row(self, analysis: ConvAnalysis, layer: ConvLayer) -> GroupedLayer:
         g = self.groups
         weights = math.prod(layer.weight_shape)
-        return {
-            "name": layer.name,
-            "share": analysis.share(layer.time_per_step_us),
-            "time_ms_per_step": layer.time_per_step_us / 1e3,
-            "in_channels": layer.input_shape[1],
-            "out_channels": layer.weight_shape[0],
-            "kernel": list(layer.weight_shape[2:]),
-            "flops_per_call": layer.flops,
-            "flops_per_call_after": layer.flops // g,
-            "forward_flops_per_step": round(layer.flops * layer.calls_per_step),
-            "params": weights + layer.bias_numel,
-            "params_after": weights // g + layer.bias_numel,
-        }
+        return GroupedLayer(
+            name=layer.name,
+            share=analysis.share(layer.time_per_step_us),
+            time_ms_per_step=layer.time_per_step_us / 1e3,
+            in_channels=layer.input_shape[1],
+            out_channels=layer.weight_shape[0],
+            kernel=list(layer.weight_shape[2:]),
+            flops_per_call=layer.flops,
+            flops_per_call_after=layer.flops // g,
+            forward_flops_per_step=round(layer.flops * layer.calls_per_step),
+            params=weights + layer.bias_numel,
+            params_after=weights // g + layer.bias_numel,
+        )

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Iterable
 
 from convdoctor.analyzer.candidates.candidate import Candidate, NumericsContract
 from convdoctor.analyzer.candidates.conv_replacement import like, replace_convs
@@ -24,6 +25,54 @@ conv = nn.Sequential(
     nn.Conv2d(C, C, kernel_size=3, padding=1, groups=C, bias=False),  # depthwise
     nn.Conv2d(C, K, kernel_size=1),                                   # pointwise
 )"""
+
+
+@dataclass(frozen=True)
+class SeparableLayer:
+    """A dense k×k conv layer with its FLOPs and parameters, dense and as a depthwise + pointwise pair."""
+
+    name: str
+    share: float
+    time_ms_per_step: float
+    in_channels: int
+    out_channels: int
+    kernel: list[int]
+    predicted_flops_ratio: float
+    flops_per_call: int
+    flops_per_call_after: int
+    forward_flops_per_step: int
+    forward_flops_per_step_after: int
+    params: int
+    params_after: int
+
+
+@dataclass(frozen=True)
+class DepthwiseSeparableEvidence:
+    """The dense k×k conv layers that depthwise + pointwise pairs would replace, and their FLOPs before and after."""
+
+    share: float
+    forward_flops_per_step: int
+    forward_flops_per_step_after: int
+    predicted_flops_ratio: float | None  # None when the per-step FLOPs round to 0
+    layers: list[SeparableLayer]
+    not_replaceable: dict[str, str | None]  # layer: why the candidate leaves it alone
+
+    def message(self) -> str:
+        top = self.layers[0]
+        kernel = "×".join(str(k) for k in top.kernel)
+        message = (f"{top.name}: {top.share:.0%} of the step, {flops_si(top.flops_per_call)} "
+                   f"per call in a dense {kernel} conv {top.in_channels}→{top.out_channels}; "
+                   f"depthwise + pointwise "
+                   f"{flops_si(top.flops_per_call_after, top.flops_per_call)} "
+                   f"({top.predicted_flops_ratio:.3f}× the FLOPs)")
+        if len(self.layers) == 1:
+            return message
+        before, after = self.forward_flops_per_step, self.forward_flops_per_step_after
+        ratio = self.predicted_flops_ratio
+        return (f"{len(self.layers)} dense conv layers take {self.share:.0%} of the step, "
+                f"{flops_si(before)} forward per step; "
+                f"depthwise + pointwise {flops_si(after, before)}"
+                f"{f' ({ratio:.3f}×)' if ratio is not None else ''}; slowest {message}")
 
 
 def separable_flops_ratio(in_channels: int, out_channels: int, kernel: list[int]) -> float:
@@ -134,26 +183,12 @@ both models under `FlopCounterMode`.
         if not chosen:
             return
         rows = [self._row(analysis, layer) for layer in chosen]
-        share = sum(row["share"] for row in rows)
-        before = sum(row["forward_flops_per_step"] for row in rows)
-        after = sum(row["forward_flops_per_step_after"] for row in rows)
-        top = rows[0]
-        kernel = "×".join(str(k) for k in top["kernel"])
-        message = (f"{top['name']}: {top['share']:.0%} of the step, {flops_si(top['flops_per_call'])} "
-                   f"per call in a dense {kernel} conv {top['in_channels']}→{top['out_channels']}; "
-                   f"depthwise + pointwise "
-                   f"{flops_si(top['flops_per_call_after'], top['flops_per_call'])} "
-                   f"({top['predicted_flops_ratio']:.3f}× the FLOPs)")
-        if len(rows) > 1:
-            message = (f"{len(rows)} dense conv layers take {share:.0%} of the step, "
-                       f"{flops_si(before)} forward per step; "
-                       f"depthwise + pointwise {flops_si(after, before)}"
-                       f"{f' ({after / before:.3f}×)' if before else ''}; slowest {message}")
+        before = sum(row.forward_flops_per_step for row in rows)
+        after = sum(row.forward_flops_per_step_after for row in rows)
         yield Finding(
             rule_id=self.id,
             rule_name=self.name,
             severity=self.severity,
-            message=message,
             fix="Replace dense k×k convolutions with depthwise + pointwise pairs and retrain",
             advice=("This changes the model: a depthwise k×k conv (groups = input channels) followed by a 1×1 "
                     "pointwise conv has far fewer weights, so the network must be retrained and its accuracy is "
@@ -163,14 +198,14 @@ both models under `FlopCounterMode`.
                     "FLOPs ratio."),
             snippet=SNIPPET,
             layers=[layer.name for layer in chosen],
-            evidence={
-                "share": share,
-                "forward_flops_per_step": before,
-                "forward_flops_per_step_after": after,
-                "predicted_flops_ratio": after / before if before else None,  # before: rounded per step, may be 0
-                "layers": rows,
-                "not_replaceable": skipped,
-            },
+            evidence=DepthwiseSeparableEvidence(
+                share=sum(row.share for row in rows),
+                forward_flops_per_step=before,
+                forward_flops_per_step_after=after,
+                predicted_flops_ratio=after / before if before else None,  # before: rounded per step, may be 0
+                layers=rows,
+                not_replaceable=skipped,
+            ),
             estimated_saving=None,  # a FLOP cut bounds no time: depthwise kernels are memory-bound
             candidate=Candidate(
                 title="depthwise + pointwise convs, fresh weights",
@@ -180,24 +215,24 @@ both models under `FlopCounterMode`.
             ),
         )
 
-    def _row(self, analysis: ConvAnalysis, layer: ConvLayer) -> dict[str, Any]:
+    def _row(self, analysis: ConvAnalysis, layer: ConvLayer) -> SeparableLayer:
         batch, in_channels = layer.input_shape[0], layer.input_shape[1]
         out_channels, kernel = layer.weight_shape[0], list(layer.weight_shape[2:])
         assert layer.output_shape is not None and layer.flops is not None  # is_dense_conv2d checked both
         area, pixels = math.prod(kernel), math.prod(layer.output_shape[2:])
         after = 2 * batch * pixels * (in_channels * area + in_channels * out_channels)  # depthwise + pointwise
-        return {
-            "name": layer.name,
-            "share": analysis.share(layer.time_per_step_us),
-            "time_ms_per_step": layer.time_per_step_us / 1e3,
-            "in_channels": in_channels,
-            "out_channels": out_channels,
-            "kernel": kernel,
-            "predicted_flops_ratio": separable_flops_ratio(in_channels, out_channels, kernel),
-            "flops_per_call": layer.flops,
-            "flops_per_call_after": after,
-            "forward_flops_per_step": round(layer.flops * layer.calls_per_step),
-            "forward_flops_per_step_after": round(after * layer.calls_per_step),
-            "params": math.prod(layer.weight_shape) + layer.bias_numel,
-            "params_after": in_channels * area + in_channels * out_channels + layer.bias_numel,
-        }
+        return SeparableLayer(
+            name=layer.name,
+            share=analysis.share(layer.time_per_step_us),
+            time_ms_per_step=layer.time_per_step_us / 1e3,
+            in_channels=in_channels,
+            out_channels=out_channels,
+            kernel=kernel,
+            predicted_flops_ratio=separable_flops_ratio(in_channels, out_channels, kernel),
+            flops_per_call=layer.flops,
+            flops_per_call_after=after,
+            forward_flops_per_step=round(layer.flops * layer.calls_per_step),
+            forward_flops_per_step_after=round(after * layer.calls_per_step),
+            params=math.prod(layer.weight_shape) + layer.bias_numel,
+            params_after=in_channels * area + in_channels * out_channels + layer.bias_numel,
+        )

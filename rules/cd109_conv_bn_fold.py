@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 from convdoctor.analyzer.candidates.candidate import Candidate, NumericsContract
 from convdoctor.analyzer.candidates.surgery import replace_module
@@ -34,6 +34,36 @@ class Skipped:
     bn: str
     conv: str | None
     reason: str
+
+
+@dataclass(frozen=True)
+class FoldRow:
+    """A FoldPair as the evidence shows it."""
+
+    conv: str
+    bn: str
+    shape: list[int]
+    calls_per_step: float
+    bn_ms_per_step: float
+
+
+@dataclass(frozen=True)
+class ConvBnFoldEvidence:
+    """The foldable conv-BN pairs of an inference step, the BN time folding removes, and the BNs left alone."""
+
+    mode: str  # always "eval": the rule runs on inference steps only
+    pairs: list[FoldRow]
+    pair_count: int
+    bn_ms_per_step: float
+    bn_share: float
+    predicted_share: float  # over the step timed without the profiler, where the trace has it
+    skipped: list[Skipped]
+
+    def message(self) -> str:
+        first, count = self.pairs[0], self.pair_count
+        more = f" and {count - 1} more pair{'s' if count > 2 else ''}" if count > 1 else ""
+        return (f"{first.conv} -> {first.bn}{more}: BN costs {self.bn_ms_per_step:.2f} ms per step "
+                f"({self.bn_share:.1%} of the step) and can be folded into the convs")
 
 
 def fold_conv_bn(pairs: list[tuple[str, str]]) -> Callable[[Workload], Workload]:
@@ -192,14 +222,10 @@ which the finding is a warning rather than info.
         predicted = analysis.saving_share(bn_us)
         if share < self.min_bn_share:
             return
-        first = pairs[0]
-        more = f" and {len(pairs) - 1} more pair{'s' if len(pairs) > 2 else ''}" if len(pairs) > 1 else ""
         yield Finding(
             rule_id=self.id,
             rule_name=self.name,
             severity=self.severity if share >= self.warning_share else Severity.INFO,
-            message=f"{first.conv} -> {first.bn}{more}: BN costs {bn_us / 1e3:.2f} ms per step "
-                    f"({share:.1%} of the step) and can be folded into the convs",
             fix="Fold each BatchNorm into the conv before it for inference",
             advice=f"These {len(pairs)} BatchNorm layers each normalize the output of the conv called right before "
                    "them with fixed running statistics: fold them into the conv's weights and bias (the BN "
@@ -208,15 +234,15 @@ which the finding is a warning rather than info.
                       if skipped else ""),
             snippet=_snippet(pairs),
             layers=[pair.conv for pair in pairs],
-            evidence={
-                "mode": "eval",
-                "pairs": [_pair_row(pair) for pair in pairs],
-                "pair_count": len(pairs),
-                "bn_ms_per_step": bn_us / 1e3,
-                "bn_share": share,
-                "predicted_share": predicted,  # over the step timed without the profiler, where the trace has it
-                "skipped": [{"bn": s.bn, "conv": s.conv, "reason": s.reason} for s in skipped],
-            },
+            evidence=ConvBnFoldEvidence(
+                mode="eval",
+                pairs=[_pair_row(pair) for pair in pairs],
+                pair_count=len(pairs),
+                bn_ms_per_step=bn_us / 1e3,
+                bn_share=share,
+                predicted_share=predicted,
+                skipped=skipped,
+            ),
             estimated_saving=predicted,
             candidate=Candidate(
                 title=f"{len(pairs)} BatchNorm layer{'s' if len(pairs) != 1 else ''} folded into their convs",
@@ -227,6 +253,6 @@ which the finding is a warning rather than info.
         )
 
 
-def _pair_row(pair: FoldPair) -> dict[str, Any]:
-    return {"conv": pair.conv, "bn": pair.bn, "shape": list(pair.shape), "calls_per_step": pair.calls_per_step,
-            "bn_ms_per_step": pair.bn_us_per_step / 1e3}
+def _pair_row(pair: FoldPair) -> FoldRow:
+    return FoldRow(conv=pair.conv, bn=pair.bn, shape=list(pair.shape), calls_per_step=pair.calls_per_step,
+                   bn_ms_per_step=pair.bn_us_per_step / 1e3)

@@ -6,6 +6,7 @@ import bisect
 import functools
 import re
 from collections import defaultdict
+from dataclasses import dataclass, field
 from typing import Iterable
 
 from convdoctor.analyzer.conv.gpu_timeline import GpuTimeline
@@ -43,6 +44,52 @@ FIXES = {
     "launch_bound": "Launch fewer, larger kernels: CUDA graphs (torch.compile reduce-overhead) or a larger batch",
     "host_overhead": "Cut host overhead between kernels: torch.compile or CUDA graphs",
 }
+
+
+@dataclass(frozen=True)
+class HostEvent:
+    """A host event at the top of the step that runs while the GPU idles in long gaps."""
+
+    name: str
+    ms_per_step: float  # of its time inside the gaps
+
+
+@dataclass(frozen=True)
+class GpuIdleEvidence:
+    """The GPU timeline of the busiest device, per step, and what the host does while the GPU idles."""
+
+    cause: str  # a key of FIXES
+    device: int | None
+    steps: int
+    idle_share: float  # of step time
+    idle_ms_per_step: float
+    busy_ms_per_step: float
+    step_ms: float
+    long_gap_idle_ms_per_step: float
+    short_gap_idle_ms_per_step: float
+    long_gaps_per_step: float
+    gaps_per_step: float
+    kernels_per_step: float
+    median_kernel_us: float
+    host_events_in_long_gaps: list[HostEvent]  # the three longest
+    pageable_htod_copies_per_step: float
+    pageable_htod_ms_per_step: float
+    long_gap_ms: float = field(metadata={"serialize": False})  # the option: a gap at least this long is a host stall
+
+    def message(self) -> str:
+        idle = (f"GPU idle {self.idle_share:.0%} of each step ({self.idle_ms_per_step:.1f} of "
+                f"{self.step_ms:.1f} ms)")
+        long_gaps = round(self.long_gaps_per_step * self.steps)
+        if self.cause in ("input_pipeline", "host_stall"):
+            hosts = self.host_events_in_long_gaps
+            top = hosts[0].name if hosts else "host work the trace does not name"
+            detail = (f"{self.long_gap_idle_ms_per_step:.1f} ms per step in {long_gaps} gap(s) of "
+                      f"\u2265{self.long_gap_ms:g} ms over {self.steps} step(s) while the host runs {top}")
+        else:
+            short_gaps = (round(self.gaps_per_step * self.steps) - long_gaps) / self.steps
+            detail = (f"{self.short_gap_idle_ms_per_step:.1f} ms per step in {short_gaps:.0f} short gaps between "
+                      f"{self.kernels_per_step:.0f} kernels of median {self.median_kernel_us:g} \u00b5s")
+        return f"{idle}; {detail}"
 
 
 class GpuIdleRule:
@@ -125,44 +172,33 @@ events (direct children of the step) that run during the long gaps, and pageable
         pageable = [k for k in profile.kernels if k.kind is memcpy and PAGEABLE_HTOD.search(k.name)
                     and k.device == timeline.device and any(s.ts_us <= k.ts_us < s.ts_us + s.span_us
                                                             for s in timeline.steps)]
-        idle = (f"GPU idle {timeline.idle_share:.0%} of each step ({timeline.idle_us / 1e3:.1f} of "
-                f"{timeline.span_us / 1e3:.1f} ms)")
-        if cause in ("input_pipeline", "host_stall"):
-            top = hosts[0][0] if hosts else "host work the trace does not name"
-            detail = (f"{long_idle_us / 1e3:.1f} ms per step in {len(long_gaps)} gap(s) of "
-                      f"\u2265{self.long_gap_us / 1e3:g} ms over {steps} step(s) while the host runs {top}")
-        else:
-            short_gaps = (all_gaps - len(long_gaps)) / steps
-            detail = (f"{short_idle_us / 1e3:.1f} ms per step in {short_gaps:.0f} short gaps between "
-                      f"{timeline.kernels_per_step:.0f} kernels of median {timeline.median_kernel_us:g} \u00b5s")
         yield Finding(
             rule_id=self.id,
             rule_name=self.name,
             severity=self.severity,
-            message=f"{idle}; {detail}",
             fix=FIXES[cause],
             advice=self._advice(cause, timeline, pageable),
             snippet=SNIPPETS[cause],
             layers=[],
-            evidence={
-                "cause": cause,
-                "device": timeline.device,
-                "steps": steps,
-                "idle_share": timeline.idle_share,
-                "idle_ms_per_step": timeline.idle_us / 1e3,
-                "busy_ms_per_step": timeline.busy_us / 1e3,
-                "step_ms": timeline.span_us / 1e3,
-                "long_gap_idle_ms_per_step": long_idle_us / 1e3,
-                "short_gap_idle_ms_per_step": short_idle_us / 1e3,
-                "long_gaps_per_step": len(long_gaps) / steps,
-                "gaps_per_step": all_gaps / steps,
-                "kernels_per_step": timeline.kernels_per_step,
-                "median_kernel_us": timeline.median_kernel_us,
-                "host_events_in_long_gaps": [{"name": name, "ms_per_step": us / steps / 1e3}
-                                             for name, us in hosts[:3]],
-                "pageable_htod_copies_per_step": len(pageable) / steps,
-                "pageable_htod_ms_per_step": sum(k.dur_us for k in pageable) / steps / 1e3,
-            },
+            evidence=GpuIdleEvidence(
+                cause=cause,
+                device=timeline.device,
+                steps=steps,
+                idle_share=timeline.idle_share,
+                idle_ms_per_step=timeline.idle_us / 1e3,
+                busy_ms_per_step=timeline.busy_us / 1e3,
+                step_ms=timeline.span_us / 1e3,
+                long_gap_idle_ms_per_step=long_idle_us / 1e3,
+                short_gap_idle_ms_per_step=short_idle_us / 1e3,
+                long_gaps_per_step=len(long_gaps) / steps,
+                gaps_per_step=all_gaps / steps,
+                kernels_per_step=timeline.kernels_per_step,
+                median_kernel_us=timeline.median_kernel_us,
+                host_events_in_long_gaps=[HostEvent(name, us / steps / 1e3) for name, us in hosts[:3]],
+                pageable_htod_copies_per_step=len(pageable) / steps,
+                pageable_htod_ms_per_step=sum(k.dur_us for k in pageable) / steps / 1e3,
+                long_gap_ms=self.long_gap_us / 1e3,
+            ),
             estimated_saving=None,  # idle time is an upper bound, not a saving: the host work stays to be done
             candidate=None,  # a data pipeline or a capture into CUDA graphs cannot be applied automatically
         )

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from convdoctor.analyzer.conv.layers import ConvAnalysis
+from convdoctor.analyzer.conv.layers import ConvAnalysis, ConvLayer
 from convdoctor.analyzer.trace.profile import EventKind, Kernel, Profile
 from convdoctor.rules.base import Finding, Requirement, Severity
 
@@ -28,6 +28,65 @@ class _Launch:
     blocks_per_sm: float
     dur_us: float = 0.0
     count: int = 0
+
+
+@dataclass(frozen=True)
+class KernelLaunch:
+    """A significant launch configuration of a layer's kernel, summed over its calls."""
+
+    name: str
+    ms_per_step: float
+    occupancy_pct: float  # estimated
+    blocks_per_sm: float
+    grid: list[int] | None
+    block: list[int] | None
+
+
+@dataclass(frozen=True)
+class OccupancyLayer:
+    """A flagged conv layer: its kernels' occupancy and blocks per SM, weighted by time."""
+
+    layer: str
+    layer_ms_per_step: float
+    occupancy_pct: float  # estimated, time-weighted over its kernels
+    underfilled_share: float  # of its kernel time, in launches with fewer blocks than SMs
+    min_blocks_per_sm: float  # over its significant launches
+    kernel_ms_per_step: float
+    kernels: list[KernelLaunch]  # its significant launches, longest first
+
+
+@dataclass(frozen=True)
+class LowOccupancyEvidence:
+    """Conv layers whose kernels leave SMs without blocks or run at low occupancy, with their launches."""
+
+    device: int | None
+    num_sms: int | None
+    layers: list[OccupancyLayer]  # in model order
+    flagged_share: float  # of step time
+    checked_layers: int
+    layers_without_occupancy: list[str]
+    note: str
+    cudnn_benchmark: bool | None
+    # the options that flag a layer
+    max_occupancy_pct: float = field(metadata={"serialize": False})
+    min_underfilled_share: float = field(metadata={"serialize": False})
+
+    def message(self) -> str:
+        underfilled = [row for row in self.layers if row.underfilled_share >= self.min_underfilled_share]
+        low = [row for row in self.layers if row.occupancy_pct < self.max_occupancy_pct]
+        parts = []
+        if underfilled:
+            worst = min(row.min_blocks_per_sm for row in underfilled)
+            mean_share = sum(row.underfilled_share for row in underfilled) / len(underfilled)
+            sms = f"the {self.num_sms} SMs" if self.num_sms else "the GPU's SMs"
+            parts.append(f"{len(underfilled)} conv layer(s) spend {mean_share:.0%} of their kernel time in launches "
+                         f"with fewer blocks than {sms} (down to {worst:.2g} blocks/SM)")
+        if low:
+            parts.append(f"{len(low)} conv layer(s) run at {min(row.occupancy_pct for row in low):.0f}-"
+                         f"{max(row.occupancy_pct for row in low):.0f}% estimated occupancy")
+        names = [row.layer for row in self.layers]
+        return (f"{'; '.join(parts)}: {', '.join(names[:4])}{'…' if len(names) > 4 else ''} "
+                f"({self.flagged_share:.1%} of the step)")
 
 
 class LowOccupancyRule:
@@ -98,7 +157,7 @@ backward node). Kernels whose trace lacks these fields are left out, and layers 
     def check(self, analysis: ConvAnalysis) -> Iterable[Finding]:
         profile = analysis.profile
         steps = profile.step_count
-        flagged: list[dict[str, Any]] = []
+        flagged: list[OccupancyLayer] = []
         without_data: list[str] = []
         devices: dict[int | None, float] = defaultdict(float)
         for layer in analysis.layers:
@@ -110,58 +169,43 @@ backward node). Kernels whose trace lacks these fields are left out, and layers 
                 continue
             for k in measured:
                 devices[k.device] += k.dur_us
-            stats = self._layer_stats(measured, total_us, steps)
-            low = stats["occupancy_pct"] < self.max_occupancy_pct
-            if low or stats["underfilled_share"] >= self.min_underfilled_share:
-                flagged.append({"layer": layer.name, "layer_ms_per_step": layer.time_per_step_us / 1e3, **stats})
+            row = self._row(layer, measured, total_us, steps)
+            if row.occupancy_pct < self.max_occupancy_pct or row.underfilled_share >= self.min_underfilled_share:
+                flagged.append(row)
         if not flagged:
             return
-        flagged_us = sum(item["layer_ms_per_step"] for item in flagged) * 1e3
+        flagged_us = sum(row.layer_ms_per_step for row in flagged) * 1e3
         share = analysis.share(flagged_us)
         if share < self.min_share:
             return
         device = max(devices, key=lambda d: devices[d]) if devices else None
-        num_sms = _num_sms(profile, device)
-        underfilled = [item for item in flagged if item["underfilled_share"] >= self.min_underfilled_share]
-        low = [item for item in flagged if item["occupancy_pct"] < self.max_occupancy_pct]
-        parts = []
-        if underfilled:
-            worst = min(item["min_blocks_per_sm"] for item in underfilled)
-            mean_share = sum(item["underfilled_share"] for item in underfilled) / len(underfilled)
-            sms = f"the {num_sms} SMs" if num_sms else "the GPU's SMs"
-            parts.append(f"{len(underfilled)} conv layer(s) spend {mean_share:.0%} of their kernel time in launches "
-                         f"with fewer blocks than {sms} (down to {worst:.2g} blocks/SM)")
-        if low:
-            parts.append(f"{len(low)} conv layer(s) run at {min(item['occupancy_pct'] for item in low):.0f}-"
-                         f"{max(item['occupancy_pct'] for item in low):.0f}% estimated occupancy")
-        names = [item["layer"] for item in flagged]
-        benchmark = profile.environment.get("cudnn_benchmark")
+        benchmark = profile.environment.cudnn_benchmark
         yield Finding(
             rule_id=self.id,
             rule_name=self.name,
             severity=Severity.WARNING if share >= 0.1 else self.severity,
-            message=f"{'; '.join(parts)}: {', '.join(names[:4])}{'…' if len(names) > 4 else ''} "
-                    f"({share:.1%} of the step)",
             fix="Give the GPU more parallel work per conv kernel: cudnn.benchmark, channels_last + AMP, a larger batch",
             advice=self._advice(benchmark),
             snippet=SNIPPET,
-            layers=names,
-            evidence={
-                "device": device,
-                "num_sms": num_sms,
-                "layers": flagged,
-                "flagged_share": share,
-                "checked_layers": len(analysis.layers) - len(without_data),
-                "layers_without_occupancy": without_data,
-                "note": (f"{len(without_data)} layer(s) have no kernels with occupancy fields in the trace and were "
-                         "not checked") if without_data else "",
-                "cudnn_benchmark": benchmark if isinstance(benchmark, bool) else None,
-            },
+            layers=[row.layer for row in flagged],
+            evidence=LowOccupancyEvidence(
+                device=device,
+                num_sms=_num_sms(profile, device),
+                layers=flagged,
+                flagged_share=share,
+                checked_layers=len(analysis.layers) - len(without_data),
+                layers_without_occupancy=without_data,
+                note=(f"{len(without_data)} layer(s) have no kernels with occupancy fields in the trace and were "
+                      "not checked") if without_data else "",
+                cudnn_benchmark=benchmark,
+                max_occupancy_pct=self.max_occupancy_pct,
+                min_underfilled_share=self.min_underfilled_share,
+            ),
             estimated_saving=None,  # what a fuller launch would gain depends on the kernel cuDNN picks instead
             candidate=None,  # a batch-size change alters the workload; cudnn.benchmark is process-wide
         )
 
-    def _layer_stats(self, kernels: list[Kernel], total_us: float, steps: int) -> dict[str, Any]:
+    def _row(self, layer: ConvLayer, kernels: list[Kernel], total_us: float, steps: int) -> OccupancyLayer:
         launches: dict[tuple[Any, ...], _Launch] = {}
         for k in kernels:
             key = (k.name, k.grid, k.block)
@@ -172,15 +216,17 @@ backward node). Kernels whose trace lacks these fields are left out, and layers 
         significant = sorted((x for x in launches.values() if x.dur_us >= self.significant_kernel_share * total_us),
                              key=lambda x: x.dur_us, reverse=True)
         significant = significant or [max(launches.values(), key=lambda x: x.dur_us)]
-        return {
-            "occupancy_pct": sum(k.est_occupancy_pct * k.dur_us for k in kernels) / total_us,
-            "underfilled_share": sum(k.dur_us for k in kernels if k.blocks_per_sm < 1) / total_us,
-            "min_blocks_per_sm": min(x.blocks_per_sm for x in significant),
-            "kernel_ms_per_step": total_us / steps / 1e3,
-            "kernels": [{"name": x.name, "ms_per_step": x.dur_us / steps / 1e3, "occupancy_pct": x.occupancy_pct,
-                         "blocks_per_sm": x.blocks_per_sm, "grid": list(x.grid) if x.grid else None,
-                         "block": list(x.block) if x.block else None} for x in significant],
-        }
+        return OccupancyLayer(
+            layer=layer.name,
+            layer_ms_per_step=layer.time_per_step_us / 1e3,
+            occupancy_pct=sum(k.est_occupancy_pct * k.dur_us for k in kernels) / total_us,
+            underfilled_share=sum(k.dur_us for k in kernels if k.blocks_per_sm < 1) / total_us,
+            min_blocks_per_sm=min(x.blocks_per_sm for x in significant),
+            kernel_ms_per_step=total_us / steps / 1e3,
+            kernels=[KernelLaunch(x.name, x.dur_us / steps / 1e3, x.occupancy_pct, x.blocks_per_sm,
+                                  list(x.grid) if x.grid else None, list(x.block) if x.block else None)
+                     for x in significant],
+        )
 
     def _advice(self, benchmark: Any) -> str:
         advice = ("These kernels cannot fill the GPU: each launch has too few blocks (or too few warps per SM) for "

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from dataclasses import dataclass
+from typing import Iterable
 
 from convdoctor.analyzer.candidates.candidate import Candidate, NumericsContract, PlanStage
 from convdoctor.analyzer.candidates.transforms import intra_op_threads
@@ -20,6 +21,23 @@ def _snippet(threads: int, cores: int) -> str:
         "# or in the shell that starts it:  unset OMP_NUM_THREADS\n"
         "# several processes on one machine: give each len(os.sched_getaffinity(0)) // processes threads"
     )
+
+
+@dataclass(frozen=True)
+class CpuThreadsEvidence:
+    """Fewer intra-op threads than available cores while convs fill part of the step."""
+
+    threads: int  # torch.get_num_threads() at capture
+    available_cores: int  # the process's share of the cores it may run on
+    conv_share: float  # of step time
+    conv_ms_per_step: float
+    step_ms: float
+    mode: str  # "train" or "eval"
+
+    def message(self) -> str:
+        plural = "s" if self.threads != 1 else ""
+        return (f"torch ran {self.threads} intra-op thread{plural} with {self.available_cores} cores available to "
+                f"the process while convs took {self.conv_share:.0%} of the {self.step_ms:.2f} ms step")
 
 
 class CpuThreadsRule:
@@ -92,13 +110,13 @@ finding is a warning rather than info.
     def check(self, analysis: ConvAnalysis) -> Iterable[Finding]:
         profile = analysis.profile
         env = profile.environment
-        threads, cores = env.get("threads"), env.get("available_cores")
-        if not isinstance(threads, int) or not isinstance(cores, int) or threads <= 0 or cores <= 0:
+        threads, cores = env.threads, env.available_cores
+        if threads is None or cores is None or threads <= 0 or cores <= 0:
             return  # not recorded (a trace from elsewhere): the machine it ran on is unknown
-        if profile.has_device_events or not str(env.get("device", "cpu")).startswith("cpu"):
+        if profile.has_device_events or not (env.device or "cpu").startswith("cpu"):
             return  # GPU workload: the host threads are not what runs the convs
-        world_size = env.get("world_size")
-        if isinstance(world_size, int) and world_size > 1:
+        world_size = env.world_size
+        if world_size is not None and world_size > 1:
             cores = max(1, cores // world_size)  # a rank of a job on this machine: its share of the cores
         if threads >= cores:
             return
@@ -106,7 +124,7 @@ finding is a warning rather than info.
         share = analysis.share(conv_us)
         if share < self.min_conv_share:
             return
-        mode = env.get("mode") if env.get("mode") in ("train", "eval") else analysis.mode
+        mode = env.mode if env.mode in ("train", "eval") else analysis.mode
         advice = (
             f"torch.get_num_threads() was {threads} while {cores} cores are available to this process, so each "
             f"conv ran on {threads / cores:.0%} of the cores it could use. Find where the count is lowered "
@@ -132,24 +150,13 @@ finding is a warning rather than info.
             rule_id=self.id,
             rule_name=self.name,
             severity=self.severity if share >= self.warning_share else Severity.INFO,
-            message=f"torch ran {threads} intra-op thread{'s' if threads != 1 else ''} with {cores} cores available "
-                    f"to the process while convs took {share:.0%} of the {analysis.step_time_us / 1e3:.2f} ms step",
             fix=f"Use all {cores} available cores: torch.set_num_threads({cores}) or unset OMP_NUM_THREADS",
             advice=advice,
             snippet=_snippet(threads, cores),
             layers=[layer.name for layer in analysis.layers],
-            evidence=_evidence(threads, cores, conv_us, share, analysis.step_time_us, mode),
+            evidence=CpuThreadsEvidence(threads=threads, available_cores=cores, conv_share=share,
+                                        conv_ms_per_step=conv_us / 1e3, step_ms=analysis.step_time_us / 1e3, mode=mode),
             estimated_saving=None,  # how convs scale with threads is not in the trace: measured, not estimated
             candidate=candidate,
         )
 
-
-def _evidence(threads: int, cores: int, conv_us: float, share: float, step_us: float, mode: str) -> dict[str, Any]:
-    return {
-        "threads": threads,
-        "available_cores": cores,
-        "conv_share": share,
-        "conv_ms_per_step": conv_us / 1e3,
-        "step_ms": step_us / 1e3,
-        "mode": mode,
-    }

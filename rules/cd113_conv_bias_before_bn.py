@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 from convdoctor.analyzer.candidates.candidate import Candidate, NumericsContract, PlanStage
 from convdoctor.analyzer.conv.layers import CONV_OP, ConvAnalysis, TimeBasis
@@ -31,6 +31,40 @@ class BiasPair:
     bias_params: int
     bias_us_per_step: float  # 0.0 when the trace shows no separate bias op (fused into the conv kernel)
     bias_ops: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class BiasPairRow:
+    """A conv -> BN pair as the report shows it."""
+
+    conv: str
+    bn: str
+    shape: list[int]  # of the conv's output
+    bias_params: int
+    bias_ms_per_step: float | None  # None when the trace shows no separate bias op
+    bias_ops: list[str]
+
+
+@dataclass(frozen=True)
+class ConvBiasBeforeBnEvidence:
+    """Conv biases that a BatchNorm subtracts again, and what the trace shows them cost."""
+
+    mode: str
+    pairs: list[BiasPairRow]  # the first named in the message
+    pair_count: int
+    bias_params: int
+    bias_ops: list[str]
+    bias_ms_per_step: float | None  # None when the trace shows no separate bias op (fused into the conv kernel)
+    bias_share: float | None  # of step time, None as above
+
+    def message(self) -> str:
+        first, others = self.pairs[0], self.pair_count - 1
+        more = f" and {others} more pair{'s' if others > 1 else ''}" if others else ""
+        cost = (f"the bias ops cost {self.bias_ms_per_step:.3f} ms per step ({self.bias_share:.1%} of the step)"
+                if self.bias_ms_per_step is not None and self.bias_share is not None
+                else "the trace shows no separate bias op (fused into the conv kernel), so the saving is not bounded")
+        return (f"{first.conv} -> {first.bn}{more}: {self.bias_params} conv bias parameters go straight into "
+                f"BatchNorm, which subtracts them again; {cost}")
 
 
 def drop_bias_into_bn(pairs: list[tuple[str, str]]) -> Callable[[Workload], Workload]:
@@ -209,16 +243,10 @@ which the finding is a warning rather than info.
         bias_us = sum(pair.bias_us_per_step for pair in pairs)
         share = analysis.share(bias_us) if bias_us > 0 else None
         params = sum(pair.bias_params for pair in pairs)
-        first = pairs[0]
-        more = f" and {len(pairs) - 1} more pair{'s' if len(pairs) > 2 else ''}" if len(pairs) > 1 else ""
-        cost = (f"the bias ops cost {bias_us / 1e3:.3f} ms per step ({share:.1%} of the step)" if share is not None
-                else "the trace shows no separate bias op (fused into the conv kernel), so the saving is not bounded")
         yield Finding(
             rule_id=self.id,
             rule_name=self.name,
             severity=Severity.WARNING if share is not None and share >= self.warning_share else self.severity,
-            message=f"{first.conv} -> {first.bn}{more}: {params} conv bias parameters go straight into BatchNorm, "
-                    f"which subtracts them again; {cost}",
             fix="Drop the bias of each conv a BatchNorm follows (bias=False), moving it into the BN's running mean",
             advice=f"In these {len(pairs)} pairs the BN subtracts a per-channel mean right after the conv adds a "
                    "per-channel bias, so the bias has no effect on the output and gets no gradient. Build these "
@@ -229,15 +257,15 @@ which the finding is a warning rather than info.
                       else ""),
             snippet=_snippet(pairs),
             layers=[pair.conv for pair in pairs],
-            evidence={
-                "mode": mode,
-                "pairs": [_pair_row(pair) for pair in pairs],
-                "pair_count": len(pairs),
-                "bias_params": params,
-                "bias_ops": sorted({name for pair in pairs for name in pair.bias_ops}),
-                "bias_ms_per_step": bias_us / 1e3 if share is not None else None,
-                "bias_share": share,
-            },
+            evidence=ConvBiasBeforeBnEvidence(
+                mode=mode,
+                pairs=[_pair_row(pair) for pair in pairs],
+                pair_count=len(pairs),
+                bias_params=params,
+                bias_ops=sorted({name for pair in pairs for name in pair.bias_ops}),
+                bias_ms_per_step=bias_us / 1e3 if share is not None else None,
+                bias_share=share,
+            ),
             estimated_saving=analysis.saving_share(bias_us) if share is not None else None,
             candidate=Candidate(
                 title=f"{len(pairs)} conv bias{'es' if len(pairs) != 1 else ''} moved into the BatchNorm after it",
@@ -249,7 +277,7 @@ which the finding is a warning rather than info.
         )
 
 
-def _pair_row(pair: BiasPair) -> dict[str, Any]:
-    return {"conv": pair.conv, "bn": pair.bn, "shape": list(pair.shape), "bias_params": pair.bias_params,
-            "bias_ms_per_step": pair.bias_us_per_step / 1e3 if pair.bias_ops else None,
-            "bias_ops": list(pair.bias_ops)}
+def _pair_row(pair: BiasPair) -> BiasPairRow:
+    return BiasPairRow(conv=pair.conv, bn=pair.bn, shape=list(pair.shape), bias_params=pair.bias_params,
+                       bias_ms_per_step=pair.bias_us_per_step / 1e3 if pair.bias_ops else None,
+                       bias_ops=list(pair.bias_ops))

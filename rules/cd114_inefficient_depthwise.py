@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from dataclasses import dataclass, field
+from typing import Iterable
 
 from convdoctor.analyzer.candidates.candidate import Candidate, NumericsContract
 from convdoctor.analyzer.candidates.layout import to_channels_last
@@ -41,6 +42,70 @@ def is_grouped(layer: ConvLayer) -> bool:
 def is_depthwise(layer: ConvLayer) -> bool:
     """One group per input channel (a channel multiplier may make more outputs than inputs)."""
     return is_grouped(layer) and len(layer.input_shape) > 1 and layer.groups == layer.input_shape[1]
+
+
+@dataclass(frozen=True)
+class DenseReference:
+    """The run's dense conv with the highest achieved GFLOP/s, against which grouped convs are compared."""
+
+    kind: str = field(default="dense conv", init=False)
+    name: str
+    gflops: float
+    intensity: float  # FLOP/byte
+
+
+@dataclass(frozen=True)
+class ThresholdReference:
+    """The intensity under which a grouped conv is memory-bound when the run has no dense conv."""
+
+    kind: str = field(default="threshold", init=False)
+    max_intensity: float  # FLOP/byte
+
+
+@dataclass(frozen=True)
+class MemoryBoundLayer:
+    """A memory-bound grouped conv layer."""
+
+    name: str
+    groups: int
+    depthwise: bool
+    input_shape: list[int]
+    kernel: list[int]
+    intensity: float  # FLOP/byte
+    gflops: float
+    throughput_ratio: float | None  # of the dense reference's GFLOP/s
+    intensity_ratio: float | None  # of the dense reference's intensity
+    share: float  # of step time
+    time_ms_per_step: float
+    memory_format: str
+
+
+@dataclass(frozen=True)
+class InefficientDepthwiseEvidence:
+    """Memory-bound grouped convs against the run's best dense conv, or the intensity threshold without one."""
+
+    share: float  # of step time, all layers
+    reference: DenseReference | ThresholdReference
+    nchw_layers: int
+    layers: list[MemoryBoundLayer]  # the first named in the message
+    no_candidate: str | None  # why there is no candidate
+
+    def message(self) -> str:
+        top, ref = self.layers[0], self.reference
+        kind = "depthwise" if top.depthwise else f"{top.groups}-group"
+        kernel = "×".join(str(k) for k in top.kernel) or "?"
+        if isinstance(ref, DenseReference):
+            against = (f"{top.throughput_ratio:.2f}× the {ref.gflops:.1f} GFLOP/s of dense {ref.name} "
+                       f"({ref.intensity:.1f} FLOP/byte)")
+        else:
+            against = f"under the {ref.max_intensity:g} FLOP/byte threshold; the model has no dense conv to compare"
+        where = FORMAT_WORDS.get(MemoryFormat(top.memory_format), f"memory format {top.memory_format}")
+        message = (f"{top.name}: {kind} {kernel} conv at {top.intensity:.2f} FLOP/byte reaches "
+                   f"{top.gflops:.1f} GFLOP/s, {against}; {top.share:.0%} of the step, {where}")
+        if len(self.layers) > 1:
+            return (f"{len(self.layers)} memory-bound grouped conv layers take {self.share:.0%} of the step; "
+                    f"slowest {message}")
+        return message
 
 
 class InefficientDepthwiseRule:
@@ -139,25 +204,13 @@ counts as memory-bound (below the ridge point of current CPUs and GPUs in fp32).
         if not chosen:
             return
         rows = [self._row(analysis, layer, reference) for layer in chosen]
-        share = sum(row["share"] for row in rows)
+        share = sum(row.share for row in rows)
         nchw = [layer for layer in chosen if layer.memory_format is MemoryFormat.CONTIGUOUS]
-        top, layer = rows[0], chosen[0]
-        kind = "depthwise" if is_depthwise(layer) else f"{layer.groups}-group"
-        kernel = "×".join(str(k) for k in layer.weight_shape[2:]) or "?"
+        ref: DenseReference | ThresholdReference = ThresholdReference(self.max_intensity)
         if reference is not None:
-            ref = {"kind": "dense conv", "name": reference.name, "gflops": achieved_gflops(reference),
-                   "intensity": reference.intensity}
-            against = (f"{top['throughput_ratio']:.2f}× the {ref['gflops']:.1f} GFLOP/s of dense {reference.name} "
-                       f"({ref['intensity']:.1f} FLOP/byte)")
-        else:
-            ref = {"kind": "threshold", "max_intensity": self.max_intensity}
-            against = f"under the {self.max_intensity:g} FLOP/byte threshold; the model has no dense conv to compare"
-        where = FORMAT_WORDS.get(layer.memory_format, f"memory format {layer.memory_format.value}")
-        message = (f"{top['name']}: {kind} {kernel} conv at {top['intensity']:.2f} FLOP/byte reaches "
-                   f"{top['gflops']:.1f} GFLOP/s, {against}; {top['share']:.0%} of the step, "
-                   f"{where}")
-        if len(rows) > 1:
-            message = f"{len(rows)} memory-bound grouped conv layers take {share:.0%} of the step; slowest {message}"
+            ref_gflops, ref_intensity = achieved_gflops(reference), reference.intensity
+            assert ref_gflops is not None and ref_intensity is not None  # reference() keeps only such layers
+            ref = DenseReference(reference.name, ref_gflops, ref_intensity)
         advice = ("These layers are memory-bound: they wait on memory, not on arithmetic. Keep them in channels_last "
                   "(oneDNN and cuDNN have NHWC depthwise kernels that are much faster than the NCHW fallbacks), fuse "
                   "each depthwise conv with what follows it (torch.compile folds the BN/activation after it into "
@@ -179,38 +232,32 @@ counts as memory-bound (below the ridge point of current CPUs and GPUs in fp32).
             rule_id=self.id,
             rule_name=self.name,
             severity=self.severity if nchw else Severity.INFO,
-            message=message,
             fix=("Convert the model and its inputs to channels_last for NHWC depthwise kernels" if candidate else
                  "Fuse depthwise convolutions with what follows them"),
             advice=advice,
             snippet=SNIPPET,
             layers=[layer.name for layer in chosen],
-            evidence={
-                "share": share,
-                "reference": ref,
-                "nchw_layers": len(nchw),
-                "layers": rows,
-                "no_candidate": no_candidate,
-            },
+            evidence=InefficientDepthwiseEvidence(share=share, reference=ref, nchw_layers=len(nchw), layers=rows,
+                                                  no_candidate=no_candidate),
             estimated_saving=None,  # the NHWC kernels' speed is not in the trace: the candidate measures it
             candidate=candidate,
         )
 
-    def _row(self, analysis: ConvAnalysis, layer: ConvLayer, reference: ConvLayer | None) -> dict[str, Any]:
+    def _row(self, analysis: ConvAnalysis, layer: ConvLayer, reference: ConvLayer | None) -> MemoryBoundLayer:
         gflops = achieved_gflops(layer)
         ref_gflops = achieved_gflops(reference) if reference is not None else None
         assert gflops is not None and layer.intensity is not None  # flagged() checked both
-        return {
-            "name": layer.name,
-            "groups": layer.groups,
-            "depthwise": is_depthwise(layer),
-            "input_shape": list(layer.input_shape),
-            "kernel": list(layer.weight_shape[2:]),
-            "intensity": layer.intensity,
-            "gflops": gflops,
-            "throughput_ratio": gflops / ref_gflops if ref_gflops else None,
-            "intensity_ratio": layer.intensity / reference.intensity if reference and reference.intensity else None,
-            "share": analysis.share(layer.time_per_step_us),
-            "time_ms_per_step": layer.time_per_step_us / 1e3,
-            "memory_format": layer.memory_format.value,
-        }
+        return MemoryBoundLayer(
+            name=layer.name,
+            groups=layer.groups,
+            depthwise=is_depthwise(layer),
+            input_shape=list(layer.input_shape),
+            kernel=list(layer.weight_shape[2:]),
+            intensity=layer.intensity,
+            gflops=gflops,
+            throughput_ratio=gflops / ref_gflops if ref_gflops else None,
+            intensity_ratio=layer.intensity / reference.intensity if reference and reference.intensity else None,
+            share=analysis.share(layer.time_per_step_us),
+            time_ms_per_step=layer.time_per_step_us / 1e3,
+            memory_format=layer.memory_format.value,
+        )

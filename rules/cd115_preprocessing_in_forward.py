@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from typing import Any, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Iterable, Iterator
 
 from convdoctor.analyzer.conv.layers import (
     CONV_OP,
@@ -79,6 +80,45 @@ def ops_before_first_conv(root: Op) -> list[Op]:
     if conv is None:
         return []
     return [op for op in root_scope_ops(root) if op.end_us <= conv.ts_us]
+
+
+@dataclass(frozen=True)
+class PreparationOp:
+    """The calls of one input-preparation op with the same input shapes."""
+
+    op: str
+    kind: str  # resize, dtype, normalize or layout
+    calls_per_step: float
+    time_ms_per_step: float
+    share: float  # of step time
+    input_shapes: list[list[int]]
+    input_dtypes: list[str]
+
+
+@dataclass(frozen=True)
+class PreprocessingInForwardEvidence:
+    """Input-preparation ops at the model's own scope before its first conv, with what they cost per step."""
+
+    share: float  # of step time, all counted ops
+    time_ms_per_step: float
+    time_basis: str  # "device" or "host"
+    input_shape: list[int] | None  # of the earliest counted op's first input
+    input_dtype: str | None  # as above
+    ops: list[PreparationOp]  # slowest first
+    not_counted: list[str]  # root-scope ops before the first conv of no preparation kind
+
+    def message(self) -> str:
+        kinds = dict.fromkeys(row.kind for row in self.ops)
+        by_name: dict[str, float] = defaultdict(float)
+        for row in self.ops:
+            by_name[row.op] += row.time_ms_per_step
+        slowest = sorted(by_name.items(), key=lambda item: item[1], reverse=True)
+        listed = ", ".join(f"{name} {ms:.2f} ms" for name, ms in slowest[:3])
+        more = f" and {len(slowest) - 3} more" if len(slowest) > 3 else ""
+        shape = "×".join(map(str, self.input_shape)) if self.input_shape else ""
+        described = " ".join(part for part in (self.input_dtype or "", shape) if part) or "model"
+        return (f"{ROOT_NAME} forward spends {self.time_ms_per_step:.2f} ms per step ({self.share:.0%}) on "
+                f"{'/'.join(kinds)} of its {described} input before the first conv: {listed}{more}")
 
 
 class PreprocessingInForwardRule:
@@ -162,27 +202,16 @@ ops for the finding to be reported.
             return sum(op.device_time_us() if device else op.dur_us for op in ops) / steps
 
         rows = sorted((self._row(analysis, ops, per_step_us(ops), steps) for ops in counted.values()),
-                      key=lambda row: row["time_ms_per_step"], reverse=True)
-        total_us = sum(row["time_ms_per_step"] for row in rows) * 1e3
+                      key=lambda row: row.time_ms_per_step, reverse=True)
+        total_us = sum(row.time_ms_per_step for row in rows) * 1e3
         share = analysis.share(total_us)
         if share < self.min_share:
             return
         first_input = min((op for ops in counted.values() for op in ops), key=lambda op: op.ts_us)
-        input_shape = _shape(first_input)
-        kinds = list(dict.fromkeys(row["kind"] for row in rows))
-        by_name: dict[str, float] = defaultdict(float)
-        for row in rows:
-            by_name[row["op"]] += row["time_ms_per_step"]
-        slowest = sorted(by_name.items(), key=lambda item: item[1], reverse=True)
-        listed = ", ".join(f"{name} {ms:.2f} ms" for name, ms in slowest[:3])
-        more = f" and {len(slowest) - 3} more" if len(slowest) > 3 else ""
-        message = (f"{ROOT_NAME} forward spends {total_us / 1e3:.2f} ms per step ({share:.0%}) on "
-                   f"{'/'.join(kinds)} of its {_describe(first_input)} input before the first conv: {listed}{more}")
         yield Finding(
             rule_id=self.id,
             rule_name=self.name,
             severity=self.severity if share >= 0.1 else Severity.INFO,
-            message=message,
             fix="Move input preparation out of the model's forward into the data pipeline",
             advice=("This work prepares the input and runs on every step, in series with the model. Do it in the "
                     "DataLoader's worker processes (torchvision transforms), where it overlaps the model, and "
@@ -193,31 +222,31 @@ ops for the finding to be reported.
                     "the normalization and move only the resize out."),
             snippet=SNIPPET,
             layers=[],
-            evidence={
-                "share": share,
-                "time_ms_per_step": total_us / 1e3,
-                "time_basis": analysis.time_basis.value,
-                "input_shape": input_shape,
-                "input_dtype": _dtype(first_input.input_types[0]) if first_input.input_types else None,
-                "ops": rows,
-                "not_counted": sorted(others),  # root-scope ops before the first conv of no preparation kind
-            },
+            evidence=PreprocessingInForwardEvidence(
+                share=share,
+                time_ms_per_step=total_us / 1e3,
+                time_basis=analysis.time_basis.value,
+                input_shape=_shape(first_input),
+                input_dtype=_dtype(first_input.input_types[0]) if first_input.input_types else None,
+                ops=rows,
+                not_counted=sorted(others),
+            ),
             estimated_saving=min(share, 1.0),
             saving_bound=SavingBound.AT_MOST,  # taking these ops out of the step saves their time at best
             candidate=None,  # staging data belongs to the user's input pipeline
         )
 
-    def _row(self, analysis: ConvAnalysis, ops: list[Op], time_us: float, steps: int) -> dict[str, Any]:
+    def _row(self, analysis: ConvAnalysis, ops: list[Op], time_us: float, steps: int) -> PreparationOp:
         inputs = _tensor_inputs(ops[0])
-        return {
-            "op": ops[0].name,
-            "kind": op_kind(ops[0].name),
-            "calls_per_step": len(ops) / steps,
-            "time_ms_per_step": time_us / 1e3,
-            "share": analysis.share(time_us),
-            "input_shapes": [shape for shape, _ in inputs],
-            "input_dtypes": [dtype for _, dtype in inputs],
-        }
+        return PreparationOp(
+            op=ops[0].name,
+            kind=op_kind(ops[0].name) or "",  # every counted op has a kind
+            calls_per_step=len(ops) / steps,
+            time_ms_per_step=time_us / 1e3,
+            share=analysis.share(time_us),
+            input_shapes=[shape for shape, _ in inputs],
+            input_dtypes=[dtype for _, dtype in inputs],
+        )
 
 
 def _tensor_inputs(op: Op) -> list[tuple[list[int], str]]:
@@ -234,9 +263,3 @@ def _dtype(name: str) -> str:
 def _shape(op: Op) -> list[int] | None:
     return list(op.input_dims[0]) if op.input_dims and op.input_dims[0] else None
 
-
-def _describe(op: Op) -> str:
-    """``uint8 2×3×256×256``-style words for the first input of ``op``."""
-    dtype = _dtype(op.input_types[0]) if op.input_types else ""
-    shape = _shape(op)
-    return " ".join(part for part in (dtype, "×".join(map(str, shape)) if shape else "") if part) or "model"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 from operator import attrgetter
 from typing import Iterable
 
@@ -25,6 +26,21 @@ def eager_ops(analysis: ConvAnalysis) -> list[Op]:
     return [op for op in profile.outermost_cpu_ops
             if not is_conv_op(op.name) and not op.name.startswith("autograd::")
             and (not profile.steps or profile.step_of(op.ts_us) is not None)]
+
+
+@dataclass(frozen=True)
+class TorchCompileEvidence:
+    """Eager non-conv ops per step and the time they take."""
+
+    eager_ops_per_step: float
+    eager_ms_per_step: float
+    eager_share: float  # of step time
+    most_common: list[tuple[str, float]]  # (op name, calls per step), the five most frequent
+
+    def message(self) -> str:
+        names = ", ".join(name for name, _ in self.most_common[:3])
+        return (f"{self.eager_ops_per_step:g} eager non-conv ops per step take {self.eager_ms_per_step:.2f} ms "
+                f"({self.eager_share:.0%} of the step), most often {names}")
 
 
 class TorchCompileRule:
@@ -92,20 +108,15 @@ and the most frequent op names; the absence of `Torch-Compiled Region` events.
             rule_id=self.id,
             rule_name=self.name,
             severity=self.severity,
-            message=f"{len(ops) / steps:g} eager non-conv ops per step take {eager_us / 1e3:.2f} ms ({share:.0%} of "
-                    f"the step), most often {', '.join(name for name, _ in common[:3])}",
             fix="Compile the model with torch.compile",
             advice="torch.compile fuses the elementwise and normalization ops around the convs and removes "
                    "per-op dispatch; combine it with channels_last. The first call compiles (see the "
                    "candidate's first step), and changing input shapes recompile.",
             snippet=SNIPPET,
             layers=[],
-            evidence={
-                "eager_ops_per_step": len(ops) / steps,
-                "eager_ms_per_step": eager_us / 1e3,
-                "eager_share": share,
-                "most_common": [[name, count / steps] for name, count in common],
-            },
+            evidence=TorchCompileEvidence(eager_ops_per_step=len(ops) / steps, eager_ms_per_step=eager_us / 1e3,
+                                          eager_share=share,
+                                          most_common=[(name, count / steps) for name, count in common]),
             estimated_saving=None,  # fusion removes part of this time, how much the trace cannot say
             candidate=Candidate(title="torch.compile(model)", transform=compiled,
                                 numerics=NumericsContract.APPROXIMATE, tolerance=1e-3, stage=PlanStage.COMPILER),

@@ -42,6 +42,65 @@ class ConvPool:
     between: tuple[str, ...]  # module classes between them (ReLU, BatchNorm2d…)
 
 
+@dataclass(frozen=True)
+class ConvPoolRow:
+    """A conv -> pool pair as the report shows it."""
+
+    conv: str
+    pool: str
+    pool_class: str
+    between: list[str]  # module classes between them
+    input_shape: list[int]  # of the conv
+    flops_per_call: int | None  # forward, of the conv
+    flops_per_call_strided: int  # forward, of the conv at stride 2
+    share: float  # of step time, the conv's
+
+
+@dataclass(frozen=True)
+class ConvPoolEvidence:
+    """Convs at full resolution whose output a 2×2 pooling quarters, and their FLOPs at stride 2."""
+
+    pairs: list[ConvPoolRow]  # the first named in the message
+    share: float  # of step time, all the pairs' convs
+    forward_flops_per_step: float
+    forward_flops_per_step_strided: float
+    not_replaceable: dict[str, str | None]  # conv -> why a stride-2 conv cannot replace it
+
+    def message(self) -> str:
+        first, others = self.pairs[0], len(self.pairs) - 1
+        more = f" and {others} more pair{'s' if others > 1 else ''}" if others else ""
+        before, after = self.forward_flops_per_step, self.forward_flops_per_step_strided
+        return (f"{first.conv} -> {first.pool}{more}: convs at full resolution ({self.share:.0%} of the step, "
+                f"{flops_si(before)} per step) whose outputs a 2×2 pooling quarters; stride 2 needs "
+                f"{flops_si(after, before)}")
+
+
+@dataclass(frozen=True)
+class DilatedLayer:
+    """A dilated conv and its GFLOP/s against the undilated convs' median."""
+
+    name: str
+    dilation: list[int]
+    gflops: float
+    ratio_to_undilated: float
+    share: float  # of step time
+
+
+@dataclass(frozen=True)
+class DilationEvidence:
+    """Dilated convs that reach a fraction of the undilated convs' median GFLOP/s."""
+
+    undilated_median_gflops: float
+    undilated_layers: int
+    slow_dilated: list[DilatedLayer]  # the first named in the message
+
+    def message(self) -> str:
+        top = self.slow_dilated[0]
+        return (f"{top.name}: dilation {top.dilation} runs at {top.gflops:.1f} GFLOP/s, "
+                f"{top.ratio_to_undilated:.0%} of the median {self.undilated_median_gflops:.1f} GFLOP/s of the "
+                f"{self.undilated_layers} undilated convs in this run")
+
+
 def strided(conv_names: list[str], pool_names: list[str]) -> Callable[[Workload], Workload]:
     """A transform: each named conv gets stride 2 (same weights, to be retrained) and each named pool is removed."""
 
@@ -210,30 +269,24 @@ the median GFLOP/s of the undilated convs of the run.
         if not pairs or share < self.min_share:
             return None
         chosen = [p for p in pairs if not_replaceable(layers[p.conv]) is None]
-        rows = [{"conv": p.conv, "pool": p.pool, "pool_class": p.pool_class, "between": list(p.between),
-                 "input_shape": layers[p.conv].input_shape, "flops_per_call": layers[p.conv].flops,
-                 "flops_per_call_strided": _strided_flops(layers[p.conv]),
-                 "share": analysis.share(layers[p.conv].time_per_step_us)} for p in pairs]
-        before = sum(r["flops_per_call"] * layers[r["conv"]].calls_per_step for r in rows)
-        after = sum(r["flops_per_call_strided"] * layers[r["conv"]].calls_per_step for r in rows)
-        first = rows[0]
-        more = f" and {len(rows) - 1} more pair{'s' if len(rows) > 2 else ''}" if len(rows) > 1 else ""
+        rows = [ConvPoolRow(p.conv, p.pool, p.pool_class, list(p.between), layers[p.conv].input_shape,
+                            layers[p.conv].flops, _strided_flops(layers[p.conv]),
+                            analysis.share(layers[p.conv].time_per_step_us)) for p in pairs]
+        before = sum(r.flops_per_call * layers[r.conv].calls_per_step for r in rows)
+        after = sum(r.flops_per_call_strided * layers[r.conv].calls_per_step for r in rows)
         return Finding(
             rule_id=self.id,
             rule_name=self.name,
             severity=self.severity,
-            message=(f"{first['conv']} -> {first['pool']}{more}: convs at full resolution ({share:.0%} of the step, "
-                     f"{flops_si(before)} per step) whose outputs a 2×2 pooling quarters; stride 2 needs "
-                     f"{flops_si(after, before)}"),
             fix="Downsample with a stride-2 conv instead of conv + pooling, and retrain",
             advice=("This changes the model: the conv learns its downsampling instead of taking the max or mean, so "
                     "the network must be retrained and its accuracy checked. ResNet-style networks downsample this "
                     "way. The measurement below is the speed of the changed model, not its accuracy."),
             snippet=SNIPPET,
             layers=[p.conv for p in pairs],
-            evidence={"pairs": rows, "share": share, "forward_flops_per_step": before,
-                      "forward_flops_per_step_strided": after,
-                      "not_replaceable": {p.conv: not_replaceable(layers[p.conv]) for p in pairs if p not in chosen}},
+            evidence=ConvPoolEvidence(
+                pairs=rows, share=share, forward_flops_per_step=before, forward_flops_per_step_strided=after,
+                not_replaceable={p.conv: not_replaceable(layers[p.conv]) for p in pairs if p not in chosen}),
             estimated_saving=None,  # FLOPs bound no time: the measurement speaks
             candidate=None if not chosen else Candidate(
                 title=f"stride-2 convs instead of conv + pooling ({len(chosen)} pair{'s' if len(chosen) > 1 else ''})",
@@ -254,25 +307,21 @@ the median GFLOP/s of the undilated convs of the run.
         slow = [layer for layer in dilated if rates[layer.name] < self.max_rate_ratio * reference]
         if not slow:
             return None
-        rows = [{"name": layer.name, "dilation": layer.dilation, "gflops": rates[layer.name],
-                 "ratio_to_undilated": rates[layer.name] / reference,
-                 "share": analysis.share(layer.time_per_step_us)} for layer in slow]
-        top = rows[0]
+        rows = [DilatedLayer(layer.name, layer.dilation, rates[layer.name], rates[layer.name] / reference,
+                             analysis.share(layer.time_per_step_us)) for layer in slow]
         return Finding(
             rule_id=self.id,
             rule_name=self.name,
             severity=Severity.INFO,
-            message=(f"{top['name']}: dilation {top['dilation']} runs at {top['gflops']:.1f} GFLOP/s, "
-                     f"{top['ratio_to_undilated']:.0%} of the median {reference:.1f} GFLOP/s of the "
-                     f"{len(plain)} undilated convs in this run"),
             fix="Check the dilated convs' kernels; try channels_last or an undilated equivalent",
             advice=("Dilated convs often fall back to slower kernels. This is evidence only, with no automatic "
                     "candidate: try channels_last, a different dilation/stride split, or a stack of small "
                     "undilated convs with the same receptive field, and measure it."),
             snippet="model = model.to(memory_format=torch.channels_last)\nx = x.contiguous(memory_format=torch."
                     "channels_last)  # then profile again",
-            layers=[row["name"] for row in rows],
-            evidence={"undilated_median_gflops": reference, "undilated_layers": len(plain), "slow_dilated": rows},
+            layers=[row.name for row in rows],
+            evidence=DilationEvidence(undilated_median_gflops=reference, undilated_layers=len(plain),
+                                      slow_dilated=rows),
         )
 
 

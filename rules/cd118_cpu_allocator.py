@@ -3,6 +3,7 @@ large blocks back to the kernel and asks for them again."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Iterable
 
 from convdoctor.analyzer.candidates.candidate import Candidate, NumericsContract, PlanStage
@@ -15,6 +16,20 @@ PAGE_BYTES = 4096
 
 def _identity(workload):  # the change is the process environment, not the model
     return workload
+
+
+@dataclass(frozen=True)
+class CpuAllocatorEvidence:
+    """The minor page faults of a warm step and the allocator the process ran with, as recorded at capture."""
+
+    minor_faults_per_step: int
+    fresh_mib_per_step: float
+    allocator: str
+    step_ms: float
+
+    def message(self) -> str:
+        return (f"each step took {self.minor_faults_per_step:,} minor page faults ({self.fresh_mib_per_step:.1f} MiB "
+                f"of freshly mapped memory) with {self.allocator}")
 
 
 class CpuAllocatorRule:
@@ -76,10 +91,10 @@ plan's candidates are combined inside one process.
     def check(self, analysis: ConvAnalysis) -> Iterable[Finding]:
         profile = analysis.profile
         env = profile.environment
-        faults, allocator = env.get("minor_faults_per_step"), env.get("allocator")
-        if not isinstance(faults, int) or not isinstance(allocator, str):
+        faults, allocator = env.minor_faults_per_step, env.allocator
+        if faults is None or allocator is None:
             return  # not recorded: a trace captured by another tool
-        if profile.has_device_events or not str(env.get("device", "cpu")).startswith("cpu"):
+        if profile.has_device_events or not (env.device or "cpu").startswith("cpu"):
             return
         if faults < self.min_faults_per_step or not allocator.startswith("glibc malloc"):
             return
@@ -89,8 +104,6 @@ plan's candidates are combined inside one process.
             rule_id=self.id,
             rule_name=self.name,
             severity=self.severity,
-            message=f"each step took {faults:,} minor page faults ({fresh_mib:.1f} MiB of freshly mapped memory) "
-                    f"with {allocator}",
             fix="Keep freed memory in the allocator: glibc MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_, or jemalloc",
             advice=(f"Steps map and unmap {fresh_mib:.1f} MiB of activations every time. Start Python with {settings} "
                     "(glibc keeps large freed blocks for reuse and stops trimming the heap) or with jemalloc or "
@@ -100,8 +113,8 @@ plan's candidates are combined inside one process.
                     "fixed in its own process, so their speedups are on top of this one."),
             snippet=f"export {settings}\npython your_script.py",
             layers=[],
-            evidence={"minor_faults_per_step": faults, "fresh_mib_per_step": fresh_mib, "allocator": allocator,
-                      "step_ms": analysis.step_time_us / 1e3},
+            evidence=CpuAllocatorEvidence(minor_faults_per_step=faults, fresh_mib_per_step=fresh_mib,
+                                          allocator=allocator, step_ms=analysis.step_time_us / 1e3),
             candidate=Candidate(
                 title=f"start the process with {settings}",
                 transform=_identity,

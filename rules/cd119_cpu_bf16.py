@@ -118,7 +118,7 @@ output magnitude): bfloat16 rounding gave 4e-3 on a 15-conv ResNet-like network.
     def check(self, analysis: ConvAnalysis) -> Iterable[Finding]:
         profile = analysis.profile
         environment = profile.environment
-        if profile.has_device_events or not str(environment.get("device", "cpu")).startswith("cpu"):
+        if profile.has_device_events or not (environment.device or "cpu").startswith("cpu"):
             return  # a GPU run: CD103's
         support = CpuBf16.from_environment(environment)
         fp32 = [layer for layer in analysis.layers if layer.dtype == "float32"]
@@ -131,7 +131,7 @@ output magnitude): bfloat16 rounding gave 4e-3 on a 15-conv ResNet-like network.
         training = analysis.mode == "train"
         evidence = CpuBf16Evidence(
             fp32_layers=len(fp32), conv_layers=len(analysis.layers), fp32_conv_ms_per_step=fp32_us / 1e3,
-            fp32_conv_share=share, cpu=str(environment.get("device_name") or "this CPU"),
+            fp32_conv_share=share, cpu=environment.device_name or "this CPU",
             cpu_capability=support.cpu_capability, mkldnn_bf16_supported=support.mkldnn_bf16_supported,
             cpu_low_precision_flags=support.cpu_low_precision_flags, decided_by=support.decided_by,
             training=training, tolerance=TOLERANCE)

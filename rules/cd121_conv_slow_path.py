@@ -148,21 +148,17 @@ checked (2-D, 3-D NCDHW and channels_last_3d, dilated, transposed) ran `jit:avx2
         share = analysis.share(slow_us)
         if share < self.min_share:
             return
-        mkldnn = environment.get("mkldnn_enabled")
+        mkldnn = environment.mkldnn_enabled
         dtypes = {layer.dtype for layer, _ in slow}
         cause = ("mkldnn disabled" if mkldnn is False else "dtype" if dtypes & set(LOW_PRECISION)
                  else "float64" if dtypes == {"float64"} else "unknown")
-
-        def recorded(key: str) -> bool | None:
-            value = environment.get(key)
-            return value if isinstance(value, bool) else None
 
         evidence = SlowPathEvidence(
             layers=tuple(SlowLayer(layer.name, layer.dtype, implementation, layer.time_per_step_us / 1e3)
                          for layer, implementation in slow),
             conv_layers=len(analysis.layers), slow_ms_per_step=slow_us / 1e3, slow_share=share,
-            mkldnn_enabled=recorded("mkldnn_enabled"), mkldnn_bf16_supported=recorded("mkldnn_bf16_supported"),
-            mkldnn_fp16_supported=recorded("mkldnn_fp16_supported"), cause=cause)
+            mkldnn_enabled=mkldnn, mkldnn_bf16_supported=environment.mkldnn_bf16_supported,
+            mkldnn_fp16_supported=environment.mkldnn_fp16_supported, cause=cause)
         fix, advice, snippet, candidate = self._fix(cause, dtypes)
         yield Finding(
             rule_id=self.id,

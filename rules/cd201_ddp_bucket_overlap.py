@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Iterable
 
@@ -11,6 +12,30 @@ from convdoctor.analyzer.conv.layers import ConvAnalysis
 from convdoctor.rules.base import Finding, Requirement, Severity
 
 MIB = 2**20
+DEFAULT_BUCKET_CAP_MB = 25.0  # DistributedDataParallel's default bucket_cap_mb
+
+
+@dataclass(frozen=True)
+class DdpBucketOverlapEvidence:
+    """The allreduce time of a step and how much of it overlaps the backward, on the rank that waits least."""
+
+    comm_ms: float
+    exposed_comm_ms: float
+    overlap_fraction: float
+    buckets_per_step: float
+    gradient_mib: float  # record_param_comms' elements x dtype size; 0 when the trace records none
+    proposed_bucket_cap_mb: float
+    rank: int | None = field(metadata={"serialize": False})  # of a job analyzed whole; None: this trace's rank
+    step_ms: float = field(metadata={"serialize": False})
+    bucket_cap_mb: float | None = field(metadata={"serialize": False})  # as recorded at capture; None: the default
+
+    def message(self) -> str:
+        who = "this rank" if self.rank is None else f"rank {self.rank} (the one that waits least)"
+        current = "the default buckets" if self.bucket_cap_mb is None else f"bucket_cap_mb={self.bucket_cap_mb:g}"
+        return (f"allreduce on {who}: {self.comm_ms:.1f} ms a step, {self.overlap_fraction:.0%} of it overlapping "
+                f"compute; {self.exposed_comm_ms:.1f} ms ({self.exposed_comm_ms / self.step_ms:.0%} of the step) "
+                f"exposed, in {self.buckets_per_step:.1f} bucket(s) of {_gradients(self.gradient_mib)} "
+                f"with {current}")
 
 
 class DdpBucketOverlapRule:
@@ -69,31 +94,38 @@ default 0.5); `target_buckets` (default 4): the candidate's bucket size splits t
         if analysis.job is not None:
             least = min(analysis.job.ranks, key=lambda r: r.exposed_comm_us / r.step_us if r.step_us else 0.0)
             step_us, comm_us, exposed_us = least.step_us, least.comm_us, least.exposed_comm_us
-            overlap, who = least.overlap_fraction, f"rank {least.rank} (the one that waits least)"
+            overlap, rank = least.overlap_fraction, least.rank
         else:
             step_us, comm_us = view.mean("step_us"), view.mean("comm_us")
-            exposed_us, overlap, who = comm_us - view.mean("overlap_us"), view.overlap_fraction, "this rank"
+            exposed_us, overlap, rank = comm_us - view.mean("overlap_us"), view.overlap_fraction, None
         if step_us <= 0 or exposed_us / step_us < self.min_exposed_share or overlap >= self.max_overlap:
             return
         buckets = view.mean("allreduce_calls")
-        gradient_mib = view.mean("allreduce_elements") * 4 / MIB  # float32 gradients
-        cap = round(max(gradient_mib / self.target_buckets, 0.25), 2)
-        recorded = analysis.profile.environment.get("ddp_bucket_cap_mb")
-        current = f"bucket_cap_mb={recorded:g}" if isinstance(recorded, (int, float)) else "the default buckets"
+        gradient_mib = view.mean("allreduce_bytes") / MIB  # record_param_comms' elements x dtype size
+        # Without a recorded size the proposal splits DDP's default bucket instead, and the advice says so.
+        cap = round(max((gradient_mib or DEFAULT_BUCKET_CAP_MB) / self.target_buckets, 0.25), 2)
+        basis = "" if gradient_mib > 0 else (
+            f" The trace does not record the gradients' size, so bucket_cap_mb={cap:g} splits DDP's default "
+            f"{DEFAULT_BUCKET_CAP_MB:g} MiB bucket instead.")
+        recorded = analysis.profile.environment.ddp_bucket_cap_mb
         yield Finding(
             rule_id=self.id,
             rule_name=self.name,
             severity=self.severity,
-            message=(f"allreduce on {who}: {comm_us / 1e3:.1f} ms a step, {overlap:.0%} of it overlapping compute; "
-                     f"{exposed_us / 1e3:.1f} ms ({exposed_us / step_us:.0%} of the step) exposed, in "
-                     f"{buckets:.1f} bucket(s) of {gradient_mib:.1f} MiB of gradients with {current}"),
             fix=f"Smaller DDP buckets (bucket_cap_mb={cap:g}) so the allreduce starts during the backward",
-            advice=(f"The gradients ({gradient_mib:.1f} MiB) go out in {buckets:.1f} allreduce(s) per step, which "
+            advice=(f"The {_gradients(gradient_mib)} go out in {buckets:.1f} allreduce(s) per step, which "
                     "start only when the backward has nearly ended. With about "
-                    f"{self.target_buckets} buckets the first ones are reduced while the backward still runs."),
+                    f"{self.target_buckets} buckets the first ones are reduced while the backward still runs.{basis}"),
             snippet=f"model = DistributedDataParallel(model, bucket_cap_mb={cap:g})",
-            evidence={"comm_ms": comm_us / 1e3, "exposed_comm_ms": exposed_us / 1e3, "overlap_fraction": overlap,
-                      "buckets_per_step": buckets, "gradient_mib": gradient_mib, "proposed_bucket_cap_mb": cap},
+            evidence=DdpBucketOverlapEvidence(
+                comm_ms=comm_us / 1e3, exposed_comm_ms=exposed_us / 1e3, overlap_fraction=overlap,
+                buckets_per_step=buckets, gradient_mib=gradient_mib, proposed_bucket_cap_mb=cap, rank=rank,
+                step_ms=step_us / 1e3, bucket_cap_mb=recorded),
             candidate=Candidate(title=f"DDP with bucket_cap_mb={cap:g}", transform=partial(with_ddp, bucket_cap_mb=cap),
                                 numerics=NumericsContract.EXACT, tolerance=1e-5, stage=PlanStage.WRAPPER),
         )
+
+
+def _gradients(gradient_mib: float) -> str:
+    """The gradients and their size, when the trace records one (0: it records none, which is no size of zero)."""
+    return f"{gradient_mib:.1f} MiB of gradients" if gradient_mib > 0 else "gradients (their size is not in the trace)"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
 from typing import Iterable
 
@@ -9,6 +10,18 @@ from convdoctor.analyzer.candidates.candidate import Candidate, NumericsContract
 from convdoctor.analyzer.candidates.transforms import with_ddp
 from convdoctor.analyzer.conv.layers import ConvAnalysis
 from convdoctor.rules.base import Finding, Requirement, Severity
+
+
+@dataclass(frozen=True)
+class GradientAsBucketViewEvidence:
+    """The time of DDP's gradient copies into and out of its buckets, per step."""
+
+    copy_ms: float
+    step_ms: float
+
+    def message(self) -> str:
+        share = self.copy_ms / self.step_ms
+        return f"DDP's gradient copies take {self.copy_ms:.2f} ms a step ({share:.1%} of the step)"
 
 
 class GradientAsBucketViewRule:
@@ -56,7 +69,7 @@ The union per step of DDP's copy operators in the trace (`torch.distributed.ddp.
 
     def check(self, analysis: ConvAnalysis) -> Iterable[Finding]:
         view = analysis.communication
-        if view is None or analysis.profile.environment.get("ddp_gradient_as_bucket_view") is True:
+        if view is None or analysis.profile.environment.ddp_gradient_as_bucket_view is True:
             return
         step_us, copy_us = view.mean("step_us"), view.mean("bucket_copy_us")
         if step_us <= 0 or copy_us / step_us < self.min_share:
@@ -65,13 +78,12 @@ The union per step of DDP's copy operators in the trace (`torch.distributed.ddp.
             rule_id=self.id,
             rule_name=self.name,
             severity=self.severity,
-            message=f"DDP's gradient copies take {copy_us / 1e3:.2f} ms a step ({copy_us / step_us:.1%} of the step)",
             fix="Let gradients be views into DDP's buckets (gradient_as_bucket_view=True)",
             advice=("DDP copies each gradient into its allreduce bucket and back into .grad every step. With "
                     "gradient_as_bucket_view=True the gradients live in the buckets: no copies, and less memory."),
             snippet="model = DistributedDataParallel(model, gradient_as_bucket_view=True)",
             estimated_saving=copy_us / step_us,
-            evidence={"copy_ms": copy_us / 1e3, "step_ms": step_us / 1e3},
+            evidence=GradientAsBucketViewEvidence(copy_ms=copy_us / 1e3, step_ms=step_us / 1e3),
             candidate=Candidate(title="DDP with gradient_as_bucket_view=True",
                                 transform=partial(with_ddp, gradient_as_bucket_view=True),
                                 numerics=NumericsContract.EXACT, tolerance=1e-5, stage=PlanStage.WRAPPER),

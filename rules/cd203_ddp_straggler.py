@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Iterable
 
 from convdoctor.analyzer.conv.layers import ConvAnalysis
@@ -17,6 +18,26 @@ loader = DataLoader(dataset, batch_size=64, num_workers=4, pin_memory=True, pers
 sampler = DistributedSampler(dataset, drop_last=True)  # equal shards
 # and the same input sizes on every rank (pad or bucket variable-size inputs)""",
 }
+
+
+@dataclass(frozen=True)
+class DdpStragglerEvidence:
+    """How much longer one rank works than the others in each step, outside its operators and in them."""
+
+    rank: int
+    excess_ms: float
+    excess_fraction: float
+    extra_untraced_ms: float
+    extra_compute_ms: float
+    steps: int = field(metadata={"serialize": False})
+    excess_low_ms: float = field(metadata={"serialize": False})  # the range of the excess over the steps
+    excess_high_ms: float = field(metadata={"serialize": False})
+
+    def message(self) -> str:
+        return (f"rank {self.rank} works {self.excess_ms:.1f} ms (+{self.excess_fraction:.0%}) longer than the "
+                f"other ranks in each of {self.steps} steps ({self.excess_low_ms:.1f} to {self.excess_high_ms:.1f} "
+                f"ms): {self.extra_untraced_ms:.1f} ms outside any operator, {self.extra_compute_ms:.1f} ms in its "
+                "operators")
 
 
 class DdpStragglerRule:
@@ -73,18 +94,16 @@ None: the noise threshold (5% of a step, 1 ms) is fixed in `analyzer/job_view.py
             rule_id=self.id,
             rule_name=self.name,
             severity=self.severity,
-            message=(f"rank {s.rank} works {s.excess_us / 1e3:.1f} ms (+{s.excess_fraction:.0%}) longer than the "
-                     f"other ranks in each of {s.steps} steps ({s.excess_low_us / 1e3:.1f} to "
-                     f"{s.excess_high_us / 1e3:.1f} ms): {s.extra_untraced_us / 1e3:.1f} ms outside any operator, "
-                     f"{s.extra_compute_us / 1e3:.1f} ms in its operators"),
             fix=(f"Remove rank {s.rank}'s own delay (data loading, Python, I/O)" if untraced
                  else f"Give rank {s.rank} the same work as the others"),
             advice=(f"Every rank waits for rank {s.rank} in the gradient allreduce, so the job runs at its pace. Its "
                     f"extra time is {s.own_cause}: the cause is on that rank, not in the job's communication."),
             snippet=SNIPPETS["untraced" if untraced else "compute"],
             layers=[],
-            evidence={"rank": s.rank, "excess_ms": s.excess_us / 1e3, "excess_fraction": s.excess_fraction,
-                      "extra_untraced_ms": s.extra_untraced_us / 1e3, "extra_compute_ms": s.extra_compute_us / 1e3},
+            evidence=DdpStragglerEvidence(
+                rank=s.rank, excess_ms=s.excess_us / 1e3, excess_fraction=s.excess_fraction,
+                extra_untraced_ms=s.extra_untraced_us / 1e3, extra_compute_ms=s.extra_compute_us / 1e3, steps=s.steps,
+                excess_low_ms=s.excess_low_us / 1e3, excess_high_ms=s.excess_high_us / 1e3),
             estimated_saving=min(1.0, s.excess_us / max(r.step_us for r in job.ranks)),
             saving_bound=SavingBound.AT_MOST,  # the job waits for the straggler's extra time, no more
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
 from typing import Iterable
 
@@ -9,6 +10,19 @@ from convdoctor.analyzer.candidates.candidate import Candidate, NumericsContract
 from convdoctor.analyzer.candidates.transforms import with_ddp
 from convdoctor.analyzer.conv.layers import ConvAnalysis
 from convdoctor.rules.base import Finding, Requirement, Severity
+
+
+@dataclass(frozen=True)
+class DdpStaticGraphEvidence:
+    """DDP's graph settings as recorded at capture."""
+
+    static_graph: bool
+    find_unused_parameters: bool | None  # None: not recorded
+
+    def message(self) -> str:
+        if self.find_unused_parameters is True:
+            return "DDP runs with find_unused_parameters=True: a search of the autograd graph every step"
+        return "DDP runs with static_graph=False: it cannot assume the same graph every step"
 
 
 class DdpStaticGraphRule:
@@ -56,7 +70,7 @@ None.
 
     def check(self, analysis: ConvAnalysis) -> Iterable[Finding]:
         env = analysis.profile.environment
-        static, unused = env.get("ddp_static_graph"), env.get("ddp_find_unused_parameters")
+        static, unused = env.ddp_static_graph, env.ddp_find_unused_parameters
         if analysis.communication is None or static is not False:
             return  # not captured by convdoctor (settings unknown), or already static
         searching = unused is True
@@ -64,13 +78,11 @@ None.
             rule_id=self.id,
             rule_name=self.name,
             severity=Severity.WARNING if searching else self.severity,
-            message=("DDP runs with find_unused_parameters=True: a search of the autograd graph every step"
-                     if searching else "DDP runs with static_graph=False: it cannot assume the same graph every step"),
             fix="Declare the graph static: DistributedDataParallel(model, static_graph=True)",
             advice=("If every step uses the same parameters in the same order, static_graph=True lets DDP skip "
                     "the per-step bookkeeping (and the unused-parameter search). Measured on the whole job."),
             snippet="model = DistributedDataParallel(model, static_graph=True)",
-            evidence={"static_graph": static, "find_unused_parameters": unused},
+            evidence=DdpStaticGraphEvidence(static_graph=static, find_unused_parameters=unused),
             candidate=Candidate(title="DDP with static_graph=True",
                                 transform=partial(with_ddp, static_graph=True, find_unused_parameters=False),
                                 numerics=NumericsContract.EXACT, tolerance=1e-5, stage=PlanStage.WRAPPER),

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 
 from convdoctor.analyzer.conv.layers import ConvAnalysis
 from convdoctor.rules.base import Finding, Rule, missing_requirements
 
 ENTRY_POINT_GROUP = "convdoctor.rules"
 RULE_ID = re.compile(r"^CD[0-9]{3}$")
+BUILT_IN = "convdoctor"  # the distribution of the built-in rules
 
 
 @dataclass
@@ -23,10 +24,16 @@ class RuleSet:
 
 @dataclass
 class RuleResults:
-    """What running the rules gave: findings, and the rules skipped with their reasons."""
+    """What running the rules gave: findings, the rules skipped with their reasons, one line per rule that raised."""
 
     findings: list[Finding]
     skipped: dict[str, str]  # rule id -> reason
+    problems: list[str] = field(default_factory=list)
+
+
+def _origin(point: EntryPoint) -> str:
+    """Where a rule comes from: its entry point and distribution."""
+    return f"{point.value} (from {point.dist.name if point.dist else 'unknown distribution'})"
 
 
 def load_rules() -> RuleSet:
@@ -36,9 +43,9 @@ def load_rules() -> RuleSet:
     seen: set[str] = set()
     # Built-ins first, so that a plugin reusing a built-in id is the one rejected.
     points = sorted(entry_points(group=ENTRY_POINT_GROUP),
-                    key=lambda p: (p.dist is None or p.dist.name != "convdoctor", p.name))
+                    key=lambda p: (p.dist is None or p.dist.name != BUILT_IN, p.name))
     for point in points:
-        origin = f"{point.value} (from {point.dist.name if point.dist else 'unknown distribution'})"
+        origin = _origin(point)
         try:
             loaded = point.load()
             rule = loaded() if isinstance(loaded, type) else loaded
@@ -57,16 +64,36 @@ def load_rules() -> RuleSet:
 
 
 def run_rules(rules: list[Rule], analysis: ConvAnalysis) -> RuleResults:
-    """Run each rule whose requirements the analysis meets; name the reason for each one skipped."""
+    """Run each rule whose requirements the analysis meets; name the reason for each one skipped.
+
+    A rule that raises, in ``check()`` or while its findings are read, gives none: it is named in one line of
+    ``problems`` and the other rules run on.
+    """
     findings: list[Finding] = []
     skipped: dict[str, str] = {}
+    problems: list[str] = []
     for rule in rules:
         missing = missing_requirements(rule, analysis)
         if missing:
             skipped[rule.id] = "; ".join(missing)
             continue
-        findings.extend(rule.check(analysis))
-    return RuleResults(findings=findings, skipped=skipped)
+        try:
+            findings.extend(list(rule.check(analysis)))
+        except Exception as exc:  # a third-party rule may fail in any way; it must not take the run down
+            problems.append(_raised(rule, exc))
+    return RuleResults(findings=findings, skipped=skipped, problems=problems)
+
+
+def _raised(rule: Rule, exc: Exception) -> str:
+    """One line for a rule whose check raised: the rule, where it comes from, the exception."""
+    rule_type = type(rule)
+    point = next((p for p in entry_points(group=ENTRY_POINT_GROUP)
+                  if p.module == rule_type.__module__ and p.attr == rule_type.__qualname__), None)
+    origin = _origin(point) if point else f"({rule_type.__module__})"
+    built_in = point is not None and point.dist is not None and point.dist.name == BUILT_IN
+    message = " ".join(str(exc).split())  # one line, whatever the exception's text
+    blame = " (a bug in convdoctor: please report it)" if built_in else ""
+    return f"rule {rule.id} {origin} raised {type(exc).__name__}: {message}; its findings were left out{blame}"
 
 
 def unmatched_entries(rules: list[Rule], entries: tuple[str, ...]) -> list[str]:

@@ -18,7 +18,7 @@ from convdoctor.analyzer.measure.layout_probe import time_leaf_layouts
 from convdoctor.analyzer.trace.probe_record import LAYOUT_PROBE_KEY, recorded_probe
 from convdoctor.analyzer.trace.profile import METADATA_KEY
 from convdoctor.analyzer.trace.reader import load_profile
-from convdoctor.rules.base import SavingBound
+from convdoctor.rules.base import SavingBound, evidence_fields
 from convdoctor.rules.cd101_channels_last import ChannelsLastRule
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -113,19 +113,20 @@ def test_cd101_predicts_the_whole_effect_with_a_probe_and_only_copies_without(tm
     probed, _ = _probed_analysis(workload, tmp_path / "probed")
     (finding,) = ChannelsLastRule().check(probed)
     assert finding.saving_bound is SavingBound.ESTIMATE and finding.estimated_saving is not None
-    evidence = finding.evidence["layout_probe"]
-    assert evidence["probed_modules"] >= 15 + 15  # every conv and every BN
-    by_class = evidence["by_module_class"]
+    evidence = finding.evidence.layout_probe
+    assert evidence is not None and evidence.probed_modules >= 15 + 15  # every conv and every BN
+    by_class = evidence.by_module_class
     assert {"Conv2d", "BatchNorm2d"} <= set(by_class)
-    total = sum(row["predicted_saving_ms_per_step"] for row in by_class.values())
+    total = sum(row.predicted_saving_ms_per_step for row in by_class.values())
     # over the step timed without the profiler (recorded at capture), not the traced step
     assert finding.estimated_saving == pytest.approx(total * 1e3 / probed.unprofiled_step_us)
-    assert finding.evidence["layout_probe"]["predicted_share"] == finding.estimated_saving
+    assert evidence.predicted_share == finding.estimated_saving
     assert "timed alone in channels_last" in finding.message
 
     plain = capture_analysis(workload, tmp_path / "plain")
     (unprobed,) = ChannelsLastRule().check(plain)
-    assert "layout_probe" not in unprobed.evidence and unprobed.estimated_saving is None
+    assert unprobed.evidence.layout_probe is None and unprobed.estimated_saving is None
+    assert "layout_probe" not in evidence_fields(unprobed.evidence)
 
 
 def test_profile_probes_only_for_a_rule_that_reads_the_probe():
@@ -144,9 +145,10 @@ def test_cd101_counts_backward_conversions_once_in_training(tmp_path: Path):
     workload = load_workload(EXAMPLES / "small_cnn.py", device="cpu", mode="train")
     analysis, _ = _probed_analysis(workload, tmp_path)
     (finding,) = ChannelsLastRule().check(analysis)
-    assert finding.evidence["layout_probe"]["conversions_outside_probed_ms_per_step"] == 0
+    assert finding.evidence.layout_probe is not None
+    assert finding.evidence.layout_probe.conversions_outside_probed_ms_per_step == 0
     backward = [c for layer in analysis.layers for c in layer.conversions if c.op_module is None]
     backward_us_per_step = sum(c.dur_us for c in backward) / analysis.profile.step_count
     assert backward_us_per_step > 0  # there were backward copies to count twice
     # all the layers' conversions include the backward ones (up to the order of the float sums)
-    assert finding.evidence["conversion_ms_per_step"] * 1e3 >= backward_us_per_step * (1 - 1e-9)
+    assert finding.evidence.conversion_ms_per_step * 1e3 >= backward_us_per_step * (1 - 1e-9)

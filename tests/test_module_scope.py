@@ -53,8 +53,8 @@ def test_a_model_file_path_with_a_quote_and_accents_keeps_the_trace_valid(tmp_pa
     shutil.copy(EXAMPLES / "seed_grouped.py", folder / "model.py")
     workload = load_workload(folder / "model.py", device="cpu", batch_size=1)
     profile = load_profile(capture(workload, tmp_path / "tb", "run", steps=1)[0])
-    assert profile.environment["model_file"] == str(folder / "model.py").replace('"', "")
-    assert "é" in profile.environment["model_file"]
+    assert profile.environment.model_file == str(folder / "model.py").replace('"', "")
+    assert "é" in profile.environment.model_file
 
 
 def test_pytorch_module_events_name_the_layers_of_a_trace_captured_elsewhere(tmp_path: Path):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -15,7 +15,6 @@ from convdoctor.analyzer.measure.phase import MeasuringOptions, measure_findings
 from convdoctor.analyzer.measure.plan import build_plan
 from convdoctor.progress import SilentProgress
 from convdoctor.reports.presentation import left_out_lines, plan_lines
-from convdoctor.reports.report import predicted_speedup
 from convdoctor.rules.base import Finding, Severity
 
 QUICK = BenchmarkSettings(block_spacing_s=0, extra_blocks=0,
@@ -39,8 +38,18 @@ def _without(name: str):
     return transform
 
 
+@dataclass(frozen=True)
+class Named:
+    """A test finding's evidence: its name, which is also its message."""
+
+    name: str
+
+    def message(self) -> str:
+        return self.name
+
+
 def _finding(name: str, transform, stage: PlanStage = PlanStage.LAYOUT, saving: float | None = None) -> Finding:
-    return Finding(rule_id="CD999", rule_name=name, severity=Severity.INFO, message=name, fix=f"drop {name}",
+    return Finding(rule_id="CD999", rule_name=name, severity=Severity.INFO, evidence=Named(name), fix=f"drop {name}",
                    advice="", snippet=f"del model.{name}", estimated_saving=saving,
                    candidate=Candidate(title=f"no {name}", transform=transform, numerics=NumericsContract.EXACT,
                                        tolerance=1e-4, stage=stage))
@@ -85,7 +94,7 @@ def test_plan_measures_the_accepted_fixes_together():
     lines = plan_lines(plan)
     assert lines[-1].startswith("together: ")
     first = next(s for s in plan.steps if s.finding.rule_name == "first")
-    predicted = predicted_speedup(first.finding)
+    predicted = first.finding.predicted_speedup
     assert predicted == 2.0  # half of the step saved
     assert abs(first.measurement.estimate.speedup / predicted - 1) < 0.15  # and one 20 ms nap of two is half
     assert "; predicted 2.00×" in next(line for line in lines if line.startswith("drop first"))

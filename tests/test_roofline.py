@@ -29,6 +29,7 @@ from convdoctor.analyzer.conv.peaks import (
     unknown_peaks,
 )
 from convdoctor.analyzer.conv.roofline import Bound, analyze_roofline, ridge_point, roofline
+from convdoctor.analyzer.trace.environment import RecordedEnvironment
 from convdoctor.analyzer.trace.reader import load_profile
 from convdoctor.cli import main
 from convdoctor.reports.charts import roofline_chart
@@ -143,7 +144,7 @@ def test_v100_resnet50_trace_gets_v100_peaks_and_a_bound_for_every_layer(v100):
 
 def test_an_unknown_gpu_has_no_roofline_and_says_so(v100):
     props = [dict(p, name="Mystery Accelerator 9000") for p in v100.profile.device_properties]
-    peaks = trace_peaks({}, props, True, "float32")
+    peaks = trace_peaks(RecordedEnvironment(), props, True, "float32")
     assert peaks.source is PeaksSource.UNKNOWN and "Mystery Accelerator 9000" in peaks.description
     saved = v100.profile.device_properties
     v100.profile.device_properties = props
@@ -207,12 +208,12 @@ def test_a_real_cpu_capture_records_the_peaks_and_gets_a_roofline(tmp_path: Path
     analysis = capture_analysis(workload_from(model, torch.randn(2, 3, 32, 32), device="cpu", source="two_convs"),
                                 tmp_path)
     recorded = analysis.profile.environment
-    assert recorded["peaks_source"] == "measured" and recorded["peaks_dtype"] == "float32"
-    assert recorded["peak_flops"] == cpu_peaks().peak_flops_per_s
-    assert recorded["peak_bandwidth"] == cpu_peaks().bandwidth_bytes_per_s
+    assert recorded.peaks_source == "measured" and recorded.peaks_dtype == "float32"
+    assert recorded.peak_flops == cpu_peaks().peak_flops_per_s
+    assert recorded.peak_bandwidth == cpu_peaks().bandwidth_bytes_per_s
     result = analyze_roofline(analysis)
     assert result.peaks.source is PeaksSource.MEASURED
-    assert result.peaks.peak_flops_per_s == recorded["peak_flops"]
+    assert result.peaks.peak_flops_per_s == recorded.peak_flops
     assert set(result.layers) == {layer.name for layer in analysis.layers} and len(result.layers) == 2
     for point in result.layers.values():
         assert point.bound in (Bound.MEMORY, Bound.COMPUTE) and point.pct_of_roofline > 0
@@ -224,16 +225,21 @@ def test_a_cpu_trace_captured_elsewhere_has_no_roofline():
     assert peaks.source is PeaksSource.UNKNOWN and "records no CPU peaks" in peaks.description
 
 
+def _recorded(metadata: dict) -> RecordedEnvironment:
+    """A trace's recorded environment as the reader types it."""
+    return RecordedEnvironment.from_metadata(metadata)
+
+
 def test_junk_in_a_recorded_environment_means_no_roofline_not_a_crash():
-    assert trace_peaks({"device_name": 7}, [{"name": None}, {"id": 0}], True, "float32").source is PeaksSource.UNKNOWN
-    assert trace_peaks({"device": "cpu", "device_name": "AMD EPYC"}, [{"name": "Tesla T4"}], True,
+    assert trace_peaks(_recorded({"device_name": 7}), [{"name": None}, {"id": 0}], True, "float32").source is PeaksSource.UNKNOWN
+    assert trace_peaks(_recorded({"device": "cpu", "device_name": "AMD EPYC"}), [{"name": "Tesla T4"}], True,
                        "float16").peak_flops_per_s == 65 * TERA  # a CPU name recorded: the trace's GPU is used
     for flops, bandwidth in (("1e9", 1e9), (float("nan"), 1e9), (True, 1e9), (1e9, -5.0), (None, 1e9)):
         recorded = {"peaks_source": "measured", "peak_flops": flops, "peak_bandwidth": bandwidth}
-        assert trace_peaks(recorded, [], False, "float32").source is PeaksSource.UNKNOWN, (flops, bandwidth)
+        assert trace_peaks(_recorded(recorded), [], False, "float32").source is PeaksSource.UNKNOWN, (flops, bandwidth)
     recorded = {"peaks_source": "measured", "peak_flops": 5e10, "peak_bandwidth": 1e10, "peaks_dtype": "float32"}
-    assert trace_peaks(recorded, [], False, "float32").ridge_point == pytest.approx(5.0)
-    assert trace_peaks(recorded, [], False, "bfloat16").source is PeaksSource.UNKNOWN  # measured in float32 only
+    assert trace_peaks(_recorded(recorded), [], False, "float32").ridge_point == pytest.approx(5.0)
+    assert trace_peaks(_recorded(recorded), [], False, "bfloat16").source is PeaksSource.UNKNOWN  # measured in float32 only
 
 
 def test_a_cpu_trace_without_recorded_peaks_says_so_in_the_report(small_cnn_run, tmp_path: Path):

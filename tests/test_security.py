@@ -39,7 +39,7 @@ def test_checkpoints_are_only_loaded_with_weights_only():
                 assert "weights_only=True" in call, f"{path}: {call}"
     # The one place user code runs is the model file the user asked to profile.
     runners = [p for f in CODE_FOLDERS for p in (REPO / f).rglob("*.py") if "exec_module(" in p.read_text()]
-    assert [p.relative_to(REPO).as_posix() for p in runners] == ["analyzer/workload.py"]
+    assert [p.relative_to(REPO).as_posix() for p in runners] == ["analyzer/capture/workload.py"]
 
 
 def test_a_hostile_model_file_name_is_text_in_the_report(tmp_path: Path):

@@ -11,7 +11,9 @@ from conftest import EXAMPLES, SHARED_TRACES
 from convdoctor.analyzer.capture.recording import record
 from convdoctor.analyzer.capture.workload import load_workload
 from convdoctor.analyzer.conv.layers import analyze_convs
-from convdoctor.analyzer.trace.profile import METADATA_KEY, UNPROFILED_STEP_KEY
+from convdoctor.analyzer.trace.profile import METADATA_KEY
+
+UNPROFILED_STEP_KEY = "unprofiled_step_us"  # RecordedEnvironment's field, as the trace's metadata holds it
 from convdoctor.analyzer.trace.reader import load_profile
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -13,11 +13,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from convdoctor.analyzer.conv.peaks import (
-    PEAK_BANDWIDTH_KEY,
-    PEAK_FLOPS_KEY,
-    PEAKS_DESCRIPTION_KEY,
-    PEAKS_DTYPE_KEY,
-    PEAKS_SOURCE_KEY,
     Peaks,
     PeaksSource,
     datasheet_peaks,
@@ -139,10 +134,8 @@ def cpu_peaks() -> Peaks:
                  f"{MATMUL_SIZE}x{MATMUL_SIZE} matmuls and of {copy_runs} {COPY_BYTES >> 20} MB copies")
 
 
-# ------------------------------------------------------------------------------------------------ GPU: datasheets
 
-
-def environment_peaks(device: torch.device, dtype: str) -> dict[str, Any]:
+def recorded_peaks(device: torch.device, dtype: str) -> Peaks:
     """The peaks to record in a capture's environment: measured on a CPU, from the datasheet on a GPU."""
     import torch
 
@@ -150,8 +143,6 @@ def environment_peaks(device: torch.device, dtype: str) -> dict[str, Any]:
         peaks = cpu_peaks() if dtype in ("float32", "unknown") else unknown_peaks(f"no CPU peaks for {dtype}", dtype)
     else:
         peaks = datasheet_peaks(device_name(device), dtype, torch.backends.cudnn.allow_tf32)
-    return {PEAK_FLOPS_KEY: peaks.peak_flops_per_s, PEAK_BANDWIDTH_KEY: peaks.bandwidth_bytes_per_s,
-            PEAKS_SOURCE_KEY: peaks.source.value, PEAKS_DTYPE_KEY: peaks.dtype,
-            PEAKS_DESCRIPTION_KEY: peaks.description}
+    return peaks
 
 

@@ -9,7 +9,7 @@ import shutil
 import statistics
 import tempfile
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -23,7 +23,7 @@ from torch.profiler import (
     tensorboard_trace_handler,
 )
 
-from convdoctor.analyzer.capture.hardware import device_name, environment_peaks, low_precision_environment
+from convdoctor.analyzer.capture.hardware import device_name, low_precision_environment, recorded_peaks
 from convdoctor.analyzer.capture.host_allocator import (
     allocator,
     faults_per_step,
@@ -37,13 +37,14 @@ from convdoctor.analyzer.capture.workload import (
     synchronize,
     time_step,
 )
+from convdoctor.analyzer.trace.environment import RecordedEnvironment
 from convdoctor.analyzer.trace.module_scope import scope_name
 from convdoctor.analyzer.trace.probe_record import (
     LAYOUT_PROBE_KEY,
     LeafLayoutTime,
     recordable,
 )
-from convdoctor.analyzer.trace.profile import METADATA_KEY, UNPROFILED_STEP_KEY
+from convdoctor.analyzer.trace.profile import METADATA_KEY
 from convdoctor.analyzer.trace.reader import TRACE_SUFFIXES
 from convdoctor.errors import ConvDoctorError, InputMismatchError, ModelFileError
 
@@ -52,7 +53,7 @@ WARMUP_STEPS = 1
 # Before the profiler starts, UNPROFILED_WARM_STEPS steps (lazy init, first allocations) and FAULT_STEPS whose page
 # faults are counted with the process's own allocator; then the heap is kept (settled_allocator), and the copy it
 # records runs UNPROFILED_WARM_STEPS again and UNPROFILED_TIMED_STEPS timed steps: their median is the step as the
-# harness times it (UNPROFILED_STEP_KEY).
+# harness times it (``RecordedEnvironment.unprofiled_step_us``).
 UNPROFILED_WARM_STEPS = 2
 UNPROFILED_TIMED_STEPS = 3
 FAULT_STEPS = 1  # warm steps whose page faults are counted, before the heap is kept
@@ -130,32 +131,37 @@ def check_fits(workload: Workload) -> None:
                              "fix the model so that one step runs") from exc
 
 
-def environment(workload: Workload) -> dict[str, Any]:
+def environment(workload: Workload) -> RecordedEnvironment:
     """The settings that decide conv speed but that a trace does not otherwise record, and the device's peaks
     (peak_flops in FLOP/s, peak_bandwidth in bytes/s, peaks_source: measured on a CPU, once per process and
     thread count; from the datasheet on a GPU) for the roofline of an offline `analyze`."""
     device = workload.device
-    return {
-        "torch_version": torch.__version__,
-        "model_file": workload.source,
-        "mode": workload.mode.value,
-        "batch_size": workload.batch_size,
-        "dtype": workload.dtype,
-        "device": str(device),
-        "device_name": device_name(device),
-        "allocator": allocator(),
-        "threads": torch.get_num_threads(),
-        "available_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "cudnn_benchmark": torch.backends.cudnn.benchmark,
-        "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
-        "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
-        "cudnn_deterministic": torch.backends.cudnn.deterministic,
-        "mkldnn_enabled": torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled,
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # the vector ISA ATen/oneDNN kernels use
+    peaks = recorded_peaks(device, workload.dtype)
+    return RecordedEnvironment(
+        torch_version=torch.__version__,
+        model_file=workload.source,
+        mode=workload.mode.value,
+        batch_size=workload.batch_size,
+        dtype=workload.dtype,
+        device=str(device),
+        device_name=device_name(device),
+        allocator=allocator(),
+        threads=torch.get_num_threads(),
+        available_cores=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        cudnn_benchmark=torch.backends.cudnn.benchmark,
+        cudnn_allow_tf32=torch.backends.cudnn.allow_tf32,
+        matmul_allow_tf32=torch.backends.cuda.matmul.allow_tf32,
+        cudnn_deterministic=torch.backends.cudnn.deterministic,
+        mkldnn_enabled=torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled,
+        cpu_capability=torch.backends.cpu.get_cpu_capability(),  # the vector ISA ATen/oneDNN kernels use
+        peak_flops=peaks.peak_flops_per_s,
+        peak_bandwidth=peaks.bandwidth_bytes_per_s,
+        peaks_source=peaks.source.value,
+        peaks_dtype=peaks.dtype,
+        peaks_description=peaks.description,
         **low_precision_environment(),  # native bfloat16/float16 on this CPU (CD119, CD121)
-        **environment_peaks(device, workload.dtype),
         **_ddp_environment(workload),
-    }
+    )
 
 
 def _ddp_environment(workload: Workload) -> dict[str, Any]:
@@ -248,9 +254,10 @@ def record(workload: Workload, logdir: Path, run_name: str, *, steps: int = 3, w
     scratch = Path(tempfile.mkdtemp(prefix=".capture-", dir=logdir))
     target = logdir / run_name
     try:
-        settings = environment(run)  # before the profiler starts: measuring peaks is no part of a step
-        settings.update(settled_allocator(step) if allocator_record is None else allocator_record)
-        settings[UNPROFILED_STEP_KEY] = unprofiled_step_us(step, run.device)
+        recorded_environment = replace(  # before the profiler starts: measuring peaks is no part of a step
+            environment(run), **(settled_allocator(step) if allocator_record is None else allocator_record),
+            unprofiled_step_us=unprofiled_step_us(step, run.device))
+        settings: dict[str, Any] = recorded_environment.to_metadata()
         if layout_probe:
             settings[LAYOUT_PROBE_KEY] = recordable(layout_probe, run.model)
         recorded = _metadata_json(settings)

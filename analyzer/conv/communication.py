@@ -4,7 +4,8 @@ Definitions (the report states them):
 - communication: the union of the intervals of collective work: ``gloo:*`` / ``nccl:*`` annotations that c10d
   records on its worker threads (CPU), or NCCL kernels (GPU);
 - compute: the union of the intervals of the other operators (CPU: operators on threads that run no collective,
-  without the ``c10d::*`` calls that only enqueue one; GPU: the other kernels);
+  without the ``c10d::*`` calls that only enqueue one; GPU: the other kernels, memcpy and memset left out, as
+  HTA counts them);
 - overlap: communication time during which compute also ran; exposed communication is the rest, the time a rank
   did nothing but communicate (or wait for a slower rank in a collective).
 """
@@ -15,12 +16,13 @@ import functools
 import re
 from dataclasses import dataclass
 
-from convdoctor.analyzer.trace.profile import EventKind, Profile
+from convdoctor.analyzer.trace.profile import EventKind, Op, Profile
 
 COLLECTIVE_ANNOTATION = re.compile(r"^(gloo|nccl|mpi|ucc):")
 ENQUEUE_OP = re.compile(r"^(c10d::|record_param_comms$)")
 NCCL_KERNEL = re.compile(r"nccl", re.IGNORECASE)
 ALLREDUCE = re.compile(r"all_?reduce", re.IGNORECASE)
+BACKWARD = re.compile(r"Backward|^autograd::engine")  # an autograd node (as layers.BACKWARD_OP)
 BUCKET_COPY_OP = re.compile(r"reducer::(copy_bucket_to_grad|mul_out)")  # DDP copying gradients out of buckets
 
 Interval = tuple[float, float]
@@ -28,7 +30,9 @@ DEFINITIONS = {
     "communication": "union of the collective intervals: gloo:*/nccl:* annotations on c10d's threads (CPU) or "
                      "NCCL kernels (GPU)",
     "compute": "union of the other operators (CPU: on threads that run no collective, without the c10d:: calls "
-               "that only enqueue one) or kernels (GPU)",
+               "that only enqueue one) or kernels (GPU; memcpy and memset are not compute)",
+    "bucket": "a gradient allreduce DDP enqueues from the backward (a c10d allreduce inside an autograd node); its "
+              "size is record_param_comms' 'In msg nelems' x its dtype, else its input's Input Dims (x 4 bytes)",
     "overlap": "communication time during which compute also ran; exposed communication is the rest",
     "work": "a rank's step less its exposed communication: its own compute, Python and data loading",
     "straggler": "the rank with the most work in every profiled step, by more than 5% of a step and 1 ms in each",
@@ -39,14 +43,16 @@ DEFINITIONS = {
 class CommStep:
     """One profiled step of one rank, in µs."""
 
-    number: int
+    number: int | None  # None: the whole trace, which marks no steps
     step_us: float
     comm_us: float
     overlap_us: float
     compute_us: float
-    allreduce_calls: int  # DDP issues one allreduce per gradient bucket
-    allreduce_elements: int  # gradient elements the allreduces carried
+    allreduce_calls: int  # DDP issues one allreduce per gradient bucket: the allreduces enqueued from the backward
+    allreduce_elements: int  # gradient elements those allreduces carried (0: the trace does not say)
     bucket_copy_us: float  # DDP copying gradients between buckets and .grad
+    allreduce_bytes: int = 0  # their bytes (elements x dtype size; 4 bytes an element where the dtype is unknown)
+    nccl_kernel_us: float = 0.0  # summed durations of the NCCL kernels that start in the step (device basis)
 
     @property
     def exposed_comm_us(self) -> float:
@@ -97,11 +103,15 @@ def _is_bucket_copy(name: str) -> bool:
 
 
 def communication(profile: Profile) -> CommView | None:
-    """The communication view of a rank's trace; None when the trace holds no collective or no steps."""
+    """The communication view of a rank's trace, per step (the whole traced span where it marks none); None when the
+    trace holds no collective."""
     cpu_op = EventKind.CPU_OP
+    nccl = []
     if any(map(_is_nccl_kernel, {k.name for k in profile.kernels})):  # each distinct name once
-        comm = [(k.ts_us, k.end_us) for k in profile.kernels if _is_nccl_kernel(k.name)]
-        compute = [(k.ts_us, k.end_us) for k in profile.kernels if not _is_nccl_kernel(k.name)]
+        nccl = [k for k in profile.kernels if _is_nccl_kernel(k.name)]
+        comm = [(k.ts_us, k.end_us) for k in nccl]
+        kernel = EventKind.KERNEL  # memcpy and memset are not compute (HTA's overlap counts kernels only)
+        compute = [(k.ts_us, k.end_us) for k in profile.kernels if k.kind is kernel and not _is_nccl_kernel(k.name)]
         basis = "device"
     else:
         annotation = EventKind.ANNOTATION
@@ -113,27 +123,58 @@ def communication(profile: Profile) -> CommView | None:
         compute = [(op.ts_us, op.end_us) for op in profile.ops if op.kind is cpu_op
                    and (op.pid, op.tid) not in comm_threads and not _is_enqueue_op(op.name)]
         basis = "host"
-    if not comm or not profile.steps:
+    spans = profile.step_spans  # without steps, the whole traced span is one step (as the GPU timeline's)
+    if not comm or not spans:
         return None
-    calls = [op for op in profile.ops if op.kind is cpu_op and op.name.startswith("c10d::")
-             and ALLREDUCE.search(op.name)]  # the enqueueing calls: one per bucket, whatever the backend
+    calls = _bucket_calls(profile)
+    sizes = {id(op): _message(op) for op in calls}
     comm_union, compute_union = _union(comm), _union(compute)
     overlap = _intersect(comm_union, compute_union)
     copies = _union([(op.ts_us, op.end_us) for op in profile.ops if _is_bucket_copy(op.name)])
     steps = []
-    for step in profile.steps:
-        span = [(step.ts_us, step.end_us)]
+    for number, start, end in spans:
+        span = [(start, end)]
+        in_step = [op for op in calls if start <= op.ts_us < end]
         steps.append(CommStep(
-            number=step.number,
-            step_us=step.dur_us,
+            number=number,
+            step_us=end - start,
             comm_us=_length(_intersect(comm_union, span)),
             overlap_us=_length(_intersect(overlap, span)),
             compute_us=_length(_intersect(compute_union, span)),
-            allreduce_calls=sum(1 for op in calls if step.ts_us <= op.ts_us < step.end_us),
-            allreduce_elements=sum(_elements(op.input_dims) for op in calls if step.ts_us <= op.ts_us < step.end_us),
+            allreduce_calls=len(in_step),
+            allreduce_elements=sum(sizes[id(op)][0] for op in in_step),
             bucket_copy_us=_length(_intersect(copies, span)),
+            allreduce_bytes=sum(sizes[id(op)][1] for op in in_step),
+            nccl_kernel_us=sum(k.dur_us for k in nccl if start <= k.ts_us < end),
         ))
     return CommView(steps=steps, time_basis=basis)
+
+
+DTYPE_BYTES = {"Float": 4, "Double": 8, "Half": 2, "BFloat16": 2, "Long": 8, "Int": 4, "Short": 2, "Char": 1,
+               "Byte": 1, "Bool": 1, "Float8_e4m3fn": 1, "Float8_e5m2": 1}
+TYPE_BYTES = {"float": 4, "double": 8, "c10::Half": 2, "c10::BFloat16": 2, "long int": 8, "int": 4}
+
+
+def _bucket_calls(profile: Profile) -> list[Op]:
+    """The c10d allreduce calls that carry DDP's gradient buckets, in trace order: those enqueued from the backward
+    (inside an autograd node), or every allreduce when none is (a trace whose backward is not recorded)."""
+    cpu_op = EventKind.CPU_OP
+    calls = [op for op in profile.ops if op.kind is cpu_op and op.name.startswith("c10d::")
+             and ALLREDUCE.search(op.name)]  # the enqueueing calls, whatever the backend
+    in_backward = [op for op in calls if any(BACKWARD.search(a.name) for a in op.ancestors())]
+    return in_backward or calls
+
+
+def _message(op: Op) -> tuple[int, int]:
+    """The elements and bytes an allreduce call carries: c10d's record_param_comms inside it says them (PyTorch
+    2.x); else its first input's Input Dims, at its Input type's size (4 bytes where the type is not given)."""
+    # record_param_comms runs inside the c10d call (or, in some versions, around it)
+    record = next((o for o in (op, *op.descendants(), *op.ancestors()) if o.message_elements is not None), None)
+    if record is not None:
+        return record.message_elements, record.message_elements * DTYPE_BYTES.get(record.message_dtype or "", 4)
+    elements = _elements(op.input_dims)
+    first_type = op.input_types[0] if op.input_types else ""
+    return elements, elements * TYPE_BYTES.get(first_type, 4)
 
 
 def _elements(input_dims: list) -> int:

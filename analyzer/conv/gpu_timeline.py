@@ -52,6 +52,7 @@ class GpuTimeline:
     kernel_count: int  # kernels (kind KERNEL) starting inside the steps, over all steps
     median_kernel_us: float  # median duration of those kernels
     stream_busy_us: Mapping[int | None, float]  # mean busy time per step of each stream of the device
+    kernel_us: float = 0.0  # mean per step: durations of the kernels (not memcpy/memset) starting in it, all devices
 
     @property
     def kernels_per_step(self) -> float:
@@ -66,6 +67,7 @@ def gpu_timeline(profile: Profile, device: int | None = None) -> GpuTimeline | N
     if not events:
         return None
     spans = _step_spans(profile)
+    kernel_us = _kernel_time(profile.kernels, spans)
     if device is None:
         devices = {k.device for k in events}
         if len(devices) == 1:  # one device (most traces): nothing to weigh, no event to leave out
@@ -107,16 +109,25 @@ def gpu_timeline(profile: Profile, device: int | None = None) -> GpuTimeline | N
         kernel_count=len(durations),
         median_kernel_us=statistics.median(durations) if durations else 0.0,
         stream_busy_us={stream: total / count for stream, total in sorted(stream_busy.items(), key=_stream_key)},
+        kernel_us=kernel_us / count,
     )
 
 
+def _kernel_time(events: list[Kernel], spans: list[tuple[int | None, float, float]]) -> float:
+    """The summed durations of the kernels (kind KERNEL, every device) that start inside one of the spans."""
+    compute = EventKind.KERNEL
+    starts = [k.ts_us for k in events]  # a Profile's kernels are sorted by start
+    total = 0.0
+    for _, start, end in sorted(spans, key=lambda span: span[1]):
+        first, last = bisect.bisect_left(starts, start), bisect.bisect_left(starts, end)
+        total += sum(k.dur_us for k in events[first:last] if k.kind is compute)
+    return total
+
+
 def _step_spans(profile: Profile) -> list[tuple[int | None, float, float]]:
-    """(step number, start, end) of each step; the whole traced span (host and device) when there are none."""
-    if profile.steps:
-        return [(s.number, s.ts_us, s.end_us) for s in profile.steps]
-    starts = [op.ts_us for op in profile.ops if op.parent is None] + [k.ts_us for k in profile.kernels]
-    ends = [op.end_us for op in profile.ops if op.parent is None] + [k.end_us for k in profile.kernels]
-    return [(None, min(starts), max(ends))]
+    """(step number, start, end) of each step; the whole traced span (host and device) when there are none: the
+    profile's own spans, which the summary's step time is the mean of."""
+    return profile.step_spans
 
 
 class _Window:

@@ -80,9 +80,10 @@ class StepComparison:
     """One step across ranks: who worked longest, and by how much more than the median of the others."""
 
     number: int
-    work_us: list[float]  # by rank
-    slowest_rank: int
+    work_us: list[float]  # by rank, in the job's rank order
+    slowest_rank: int  # the position of the slowest rank in that order
     excess_us: float
+    slowest_rank_id: int | None = None  # its rank as its trace says it (JobView.ranks[...].rank)
 
     @property
     def excess_fraction(self) -> float:
@@ -152,9 +153,10 @@ def job_view(analyses: Sequence[RankAnalysis]) -> JobView | None:
     if len(analyses) < 2 or any(v is None for v in views):
         return None
     comms: list[CommView] = [v for v in views if v is not None]
-    ranks = [_summary(rank, analysis, view) for rank, (analysis, view) in enumerate(zip(analyses, comms))]
-    steps = _compare_steps(comms)
-    straggler = _straggler(steps, comms)
+    ids = rank_ids([analysis.profile for analysis in analyses])
+    ranks = [_summary(rank, analysis, view) for rank, analysis, view in zip(ids, analyses, comms)]
+    steps = _compare_steps(comms, ids)
+    straggler = _straggler(steps, comms, ids)
     info = analyses[0].profile.metadata.get("distributedInfo")
     backend = str(info.get("backend", "unknown")) if isinstance(info, dict) else "unknown"
     layers = _layers(analyses)
@@ -165,6 +167,24 @@ def job_view(analyses: Sequence[RankAnalysis]) -> JobView | None:
     )
 
 
+def trace_rank(profile: Profile) -> int | None:
+    """The rank a trace says it is: Kineto's ``distributedInfo.rank``, else the one convdoctor recorded; None."""
+    info = profile.metadata.get("distributedInfo")
+    for value in (info.get("rank") if isinstance(info, dict) else None, profile.environment.rank):
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return value
+    return None
+
+
+def rank_ids(profiles: Sequence[Profile]) -> list[int]:
+    """Each trace's rank as its trace says it (``trace_rank``), when every trace says one and no two the same;
+    else their positions (0, 1, ...), the order the caller sorted them in."""
+    ranks = [trace_rank(profile) for profile in profiles]
+    if None in ranks or len(set(ranks)) != len(ranks):
+        return list(range(len(profiles)))
+    return [rank for rank in ranks if rank is not None]
+
+
 def _summary(rank: int, analysis: RankAnalysis, view: CommView) -> RankSummary:
     return RankSummary(
         rank=rank, trace=analysis.profile.trace_path, step_us=view.mean("step_us"), comm_us=view.mean("comm_us"),
@@ -173,7 +193,7 @@ def _summary(rank: int, analysis: RankAnalysis, view: CommView) -> RankSummary:
     )
 
 
-def _compare_steps(views: list[CommView]) -> list[StepComparison]:
+def _compare_steps(views: list[CommView], ids: list[int]) -> list[StepComparison]:
     by_rank = [{s.number: s for s in view.steps} for view in views]
     shared = sorted(set.intersection(*(set(steps) for steps in by_rank)))
     comparisons = []
@@ -181,11 +201,12 @@ def _compare_steps(views: list[CommView]) -> list[StepComparison]:
         work = [steps[number].work_us for steps in by_rank]
         slowest = max(range(len(work)), key=lambda r: work[r])
         others = [w for r, w in enumerate(work) if r != slowest]
-        comparisons.append(StepComparison(number, work, slowest, work[slowest] - statistics.median(others)))
+        comparisons.append(StepComparison(number, work, slowest, work[slowest] - statistics.median(others),
+                                          ids[slowest]))
     return comparisons
 
 
-def _straggler(steps: list[StepComparison], views: list[CommView]) -> Straggler | None:
+def _straggler(steps: list[StepComparison], views: list[CommView], ids: list[int]) -> Straggler | None:
     if not steps or len({s.slowest_rank for s in steps}) != 1:
         return None
     rank = steps[0].slowest_rank
@@ -198,7 +219,7 @@ def _straggler(steps: list[StepComparison], views: list[CommView]) -> Straggler 
     excess = statistics.mean(s.excess_us for s in steps)
     low = min(s.excess_us for s in steps)
     return Straggler(
-        rank=rank, steps=len(steps), excess_us=excess, excess_low_us=low,
+        rank=ids[rank], steps=len(steps), excess_us=excess, excess_low_us=low,
         excess_high_us=max(s.excess_us for s in steps),
         excess_fraction=statistics.mean(s.excess_fraction for s in steps),
         extra_compute_us=max(0.0, extra_compute), extra_untraced_us=max(0.0, excess - max(0.0, extra_compute)),

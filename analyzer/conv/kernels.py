@@ -218,3 +218,26 @@ def _neighbour_runs(
                 else:
                     runs[current.name].append(kernel)
     return runs
+
+
+@dataclass(frozen=True)
+class KernelTotals:
+    """Conv kernel time per step of all layers by pass and algorithm family, and the share on tensor cores."""
+
+    tensor_core_share: float | None  # None when no kernel name says either way
+    by_family_us: list[tuple[str, str, float]]  # (pass, family, time per step), largest first
+
+
+def kernel_totals(kernels: dict[str, LayerKernels]) -> KernelTotals | None:
+    """The layers' kernels summed (GPU traces only; None without device kernels)."""
+    if not kernels:
+        return None
+    by_family: dict[tuple[str, str], float] = {}
+    for layer in kernels.values():
+        for key, share in layer.algorithms.items():
+            by_family[key] = by_family.get(key, 0.0) + share.us_per_step
+    known = sum(k.tensor_core_us + k.simt_us for k in kernels.values())
+    return KernelTotals(
+        tensor_core_share=sum(k.tensor_core_us for k in kernels.values()) / known if known else None,
+        by_family_us=[(p, f, us) for (p, f), us in sorted(by_family.items(), key=lambda item: -item[1])],
+    )

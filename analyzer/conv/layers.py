@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import enum
 import functools
 import json
@@ -16,11 +17,11 @@ from convdoctor.analyzer.conv.communication import CommView, communication
 from convdoctor.analyzer.conv.gpu_timeline import GpuTimeline, gpu_timeline
 from convdoctor.analyzer.conv.job_view import JobView
 from convdoctor.analyzer.trace.profile import (
-    UNPROFILED_STEP_KEY,
     EventKind,
     Kernel,
     Op,
     Profile,
+    Step,
 )
 
 CONV_OP = re.compile(
@@ -32,6 +33,7 @@ DISPATCH_CONV_OPS = frozenset({"aten::conv1d", "aten::conv2d", "aten::conv3d", "
                                "aten::conv_transpose2d", "aten::conv_transpose3d", "aten::convolution",
                                "aten::_convolution", "aten::_convolution_mode"})
 CONV_BACKWARD_NODE = re.compile(r"^(?!autograd::)\w*Conv\w*Backward\w*$")
+CONV_BACKWARD_OP = re.compile(r"conv\w*_backward", re.IGNORECASE)  # the aten operator inside a conv backward node
 BACKWARD_OP = re.compile(r"Backward|^autograd::engine")
 CONV_MODULE_CLASS = re.compile(r"Conv(Transpose)?[123]d")
 REORDER_OPS = frozenset({"aten::to_mkldnn", "aten::to_dense", "aten::mkldnn_reorder_conv2d_weight",
@@ -190,12 +192,18 @@ class ConvAnalysis:
 
     @property
     def conversion_time_us(self) -> float:
+        """Layout conversions charged to the layers, per step."""
         return sum(layer.conversion_us for layer in self.layers) / self.profile.step_count
+
+    @property
+    def other_time_us(self) -> float:
+        """Step time outside the conv layers, per step (not below zero: device time can outlast the host's step)."""
+        return max(self.step_time_us - self.conv_time_us, 0.0)
 
     @property
     def mode(self) -> str:
         """``train`` or ``eval``: as recorded at capture time, else from backward work in the trace."""
-        recorded = self.profile.environment.get("mode")
+        recorded = self.profile.environment.mode
         if recorded in ("train", "eval"):
             return recorded
         if any(layer.backward_us > 0 for layer in self.layers):
@@ -211,7 +219,7 @@ class ConvAnalysis:
     @property
     def unprofiled_step_us(self) -> float | None:
         """The step timed without the profiler at capture (convdoctor's host-timed traces), else None."""
-        recorded = self.profile.environment.get(UNPROFILED_STEP_KEY)  # only finite numbers are kept there
+        recorded = self.profile.environment.unprofiled_step_us  # finite, or None
         number = isinstance(recorded, (int, float)) and not isinstance(recorded, bool)
         if self.time_basis is not TimeBasis.HOST or not number or recorded <= 0:
             return None
@@ -257,12 +265,19 @@ def conv_output_shape(
 
 
 def analyze_convs(profile: Profile) -> ConvAnalysis:
-    """Attribute every convolution call in the profile to a layer and compute its metrics."""
+    """Attribute every convolution call in the profile to a layer and compute its metrics.
+
+    A layer's time is its forward and backward device work (or host time on a CPU trace) plus the layout conversions
+    charged to it; cuDNN's NCHW<->NHWC transpose kernels inside a conv call are conversions, counted once, not also
+    in the forward or backward time.
+    """
     basis = TimeBasis.DEVICE if profile.has_device_events else TimeBasis.HOST
     calls, backward_nodes, conversion_ops = _conv_events(profile)
+    notes: list[str] = _trace_notes(profile)
+    if not profile.steps and calls:
+        notes.append(_infer_iterations(profile, calls))
     layer_of_call: dict[int, ConvLayer] = {}
     layers: dict[str, ConvLayer] = {}
-    notes: list[str] = []
     for op, name in _name_calls(profile, calls):
         layer = layers.get(name) or layers.setdefault(name, _new_layer(name, op))
         layer.calls += 1
@@ -275,11 +290,26 @@ def analyze_convs(profile: Profile) -> ConvAnalysis:
                 layer.implementations.append(event.name)
         layer_of_call[id(op)] = layer
     forward_by_sequence = {op.sequence_number: op for op in calls if op.sequence_number is not None}
+    unnumbered: list[Op] = []  # backward nodes without a sequence number (traces of PyTorch 1.8 and before)
+    matched: set[int] = set()
+    pairs: list[tuple[Op, Op]] = []
     for node in backward_nodes:
-        forward = forward_by_sequence.get(node.sequence_number)
-        layer = layer_of_call.get(id(forward)) if forward is not None else None
-        if layer is None:
+        if node.sequence_number is None:
+            unnumbered.append(node)
             continue
+        forward = forward_by_sequence.get(node.sequence_number)
+        if forward is not None and id(forward) in layer_of_call:
+            pairs.append((node, forward))
+            matched.add(id(forward))
+    if unnumbered:
+        by_shape = _match_backward(profile, unnumbered, [c for c in calls if id(c) not in matched])
+        pairs += by_shape
+        left = len(unnumbered) - len(by_shape)
+        notes.append(f"{len(unnumbered)} conv backward node(s) carry no 'Sequence number' (PyTorch 1.8 and before): "
+                     f"{len(by_shape)} matched to their forward calls by shapes, in reverse order"
+                     + (f"; {left} not matched, their time is in no layer" if left else ""))
+    for node, forward in pairs:
+        layer = layer_of_call[id(forward)]
         time_us, kernels, events = _call_work(node, basis)
         layer.backward_us += time_us
         layer.kernels.extend(kernels)
@@ -293,15 +323,18 @@ def analyze_convs(profile: Profile) -> ConvAnalysis:
     for layer in layers.values():
         layer.calls_per_step = layer.calls / steps
         layer.time_per_step_us = (layer.forward_us + layer.backward_us + layer.conversion_us) / steps
-    missing = [layer.name for layer in layers.values() if layer.flops is None]
-    if missing:
-        notes.append(f"FLOPs and intensity unknown for {len(missing)} layer(s): the trace lacks stride/padding "
-                     "(no 'Concrete Inputs', recorded before PyTorch 1.13 or without record_shapes)")
+    notes += _shape_notes(calls, layers)
     if calls and not profile.has_module_scopes:
         notes.append("the trace has no convdoctor module scopes: layers are named by their order in the step")
     ordered = sorted(layers.values(), key=lambda layer: layer.time_per_step_us, reverse=True)
-    return ConvAnalysis(profile=profile, layers=ordered, time_basis=basis,
-                        step_time_us=profile.step_time_us, notes=notes, calls=calls, backward_nodes=backward_nodes)
+    analysis = ConvAnalysis(profile=profile, layers=ordered, time_basis=basis,
+                            step_time_us=profile.step_time_us, notes=notes, calls=calls, backward_nodes=backward_nodes)
+    view = analysis.communication
+    steps = view.steps if view is not None else []
+    if any(s.allreduce_calls for s in steps) and not any(s.allreduce_bytes for s in steps):
+        notes.append("DDP's gradient bucket sizes unknown: the trace's allreduce calls record no sizes (no "
+                     "record_param_comms 'In msg nelems', empty 'Input Dims')")
+    return analysis
 
 
 def _conv_events(profile: Profile) -> tuple[list[Op], list[Op], list[Op]]:
@@ -449,22 +482,23 @@ def _call_work(op: Op, basis: TimeBasis) -> tuple[float, list[Kernel], list[Op]]
     """A conv call's time (its device time, or its host duration on a CPU trace), the device events of it and of
     the events nested in it, and those events (it first, then ``descendants()``'s order).
 
-    One walk for the three instead of one each (analyze_convs 0.27 -> 0.23 s at 10x). The device time is summed as
-    ``Op.device_time_us`` sums it, its own kernels' and then each nested event's in turn: the same float.
+    One walk for the three instead of one each (analyze_convs 0.27 -> 0.23 s at 10x). The device time leaves out
+    cuDNN's NCHW<->NHWC transpose kernels: ``_charge_conversions`` charges them to the layer as conversions.
     """
     events = [op]
     kernels = list(op.kernels)
-    nested = 0
     stack = op.children[::-1]
     while stack:
         event = stack.pop()
         events.append(event)
         if event.kernels:
             kernels.extend(event.kernels)
-            nested += sum(k.dur_us for k in event.kernels)
         if event.children:
             stack.extend(reversed(event.children))
-    time_us = sum(k.dur_us for k in op.kernels) + nested if basis is TimeBasis.DEVICE else op.dur_us
+    if basis is TimeBasis.DEVICE:  # the transpose kernels are the layer's conversions: charged there, not here
+        time_us = sum(k.dur_us for k in kernels if not is_transpose_kernel(k.name))
+    else:
+        time_us = op.dur_us
     return time_us, kernels, events
 
 
@@ -530,3 +564,131 @@ def _neighbour(
     following = next((c for c in same_step if c.ts_us >= op.end_us), None)
     chosen = following or next((c for c in reversed(same_step) if c.end_us <= op.ts_us), None)
     return layer_of_call.get(id(chosen)) if chosen is not None else None
+
+
+def _trace_notes(profile: Profile) -> list[str]:
+    """What the trace lacks for the whole analysis: PyTorch operators, kernel records, steps."""
+    notes = []
+    if profile.cpu_op_count == 0:
+        notes.append("the trace holds no PyTorch operator events (cpu_op): it is not a PyTorch profiler trace, or "
+                     "the profiler recorded no operators; there are no conv layers, steps or operators to read")
+    unread = {category: count for category, count in profile.unknown_categories.items() if count}
+    if unread:
+        listed = ", ".join(f"{category} ({count})" for category, count in sorted(unread.items(), key=lambda i: -i[1]))
+        notes.append(f"the trace holds events of categories convdoctor does not read: {listed}; their time is in no "
+                     "figure of this report")
+    if not profile.kernels and profile.kernel_launches:
+        notes.append(f"the trace records {profile.kernel_launches} CUDA kernel launches but no kernel records "
+                     "(CUPTI range profiling, or CUDA activities not traced): GPU time, GPU idle and conv kernels "
+                     "are unknown; times are the host operators' durations, not GPU time")
+    return notes
+
+
+def _shape_notes(calls: list[Op], layers: dict[str, ConvLayer]) -> list[str]:
+    """What the conv calls' arguments do not tell: shapes (hence FLOPs, bytes), dtype, layout."""
+    if not calls:
+        return []
+    if not any(_tensor_shape(op.input_dims, 1) for op in calls):
+        return ["the trace has no conv input shapes (recorded without record_shapes=True): conv shapes, FLOPs, "
+                "bytes, intensity and memory formats are unknown"]
+    notes = []
+    missing = [layer.name for layer in layers.values() if layer.flops is None]
+    if missing:
+        notes.append(f"FLOPs and intensity unknown for {len(missing)} layer(s): the trace lacks stride/padding "
+                     "(no 'Concrete Inputs', recorded before PyTorch 1.13 or without record_shapes) and no "
+                     "backward gives their output shape")
+    if all(layer.memory_format is MemoryFormat.UNKNOWN for layer in layers.values()):
+        notes.append("memory formats unknown: the trace has no 'Input Strides' (recorded before PyTorch 2.0)")
+    if all(layer.dtype == "unknown" for layer in layers.values()):
+        notes.append("conv dtypes unknown: the trace's 'Input type' lists are empty (an old PyTorch); bytes assume "
+                     "4-byte elements")
+    return notes
+
+
+def _infer_iterations(profile: Profile, calls: list[Op]) -> str:
+    """Find the iterations of a trace that marks no ``ProfilerStep``: the smallest period over which its sequence of
+    conv calls repeats (each call's op, input and weight shapes, and the names of the operators run since the call
+    before it; but for the second iteration's first call, whose operators before it are the first iteration's
+    tail and the trace's start, not two tails). When there is one, of at least two iterations, the profile's
+    steps become those iterations (each from its first conv call's start to the next one's; the last to the trace's
+    end). Returns the note that says what was done."""
+    signatures, gaps = _call_signatures(profile, calls)
+    count = len(calls)
+    period = next((p for p in range(1, count // 2 + 1) if count % p == 0
+                   and all(signatures[i] == signatures[i - p] and (i == p or gaps[i] == gaps[i - p])
+                           for i in range(p, count))), None)
+    if period is None:
+        return (f"the trace marks no ProfilerStep and its {count} conv calls do not repeat: the whole traced span is "
+                "one step, and each conv call is its own layer")
+    span = profile.traced_span
+    end = span[1] if span is not None else calls[-1].end_us
+    starts = [calls[i].ts_us for i in range(0, count, period)]
+    ends = starts[1:] + [end]
+    profile.steps = [Step(number=n, ts_us=start, dur_us=stop - start, inferred=True)
+                     for n, (start, stop) in enumerate(zip(starts, ends))]
+    profile.__dict__.pop("_step_index", None)  # step_of reads the new steps
+    return (f"the trace marks no ProfilerStep: its {count} conv calls repeat every {period}, read as "
+            f"{len(starts)} iterations (a step runs from an iteration's first conv call to the next one's, the last "
+            "to the trace's end)")
+
+
+def _call_signatures(profile: Profile, calls: list[Op]) -> tuple[list[Any], list[tuple[str, ...]]]:
+    """Per conv call: its op with its input and weight shapes; and the names of the outermost CPU operators its
+    thread ran between the conv call before it on that thread and it."""
+    outermost: dict[tuple[str, str], list[Op]] = defaultdict(list)
+    for op in profile.outermost_cpu_ops:
+        outermost[(op.pid, op.tid)].append(op)
+    starts = {thread: [op.ts_us for op in ops] for thread, ops in outermost.items()}
+    previous_end: dict[tuple[str, str], float] = {}
+    signatures, gaps = [], []
+    for op in calls:
+        thread = (op.pid, op.tid)
+        signatures.append((op.name, tuple(map(tuple, op.input_dims[:2])) if op.input_dims else ()))
+        ops, times = outermost.get(thread, []), starts.get(thread, [])
+        first = bisect.bisect_left(times, previous_end.get(thread, -math.inf))
+        last = bisect.bisect_left(times, op.ts_us)
+        gaps.append(tuple(o.name for o in ops[first:last]))
+        previous_end[thread] = op.end_us
+    return signatures, gaps
+
+
+def _match_backward(profile: Profile, nodes: list[Op], calls: list[Op]) -> list[tuple[Op, Op]]:
+    """Pair conv backward nodes that carry no sequence number with forward calls: each node, in time order, with
+    the latest forward call before it in the same step that is not paired yet and has its input and weight shapes
+    (any such call, where the trace has no shapes). The backward runs the layers in reverse order, so the latest
+    unpaired forward of those shapes is the node's."""
+    step_of_call = [profile.step_of(c.ts_us) for c in calls]
+    forward_shapes = [_forward_shapes(c) for c in calls]
+    open_calls = list(range(len(calls)))  # indices of unpaired calls, in time order
+    pairs = []
+    for node in sorted(nodes, key=lambda n: n.ts_us):
+        step = profile.step_of(node.ts_us)
+        shapes = _backward_shapes(node)
+        for position in range(len(open_calls) - 1, -1, -1):
+            index = open_calls[position]
+            call = calls[index]
+            if call.ts_us > node.ts_us or step_of_call[index] is not step:
+                continue
+            if shapes is None or (forward_shapes[index][1] == shapes[1] and forward_shapes[index][0] in shapes[0]):
+                pairs.append((node, call))
+                del open_calls[position]
+                break
+    return pairs
+
+
+def _backward_shapes(node: Op) -> tuple[list[list[int]], list[int]] | None:
+    """The shapes a conv backward's aten operator was called with: (its first two tensors, one of which is the
+    forward's input and the other grad_output, in an order that differs between backends; the weight); None
+    where the trace has no shapes."""
+    inner = next((o for o in node.descendants() if CONV_BACKWARD_OP.search(o.name)), node)
+    dims = inner.input_dims
+    weight = _tensor_shape(dims, 2)
+    if not weight:
+        return None
+    return [_tensor_shape(dims, 0), _tensor_shape(dims, 1)], weight
+
+
+def _forward_shapes(call: Op) -> tuple[list[int], list[int]]:
+    """A conv call's input and weight shapes."""
+    args = _conv_args(call)
+    return args["input_shape"], args["weight_shape"]

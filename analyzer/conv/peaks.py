@@ -7,7 +7,9 @@ import enum
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
+
+from convdoctor.analyzer.trace.environment import RecordedEnvironment
 
 TERA, GIGA = 1e12, 1e9
 
@@ -144,11 +146,9 @@ def datasheet_peaks(name: str, dtype: str, allow_tf32: bool | None = None) -> Pe
 
 # ------------------------------------------------------------------------------------------------ traces
 
-PEAK_FLOPS_KEY, PEAK_BANDWIDTH_KEY, PEAKS_SOURCE_KEY = "peak_flops", "peak_bandwidth", "peaks_source"
-PEAKS_DTYPE_KEY, PEAKS_DESCRIPTION_KEY = "peaks_dtype", "peaks_description"
 
 
-def trace_peaks(environment: Mapping[str, Any], device_properties: list[dict[str, Any]], on_gpu: bool,
+def trace_peaks(environment: RecordedEnvironment, device_properties: list[dict[str, Any]], on_gpu: bool,
                 dtype: str) -> Peaks:
     """The roofs for ``dtype`` convolutions of a trace, from what it records.
 
@@ -157,22 +157,21 @@ def trace_peaks(environment: Mapping[str, Any], device_properties: list[dict[str
     trace captured elsewhere has none (this machine's peaks would say nothing about that one's).
     """
     if on_gpu:
-        recorded = environment.get("device_name") if str(environment.get("device", "cuda")).startswith("cuda") else None
+        recorded = environment.device_name if (environment.device or "cuda").startswith("cuda") else None
         named = [p.get("name") for p in device_properties if isinstance(p, dict)]
         name = next((n for n in (recorded, *named) if isinstance(n, str) and n.strip()), None)
         if name is None:
             return unknown_peaks("the trace names no GPU", dtype)
-        allow = environment.get("cudnn_allow_tf32")
-        return datasheet_peaks(name, dtype, allow if isinstance(allow, bool) else None)
-    flops, bandwidth = environment.get(PEAK_FLOPS_KEY), environment.get(PEAK_BANDWIDTH_KEY)
-    if environment.get(PEAKS_SOURCE_KEY) != PeaksSource.MEASURED.value or not (_rate(flops) and _rate(bandwidth)):
+        return datasheet_peaks(name, dtype, environment.cudnn_allow_tf32)
+    flops, bandwidth = environment.peak_flops, environment.peak_bandwidth
+    if environment.peaks_source != PeaksSource.MEASURED.value or not (_rate(flops) and _rate(bandwidth)):
         return unknown_peaks("the trace records no CPU peaks (it was not captured by `convdoctor profile`, or by an "
                              "older version)", dtype)
-    recorded_dtype = str(environment.get(PEAKS_DTYPE_KEY) or "float32")
+    recorded_dtype = environment.peaks_dtype or "float32"
     if recorded_dtype != dtype:
         return unknown_peaks(f"the CPU peaks were measured in {recorded_dtype}, the convolutions run in {dtype}",
                              dtype)
-    description = str(environment.get(PEAKS_DESCRIPTION_KEY) or "measured at capture")
+    description = environment.peaks_description or "measured at capture"
     return Peaks(float(flops), float(bandwidth), PeaksSource.MEASURED, description, dtype)
 
 

@@ -12,7 +12,7 @@ from convdoctor.analyzer.measure.benchmark import BenchmarkSettings, measure_thr
 from convdoctor.analyzer.measure.results import (
     MIN_EFFECT,
     BatchSweep,
-    ThroughputMeasurement,
+    ThroughputPoint,
     Verdict,
 )
 
@@ -37,7 +37,7 @@ def sweep_batch_sizes(
     if not baseline_batch:
         raise ValueError("the workload's inputs have no batch dimension")
     started = time.perf_counter()
-    points: list[ThroughputMeasurement] = []
+    points: list[ThroughputPoint] = []
     misses = 0
     for factor in sorted(factors):
         batch = baseline_batch * factor
@@ -65,7 +65,7 @@ def sweep_batch_sizes(
     return BatchSweep(baseline_batch, points, f"the largest batch asked for (×{max(factors)}) was reached")
 
 
-def _best_batch(points: list[ThroughputMeasurement], baseline_batch: int) -> int:
+def _best_batch(points: list[ThroughputPoint], baseline_batch: int) -> int:
     """The batch of BatchSweep.best over ``points``, or the baseline batch when none was measurably faster."""
     best = BatchSweep(baseline_batch, points, "").best
     return best.batch_size if best is not None else baseline_batch

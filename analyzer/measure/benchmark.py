@@ -39,7 +39,7 @@ from convdoctor.analyzer.measure.results import (
     Measurement,
     Numerics,
     SpeedupEstimate,
-    ThroughputMeasurement,
+    ThroughputPoint,
     Verdict,
 )
 from convdoctor.analyzer.measure.step_memory import PEAK_TENSOR_MEMORY, step_peak_bytes
@@ -264,7 +264,7 @@ def measure_throughput(
     candidate: Workload,
     settings: BenchmarkSettings = BenchmarkSettings(),
     progress: Callable[[int, int], None] | None = None,
-) -> ThroughputMeasurement:
+) -> ThroughputPoint:
     """Time one step of each workload in interleaved rounds, as ``measure`` does, and compare time per sample.
 
     The two may run different batch sizes: each round's step time is divided by its workload's batch size, so the
@@ -276,18 +276,19 @@ def measure_throughput(
         raise ValueError("a throughput comparison needs inputs with a batch dimension in both workloads")
     rounds = _interleaved_rounds(baseline, candidate, settings, progress)
     per_sample = [[t / batch for t in times] for times, batch in zip(rounds.times_s, batches)]
-    return ThroughputMeasurement(
-        baseline_batch=batches[0],
-        batch_size=batches[1],
+    measurement = Measurement(
         estimate=estimate_speedup(*per_sample, blocks=rounds.blocks),
+        numerics=None,
         rounds=len(per_sample[0]),
         warmup_steps=rounds.warmup_steps,
+        first_step_s=None,
         threads=torch.get_num_threads(),
         device=str(baseline.device),
         timer=_timer(baseline.device),
         other_cores_busy=rounds.other_cores_busy,
         blocks=len(rounds.blocks),
     )
+    return ThroughputPoint(baseline_batch=batches[0], batch_size=batches[1], measurement=measurement)
 
 
 @dataclass(frozen=True)

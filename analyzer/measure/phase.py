@@ -77,8 +77,9 @@ def measure_findings(
                 finding, not_measured=f"the measuring time budget ({options.time_budget_s:g} s) ran out before "
                                       "this candidate; raise --time-budget to measure it")
         elif finding.candidate.process_environment is not None:
-            outcomes[index] = _try_candidate(ProcessTrial(workload, options.benchmark, progress), None, finding, options,
-                                             progress, _candidate_limit(options, spent))
+            process_trial = ProcessTrial(workload, options.benchmark, progress)
+            outcomes[index] = _try_candidate(process_trial, None, finding, options, progress,
+                                             _candidate_limit(options, spent))
         else:
             first_with[id(finding.candidate.transform)] = index
             if spread:
@@ -169,11 +170,13 @@ def _outcome(finding: Proposal, result: Measurement, delta: ArchitectureDelta | 
         return FindingOutcome(finding, measurement=result, architecture=delta)
     candidate = finding.candidate
     ok = result.numerics.within(candidate.tolerance)
-    layers = [_try_layer(workload, layer, options, progress) for layer in candidate.layer_trials] if workload else []
+    layers = ([_try_layer(workload, layer, candidate.tolerance, options, progress) for layer in candidate.layer_trials]
+              if workload else [])
     return FindingOutcome(finding, measurement=result, numerics_ok=ok, layer_measurements=layers)
 
 
-def _try_layer(workload: Workload, trial: LayerTrial, options: MeasuringOptions, progress: Progress) -> LayerMeasurement:
+def _try_layer(workload: Workload, trial: LayerTrial, tolerance: float, options: MeasuringOptions,
+               progress: Progress) -> LayerMeasurement:
     """The trial's layer alone on random inputs of its recorded shape, before and after the trial's transform."""
     progress.stage(f"measuring layer {trial.layer} alone: input {list(trial.input_shape)}")
     try:
@@ -186,7 +189,7 @@ def _try_layer(workload: Workload, trial: LayerTrial, options: MeasuringOptions,
     except Exception as exc:  # the layer alone may fail where the model did not; the run goes on
         return LayerMeasurement(trial.layer, trial.input_shape, None,
                                 not_measured=f"the layer trial failed: {describe_exception(exc)}")
-    return LayerMeasurement(trial.layer, trial.input_shape, result)
+    return LayerMeasurement(trial.layer, trial.input_shape, result, numerics_ok=result.numerics.within(tolerance))
 
 
 def _try_larger_batches(

@@ -144,10 +144,11 @@ class Measurement:
     """The measured result of one candidate against the baseline."""
 
     estimate: SpeedupEstimate
-    numerics: Numerics
+    numerics: Numerics | None  # None where outputs are not compared (a throughput point: other batch shapes)
     rounds: int
     warmup_steps: tuple[int, int]  # (baseline, candidate): steps run before timing, every block's together
-    first_step_s: tuple[float, float]  # (baseline, candidate): the very first call, compilation and lazy init included
+    first_step_s: tuple[float, float] | None  # (baseline, candidate): the very first call, compilation and lazy init
+    # included; None where not timed (a throughput point)
     threads: int
     device: str
     timer: str
@@ -159,29 +160,29 @@ class Measurement:
     peak_memory: str | None = None  # what peak_bytes measures (step_memory.PEAK_TENSOR_MEMORY, or a process's RSS)
 
     @property
+    def saving(self) -> float:
+        """The fraction of step time the candidate saves: 1 - candidate/baseline."""
+        return 1.0 - 1.0 / self.estimate.speedup
+
+    @property
     def machine_was_busy(self) -> bool:
         """Other work competed for the cores: the interval holds for this run but may not repeat."""
         return self.other_cores_busy is not None and self.other_cores_busy > BUSY_CORES
 
 
 @dataclass(frozen=True)
-class ThroughputMeasurement:
-    """Samples per second of the workload at another batch size against its own batch, measured interleaved.
-
-    ``estimate`` compares per-sample times: its speedup is the throughput ratio candidate / baseline, and its
-    ``baseline_ms``/``candidate_ms`` are milliseconds per sample.
-    """
+class ThroughputPoint:
+    """Samples per second of the workload at another batch size against its own batch, measured interleaved:
+    a Measurement of per-sample times (its speedup is the throughput ratio candidate / baseline, its
+    ``baseline_ms``/``candidate_ms`` are milliseconds per sample; outputs of other shapes are not compared)."""
 
     baseline_batch: int
     batch_size: int
-    estimate: SpeedupEstimate
-    rounds: int
-    warmup_steps: tuple[int, int]
-    threads: int
-    device: str
-    timer: str
-    other_cores_busy: float | None = None
-    blocks: int = 1
+    measurement: Measurement
+
+    @property
+    def estimate(self) -> SpeedupEstimate:
+        return self.measurement.estimate
 
     @property
     def baseline_samples_per_s(self) -> float:
@@ -191,21 +192,17 @@ class ThroughputMeasurement:
     def samples_per_s(self) -> float:
         return 1e3 / self.estimate.candidate_ms
 
-    @property
-    def machine_was_busy(self) -> bool:
-        return self.other_cores_busy is not None and self.other_cores_busy > BUSY_CORES
-
 
 @dataclass(frozen=True)
 class BatchSweep:
     """The measured throughput of each batch size tried, the best one, and why the sweep stopped."""
 
     baseline_batch: int
-    points: list[ThroughputMeasurement]  # in the order tried, growing batch sizes
+    points: list[ThroughputPoint]  # in the order tried, growing batch sizes
     stopped: str  # why no larger batch was tried
 
     @property
-    def best(self) -> ThroughputMeasurement | None:
+    def best(self) -> ThroughputPoint | None:
         """The batch with the highest measured throughput among those measurably faster than the baseline."""
         faster = [p for p in self.points if p.estimate.verdict is Verdict.FASTER]
         return max(faster, key=lambda p: p.estimate.speedup, default=None)
@@ -243,6 +240,7 @@ class LayerMeasurement:
     input_shape: tuple[int, ...]
     measurement: Measurement | None
     not_measured: str | None = None  # why not (the layer trial failed)
+    numerics_ok: bool | None = None  # the layer's outputs within the candidate's tolerance
 
 
 @dataclass

@@ -58,6 +58,9 @@ class Args(msgspec.Struct, frozen=True, gc=False):
     input_types: tuple[str, ...] = msgspec.field(name="Input type", default=None)
     input_strides: Shapes = msgspec.field(name="Input Strides", default=None)
     concrete_inputs: tuple[str, ...] = msgspec.field(name="Concrete Inputs", default=None)
+    collective: str = msgspec.field(name="Collective name", default=None)
+    message_elements: Count = msgspec.field(name="In msg nelems", default=None)
+    message_dtype: str = msgspec.field(name="dtype", default=None)
     device: int = None
     stream: int = None
     grid: Dim3 = None
@@ -121,6 +124,11 @@ def split_trace(text: str | bytes) -> tuple[list[msgspec.Struct], dict[str, msgs
     with ``ListShapes`` (the trace holds a shape plain sizes do not take). NotPlain when the typed decoding does
     not take the trace (including JSON that is not a Kineto trace: the tolerant reading says what is wrong)."""
     try:
+        if _is_array(text):  # the Chrome trace format's other form: the events' array alone, nothing around it
+            decoded = _decoded_events(text, {})
+            if not decoded[0]:  # no event: the tolerant reading says it is not a trace
+                raise NotPlain("an empty array")
+            return decoded
         cut = _cut_events(text) if isinstance(text, bytes) else None
         if cut is not None:
             top, raw_events = cut
@@ -135,6 +143,12 @@ def split_trace(text: str | bytes) -> tuple[list[msgspec.Struct], dict[str, msgs
         return _decoded_events(raw_events, top)
     except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
         raise NotPlain(str(exc)) from exc
+
+
+def _is_array(text: str | bytes) -> bool:
+    """The text is a JSON array (its first character other than white space is ``[``)."""
+    head = text[:64].lstrip(JSON_SPACE if isinstance(text, bytes) else JSON_SPACE.decode())
+    return head[:1] in (b"[", "[")
 
 
 def _decoded_events(raw_events: Any, top: dict[str, msgspec.Raw]
@@ -273,7 +287,9 @@ class EventTyping:
             add_op(Op(name, kind, pid, tid, ts, dur, external_id, args.correlation, args.sequence_number,
                       [] if dims is None else dims, [] if types is None else types,
                       [] if strides is None else strides, [] if concrete is None else concrete,
-                      None, [], [], parse_scope_name(name) if scoped else None))
+                      None, [], [], parse_scope_name(name) if scoped else None,
+                      collective=args.collective, message_elements=args.message_elements,
+                      message_dtype=args.message_dtype))
 
 
 def _interned(strings: tuple[str, ...], known: dict[tuple[str, ...], tuple[str, ...]]) -> tuple[str, ...]:

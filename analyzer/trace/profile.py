@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import bisect
 import enum
+import functools
 import itertools
-import math
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Iterator
 
 import msgspec
 
+from convdoctor.analyzer.trace.environment import RecordedEnvironment
 from convdoctor.analyzer.trace.module_scope import ModuleScope
 
 
@@ -33,7 +34,6 @@ class EventKind(str, enum.Enum):
 
 
 METADATA_KEY = "convdoctor"  # top-level key of the trace JSON where capture records its environment
-UNPROFILED_STEP_KEY = "unprofiled_step_us"  # in it: the median step time without the profiler, µs
 
 
 # Events that may open a module scope (module_scope.parse_scope_name): convdoctor's annotations, PyTorch's
@@ -69,6 +69,11 @@ class Op(msgspec.Struct, eq=False):
     scope: ModuleScope | None = None  # set on module-scope annotations themselves
     module: ModuleScope | None = None  # the innermost module scope this event runs in
     module_call: Op | None = None  # the annotation of that module call
+    # A collective's size as c10d's ``record_param_comms`` records it (PyTorch 2.x; None elsewhere): its name
+    # ("allreduce", "broadcast"...), the elements of its input, and their dtype as c10d spells it ("Float"...).
+    collective: str | None = None
+    message_elements: int | None = None
+    message_dtype: str | None = None
 
     def __repr__(self) -> str:
         return _repr(self, OP_LINKS)
@@ -156,11 +161,13 @@ def _repr(event: Op | Kernel, links: frozenset[str]) -> str:
 
 @dataclass(frozen=True)
 class Step:
-    """One profiled iteration (a ``ProfilerStep#N`` annotation)."""
+    """One profiled iteration: a ``ProfilerStep#N`` annotation, or one found from the repeating conv calls of a trace
+    that marks none (``inferred``)."""
 
     number: int
     ts_us: float
     dur_us: float
+    inferred: bool = False
 
     @property
     def end_us(self) -> float:
@@ -180,17 +187,12 @@ class Profile:
     unknown_categories: dict[str, int]  # categories this parser does not know, with their counts
 
     @property
-    def environment(self) -> dict[str, Any]:
-        """Settings convdoctor recorded at capture time (cudnn.benchmark, TF32, threads…); empty for other traces.
-
-        Only values of the kinds convdoctor records are kept: strings, booleans, int64 integers, finite floats and
-        None. A trace edited by hand cannot put NaN, containers or numbers beyond float range before the rules
-        and the reports (a JSON report cannot hold NaN).
-        """
+    def environment(self) -> RecordedEnvironment:
+        """Settings convdoctor recorded at capture time (cudnn.benchmark, TF32, threads…); all None for other
+        traces, and for any value of another type than the field's (a hand-edited trace cannot put NaN, containers
+        or numbers beyond int64 before the rules and the reports)."""
         recorded = self.metadata.get(METADATA_KEY)
-        if not isinstance(recorded, dict):
-            return {}
-        return {key: value for key, value in recorded.items() if _recordable(value)}
+        return RecordedEnvironment.from_metadata(recorded if isinstance(recorded, dict) else {})
 
     @property
     def has_device_events(self) -> bool:
@@ -228,22 +230,56 @@ class Profile:
         return max(1, len(self.steps))
 
     @property
+    def step_spans(self) -> list[tuple[int | None, float, float]]:
+        """(step number, start, end) of each step; without steps, the whole traced span as one step, number None:
+        from the first host or device event's start to the last one's end. Every per-step figure divides by these
+        (the summary's step time, the GPU timeline's span), so that they agree."""
+        if self.steps:
+            return [(s.number, s.ts_us, s.end_us) for s in self.steps]
+        span = self.traced_span
+        return [] if span is None else [(None, *span)]
+
+    @cached_property
+    def traced_span(self) -> tuple[float, float] | None:
+        """From the first host or device event's start to the last one's end; None for a trace without events."""
+        top = [op for op in self.ops if op.parent is None]
+        starts = [op.ts_us for op in top] + [k.ts_us for k in self.kernels]
+        ends = [op.end_us for op in top] + [k.end_us for k in self.kernels]
+        return (min(starts), max(ends)) if starts else None
+
+    @property
     def step_time_us(self) -> float:
         """Mean wall time of a profiled step (the whole traced span when the trace marks no steps)."""
-        if self.steps:
-            return sum(s.dur_us for s in self.steps) / len(self.steps)
-        top = [op for op in self.ops if op.parent is None]
-        if not top:
-            return 0.0
-        return max(op.end_us for op in top) - min(op.ts_us for op in top)
+        spans = self.step_spans
+        return sum(end - start for _, start, end in spans) / len(spans) if spans else 0.0
+
+    @property
+    def steps_inferred(self) -> bool:
+        return bool(self.steps) and self.steps[0].inferred
+
+    @cached_property
+    def kernel_launches(self) -> int:
+        """CUDA/HIP runtime calls that launch a kernel (``cudaLaunchKernel``...): a trace of a GPU run has them even
+        when it has no kernel records (CUPTI range profiling, or device activities not recorded)."""
+        runtime = EventKind.RUNTIME
+        return sum(1 for op in self.ops if op.kind is runtime and _launches(op.name))
+
+    @cached_property
+    def cpu_op_count(self) -> int:
+        """PyTorch operator events: none in a Chrome trace from another tool."""
+        cpu_op = EventKind.CPU_OP
+        return sum(1 for op in self.ops if op.kind is cpu_op)
 
     def step_of(self, ts_us: float) -> Step | None:
-        """The step whose span holds the time ``ts_us`` (the first such, in ``steps`` order).
+        """The step whose span holds the time ``ts_us`` (the first such, in ``steps`` order; of two steps that touch,
+        the one that starts at ``ts_us``).
 
         Found by bisection, not by a scan: a trace of N steps asks this for about N times more events.
         """
         starts, reach = self._step_index
         started = bisect.bisect_right(starts, ts_us)  # steps[:started] start at or before ts_us
+        if started and starts[started - 1] == ts_us:  # a step that starts at ts_us holds it, not one ending there
+            return self.steps[bisect.bisect_left(starts, ts_us)]
         first = bisect.bisect_left(reach, ts_us, 0, started)  # the first of them whose span reaches ts_us
         return self.steps[first] if first < started else None
 
@@ -253,10 +289,6 @@ class Profile:
         return [s.ts_us for s in self.steps], list(itertools.accumulate((s.end_us for s in self.steps), max))
 
 
-def _recordable(value: Any) -> bool:
-    """A value of a kind convdoctor writes into a trace's environment."""
-    if isinstance(value, float):
-        return math.isfinite(value)
-    if isinstance(value, int) and not isinstance(value, bool):
-        return -(2**63) <= value < 2**63
-    return value is None or isinstance(value, (str, bool))
+@functools.cache
+def _launches(name: str) -> bool:
+    return "LaunchKernel" in name or name.startswith(("cuLaunch", "cudaLaunch", "hipLaunch", "hipModuleLaunch"))

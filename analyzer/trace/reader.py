@@ -176,13 +176,28 @@ def _parse_json(text: str, path: Path, hook: Callable[[dict[str, Any]], Any] | N
         raise TraceError(f"{path}: holds a number too long to read ({exc}); re-export the trace") from exc
     except RecursionError as exc:
         raise TraceError(f"{path}: is nested too deeply to be a Kineto trace ({exc})") from exc
+    data = _as_object(data)
     _check_kineto(data, str(path))
     return data
 
 
+def _as_object(data: Any) -> Any:
+    """A trace in the Chrome trace format's JSON array form (the events alone: the earliest Kineto traces) as the
+    object form holding them; any other value (an array holding no event among them) unchanged."""
+    if isinstance(data, list) and any(_is_event(item) for item in data):
+        return {"traceEvents": data}
+    return data
+
+
+def _is_event(item: Any) -> bool:
+    """An item of an events' array: an event (an object with a phase), raw or typed."""
+    return isinstance(item, (Op, Kernel)) or item is SKIPPED or (isinstance(item, dict) and "ph" in item)
+
+
 def _check_kineto(data: Any, trace_path: str) -> None:
     if not isinstance(data, dict) or not isinstance(data.get("traceEvents"), list):
-        raise TraceError(f"{trace_path}: is JSON but not a Kineto trace (no 'traceEvents' list)")
+        raise TraceError(f"{trace_path}: is JSON but not a Kineto trace (neither a 'traceEvents' list nor an array "
+                         "of events)")
 
 
 def load_profile(path: str | Path, stream: TraceStream | None = None) -> Profile:
@@ -314,6 +329,7 @@ def parse_trace(data: dict[str, Any], trace_path: str = "<memory>") -> Profile:
     Events that cannot be typed (not a dict, no finite time) are left out; a ``data`` that is not a Kineto trace
     object is a TraceError.
     """
+    data = _as_object(data)
     _check_kineto(data, trace_path)
     typer = _EventTyper()
     events = [typer(raw) for raw in data["traceEvents"] if isinstance(raw, dict) and raw.get("ph") == "X"]
@@ -426,6 +442,10 @@ def _percent_or_none(value: Any) -> float | None:
     return number if number is not None and number <= 100 else None
 
 
+def _string_or_none(value: Any) -> str | None:
+    return sys.intern(value) if isinstance(value, str) else None
+
+
 def _strings(value: Any) -> list[str]:
     """``Input type`` / ``Concrete Inputs``: one string per input; any other value becomes ``""`` (not given).
 
@@ -447,6 +467,9 @@ ARG_SCHEMA: dict[str, tuple[tuple[str, ...], Callable[[Any], Any]]] = {
     "input_types": (("Input type",), _strings),
     "input_strides": (("Input Strides",), typed_shapes),
     "concrete_inputs": (("Concrete Inputs",), _strings),
+    "collective": (("Collective name",), _string_or_none),
+    "message_elements": (("In msg nelems",), _count_or_none),
+    "message_dtype": (("dtype",), _string_or_none),
     "device": (("device",), _int_or_none),
     "stream": (("stream",), _int_or_none),
     # Kernel launch configuration and occupancy, as Kineto writes them (CUPTI kernel records).
@@ -514,6 +537,9 @@ def _typed_event(raw: dict[str, Any], kind: EventKind) -> Op | Kernel | None:
         input_strides=_field(args, "input_strides"),
         concrete_inputs=_field(args, "concrete_inputs"),
         scope=scope,
+        collective=_field(args, "collective"),
+        message_elements=_field(args, "message_elements"),
+        message_dtype=_field(args, "message_dtype"),
     )
 
 
@@ -604,11 +630,31 @@ def find_traces(path: str | Path) -> list[Path]:
         return [path]
     if not path.is_dir():
         raise TraceError(f"{path}: no such file or directory; pass a *.pt.trace.json[.gz] file or a log dir")
-    found = sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(TRACE_SUFFIXES)
+    files = sorted(p for p in path.rglob("*") if p.is_file()
                    and not any(part.startswith(".") for part in p.relative_to(path).parts))
+    found = [p for p in files if p.name.endswith(TRACE_SUFFIXES)]
     if not found and path.name.endswith(TRACE_SUFFIXES):
         raise TraceError(f"{path}: is a directory named like a trace and holds no *.pt.trace.json[.gz] files; "
                          "pass the trace file itself or the log dir torch.profiler wrote to")
+    if not found:  # traces named otherwise (HTA's rank-N.json.gz, a copy renamed): the JSON files that hold one
+        found = [p for p in files if p.name.endswith(OTHER_TRACE_SUFFIXES) and _looks_like_trace(p)]
     if not found:
-        raise TraceError(f"{path}: holds no *.pt.trace.json[.gz] files; pass the log dir torch.profiler wrote to")
+        raise TraceError(f"{path}: holds no *.pt.trace.json[.gz] files (nor other *.json[.gz] files holding a "
+                         "trace); pass the log dir torch.profiler wrote to")
     return found
+
+
+OTHER_TRACE_SUFFIXES = (".json", ".json.gz")
+TRACE_HEAD_BYTES = 1 << 16  # the top-level values before the events (device properties, ...) fit in this
+
+
+def _looks_like_trace(path: Path) -> bool:
+    """A JSON file whose beginning is a trace's: a ``"traceEvents"`` key, or an array whose first item has a phase."""
+    try:
+        with (gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")) as file:
+            head = file.read(TRACE_HEAD_BYTES)
+    except (OSError, EOFError, zlib.error):
+        return False
+    if head.lstrip()[:1] == b"[":
+        return b'"ph"' in head
+    return b'"traceEvents"' in head

@@ -9,7 +9,8 @@ them here, not the machine that runs ``analyze``, makes ``analyze`` of a trace d
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping
+
+from convdoctor.analyzer.trace.environment import RecordedEnvironment
 
 # x86: AVX512-BF16 (Cooper Lake, Zen 4 and later) and AMX-BF16 (Sapphire Rapids and later); Arm: FEAT_BF16
 # (Neoverse V1/N2, Graviton3). Strongest first: the first one present is the one a finding names.
@@ -25,13 +26,9 @@ class CpuBf16:
     cpu_capability: str | None  # torch.backends.cpu.get_cpu_capability(): AVX2, AVX512, ...
 
     @classmethod
-    def from_environment(cls, environment: Mapping[str, Any]) -> CpuBf16:
-        torch_check = environment.get("mkldnn_bf16_supported")
-        flags = environment.get("cpu_low_precision_flags")
-        capability = environment.get("cpu_capability")
-        return cls(torch_check if isinstance(torch_check, bool) else None,
-                   flags if isinstance(flags, str) else None,
-                   capability if isinstance(capability, str) else None)
+    def from_environment(cls, environment: RecordedEnvironment) -> CpuBf16:
+        return cls(environment.mkldnn_bf16_supported, environment.cpu_low_precision_flags,
+                   environment.cpu_capability)
 
     @property
     def native_flag(self) -> str | None:

@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Iterable
 
 from convdoctor.analyzer.conv.layers import ConvAnalysis
 from convdoctor.rules.base import Finding, Requirement, Severity
+
+
+@dataclass(frozen=True)
+class ManyLayersEvidence:
+    """A finding's evidence is a frozen dataclass: report.json shows its fields, ``message()`` is its one line."""
+
+    conv_layers: int
+
+    def message(self) -> str:
+        return f"{self.conv_layers} conv layers"
 
 
 class ManyLayersRule:
@@ -20,5 +31,5 @@ class ManyLayersRule:
 
     def check(self, analysis: ConvAnalysis) -> Iterable[Finding]:
         yield Finding(rule_id=self.id, rule_name=self.name, severity=self.severity,
-                      message=f"{len(analysis.layers)} conv layers", fix="nothing to fix", advice="", snippet="",
-                      layers=[layer.name for layer in analysis.layers])
+                      evidence=ManyLayersEvidence(conv_layers=len(analysis.layers)), fix="nothing to fix", advice="",
+                      snippet="", layers=[layer.name for layer in analysis.layers])

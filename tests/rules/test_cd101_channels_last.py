@@ -27,8 +27,8 @@ def test_triggers_on_nchw_convs(tmp_path: Path):
     assert finding.rule_id == "CD101" and finding.rule_name == "channels-last"
     assert set(finding.layers) == {layer.name for layer in analysis.layers}
     assert "layer1.0.conv1" in finding.layers
-    assert finding.evidence["nchw_layers"] == finding.evidence["spatial_conv_layers"] == 15
-    assert 0.3 < finding.evidence["affected_share"] <= 1.0
+    assert finding.evidence.nchw_layers == finding.evidence.spatial_conv_layers == 15
+    assert 0.3 < finding.evidence.affected_share <= 1.0
     assert finding.estimated_saving is None  # no conversions: the trace bounds no saving, so none is claimed
     assert finding.candidate is not None and finding.candidate.numerics is NumericsContract.EXACT
 
@@ -37,8 +37,8 @@ def test_triggers_on_layout_conversions(tmp_path: Path):
     _, _, findings = _findings(MODELS / "layout_flip.py", tmp_path)
     assert len(findings) == 1
     evidence = findings[0].evidence
-    assert evidence["conversions"] == ["aten::copy_"]
-    assert evidence["conversion_ms_per_step"] > 0
+    assert evidence.conversions == ["aten::copy_"]
+    assert evidence.conversion_ms_per_step > 0
     assert findings[0].layers == ["conv_b"]  # conv_a runs in NHWC and converts nothing
     assert findings[0].estimated_saving is not None and 0 < findings[0].estimated_saving < 1
 

@@ -13,7 +13,7 @@ from convdoctor.analyzer.candidates.candidate import NumericsContract
 from convdoctor.analyzer.candidates.layout import to_channels_last
 from convdoctor.analyzer.capture.workload import Workload, load_workload
 from convdoctor.analyzer.conv.layers import ConvAnalysis, MemoryFormat
-from convdoctor.rules.base import Severity
+from convdoctor.rules.base import Severity, evidence_fields
 from convdoctor.rules.cd102_layout_ping_pong import LayoutPingPongRule
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -32,32 +32,33 @@ def test_triggers_on_a_contiguous_call_in_the_models_code(tmp_path: Path):
     assert finding.rule_id == "CD102" and finding.rule_name == "layout-ping-pong"
     assert set(finding.layers) == {"conv_a", "conv_b"}
     evidence = finding.evidence
-    assert evidence["layer_formats"] == {"conv_a": "channels_last", "conv_b": "contiguous"}
-    assert evidence["format_flips"] == 1 and evidence["flips"] == [["conv_a", "conv_b"]]
-    assert evidence["to_nchw_per_step"] == evidence["to_nhwc_per_step"] == 1
-    directions = {(row["direction"], row["module"], row["tensor"]) for row in evidence["conversions"]}
+    assert evidence.layer_formats == {"conv_a": "channels_last", "conv_b": "contiguous"}
+    assert evidence.format_flips == 1 and evidence.flips == [["conv_a", "conv_b"]]
+    assert evidence.to_nchw_per_step == evidence.to_nhwc_per_step == 1
+    directions = {(row.direction, row.module, row.tensor) for row in evidence.conversions}
     # the model's .contiguous() runs in Flip.forward; the copy back runs inside conv_b (channels_last weights)
     assert directions == {("NHWC->NCHW", "<model>", "activation"), ("NCHW->NHWC", "conv_b", "activation")}
-    assert all(row["layer"] == "conv_b" and row["shape"] == [2, 16, 32, 32] and row["ms_per_step"] > 0
-               for row in evidence["conversions"])
-    [source] = evidence["nchw_sources"]  # the module whose own code turns NHWC into NCHW, and the call that does
+    assert all(row.layer == "conv_b" and row.shape == [2, 16, 32, 32] and row.ms_per_step > 0
+               for row in evidence.conversions)
+    [source] = evidence.nchw_sources  # the module whose own code turns NHWC into NCHW, and the call that does
     assert {k: source[k] for k in ("module", "class", "calls", "in_model_code", "per_step")} == {
         "module": "<model>", "class": "Flip", "calls": ["aten::contiguous"], "in_model_code": True, "per_step": 1.0}
-    assert 0 < source["ms_per_step"] < evidence["conversion_ms_per_step"]
-    assert evidence["conversion_alone_removes_flips"] is False
-    assert 0 < evidence["conversion_share"] < 1  # of the traced step; the estimate is of the unprofiled one
+    assert 0 < source["ms_per_step"] < evidence.conversion_ms_per_step
+    assert evidence.conversion_alone_removes_flips is False
+    assert 0 < evidence.conversion_share < 1  # of the traced step; the estimate is of the unprofiled one
     assert finding.estimated_saving == pytest.approx(
-        evidence["conversion_ms_per_step"] * 1e3 / analysis.unprofiled_step_us)
+        evidence.conversion_ms_per_step * 1e3 / analysis.unprofiled_step_us)
     assert "aten::contiguous in Flip.forward (<model>)" in finding.message
     assert "will not remove" in finding.advice  # honest: converting the model cannot drop the model's own copy
     assert finding.candidate is not None and finding.candidate.transform is to_channels_last
     assert finding.candidate.numerics is NumericsContract.EXACT
-    assert json.loads(json.dumps(finding.evidence)) == finding.evidence  # plain values, as the JSON report needs
+    fields = evidence_fields(finding.evidence)
+    assert json.loads(json.dumps(fields)) == fields  # plain values, as the JSON report needs
 
     # ... and indeed: the candidate applied, the same flip is still there.
     converted = finding.candidate.transform(workload.copy())
     again = list(LayoutPingPongRule().check(_analysis(converted, tmp_path / "converted")))
-    assert len(again) == 1 and again[0].evidence["flips"] == [["conv_a", "conv_b"]]
+    assert len(again) == 1 and again[0].evidence.flips == [["conv_a", "conv_b"]]
 
 
 def test_triggers_on_weights_in_mixed_formats_and_the_candidate_removes_the_flips(tmp_path: Path):
@@ -66,11 +67,11 @@ def test_triggers_on_weights_in_mixed_formats_and_the_candidate_removes_the_flip
     assert len(findings) == 1
     finding = findings[0]
     evidence = finding.evidence
-    assert evidence["layer_formats"] == {"0": "contiguous", "2": "contiguous", "4": "channels_last"}
-    assert evidence["flips"] == [["2", "4"]] and set(finding.layers) == {"2", "4"}
-    rows = {(row["layer"], row["direction"], row["tensor"], row["module"]) for row in evidence["conversions"]}
+    assert evidence.layer_formats == {"0": "contiguous", "2": "contiguous", "4": "channels_last"}
+    assert evidence.flips == [["2", "4"]] and set(finding.layers) == {"2", "4"}
+    rows = {(row.layer, row.direction, row.tensor, row.module) for row in evidence.conversions}
     assert rows == {("2", "NCHW->NHWC", "activation", "2"), ("4", "NCHW->NHWC", "weight", "4")}
-    assert evidence["nchw_sources"] == [] and evidence["conversion_alone_removes_flips"] is True
+    assert evidence.nchw_sources == [] and evidence.conversion_alone_removes_flips is True
     assert "removes them" in finding.advice
 
     converted = finding.candidate.transform(workload.copy())

@@ -16,6 +16,7 @@ from convdoctor.analyzer.capture.workload import load_workload, workload_from
 from convdoctor.analyzer.conv.layers import analyze_convs
 from convdoctor.analyzer.measure.benchmark import compare_first_step
 from convdoctor.analyzer.trace.reader import load_profile
+from convdoctor.rules.base import evidence_fields
 from convdoctor.rules.cd103_mixed_precision import MixedPrecisionRule, mixed_precision_dtype
 from convdoctor.rules.registry import run_rules
 
@@ -37,14 +38,14 @@ def test_triggers_on_fp32_convs_on_a_v100(resnet50, v100_finding):
     assert finding.rule_id == "CD103" and finding.rule_name == "mixed-precision"
     assert set(finding.layers) == {layer.name for layer in resnet50.layers} and len(finding.layers) == 53
     evidence = finding.evidence
-    json.dumps(evidence)
-    assert evidence["fp32_layers"] == evidence["conv_layers"] == 53
-    assert evidence["device"] == 0 and evidence["device_name"].startswith("Tesla V100")
-    assert evidence["compute_capability"] == "7.0" and evidence["suggested_dtype"] == "float16"
-    assert evidence["training"] is True
-    assert 0.1 < evidence["fp32_conv_share"] < 1.0
-    assert evidence["fp32_conv_ms_per_step"] == pytest.approx(resnet50.conv_time_us / 1e3)
-    assert "V100" in finding.message and f"{evidence['fp32_conv_share']:.0%}" in finding.message
+    json.dumps(evidence_fields(evidence))
+    assert evidence.fp32_layers == evidence.conv_layers == 53
+    assert evidence.device == 0 and evidence.device_name.startswith("Tesla V100")
+    assert evidence.compute_capability == "7.0" and evidence.suggested_dtype == "float16"
+    assert evidence.training is True
+    assert 0.1 < evidence.fp32_conv_share < 1.0
+    assert evidence.fp32_conv_ms_per_step == pytest.approx(resnet50.conv_time_us / 1e3)
+    assert "V100" in finding.message and f"{evidence.fp32_conv_share:.0%}" in finding.message
     assert "torch.autocast" in finding.advice and "GradScaler" in finding.advice and "TF32" in finding.advice
     assert "GradScaler" in finding.snippet and "torch.float16" in finding.snippet
     assert finding.estimated_saving is None
@@ -56,7 +57,7 @@ def test_triggers_on_fp32_convs_on_a_v100(resnet50, v100_finding):
 
 def test_min_share_option(resnet50, v100_finding):
     rule = MixedPrecisionRule()
-    rule.min_share = v100_finding.evidence["fp32_conv_share"] + 0.01
+    rule.min_share = v100_finding.evidence.fp32_conv_share + 0.01
     assert list(rule.check(resnet50)) == []
 
 
@@ -98,7 +99,7 @@ def test_tf32_candidate_for_sm80_when_the_switches_are_not_recorded(resnet50):
     is available): the trace records neither switch, so both count as not known to be on."""
     layers = [layer.name for layer in resnet50.layers]
     finding = MixedPrecisionRule().tf32_finding(resnet50, layers, 0.5, "A100", "8.0")
-    assert finding is not None and finding.evidence["cudnn_allow_tf32"] is None
+    assert finding is not None and finding.evidence.cudnn_allow_tf32 is None
     assert finding.candidate.numerics is NumericsContract.APPROXIMATE and finding.candidate.stage is PlanStage.WRAPPER
     assert "cudnn_allow_tf32=unknown" in finding.message and "allow_tf32 = True" in finding.snippet
     wrapped = finding.candidate.transform(workload_from(torch.nn.Linear(2, 2), torch.ones(1, 2), device="cpu"))

@@ -20,7 +20,7 @@ from convdoctor.analyzer.candidates.transforms import backend_flags
 from convdoctor.analyzer.capture.workload import load_workload, workload_from
 from convdoctor.analyzer.conv.layers import analyze_convs
 from convdoctor.analyzer.trace.reader import load_profile
-from convdoctor.rules.base import Severity
+from convdoctor.rules.base import Severity, evidence_fields
 from convdoctor.rules.cd104_cudnn_benchmark import CudnnBenchmarkRule, benchmark_facts
 from convdoctor.rules.registry import run_rules
 
@@ -40,9 +40,9 @@ def test_v100_trace_facts(v100):
 def test_unknown_setting_gives_an_info_finding_without_candidate(v100):
     (finding,) = CudnnBenchmarkRule().check(v100)
     assert finding.rule_id == "CD104" and finding.severity is Severity.INFO
-    assert finding.evidence["cudnn_benchmark"].startswith("unknown") and finding.evidence["fixed_shapes"] is True
+    assert finding.evidence.cudnn_benchmark.startswith("unknown") and finding.evidence.fixed_shapes is True
     assert "unknown" in finding.message and finding.candidate is None
-    json.dumps(finding.evidence)
+    json.dumps(evidence_fields(finding.evidence))
     quiet = CudnnBenchmarkRule()
     quiet.report_unknown = False
     assert list(quiet.check(v100)) == []
@@ -65,7 +65,7 @@ def test_cpu_capture_records_the_setting_and_the_rule_does_not_run(tmp_path: Pat
         analysis = capture_analysis(workload, tmp_path)
     finally:
         torch.backends.cudnn.benchmark = previous
-    assert analysis.profile.environment["cudnn_benchmark"] is (not previous)
+    assert analysis.profile.environment.cudnn_benchmark is (not previous)
     facts = benchmark_facts(analysis)
     assert facts.recorded is (not previous) and not facts.on_cuda
     results = run_rules([CudnnBenchmarkRule()], analysis)

@@ -17,6 +17,7 @@ from convdoctor.analyzer.capture.workload import load_workload, workload_from
 from convdoctor.analyzer.conv.layers import analyze_convs
 from convdoctor.analyzer.measure.benchmark import BenchmarkSettings
 from convdoctor.analyzer.trace.reader import load_profile
+from convdoctor.rules.base import evidence_fields
 from convdoctor.rules.cd105_channel_alignment import CPU_BLOCKS, ChannelAlignmentRule, channel_block, pad_channels
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -31,7 +32,7 @@ def odd(tmp_path_factory: pytest.TempPathFactory):
 
 def test_capture_records_the_cpu_isa(odd):
     _, analysis = odd
-    assert analysis.profile.environment["cpu_capability"] == CAPABILITY
+    assert analysis.profile.environment.cpu_capability == CAPABILITY
     block, why = channel_block(analysis, "float32")
     assert block == CPU_BLOCKS.get(CAPABILITY) and CAPABILITY in why
 
@@ -43,12 +44,12 @@ def test_triggers_on_30_channels_and_exempts_the_rgb_stem(odd):
     rule.min_share = 0.0  # layer shares of a CPU step are noisy; the shapes decide here
     (finding,) = rule.check(analysis)
     block = CPU_BLOCKS[CAPABILITY]
-    assert finding.rule_id == "CD105" and finding.evidence["multiple"] == block
+    assert finding.rule_id == "CD105" and finding.evidence.multiple == block
     assert set(finding.layers) == {"2", "4"}  # 32→30 and 30→32; the stem 3→32 is exempt
-    rows = {row["name"]: row for row in finding.evidence["layers"]}
-    assert (rows["2"]["out_channels"], rows["2"]["out_channels_padded"]) == (30, 32)
-    assert (rows["4"]["in_channels"], rows["4"]["in_channels_padded"]) == (30, 32)
-    json.dumps(finding.evidence)
+    rows = {row.name: row for row in finding.evidence.layers}
+    assert (rows["2"].out_channels, rows["2"].out_channels_padded) == (30, 32)
+    assert (rows["4"].in_channels, rows["4"].in_channels_padded) == (30, 32)
+    json.dumps(evidence_fields(finding.evidence))
     candidate = finding.candidate
     assert candidate.numerics is NumericsContract.EXACT
     assert {t.layer for t in candidate.layer_trials} == {"2", "4"}

@@ -14,7 +14,7 @@ from convdoctor.analyzer.capture.workload import load_workload, workload_from
 from convdoctor.analyzer.conv.layers import analyze_convs
 from convdoctor.analyzer.measure.benchmark import BenchmarkSettings, Verdict
 from convdoctor.analyzer.trace.reader import load_profile
-from convdoctor.rules.base import Severity
+from convdoctor.rules.base import Severity, evidence_fields
 from convdoctor.rules.cd106_batch_size import BatchSizeRule, overhead_facts
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -33,11 +33,11 @@ def test_triggers_on_batch_one_of_tiny_ops(small_batch):
     (finding,) = BatchSizeRule().check(analysis)
     assert finding.rule_id == "CD106" and finding.severity is Severity.INFO
     evidence = finding.evidence
-    json.dumps(evidence)
-    assert evidence["batch_size"] == 1 and evidence["time_basis"] == "host"
-    assert evidence["ops_per_step"] == 19  # 8 conv + 8 relu + pool + flatten + linear, no op inside another
-    assert 0 <= evidence["short_op_share"] <= 1 and evidence["median_op_us"] > 0  # timings: evidence, not the test
-    assert evidence["median_conv_flops_per_call"] == 2 * 8 * 8 * 9 * 16 * 16
+    json.dumps(evidence_fields(evidence))
+    assert evidence.batch_size == 1 and evidence.time_basis == "host"
+    assert evidence.ops_per_step == 19  # 8 conv + 8 relu + pool + flatten + linear, no op inside another
+    assert 0 <= evidence.short_op_share <= 1 and evidence.median_op_us > 0  # timings: evidence, not the test
+    assert evidence.median_conv_flops_per_call == 2 * 8 * 8 * 9 * 16 * 16
     assert finding.larger_batches is not None and finding.candidate is None  # a workload change, not a model one
     assert "batch 1: 19 top-level ops per step" in finding.message
     assert "not part of the combined plan" in finding.advice
@@ -75,7 +75,7 @@ def test_profile_measures_samples_per_second_at_larger_batches(tmp_path: Path):
     assert sizes == [2, 4, 8, 16][:len(sizes)] and sweep.stopped
     for point in sweep.points:
         e = point.estimate
-        assert e.ci_low <= e.speedup <= e.ci_high and point.rounds >= 6
+        assert e.ci_low <= e.speedup <= e.ci_high and point.measurement.rounds >= 6
         assert point.samples_per_s == pytest.approx(point.baseline_samples_per_s * e.speedup)
     if sweep.best is not None:
         assert sweep.best.estimate.verdict is Verdict.FASTER

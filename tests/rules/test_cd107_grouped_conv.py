@@ -15,7 +15,7 @@ from convdoctor.analyzer.candidates.conv_replacement import replace_convs
 from convdoctor.analyzer.candidates.layout import to_channels_last
 from convdoctor.analyzer.capture.workload import workload_from
 from convdoctor.analyzer.measure.model_cost import model_cost
-from convdoctor.rules.base import Severity
+from convdoctor.rules.base import Severity, evidence_fields
 from convdoctor.rules.cd107_grouped_conv import GroupedConvRule, to_grouped
 
 
@@ -28,17 +28,17 @@ def test_triggers_on_the_dense_seed_conv(seed_conv):
     assert finding.severity is Severity.INFO
     assert finding.layers == ["<model>"]
     evidence = finding.evidence
-    json.dumps(evidence)  # goes into report.json as it is
-    assert evidence["groups"] == 4 and evidence["predicted_flops_ratio"] == 0.25
-    (row,) = evidence["layers"]
+    json.dumps(evidence_fields(evidence))  # goes into report.json as it is
+    assert evidence.groups == 4 and evidence.predicted_flops_ratio == 0.25
+    (row,) = evidence.layers
     flops = 2 * 128 * 64 * 9 * 224 * 224  # 2·N·K·C·k²·P·Q, N = 1
-    assert row["flops_per_call"] == flops and row["flops_per_call_after"] == flops // 4
-    assert row["params"] == 128 * 64 * 9 + 128 and row["params_after"] == 128 * 16 * 9 + 128
-    assert (row["in_channels"], row["out_channels"], row["kernel"]) == (64, 128, [3, 3])
-    assert 0.5 < row["share"] <= 1.0 and evidence["share"] == row["share"]
-    assert evidence["not_replaceable"] == {}
+    assert row.flops_per_call == flops and row.flops_per_call_after == flops // 4
+    assert row.params == 128 * 64 * 9 + 128 and row.params_after == 128 * 16 * 9 + 128
+    assert (row.in_channels, row.out_channels, row.kernel) == (64, 128, [3, 3])
+    assert 0.5 < row.share <= 1.0 and evidence.share == row.share
+    assert evidence.not_replaceable == {}
     assert "7.40 GFLOP" in finding.message and "1.85 GFLOP" in finding.message and "÷4" in finding.message
-    assert f"{row['share']:.0%}" in finding.message
+    assert f"{row.share:.0%}" in finding.message
     assert "retrain" in finding.advice and "ResNeXt" in finding.advice and "shuffle" in finding.advice
     assert finding.estimated_saving is None  # FLOPs bound no time: only the measurement speaks
     assert finding.candidate is not None and finding.candidate.numerics is NumericsContract.ARCHITECTURE
@@ -71,12 +71,12 @@ def test_nested_convs_grouped_and_functional_conv_named_but_left_alone(tmp_path:
     assert len(findings) == 1
     finding = findings[0]
     assert set(finding.layers) == {"body.0.conv", "body.1"}  # stem: 3 channels; head: 1×1
-    assert finding.evidence["not_replaceable"].keys() == {"<model>:conv2d#0"}
-    assert "functional" in finding.evidence["not_replaceable"]["<model>:conv2d#0"]
-    rows = {row["name"]: row for row in finding.evidence["layers"]}
-    assert rows["body.1"]["flops_per_call"] == 2 * 128 * 64 * 9 * 32 * 32
+    assert finding.evidence.not_replaceable.keys() == {"<model>:conv2d#0"}
+    assert "functional" in finding.evidence.not_replaceable["<model>:conv2d#0"]
+    rows = {row.name: row for row in finding.evidence.layers}
+    assert rows["body.1"].flops_per_call == 2 * 128 * 64 * 9 * 32 * 32
     assert finding.message.startswith("2 dense conv layers")
-    json.dumps(finding.evidence)
+    json.dumps(evidence_fields(finding.evidence))
 
     before = model_cost(workload)
     trial = finding.candidate.transform(workload.copy())
@@ -84,9 +84,9 @@ def test_nested_convs_grouped_and_functional_conv_named_but_left_alone(tmp_path:
     assert trial.model.stem.groups == 1 and trial.model.head.groups == 1
     assert trial.model.body[1].stride == (2, 2) and trial.model.body[0].conv.bias is None
     after = model_cost(trial)
-    saved = sum(row["flops_per_call"] - row["flops_per_call_after"] for row in finding.evidence["layers"])
+    saved = sum(row.flops_per_call - row.flops_per_call_after for row in finding.evidence.layers)
     assert before.flops - after.flops == saved  # exactly the predicted cut, every other layer unchanged
-    assert before.params - after.params == sum(row["params"] - row["params_after"] for row in rows.values())
+    assert before.params - after.params == sum(row.params - row.params_after for row in rows.values())
     with torch.no_grad():
         assert trial.model(trial.inputs).shape == workload.model(workload.inputs).shape
     assert workload.model.body[1].groups == 1 and workload.model.body[0].conv.groups == 1
@@ -116,8 +116,8 @@ def test_options(seed_conv, options: dict, expected: int | None):
     if expected is None:
         assert findings == []
     else:
-        assert [f.evidence["groups"] for f in findings] == [expected]
-        assert findings[0].evidence["predicted_flops_ratio"] == 1 / expected
+        assert [f.evidence.groups for f in findings] == [expected]
+        assert findings[0].evidence.predicted_flops_ratio == 1 / expected
 
 
 def test_transform_keeps_dtype_memory_format_and_training_state():

@@ -15,7 +15,7 @@ from convdoctor.analyzer.candidates.candidate import NumericsContract
 from convdoctor.analyzer.candidates.layout import to_channels_last
 from convdoctor.analyzer.capture.workload import workload_from
 from convdoctor.analyzer.measure.model_cost import model_cost
-from convdoctor.rules.base import Severity
+from convdoctor.rules.base import Severity, evidence_fields
 from convdoctor.rules.cd108_depthwise_separable import DepthwiseSeparableRule, separable_flops_ratio, to_separable
 
 SEED_RATIO = (64 * 9 + 64 * 128) / (64 * 128 * 9)  # (C·k² + C·K) / (C·K·k²) = 137/1152
@@ -35,14 +35,14 @@ def test_triggers_on_the_dense_seed_conv(seed_conv):
     assert finding.severity is Severity.INFO
     assert finding.layers == ["<model>"]
     evidence = finding.evidence
-    json.dumps(evidence)
-    (row,) = evidence["layers"]
+    json.dumps(evidence_fields(evidence))
+    (row,) = evidence.layers
     flops = 2 * 128 * 64 * 9 * 224 * 224
-    assert row["flops_per_call"] == flops
-    assert row["flops_per_call_after"] == 2 * 224 * 224 * (64 * 9 + 64 * 128)  # depthwise + pointwise
-    assert row["predicted_flops_ratio"] == pytest.approx(SEED_RATIO) == evidence["predicted_flops_ratio"]
-    assert row["params_after"] == 64 * 9 + 64 * 128 + 128
-    assert 0.5 < evidence["share"] <= 1.0 and evidence["not_replaceable"] == {}
+    assert row.flops_per_call == flops
+    assert row.flops_per_call_after == 2 * 224 * 224 * (64 * 9 + 64 * 128)  # depthwise + pointwise
+    assert row.predicted_flops_ratio == pytest.approx(SEED_RATIO) == evidence.predicted_flops_ratio
+    assert row.params_after == 64 * 9 + 64 * 128 + 128
+    assert 0.5 < evidence.share <= 1.0 and evidence.not_replaceable == {}
     assert "0.119×" in finding.message and "7.40 GFLOP" in finding.message and "0.88 GFLOP" in finding.message
     assert "retrain" in finding.advice and "MobileNet" in finding.advice and "memory-bound" in finding.advice
     assert finding.estimated_saving is None
@@ -77,8 +77,8 @@ def test_nested_conv_with_stride_dilation_and_reflect_padding(tmp_path: Path):
     finding = findings[0]
     # stem: 3 input channels; features.2: depthwise; features.3: 1×1; up: transposed
     assert finding.layers == ["features.0"]
-    (row,) = finding.evidence["layers"]
-    assert row["kernel"] == [5, 5] and row["predicted_flops_ratio"] == pytest.approx(1 / 64 + 1 / 25)
+    (row,) = finding.evidence.layers
+    assert row.kernel == [5, 5] and row.predicted_flops_ratio == pytest.approx(1 / 64 + 1 / 25)
 
     before = model_cost(workload)
     trial = finding.candidate.transform(workload.copy())
@@ -87,8 +87,8 @@ def test_nested_conv_with_stride_dilation_and_reflect_padding(tmp_path: Path):
            ((5, 5), (2, 2), (4, 4), (2, 2))
     assert depthwise.padding_mode == "reflect" and depthwise.groups == 32 and pointwise.bias is None
     after = model_cost(trial)
-    assert before.flops - after.flops == row["flops_per_call"] - row["flops_per_call_after"]
-    assert before.params - after.params == row["params"] - row["params_after"]
+    assert before.flops - after.flops == row.flops_per_call - row.flops_per_call_after
+    assert before.params - after.params == row.params - row.params_after
     with torch.no_grad():
         assert trial.model(trial.inputs).shape == workload.model(workload.inputs).shape
     assert type(workload.model.features[0]) is nn.Conv2d  # the original is untouched

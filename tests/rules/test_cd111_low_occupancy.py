@@ -16,6 +16,7 @@ from conftest import SHARED_TRACES
 from convdoctor.analyzer.conv.layers import analyze_convs
 from convdoctor.analyzer.trace.profile import EventKind
 from convdoctor.analyzer.trace.reader import load_profile
+from convdoctor.rules.base import evidence_fields
 from convdoctor.rules.cd111_low_occupancy import LowOccupancyRule
 from convdoctor.rules.registry import run_rules
 
@@ -31,21 +32,21 @@ def test_triggers_on_underfilled_weight_gradient_launches(resnet50):
     finding = findings[0]
     assert finding.rule_id == "CD111" and finding.rule_name == "low-occupancy"
     evidence = finding.evidence
-    json.dumps(evidence)
+    json.dumps(evidence_fields(evidence))
     by_name = {layer.name: layer for layer in resnet50.layers}
     assert len(finding.layers) == 3
     assert all(by_name[name].weight_shape == [64, 64, 3, 3] for name in finding.layers)
-    assert evidence["num_sms"] == 80 and evidence["device"] == 0
-    assert evidence["checked_layers"] == 53 and evidence["layers_without_occupancy"] == []
-    assert 0.01 <= evidence["flagged_share"] < 0.1
-    for item in evidence["layers"]:
-        assert 0.25 <= item["underfilled_share"] < 1
-        assert 0 < item["min_blocks_per_sm"] < 1
-        assert 10 <= item["occupancy_pct"] <= 100
-        assert item["kernel_ms_per_step"] <= item["layer_ms_per_step"] + 1e-9
-        underfilled = [k for k in item["kernels"] if k["blocks_per_sm"] < 1]
-        assert underfilled and all(0 <= k["occupancy_pct"] <= 100 for k in item["kernels"])
-        assert "volta_sgemm_128x32_nt" in {k["name"] for k in underfilled}
+    assert evidence.num_sms == 80 and evidence.device == 0
+    assert evidence.checked_layers == 53 and evidence.layers_without_occupancy == []
+    assert 0.01 <= evidence.flagged_share < 0.1
+    for item in evidence.layers:
+        assert 0.25 <= item.underfilled_share < 1
+        assert 0 < item.min_blocks_per_sm < 1
+        assert 10 <= item.occupancy_pct <= 100
+        assert item.kernel_ms_per_step <= item.layer_ms_per_step + 1e-9
+        underfilled = [k for k in item.kernels if k.blocks_per_sm < 1]
+        assert underfilled and all(0 <= k.occupancy_pct <= 100 for k in item.kernels)
+        assert "volta_sgemm_128x32_nt" in {k.name for k in underfilled}
     assert "80 SMs" in finding.message and "blocks/SM" in finding.message
     assert "cudnn.benchmark" in finding.advice and "batch" in finding.advice
     assert finding.candidate is None and finding.estimated_saving is None
@@ -56,8 +57,8 @@ def test_stricter_occupancy_threshold_reports_more_layers(resnet50):
     rule.max_occupancy_pct = 30.0
     (finding,) = rule.check(resnet50)
     assert len(finding.layers) > 3
-    assert all(item["occupancy_pct"] < 30.0 or item["underfilled_share"] >= 0.25
-               for item in finding.evidence["layers"])
+    assert all(item.occupancy_pct < 30.0 or item.underfilled_share >= 0.25
+               for item in finding.evidence.layers)
 
 
 @pytest.mark.parametrize("option, value", [("min_underfilled_share", 1.01), ("min_share", 0.5)])
@@ -91,9 +92,9 @@ def test_layers_without_occupancy_fields_are_not_judged(resnet50):
     finally:
         _restore(saved)
     assert sorted(finding.layers) == flagged[1:]
-    assert sorted(finding.evidence["layers_without_occupancy"]) == sorted([flagged[0], stem])
-    assert finding.evidence["checked_layers"] == 51
-    assert "2 layer(s)" in finding.evidence["note"]
+    assert sorted(finding.evidence.layers_without_occupancy) == sorted([flagged[0], stem])
+    assert finding.evidence.checked_layers == 51
+    assert "2 layer(s)" in finding.evidence.note
 
 
 def test_no_finding_when_no_kernel_has_occupancy_fields(resnet50):
@@ -105,9 +106,13 @@ def test_no_finding_when_no_kernel_has_occupancy_fields(resnet50):
 
 
 def test_layer_kernels_match_the_layer_time(resnet50):
+    """A layer's kernels, cuDNN's transposes among them, are its time: each transpose counted once, as a conversion
+    (not also in the forward or backward time); host conversions are the rest."""
+    steps = resnet50.profile.step_count
     for layer in resnet50.layers:
-        device_us = sum(k.dur_us for k in layer.kernels) / resnet50.profile.step_count
-        assert device_us == pytest.approx(layer.time_per_step_us - layer.conversion_us / resnet50.profile.step_count)
+        device_us = sum(k.dur_us for k in layer.kernels) / steps
+        host_us = sum(c.dur_us for c in layer.conversions if c.source == "cpu_op") / steps
+        assert device_us == pytest.approx(layer.time_per_step_us - host_us)
 
 
 def test_skipped_on_a_trace_without_cuda_kernels():

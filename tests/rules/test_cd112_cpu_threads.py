@@ -22,7 +22,7 @@ from convdoctor.analyzer.conv.layers import ConvAnalysis, analyze_convs
 from convdoctor.analyzer.measure.benchmark import BenchmarkSettings
 from convdoctor.analyzer.trace.reader import load_profile
 from convdoctor.api import ProfileOptions, profile_file
-from convdoctor.rules.base import Severity
+from convdoctor.rules.base import Severity, evidence_fields
 from convdoctor.rules.cd112_cpu_threads import CpuThreadsRule
 
 MODEL = MODELS / "cd112_one_thread.py"
@@ -54,9 +54,9 @@ def test_triggers_when_torch_runs_one_thread(tmp_path: Path):
     finding = findings[0]
     assert finding.rule_id == "CD112" and finding.rule_name == "cpu-threads"
     evidence = finding.evidence
-    assert evidence["threads"] == 1 and evidence["available_cores"] == CORES
-    assert 0.1 <= evidence["conv_share"] <= 1.0 and evidence["conv_ms_per_step"] > 0
-    assert evidence["mode"] == "eval"
+    assert evidence.threads == 1 and evidence.available_cores == CORES
+    assert 0.1 <= evidence.conv_share <= 1.0 and evidence.conv_ms_per_step > 0
+    assert evidence.mode == "eval"
     assert f"1 intra-op thread with {CORES} cores available to the process" in finding.message
     assert f"torch.set_num_threads({CORES})" in finding.fix and "OMP_NUM_THREADS" in finding.fix
     assert "DataLoader" in finding.advice and "oversubscribe" in finding.advice
@@ -65,14 +65,15 @@ def test_triggers_when_torch_runs_one_thread(tmp_path: Path):
     candidate = finding.candidate
     assert candidate is not None and candidate.numerics is NumericsContract.EXACT
     assert candidate.stage is PlanStage.WRAPPER and 0 < candidate.tolerance <= 1e-4
-    assert json.loads(json.dumps(evidence)) == evidence
+    fields = evidence_fields(evidence)
+    assert json.loads(json.dumps(fields)) == fields
 
 
 @needs_two_cores
 def test_train_mode_finding_has_no_candidate_and_says_why(tmp_path: Path):
     analysis = _analysis(load_workload(MODEL, device="cpu", mode="train"), tmp_path)
     [finding] = CpuThreadsRule().check(analysis)
-    assert finding.evidence["mode"] == "train" and finding.evidence["threads"] == 1
+    assert finding.evidence.mode == "train" and finding.evidence.threads == 1
     assert finding.candidate is None
     assert "train mode" in finding.advice and "backward" in finding.advice
 
@@ -81,17 +82,17 @@ def test_does_not_trigger_with_a_thread_per_core(tmp_path: Path):
     workload = load_workload(MODEL, device="cpu")
     torch.set_num_threads(CORES)  # the fix, applied after the model file lowered the count
     analysis = _analysis(workload, tmp_path)
-    assert analysis.profile.environment["threads"] == analysis.profile.environment["available_cores"] == CORES
+    assert analysis.profile.environment.threads == analysis.profile.environment.available_cores == CORES
     assert list(CpuThreadsRule().check(analysis)) == []
 
 
 def test_says_nothing_without_a_recorded_environment(tmp_path: Path):
     foreign = analyze_convs(load_profile(SHARED_TRACES["cpu_only"]))
-    assert "threads" not in foreign.profile.environment
+    assert foreign.profile.environment.threads is None
     assert list(CpuThreadsRule().check(foreign)) == []
     torch.set_num_threads(1)
     analysis = _analysis(load_workload(MODEL, device="cpu"), tmp_path)
-    recorded = dict(analysis.profile.environment)
+    recorded = analysis.profile.environment.to_metadata()
     for missing in ("threads", "available_cores"):  # a trace with convs but without one of the two settings
         analysis.profile.metadata["convdoctor"] = {k: v for k, v in recorded.items() if k != missing}
         assert list(CpuThreadsRule().check(analysis)) == []
@@ -110,7 +111,7 @@ def test_says_nothing_on_gpu_workloads():
 def test_share_options(tmp_path: Path, min_share: float, warning_share: float, expected: Severity | None):
     torch.set_num_threads(1)
     analysis = _analysis(load_workload(MODEL, device="cpu"), tmp_path)
-    analysis.profile.metadata["convdoctor"] = {**analysis.profile.environment, "available_cores": 4}
+    analysis.profile.metadata["convdoctor"] = {**analysis.profile.environment.to_metadata(), "available_cores": 4}
     rule = CpuThreadsRule()
     rule.min_conv_share, rule.warning_share = min_share, warning_share
     findings = list(rule.check(analysis))

@@ -16,7 +16,7 @@ from convdoctor.analyzer.candidates.candidate import NumericsContract
 from convdoctor.analyzer.candidates.layout import to_channels_last
 from convdoctor.analyzer.capture.workload import Workload, load_workload, workload_from
 from convdoctor.analyzer.conv.layers import ConvAnalysis
-from convdoctor.rules.base import Severity
+from convdoctor.rules.base import Severity, evidence_fields
 from convdoctor.rules.cd114_inefficient_depthwise import InefficientDepthwiseRule, achieved_gflops
 
 PIXELS = 224 * 224
@@ -49,23 +49,23 @@ def test_triggers_on_the_nchw_depthwise_seed(separable_nchw):
     assert finding.rule_id == "CD114" and finding.rule_name == "inefficient-depthwise"
     assert finding.layers == ["depthwise"]  # the pointwise conv is the dense reference, not a finding
     evidence = finding.evidence
-    json.dumps(evidence)
-    (row,) = evidence["layers"]
-    assert row["groups"] == 64 and row["depthwise"] and row["memory_format"] == "contiguous"
-    assert row["intensity"] == pytest.approx(DEPTHWISE_INTENSITY)
-    reference = evidence["reference"]
-    assert reference["kind"] == "dense conv" and reference["name"] == "pointwise"
-    assert reference["intensity"] == pytest.approx(POINTWISE_INTENSITY)
-    assert row["intensity_ratio"] < 0.2
-    assert 0 < row["gflops"] < 0.5 * reference["gflops"]  # far below the dense conv: it waits on memory
-    assert row["throughput_ratio"] == pytest.approx(row["gflops"] / reference["gflops"])
-    assert 0.05 <= row["share"] < 1.0 and evidence["share"] == row["share"]
+    json.dumps(evidence_fields(evidence))
+    (row,) = evidence.layers
+    assert row.groups == 64 and row.depthwise and row.memory_format == "contiguous"
+    assert row.intensity == pytest.approx(DEPTHWISE_INTENSITY)
+    reference = evidence.reference
+    assert reference.kind == "dense conv" and reference.name == "pointwise"
+    assert reference.intensity == pytest.approx(POINTWISE_INTENSITY)
+    assert row.intensity_ratio < 0.2
+    assert 0 < row.gflops < 0.5 * reference.gflops  # far below the dense conv: it waits on memory
+    assert row.throughput_ratio == pytest.approx(row.gflops / reference.gflops)
+    assert 0.05 <= row.share < 1.0 and evidence.share == row.share
     assert "depthwise: depthwise 3×3 conv at 2.25 FLOP/byte" in finding.message and "pointwise" in finding.message
     assert "channels_last" in finding.advice and "torch.compile" in finding.advice and "FLOPs" in finding.advice
     assert finding.severity is Severity.WARNING and finding.estimated_saving is None
     candidate = finding.candidate
     assert candidate is not None and candidate.transform is to_channels_last  # CD101's, reused
-    assert candidate.numerics is NumericsContract.EXACT and evidence["no_candidate"] is None
+    assert candidate.numerics is NumericsContract.EXACT and evidence.no_candidate is None
 
 
 def test_in_channels_last_it_still_reports_but_proposes_nothing(separable, tmp_path: Path):
@@ -75,13 +75,13 @@ def test_in_channels_last_it_still_reports_but_proposes_nothing(separable, tmp_p
     rule = InefficientDepthwiseRule()
     rule.max_throughput_ratio = 1.0
     (finding,) = rule.check(analysis)
-    (row,) = finding.evidence["layers"]
-    assert finding.layers == ["depthwise"] and row["memory_format"] == "channels_last"
-    assert row["throughput_ratio"] < 1.0 and row["intensity_ratio"] < 0.2
+    (row,) = finding.evidence.layers
+    assert finding.layers == ["depthwise"] and row.memory_format == "channels_last"
+    assert row.throughput_ratio < 1.0 and row.intensity_ratio < 0.2
     assert finding.candidate is None and finding.severity is Severity.INFO
-    assert finding.evidence["nchw_layers"] == 0
-    assert "already run in channels_last" in finding.evidence["no_candidate"]
-    assert finding.evidence["no_candidate"] in finding.advice
+    assert finding.evidence.nchw_layers == 0
+    assert "already run in channels_last" in finding.evidence.no_candidate
+    assert finding.evidence.no_candidate in finding.advice
 
 
 def test_without_a_dense_conv_the_intensity_threshold_decides(tmp_path: Path):
@@ -89,9 +89,9 @@ def test_without_a_dense_conv_the_intensity_threshold_decides(tmp_path: Path):
     analysis = _analysis(workload, tmp_path)
     (finding,) = InefficientDepthwiseRule().check(analysis)
     assert finding.layers == ["<model>"]
-    assert finding.evidence["reference"] == {"kind": "threshold", "max_intensity": 10.0}
-    (row,) = finding.evidence["layers"]
-    assert row["intensity"] < 2.5 and row["throughput_ratio"] is None and row["gflops"] > 0
+    assert evidence_fields(finding.evidence)["reference"] == {"kind": "threshold", "max_intensity": 10.0}
+    (row,) = finding.evidence.layers
+    assert row.intensity < 2.5 and row.throughput_ratio is None and row.gflops > 0
     assert "no dense conv" in finding.message
     strict = InefficientDepthwiseRule()
     strict.max_intensity = 2.0  # FLOP/byte: the depthwise conv's ≈2.2 is over it

@@ -11,7 +11,7 @@ from conftest import EXAMPLES, MODELS, capture_analysis
 
 from convdoctor.analyzer.capture.workload import load_workload
 from convdoctor.analyzer.conv.layers import ConvAnalysis
-from convdoctor.rules.base import Severity
+from convdoctor.rules.base import Severity, evidence_fields
 from convdoctor.rules.cd115_preprocessing_in_forward import (
     PreprocessingInForwardRule,
     ops_before_first_conv,
@@ -39,23 +39,23 @@ def test_triggers_on_resize_and_normalize_in_forward(raw_images):
     finding = findings[0]
     assert finding.rule_id == "CD115" and finding.rule_name == "preprocessing-in-forward"
     evidence = finding.evidence
-    json.dumps(evidence)
-    assert evidence["input_shape"] == [2, 3, 256, 256] and evidence["input_dtype"] == "uint8"
-    ops = {row["op"] for row in evidence["ops"]}
+    json.dumps(evidence_fields(evidence))
+    assert evidence.input_shape == [2, 3, 256, 256] and evidence.input_dtype == "uint8"
+    ops = {row.op for row in evidence.ops}
     assert {"aten::to", "aten::_upsample_bilinear2d_aa", "aten::sub", "aten::div"} <= ops
-    assert {row["kind"] for row in evidence["ops"]} == {"dtype", "resize", "normalize"}
-    resize = next(row for row in evidence["ops"] if row["kind"] == "resize")
-    assert resize["input_shapes"] == [[2, 3, 256, 256]] and resize["calls_per_step"] == 1
-    cast = next(row for row in evidence["ops"] if row["op"] == "aten::to")
-    assert cast["input_dtypes"] == ["uint8"]
-    normalize = next(row for row in evidence["ops"] if row["op"] == "aten::sub")
-    assert normalize["input_shapes"] == [[2, 3, 224, 224], [1, 3, 1, 1]]  # after the resize, minus the mean buffer
-    assert not any("conv" in row["op"] or "batch_norm" in row["op"] for row in evidence["ops"])
-    assert evidence["not_counted"] == []
-    assert all(0 < row["share"] < evidence["share"] for row in evidence["ops"])
-    assert evidence["share"] == pytest.approx(sum(row["share"] for row in evidence["ops"]))
-    assert 0.02 <= evidence["share"] < 0.6  # the resize of 2×3×256×256 against two convs on 224×224
-    assert finding.estimated_saving == pytest.approx(evidence["share"])
+    assert {row.kind for row in evidence.ops} == {"dtype", "resize", "normalize"}
+    resize = next(row for row in evidence.ops if row.kind == "resize")
+    assert resize.input_shapes == [[2, 3, 256, 256]] and resize.calls_per_step == 1
+    cast = next(row for row in evidence.ops if row.op == "aten::to")
+    assert cast.input_dtypes == ["uint8"]
+    normalize = next(row for row in evidence.ops if row.op == "aten::sub")
+    assert normalize.input_shapes == [[2, 3, 224, 224], [1, 3, 1, 1]]  # after the resize, minus the mean buffer
+    assert not any("conv" in row.op or "batch_norm" in row.op for row in evidence.ops)
+    assert evidence.not_counted == []
+    assert all(0 < row.share < evidence.share for row in evidence.ops)
+    assert evidence.share == pytest.approx(sum(row.share for row in evidence.ops))
+    assert 0.02 <= evidence.share < 0.6  # the resize of 2×3×256×256 against two convs on 224×224
+    assert finding.estimated_saving == pytest.approx(evidence.share)
     assert finding.candidate is None and "no automatic candidate" in finding.advice
     assert "DataLoader" in finding.advice and "uint8 2×3×256×256" in finding.message
     assert finding.severity in (Severity.WARNING, Severity.INFO)

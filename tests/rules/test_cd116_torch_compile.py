@@ -41,10 +41,10 @@ def test_triggers_on_an_eager_model(tmp_path: Path):
     (finding,) = TorchCompileRule().check(_analysis(_model(), tmp_path))
     assert finding.rule_id == "CD116"
     evidence = finding.evidence
-    assert evidence["eager_ops_per_step"] >= 4  # two batch norms and two relus at least
-    names = [name for name, _ in evidence["most_common"]]
+    assert evidence.eager_ops_per_step >= 4  # two batch norms and two relus at least
+    names = [name for name, _ in evidence.most_common]
     assert "aten::batch_norm" in names and "aten::relu" in names
-    assert 0.05 <= evidence["eager_share"] < 1
+    assert 0.05 <= evidence.eager_share < 1
     assert finding.candidate.stage is PlanStage.COMPILER  # outermost: autocast runs inside the compiled graph
 
 

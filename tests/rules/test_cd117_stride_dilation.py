@@ -15,6 +15,7 @@ from convdoctor.analyzer.candidates.candidate import NumericsContract
 from convdoctor.analyzer.capture.workload import load_workload
 from convdoctor.analyzer.measure.benchmark import BenchmarkSettings
 from convdoctor.analyzer.measure.model_cost import model_cost
+from convdoctor.rules.base import evidence_fields
 from convdoctor.rules.cd117_stride_dilation import StrideDilationRule, achieved_gflops, conv_pool_pairs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -40,16 +41,16 @@ def test_triggers_with_a_stride_2_candidate_at_a_quarter_of_the_flops(conv_pool)
     (finding,) = rule.check(analysis)
     assert finding.rule_id == "CD117" and set(finding.layers) == {"conv1", "conv2"}
     evidence = finding.evidence
-    json.dumps(evidence)
-    assert evidence["forward_flops_per_step_strided"] * 4 == evidence["forward_flops_per_step"]
-    conv1 = next(row for row in evidence["pairs"] if row["conv"] == "conv1")
-    assert conv1["flops_per_call"] == 2 * 2 * 32 * 16 * 9 * 64 * 64
+    json.dumps(evidence_fields(evidence))
+    assert evidence.forward_flops_per_step_strided * 4 == evidence.forward_flops_per_step
+    conv1 = next(row for row in evidence.pairs if row.conv == "conv1")
+    assert conv1.flops_per_call == 2 * 2 * 32 * 16 * 9 * 64 * 64
     assert finding.candidate.numerics is NumericsContract.ARCHITECTURE
     trial = finding.candidate.transform(workload.copy())
     assert trial.model.conv1.stride == (2, 2) and isinstance(trial.model.pool1, torch.nn.Identity)
     with torch.no_grad():
         assert trial.model(trial.inputs).shape == workload.model(workload.inputs).shape
-    saved = sum(row["flops_per_call"] - row["flops_per_call_strided"] for row in evidence["pairs"])
+    saved = sum(row.flops_per_call - row.flops_per_call_strided for row in evidence.pairs)
     assert model_cost(workload).flops - model_cost(trial).flops == saved
     assert workload.model.conv1.stride == (1, 1)  # the original is untouched
 
@@ -71,11 +72,11 @@ def test_dilated_conv_compared_with_the_undilated_ones_of_the_run(conv_pool, rat
     assert bool(findings) is fires
     if fires:
         (finding,) = findings
-        (row,) = finding.evidence["slow_dilated"]
+        (row,) = finding.evidence.slow_dilated
         layers = {layer.name: layer for layer in analysis.layers}
-        assert row["name"] == "dilated" and row["dilation"] == [4, 4]
-        assert row["gflops"] == pytest.approx(achieved_gflops(layers["dilated"]))
-        assert finding.evidence["undilated_layers"] == 3 and finding.candidate is None
+        assert row.name == "dilated" and row.dilation == [4, 4]
+        assert row.gflops == pytest.approx(achieved_gflops(layers["dilated"]))
+        assert finding.evidence.undilated_layers == 3 and finding.candidate is None
 
 
 def test_profile_measures_the_strided_model(tmp_path: Path):

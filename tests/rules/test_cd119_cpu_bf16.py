@@ -57,11 +57,11 @@ def _with_facts(trace: Path, tmp_path: Path, facts: dict) -> object:
 
 def test_capture_records_the_cpus_bf16_facts(trace):
     environment = load_profile(trace).environment
-    assert environment["mkldnn_bf16_supported"] is torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    assert environment["mkldnn_fp16_supported"] is torch.ops.mkldnn._is_mkldnn_fp16_supported()
-    assert environment["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert environment.mkldnn_bf16_supported is torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert environment.mkldnn_fp16_supported is torch.ops.mkldnn._is_mkldnn_fp16_supported()
+    assert environment.cpu_capability == torch.backends.cpu.get_cpu_capability()
     flags = cpu_flags()
-    recorded = environment["cpu_low_precision_flags"]
+    recorded = environment.cpu_low_precision_flags
     if flags is None:
         assert recorded is None
     else:

@@ -4,10 +4,10 @@ left as it was), every fresh copy compiles its own frozen graph, and in a plan i
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict
 from pathlib import Path
 
-import json
 import pytest
 import torch
 from conftest import MODELS, capture_analysis

@@ -16,6 +16,6 @@ def test_triggers_on_a_rank_whose_allreduce_overlaps_nothing(slow_rank_job):
     waiting = job_analyses(out)[0]
     waiting.job = None  # alone, rank 0's trace shows its 150 ms in an allreduce beside no compute
     (finding,) = DdpBucketOverlapRule().check(waiting)
-    assert finding.evidence["overlap_fraction"] < 0.5
-    assert finding.evidence["exposed_comm_ms"] > 75
-    assert finding.candidate is not None and finding.evidence["proposed_bucket_cap_mb"] >= 0.25
+    assert finding.evidence.overlap_fraction < 0.5
+    assert finding.evidence.exposed_comm_ms > 75
+    assert finding.candidate is not None and finding.evidence.proposed_bucket_cap_mb >= 0.25

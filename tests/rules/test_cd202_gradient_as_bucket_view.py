@@ -13,7 +13,7 @@ def test_copies_found_in_a_default_ddp_trace(slow_rank_job):
     rule = GradientAsBucketViewRule()
     rule.min_share = 0.0
     (finding,) = rule.check(analysis)
-    assert finding.evidence["copy_ms"] > 0
+    assert finding.evidence.copy_ms > 0
     assert pickle.loads(pickle.dumps(finding.candidate)).title == "DDP with gradient_as_bucket_view=True"
 
 

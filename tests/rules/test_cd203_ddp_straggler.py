@@ -8,8 +8,8 @@ from convdoctor.rules.cd203_ddp_straggler import DdpStragglerRule
 def test_triggers_on_the_rank_that_sleeps(slow_rank_job):
     out, _ = slow_rank_job
     (finding,) = DdpStragglerRule().check(job_analyses(out)[0])
-    assert finding.evidence["rank"] == 1
-    assert finding.evidence["extra_untraced_ms"] > 75
+    assert finding.evidence.rank == 1
+    assert finding.evidence.extra_untraced_ms > 75
     assert "outside any operator" in finding.advice
 
 
