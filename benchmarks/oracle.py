@@ -104,7 +104,8 @@ def _pass_ms(device: list[dict[str, Any]], passes: dict[int, str], which: str, s
 
 def _conv_forward(e: dict[str, Any]) -> bool:
     name = str(e.get("name", "")).lower()
-    return e["cat"] in ("cpu_op", "operator") and name.startswith("aten::") and "conv" in name and "backward" not in name
+    is_op = e["cat"] in ("cpu_op", "operator") and name.startswith("aten::")
+    return is_op and "conv" in name and "backward" not in name
 
 
 def _conv_backward(e: dict[str, Any]) -> bool:
@@ -337,7 +338,8 @@ def _hta_markdown(rows: list[tuple[str, dict[str, Any], dict[str, Any], Any]]) -
     lines = ["", "## HTA", "", f"**HTA's overlap share within 2.5 points of convdoctor's on {close_rows} of "
              f"{len(rows)} traces.**", "",
              "HolisticTraceAnalysis 0.5.0 (`pip install holistictraceanalysis` in its own venv; "
-             "`benchmarks/hta_compare.py`) on the traces with NCCL kernels: the share of communication-kernel time that "
+             "`benchmarks/hta_compare.py`) on the traces with NCCL kernels: the share of communication-kernel time "
+             "that "
              "overlaps computation kernels. HTA averages it over the iterations it finds on the GPU (the device-side "
              "`ProfilerStep` annotations), convdoctor and the oracle over the host `ProfilerStep` spans; HTA's kernel "
              "breakdown counts the trace's kernels in its own iterations.", "",
@@ -374,8 +376,9 @@ def _markdown(rows: list[tuple[str, Any, Any]], agree: int, total: int, argv: li
         verdicts = compare(ours, theirs)
         by_totals = theirs["steps"] != ours["steps"]
         if by_totals:
-            lines += ["", f"Steps differ on purpose (convdoctor: {theirs['steps']} from {theirs['steps_from']}; the oracle:"
-                      " the whole trace): conv figures compared as totals over the trace (×steps), per-step ones not."]
+            lines += ["", f"Steps differ on purpose (convdoctor: {theirs['steps']} from {theirs['steps_from']}; "
+                      "the oracle: the whole trace): conv figures compared as totals over the trace (×steps), "
+                      "per-step ones not."]
         lines += ["", "| quantity | oracle | convdoctor | |", "|---|---|---|---|"]
         for q in QUANTITIES:
             mark = {True: "", False: "≠", None: "(other steps)"}[verdicts[q]]

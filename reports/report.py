@@ -74,7 +74,8 @@ def trace_summary(analysis: ConvAnalysis, trace: Path) -> WorkloadSummary:
         device_name=recorded.device_name
         or (str(props[0].get("name", "unknown")) if on_gpu and props else "unknown"),
         mode=analysis.mode,
-        batch_size=recorded.batch_size if recorded.recorded else (first.input_shape[0] if first and first.input_shape else None),
+        batch_size=(recorded.batch_size if recorded.recorded
+                    else first.input_shape[0] if first and first.input_shape else None),
         dtype=recorded.dtype or (first.dtype if first else "unknown"),
         steps=profile.step_count,
         torch_version=recorded.torch_version or "unknown (not recorded in the trace)",

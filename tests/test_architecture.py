@@ -54,8 +54,8 @@ def installed_layout(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _run(layout: Path, *command: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(command, cwd=layout, env={"PYTHONPATH": str(layout), "PATH": str(Path(sys.executable).parent)},
-                          capture_output=True, text=True, timeout=300)
+    environment = {"PYTHONPATH": str(layout), "PATH": str(Path(sys.executable).parent)}
+    return subprocess.run(command, cwd=layout, env=environment, capture_output=True, text=True, timeout=300)
 
 
 def test_the_import_contracts_hold(installed_layout: Path) -> None:

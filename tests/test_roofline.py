@@ -231,7 +231,8 @@ def _recorded(metadata: dict) -> RecordedEnvironment:
 
 
 def test_junk_in_a_recorded_environment_means_no_roofline_not_a_crash():
-    assert trace_peaks(_recorded({"device_name": 7}), [{"name": None}, {"id": 0}], True, "float32").source is PeaksSource.UNKNOWN
+    junk_name = _recorded({"device_name": 7})
+    assert trace_peaks(junk_name, [{"name": None}, {"id": 0}], True, "float32").source is PeaksSource.UNKNOWN
     assert trace_peaks(_recorded({"device": "cpu", "device_name": "AMD EPYC"}), [{"name": "Tesla T4"}], True,
                        "float16").peak_flops_per_s == 65 * TERA  # a CPU name recorded: the trace's GPU is used
     for flops, bandwidth in (("1e9", 1e9), (float("nan"), 1e9), (True, 1e9), (1e9, -5.0), (None, 1e9)):
@@ -239,7 +240,8 @@ def test_junk_in_a_recorded_environment_means_no_roofline_not_a_crash():
         assert trace_peaks(_recorded(recorded), [], False, "float32").source is PeaksSource.UNKNOWN, (flops, bandwidth)
     recorded = {"peaks_source": "measured", "peak_flops": 5e10, "peak_bandwidth": 1e10, "peaks_dtype": "float32"}
     assert trace_peaks(_recorded(recorded), [], False, "float32").ridge_point == pytest.approx(5.0)
-    assert trace_peaks(_recorded(recorded), [], False, "bfloat16").source is PeaksSource.UNKNOWN  # measured in float32 only
+    # measured in float32 only
+    assert trace_peaks(_recorded(recorded), [], False, "bfloat16").source is PeaksSource.UNKNOWN
 
 
 def test_a_cpu_trace_without_recorded_peaks_says_so_in_the_report(small_cnn_run, tmp_path: Path):

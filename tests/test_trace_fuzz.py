@@ -29,7 +29,8 @@ from convdoctor.analyzer.conv.gpu_timeline import gpu_timeline
 from convdoctor.analyzer.conv.layers import analyze_convs
 from convdoctor.analyzer.conv.roofline import analyze_roofline
 from convdoctor.analyzer.trace.profile import Profile
-from convdoctor.analyzer.trace.reader import ARG_KEYS, CATEGORY_KINDS, load_profile, parse_trace, read_trace
+from convdoctor.analyzer.trace.reader import CATEGORY_KINDS, load_profile, parse_trace, read_trace
+from convdoctor.analyzer.trace.schema import ARG_KEYS
 from convdoctor.errors import TraceError
 from convdoctor.rules.registry import load_rules, run_rules
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import sys
 from itertools import chain
-from typing import Annotated, Any, Callable, Union
+from typing import Any, Callable, Union
 
 import msgspec
 
@@ -29,56 +29,7 @@ from convdoctor.analyzer.trace.profile import (
     Kernel,
     Op,
 )
-
-# The limits that the typing functions of trace.py and the field types here share.
-MAX_TIME_US = float(2**63)  # no int64 clock, in µs or even ns, goes beyond: sums and spans of times stay finite
-TIME_RESOLUTION_US = 0.001  # Kineto's clock counts nanoseconds
-EXACT_FLOAT_INT = 2**53  # ints up to here survive a round trip through a float unchanged
-MAX_DIM = 2**63 - 1  # tensor sizes and strides are int64
-
-Time = Annotated[float, msgspec.Meta(ge=-MAX_TIME_US, le=MAX_TIME_US)]
-Dim = Annotated[int, msgspec.Meta(ge=0, le=MAX_DIM)]
-LaunchDim = Annotated[int, msgspec.Meta(ge=1, le=EXACT_FLOAT_INT)]
-Count = Annotated[int, msgspec.Meta(ge=0, le=EXACT_FLOAT_INT)]
-Shapes = list[list[Dim]]  # one tensor's sizes per input
-ListShapes = list[list[Dim | list[Dim]]]  # ...or, for a TensorList input, a list of sizes per tensor
-Dim3 = tuple[LaunchDim, LaunchDim, LaunchDim]
-
-
-# A field's default None means "absent": a JSON null is not of the field's type, so it takes the slow way.
-class Args(msgspec.Struct, frozen=True, gc=False):
-    """The ``args`` keys the parser reads (trace.ARG_SCHEMA), in each spelling."""
-
-    external_id: int = msgspec.field(name="External id", default=None)
-    external_id_lower: int = msgspec.field(name="external id", default=None)
-    correlation: int = None
-    sequence_number: int = msgspec.field(name="Sequence number", default=None)
-    input_dims: Shapes = msgspec.field(name="Input Dims", default=None)
-    input_dims_lower: Shapes = msgspec.field(name="Input dims", default=None)
-    input_types: tuple[str, ...] = msgspec.field(name="Input type", default=None)
-    input_strides: Shapes = msgspec.field(name="Input Strides", default=None)
-    concrete_inputs: tuple[str, ...] = msgspec.field(name="Concrete Inputs", default=None)
-    collective: str = msgspec.field(name="Collective name", default=None)
-    message_elements: Count = msgspec.field(name="In msg nelems", default=None)
-    message_dtype: str = msgspec.field(name="dtype", default=None)
-    device: int = None
-    stream: int = None
-    grid: Dim3 = None
-    block: Dim3 = None
-    registers_per_thread: Count = msgspec.field(name="registers per thread", default=None)
-    shared_memory_bytes: Count = msgspec.field(name="shared memory", default=None)
-    blocks_per_sm: float = msgspec.field(name="blocks per SM", default=None)
-    warps_per_sm: float = msgspec.field(name="warps per SM", default=None)
-    est_occupancy_pct: float = msgspec.field(name="est. achieved occupancy %", default=None)
-
-
-class ListArgs(Args, frozen=True, gc=False):
-    """``Args`` whose shapes may hold a TensorList input's (see ``ListShapes``)."""
-
-    input_dims: ListShapes = msgspec.field(name="Input Dims", default=None)
-    input_dims_lower: ListShapes = msgspec.field(name="Input dims", default=None)
-    input_strides: ListShapes = msgspec.field(name="Input Strides", default=None)
-
+from convdoctor.analyzer.trace.schema import TIME_RESOLUTION_US, Args, ListArgs, Time, typed_shapes
 
 NO_ARGS = Args()
 NO_LIST_ARGS = ListArgs()
@@ -303,36 +254,6 @@ def _unmixed(shapes: list[Any] | None) -> list[Any] | None:
     if not shapes or list not in map(type, chain.from_iterable(shapes)):  # no TensorList: nothing to mix
         return shapes
     return typed_shapes(shapes)
-
-
-def typed_shapes(value: Any) -> list[Any]:
-    """``Input Dims`` / ``Input Strides``: one entry per operator input, typed.
-
-    An entry is a tensor's sizes (a list of ints in 0..2**63-1; ``[]`` for a scalar or a non-tensor input) or, for a
-    TensorList input, a list of such lists. An entry of any other form becomes ``[]``: unknown, like a non-tensor.
-    """
-    if not isinstance(value, list):
-        return []
-    if all(_shape_entry(entry) is entry for entry in value):
-        return value  # keep the trace's list when it is fine
-    typed = [_shape_entry(entry) for entry in value]
-    return value if all(t is v for t, v in zip(typed, value)) else typed  # keep the trace's list when it is fine
-
-
-def _shape_entry(entry: Any) -> list[Any]:
-    if not isinstance(entry, list):
-        return []
-    if all(type(v) is int and 0 <= v <= MAX_DIM for v in entry):  # the common case, without a call per dim
-        return entry
-    if all(_is_dim(v) for v in entry):
-        return entry
-    if all(isinstance(v, list) and all(_is_dim(d) for d in v) for v in entry):
-        return entry  # a TensorList: one shape per tensor
-    return []
-
-
-def _is_dim(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_DIM
 
 
 def _rate(value: float | None) -> float | None:

@@ -19,15 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, NamedTuple
 
 from convdoctor.analyzer.trace.collector import collector_paused
-from convdoctor.analyzer.trace.fast import (
-    EXACT_FLOAT_INT,
-    MAX_TIME_US,
-    TIME_RESOLUTION_US,
-    EventTyping,
-    NotPlain,
-    split_trace,
-    typed_shapes,
-)
+from convdoctor.analyzer.trace.fast import EventTyping, NotPlain, split_trace
 from convdoctor.analyzer.trace.module_scope import parse_scope_name
 from convdoctor.analyzer.trace.profile import (
     DEVICE_KINDS,
@@ -37,6 +29,11 @@ from convdoctor.analyzer.trace.profile import (
     Op,
     Profile,
     Step,
+)
+from convdoctor.analyzer.trace.schema import (
+    ARG_SCHEMA,
+    PARSED_ARG_KEYS,
+    time_or_none,
 )
 from convdoctor.analyzer.trace.stream import GZIP_MAGIC, TraceStream, streamed_events
 from convdoctor.errors import TraceError
@@ -363,141 +360,21 @@ def _profile(data: dict[str, Any], ops: list[Op], kernels: list[Kernel], unknown
 
 
 
-def _time_or_none(value: Any) -> float | None:
-    """A time in µs (a number, or a number written as a string) within an int64 clock's range, or None.
-
-    A magnitude below the clock's 1 ns resolution is 0: nothing divides by a sub-nanosecond duration or span.
-    """
-    if type(value) is float:  # the common case, first
-        number = value
-    elif isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        return None
-    else:
-        try:
-            number = float(value)
-        except (ValueError, OverflowError):  # not a number; an int too large for a float
-            return None
-    if not abs(number) <= MAX_TIME_US:  # also NaN
-        return None
-    return number if abs(number) >= TIME_RESOLUTION_US else 0.0
-
-
-def _int_or_none(value: Any) -> int | None:
-    """An id or index (an integer, an integral float, or digits in a string), or None."""
-    if type(value) is int:  # the common case, first
-        return value
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float):
-        return int(value) if value.is_integer() else None  # also rejects NaN and infinities
-    if isinstance(value, str):
-        try:
-            return int(value)
-        except ValueError:  # not digits, or more digits than Python converts
-            return None
-    return None
-
-
-def _count_or_none(value: Any) -> int | None:
-    """A non-negative integer count (registers, bytes), or None for a missing or impossible value."""
-    if type(value) is int and 0 <= value <= EXACT_FLOAT_INT:  # the common case: the same int as through a float
-        return value
-    number = _rate_or_none(value)
-    return int(number) if number is not None else None
-
-
-def _rate_or_none(value: Any) -> float | None:
-    """A finite non-negative number (blocks or warps per SM), or None.
-
-    Kineto writes ``inf`` blocks per SM when it knows no SM count, and -1 (written as ``-99`` %) as the occupancy
-    when its occupancy calculator fails: neither is a value.
-    """
-    if type(value) is float:  # the common case, first
-        return value if math.isfinite(value) and value >= 0 else None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    try:
-        number = float(value)
-    except OverflowError:  # an int too large for a float
-        return None
-    return number if math.isfinite(number) and number >= 0 else None
-
-
-def _dim3_or_none(value: Any) -> tuple[int, int, int] | None:
-    """A ``[x, y, z]`` launch dimension as a tuple of positive ints, or None."""
-    if not isinstance(value, list) or len(value) != 3:
-        return None
-    if all(type(v) is int and 1 <= v <= EXACT_FLOAT_INT for v in value):  # the common case, checked at once
-        return (value[0], value[1], value[2])
-    dims = tuple(_count_or_none(v) for v in value)
-    if any(d is None or d < 1 for d in dims):
-        return None
-    return dims  # type: ignore[return-value]
-
-
-def _percent_or_none(value: Any) -> float | None:
-    number = _rate_or_none(value)
-    return number if number is not None and number <= 100 else None
-
-
-def _string_or_none(value: Any) -> str | None:
-    return sys.intern(value) if isinstance(value, str) else None
-
-
-def _strings(value: Any) -> list[str]:
-    """``Input type`` / ``Concrete Inputs``: one string per input; any other value becomes ``""`` (not given).
-
-    The strings are interned: a few hundred type names and values repeat over millions of events.
-    """
-    if not isinstance(value, list):
-        return []
-    return [sys.intern(v) if isinstance(v, str) else "" for v in value]
-
-
-# The one schema table: each typed field, the raw ``args`` keys it is spelled as across PyTorch versions (first
-# found wins), and the function that types its value. A value of the wrong type becomes the field's empty value
-# (None or []), never an exception: the event is still placed, only that fact is unknown.
-ARG_SCHEMA: dict[str, tuple[tuple[str, ...], Callable[[Any], Any]]] = {
-    "external_id": (("External id", "external id"), _int_or_none),
-    "correlation": (("correlation",), _int_or_none),
-    "sequence_number": (("Sequence number",), _int_or_none),
-    "input_dims": (("Input Dims", "Input dims"), typed_shapes),
-    "input_types": (("Input type",), _strings),
-    "input_strides": (("Input Strides",), typed_shapes),
-    "concrete_inputs": (("Concrete Inputs",), _strings),
-    "collective": (("Collective name",), _string_or_none),
-    "message_elements": (("In msg nelems",), _count_or_none),
-    "message_dtype": (("dtype",), _string_or_none),
-    "device": (("device",), _int_or_none),
-    "stream": (("stream",), _int_or_none),
-    # Kernel launch configuration and occupancy, as Kineto writes them (CUPTI kernel records).
-    "grid": (("grid",), _dim3_or_none),
-    "block": (("block",), _dim3_or_none),
-    "registers_per_thread": (("registers per thread",), _count_or_none),
-    "shared_memory_bytes": (("shared memory",), _count_or_none),
-    "blocks_per_sm": (("blocks per SM",), _rate_or_none),
-    "warps_per_sm": (("warps per SM",), _rate_or_none),
-    "est_occupancy_pct": (("est. achieved occupancy %",), _percent_or_none),
-}
-ARG_KEYS: dict[str, tuple[str, ...]] = {name: keys for name, (keys, _) in ARG_SCHEMA.items()}
-PARSED_ARG_KEYS = frozenset(key for keys in ARG_KEYS.values() for key in keys)
 PARSED_EVENT_KEYS = frozenset({"ph", "cat", "name", "ts", "dur", "pid", "tid", "args"})
 
 
 def _field(args: dict[str, Any], name: str) -> Any:
     """The typed value of field ``name`` in an event's args (None or [] when absent or of the wrong type)."""
-    keys, typed = ARG_SCHEMA[name]
-    for key in keys:
+    field = ARG_SCHEMA[name]
+    for key in field.spellings.values():
         if key in args:
-            return typed(args[key])
-    return typed(None)
+            return field.typed(args[key])
+    return field.typed(None)
 
 
 def _typed_event(raw: dict[str, Any], kind: EventKind) -> Op | Kernel | None:
-    ts_us = _time_or_none(raw.get("ts"))
-    dur_us = _time_or_none(raw.get("dur", 0.0))
+    ts_us = time_or_none(raw.get("ts"))
+    dur_us = time_or_none(raw.get("dur", 0.0))
     if ts_us is None or dur_us is None:
         return None  # an event without a time cannot be placed; the rest of the trace still can
     name = sys.intern(str(raw.get("name", "")))  # a few hundred names repeat over millions of events
