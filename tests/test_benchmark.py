@@ -328,14 +328,18 @@ def test_gradients_summed_in_another_order_are_judged_against_float64():
     from convdoctor.analyzer.candidates.layout import to_channels_last
     from convdoctor.analyzer.capture.workload import load_workload
     from convdoctor.analyzer.measure.benchmark import compare_first_step
-    from convdoctor.analyzer.measure.results import SAME_STEP_TOLERANCE
+    from convdoctor.analyzer.measure.results import REFERENCE_FACTOR, SAME_STEP_TOLERANCE
 
     workload = load_workload(EXAMPLES / "small_cnn.py", device="cpu", mode="train")
     numerics, _ = compare_first_step(workload, to_channels_last(workload.copy()))
     reference = numerics.gradient_reference
     assert reference is not None and reference.worst_parameter in dict(workload.model.named_parameters())
-    assert 0 < reference.baseline_error < reference.candidate_error < 0.1
-    assert reference.same_step is not None and reference.same_step <= SAME_STEP_TOLERANCE and reference.rounding_only
+    assert 0 < reference.baseline_error and 0 < reference.candidate_error < 0.1
+    if reference.candidate_error > REFERENCE_FACTOR * reference.baseline_error:  # lands further: the float64 check
+        assert reference.same_step is not None and reference.same_step <= SAME_STEP_TOLERANCE
+        assert reference.rounding_only
+    else:  # lands near (2x on this AVX2 CPU): within the factor, no float64 run of the candidate is needed
+        assert reference.same_step is None
     assert numerics.within(1e-4)
 
     numerics, _ = compare_first_step(workload, _with_steeper_relus(workload.copy()))
