@@ -42,13 +42,11 @@ print(json.dumps(found))
 
 @pytest.fixture(scope="module")
 def installed_layout(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The package as it installs (the mapped folders inside ``convdoctor/``): import-linter walks files, and an
-    editable install's mapping is not a folder it can walk."""
+    """The package as it installs, copied: ``convdoctor/`` links the mapped folders in (``analyzer``, ``rules``,
+    ``reports``), and the copy follows the links, so a test may edit a module without touching the repository."""
     root = tmp_path_factory.mktemp("layout")
-    ignore = shutil.ignore_patterns("__pycache__")
-    shutil.copytree(ROOT / "convdoctor", root / "convdoctor", ignore=ignore)
-    for name in MAPPED:
-        shutil.copytree(ROOT / name, root / "convdoctor" / name, ignore=ignore)
+    shutil.copytree(ROOT / "convdoctor", root / "convdoctor", ignore=shutil.ignore_patterns("__pycache__"))
+    assert all((root / "convdoctor" / name / "__init__.py").is_file() for name in MAPPED)
     shutil.copy(ROOT / "pyproject.toml", root / "pyproject.toml")
     return root
 
