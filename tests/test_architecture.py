@@ -74,7 +74,7 @@ def test_no_module_imports_itself_back(installed_layout: Path) -> None:
     ("analyzer.trace.reader", "from convdoctor.rules import base as _reaching_back"),
     # the HTML page rendered from report.json's dict again, not from the Report
     ("reports.html_report", "from convdoctor.reports.json_report import report_to_dict as _the_json_dict"),
-])
+], ids=["trace-imports-a-rule", "html-report-imports-json-report"])
 def test_a_broken_contract_fails_the_check(installed_layout: Path, tmp_path: Path, module: str, line: str) -> None:
     """The check can fail."""
     broken = tmp_path / "layout"
