@@ -9,17 +9,14 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from conftest import EXAMPLES, MODELS, run_cli
+from conftest import EXAMPLES, MODELS, PROCESS_HARNESS, run_cli
 
 from convdoctor.analyzer.capture.workload import load_workload
-from convdoctor.analyzer.measure import environment_trial
 from convdoctor.analyzer.measure.benchmark import BenchmarkSettings, Verdict
 from convdoctor.analyzer.measure.environment_trial import WorkerError, measure_environment
 from convdoctor.rules.cd118_cpu_allocator import KEEP_HEAP
 
-QUICK = BenchmarkSettings(block_spacing_s=0, extra_blocks=0,
-                          warmup_s=0.0, warmup_steps=2, min_rounds=4, max_rounds=4, max_warmup_s=2.0,
-                          blocks=3)
+QUICK = BenchmarkSettings(**PROCESS_HARNESS)  # 3 blocks of 4 rounds in all
 ALLOCATOR_VARIABLES = ("MALLOC_", "GLIBC_TUNABLES", "LD_PRELOAD")
 
 
@@ -48,17 +45,13 @@ def test_quiet_when_the_process_keeps_its_heap(tmp_path: Path):
     assert report["workload"]["heap_kept"] is False  # the user's own settings, left as they are
 
 
-def test_the_candidate_is_measured_in_a_fresh_pair_of_worker_processes_per_block(monkeypatch):
-    started = []
-
-    class CountedWorker(environment_trial._Worker):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            started.append(self.process.pid)
-
-    monkeypatch.setattr(environment_trial, "_Worker", CountedWorker)
-    workload = load_workload(EXAMPLES / "seed_grouped.py")
-    result = measure_environment(workload, KEEP_HEAP, QUICK)
+def test_the_candidate_is_measured_in_a_fresh_pair_of_worker_processes_per_block(process_setting_outcome):
+    """The measuring phase's trial of a KEEP_HEAP candidate on seed_grouped.py (conftest: the phase sends it to
+    measure_environment, with QUICK's blocks and rounds; every worker process started is counted)."""
+    _, outcome, started = process_setting_outcome
+    assert outcome.finding.candidate.process_environment == KEEP_HEAP
+    result = outcome.measurement
+    assert result is not None, outcome.not_measured
     assert result.blocks == 3 and result.fresh_copies and len(set(started)) == 6  # two real processes per block
     assert result.rounds == 4 and result.estimate.baseline_ms > 0 and result.estimate.candidate_ms > 0
     assert result.estimate.verdict in set(Verdict)
