@@ -47,6 +47,34 @@ def small_cnn_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict,
     return out, json.loads((out / "report.json").read_text()), result
 
 
+# A harness for tests of what surrounds a measurement (a gate, a mode, a report), not of the harness's own defaults
+# (those are small_cnn_run's and tests/test_benchmark.py's): the default six blocks of real interleaved rounds on
+# fresh copies, but without the 5 s between blocks (a wait that, with one candidate, is most of a default
+# measurement), without the second look, and with a third of the timed time.
+TEST_HARNESS = {"block_spacing_s": 0, "extra_blocks": 0, "warmup_s": 0.0, "warmup_steps": 2, "max_warmup_s": 2.0,
+                "target_s": 2.0}
+
+
+@pytest.fixture
+def cli_harness(monkeypatch: pytest.MonkeyPatch):
+    """Run `convdoctor profile` in this process (CliRunner) with these harness settings: ``cli_harness(**changes)``
+    sets them for the CLI's calls to the library (convdoctor.api.profile_file) until the test ends."""
+    from dataclasses import replace
+
+    import convdoctor.api
+    from convdoctor.analyzer.measure.benchmark import BenchmarkSettings
+
+    real = convdoctor.api.profile_file
+
+    def use(**changes: float) -> BenchmarkSettings:
+        settings = BenchmarkSettings(**{**TEST_HARNESS, **changes})
+        monkeypatch.setattr(convdoctor.api, "profile_file",
+                            lambda path, options, *rest: real(path, replace(options, benchmark=settings), *rest))
+        return settings
+
+    return use
+
+
 def capture_analysis(workload, tmp_path: Path, steps: int = 1):
     """Capture ``steps`` profiled steps of a workload with the real profiler and analyze its conv layers."""
     from convdoctor.analyzer.capture.recording import capture
