@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -29,13 +30,49 @@ def run_cli(*args: str, cwd: Path = REPO, timeout: float = 300, env: dict[str, s
                           timeout=timeout, env=env)
 
 
+# The rule small_cnn_run leaves out: CD118's candidate is a process setting, timed in a fresh pair of worker
+# processes per block (twelve torch imports with the default six blocks: about half of the run). Those trials are
+# measured by process_setting_outcome below, for tests/rules/test_cd118_cpu_allocator.py and
+# tests/test_measuring_phase.py; the rule's CLI runs are in test_cd118_cpu_allocator.py.
+SMALL_CNN_IGNORES = ("--ignore", "CD118")
+
+
 @pytest.fixture(scope="session")
 def small_cnn_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, subprocess.CompletedProcess[str]]:
-    """One real `convdoctor profile examples/small_cnn.py` run: its out dir, report.json and process result."""
+    """One real `convdoctor profile examples/small_cnn.py` run (every in-process rule, the default harness): its out
+    dir, report.json and process result."""
     out = tmp_path_factory.mktemp("small_cnn")
-    result = run_cli("profile", str(EXAMPLES / "small_cnn.py"), "--out", str(out), "--steps", "2")
+    result = run_cli("profile", str(EXAMPLES / "small_cnn.py"), "--out", str(out), "--steps", "2", *SMALL_CNN_IGNORES)
     assert result.returncode == 0, result.stderr
     return out, json.loads((out / "report.json").read_text()), result
+
+
+# A harness for tests of what surrounds a measurement (a gate, a mode, a report), not of the harness's own defaults
+# (those are small_cnn_run's and tests/test_benchmark.py's): the default six blocks of real interleaved rounds on
+# fresh copies, but without the 5 s between blocks (a wait that, with one candidate, is most of a default
+# measurement), without the second look, and with a third of the timed time.
+TEST_HARNESS = {"block_spacing_s": 0, "extra_blocks": 0, "warmup_s": 0.0, "warmup_steps": 2, "max_warmup_s": 2.0,
+                "target_s": 2.0}
+
+
+@pytest.fixture
+def cli_harness(monkeypatch: pytest.MonkeyPatch):
+    """Run `convdoctor profile` in this process (CliRunner) with these harness settings: ``cli_harness(**changes)``
+    sets them for the CLI's calls to the library (convdoctor.api.profile_file) until the test ends."""
+    from dataclasses import replace
+
+    import convdoctor.api
+    from convdoctor.analyzer.measure.benchmark import BenchmarkSettings
+
+    real = convdoctor.api.profile_file
+
+    def use(**changes: float) -> BenchmarkSettings:
+        settings = BenchmarkSettings(**{**TEST_HARNESS, **changes})
+        monkeypatch.setattr(convdoctor.api, "profile_file",
+                            lambda path, options, *rest: real(path, replace(options, benchmark=settings), *rest))
+        return settings
+
+    return use
 
 
 def capture_analysis(workload, tmp_path: Path, steps: int = 1):
@@ -59,6 +96,55 @@ def file_analysis(model_file: Path, tmp_path: Path, steps: int = 1):
 def seed_conv(tmp_path_factory: pytest.TempPathFactory):
     """One capture of examples/seed_conv.py (the model is a bare nn.Conv2d: the layer is ``<model>``)."""
     return file_analysis(EXAMPLES / "seed_conv.py", tmp_path_factory.mktemp("seed_conv"))
+
+
+# Blocks of few rounds for worker-process trials: each block starts a fresh pair of processes (a torch import each).
+PROCESS_HARNESS = {"block_spacing_s": 0, "extra_blocks": 0, "warmup_s": 0.0, "warmup_steps": 2, "min_rounds": 4,
+                   "max_rounds": 4, "max_warmup_s": 2.0, "blocks": 3}
+
+
+@dataclass(frozen=True)
+class Named:
+    """A test finding's evidence: its name, which is also its message."""
+
+    name: str
+
+    def message(self) -> str:
+        return self.name
+
+
+@pytest.fixture(scope="session")
+def process_setting_outcome():
+    """One real measuring phase of a process-setting candidate (CD118's allocator setting, KEEP_HEAP) on
+    examples/seed_grouped.py, with PROCESS_HARNESS: its workload, its outcome (a finding "allocator", CD999), and the
+    pid of every worker process it started, in order. Shared by the phase's test (worker processes, kept out of the
+    plan) and CD118's (a fresh pair of real processes per block): each pair is a torch import or two."""
+    from convdoctor.analyzer.candidates.candidate import Candidate, NumericsContract
+    from convdoctor.analyzer.capture.workload import load_workload
+    from convdoctor.analyzer.measure import environment_trial
+    from convdoctor.analyzer.measure.benchmark import BenchmarkSettings
+    from convdoctor.analyzer.measure.phase import MeasuringOptions, measure_findings
+    from convdoctor.progress import SilentProgress
+    from convdoctor.rules.base import Finding, Severity
+    from convdoctor.rules.cd118_cpu_allocator import KEEP_HEAP
+
+    started: list[int] = []
+
+    class CountedWorker(environment_trial._Worker):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            started.append(self.process.pid)
+
+    workload = load_workload(EXAMPLES / "seed_grouped.py")
+    candidate = Candidate(title="allocator", transform=lambda w: w, numerics=NumericsContract.EXACT,
+                          tolerance=1e-5, process_environment=KEEP_HEAP)
+    finding = Finding(rule_id="CD999", rule_name="allocator", severity=Severity.INFO, evidence=Named("allocator"),
+                      fix="allocator", advice="", snippet="", estimated_saving=0.1, candidate=candidate)
+    settings = BenchmarkSettings(**PROCESS_HARNESS)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(environment_trial, "_Worker", CountedWorker)
+        (outcome,) = measure_findings(workload, [finding], MeasuringOptions(benchmark=settings), SilentProgress())
+    return workload, outcome, started
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,10 @@ import re
 import shutil
 from pathlib import Path
 
-from conftest import EXAMPLES, REPO, run_cli
+from click.testing import CliRunner
+from conftest import EXAMPLES, REPO
+
+from convdoctor.cli import main
 
 CODE_FOLDERS = ("analyzer", "rules", "reports", "convdoctor")
 UNSAFE = {
@@ -46,8 +49,8 @@ def test_a_hostile_model_file_name_is_text_in_the_report(tmp_path: Path):
     hostile = tmp_path / "<img src=x onerror=alert(4)>javascript:alert(5).py"
     shutil.copy(EXAMPLES / "seed_grouped.py", hostile)
     out = tmp_path / "out"
-    result = run_cli("profile", str(hostile), "--out", str(out), "--no-measure", "--steps", "1")
-    assert result.returncode == 0, result.stderr
+    result = CliRunner().invoke(main, ["profile", str(hostile), "--out", str(out), "--no-measure", "--steps", "1"])
+    assert result.exit_code == 0, result.output
     html = (out / "report.html").read_text(encoding="utf-8")
     assert "<img" not in html and "&lt;img src=x onerror=alert(4)&gt;" in html
     assert not re.search(r"""(href|src)\s*=\s*["']?\s*javascript:""", html, re.IGNORECASE)

@@ -108,7 +108,8 @@ def test_module_level_model_with_dict_inputs_and_a_neighbour_import(tmp_path: Pa
     assert second["groups"] == 2 and report["workload"]["batch_size"] == 2
 
 
-def test_train_mode_profiles_backward_and_measures_the_training_step(tmp_path: Path):
+def test_train_mode_profiles_backward_and_measures_the_training_step(tmp_path: Path, cli_harness):
+    cli_harness(min_rounds=10)  # the training step timed in real rounds, without the default harness's waits
     result = CliRunner().invoke(main, ["profile", str(EXAMPLES / "seed_grouped.py"), "--mode", "train",
                                        "--batch-size", "1", "--steps", "1", "--out", str(tmp_path),
                                        "--select", "CD101"])
@@ -151,13 +152,20 @@ def test_every_example_loads_and_fits(example: str):
     check_fits(load_workload(EXAMPLES / example, device="cpu"))
 
 
-def test_fail_under_gates_ci_on_the_measured_plan(tmp_path: Path):
-    """seed_separable's depthwise conv runs ~2x faster in channels_last on oneDNN: a 1.1x gate fails, 50x passes."""
+def test_fail_under_gates_ci_on_the_measured_plan(tmp_path: Path, cli_harness):
+    """seed_separable's depthwise conv runs ~2x faster in channels_last on oneDNN: a 1.1x gate fails, 50x passes.
+    The gate reads the measured plan, whatever harness measured it: each run times real blocks of rounds
+    (conftest.TEST_HARNESS), without the default harness's waits between blocks."""
+    harness = cli_harness()
     args = ["profile", str(EXAMPLES / "seed_separable.py"), "--select", "CD101", "--steps", "1",
             "--out", str(tmp_path)]
     gated = CliRunner().invoke(main, [*args, "--fail-under", "1.1"])
     report = json.loads((tmp_path / "report.json").read_text())
+    assert report["plan"]["measurement"]["blocks"] == harness.blocks
     low = report["plan"]["measurement"]["ci_low"]
     assert low >= 1.1, "channels_last no longer speeds up a depthwise conv on this CPU: the premise is gone"
     assert gated.exit_code == 1 and "--fail-under 1.1" in gated.stderr
-    assert CliRunner().invoke(main, [*args, "--fail-under", "50"]).exit_code == 0
+    passed = CliRunner().invoke(main, [*args, "--fail-under", "50"])
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["plan"]["measurement"]["ci_low"] < 50  # a measured plan, below the gate
+    assert passed.exit_code == 0 and "--fail-under" not in passed.stderr

@@ -9,7 +9,10 @@ import sys
 from pathlib import Path
 
 import jsonschema
+from click.testing import CliRunner
 from conftest import EXAMPLES, MODELS, REPO, SCHEMA, run_cli
+
+from convdoctor.cli import main
 
 
 def _run_job(model: str, out: Path, pids: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -81,17 +84,18 @@ def test_a_worker_that_raises_fails_the_run_in_one_line_and_leaves_no_process(tm
 
 
 def test_nproc_1_keeps_the_single_device_report(tmp_path: Path):
-    result = run_cli("profile", str(MODELS / "ddp_slow_rank1.py"), "--mode", "train", "--nproc", "1", "--steps", "1",
-                     "--no-measure", "--out", str(tmp_path))
-    assert result.returncode == 0, result.stderr
+    result = CliRunner().invoke(main, ["profile", str(MODELS / "ddp_slow_rank1.py"), "--mode", "train", "--nproc", "1",
+                                       "--steps", "1", "--no-measure", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "report.json").read_text())
     assert "distributed" not in report
     assert [Path(t).name.split(".")[0] for t in report["trace_files"]] == ["worker0"]
 
 
 def test_nproc_with_eval_is_refused_in_one_line(tmp_path: Path):
-    result = run_cli("profile", str(EXAMPLES / "small_cnn.py"), "--nproc", "2", "--out", str(tmp_path))
-    assert result.returncode == 2
+    result = CliRunner().invoke(main, ["profile", str(EXAMPLES / "small_cnn.py"), "--nproc", "2",
+                                       "--out", str(tmp_path)])
+    assert result.exit_code == 2
     assert result.stderr.strip().splitlines()[-1].startswith("convdoctor: error: --nproc needs --mode train")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -10,7 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import MODELS, REPO, run_cli
+from click.testing import CliRunner
+from conftest import MODELS, REPO
+
+from convdoctor.cli import main
 
 MODEL = MODELS / "slow_steps.py"
 
@@ -19,11 +23,20 @@ def _files(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The out dir of one finished run, copied by each test: a run reads no more of an out dir's previous report
+    than that it is there. (The runs interrupted are real processes.)"""
+    out = tmp_path_factory.mktemp("first") / "out"
+    first = CliRunner().invoke(main, ["profile", str(MODEL), "--out", str(out), "--no-measure", "--steps", "1"])
+    assert first.exit_code == 0, first.output
+    return out
+
+
 @pytest.fixture
-def previous_run(tmp_path: Path) -> tuple[Path, dict[str, bytes]]:
+def previous_run(first_run: Path, tmp_path: Path) -> tuple[Path, dict[str, bytes]]:
     out = tmp_path / "out"
-    first = run_cli("profile", str(MODEL), "--out", str(out), "--no-measure", "--steps", "1")
-    assert first.returncode == 0, first.stderr
+    shutil.copytree(first_run, out)
     return out, _files(out)
 
 

@@ -131,20 +131,15 @@ def test_a_candidate_running_past_the_time_budget_is_stopped_when_the_budget_end
     assert hangs.measurement is None and "the rest of --time-budget" in hangs.not_measured
 
 
-def test_a_process_setting_is_measured_in_worker_processes_and_kept_out_of_the_plan():
-    from conftest import EXAMPLES
-
-    from convdoctor.analyzer.capture.workload import load_workload
+def test_a_process_setting_is_measured_in_worker_processes_and_kept_out_of_the_plan(process_setting_outcome):
     from convdoctor.analyzer.measure.benchmark import Verdict
     from convdoctor.analyzer.measure.plan import build_plan
     from convdoctor.rules.cd118_cpu_allocator import KEEP_HEAP
 
-    workload = load_workload(EXAMPLES / "seed_grouped.py")
-    candidate = Candidate(title="allocator", transform=lambda w: w, numerics=NumericsContract.EXACT,
-                          tolerance=1e-5, process_environment=KEEP_HEAP)
-    finding = replace(_finding("allocator", lambda w: w, 0.1), candidate=candidate)
-    (outcome,) = measure_findings(workload, [finding], MeasuringOptions(benchmark=QUICK), SilentProgress())
+    workload, outcome, started = process_setting_outcome  # measure_findings with a KEEP_HEAP candidate (conftest)
+    assert outcome.finding.candidate.process_environment == KEEP_HEAP and outcome.finding.rule_id == "CD999"
     assert outcome.measurement is not None and "worker processes" in outcome.measurement.timer
+    assert len(started) == 2 * outcome.measurement.blocks  # the phase sent it to worker processes, not in-process
     assert outcome.numerics_ok is True
     faster = replace(outcome.measurement.estimate, verdict=Verdict.FASTER)
     accepted = replace(outcome, measurement=replace(outcome.measurement, estimate=faster))

@@ -100,14 +100,21 @@ def test_report_is_self_contained(small_cnn_run):
     assert len(re.findall(r"https?://", text)) == len(re.findall(r"https?://", references))
 
 
-def test_page_renders_in_chromium(small_cnn_run, tmp_path):
+@pytest.fixture(scope="module")
+def small_cnn_dom(small_cnn_run, tmp_path_factory):
+    """small_cnn's report.html as Chromium left it after its script ran (--dump-dom), and that run's result."""
+    out, _, _ = small_cnn_run
+    result = chromium(tmp_path_factory.mktemp("dump") / "profile", "--dump-dom", (out / "report.html").as_uri())
+    return parse_html(result.stdout), result
+
+
+def test_page_renders_in_chromium(small_cnn_run, small_cnn_dom):
     """--dump-dom after the page ran: headline, both charts, one table row per layer in report.json order, no
     console output."""
-    out, report, _ = small_cnn_run
-    result = chromium(tmp_path / "profile", "--dump-dom", (out / "report.html").as_uri())
+    _, report, _ = small_cnn_run
+    dom, result = small_cnn_dom
     assert result.returncode == 0, result.stderr[-3000:]
     assert console_lines(result.stderr) == []
-    dom = parse_html(result.stdout)
     headline = dom.by_id("headline").text()
     assert f"({len(report['layers'])} layers)" in headline, headline
     breakdown = dom.by_id("breakdown-chart")
@@ -128,12 +135,11 @@ def test_page_renders_in_chromium(small_cnn_run, tmp_path):
     assert len(dom.find_all("script")) == 1
 
 
-def test_roofline_and_speedup_charts(small_cnn_run, tmp_path):
+def test_roofline_and_speedup_charts(small_cnn_run, small_cnn_dom):
     """The roofline has both roofs and one dot per layer, colored by its bound; the speedup chart has one point per
     measured finding; bars and table cells carry each layer's bound."""
-    out, report, _ = small_cnn_run
-    result = chromium(tmp_path / "profile", "--dump-dom", (out / "report.html").as_uri())
-    dom = parse_html(result.stdout)
+    _, report, _ = small_cnn_run
+    dom, _ = small_cnn_dom
     roofline = dom.by_id("roofline-chart")
     for roof in ("roof roof-memory", "roof roof-compute"):
         (line,) = roofline.find_all("line", class_=roof)

@@ -5,34 +5,56 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from conftest import EXAMPLES, MODELS, run_cli
+from conftest import EXAMPLES, MODELS, PROCESS_HARNESS, REPO
 
 from convdoctor.analyzer.capture.workload import load_workload
-from convdoctor.analyzer.measure import environment_trial
 from convdoctor.analyzer.measure.benchmark import BenchmarkSettings, Verdict
 from convdoctor.analyzer.measure.environment_trial import WorkerError, measure_environment
 from convdoctor.rules.cd118_cpu_allocator import KEEP_HEAP
 
-QUICK = BenchmarkSettings(block_spacing_s=0, extra_blocks=0,
-                          warmup_s=0.0, warmup_steps=2, min_rounds=4, max_rounds=4, max_warmup_s=2.0,
-                          blocks=3)
+QUICK = BenchmarkSettings(**PROCESS_HARNESS)  # 3 blocks of 4 rounds in all
 ALLOCATOR_VARIABLES = ("MALLOC_", "GLIBC_TUNABLES", "LD_PRELOAD")
 
 
-def _profile(tmp_path: Path, extra_env: dict[str, str]) -> dict:
+@pytest.fixture(scope="module")
+def allocator_runs(tmp_path_factory: pytest.TempPathFactory):
+    """Real CLI runs of seed_conv.py (CD118 alone, nothing measured), one with glibc's defaults and one started with
+    KEEP_HEAP: glibc reads its settings at process start, so each is a process of its own. They run side by side
+    (what they report are page-fault counts, each of its own process); ``finished(name)`` waits for one and gives its
+    out dir and report.json."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith(ALLOCATOR_VARIABLES)}
-    result = run_cli("profile", str(EXAMPLES / "seed_conv.py"), "--out", str(tmp_path), "--no-measure",
-                     "--select", "CD118", "--format", "json", env={**clean, **extra_env})
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
+    started = {}
+    for name, extra_env in (("defaults", {}), ("kept", KEEP_HEAP)):
+        out = tmp_path_factory.mktemp(f"cd118_{name}")
+        args = ["profile", str(EXAMPLES / "seed_conv.py"), "--out", str(out / "out"), "--no-measure",
+                "--select", "CD118", "--format", "json"]
+        with open(out / "stdout", "w") as stdout, open(out / "stderr", "w") as stderr:
+            process = subprocess.Popen([sys.executable, "-m", "convdoctor", *args], cwd=REPO, stdout=stdout,
+                                       stderr=stderr, text=True, env={**clean, **extra_env})
+        started[name] = (out, process)
+
+    def finished(name: str) -> tuple[Path, dict]:
+        out, process = started[name]
+        assert process.wait(timeout=300) == 0, (out / "stderr").read_text()
+        return out / "out", json.loads((out / "stdout").read_text())
+
+    try:
+        yield finished
+    finally:
+        for _, process in started.values():
+            if process.poll() is None:
+                process.kill()
+                process.wait()
 
 
-def test_fires_with_glibc_defaults(tmp_path: Path):
-    report = _profile(tmp_path, {})
+def test_fires_with_glibc_defaults(allocator_runs):
+    tmp_path, report = allocator_runs("defaults")
     assert report["workload"]["allocator"] == "glibc malloc (defaults)"
     (finding,) = [f for f in report["findings"] if f["rule_id"] == "CD118"]
     assert finding["evidence"]["minor_faults_per_step"] >= 256  # counted before convdoctor kept the heap...
@@ -41,24 +63,20 @@ def test_fires_with_glibc_defaults(tmp_path: Path):
     assert "thresholds fixed by convdoctor" in (tmp_path / "report.html").read_text()
 
 
-def test_quiet_when_the_process_keeps_its_heap(tmp_path: Path):
-    report = _profile(tmp_path, KEEP_HEAP)
+def test_quiet_when_the_process_keeps_its_heap(allocator_runs):
+    _, report = allocator_runs("kept")
     assert "MALLOC_MMAP_THRESHOLD_=4294967296" in report["workload"]["allocator"]
     assert [f for f in report["findings"] if f["rule_id"] == "CD118"] == []
     assert report["workload"]["heap_kept"] is False  # the user's own settings, left as they are
 
 
-def test_the_candidate_is_measured_in_a_fresh_pair_of_worker_processes_per_block(monkeypatch):
-    started = []
-
-    class CountedWorker(environment_trial._Worker):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            started.append(self.process.pid)
-
-    monkeypatch.setattr(environment_trial, "_Worker", CountedWorker)
-    workload = load_workload(EXAMPLES / "seed_grouped.py")
-    result = measure_environment(workload, KEEP_HEAP, QUICK)
+def test_the_candidate_is_measured_in_a_fresh_pair_of_worker_processes_per_block(process_setting_outcome):
+    """The measuring phase's trial of a KEEP_HEAP candidate on seed_grouped.py (conftest: the phase sends it to
+    measure_environment, with QUICK's blocks and rounds; every worker process started is counted)."""
+    _, outcome, started = process_setting_outcome
+    assert outcome.finding.candidate.process_environment == KEEP_HEAP
+    result = outcome.measurement
+    assert result is not None, outcome.not_measured
     assert result.blocks == 3 and result.fresh_copies and len(set(started)) == 6  # two real processes per block
     assert result.rounds == 4 and result.estimate.baseline_ms > 0 and result.estimate.candidate_ms > 0
     assert result.estimate.verdict in set(Verdict)

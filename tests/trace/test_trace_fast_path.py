@@ -23,8 +23,24 @@ HOST_CATEGORIES = {"operator", "cpu_op", "user_annotation", "python_function", "
 DEVICE_CATEGORIES = {"kernel", "memcpy", "gpu_memcpy", "memset", "gpu_memset"}
 
 
+@functools.cache
+def json_reading(name: str) -> dict:
+    """The standard library's reading of a shared trace, decoded once a session (a few seconds each): the tests only
+    read it, and parse_trace does not change what it is given."""
+    return json.loads(gzip.decompress(SHARED_TRACES[name].read_bytes()))
+
+
 def raw_events(name: str) -> list[dict]:
-    return json.loads(gzip.decompress(SHARED_TRACES[name].read_bytes()))["traceEvents"]
+    return json_reading(name)["traceEvents"]
+
+
+@functools.cache
+def json_reading_profile(name: str) -> tuple[list, list[tuple]]:
+    """The summary (``_summary_of``) and the conv layers (``layer_facts``) of the Profile that parse_trace makes of
+    the standard library's reading: the expected values here and in test_trace_stream.py."""
+    profile = parse_trace(json_reading(name), "plain")
+    summary = _summary_of(profile)
+    return summary, layer_facts(analyze_convs(profile))
 
 
 @pytest.mark.parametrize("name", sorted(SHARED_TRACES))
@@ -51,8 +67,7 @@ def test_fast_path_finds_the_conv_layers_of_the_plain_json_reading(name):
     profile = load_profile(SHARED_TRACES[name])
     assert gc.isenabled() == gc_was_enabled  # the collector is back as it was
     fast = analyze_convs(profile)
-    plain = analyze_convs(parse_trace(json.loads(gzip.decompress(SHARED_TRACES[name].read_bytes())), "plain"))
-    assert layer_facts(fast) == layer_facts(plain)
+    assert layer_facts(fast) == json_reading_profile(name)[1]
     forward_conv_calls = sum(e.get("ph") == "X" and e.get("name") == "aten::conv2d" for e in raw_events(name))
     assert sum(layer.calls for layer in fast.layers) == forward_conv_calls
 
@@ -147,7 +162,7 @@ def test_typing_takes_each_event_out_of_the_decoded_list():
 def _resnet50_excerpt() -> str:
     """The real V100 trace cut to its first tenth in time (and its metadata events): the same kinds of events and
     fields, a tenth of the parsing for each of the many changed copies below."""
-    trace = json.loads(gzip.decompress(SHARED_TRACES["resnet50"].read_bytes()))
+    trace = dict(json_reading("resnet50"))  # a new top level; the events it keeps are only written out
     times = [e["ts"] for e in trace["traceEvents"] if "ts" in e]
     end = min(times) + (max(times) - min(times)) / 10
     trace["traceEvents"] = [e for e in trace["traceEvents"] if e.get("ph") == "M" or e.get("ts", end + 1) <= end]
