@@ -23,7 +23,7 @@ from convdoctor.analyzer.measure.results import (
 from convdoctor.reports.report import FindingOutcome, Plan, Report
 from convdoctor.rules.base import evidence_fields
 
-SCHEMA_VERSION = "1.1"  # 1.1: optional distributed, device_kernels, throughput, larger_batches, layer_measurements
+SCHEMA_VERSION = "1.2"  # 1.2: contention (reliable, busy_machine), stopped_early, summary steps_from/rank/gpu/comm
 
 
 def report_to_dict(report: Report) -> dict[str, Any]:
@@ -60,6 +60,8 @@ def report_to_dict(report: Report) -> dict[str, Any]:
         "rule_problems": list(report.rule_problems),
         "trace_files": list(report.trace_files),
         "logdir": report.logdir,
+        "reliable": report.busy_machine is None,
+        "busy_machine": None if report.busy_machine is None else vars(report.busy_machine).copy(),
         **({"distributed": distributed_to_dict(analysis.job)} if analysis.job is not None else {}),
     }
 
@@ -273,8 +275,7 @@ def _throughput_point(point: ThroughputPoint) -> dict[str, Any]:
         "warmup_steps": list(measurement.warmup_steps),
         "threads": measurement.threads,
         "timer": measurement.timer,
-        "other_cores_busy": measurement.other_cores_busy,
-        "machine_was_busy": measurement.machine_was_busy,
+        **_load(measurement),
     }
 
 
@@ -335,6 +336,14 @@ def _interval(estimate: SpeedupEstimate) -> dict[str, Any]:
             "confidence": CONFIDENCE, "verdict": estimate.verdict.value}
 
 
+def _load(measurement: Measurement) -> dict[str, Any]:
+    """Other processes' load over a measurement, and whether its verdict holds (``reliable: false``: none)."""
+    contention = measurement.contention
+    return {"other_cores_busy": measurement.other_cores_busy, "reliable": measurement.reliable,
+            "contended_blocks": contention.contended_blocks, "redone_blocks": contention.redone_blocks,
+            "busiest": contention.busiest, "stopped_early": measurement.stopped_early}
+
+
 def _measurement(measurement: Measurement, numerics_ok: bool | None, *, compares_outputs: bool) -> dict[str, Any]:
     estimate, numerics = measurement.estimate, measurement.numerics
     return {
@@ -356,8 +365,7 @@ def _measurement(measurement: Measurement, numerics_ok: bool | None, *, compares
         "first_step_s": list(measurement.first_step_s),
         "threads": measurement.threads,
         "timer": measurement.timer,
-        "other_cores_busy": measurement.other_cores_busy,
-        "machine_was_busy": measurement.machine_was_busy,
+        **_load(measurement),
         "peak_bytes": list(measurement.peak_bytes),
         "peak_memory": measurement.peak_memory,
     }

@@ -39,6 +39,18 @@ class RuleDoc:
     sections: list[tuple[str, str]]  # (heading, body)
 
 
+@dataclass(frozen=True)
+class BusyMachine:
+    """Why measurements of this run have no verdict: other processes kept the cores it timed on busy, through the
+    run's wait for quiet (``capture.contention.QuietPolicy``)."""
+
+    unreliable: int  # measurements without a verdict
+    measured: int  # measurements taken
+    busiest: str  # what kept the cores busy
+    waited_s: float  # how long the run waited for quiet
+    wait_s: float  # how long it could wait (--wait-quiet)
+
+
 @dataclass
 class Report:
     """One run's result, as the reports read it."""
@@ -56,6 +68,7 @@ class Report:
     roofline: Roofline | None = None  # the device's peaks and each layer against them
     layer_kernels: dict[str, LayerKernels] = field(default_factory=dict)  # each layer's device kernels (GPU traces)
     kernel_totals: KernelTotals | None = None  # all layers' conv kernels summed (GPU traces)
+    busy_machine: BusyMachine | None = None  # set when measurements were taken under contention
 
 
 def trace_summary(analysis: ConvAnalysis, trace: Path) -> WorkloadSummary:

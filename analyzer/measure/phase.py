@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from convdoctor.analyzer.candidates.candidate import LayerTrial
+from convdoctor.analyzer.capture.contention import QuietPolicy
 from convdoctor.analyzer.capture.workload import Workload, describe_exception
 from convdoctor.analyzer.measure.batch_sweep import sweep_batch_sizes
 from convdoctor.analyzer.measure.benchmark import BenchmarkSettings, Measurement, measure
@@ -35,6 +36,7 @@ class MeasuringOptions:
     time_budget_s: float | None = None  # for the whole measuring phase; None: measure every candidate
     timeout_s: float | None = 300.0  # one candidate's trial
     benchmark: BenchmarkSettings = field(default_factory=BenchmarkSettings)
+    quiet: QuietPolicy | None = None  # the run's rule for busy machines; None: never wait, mark contention
 
 
 def measure_findings(
@@ -49,7 +51,7 @@ def measure_findings(
     candidate is finished before the next starts: the budget goes to the largest savings first.
     """
     workload = target if isinstance(target, Workload) else None
-    trial = LocalTrial(target, options.benchmark, progress) if isinstance(target, Workload) else target
+    trial = LocalTrial(target, options.benchmark, progress, options.quiet) if isinstance(target, Workload) else target
     spread = isinstance(trial, LocalTrial) and options.time_budget_s is None
     started = time.perf_counter()
     by_priority = sorted(range(len(findings)), key=lambda i: -(findings[i].estimated_saving or 0.0))
@@ -77,7 +79,7 @@ def measure_findings(
                 finding, not_measured=f"the measuring time budget ({options.time_budget_s:g} s) ran out before "
                                       "this candidate; raise --time-budget to measure it")
         elif finding.candidate.process_environment is not None:
-            process_trial = ProcessTrial(workload, options.benchmark, progress)
+            process_trial = ProcessTrial(workload, options.benchmark, progress, options.quiet)
             outcomes[index] = _try_candidate(process_trial, None, finding, options, progress,
                                              _candidate_limit(options, spent))
         else:
@@ -185,7 +187,7 @@ def _try_layer(workload: Workload, trial: LayerTrial, tolerance: float, options:
         inputs = torch.randn(trial.input_shape, dtype=dtype, device=workload.device)
         alone = replace(workload, model=module, inputs=inputs, source=f"{workload.source}:{trial.layer}",
                         input_factory=None)
-        result = measure(alone, trial.transform(alone.copy()), options.benchmark, progress=progress.rounds)
+        result = measure(alone, trial.transform(alone.copy()), options.benchmark, progress.rounds, options.quiet)
     except Exception as exc:  # the layer alone may fail where the model did not; the run goes on
         return LayerMeasurement(trial.layer, trial.input_shape, None,
                                 not_measured=f"the layer trial failed: {describe_exception(exc)}")
@@ -208,7 +210,7 @@ def _try_larger_batches(
             workload, proposal.factors, options.benchmark, budget, progress.rounds,
             before_each=lambda batch: progress.stage(
                 f"measuring {finding.rule_id} {finding.rule_name}: samples/s at batch {batch} vs "
-                f"{workload.batch_size}"))
+                f"{workload.batch_size}"), quiet=options.quiet)
     except Exception as exc:  # the user's get_inputs or a larger batch may fail in any way; the run goes on
         if workload.device.type == "cuda":
             torch.cuda.empty_cache()
