@@ -241,6 +241,7 @@ def _outcome(outcome: FindingOutcome) -> dict[str, Any]:
             outcome.measurement, outcome.numerics_ok, compares_outputs=outcome.architecture is None),
         "not_measured": outcome.not_measured,
         "same_candidate_as": outcome.same_candidate_as,
+        "off_prediction": outcome.off_prediction,
         "architecture": None if outcome.architecture is None else _architecture(outcome.architecture),
         "larger_batches": None if finding.larger_batches is None else {
             "factors": list(finding.larger_batches.factors), "budget_s": finding.larger_batches.budget_s},

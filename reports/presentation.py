@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from convdoctor.analyzer.measure.results import (
+    PREDICTION_FACTOR,
     BatchSweep,
     Measurement,
     ThroughputPoint,
@@ -145,6 +146,9 @@ def result_with_prediction(outcome: FindingOutcome) -> str:
         return f"{result}; predicted at most {speedup:.2f}×"
     if finding.saving_bound is SavingBound.PART:
         return f"{result}; {speedup:.2f}× visible in the trace (the rest of the effect is not)"
+    if outcome.off_prediction:
+        return (f"{result}; predicted {speedup:.2f}×: the measurement stays more than {PREDICTION_FACTOR:g}× off "
+                "the predicted saving after a second look")
     return f"{result}; predicted {speedup:.2f}×"
 
 

@@ -1,8 +1,18 @@
-"""A busy-loop process for the contention tests: spins one core until killed (or for SECONDS, when given)."""
+"""A busy-loop process for the contention tests and benchmarks: spins one core until killed, or for SECONDS, busy
+for DUTY of every 50 ms (1: all of it).
+
+    python busy_loop.py [SECONDS [DUTY]]
+"""
 
 import sys
 import time
 
-deadline = time.monotonic() + float(sys.argv[1]) if len(sys.argv) > 1 else float("inf")
+seconds = float(sys.argv[1]) if len(sys.argv) > 1 and sys.argv[1] else float("inf")
+duty = float(sys.argv[2]) if len(sys.argv) > 2 else 1.0
+deadline = time.monotonic() + seconds
 while time.monotonic() < deadline:
-    pass
+    busy_until = time.monotonic() + 0.05 * duty
+    while time.monotonic() < busy_until:
+        pass
+    if duty < 1.0:
+        time.sleep(0.05 * (1.0 - duty))

@@ -320,16 +320,25 @@ class Comparison:
     def _after_block(self) -> None:
         """Stop once a block was kept under contention (the verdict is withdrawn whatever follows) or when
         settled; take the second look when the planned blocks leave the change open."""
-        if self._watch.contended_blocks:
+        if self._watch.contended_blocks and sum(self._blocks) >= 2:  # two rounds make an estimate
             self._plan = self._plan[:len(self._blocks)]
         elif not self.blocks_left:
-            if not self._extra_blocks and self.settings.extra_blocks > 0 and undecided(self.rounds().estimate()):
-                self._extra_blocks = self.settings.extra_blocks
-                self._plan += [self._plan[i % len(self._plan)] for i in range(self._extra_blocks)]
+            if undecided(self.rounds().estimate()):
+                self.second_look()
         elif (self.settings.early_stop and not self._extra_blocks and len(self._blocks) >= self.settings.min_blocks
               and settled(self.rounds())):
             self._plan = self._plan[:len(self._blocks)]
             self._stopped_early = True
+
+    def second_look(self) -> bool:
+        """Plan ``extra_blocks`` more blocks, once (not after a block kept under contention); whether it did."""
+        if self._extra_blocks or self.settings.extra_blocks <= 0 or self._watch.contended_blocks:
+            return False
+        self._extra_blocks = self.settings.extra_blocks
+        base = self._plan[:len(self._blocks)] or self._plan
+        self._plan = self._plan[:len(self._blocks)] + [base[i % len(base)] for i in range(self._extra_blocks)]
+        self._stopped_early = False
+        return True
 
     def rounds(self) -> Rounds:
         return Rounds(times_s=self._times, blocks=list(self._blocks), warmup_steps=(self._warmups[0], self._warmups[1]),
@@ -488,7 +497,7 @@ def alternating_rounds(
                                     progress=block_progress)
 
         block_sizes.append(one_block() if watch is None else watch.run(one_block, times))
-        if watch is not None and watch.contended_blocks:  # no verdict whatever follows
+        if watch is not None and watch.contended_blocks and sum(block_sizes) >= 2:  # no verdict whatever follows
             break
         if (settings.early_stop and len(block_sizes) >= settings.min_blocks and block + 1 < len(plan)
                 and settled(Rounds(times, list(block_sizes)))):

@@ -14,7 +14,7 @@ from convdoctor.analyzer.capture.workload import Workload, describe_exception
 from convdoctor.analyzer.measure.batch_sweep import sweep_batch_sizes
 from convdoctor.analyzer.measure.benchmark import BenchmarkSettings, Measurement, measure
 from convdoctor.analyzer.measure.model_cost import ArchitectureDelta
-from convdoctor.analyzer.measure.results import FindingOutcome, LayerMeasurement, Proposal
+from convdoctor.analyzer.measure.results import FindingOutcome, LayerMeasurement, Proposal, off_prediction
 from convdoctor.analyzer.measure.trials import (
     CannotMeasure,
     LocalTrial,
@@ -113,20 +113,26 @@ def _start_candidate(trial: LocalTrial, finding: Proposal, progress: Progress,
 
 def _finish_spread(pending: dict[int, PendingTrial], findings: list[Proposal], workload: Workload | None,
                    options: MeasuringOptions, progress: Progress) -> dict[int, FindingOutcome]:
-    """The later blocks of every started candidate, one block of each in turn; then each one's outcome."""
+    """The later blocks of every started candidate, one block of each in turn; then each one's outcome. The
+    progress line gives the blocks left and, from the blocks so far, about how long they take."""
     outcomes: dict[int, FindingOutcome] = {}
+    block_s: list[float] = []
     while pending:
         for index, trial in list(pending.items()):
-            if not trial.comparison.blocks_left:
+            if not trial.comparison.blocks_left and not _looks_again(trial, findings[index]):
                 result, delta = trial.result()
                 outcomes[index] = _outcome(findings[index], result, delta, workload, options, progress)
                 del pending[index]
                 continue
             block = len(trial.comparison.rounds().blocks) + 1
+            left = sum(other.comparison.blocks_left for other in pending.values())
+            eta = f"; {left} blocks left, about {left * sum(block_s) / len(block_s):.0f} s" if block_s else ""
             progress.stage(f"measuring {findings[index].rule_id} {findings[index].rule_name}: block {block} of "
-                           f"{block + trial.comparison.blocks_left - 1}")
+                           f"{block + trial.comparison.blocks_left - 1}{eta}")
+            started = time.perf_counter()
             try:
                 trial.run_block()
+                block_s.append(time.perf_counter() - started)
             except Exception as exc:
                 outcomes[index] = _failed(findings[index], exc, f" (in block {block})")
                 del pending[index]
@@ -151,10 +157,23 @@ def _try_candidate(
     assert candidate is not None
     progress.stage(f"measuring {finding.rule_id} {finding.rule_name}: baseline vs {candidate.title}")
     try:
-        result, delta = trial([candidate], limit)
+        if isinstance(trial, LocalTrial):
+            pending = trial.start([candidate], limit)
+            while pending.comparison.blocks_left or _looks_again(pending, finding):
+                pending.run_block()
+            result, delta = pending.result()
+        else:
+            result, delta = trial([candidate], limit)
     except Exception as exc:
         return _failed(finding, exc)
     return _outcome(finding, result, delta, workload, options, progress)
+
+
+def _looks_again(trial: PendingTrial, finding: Proposal) -> bool:
+    """A finished comparison whose interval stays over PREDICTION_FACTOR from the finding's prediction takes its
+    second look (``Comparison.second_look``, once); whether it did."""
+    estimate = trial.comparison.rounds().estimate()
+    return off_prediction(estimate, finding.predicted_saving) and trial.comparison.second_look()
 
 
 def _failed(finding: Proposal, exc: Exception, where: str = "") -> FindingOutcome:
@@ -174,7 +193,8 @@ def _outcome(finding: Proposal, result: Measurement, delta: ArchitectureDelta | 
     ok = result.numerics.within(candidate.tolerance)
     layers = ([_try_layer(workload, layer, candidate.tolerance, options, progress) for layer in candidate.layer_trials]
               if workload else [])
-    return FindingOutcome(finding, measurement=result, numerics_ok=ok, layer_measurements=layers)
+    return FindingOutcome(finding, measurement=result, numerics_ok=ok, layer_measurements=layers,
+                          off_prediction=off_prediction(result.estimate, finding.predicted_saving))
 
 
 def _try_layer(workload: Workload, trial: LayerTrial, tolerance: float, options: MeasuringOptions,

@@ -42,6 +42,9 @@ FIRST_STEP_SEED = 0  # every variant's first step draws the same random numbers 
 # up to four looks (3-6 blocks), a constant boundary this much stricter than CONFIDENCE keeps the chance of a
 # false verdict over all looks near 1 - CONFIDENCE (Pocock's boundary for four looks: 0.018 per look for 0.05).
 EARLY_CONFIDENCE = 0.982
+# A measurement whose savings stay more than this factor from the rule's prediction gets a second look, and is
+# flagged beside its figure when it still does.
+PREDICTION_FACTOR = 2.0
 # An early verdict also needs an interval this narrow (high / low), so that the candidates it ranks are apart.
 EARLY_WIDTH = 1.25
 
@@ -150,6 +153,16 @@ class GradientReference:
         return self.rounding_only and self.candidate_error <= ROUNDING_LIMIT
 
 
+def off_prediction(estimate: SpeedupEstimate, predicted_saving: float | None) -> bool:
+    """Whether a measured interval and a predicted saving (a share of the step) disagree by more than
+    PREDICTION_FACTOR: the interval's savings all above PREDICTION_FACTOR times the prediction, or all below its
+    1 / PREDICTION_FACTOR. No prediction, or one of no saving, disagrees with nothing."""
+    if predicted_saving is None or predicted_saving <= 0 or estimate.verdict is Verdict.UNRELIABLE:
+        return False
+    low, high = 1.0 - 1.0 / estimate.ci_low, 1.0 - 1.0 / estimate.ci_high
+    return high < predicted_saving / PREDICTION_FACTOR or low > predicted_saving * PREDICTION_FACTOR
+
+
 @dataclass(frozen=True)
 class Contention:
     """Other processes' load over a measurement's blocks of rounds (``contention.QuietPolicy``)."""
@@ -236,6 +249,10 @@ class Proposal(Protocol):
     rule_id: str
     rule_name: str
     estimated_saving: float | None
+
+    @property
+    def predicted_saving(self) -> float | None: ...  # the estimate, when it predicts the fix's whole effect
+
     candidate: Candidate | None
     larger_batches: LargerBatches | None
 
@@ -252,6 +269,7 @@ class FindingOutcome:
     same_candidate_as: str | None = None  # the rule whose identical candidate this measurement was taken for
     throughput: BatchSweep | None = None  # for a larger-batch proposal: samples/s at each batch size tried
     layer_measurements: list[LayerMeasurement] = field(default_factory=list)  # the candidate's layer trials
+    off_prediction: bool = False  # the measured saving stayed over PREDICTION_FACTOR from the prediction
 
 
 @dataclass(frozen=True)

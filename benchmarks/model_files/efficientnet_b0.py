@@ -1,4 +1,4 @@
-"""torchvision's efficientnet_b0 (random weights, benchmarks/models.py) as a convdoctor model file: batch 8 of 224×224 images."""
+"""torchvision's efficientnet_b0 (random weights, benchmarks/models.py) as a model file: batch 8 of 224×224 images."""
 
 import sys
 from pathlib import Path
