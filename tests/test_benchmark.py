@@ -18,16 +18,19 @@ from convdoctor.analyzer.measure.benchmark import (
     BenchmarkSettings,
     GradientReference,
     Numerics,
+    Rounds,
     SpeedupEstimate,
     Verdict,
     between_blocks,
     compare_outputs,
     estimate_speedup,
     measure,
+    settled,
     student_t,
     undecided,
     worst_parameter_error,
 )
+from convdoctor.analyzer.measure.results import off_prediction
 
 
 def _noisy(center: float, spread: float, n: int, seed: int) -> list[float]:
@@ -381,3 +384,39 @@ def test_a_compiled_candidate_draws_the_eager_dropout_masks():
     workload = workload_from(model, torch.randn(2, 3, 16, 16), device="cpu", mode="train")
     numerics, _ = compare_first_step(workload, compiled(workload.copy()))
     assert numerics.max_rel_error < 1e-5 and numerics.within(1e-4), numerics
+
+
+def _blocks_of(speedups: tuple[float, ...], rounds: int = 10) -> Rounds:
+    """Tight blocks of rounds at the given speedups (the candidate's step is the baseline's over it)."""
+    candidate = [10e-3 / s * (1 + 1e-4 * (i % 3)) for s in speedups for i in range(rounds)]
+    return Rounds(times_s=([10e-3] * len(candidate), candidate), blocks=[rounds] * len(speedups))
+
+
+def test_a_clear_change_settles_early_and_a_drifting_one_does_not():
+    """Read at EARLY_CONFIDENCE over three blocks: 30% faster or slower throughout settles the comparison; blocks
+    4%, 6% and 8% faster (a verdict at 95%, see above) do not, nor do ones around 1 that could still be faster."""
+    assert settled(_blocks_of((1.30, 1.31, 1.29))) and settled(_blocks_of((0.70, 0.71, 0.69)))
+    assert not settled(_blocks_of((1.04, 1.06, 1.08)))
+    assert not settled(_blocks_of((0.99, 1.00, 1.01)))
+    assert settled(_blocks_of((0.90, 0.91, 0.905)))  # clearly no faster: whatever more blocks say, no speedup
+
+
+def test_a_settled_comparison_stops_after_the_fewest_blocks():
+    """A candidate 2x slower (a real sleep) is settled after min_blocks; --thorough's settings take every block."""
+    baseline = workload_from(Sleepy(0.005), torch.randn(1, 3, 16, 16), device="cpu")
+    slower = baseline.copy()
+    slower.model.sleep_s = 0.015
+    settings = BenchmarkSettings(block_spacing_s=0, extra_blocks=0, warmup_s=0.0, warmup_steps=2, min_rounds=24,
+                                 max_rounds=24, blocks=6)
+    fast = measure(baseline, slower, settings)
+    assert fast.blocks == 3 and fast.stopped_early and fast.estimate.verdict is Verdict.SLOWER
+    thorough = measure(baseline, slower, replace(settings, early_stop=False))
+    assert thorough.blocks == 6 and not thorough.stopped_early and thorough.estimate.verdict is Verdict.SLOWER
+
+
+def test_a_measurement_far_from_its_prediction_is_told_apart():
+    estimate = _blocks_of((1.15, 1.17, 1.16, 1.15, 1.17, 1.16)).estimate()
+    saving = 1 - 1 / estimate.speedup  # about 14%
+    assert off_prediction(estimate, saving * 3) and off_prediction(estimate, saving / 3)
+    assert not off_prediction(estimate, saving * 1.5) and not off_prediction(estimate, None)
+    assert not off_prediction(replace(estimate, verdict=Verdict.UNRELIABLE), saving * 3)

@@ -51,8 +51,19 @@ class _Worker:
         )
         os.close(write_fd)
         self._replies = os.fdopen(read_fd, "r")
-        self.ready = self._receive()
+        self.ready: dict[str, Any] = {}
         self.max_rss_bytes: int | None = None
+
+    def wait_loaded(self) -> None:
+        """Until the worker has loaded the model file (imports and model built, nothing run)."""
+        self._receive()
+
+    def warm_up(self) -> None:
+        """The worker's first step and warm-up; ``ready`` holds what it reports."""
+        assert self.process.stdin is not None
+        self.process.stdin.write("warm\n")
+        self.process.stdin.flush()
+        self.ready = self._receive()
 
     def steps(self, count: int) -> list[float]:
         assert self.process.stdin is not None
@@ -140,11 +151,15 @@ class _WorkerPairs:
         self.peaks: tuple[int | None, int | None] = (None, None)
 
     def start(self, block: int) -> None:
-        """Close the previous block's workers and start this block's, one after the other (neither warms up while
-        the other runs)."""
+        """Close the previous block's workers and start this block's: both load at once (imports, the model), then
+        each runs its first step and warms up in turn (neither warms up while the other runs)."""
         self.close()
         for env in ({}, self._environment):
             self.current.append(_Worker(self._workload, self._settings, env))
+        for worker in self.current:
+            worker.wait_loaded()
+        for worker in self.current:
+            worker.warm_up()
         ready = (self.current[0].ready, self.current[1].ready)
         if block == 0:
             self.first_ready = ready
