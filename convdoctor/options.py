@@ -9,6 +9,9 @@ from convdoctor.analyzer.capture.contention import QuietPolicy
 from convdoctor.analyzer.measure.phase import MeasuringOptions
 from convdoctor.analyzer.measure.results import BenchmarkSettings
 
+# The default mode's time for one comparison's own blocks, past its first three (BenchmarkSettings.budget_s).
+CANDIDATE_BUDGET_S = 30.0
+
 
 @dataclass(frozen=True)
 class ProfileOptions:
@@ -32,5 +35,6 @@ class ProfileOptions:
 
     def measuring(self, quiet: QuietPolicy | None = None) -> MeasuringOptions:
         """The options the measuring phase reads, under the run's rule for busy machines."""
-        settings = replace(self.benchmark, early_stop=False) if self.thorough else self.benchmark
+        settings = (replace(self.benchmark, early_stop=False) if self.thorough
+                    else replace(self.benchmark, budget_s=self.benchmark.budget_s or CANDIDATE_BUDGET_S))
         return MeasuringOptions(self.measure, self.time_budget_s, self.timeout_s, settings, quiet)

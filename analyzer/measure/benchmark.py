@@ -293,6 +293,7 @@ class Comparison:
         self._stopped_early = False
         self._rng = random.Random(0)
         self._last_start: float | None = None
+        self._spent_s = 0.0  # in this comparison's own blocks
 
     @property
     def blocks_left(self) -> int:
@@ -315,6 +316,7 @@ class Comparison:
                                      self._block_target_s, self._rng, self._times, first=block == 0,
                                      progress=progress),
             self._times))
+        self._spent_s += time.perf_counter() - self._last_start
         self._after_block()
 
     def _after_block(self) -> None:
@@ -326,13 +328,18 @@ class Comparison:
             if undecided(self.rounds().estimate()):
                 self.second_look()
         elif (self.settings.early_stop and not self._extra_blocks and len(self._blocks) >= self.settings.min_blocks
-              and settled(self.rounds())):
+              and (self._over_budget or settled(self.rounds()))):
             self._plan = self._plan[:len(self._blocks)]
             self._stopped_early = True
 
+    @property
+    def _over_budget(self) -> bool:
+        return self.settings.budget_s is not None and self._spent_s >= self.settings.budget_s
+
     def second_look(self) -> bool:
         """Plan ``extra_blocks`` more blocks, once (not after a block kept under contention); whether it did."""
-        if self._extra_blocks or self.settings.extra_blocks <= 0 or self._watch.contended_blocks:
+        if (self._extra_blocks or self.settings.extra_blocks <= 0 or self._watch.contended_blocks
+                or (self.settings.early_stop and self._over_budget)):
             return False
         self._extra_blocks = self.settings.extra_blocks
         base = self._plan[:len(self._blocks)] or self._plan

@@ -91,6 +91,9 @@ class BenchmarkSettings:
     # ``--thorough`` takes every planned block.
     early_stop: bool = True
     min_blocks: int = 3
+    # With early_stop, a comparison past min_blocks also stops once its own blocks (warm-ups included) have taken
+    # this long, settled or not: its interval, wider, says what it could tell. None: no limit.
+    budget_s: float | None = None
 
 
 @dataclass(frozen=True)
