@@ -19,10 +19,11 @@ from typing import TYPE_CHECKING, Any
 
 from convdoctor.analyzer.capture.contention import QuietPolicy, cpu_jiffies, other_cores_busy
 from convdoctor.analyzer.conv.job_view import job_view, trace_rank
-from convdoctor.analyzer.conv.kernels import kernel_totals, layer_kernels
+from convdoctor.analyzer.conv.kernels import LayerKernels, kernel_totals, layer_kernels
 from convdoctor.analyzer.conv.layers import ConvAnalysis, analyze_convs
-from convdoctor.analyzer.conv.roofline import analyze_roofline
+from convdoctor.analyzer.conv.roofline import Roofline, analyze_roofline
 from convdoctor.analyzer.trace.collector import collector_paused
+from convdoctor.analyzer.trace.profile import Profile
 from convdoctor.analyzer.trace.reader import (
     TRACE_SUFFIXES,
     Reading,
@@ -39,9 +40,10 @@ from convdoctor.reports.report import (
     BusyMachine,
     FindingOutcome,
     Report,
+    ReportLayer,
     RuleDoc,
+    StepPart,
     WorkloadSummary,
-    trace_summary,
 )
 from convdoctor.rules.base import Rule, doc_sections
 from convdoctor.rules.registry import (
@@ -173,7 +175,9 @@ def _trace_key(logdir: Path, trace: Path) -> Path:
 
 def build_report(analysis: ConvAnalysis, summary: WorkloadSummary, outcomes: list[FindingOutcome], traces: list[Path],
             logdir: Path, results: RuleResults, rule_set: RuleSet) -> Report:
+    """Everything the reports show, computed here: the renderers read its fields."""
     kernels = layer_kernels(analysis)
+    roofline = analyze_roofline(analysis)
     return Report(
         tool_version=__version__,
         workload=summary,
@@ -181,20 +185,75 @@ def build_report(analysis: ConvAnalysis, summary: WorkloadSummary, outcomes: lis
         outcomes=outcomes,
         trace_files=[str(t) for t in traces],
         logdir=str(logdir),
+        layers=_report_layers(analysis, roofline, kernels),
+        step_parts=_step_parts(analysis),
+        steps_from=_steps_from(analysis.profile),
+        rank=trace_rank(analysis.profile),
+        notes=list(analysis.notes) + list(roofline.notes),
         skipped_rules=results.skipped,
         rule_problems=rule_set.problems + results.problems,
         rule_docs=[RuleDoc(r.id, r.name, r.summary, doc_sections(r.doc)) for r in rule_set.rules
                    if any(o.finding.rule_id == r.id for o in outcomes)],
-        roofline=analyze_roofline(analysis),
-        layer_kernels=kernels,
+        roofline=roofline,
         kernel_totals=kernel_totals(kernels),
     )
 
 
+def _report_layers(analysis: ConvAnalysis, roofline: Roofline, kernels: dict[str, LayerKernels]
+                   ) -> list[ReportLayer]:
+    """Each layer with its share of the step, its passes per step, its roofline and its device kernels."""
+    steps = analysis.profile.step_count
+    return [ReportLayer(layer, share=analysis.share(layer.time_per_step_us), forward_ms=layer.forward_us / 1e3 / steps,
+                        backward_ms=layer.backward_us / 1e3 / steps, roofline=roofline.layers.get(layer.name),
+                        kernels=kernels.get(layer.name))
+            for layer in analysis.layers]
+
+
+def _step_parts(analysis: ConvAnalysis) -> list[StepPart]:
+    """Where a step goes: convolutions (less their layout conversions), layout conversions, everything else."""
+    parts = (("convolutions", analysis.conv_time_us - analysis.conversion_time_us),
+             ("layout conversions", analysis.conversion_time_us), ("everything else", analysis.other_time_us))
+    return [StepPart(name, us, analysis.share(us)) for name, us in parts]
+
+
+def _steps_from(profile: Profile) -> str:
+    """Where the report's steps come from: the trace's ProfilerStep marks, iterations found from its repeating conv
+    calls, or (neither) the whole traced span as one step."""
+    if profile.steps_inferred:
+        return "repeating conv calls"
+    return "ProfilerStep" if profile.steps else "whole trace"
+
+
+def trace_summary(analysis: ConvAnalysis, trace: Path) -> WorkloadSummary:
+    """What a trace captured elsewhere tells of its workload; what it does not tell is 'unknown'.
+
+    Traces that convdoctor captured carry their environment; others are read from their events.
+    """
+    profile = analysis.profile
+    recorded = profile.environment
+    props = profile.device_properties
+    first = analysis.layers[0] if analysis.layers else None
+    on_gpu = profile.has_device_events or profile.kernel_launches > 0  # a GPU run without kernel records too
+    return WorkloadSummary(
+        model_file=str(trace),
+        device=recorded.device or ("cuda" if on_gpu else "cpu"),
+        device_name=recorded.device_name
+        or (str(props[0].get("name", "unknown")) if on_gpu and props else "unknown"),
+        mode=analysis.mode,
+        batch_size=(recorded.batch_size if recorded.recorded
+                    else first.input_shape[0] if first and first.input_shape else None),
+        dtype=recorded.dtype or (first.dtype if first else "unknown"),
+        steps=profile.step_count,
+        torch_version=recorded.torch_version or "unknown (not recorded in the trace)",
+        threads=recorded.threads,
+        allocator=recorded.allocator,
+        heap_kept=recorded.heap_kept is True,
+    )
+
+
 def write_report(report: Report, files: ReportFiles) -> None:
-    data = report_to_dict(report)  # built once for both files
-    write_atomically(files.json, dict_to_json(data))
-    write_atomically(files.html, render_html(report, data))
+    write_atomically(files.json, dict_to_json(report_to_dict(report)))
+    write_atomically(files.html, render_html(report))
 
 
 def prepare_out_dir(out_dir: Path) -> ReportFiles:

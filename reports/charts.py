@@ -7,6 +7,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from convdoctor.analyzer.conv.roofline import Roofline
+from convdoctor.analyzer.measure.results import FindingOutcome, Plan
+from convdoctor.reports.report import ReportLayer
+
 BOUND_COLORS = {"memory": "#d9822b", "compute": "#3b6fb6", None: "#9aa5b1"}
 VERDICT_COLORS = {"faster": "#1e7e34", "slower": "#c0392b", "no measurable difference": "#616e7c"}
 
@@ -74,35 +78,26 @@ class RooflineChart:
     dots: list[dict[str, Any]] = field(default_factory=list)
 
 
-def roofline_chart(peaks: dict[str, Any], layers: list[dict[str, Any]], width: int = 760, height: int = 440
+def roofline_chart(roofline: Roofline | None, layers: list[ReportLayer], width: int = 760, height: int = 440
                    ) -> RooflineChart | None:
-    """The roofline of report.json's ``summary.peaks`` with a dot for each layer that has ``achieved_gflops``."""
-    points = [layer for layer in layers if layer.get("achieved_gflops") and layer.get("intensity")]
-    if not peaks or not points:
+    """The roofs of ``roofline`` with a dot for each layer that achieved some FLOP/s; None without known peaks or
+    such a layer."""
+    points = [row for row in layers if row.roofline and row.roofline.achieved_flops and row.layer.intensity]
+    if roofline is None or not roofline.peaks.known or not points:
         return None
-    peak, bandwidth, ridge = peaks["peak_gflops"], peaks["bandwidth_gbs"], peaks["ridge_flop_per_byte"]
+    peaks = roofline.peaks
+    peak, bandwidth, ridge = peaks.peak_flops_per_s / 1e9, peaks.bandwidth_bytes_per_s / 1e9, peaks.ridge_point
     left, top, right, bottom = 64.0, 16.0, width - 16.0, height - 52.0
-    x_low, x_high = decade_range([p["intensity"] for p in points] + [ridge / 2, ridge * 4])  # both roofs show
-    y_low, y_high = decade_range([p["achieved_gflops"] for p in points] + [peak * 1.5])
+    x_low, x_high = decade_range([p.layer.intensity for p in points] + [ridge / 2, ridge * 4])  # both roofs show
+    y_low, y_high = decade_range([p.roofline.achieved_flops / 1e9 for p in points] + [peak * 1.5])
     x = LogAxis(x_low, x_high, left, right)
     y = LogAxis(y_low, y_high, bottom, top)
     start = max(x_low, y_low / bandwidth)  # where the memory roof enters the plot: its left or its bottom edge
     memory = (x(start), y(bandwidth * start), x(ridge), y(peak))
     compute = (x(ridge), y(peak), x(x_high), y(peak))
     middle = math.sqrt(start * ridge)  # the memory roof's middle, on the log scale
-    dots = []
-    for p in sorted(points, key=lambda p: p["time_ms"]):  # slowest drawn last, on top
-        dots.append({
-            "name": p["name"],
-            "cx": x(p["intensity"]),
-            "cy": y(min(max(p["achieved_gflops"], y_low), y_high)),
-            "r": 4.5,
-            "bound": p["bound"],
-            "color": BOUND_COLORS.get(p["bound"], BOUND_COLORS[None]),
-            "text": (f"{quantity(p['intensity'])} FLOP/byte, {quantity(p['achieved_gflops'])} GFLOP/s achieved of "
-                     f"{quantity(p['attainable_gflops'])} attainable ({p['pct_of_roofline']:.0f}% of the roofline), "
-                     f"{p['bound']}-bound, {p['time_ms']:.3f} ms/step"),
-        })
+    dots = [_dot(row, x(row.layer.intensity), y(min(max(row.roofline.achieved_flops / 1e9, y_low), y_high)))
+            for row in sorted(points, key=lambda row: row.layer.time_per_step_us)]  # slowest drawn last, on top
     ridge_x = x(ridge)
     return RooflineChart(
         width=width, height=height, plot=(left, top, right, bottom),
@@ -116,6 +111,18 @@ def roofline_chart(peaks: dict[str, Any], layers: list[dict[str, Any]], width: i
         else (ridge_x - 4, bottom - 6, f"ridge {quantity(ridge)} FLOP/byte", "end"),
         dots=dots,
     )
+
+
+def _dot(row: ReportLayer, cx: float, cy: float) -> dict[str, Any]:
+    """A layer's dot at (cx, cy), colored by its bound, with its numbers as the tooltip."""
+    point, intensity = row.roofline, row.layer.intensity
+    bound = point.bound.value
+    return {
+        "name": row.layer.name, "cx": cx, "cy": cy, "r": 4.5, "bound": bound, "color": BOUND_COLORS[bound],
+        "text": (f"{quantity(intensity)} FLOP/byte, {quantity(point.achieved_flops / 1e9)} GFLOP/s achieved of "
+                 f"{quantity(point.attainable_flops / 1e9)} attainable ({point.pct_of_roofline:.0f}% of the roofline), "
+                 f"{bound}-bound, {row.layer.time_per_step_us / 1e3:.3f} ms/step"),
+    }
 
 
 def _memory_label(x: float, y: float, left: float, top: float, text: str) -> tuple[float, float, str, str]:
@@ -142,25 +149,25 @@ class SpeedupChart:
     rows: list[dict[str, Any]]
 
 
-def speedup_chart(findings: list[dict[str, Any]], results: list[str], plan: dict[str, Any] | None,
+def speedup_chart(outcomes: list[FindingOutcome], results: list[str], plan: Plan | None,
                   plan_result: str | None = None, width: int = 760, row_height: int = 24) -> SpeedupChart | None:
     """One row per finding with a measurement (and one for the plan, measured together), or None when none is.
 
     ``results`` are the findings' measured results in words (presentation.measured_result), for the tooltips.
     """
     rows = []
-    for finding, result in zip(findings, results):
-        if finding.get("measurement"):
-            label = f"{finding['rule_id']} {finding['rule']}"
-            rows.append({"label": label, "kind": "finding", "measurement": finding["measurement"],
+    for outcome, result in zip(outcomes, results):
+        if outcome.measurement is not None:
+            label = f"{outcome.finding.rule_id} {outcome.finding.rule_name}"
+            rows.append({"label": label, "kind": "finding", "estimate": outcome.measurement.estimate,
                          "text": f"{label}: {result}"})
     if not rows:
         return None
-    if plan and plan.get("measurement"):
-        rows.append({"label": "plan (fixes together)", "kind": "plan", "measurement": plan["measurement"],
+    if plan is not None:
+        rows.append({"label": "plan (fixes together)", "kind": "plan", "estimate": plan.measurement.estimate,
                      "text": f"the plan's fixes {plan_result or 'together'}"})
-    lows = [r["measurement"]["ci_low"] for r in rows] + [1 / 1.1]
-    highs = [r["measurement"]["ci_high"] for r in rows] + [1.1]
+    lows = [r["estimate"].ci_low for r in rows] + [1 / 1.1]
+    highs = [r["estimate"].ci_high for r in rows] + [1.1]
     low, high = min(lows) / 1.08, max(highs) * 1.08
     left, right = 210.0, width - 70.0
     top, bottom = 4.0, 4.0 + row_height * len(rows)
@@ -171,9 +178,9 @@ def speedup_chart(findings: list[dict[str, Any]], results: list[str], plan: dict
             ticks.append((x(value), f"{value:g}×"))
             last = x(value)
     for index, row in enumerate(rows):
-        m = row["measurement"]
-        row.update(y=round(top + row_height * (index + 0.5), 1), x_low=x(m["ci_low"]), x_high=x(m["ci_high"]),
-                   x=x(m["speedup"]), color=VERDICT_COLORS.get(m["verdict"], VERDICT_COLORS["slower"]),
-                   value=f"{m['speedup']:.2f}×")
+        e = row["estimate"]
+        row.update(y=round(top + row_height * (index + 0.5), 1), x_low=x(e.ci_low), x_high=x(e.ci_high),
+                   x=x(e.speedup), color=VERDICT_COLORS.get(e.verdict.value, VERDICT_COLORS["slower"]),
+                   value=f"{e.speedup:.2f}×")
     return SpeedupChart(width=width, height=int(bottom + 38), plot=(left, top, right, bottom), ticks=ticks,
                         unity_x=x(1.0), rows=rows)

@@ -2,24 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Any
-
+from convdoctor.analyzer.conv.communication import DEFINITIONS as COMM_DEFINITIONS
 from convdoctor.reports.charts import BOUND_COLORS, roofline_chart, speedup_chart
-from convdoctor.reports.json_report import report_to_dict
 from convdoctor.reports.presentation import (
     architecture_note,
     headline,
     kernel_columns,
     layer_lines,
     left_out_lines,
+    no_roofline_reason,
     plan_lines,
     result_with_prediction,
     tensorboard_command,
 )
-from convdoctor.reports.report import Report
+from convdoctor.reports.report import SCHEMA_VERSION, Report
 from convdoctor.reports.templating import ENVIRONMENT
+from convdoctor.rules.base import evidence_fields
 
 TEMPLATE = "report.html.j2"
+PART_COLORS = {"convolutions": "#3b6fb6", "layout conversions": "#d9822b", "everything else": "#9aa5b1"}
 
 
 def load_template() -> None:
@@ -28,44 +29,29 @@ def load_template() -> None:
     ENVIRONMENT.get_template(TEMPLATE)
 
 
-def render_html(report: Report, data: dict[str, Any] | None = None) -> str:
-    """The report as an HTML page (``data``: its report_to_dict, when the caller has it). Every name in it is user
-    data and is escaped by the template engine."""
-    data = report_to_dict(report) if data is None else data
-    analysis = report.analysis
-    step_us = analysis.step_time_us or 1.0
-    breakdown = [
-        ("convolutions", analysis.conv_time_us - analysis.conversion_time_us, "#3b6fb6"),
-        ("layout conversions", analysis.conversion_time_us, "#d9822b"),
-        ("everything else", analysis.other_time_us, "#9aa5b1"),
-    ]
+def render_html(report: Report) -> str:
+    """The report as an HTML page, read from the Report's fields. Every name in it is user data and is escaped by
+    the template engine."""
     results = [result_with_prediction(o) for o in report.outcomes]
     plan = plan_lines(report.plan) if report.plan else []
-    left_out = left_out_lines(report.plan) if report.plan else []
     return ENVIRONMENT.get_template(TEMPLATE).render(
-        report=data,
+        report=report,
+        schema_version=SCHEMA_VERSION,
         headline=headline(report),
         results=results,
-        left_out=left_out,
+        left_out=left_out_lines(report.plan) if report.plan else [],
         architecture=[architecture_note(o) for o in report.outcomes],
         layer_results=[layer_lines(o) for o in report.outcomes],
-        breakdown=[(label, us / 1e3, us / step_us, color) for label, us, color in breakdown],
-        max_layer_ms=max((layer["time_ms"] for layer in data["layers"]), default=1.0) or 1.0,
+        evidence=[evidence_fields(o.finding.evidence) for o in report.outcomes],
+        part_colors=PART_COLORS,
+        max_layer_ms=max((row.layer.time_per_step_us / 1e3 for row in report.layers), default=1.0) or 1.0,
         tensorboard=tensorboard_command(report.logdir),
         rule_docs=report.rule_docs,
         plan=plan,
-        roofline=roofline_chart(data["summary"]["peaks"], data["layers"]),
-        speedups=speedup_chart(data["findings"], results, data["plan"], plan[-1] if plan else None),
+        roofline=roofline_chart(report.roofline, report.layers),
+        speedups=speedup_chart(report.outcomes, results, report.plan, plan[-1] if plan else None),
         bound_colors=BOUND_COLORS,
-        roofline_reason=_no_roofline_reason(report),
-        kernel_cells={layer["name"]: kernel_columns(layer["device_kernels"]) for layer in data["layers"]},
+        roofline_reason=no_roofline_reason(report.roofline),
+        kernel_cells=[kernel_columns(row.kernels) for row in report.layers],
+        comm_definitions=COMM_DEFINITIONS,
     )
-
-
-def _no_roofline_reason(report: Report) -> str:
-    roofline = report.roofline
-    if roofline is None:
-        return "the report was made without one."
-    if not roofline.peaks.known:
-        return roofline.peaks.description + "."
-    return "no layer has known FLOPs, bytes and forward time."

@@ -7,10 +7,10 @@ import math
 from typing import Any
 
 from convdoctor.analyzer.conv.communication import DEFINITIONS as COMM_DEFINITIONS
-from convdoctor.analyzer.conv.job_view import JobView, trace_rank
+from convdoctor.analyzer.conv.job_view import JobView
 from convdoctor.analyzer.conv.kernels import KernelShare, KernelTotals, LayerKernels
-from convdoctor.analyzer.conv.layers import ConvAnalysis, ConvLayer
-from convdoctor.analyzer.conv.roofline import LayerRoofline, Roofline
+from convdoctor.analyzer.conv.layers import ConvAnalysis
+from convdoctor.analyzer.conv.roofline import Roofline
 from convdoctor.analyzer.measure.model_cost import ArchitectureDelta
 from convdoctor.analyzer.measure.results import (
     CONFIDENCE,
@@ -20,18 +20,13 @@ from convdoctor.analyzer.measure.results import (
     SpeedupEstimate,
     ThroughputPoint,
 )
-from convdoctor.reports.report import FindingOutcome, Plan, Report
+from convdoctor.reports.report import SCHEMA_VERSION, FindingOutcome, Plan, Report, ReportLayer
 from convdoctor.rules.base import evidence_fields
-
-SCHEMA_VERSION = "1.2"  # 1.2: contention (reliable, busy_machine), stopped_early, summary steps_from/rank/gpu/comm
 
 
 def report_to_dict(report: Report) -> dict[str, Any]:
     """The report as plain JSON data."""
     analysis = report.analysis
-    roofline = report.roofline
-    rooflines = roofline.layers if roofline is not None else {}
-    kernels = report.layer_kernels
     return {
         "schema_version": SCHEMA_VERSION,
         "tool_version": report.tool_version,
@@ -41,19 +36,17 @@ def report_to_dict(report: Report) -> dict[str, Any]:
             "step_time_ms": analysis.step_time_us / 1e3,
             "unprofiled_step_ms": analysis.unprofiled_step_us / 1e3 if analysis.unprofiled_step_us else None,
             "conv_time_ms": analysis.conv_time_us / 1e3,
-            "conv_share": analysis.share(analysis.conv_time_us),
+            "conv_share": analysis.conv_share,
             "conversion_time_ms": analysis.conversion_time_us / 1e3,
-            "notes": list(analysis.notes) + (list(roofline.notes) if roofline is not None else []),
-            "peaks": _peaks(roofline),
+            "notes": list(report.notes),
+            "peaks": _peaks(report.roofline),
             "device_kernels": _kernel_totals(report.kernel_totals),
-            "steps_from": _steps_from(analysis),
-            "rank": trace_rank(analysis.profile),
+            "steps_from": report.steps_from,
+            "rank": report.rank,
             "gpu": _gpu(analysis),
             "communication": _communication(analysis),
         },
-        "layers": [_layer(layer, analysis.share(layer.time_per_step_us), analysis.profile.step_count,
-                          rooflines.get(layer.name), kernels.get(layer.name))
-                   for layer in analysis.layers],
+        "layers": [_layer(row) for row in report.layers],
         "findings": [_outcome(outcome) for outcome in report.outcomes],
         "plan": None if report.plan is None else _plan(report.plan),
         "skipped_rules": dict(report.skipped_rules),
@@ -84,7 +77,7 @@ def distributed_to_dict(job: JobView) -> dict[str, Any]:
             "conv_ms": r.conv_us / 1e3,
         } for r in job.ranks],
         "steps": [{"step": s.number, "work_ms": [w / 1e3 for w in s.work_us],
-                   "slowest_rank": s.slowest_rank if s.slowest_rank_id is None else s.slowest_rank_id,
+                   "slowest_rank": s.slowest_rank_reported,
                    "excess_ms": s.excess_us / 1e3, "excess_fraction": s.excess_fraction} for s in job.steps],
         "straggler": None if straggler is None else {
             "rank": straggler.rank, "decided": straggler.decided, "steps": straggler.steps,
@@ -98,15 +91,6 @@ def distributed_to_dict(job: JobView) -> dict[str, Any]:
         "layers": [{"name": layer.name, "time_ms": [None if t is None else t / 1e3 for t in layer.time_us]}
                    for layer in job.layers],
     }
-
-
-def _steps_from(analysis: ConvAnalysis) -> str:
-    """Where the report's steps come from: the trace's ProfilerStep marks, iterations found from its repeating conv
-    calls, or (neither) the whole traced span as one step."""
-    profile = analysis.profile
-    if profile.steps_inferred:
-        return "repeating conv calls"
-    return "ProfilerStep" if profile.steps else "whole trace"
 
 
 def _gpu(analysis: ConvAnalysis) -> dict[str, Any] | None:
@@ -164,8 +148,7 @@ def _kernel_totals(totals: KernelTotals | None) -> dict[str, Any] | None:
     }
 
 
-def _kernel_shares(shares: dict[Any, KernelShare], key_names: tuple[str, ...]) -> list[dict[str, Any]]:
-    rows = sorted(shares.items(), key=lambda item: -item[1].us_per_step)
+def _kernel_shares(rows: list[tuple[Any, KernelShare]], key_names: tuple[str, ...]) -> list[dict[str, Any]]:
     return [{**dict(zip(key_names, key if isinstance(key, tuple) else (key,))), "time_ms": share.us_per_step / 1e3,
              "launches_per_step": round(share.launches_per_step, 3), "names": list(share.names)}
             for key, share in rows]
@@ -176,13 +159,13 @@ def _device_kernels(kernels: LayerKernels | None) -> dict[str, Any] | None:
         return None
     return {
         "tensor_core_share": kernels.tensor_core_share,
-        "algorithms": _kernel_shares(kernels.algorithms, ("pass", "family")),
-        "neighbours": _kernel_shares(kernels.neighbours, ("category",)),
+        "algorithms": _kernel_shares(kernels.algorithms_by_time, ("pass", "family")),
+        "neighbours": _kernel_shares(kernels.neighbours_by_time, ("category",)),
     }
 
 
-def _layer(layer: ConvLayer, share: float, steps: int, roofline: LayerRoofline | None,
-           kernels: LayerKernels | None) -> dict[str, Any]:
+def _layer(row: ReportLayer) -> dict[str, Any]:
+    layer, roofline = row.layer, row.roofline
     return {
         "name": layer.name,
         "module_class": layer.module_class,
@@ -199,9 +182,9 @@ def _layer(layer: ConvLayer, share: float, steps: int, roofline: LayerRoofline |
         "calls": layer.calls,
         "calls_per_step": layer.calls_per_step,
         "time_ms": layer.time_per_step_us / 1e3,
-        "forward_ms": layer.forward_us / 1e3 / steps,
-        "backward_ms": layer.backward_us / 1e3 / steps,
-        "share": share,
+        "forward_ms": row.forward_ms,
+        "backward_ms": row.backward_ms,
+        "share": row.share,
         "flops": layer.flops,
         "bytes": layer.bytes,
         "intensity": _number(layer.intensity),
@@ -211,7 +194,7 @@ def _layer(layer: ConvLayer, share: float, steps: int, roofline: LayerRoofline |
             for c in layer.conversions
         ],
         "kernels": list(layer.kernel_names),
-        "device_kernels": _device_kernels(kernels),
+        "device_kernels": _device_kernels(row.kernels),
         "achieved_gflops": None if roofline is None else roofline.achieved_flops / 1e9,
         "attainable_gflops": None if roofline is None else roofline.attainable_flops / 1e9,
         "pct_of_roofline": None if roofline is None else _number(roofline.pct_of_roofline),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from convdoctor.analyzer.conv.kernels import NON_COMPUTE_FAMILIES, LayerKernels
+from convdoctor.analyzer.conv.roofline import Roofline
 from convdoctor.analyzer.measure.results import (
     PREDICTION_FACTOR,
     BatchSweep,
@@ -18,9 +20,8 @@ def headline(report: Report) -> str:
     analysis = report.analysis
     if not analysis.layers:
         return "No convolutions were found in the profiled steps."
-    share = analysis.share(analysis.conv_time_us)
     count = len(analysis.layers)
-    opening = f"Convolutions are {share:.0%} of step time ({count} layer{'' if count == 1 else 's'})."
+    opening = f"Convolutions are {analysis.conv_share:.0%} of step time ({count} layer{'' if count == 1 else 's'})."
     return f"{opening} {_plan_sentence(report)}{process_setting_sentence(report.outcomes)}"
 
 
@@ -192,21 +193,30 @@ def tensorboard_command(logdir: str) -> str:
     return f"tensorboard --logdir {logdir}"
 
 
-def kernel_columns(device_kernels: dict | None) -> tuple[str, str, str]:
-    """A layer's device kernels as three table cells: algorithms per pass, tensor-core share, and what runs after
-    its forward (the neighbours, slowest first). Empty on CPU traces."""
-    if not device_kernels:
+def kernel_columns(kernels: LayerKernels | None) -> tuple[str, str, str]:
+    """A layer's device kernels as three table cells: algorithms per pass (slowest first), tensor-core share, and
+    what runs after its forward (the neighbours, slowest first, ms per step). Empty on CPU traces."""
+    if kernels is None:
         return "", "", ""
-    compute = [a for a in device_kernels["algorithms"] if a["family"] not in ("helper", "layout conversion")]
+    compute = [key for key, _ in kernels.algorithms_by_time if key[1] not in NON_COMPUTE_FAMILIES]
     passes = []
     for which in ("forward", "backward"):
-        families = [a["family"] for a in compute if a["pass"] == which]
+        families = [family for pass_, family in compute if pass_ == which]
         if families:
             passes.append(f"{which[:3]}: {', '.join(families)}")
-    share = device_kernels["tensor_core_share"]
+    share = kernels.tensor_core_share
     tensor_cores = "?" if share is None else f"{share * 100:.0f}%"
-    after = ", ".join(f"{n['category']} {n['time_ms']:.3f}" for n in device_kernels["neighbours"][:3])
+    after = ", ".join(f"{category} {n.us_per_step / 1e3:.3f}" for category, n in kernels.neighbours_by_time[:3])
     return "; ".join(passes), tensor_cores, after
+
+
+def no_roofline_reason(roofline: Roofline | None) -> str:
+    """Why the report draws no roofline."""
+    if roofline is None:
+        return "the report was made without one."
+    if not roofline.peaks.known:
+        return roofline.peaks.description + "."
+    return "no layer has known FLOPs, bytes and forward time."
 
 
 def byte_size(count: int) -> str:

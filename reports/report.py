@@ -4,12 +4,13 @@ renders; the renderers format its fields and compute nothing."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from convdoctor.analyzer.conv.kernels import KernelTotals, LayerKernels
-from convdoctor.analyzer.conv.layers import ConvAnalysis
-from convdoctor.analyzer.conv.roofline import Roofline
+from convdoctor.analyzer.conv.layers import ConvAnalysis, ConvLayer
+from convdoctor.analyzer.conv.roofline import LayerRoofline, Roofline
 from convdoctor.analyzer.measure.results import FindingOutcome, Plan
+
+SCHEMA_VERSION = "1.2"  # 1.2: reliable, busy_machine, stopped_early, off_prediction (see report.schema.json)
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,28 @@ class WorkloadSummary:
     threads: int | None  # None when the trace does not say
     allocator: str | None = None  # the host allocator the profiled process ran with; None when the trace does not say
     heap_kept: bool = False  # glibc's thresholds fixed while tracing and measuring (host_allocator.keep_heap)
+
+
+@dataclass(frozen=True)
+class StepPart:
+    """A part of the profiled step: convolutions, their layout conversions, or everything else."""
+
+    name: str
+    time_us: float  # per step
+    share: float  # of the step time
+
+
+@dataclass(frozen=True)
+class ReportLayer:
+    """A conv layer as the reports show it: the analysis's layer with its share of the step, its passes per step,
+    its roofline and its device kernels."""
+
+    layer: ConvLayer
+    share: float  # of the step time
+    forward_ms: float  # per step
+    backward_ms: float  # per step
+    roofline: LayerRoofline | None  # None where the layer has none (unknown peaks, FLOPs or bytes; another dtype)
+    kernels: LayerKernels | None  # None on CPU traces
 
 
 @dataclass(frozen=True)
@@ -61,38 +84,15 @@ class Report:
     outcomes: list[FindingOutcome]
     trace_files: list[str]
     logdir: str
+    layers: list[ReportLayer]  # the analysis's layers, slowest first
+    step_parts: list[StepPart]  # convolutions (less their layout conversions), layout conversions, everything else
+    steps_from: str  # ProfilerStep, repeating conv calls (steps inferred), or whole trace (one step)
+    rank: int | None  # the rank the trace says it is; None when it says none
+    notes: list[str] = field(default_factory=list)  # the analysis's and the roofline's: what could not be computed
     skipped_rules: dict[str, str] = field(default_factory=dict)
     rule_problems: list[str] = field(default_factory=list)
     rule_docs: list[RuleDoc] = field(default_factory=list)  # of the rules with findings
     plan: Plan | None = None  # None when nothing was measured faster
     roofline: Roofline | None = None  # the device's peaks and each layer against them
-    layer_kernels: dict[str, LayerKernels] = field(default_factory=dict)  # each layer's device kernels (GPU traces)
     kernel_totals: KernelTotals | None = None  # all layers' conv kernels summed (GPU traces)
     busy_machine: BusyMachine | None = None  # set when measurements were taken under contention
-
-
-def trace_summary(analysis: ConvAnalysis, trace: Path) -> WorkloadSummary:
-    """What a trace captured elsewhere tells of its workload; what it does not tell is 'unknown'.
-
-    Traces that convdoctor captured carry their environment; others are read from their events.
-    """
-    profile = analysis.profile
-    recorded = profile.environment
-    props = profile.device_properties
-    first = analysis.layers[0] if analysis.layers else None
-    on_gpu = profile.has_device_events or profile.kernel_launches > 0  # a GPU run without kernel records too
-    return WorkloadSummary(
-        model_file=str(trace),
-        device=recorded.device or ("cuda" if on_gpu else "cpu"),
-        device_name=recorded.device_name
-        or (str(props[0].get("name", "unknown")) if on_gpu and props else "unknown"),
-        mode=analysis.mode,
-        batch_size=(recorded.batch_size if recorded.recorded
-                    else first.input_shape[0] if first and first.input_shape else None),
-        dtype=recorded.dtype or (first.dtype if first else "unknown"),
-        steps=profile.step_count,
-        torch_version=recorded.torch_version or "unknown (not recorded in the trace)",
-        threads=recorded.threads,
-        allocator=recorded.allocator,
-        heap_kept=recorded.heap_kept is True,
-    )

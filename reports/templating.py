@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
 from convdoctor.reports.charts import quantity
@@ -14,5 +16,21 @@ ENVIRONMENT = Environment(
     trim_blocks=True,
     lstrip_blocks=True,
 )
-ENVIRONMENT.filters["quantity"] = quantity
-ENVIRONMENT.filters["byte_size"] = byte_size
+
+
+def milliseconds(micro: float) -> float:
+    """Microseconds as milliseconds."""
+    return micro / 1e3
+
+
+def giga(value: float) -> float:
+    """A rate in units of 10⁹: FLOP/s as GFLOP/s, bytes/s as GB/s."""
+    return value / 1e9
+
+
+def finite(value: float | None) -> float | None:
+    """The value, or None where it is None, NaN or infinite (as report.json has it)."""
+    return None if value is None or not math.isfinite(value) else value
+
+
+ENVIRONMENT.filters.update(quantity=quantity, byte_size=byte_size, ms=milliseconds, giga=giga, finite=finite)

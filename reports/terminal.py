@@ -19,7 +19,7 @@ from convdoctor.reports.presentation import (
     tensorboard_command,
     throughput_lines,
 )
-from convdoctor.reports.report import Report
+from convdoctor.reports.report import Report, ReportLayer
 
 TOP_LAYERS = 5
 VERDICT_COLORS = {" faster ": "green", " slower ": "red"}
@@ -31,18 +31,13 @@ def render_summary(report: Report, html_path: str, json_path: str, overwrote: bo
     banner = busy_banner(report)
     lines = ([click.style(banner, fg="yellow", bold=True), ""] if banner else []) + [
         click.style(headline(report), bold=True), ""]
-    if analysis.layers:
-        top = analysis.layers[:TOP_LAYERS]
-        width = min(max(len(layer.name) for layer in top), 48)
-        rows = []
-        for layer in top:
-            gflop = f"{layer.flops / 1e9:7.2f} GFLOP" if layer.flops else "      ? GFLOP"
-            rows.append(f"  {layer.name[:48]:<{width}}  {layer.time_per_step_us / 1e3:8.3f} ms  "
-                        f"{analysis.share(layer.time_per_step_us):5.1%}  {gflop}  {layer.memory_format.value:<13}")
-        rooflines = report.roofline.layers if report.roofline is not None else {}
-        roof = [_roofline_cell(rooflines.get(layer.name)) for layer in top]
+    if report.layers:
+        top = report.layers[:TOP_LAYERS]
+        width = min(max(len(item.layer.name) for item in top), 48)
+        rows = [_layer_row(item, width) for item in top]
+        roof = [_roofline_cell(item.roofline) for item in top]
         fits = max(len(row) for row in rows) + len(roof[0]) <= shutil.get_terminal_size((120, 24)).columns
-        if any(rooflines.get(layer.name) for layer in top) and fits:
+        if any(item.roofline for item in top) and fits:
             lines.append(f"Slowest conv layers ({analysis.time_basis.value} time per step; bound and % of the "
                          f"roofline from {report.roofline.peaks.source.value} peaks):")
             lines += [row + cell for row, cell in zip(rows, roof)]
@@ -50,8 +45,7 @@ def render_summary(report: Report, html_path: str, json_path: str, overwrote: bo
             lines.append(f"Slowest conv layers ({analysis.time_basis.value} time per step):")
             lines += [row.rstrip() for row in rows]
         lines.append("")
-    notes = list(analysis.notes) + (list(report.roofline.notes) if report.roofline is not None else [])
-    lines += [f"note: {note}" for note in notes] + ([""] if notes else [])
+    lines += [f"note: {note}" for note in report.notes] + ([""] if report.notes else [])
     if analysis.job is not None:
         lines += _ranks(analysis.job)
     for outcome in report.outcomes:
@@ -105,6 +99,14 @@ def _ranks(job: JobView) -> list[str]:
                      f"step {r.step_us / 1e3:.1f} ms, communication {r.comm_us / 1e3:.1f} ms "
                      f"({r.overlap_fraction:.0%} overlapped)")
     return lines + [f"  {job.verdict}", ""]
+
+
+def _layer_row(row: ReportLayer, width: int) -> str:
+    """``  layer1.0.conv1  1.234 ms  12.3%  0.12 GFLOP  contiguous``: a slow layer's line, before its roofline cell."""
+    layer = row.layer
+    gflop = f"{layer.flops / 1e9:7.2f} GFLOP" if layer.flops else "      ? GFLOP"
+    return (f"  {layer.name[:48]:<{width}}  {layer.time_per_step_us / 1e3:8.3f} ms  {row.share:5.1%}  {gflop}  "
+            f"{layer.memory_format.value:<13}")
 
 
 def _roofline_cell(point: LayerRoofline | None) -> str:

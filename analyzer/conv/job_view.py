@@ -86,6 +86,11 @@ class StepComparison:
     slowest_rank_id: int | None = None  # its rank as its trace says it (JobView.ranks[...].rank)
 
     @property
+    def slowest_rank_reported(self) -> int:
+        """The slowest rank as the reports name it: its rank as its trace says it, else its position."""
+        return self.slowest_rank if self.slowest_rank_id is None else self.slowest_rank_id
+
+    @property
     def excess_fraction(self) -> float:
         others = [w for r, w in enumerate(self.work_us) if r != self.slowest_rank]
         base = statistics.median(others)

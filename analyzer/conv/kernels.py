@@ -25,7 +25,7 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from operator import attrgetter
-from typing import Callable
+from typing import Any, Callable
 
 from convdoctor.analyzer.conv.layers import (
     TRANSPOSE_KERNEL,
@@ -66,6 +66,9 @@ NEIGHBOUR_CATEGORIES: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("copy", re.compile(r"copy|memcpy", re.I)),
     ("other elementwise", re.compile(r"elementwise", re.I)),
 )
+
+
+NON_COMPUTE_FAMILIES = ("layout conversion", "helper")  # a conv layer's kernels that compute no convolution
 
 
 @functools.cache  # each of a trace's few hundred kernel names is read once
@@ -114,6 +117,20 @@ class LayerKernels:
         known = self.tensor_core_us + self.simt_us
         return self.tensor_core_us / known if known else None
 
+    @property
+    def algorithms_by_time(self) -> list[tuple[tuple[str, str], KernelShare]]:
+        """((pass, family), share) of each algorithm, the slowest first."""
+        return _by_time(self.algorithms)
+
+    @property
+    def neighbours_by_time(self) -> list[tuple[str, KernelShare]]:
+        """(category, share) of each neighbour, the slowest first."""
+        return _by_time(self.neighbours)
+
+
+def _by_time(shares: dict[Any, KernelShare]) -> list[tuple[Any, KernelShare]]:
+    return sorted(shares.items(), key=lambda item: -item[1].us_per_step)
+
 
 def layer_kernels(analysis: ConvAnalysis) -> dict[str, LayerKernels]:
     """Read each layer's device kernels (empty on a CPU-only trace): algorithms, tensor cores, neighbours."""
@@ -145,7 +162,7 @@ def _own_kernels(layer: ConvLayer, steps: int, pass_of: Callable[[Kernel], str])
             continue
         family = algorithm_family(kernel.name)
         _add(algorithms.setdefault((pass_of(kernel), family), KernelShare()), kernel, steps)
-        if family in ("layout conversion", "helper"):
+        if family in NON_COMPUTE_FAMILIES:
             continue
         on_tensor_cores = uses_tensor_cores(kernel.name)
         if on_tensor_cores is True:

@@ -191,6 +191,11 @@ class ConvAnalysis:
         return sum(layer.time_per_step_us for layer in self.layers)
 
     @property
+    def conv_share(self) -> float:
+        """Conv time (layout conversions included) as a fraction of the step time."""
+        return self.share(self.conv_time_us)
+
+    @property
     def conversion_time_us(self) -> float:
         """Layout conversions charged to the layers, per step."""
         return sum(layer.conversion_us for layer in self.layers) / self.profile.step_count

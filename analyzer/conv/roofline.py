@@ -73,6 +73,11 @@ class Roofline:
     layers: dict[str, LayerRoofline]  # by layer name; a layer without a roofline is absent
     notes: list[str] = field(default_factory=list)  # why there is no roofline, or none for some layers
 
+    @property
+    def bound_counts(self) -> dict[str, int]:
+        """How many layers each roof caps: ``{"memory": 3, "compute": 5}``."""
+        return {bound.value: sum(point.bound is bound for point in self.layers.values()) for bound in Bound}
+
 
 def conv_dtype(analysis: ConvAnalysis) -> str:
     """The dtype of most conv time: the one whose roofs the report draws."""

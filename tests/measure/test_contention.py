@@ -23,7 +23,7 @@ from convdoctor.analyzer.capture.workload import workload_from
 from convdoctor.analyzer.measure.benchmark import measure
 from convdoctor.analyzer.measure.results import BenchmarkSettings, Verdict
 
-BUSY_LOOP = Path(__file__).resolve().parent / "busy_loop.py"
+BUSY_LOOP = Path(__file__).resolve().parents[1] / "busy_loop.py"
 QUICK = BenchmarkSettings(block_spacing_s=0, extra_blocks=0, warmup_s=0.0, warmup_steps=2, min_rounds=12,
                           max_rounds=12, blocks=3, target_s=0.3, early_stop=False)
 

@@ -32,6 +32,7 @@ from convdoctor.analyzer.conv.roofline import Bound, analyze_roofline, ridge_poi
 from convdoctor.analyzer.trace.environment import RecordedEnvironment
 from convdoctor.analyzer.trace.reader import load_profile
 from convdoctor.cli import main
+from convdoctor.pipeline import analyze_trace
 from convdoctor.reports.charts import roofline_chart
 
 PEAKS = Peaks(100 * GIGA, 10 * GIGA, PeaksSource.MEASURED, "test roofs")  # ridge point: 10 FLOP/byte
@@ -172,7 +173,8 @@ def test_analyze_cli_on_the_v100_trace_writes_a_valid_roofline(tmp_path: Path):
         assert (entry["bound"] == "memory") == (entry["intensity"] < peaks["ridge_flop_per_byte"])
     html = (tmp_path / "report.html").read_text()
     assert 'id="roofline-chart"' in html and html.count('class="layer-dot"') == 53
-    chart = roofline_chart(peaks, report["layers"])
+    analyzed = analyze_trace(SHARED_TRACES["resnet50"])
+    chart = roofline_chart(analyzed.roofline, analyzed.layers)
     assert chart is not None and len(chart.dots) == 53
     assert chart.memory_roof[2:] == chart.compute_roof[:2]  # the roofs meet at the ridge point
 
