@@ -187,7 +187,6 @@ class QuietPolicy:
     say: Callable[[str], None] | None = None
     waited_s: float = 0.0
     worst: MachineReading | None = None  # the busiest reading taken while waiting in vain
-    contended_seen: int = 0  # blocks of this run taken under contention (redone or kept)
     _last_contended: bool = field(default=False, repr=False)
 
     @property
@@ -200,7 +199,6 @@ class QuietPolicy:
     def note_block(self, others_busy: float | None) -> bool:
         """A block's reading; whether it was contended."""
         self._last_contended = self.is_contended(others_busy)
-        self.contended_seen += self._last_contended
         return self._last_contended
 
     def wait_for_quiet(self, what: str = "the next block of rounds") -> bool:
