@@ -132,6 +132,9 @@ def test_a_busy_profile_claims_no_speedup(tmp_path: Path):
     assert " faster" not in result.stdout and " slower" not in result.stdout
     assert "--fail-under did not gate" in result.stderr
     assert any("profiled steps ran while other processes" in note for note in report["summary"]["notes"])
+    html = (tmp_path / "report.html").read_text()
+    assert 'id="busy-machine"' in html and "Unreliable: other processes kept" in html
+    assert 'id="speedup-chart"' not in html and "no times shown" in html
     jsonschema.validate(report, SCHEMA)
 
 
