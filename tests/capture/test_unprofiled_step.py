@@ -12,10 +12,9 @@ from convdoctor.analyzer.capture.recording import record
 from convdoctor.analyzer.capture.workload import load_workload
 from convdoctor.analyzer.conv.layers import analyze_convs
 from convdoctor.analyzer.trace.profile import METADATA_KEY
-
-UNPROFILED_STEP_KEY = "unprofiled_step_us"  # RecordedEnvironment's field, as the trace's metadata holds it
 from convdoctor.analyzer.trace.reader import load_profile
 
+UNPROFILED_STEP_KEY = "unprofiled_step_us"  # RecordedEnvironment's field, as the trace's metadata holds it
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
