@@ -84,6 +84,12 @@ def main() -> None:
 @click.option("--timeout", "timeout_s", type=click.FloatRange(min=0), default=300, show_default=True,
               metavar="SECONDS", help="The most that loading the model file, its first step, the capture, or one "
                                       "candidate's trial may take (0: no limit).")
+@click.option("--wait-quiet", "wait_quiet_s", type=click.FloatRange(min=0), default=60, show_default=True,
+              metavar="SECONDS", help="The most the run waits, in all, for other processes to leave the cores it "
+                                      "times on (0: never); measurements still taken under contention get no "
+                                      "verdict.")
+@click.option("--thorough", is_flag=True, help="Take every planned block of every comparison (6, and 6 more when "
+                                               "undecided) instead of stopping once a verdict is settled.")
 @click.option("--format", "output_format", type=click.Choice(["text", "json"]), default="text", show_default=True,
               help="json prints report.json to stdout.")
 @click.option("--fail-under", "fail_under", type=click.FloatRange(min=1.0), default=None, metavar="SPEEDUP",
@@ -97,8 +103,8 @@ def main() -> None:
 @_rule_selection
 def profile_command(model_py: Path, device: str, mode: str, batch_size: int | None, steps: int,
                     out_dir: Path | None, no_measure: bool, time_budget_s: float | None, timeout_s: float,
-                    output_format: str, fail_under: float | None, nproc: int, backend: str | None,
-                    select: tuple[str, ...], ignore: tuple[str, ...]) -> None:
+                    wait_quiet_s: float, thorough: bool, output_format: str, fail_under: float | None, nproc: int,
+                    backend: str | None, select: tuple[str, ...], ignore: tuple[str, ...]) -> None:
     """Profile the model that MODEL_PY defines, measure each fix, and write HTML and JSON reports."""
     from convdoctor.analyzer.capture.workload import process_exit_guard
     from convdoctor.api import profile_file
@@ -106,7 +112,8 @@ def profile_command(model_py: Path, device: str, mode: str, batch_size: int | No
 
     options = ProfileOptions(device=device, mode=mode, batch_size=batch_size, steps=steps, out_dir=out_dir,
                              measure=not no_measure, time_budget_s=time_budget_s, timeout_s=timeout_s or None,
-                             select=select, ignore=ignore, nproc=nproc, backend=backend)
+                             select=select, ignore=ignore, nproc=nproc, backend=backend, wait_quiet_s=wait_quiet_s,
+                             thorough=thorough)
     with captured_prints() as printed, process_exit_guard():
         try:
             report, files = _or_exit(lambda: profile_file(model_py, options, ClickProgress()))
@@ -115,6 +122,9 @@ def profile_command(model_py: Path, device: str, mode: str, batch_size: int | No
                 click.echo(f"convdoctor: note: {printed.summary()}", err=True)
     _show(report, files, output_format)
     plan = report.plan.measurement if report.plan is not None else None
+    if fail_under is not None and report.busy_machine is not None:
+        click.echo("convdoctor: --fail-under did not gate: measurements were taken while other processes kept the "
+                   "cores busy (unreliable); rerun on a quiet machine or with a longer --wait-quiet", err=True)
     if fail_under is not None and plan is not None and plan.estimate.ci_low >= fail_under:
         click.echo(f"convdoctor: the measured plan makes this model {plan.estimate.ci_low:.2f}x faster or more "
                    f"(--fail-under {fail_under:g})", err=True)

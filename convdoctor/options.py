@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from convdoctor.analyzer.capture.contention import QuietPolicy
 from convdoctor.analyzer.measure.phase import MeasuringOptions
 from convdoctor.analyzer.measure.results import BenchmarkSettings
+
+# The default mode's time for one comparison's own blocks, past its first three (BenchmarkSettings.budget_s).
+CANDIDATE_BUDGET_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -26,8 +30,11 @@ class ProfileOptions:
     select: tuple[str, ...] = ()  # rule ids/prefixes/names to run (all when empty)
     ignore: tuple[str, ...] = ()
     benchmark: BenchmarkSettings = field(default_factory=BenchmarkSettings)
+    wait_quiet_s: float = 60.0  # the most the run waits, in all, for other processes to leave the cores (0: never)
+    thorough: bool = False  # every planned block of every comparison: no early stop
 
-    @property
-    def measuring(self) -> MeasuringOptions:
-        """The options the measuring phase reads."""
-        return MeasuringOptions(self.measure, self.time_budget_s, self.timeout_s, self.benchmark)
+    def measuring(self, quiet: QuietPolicy | None = None) -> MeasuringOptions:
+        """The options the measuring phase reads, under the run's rule for busy machines."""
+        settings = (replace(self.benchmark, early_stop=False) if self.thorough
+                    else replace(self.benchmark, budget_s=self.benchmark.budget_s or CANDIDATE_BUDGET_S))
+        return MeasuringOptions(self.measure, self.time_budget_s, self.timeout_s, settings, quiet)

@@ -12,10 +12,12 @@ import os
 import re
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from convdoctor.analyzer.capture.contention import QuietPolicy, cpu_jiffies, other_cores_busy
 from convdoctor.analyzer.conv.job_view import job_view, trace_rank
 from convdoctor.analyzer.conv.kernels import LayerKernels, kernel_totals, layer_kernels
 from convdoctor.analyzer.conv.layers import ConvAnalysis, analyze_convs
@@ -35,6 +37,7 @@ from convdoctor.reports.files import write_atomically
 from convdoctor.reports.html_report import load_template, render_html
 from convdoctor.reports.json_report import dict_to_json, report_to_dict
 from convdoctor.reports.report import (
+    BusyMachine,
     FindingOutcome,
     Report,
     ReportLayer,
@@ -271,6 +274,8 @@ def prepare_out_dir(out_dir: Path) -> ReportFiles:
 def profile_workload(workload: Workload, options: ProfileOptions, files: ReportFiles, progress: Progress) -> Report:
     """Capture the workload, analyze its trace, run the rules, measure their candidates and the plan, write the
     report; on any failure (Ctrl-C included) the previous report stays and this run's traces are set aside."""
+    import torch
+
     from convdoctor.analyzer.capture.recording import check_fits, record, settled_allocator
     from convdoctor.analyzer.capture.workload import make_step, time_limit
     from convdoctor.analyzer.measure.layout_probe import time_leaf_layouts
@@ -284,9 +289,13 @@ def profile_workload(workload: Workload, options: ProfileOptions, files: ReportF
     with time_limit(options.timeout_s, "the model's first steps"):
         allocator_record = settled_allocator(make_step(workload.copy()))  # before anything is timed
     run_name = f"{Path(workload.source).stem}-{workload.mode.value}-{workload.device.type}"
+    quiet = QuietPolicy(options.wait_quiet_s, torch.get_num_threads(), progress.stage)
+    measuring = options.measuring(quiet)
+    quiet.settle("timing the model")  # the layout probe, the roofs, the trace and every block are timings
     rule_set = load_rules()
     rules = select_rules(rule_set.rules, options.select, options.ignore)
     layout_probe = None
+    started, before = time.perf_counter(), cpu_jiffies()
     if options.measure and Probe.LAYOUT in wanted_probes(rules):  # a probe is a measurement: --no-measure skips it
         progress.stage("timing each layer alone, in its layout and in channels_last")
         with time_limit(options.timeout_s, "the layout probe"):
@@ -294,15 +303,21 @@ def profile_workload(workload: Workload, options: ProfileOptions, files: ReportF
     progress.stage(f"capturing {options.steps} {workload.mode.value} steps under torch.profiler")
     with time_limit(options.timeout_s, "the profiled steps"):
         traces = record(workload, files.logdir, run_name, steps=options.steps, layout_probe=layout_probe,
-                        allocator_record=allocator_record)
+                        allocator_record=allocator_record, quiet=quiet)
+    timing_busy = other_cores_busy(before, cpu_jiffies(), time.perf_counter() - started)
     try:
         progress.stage("analyzing the trace")
         analysis = analyze_convs(load_profile(traces.files[0]))
+        if quiet.is_contended(timing_busy):
+            analysis.notes.append(f"The layout probe and the profiled steps ran while other processes kept "
+                                  f"{timing_busy:.1f} cores busy: layer times, and the predictions made from them, "
+                                  "may read high.")
         results = run_rules(rules, analysis)
-        outcomes = measure_findings(workload, results.findings, options.measuring, progress)
+        outcomes = measure_findings(workload, results.findings, measuring, progress)
         report = build_report(analysis, _summary(workload, options, analysis), outcomes, traces.published_files,
                               files.logdir, results, rule_set)
-        report.plan = build_plan(workload, outcomes, options.measuring, progress)
+        report.plan = build_plan(workload, outcomes, measuring, progress)
+        report.busy_machine = busy_machine(report, quiet)
     except BaseException as exc:  # Ctrl-C included: the previous report stays, this run's traces are set aside
         kept = traces.set_aside()
         if kept is not None:
@@ -340,12 +355,27 @@ def profile_job(path: Path, options: ProfileOptions, files: ReportFiles, progres
     rule_set = load_rules()
     results = run_rules(select_rules(rule_set.rules, options.select, options.ignore), main)
     trial = JobTrial(spec, options.benchmark)
-    outcomes = measure_findings(trial, results.findings, options.measuring, progress)
+    measuring = options.measuring()
+    outcomes = measure_findings(trial, results.findings, measuring, progress)
     summary = replace(trace_summary(main, traces[0]), model_file=str(path), steps=options.steps)
     report = build_report(main, summary, outcomes, traces, files.logdir, results, rule_set)
-    report.plan = build_plan(trial, outcomes, options.measuring, progress)
+    report.plan = build_plan(trial, outcomes, measuring, progress)
     write_report(report, files)
     return report
+
+
+def busy_machine(report: Report, quiet: QuietPolicy) -> BusyMachine | None:
+    """The run's measurements that other processes' load left without a verdict, and what that load was."""
+    taken = [o.measurement for o in report.outcomes if o.measurement is not None]
+    taken += [m.measurement for o in report.outcomes for m in o.layer_measurements if m.measurement is not None]
+    taken += [p.measurement for o in report.outcomes if o.throughput is not None for p in o.throughput.points]
+    if report.plan is not None:
+        taken += [report.plan.measurement] + [left.measurement for left in report.plan.left_out if left.measurement]
+    unreliable = [m for m in taken if not m.reliable]
+    if not unreliable:
+        return None
+    busiest = quiet.worst.describe() if quiet.worst is not None else unreliable[0].contention.busiest or "unknown"
+    return BusyMachine(len(unreliable), len(taken), busiest, quiet.waited_s, quiet.wait_s)
 
 
 def _summary(workload: Workload, options: ProfileOptions, analysis: ConvAnalysis) -> WorkloadSummary:

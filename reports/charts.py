@@ -151,13 +151,14 @@ class SpeedupChart:
 
 def speedup_chart(outcomes: list[FindingOutcome], results: list[str], plan: Plan | None,
                   plan_result: str | None = None, width: int = 760, row_height: int = 24) -> SpeedupChart | None:
-    """One row per finding with a measurement (and one for the plan, measured together), or None when none is.
+    """One row per finding with a reliable measurement (and one for the plan, measured together), or None when
+    none is: a measurement taken under contention has no verdict, and no bar.
 
     ``results`` are the findings' measured results in words (presentation.measured_result), for the tooltips.
     """
     rows = []
     for outcome, result in zip(outcomes, results):
-        if outcome.measurement is not None:
+        if outcome.measurement is not None and outcome.measurement.reliable:
             label = f"{outcome.finding.rule_id} {outcome.finding.rule_name}"
             rows.append({"label": label, "kind": "finding", "estimate": outcome.measurement.estimate,
                          "text": f"{label}: {result}"})

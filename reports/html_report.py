@@ -6,6 +6,7 @@ from convdoctor.analyzer.conv.communication import DEFINITIONS as COMM_DEFINITIO
 from convdoctor.reports.charts import BOUND_COLORS, roofline_chart, speedup_chart
 from convdoctor.reports.presentation import (
     architecture_note,
+    busy_banner,
     headline,
     kernel_columns,
     layer_lines,
@@ -38,6 +39,7 @@ def render_html(report: Report) -> str:
         report=report,
         schema_version=SCHEMA_VERSION,
         headline=headline(report),
+        banner=busy_banner(report),
         results=results,
         left_out=left_out_lines(report.plan) if report.plan else [],
         architecture=[architecture_note(o) for o in report.outcomes],

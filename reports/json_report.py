@@ -53,6 +53,8 @@ def report_to_dict(report: Report) -> dict[str, Any]:
         "rule_problems": list(report.rule_problems),
         "trace_files": list(report.trace_files),
         "logdir": report.logdir,
+        "reliable": report.busy_machine is None,
+        "busy_machine": None if report.busy_machine is None else vars(report.busy_machine).copy(),
         **({"distributed": distributed_to_dict(analysis.job)} if analysis.job is not None else {}),
     }
 
@@ -222,6 +224,7 @@ def _outcome(outcome: FindingOutcome) -> dict[str, Any]:
             outcome.measurement, outcome.numerics_ok, compares_outputs=outcome.architecture is None),
         "not_measured": outcome.not_measured,
         "same_candidate_as": outcome.same_candidate_as,
+        "off_prediction": outcome.off_prediction,
         "architecture": None if outcome.architecture is None else _architecture(outcome.architecture),
         "larger_batches": None if finding.larger_batches is None else {
             "factors": list(finding.larger_batches.factors), "budget_s": finding.larger_batches.budget_s},
@@ -256,8 +259,7 @@ def _throughput_point(point: ThroughputPoint) -> dict[str, Any]:
         "warmup_steps": list(measurement.warmup_steps),
         "threads": measurement.threads,
         "timer": measurement.timer,
-        "other_cores_busy": measurement.other_cores_busy,
-        "machine_was_busy": measurement.machine_was_busy,
+        **_load(measurement),
     }
 
 
@@ -318,6 +320,14 @@ def _interval(estimate: SpeedupEstimate) -> dict[str, Any]:
             "confidence": CONFIDENCE, "verdict": estimate.verdict.value}
 
 
+def _load(measurement: Measurement) -> dict[str, Any]:
+    """Other processes' load over a measurement, and whether its verdict holds (``reliable: false``: none)."""
+    contention = measurement.contention
+    return {"other_cores_busy": measurement.other_cores_busy, "reliable": measurement.reliable,
+            "contended_blocks": contention.contended_blocks, "redone_blocks": contention.redone_blocks,
+            "busiest": contention.busiest, "stopped_early": measurement.stopped_early}
+
+
 def _measurement(measurement: Measurement, numerics_ok: bool | None, *, compares_outputs: bool) -> dict[str, Any]:
     estimate, numerics = measurement.estimate, measurement.numerics
     return {
@@ -339,8 +349,7 @@ def _measurement(measurement: Measurement, numerics_ok: bool | None, *, compares
         "first_step_s": list(measurement.first_step_s),
         "threads": measurement.threads,
         "timer": measurement.timer,
-        "other_cores_busy": measurement.other_cores_busy,
-        "machine_was_busy": measurement.machine_was_busy,
+        **_load(measurement),
         "peak_bytes": list(measurement.peak_bytes),
         "peak_memory": measurement.peak_memory,
     }

@@ -5,6 +5,7 @@ from __future__ import annotations
 from convdoctor.analyzer.conv.kernels import NON_COMPUTE_FAMILIES, LayerKernels
 from convdoctor.analyzer.conv.roofline import Roofline
 from convdoctor.analyzer.measure.results import (
+    PREDICTION_FACTOR,
     BatchSweep,
     Measurement,
     ThroughputPoint,
@@ -31,6 +32,9 @@ def _plan_sentence(report: Report) -> str:
         if plan.measurement.estimate.verdict is Verdict.FASTER:
             return f"{fixes} makes it {speedup_text(plan.measurement)}, measured."
         return f"{fixes}, measured together: {speedup_text(plan.measurement)}."
+    if report.busy_machine is not None:
+        return (f"No plan: {report.busy_machine.unreliable} of {report.busy_machine.measured} measurements were "
+                "taken while other processes kept the cores busy.")
     if any(o.measurement for o in report.outcomes):
         return "No candidate made it measurably faster without changing the model."
     return f"{len(report.outcomes)} finding(s); none measured."
@@ -59,14 +63,32 @@ def measured_result(outcome: FindingOutcome) -> str:
 
 
 def speedup_text(measurement: Measurement) -> str:
-    """A measured speedup with its interval, worded by its verdict."""
+    """A measured speedup with its interval, worded by its verdict; no figure when it is unreliable."""
     e = measurement.estimate
+    if e.verdict is Verdict.UNRELIABLE:
+        return unreliable_text(measurement)
     interval = f"{e.ci_low:.2f}–{e.ci_high:.2f}×"
-    busy = (f"; other processes kept {measurement.other_cores_busy:.1f} cores busy meanwhile"
-            if measurement.machine_was_busy else "")
     if e.verdict is Verdict.NO_DIFFERENCE:
-        return f"no measurable difference ({e.speedup:.2f}×, 95% CI {interval}{busy})"
-    return f"{e.speedup:.2f}× {e.verdict.value} (95% CI {interval}{busy})"
+        return f"no measurable difference ({e.speedup:.2f}×, 95% CI {interval})"
+    return f"{e.speedup:.2f}× {e.verdict.value} (95% CI {interval})"
+
+
+def unreliable_text(measurement: Measurement) -> str:
+    """Why a measurement has no verdict: ``unreliable, no verdict: other processes kept … busy in 4 of 6 blocks``."""
+    contention = measurement.contention
+    return (f"unreliable, no verdict: other processes kept {contention.busiest} busy in {contention.contended_blocks} "
+            f"of {measurement.blocks} blocks")
+
+
+def busy_banner(report: Report) -> str | None:
+    """What to do when the machine was busy: the headline's first line, in the terminal and the HTML."""
+    busy = report.busy_machine
+    if busy is None:
+        return None
+    return (f"Unreliable: other processes kept {busy.busiest} busy while convdoctor timed, and still did after "
+            f"{busy.waited_s:.0f} s of waiting for quiet (--wait-quiet {busy.wait_s:g}). {busy.unreliable} of "
+            f"{busy.measured} measurements have no verdict and no plan was built from them. Close those processes "
+            f"and rerun, or pass --wait-quiet {max(300, 2 * busy.wait_s):g} to wait longer.")
 
 
 def throughput_result(sweep: BatchSweep) -> str:
@@ -81,15 +103,15 @@ def throughput_result(sweep: BatchSweep) -> str:
 def throughput_text(point: ThroughputPoint) -> str:
     """One batch size's samples/s against the baseline batch, with its interval, worded by its verdict."""
     e = point.estimate
+    if e.verdict is Verdict.UNRELIABLE:
+        return unreliable_text(point.measurement)
     interval = f"95% CI {e.ci_low:.2f}–{e.ci_high:.2f}×"
-    busy = (f"; other processes kept {point.measurement.other_cores_busy:.1f} cores busy"
-            if point.measurement.machine_was_busy else "")
     rates = f"{point.samples_per_s:.1f} vs {point.baseline_samples_per_s:.1f} samples/s"
     if e.verdict is Verdict.NO_DIFFERENCE:
         return f"no measurable difference in samples/s against batch {point.baseline_batch} ({rates}, " \
-               f"{e.speedup:.2f}×, {interval}{busy})"
+               f"{e.speedup:.2f}×, {interval})"
     word = "more" if e.verdict is Verdict.FASTER else "fewer"
-    return f"{e.speedup:.2f}× {word} samples/s than batch {point.baseline_batch} ({rates}, {interval}{busy})"
+    return f"{e.speedup:.2f}× {word} samples/s than batch {point.baseline_batch} ({rates}, {interval})"
 
 
 def throughput_lines(sweep: BatchSweep) -> list[str]:
@@ -125,6 +147,9 @@ def result_with_prediction(outcome: FindingOutcome) -> str:
         return f"{result}; predicted at most {speedup:.2f}×"
     if finding.saving_bound is SavingBound.PART:
         return f"{result}; {speedup:.2f}× visible in the trace (the rest of the effect is not)"
+    if outcome.off_prediction:
+        return (f"{result}; predicted {speedup:.2f}×: the measurement stays more than {PREDICTION_FACTOR:g}× off "
+                "the predicted saving after a second look")
     return f"{result}; predicted {speedup:.2f}×"
 
 

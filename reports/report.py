@@ -10,7 +10,7 @@ from convdoctor.analyzer.conv.layers import ConvAnalysis, ConvLayer
 from convdoctor.analyzer.conv.roofline import LayerRoofline, Roofline
 from convdoctor.analyzer.measure.results import FindingOutcome, Plan
 
-SCHEMA_VERSION = "1.1"  # 1.1: optional distributed, device_kernels, throughput, larger_batches, layer_measurements
+SCHEMA_VERSION = "1.2"  # 1.2: reliable, busy_machine, stopped_early, off_prediction (see report.schema.json)
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,18 @@ class RuleDoc:
     sections: list[tuple[str, str]]  # (heading, body)
 
 
+@dataclass(frozen=True)
+class BusyMachine:
+    """Why measurements of this run have no verdict: other processes kept the cores it timed on busy, through the
+    run's wait for quiet (``capture.contention.QuietPolicy``)."""
+
+    unreliable: int  # measurements without a verdict
+    measured: int  # measurements taken
+    busiest: str  # what kept the cores busy
+    waited_s: float  # how long the run waited for quiet
+    wait_s: float  # how long it could wait (--wait-quiet)
+
+
 @dataclass
 class Report:
     """One run's result, as the reports read it."""
@@ -83,3 +95,4 @@ class Report:
     plan: Plan | None = None  # None when nothing was measured faster
     roofline: Roofline | None = None  # the device's peaks and each layer against them
     kernel_totals: KernelTotals | None = None  # all layers' conv kernels summed (GPU traces)
+    busy_machine: BusyMachine | None = None  # set when measurements were taken under contention

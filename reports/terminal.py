@@ -10,6 +10,7 @@ from convdoctor.analyzer.conv.job_view import JobView
 from convdoctor.analyzer.conv.roofline import LayerRoofline
 from convdoctor.reports.presentation import (
     architecture_note,
+    busy_banner,
     headline,
     layer_lines,
     left_out_lines,
@@ -27,7 +28,9 @@ VERDICT_COLORS = {" faster ": "green", " slower ": "red"}
 def render_summary(report: Report, html_path: str, json_path: str, overwrote: bool) -> str:
     """A summary that fits one screen."""
     analysis = report.analysis
-    lines = [click.style(headline(report), bold=True), ""]
+    banner = busy_banner(report)
+    lines = ([click.style(banner, fg="yellow", bold=True), ""] if banner else []) + [
+        click.style(headline(report), bold=True), ""]
     if report.layers:
         top = report.layers[:TOP_LAYERS]
         width = min(max(len(item.layer.name) for item in top), 48)

@@ -140,6 +140,12 @@ class Finding:
         return 1.0 / (1.0 - saving) if saving is not None and saving < 1.0 else None
 
     @property
+    def predicted_saving(self) -> float | None:
+        """The estimated saving when it is a prediction of the fix's whole effect (an ESTIMATE, not a bound or a
+        part): what a measurement can be held against."""
+        return self.estimated_saving if self.saving_bound is SavingBound.ESTIMATE else None
+
+    @property
     def message(self) -> str:
         """One line with measured numbers, rendered from the evidence."""
         return self.evidence.message()

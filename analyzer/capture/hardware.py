@@ -12,6 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from convdoctor.analyzer.capture.contention import QuietPolicy, contended, cpu_jiffies, other_cores_busy
 from convdoctor.analyzer.conv.peaks import (
     Peaks,
     PeaksSource,
@@ -90,10 +91,13 @@ MATMUL_BUDGET_S, COPY_BUDGET_S = 0.4, 0.3  # best of as many runs as fit (3 at l
 
 
 @lru_cache(maxsize=None)
-def _measured_cpu_peaks(threads: int) -> tuple[float, float, int, int]:
-    """(FLOP/s, bytes/s, matmul runs, copy runs): the best run of torch.mm and of a 256 MB copy on ``threads``
-    threads. The best, not the median: other processes only ever slow a run down."""
+def _measured_cpu_peaks(threads: int) -> tuple[float, float, int, int, float | None]:
+    """(FLOP/s, bytes/s, matmul runs, copy runs, other processes' busy cores meanwhile): the best run of torch.mm
+    and of a 256 MB copy on ``threads`` threads. The best, not the median: other processes only ever slow a run
+    down."""
     import torch
+
+    started, before = time.perf_counter(), cpu_jiffies()
 
     a = torch.randn(MATMUL_SIZE, MATMUL_SIZE)
     b = torch.randn(MATMUL_SIZE, MATMUL_SIZE)
@@ -103,8 +107,9 @@ def _measured_cpu_peaks(threads: int) -> tuple[float, float, int, int]:
     source = torch.ones(COPY_BYTES // 4)
     target = torch.zeros(COPY_BYTES // 4)  # both written once, so the timed copies touch no fresh pages
     copy_runs = _best_runs(lambda: target.copy_(source), COPY_BUDGET_S)
+    busy = other_cores_busy(before, cpu_jiffies(), time.perf_counter() - started)
     # A copy reads and writes every byte: 2 × its size moved (as STREAM counts its copy kernel).
-    return 2 * MATMUL_SIZE**3 / min(mm_runs), 2 * COPY_BYTES / min(copy_runs), len(mm_runs), len(copy_runs)
+    return 2 * MATMUL_SIZE**3 / min(mm_runs), 2 * COPY_BYTES / min(copy_runs), len(mm_runs), len(copy_runs), busy
 
 
 def _best_runs(work: Any, budget_s: float, least: int = 3, most: int = 30) -> list[float]:
@@ -118,8 +123,10 @@ def _best_runs(work: Any, budget_s: float, least: int = 3, most: int = 30) -> li
     return durations
 
 
-def cpu_peaks() -> Peaks:
-    """This machine's float32 roofs, measured once per process and thread count (about 1 s).
+def cpu_peaks(quiet: QuietPolicy | None = None) -> Peaks:
+    """This machine's float32 roofs, measured once per process and thread count (about 1 s), under the run's
+    rule for busy machines (``quiet``): measured again after a wait for quiet when other processes kept the cores
+    busy; when they still did, ``others_busy`` says how busy.
 
     Compute roof: the best FLOP/s of a 1024x1024 float32 torch.mm on torch.get_num_threads() threads (the practical
     oneDNN/BLAS roof, not the vector units' theoretical peak). Bandwidth roof: the best of a 256 MB tensor copy,
@@ -128,19 +135,24 @@ def cpu_peaks() -> Peaks:
     import torch
 
     threads = torch.get_num_threads()
-    flops, bandwidth, mm_runs, copy_runs = _measured_cpu_peaks(threads)
+    flops, bandwidth, mm_runs, copy_runs, busy = _measured_cpu_peaks(threads)
+    if quiet is not None and quiet.note_block(busy) and quiet.wait_for_quiet("measuring the roofline's roofs"):
+        _measured_cpu_peaks.cache_clear()
+        flops, bandwidth, mm_runs, copy_runs, busy = _measured_cpu_peaks(threads)
     return Peaks(flops, bandwidth, PeaksSource.MEASURED,
                  f"measured at capture on {threads} thread{'' if threads == 1 else 's'}: the best of {mm_runs} float32 "
-                 f"{MATMUL_SIZE}x{MATMUL_SIZE} matmuls and of {copy_runs} {COPY_BYTES >> 20} MB copies")
+                 f"{MATMUL_SIZE}x{MATMUL_SIZE} matmuls and of {copy_runs} {COPY_BYTES >> 20} MB copies",
+                 others_busy=busy if contended(busy, threads) else None)
 
 
 
-def recorded_peaks(device: torch.device, dtype: str) -> Peaks:
+def recorded_peaks(device: torch.device, dtype: str, quiet: QuietPolicy | None = None) -> Peaks:
     """The peaks to record in a capture's environment: measured on a CPU, from the datasheet on a GPU."""
     import torch
 
     if device.type == "cpu":  # measured in float32 only: the roofline of other dtypes is left out
-        peaks = cpu_peaks() if dtype in ("float32", "unknown") else unknown_peaks(f"no CPU peaks for {dtype}", dtype)
+        in_float32 = dtype in ("float32", "unknown")
+        peaks = cpu_peaks(quiet) if in_float32 else unknown_peaks(f"no CPU peaks for {dtype}", dtype)
     else:
         peaks = datasheet_peaks(device_name(device), dtype, torch.backends.cudnn.allow_tf32)
     return peaks

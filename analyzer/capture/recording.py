@@ -23,6 +23,7 @@ from torch.profiler import (
     tensorboard_trace_handler,
 )
 
+from convdoctor.analyzer.capture.contention import QuietPolicy
 from convdoctor.analyzer.capture.hardware import device_name, low_precision_environment, recorded_peaks
 from convdoctor.analyzer.capture.host_allocator import (
     allocator,
@@ -131,12 +132,12 @@ def check_fits(workload: Workload) -> None:
                              "fix the model so that one step runs") from exc
 
 
-def environment(workload: Workload) -> RecordedEnvironment:
+def environment(workload: Workload, quiet: QuietPolicy | None = None) -> RecordedEnvironment:
     """The settings that decide conv speed but that a trace does not otherwise record, and the device's peaks
     (peak_flops in FLOP/s, peak_bandwidth in bytes/s, peaks_source: measured on a CPU, once per process and
     thread count; from the datasheet on a GPU) for the roofline of an offline `analyze`."""
     device = workload.device
-    peaks = recorded_peaks(device, workload.dtype)
+    peaks = recorded_peaks(device, workload.dtype, quiet)
     return RecordedEnvironment(
         torch_version=torch.__version__,
         model_file=workload.source,
@@ -159,6 +160,7 @@ def environment(workload: Workload) -> RecordedEnvironment:
         peaks_source=peaks.source.value,
         peaks_dtype=peaks.dtype,
         peaks_description=peaks.description,
+        peaks_others_busy=peaks.others_busy,
         **low_precision_environment(),  # native bfloat16/float16 on this CPU (CD119, CD121)
         **_ddp_environment(workload),
     )
@@ -233,14 +235,15 @@ def settled_allocator(step: Callable[[], Any]) -> dict[str, Any]:
 
 
 def record(workload: Workload, logdir: Path, run_name: str, *, steps: int = 3, worker_name: str = "worker0",
-           layout_probe: dict[str, LeafLayoutTime] | None = None, allocator_record: dict[str, Any] | None = None
-           ) -> PendingTraces:
+           layout_probe: dict[str, LeafLayoutTime] | None = None, allocator_record: dict[str, Any] | None = None,
+           quiet: QuietPolicy | None = None) -> PendingTraces:
     """Profile ``steps`` steps of a copy of the workload into a scratch folder under ``logdir``.
 
     ``worker_name`` starts each trace file's name (TensorBoard's worker); a rank of a job puts its rank in it.
     ``layout_probe`` (``time_leaf_layouts`` of the workload), when given, is recorded in the traces' metadata.
     ``allocator_record``: ``settled_allocator``'s, when the caller settled the allocator before (the layout probe
-    runs with the heap kept too); else it is settled here.
+    runs with the heap kept too); else it is settled here. ``quiet``: the run's rule for busy machines, which the
+    CPU peaks are measured under.
 
     Nothing under ``logdir/run_name`` changes until the result is published. A capture that fails or is
     interrupted leaves what the profiler had written set aside as interrupted (see PendingTraces).
@@ -255,7 +258,7 @@ def record(workload: Workload, logdir: Path, run_name: str, *, steps: int = 3, w
     target = logdir / run_name
     try:
         recorded_environment = replace(  # before the profiler starts: measuring peaks is no part of a step
-            environment(run), **(settled_allocator(step) if allocator_record is None else allocator_record),
+            environment(run, quiet), **(settled_allocator(step) if allocator_record is None else allocator_record),
             unprofiled_step_us=unprofiled_step_us(step, run.device))
         settings: dict[str, Any] = recorded_environment.to_metadata()
         if layout_probe:

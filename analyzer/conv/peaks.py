@@ -35,6 +35,9 @@ class Peaks:
     source: PeaksSource
     description: str
     dtype: str = "float32"  # the layer dtype these peaks are for
+    # measured CPU peaks: the cores other processes kept busy meanwhile, when that contended (the roofs may read
+    # low); None when they did not or it is not known
+    others_busy: float | None = None
 
     @property
     def known(self) -> bool:
@@ -172,7 +175,8 @@ def trace_peaks(environment: RecordedEnvironment, device_properties: list[dict[s
         return unknown_peaks(f"the CPU peaks were measured in {recorded_dtype}, the convolutions run in {dtype}",
                              dtype)
     description = environment.peaks_description or "measured at capture"
-    return Peaks(float(flops), float(bandwidth), PeaksSource.MEASURED, description, dtype)
+    return Peaks(float(flops), float(bandwidth), PeaksSource.MEASURED, description, dtype,
+                 others_busy=environment.peaks_others_busy)
 
 
 def _rate(value: Any) -> bool:

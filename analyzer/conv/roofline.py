@@ -113,11 +113,16 @@ def analyze_roofline(analysis: ConvAnalysis) -> Roofline:
         result.notes.append(f"{len(fewer_multiplies)} layer(s) run above the roofline because their Winograd/FFT "
                             "kernels do fewer multiplications than the direct-convolution FLOPs counted here: "
                             + _first(fewer_multiplies))
+    if peaks.others_busy is not None:
+        result.notes.append(f"The roofs were measured while other processes kept {peaks.others_busy:.1f} cores busy "
+                            "(the wait for quiet ran out): they may read low, and each layer's share of them high.")
     others = [layer.name for layer in above if layer.name not in fewer_multiplies]
     if others:
         roof = ("the measured matmul and copy are practical roofs, not the hardware's limits"
                 if peaks.source.value == "measured"
                 else f"faster than the datasheet's {dtype} roof: check the dtype and TF32 setting the roof assumes")
+        if peaks.others_busy is not None:
+            roof = "the roofs were measured under contention and read low"
         result.notes.append(f"{len(others)} layer(s) run above the roofline ({roof}): {_first(others)}")
     return result
 

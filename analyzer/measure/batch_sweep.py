@@ -7,6 +7,7 @@ from typing import Callable
 
 import torch
 
+from convdoctor.analyzer.capture.contention import QuietPolicy
 from convdoctor.analyzer.capture.workload import Workload, describe_exception
 from convdoctor.analyzer.measure.benchmark import BenchmarkSettings, measure_throughput
 from convdoctor.analyzer.measure.results import (
@@ -25,6 +26,7 @@ def sweep_batch_sizes(
     progress: Callable[[int, int], None] | None = None,
     before_each: Callable[[int], None] | None = None,
     patience: int = 2,
+    quiet: QuietPolicy | None = None,
 ) -> BatchSweep:
     """Measure samples/s at ``workload.batch_size × factor`` for each factor in growing order.
 
@@ -46,7 +48,7 @@ def sweep_batch_sizes(
         if before_each is not None:
             before_each(batch)
         try:
-            point = measure_throughput(workload, workload.with_batch_size(batch), settings, progress)
+            point = measure_throughput(workload, workload.with_batch_size(batch), settings, progress, quiet)
         except (RuntimeError, MemoryError) as exc:
             if not _out_of_memory(exc):
                 raise

@@ -5,7 +5,6 @@ from __future__ import annotations
 import gc
 import itertools
 import math
-import os
 import random
 import statistics
 import time
@@ -15,6 +14,14 @@ from typing import Any, Callable
 
 import torch
 
+from convdoctor.analyzer.capture.contention import (
+    MAX_REDONE_BLOCKS,
+    QuietPolicy,
+    cpu_jiffies,
+    other_cores_busy,
+    own_processes,
+    time_weighted_busy,
+)
 from convdoctor.analyzer.capture.workload import (
     Mode,
     Workload,
@@ -29,12 +36,15 @@ from convdoctor.analyzer.capture.workload import (
 from convdoctor.analyzer.measure.results import (
     BOOTSTRAP_RESAMPLES,
     CONFIDENCE,
+    EARLY_CONFIDENCE,
+    EARLY_WIDTH,
     FIRST_STEP_SEED,
     GRADIENT_NORM_FLOOR,
     GRADIENT_REFERENCE_FLOOR,
     MIN_EFFECT,
     REFERENCE_FACTOR,
     BenchmarkSettings,
+    Contention,
     GradientReference,
     Measurement,
     Numerics,
@@ -46,8 +56,8 @@ from convdoctor.analyzer.measure.step_memory import PEAK_TENSOR_MEMORY, step_pea
 
 
 def estimate_speedup(baseline_s: list[float], candidate_s: list[float], *, blocks: list[int] | None = None,
-                     seed: int = 0) -> SpeedupEstimate:
-    """Ratio of medians with a 95% interval; the verdict is decided by the interval.
+                     seed: int = 0, confidence: float = CONFIDENCE) -> SpeedupEstimate:
+    """Ratio of medians with a ``confidence`` (95%) interval; the verdict is decided by the interval.
 
     ``blocks`` gives how many consecutive rounds each block holds (see BenchmarkSettings.blocks). The interval is
     the paired bootstrap's (``bootstrap_interval``), widened, where it is narrower, to the Student-t interval of the
@@ -59,9 +69,10 @@ def estimate_speedup(baseline_s: list[float], candidate_s: list[float], *, block
     if sum(blocks) != len(baseline_s) or min(blocks) < 1:
         raise ValueError("the blocks must hold every round, one or more each")
     base_median, cand_median = statistics.median(baseline_s), statistics.median(candidate_s)
-    low, high = bootstrap_interval(baseline_s, candidate_s, blocks, seed)
+    low, high = bootstrap_interval(baseline_s, candidate_s, blocks, seed, confidence)
     if len(blocks) > 1:
-        block_low, block_high = between_blocks(baseline_s, candidate_s, blocks, base_median / cand_median)
+        block_low, block_high = between_blocks(baseline_s, candidate_s, blocks, base_median / cand_median,
+                                               confidence)
         low, high = min(low, block_low), max(high, block_high)
     verdict = (Verdict.FASTER if low > 1.0 + MIN_EFFECT else Verdict.SLOWER if high < 1.0 - MIN_EFFECT
                else Verdict.NO_DIFFERENCE)
@@ -75,6 +86,15 @@ def estimate_speedup(baseline_s: list[float], candidate_s: list[float], *, block
     )
 
 
+def settled(rounds: Rounds) -> bool:
+    """Whether the blocks so far settle the comparison (``BenchmarkSettings.early_stop``): read at EARLY_CONFIDENCE,
+    the interval decides (faster or slower) and is at most EARLY_WIDTH wide, or it rules out a speedup above
+    MIN_EFFECT (whatever more blocks would say, the candidate is no faster)."""
+    early = estimate_speedup(*rounds.times_s, blocks=rounds.blocks, confidence=EARLY_CONFIDENCE)
+    decided = early.verdict is not Verdict.NO_DIFFERENCE and early.ci_high / early.ci_low <= EARLY_WIDTH
+    return decided or early.ci_high <= 1.0 + MIN_EFFECT
+
+
 def undecided(estimate: SpeedupEstimate) -> bool:
     """The interval reaches into 1 ± MIN_EFFECT while its median lies outside that band: a change the blocks so far
     can neither confirm nor rule out, which more blocks may decide."""
@@ -83,7 +103,7 @@ def undecided(estimate: SpeedupEstimate) -> bool:
 
 
 def bootstrap_interval(baseline_s: list[float], candidate_s: list[float], blocks: list[int],
-                       seed: int = 0) -> tuple[float, float]:
+                       seed: int = 0, confidence: float = CONFIDENCE) -> tuple[float, float]:
     """The paired bootstrap interval of the ratio of medians: each resample draws blocks first, then rounds within
     the drawn blocks (rounds alone with one block)."""
     rng = random.Random(seed)
@@ -98,16 +118,16 @@ def bootstrap_interval(baseline_s: list[float], candidate_s: list[float], blocks
         base = statistics.median(baseline_s[i] for i in picks)
         ratios.append(base / statistics.median(candidate_s[i] for i in picks))
     ratios.sort()
-    tail = (1 - CONFIDENCE) / 2
+    tail = (1 - confidence) / 2
     return ratios[int(tail * BOOTSTRAP_RESAMPLES)], ratios[min(BOOTSTRAP_RESAMPLES - 1,
                                                                int((1 - tail) * BOOTSTRAP_RESAMPLES))]
 
 
 def between_blocks(baseline_s: list[float], candidate_s: list[float], blocks: list[int],
-                   speedup: float) -> tuple[float, float]:
+                   speedup: float, confidence: float = CONFIDENCE) -> tuple[float, float]:
     """The interval of ``speedup`` that the blocks' own speedups (ratios of their medians) give as independent
     samples: ``speedup`` times and over exp(t * s / sqrt(n)), s their standard deviation in logs, t Student's at
-    CONFIDENCE with n - 1 degrees of freedom.
+    ``confidence`` with n - 1 degrees of freedom.
 
     On a shared machine the ratio of two variants drifts with the machine's state over seconds (blocks 0.5 s apart
     correlate about 0.5, 5-7 s apart hardly at all); a bootstrap over a few blocks reads their spread as all there
@@ -117,25 +137,46 @@ def between_blocks(baseline_s: list[float], candidate_s: list[float], blocks: li
     starts = list(itertools.accumulate(blocks, initial=0))
     logs = [math.log(statistics.median(baseline_s[a:b]) / statistics.median(candidate_s[a:b]))
             for a, b in zip(starts, starts[1:])]
-    half = student_t(CONFIDENCE, len(logs) - 1) * statistics.stdev(logs) / math.sqrt(len(logs))
+    half = student_t(confidence, len(logs) - 1) * statistics.stdev(logs) / math.sqrt(len(logs))
     return speedup / math.exp(half), speedup * math.exp(half)
 
 
-# Student's t two-sided 95% quantiles for 1-10 degrees of freedom; beyond, the Cornish-Fisher expansion is within
-# 0.001 of them.
-_T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
-
-
 def student_t(confidence: float, freedom: int) -> float:
-    """The two-sided ``confidence`` quantile of Student's t with ``freedom`` degrees of freedom (95% tabulated up
-    to 10 degrees; otherwise the Cornish-Fisher expansion around the normal quantile)."""
+    """The two-sided ``confidence`` quantile of Student's t with ``freedom`` degrees of freedom: the t at which
+    ``t_coverage`` reaches ``confidence``, found by bisection; beyond 100 degrees the Cornish-Fisher expansion
+    around the normal quantile (within 1e-4 there)."""
     if freedom < 1:
         raise ValueError("Student's t needs one or more degrees of freedom")
-    if confidence == 0.95 and freedom <= len(_T95):
-        return _T95[freedom - 1]
-    z, v = statistics.NormalDist().inv_cdf((1 + confidence) / 2), freedom
-    return (z + (z**3 + z) / (4 * v) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * v**2)
-            + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * v**3))
+    if freedom > 100:
+        z, v = statistics.NormalDist().inv_cdf((1 + confidence) / 2), freedom
+        return (z + (z**3 + z) / (4 * v) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * v**2)
+                + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * v**3))
+    low, high = 0.0, 1.0
+    while t_coverage(high, freedom) < confidence:
+        high *= 2
+    for _ in range(100):
+        middle = (low + high) / 2
+        low, high = (middle, high) if t_coverage(middle, freedom) < confidence else (low, middle)
+    return (low + high) / 2
+
+
+def t_coverage(t: float, freedom: int) -> float:
+    """P(|T| < t) for Student's t with a whole number of degrees of freedom, in closed form (Abramowitz and Stegun
+    26.7.3-4: a finite series in the cosine of atan(t / sqrt(freedom)))."""
+    theta = math.atan(t / math.sqrt(freedom))
+    cos2 = math.cos(theta) ** 2
+    term, total = 1.0, 1.0
+    if freedom % 2 == 0:  # sin θ (1 + 1/2 cos²θ + 1·3/(2·4) cos⁴θ + …), up to cos^(freedom-2)
+        for k in range(1, freedom // 2):
+            term *= cos2 * (2 * k - 1) / (2 * k)
+            total += term
+        return math.sin(theta) * total
+    if freedom == 1:
+        return 2 * theta / math.pi
+    for k in range(1, (freedom - 1) // 2):  # 2/π (θ + sin θ cos θ (1 + 2/3 cos²θ + 2·4/(3·5) cos⁴θ + …))
+        term *= cos2 * (2 * k) / (2 * k + 1)
+        total += term
+    return 2 / math.pi * (theta + math.sin(theta) * math.cos(theta) * total)
 
 
 def compare_outputs(baseline: Any, candidate: Any) -> Numerics:
@@ -160,6 +201,7 @@ def measure(
     candidate: Workload,
     settings: BenchmarkSettings = BenchmarkSettings(),
     progress: Callable[[int, int], None] | None = None,
+    quiet: QuietPolicy | None = None,
 ) -> Measurement:
     """Time one step of each workload in interleaved rounds (random order within a round) and compare outputs.
 
@@ -167,10 +209,60 @@ def measure(
     blocks run one after the other, ``block_spacing_s`` apart; ``Comparison`` runs them one at a time, so that a
     measuring phase can give the wait to other comparisons' blocks.
     """
-    comparison = Comparison(baseline, candidate, settings, progress)
+    comparison = Comparison(baseline, candidate, settings, progress, quiet)
     while comparison.blocks_left:
         comparison.run_block()
     return comparison.measurement()
+
+
+class BlockWatch:
+    """Other processes' load over each block of rounds, under the run's QuietPolicy: before a block that follows a
+    contended one it waits for quiet; a block taken under contention is redone when the wait ended in quiet (up to
+    MAX_REDONE_BLOCKS times), and kept and counted when it did not. The measured processes are this one and its
+    descendants (worker processes)."""
+
+    def __init__(self, quiet: QuietPolicy | None) -> None:
+        self.quiet = quiet or QuietPolicy(threads=torch.get_num_threads())
+        self.kept: list[tuple[float, float | None]] = []  # (wall seconds, other cores busy) of each kept block
+        self.contended_blocks = 0  # kept although contended
+        self.redone_blocks = 0
+
+    def run(self, block: Callable[[], int], times: tuple[list[float], list[float]]) -> int:
+        """``block()`` (it appends its rounds to ``times`` and returns how many it took), redone while contended
+        and the wait for quiet succeeds."""
+        while True:
+            self.quiet.wait_for_quiet()
+            marks, measured = (len(times[0]), len(times[1])), own_processes()
+            started, before = time.perf_counter(), cpu_jiffies(measured)
+            rounds = block()
+            wall = time.perf_counter() - started
+            busy = other_cores_busy(before, cpu_jiffies(measured), wall)
+            contended = self.quiet.note_block(busy)
+            if contended and self.redone_blocks < MAX_REDONE_BLOCKS and self.quiet.wait_for_quiet():
+                del times[0][marks[0]:], times[1][marks[1]:]
+                self.redone_blocks += 1
+                continue
+            self.kept.append((wall, busy))
+            self.contended_blocks += contended
+            return rounds
+
+    @property
+    def other_cores_busy(self) -> float | None:
+        return time_weighted_busy(self.kept)
+
+    @property
+    def contention(self) -> Contention:
+        """The blocks kept under contention and redone, and (when any was kept) what kept the cores busy: the
+        busiest reading taken while waiting, or the blocks' own average."""
+        busiest = None
+        if self.contended_blocks:
+            worst = self.quiet.worst
+            busiest = worst.describe() if worst is not None else f"{self.other_cores_busy or 0:.1f} cores"
+        return Contention(self.contended_blocks, self.redone_blocks, busiest)
+
+    def judged(self, estimate: SpeedupEstimate) -> SpeedupEstimate:
+        """The estimate, its verdict withdrawn (``Verdict.UNRELIABLE``) when a kept block was contended."""
+        return replace(estimate, verdict=Verdict.UNRELIABLE) if self.contended_blocks else estimate
 
 
 class Comparison:
@@ -182,23 +274,26 @@ class Comparison:
     after the one before it (waiting when nothing else ran in between), and the measuring phase lets several
     comparisons take turns: on a shared VM the ratio of two variants drifts with the machine's state over seconds,
     so blocks in a row would sample one state and their interval would not hold the next run's ratio
-    (benchmarks/INTERVALS.md). When the planned blocks leave the change open (``undecided``), ``extra_blocks`` more
-    are taken, once.
+    (benchmarks/INTERVALS.md). With ``early_stop`` the comparison ends once ``min_blocks`` or more have settled it
+    (``settled``). When the planned blocks leave the change open (``undecided``), ``extra_blocks`` more are taken,
+    once. Other processes' load is watched over every block (``BlockWatch``).
     """
 
     def __init__(self, baseline: Workload, candidate: Workload, settings: BenchmarkSettings,
-                 progress: Callable[[int, int], None] | None = None) -> None:
+                 progress: Callable[[int, int], None] | None = None, quiet: QuietPolicy | None = None) -> None:
         self.baseline, self.candidate, self.settings, self.progress = baseline, candidate, settings, progress
         self.numerics, self.first_step_s = compare_first_step(baseline, candidate)
         self._times: tuple[list[float], list[float]] = ([], [])
         self._blocks: list[int] = []
         self._warmups = [0, 0]
-        self._busy: list[tuple[float, float | None]] = []  # (wall seconds, other cores busy) per block
+        self._watch = BlockWatch(quiet)
         self._plan = _block_plan(settings)
         self._block_target_s = settings.target_s / len(self._plan)
         self._extra_blocks = 0
+        self._stopped_early = False
         self._rng = random.Random(0)
         self._last_start: float | None = None
+        self._spent_s = 0.0  # in this comparison's own blocks
 
     @property
     def blocks_left(self) -> int:
@@ -213,29 +308,54 @@ class Comparison:
         steps, warmups = fresh_steps((self.baseline, self.candidate), self.settings, first=block == 0)
         self._warmups = [done + now for done, now in zip(self._warmups, warmups)]
         devices = (self.baseline.device, self.candidate.device)
-        started, cpu_before = time.perf_counter(), cpu_jiffies()
         done = sum(self._blocks)
         progress = None if self.progress is None else (
             lambda rounds, _: self.progress(done + rounds, sum(most for _, most in self._plan)))
-        self._blocks.append(_block_of_rounds(lambda which: time_step(steps[which], devices[which]), self._plan[block],
-                                             self._block_target_s, self._rng, self._times,
-                                             first=block == 0, progress=progress))
-        wall = time.perf_counter() - started
-        self._busy.append((wall, other_cores_busy(cpu_before, cpu_jiffies(), wall)))
-        if (len(self._blocks) == len(self._plan) and not self._extra_blocks and self.settings.extra_blocks > 0
-                and undecided(self.rounds().estimate())):
-            self._extra_blocks = self.settings.extra_blocks
-            self._plan += [self._plan[i % len(self._plan)] for i in range(self._extra_blocks)]
+        self._blocks.append(self._watch.run(
+            lambda: _block_of_rounds(lambda which: time_step(steps[which], devices[which]), self._plan[block],
+                                     self._block_target_s, self._rng, self._times, first=block == 0,
+                                     progress=progress),
+            self._times))
+        self._spent_s += time.perf_counter() - self._last_start
+        self._after_block()
+
+    def _after_block(self) -> None:
+        """Stop once a block was kept under contention (the verdict is withdrawn whatever follows) or when
+        settled; take the second look when the planned blocks leave the change open."""
+        if self._watch.contended_blocks and sum(self._blocks) >= 2:  # two rounds make an estimate
+            self._plan = self._plan[:len(self._blocks)]
+        elif not self.blocks_left:
+            if undecided(self.rounds().estimate()):
+                self.second_look()
+        elif (self.settings.early_stop and not self._extra_blocks and len(self._blocks) >= self.settings.min_blocks
+              and (self._over_budget or settled(self.rounds()))):
+            self._plan = self._plan[:len(self._blocks)]
+            self._stopped_early = True
+
+    @property
+    def _over_budget(self) -> bool:
+        return self.settings.budget_s is not None and self._spent_s >= self.settings.budget_s
+
+    def second_look(self) -> bool:
+        """Plan ``extra_blocks`` more blocks, once (not after a block kept under contention); whether it did."""
+        if (self._extra_blocks or self.settings.extra_blocks <= 0 or self._watch.contended_blocks
+                or (self.settings.early_stop and self._over_budget)):
+            return False
+        self._extra_blocks = self.settings.extra_blocks
+        base = self._plan[:len(self._blocks)] or self._plan
+        self._plan = self._plan[:len(self._blocks)] + [base[i % len(base)] for i in range(self._extra_blocks)]
+        self._stopped_early = False
+        return True
 
     def rounds(self) -> Rounds:
         return Rounds(times_s=self._times, blocks=list(self._blocks), warmup_steps=(self._warmups[0], self._warmups[1]),
-                      other_cores_busy=time_weighted_busy(self._busy))
+                      other_cores_busy=self._watch.other_cores_busy)
 
     def measurement(self) -> Measurement:
         """The comparison so far (every block run, or fewer when it was cut short) as a Measurement."""
         rounds = self.rounds()
         return Measurement(
-            estimate=rounds.estimate(),
+            estimate=self._watch.judged(rounds.estimate()),
             numerics=self.numerics,
             rounds=len(rounds.times_s[0]),
             warmup_steps=rounds.warmup_steps,
@@ -246,6 +366,8 @@ class Comparison:
             other_cores_busy=rounds.other_cores_busy,
             blocks=len(rounds.blocks),
             extra_blocks=self._extra_blocks,
+            stopped_early=self._stopped_early,
+            contention=self._watch.contention,
             fresh_copies=True,
             peak_bytes=(_peak_bytes(self.baseline), _peak_bytes(self.candidate)),
             peak_memory=PEAK_TENSOR_MEMORY,
@@ -264,6 +386,7 @@ def measure_throughput(
     candidate: Workload,
     settings: BenchmarkSettings = BenchmarkSettings(),
     progress: Callable[[int, int], None] | None = None,
+    quiet: QuietPolicy | None = None,
 ) -> ThroughputPoint:
     """Time one step of each workload in interleaved rounds, as ``measure`` does, and compare time per sample.
 
@@ -274,10 +397,11 @@ def measure_throughput(
     batches = (baseline.batch_size, candidate.batch_size)
     if not batches[0] or not batches[1]:
         raise ValueError("a throughput comparison needs inputs with a batch dimension in both workloads")
-    rounds = _interleaved_rounds(baseline, candidate, settings, progress)
+    watch = BlockWatch(quiet)
+    rounds = _interleaved_rounds(baseline, candidate, settings, progress, watch)
     per_sample = [[t / batch for t in times] for times, batch in zip(rounds.times_s, batches)]
     measurement = Measurement(
-        estimate=estimate_speedup(*per_sample, blocks=rounds.blocks),
+        estimate=watch.judged(estimate_speedup(*per_sample, blocks=rounds.blocks)),
         numerics=None,
         rounds=len(per_sample[0]),
         warmup_steps=rounds.warmup_steps,
@@ -287,6 +411,8 @@ def measure_throughput(
         timer=_timer(baseline.device),
         other_cores_busy=rounds.other_cores_busy,
         blocks=len(rounds.blocks),
+        stopped_early=rounds.stopped_early,
+        contention=watch.contention,
     )
     return ThroughputPoint(baseline_batch=batches[0], batch_size=batches[1], measurement=measurement)
 
@@ -299,6 +425,7 @@ class Rounds:
     blocks: list[int]  # rounds in each block, in order
     warmup_steps: tuple[int, int] = (0, 0)  # (baseline, candidate): steps run before timing, all blocks together
     other_cores_busy: float | None = None
+    stopped_early: bool = False  # settled before the planned blocks (BenchmarkSettings.early_stop)
 
     def estimate(self) -> SpeedupEstimate:
         return estimate_speedup(*self.times_s, blocks=self.blocks)
@@ -306,7 +433,7 @@ class Rounds:
 
 def _interleaved_rounds(
     baseline: Workload, candidate: Workload, settings: BenchmarkSettings,
-    progress: Callable[[int, int], None] | None,
+    progress: Callable[[int, int], None] | None, watch: BlockWatch,
 ) -> Rounds:
     """Per block, fresh copies of both, warmed up; then one timed step of each per round (random order within a
     round), the blocks one after the other. Both run in this process, with the same thread count; garbage
@@ -322,11 +449,9 @@ def _interleaved_rounds(
         steps.extend(fresh)
         warmups[:] = [done + now for done, now in zip(warmups, ran)]
 
-    started, cpu_before = time.perf_counter(), cpu_jiffies()
     rounds = alternating_rounds(lambda which: time_step(steps[which], variants[which].device), settings, progress,
-                                new_block=fresh_copies)
-    return replace(rounds, warmup_steps=(warmups[0], warmups[1]),
-                   other_cores_busy=other_cores_busy(cpu_before, cpu_jiffies(), time.perf_counter() - started))
+                                new_block=fresh_copies, watch=watch)
+    return replace(rounds, warmup_steps=(warmups[0], warmups[1]))
 
 
 def fresh_steps(variants: tuple[Workload, ...], settings: BenchmarkSettings,
@@ -350,27 +475,43 @@ def alternating_rounds(
     time_one: Callable[[int], float], settings: BenchmarkSettings,
     progress: Callable[[int, int], None] | None = None,
     new_block: Callable[[int], None] | None = None,
+    watch: BlockWatch | None = None,
 ) -> Rounds:
     """Per round, one timed step of each variant (0: baseline, 1: candidate) in random order, with the garbage
     collector kept out, in ``settings.blocks`` consecutive blocks. ``new_block(index)``, when given, runs before each
     block (outside the timed steps): it may make fresh copies to time. A block ends when it has its share of
-    ``min_rounds`` and of ``target_s`` (or of ``max_rounds``).
+    ``min_rounds`` and of ``target_s`` (or of ``max_rounds``); with ``early_stop`` the blocks end once ``settled``.
+    ``watch``, when given, watches other processes' load over each block (a job's ranks are not watched: each
+    other's load is theirs).
 
-    The stopping rule reads only step times, so the ranks of a job, which share their times, stop together.
+    The stopping rules read only step times, so the ranks of a job, which share their times, stop together.
     """
     rng = random.Random(0)
     times: tuple[list[float], list[float]] = ([], [])
     plan = _block_plan(settings)
     block_sizes: list[int] = []
+    stopped_early = False
     for block, shares in enumerate(plan):
         if new_block is not None:
             new_block(block)
         done = sum(block_sizes)
         block_progress = None if progress is None else (
             lambda rounds, _, done=done: progress(done + rounds, settings.max_rounds))
-        block_sizes.append(_block_of_rounds(time_one, shares, settings.target_s / len(plan), rng, times,
-                                            first=block == 0, progress=block_progress))
-    return Rounds(times_s=times, blocks=block_sizes)
+
+        def one_block(shares: tuple[int, int] = shares, first: bool = block == 0,
+                      block_progress: Callable[[int, int], None] | None = block_progress) -> int:
+            return _block_of_rounds(time_one, shares, settings.target_s / len(plan), rng, times, first=first,
+                                    progress=block_progress)
+
+        block_sizes.append(one_block() if watch is None else watch.run(one_block, times))
+        if watch is not None and watch.contended_blocks and sum(block_sizes) >= 2:  # no verdict whatever follows
+            break
+        if (settings.early_stop and len(block_sizes) >= settings.min_blocks and block + 1 < len(plan)
+                and settled(Rounds(times, list(block_sizes)))):
+            stopped_early = True
+            break
+    return Rounds(times_s=times, blocks=block_sizes, stopped_early=stopped_early,
+                  other_cores_busy=None if watch is None else watch.other_cores_busy)
 
 
 def _block_plan(settings: BenchmarkSettings) -> list[tuple[int, int]]:
@@ -537,38 +678,6 @@ def _seeded_first_step(workload: Workload) -> tuple[Any, dict[str, torch.Tensor]
     seconds = time.perf_counter() - started
     grads = {name: p.grad for name, p in probe.model.named_parameters() if p.grad is not None}
     return map_tensors(output, lambda t: t.detach()), grads, seconds
-
-
-def cpu_jiffies(pids: tuple[int | str, ...] = ("self",)) -> tuple[int, int] | None:
-    """(busy clock ticks of the whole machine, clock ticks of the given processes) from /proc; None without /proc."""
-    try:
-        with open("/proc/stat", encoding="ascii") as stat:
-            ticks = [int(v) for v in stat.readline().split()[1:9]]
-        own = 0
-        for pid in pids:
-            with open(f"/proc/{pid}/stat", encoding="ascii") as process:
-                fields = process.read().rsplit(")", 1)[1].split()
-            own += int(fields[11]) + int(fields[12])  # utime + stime
-        idle = ticks[3] + ticks[4]  # idle + iowait
-        return sum(ticks) - idle, own
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def other_cores_busy(before: tuple[int, int] | None, after: tuple[int, int] | None, wall_s: float) -> float | None:
-    """Cores that processes other than the measured ones kept busy, on average, between two cpu_jiffies()."""
-    if before is None or after is None or wall_s <= 0:
-        return None
-    others = (after[0] - before[0]) - (after[1] - before[1])
-    return max(others, 0) / os.sysconf("SC_CLK_TCK") / wall_s
-
-
-def time_weighted_busy(blocks: list[tuple[float, float | None]]) -> float | None:
-    """Other cores busy over several blocks, from each block's (wall seconds, other_cores_busy), weighted by its
-    time; None when no block knows."""
-    known = [(wall, busy) for wall, busy in blocks if busy is not None]
-    total = sum(wall for wall, _ in known)
-    return sum(wall * busy for wall, busy in known) / total if known and total > 0 else None
 
 
 def warm_up(step: Callable[[], Any], workload: Workload, settings: BenchmarkSettings) -> int:

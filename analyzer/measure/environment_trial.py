@@ -15,19 +15,17 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import asdict
 from typing import Any, Callable
 
+from convdoctor.analyzer.capture.contention import QuietPolicy
 from convdoctor.analyzer.capture.workload import Workload
 from convdoctor.analyzer.measure.benchmark import (
     BenchmarkSettings,
+    BlockWatch,
     Measurement,
     Numerics,
     alternating_rounds,
-    cpu_jiffies,
-    other_cores_busy,
-    time_weighted_busy,
 )
 
 PEAK_RSS = "the worker process's peak resident memory (ru_maxrss), model and framework included"
@@ -53,8 +51,19 @@ class _Worker:
         )
         os.close(write_fd)
         self._replies = os.fdopen(read_fd, "r")
-        self.ready = self._receive()
+        self.ready: dict[str, Any] = {}
         self.max_rss_bytes: int | None = None
+
+    def wait_loaded(self) -> None:
+        """Until the worker has loaded the model file (imports and model built, nothing run)."""
+        self._receive()
+
+    def warm_up(self) -> None:
+        """The worker's first step and warm-up; ``ready`` holds what it reports."""
+        assert self.process.stdin is not None
+        self.process.stdin.write("warm\n")
+        self.process.stdin.flush()
+        self.ready = self._receive()
 
     def steps(self, count: int) -> list[float]:
         assert self.process.stdin is not None
@@ -93,7 +102,7 @@ class _Worker:
 
 def measure_environment(
     workload: Workload, environment: dict[str, str], settings: BenchmarkSettings = BenchmarkSettings(),
-    progress: Callable[[int, int], None] | None = None,
+    progress: Callable[[int, int], None] | None = None, quiet: QuietPolicy | None = None,
 ) -> Measurement:
     """Baseline (this process's environment) against the same model file with ``environment`` added.
 
@@ -105,14 +114,15 @@ def measure_environment(
     if not os.path.isfile(workload.source):
         raise WorkerError("an environment candidate needs the model file (profile MODEL_PY), not a model object")
     pairs = _WorkerPairs(workload, environment, settings)
+    watch = BlockWatch(quiet)  # the workers, this process's children, are measured processes, not others
     try:
         rounds = alternating_rounds(lambda which: pairs.current[which].steps(1)[0], settings, progress,
-                                    new_block=pairs.start)
+                                    new_block=pairs.start, watch=watch)
     finally:
         pairs.close()
     baseline, candidate = pairs.first_ready
     return Measurement(
-        estimate=rounds.estimate(),
+        estimate=watch.judged(rounds.estimate()),
         numerics=_numerics(baseline["values"], candidate["values"]),
         rounds=len(rounds.times_s[0]),
         warmup_steps=pairs.warmup_steps,
@@ -120,8 +130,10 @@ def measure_environment(
         threads=baseline["threads"],
         device=str(workload.device),
         timer="perf_counter in worker processes, a fresh pair for each block, rounds alternating",
-        other_cores_busy=pairs.other_cores_busy(),
+        other_cores_busy=rounds.other_cores_busy,
         blocks=len(rounds.blocks),
+        stopped_early=rounds.stopped_early,
+        contention=watch.contention,
         fresh_copies=True,
         peak_bytes=pairs.peaks,
         peak_memory=PEAK_RSS,
@@ -137,40 +149,31 @@ class _WorkerPairs:
         self.first_ready: tuple[dict[str, Any], dict[str, Any]] = ({}, {})
         self.warmup_steps = (0, 0)
         self.peaks: tuple[int | None, int | None] = (None, None)
-        self._busy: list[tuple[float, float | None]] = []  # (seconds, other cores busy) of each block
-        self._block_start: tuple[float, tuple[int, int] | None] | None = None  # once both workers are ready
 
     def start(self, block: int) -> None:
-        """Close the previous block's workers and start this block's, one after the other (neither warms up while
-        the other runs)."""
+        """Close the previous block's workers and start this block's: both load at once (imports, the model), then
+        each runs its first step and warms up in turn (neither warms up while the other runs)."""
         self.close()
         for env in ({}, self._environment):
             self.current.append(_Worker(self._workload, self._settings, env))
+        for worker in self.current:
+            worker.wait_loaded()
+        for worker in self.current:
+            worker.warm_up()
         ready = (self.current[0].ready, self.current[1].ready)
         if block == 0:
             self.first_ready = ready
         self.warmup_steps = (self.warmup_steps[0] + ready[0]["ready"], self.warmup_steps[1] + ready[1]["ready"])
-        self._block_start = (time.perf_counter(), cpu_jiffies(self._pids()))
 
     def close(self) -> None:
-        """End the current block: note its peaks and busy cores, and close its workers."""
-        if self._block_start is not None:
-            started, cpu_before = self._block_start
-            wall = time.perf_counter() - started
-            self._busy.append((wall, other_cores_busy(cpu_before, cpu_jiffies(self._pids()), wall)))
+        """End the current block: note its peaks, and close its workers."""
+        if self.current:
             self.peaks = (_larger(self.peaks[0], self.current[0].max_rss_bytes),
                           _larger(self.peaks[1], self.current[1].max_rss_bytes))
-            self._block_start = None
         for worker in self.current:
             worker.close()
         self.current = []
 
-    def other_cores_busy(self) -> float | None:
-        """Cores kept busy by other processes, averaged over the blocks' time; None when not known."""
-        return time_weighted_busy(self._busy)
-
-    def _pids(self) -> tuple[int | str, ...]:
-        return ("self", *(worker.process.pid for worker in self.current))
 
 
 def _larger(a: int | None, b: int | None) -> int | None:

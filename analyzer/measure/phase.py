@@ -9,11 +9,12 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from convdoctor.analyzer.candidates.candidate import LayerTrial
+from convdoctor.analyzer.capture.contention import QuietPolicy
 from convdoctor.analyzer.capture.workload import Workload, describe_exception
 from convdoctor.analyzer.measure.batch_sweep import sweep_batch_sizes
 from convdoctor.analyzer.measure.benchmark import BenchmarkSettings, Measurement, measure
 from convdoctor.analyzer.measure.model_cost import ArchitectureDelta
-from convdoctor.analyzer.measure.results import FindingOutcome, LayerMeasurement, Proposal
+from convdoctor.analyzer.measure.results import FindingOutcome, LayerMeasurement, Proposal, off_prediction
 from convdoctor.analyzer.measure.trials import (
     CannotMeasure,
     LocalTrial,
@@ -35,6 +36,7 @@ class MeasuringOptions:
     time_budget_s: float | None = None  # for the whole measuring phase; None: measure every candidate
     timeout_s: float | None = 300.0  # one candidate's trial
     benchmark: BenchmarkSettings = field(default_factory=BenchmarkSettings)
+    quiet: QuietPolicy | None = None  # the run's rule for busy machines; None: never wait, mark contention
 
 
 def measure_findings(
@@ -49,7 +51,7 @@ def measure_findings(
     candidate is finished before the next starts: the budget goes to the largest savings first.
     """
     workload = target if isinstance(target, Workload) else None
-    trial = LocalTrial(target, options.benchmark, progress) if isinstance(target, Workload) else target
+    trial = LocalTrial(target, options.benchmark, progress, options.quiet) if isinstance(target, Workload) else target
     spread = isinstance(trial, LocalTrial) and options.time_budget_s is None
     started = time.perf_counter()
     by_priority = sorted(range(len(findings)), key=lambda i: -(findings[i].estimated_saving or 0.0))
@@ -77,7 +79,7 @@ def measure_findings(
                 finding, not_measured=f"the measuring time budget ({options.time_budget_s:g} s) ran out before "
                                       "this candidate; raise --time-budget to measure it")
         elif finding.candidate.process_environment is not None:
-            process_trial = ProcessTrial(workload, options.benchmark, progress)
+            process_trial = ProcessTrial(workload, options.benchmark, progress, options.quiet)
             outcomes[index] = _try_candidate(process_trial, None, finding, options, progress,
                                              _candidate_limit(options, spent))
         else:
@@ -111,20 +113,26 @@ def _start_candidate(trial: LocalTrial, finding: Proposal, progress: Progress,
 
 def _finish_spread(pending: dict[int, PendingTrial], findings: list[Proposal], workload: Workload | None,
                    options: MeasuringOptions, progress: Progress) -> dict[int, FindingOutcome]:
-    """The later blocks of every started candidate, one block of each in turn; then each one's outcome."""
+    """The later blocks of every started candidate, one block of each in turn; then each one's outcome. The
+    progress line gives the blocks left and, from the blocks so far, about how long they take."""
     outcomes: dict[int, FindingOutcome] = {}
+    block_s: list[float] = []
     while pending:
         for index, trial in list(pending.items()):
-            if not trial.comparison.blocks_left:
+            if not trial.comparison.blocks_left and not _looks_again(trial, findings[index]):
                 result, delta = trial.result()
                 outcomes[index] = _outcome(findings[index], result, delta, workload, options, progress)
                 del pending[index]
                 continue
             block = len(trial.comparison.rounds().blocks) + 1
+            left = sum(other.comparison.blocks_left for other in pending.values())
+            eta = f"; {left} blocks left, about {left * sum(block_s) / len(block_s):.0f} s" if block_s else ""
             progress.stage(f"measuring {findings[index].rule_id} {findings[index].rule_name}: block {block} of "
-                           f"{block + trial.comparison.blocks_left - 1}")
+                           f"{block + trial.comparison.blocks_left - 1}{eta}")
+            started = time.perf_counter()
             try:
                 trial.run_block()
+                block_s.append(time.perf_counter() - started)
             except Exception as exc:
                 outcomes[index] = _failed(findings[index], exc, f" (in block {block})")
                 del pending[index]
@@ -149,10 +157,23 @@ def _try_candidate(
     assert candidate is not None
     progress.stage(f"measuring {finding.rule_id} {finding.rule_name}: baseline vs {candidate.title}")
     try:
-        result, delta = trial([candidate], limit)
+        if isinstance(trial, LocalTrial):
+            pending = trial.start([candidate], limit)
+            while pending.comparison.blocks_left or _looks_again(pending, finding):
+                pending.run_block()
+            result, delta = pending.result()
+        else:
+            result, delta = trial([candidate], limit)
     except Exception as exc:
         return _failed(finding, exc)
     return _outcome(finding, result, delta, workload, options, progress)
+
+
+def _looks_again(trial: PendingTrial, finding: Proposal) -> bool:
+    """A finished comparison whose interval stays over PREDICTION_FACTOR from the finding's prediction takes its
+    second look (``Comparison.second_look``, once); whether it did."""
+    estimate = trial.comparison.rounds().estimate()
+    return off_prediction(estimate, finding.predicted_saving) and trial.comparison.second_look()
 
 
 def _failed(finding: Proposal, exc: Exception, where: str = "") -> FindingOutcome:
@@ -172,7 +193,8 @@ def _outcome(finding: Proposal, result: Measurement, delta: ArchitectureDelta | 
     ok = result.numerics.within(candidate.tolerance)
     layers = ([_try_layer(workload, layer, candidate.tolerance, options, progress) for layer in candidate.layer_trials]
               if workload else [])
-    return FindingOutcome(finding, measurement=result, numerics_ok=ok, layer_measurements=layers)
+    return FindingOutcome(finding, measurement=result, numerics_ok=ok, layer_measurements=layers,
+                          off_prediction=off_prediction(result.estimate, finding.predicted_saving))
 
 
 def _try_layer(workload: Workload, trial: LayerTrial, tolerance: float, options: MeasuringOptions,
@@ -185,7 +207,7 @@ def _try_layer(workload: Workload, trial: LayerTrial, tolerance: float, options:
         inputs = torch.randn(trial.input_shape, dtype=dtype, device=workload.device)
         alone = replace(workload, model=module, inputs=inputs, source=f"{workload.source}:{trial.layer}",
                         input_factory=None)
-        result = measure(alone, trial.transform(alone.copy()), options.benchmark, progress=progress.rounds)
+        result = measure(alone, trial.transform(alone.copy()), options.benchmark, progress.rounds, options.quiet)
     except Exception as exc:  # the layer alone may fail where the model did not; the run goes on
         return LayerMeasurement(trial.layer, trial.input_shape, None,
                                 not_measured=f"the layer trial failed: {describe_exception(exc)}")
@@ -208,7 +230,7 @@ def _try_larger_batches(
             workload, proposal.factors, options.benchmark, budget, progress.rounds,
             before_each=lambda batch: progress.stage(
                 f"measuring {finding.rule_id} {finding.rule_name}: samples/s at batch {batch} vs "
-                f"{workload.batch_size}"))
+                f"{workload.batch_size}"), quiet=options.quiet)
     except Exception as exc:  # the user's get_inputs or a larger batch may fail in any way; the run goes on
         if workload.device.type == "cuda":
             torch.cuda.empty_cache()

@@ -24,7 +24,7 @@ def build_plan(
     the combination measured against the baseline; it stays when that is faster than the plan so far and within the
     combined tolerance, and is left out, with the measurement that showed it, otherwise.
     """
-    trial = LocalTrial(target, options.benchmark, progress) if isinstance(target, Workload) else target
+    trial = LocalTrial(target, options.benchmark, progress, options.quiet) if isinstance(target, Workload) else target
     accepted = [o for o in outcomes if o.measurement is not None and o.numerics_ok and o.same_candidate_as is None
                 and o.measurement.estimate.verdict is Verdict.FASTER and o.architecture is None
                 and o.finding.candidate.process_environment is None]  # process settings cannot combine in-process
@@ -41,7 +41,10 @@ def build_plan(
         except Exception as exc:  # the combination may fail where each step alone did not
             plan.left_out.append(LeftOut(outcome, None, f"the plan with it failed: {failure(exc)}"))
             continue
-        if not result.numerics.within(combined.tolerance):
+        if not result.reliable:
+            plan.left_out.append(LeftOut(outcome, result, "the plan with it was measured while other processes kept "
+                                                          "the cores busy: no verdict"))
+        elif not result.numerics.within(combined.tolerance):
             plan.left_out.append(LeftOut(outcome, result, f"the plan with it is beyond the combined tolerance "
                                                           f"{combined.tolerance:g}"))
         elif result.estimate.speedup <= plan.measurement.estimate.speedup:

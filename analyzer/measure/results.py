@@ -38,7 +38,15 @@ SAME_STEP_TOLERANCE = 1e-8  # float64 runs of baseline and candidate this close 
 # training step of mobilenet_v2 lands 3e-2 from float64, NCHW 7e-3) is let through; beyond it, not the same step.
 ROUNDING_LIMIT = 0.1
 FIRST_STEP_SEED = 0  # every variant's first step draws the same random numbers (dropout masks)
-BUSY_CORES = 0.25  # other processes using more than this many cores, on average, make a measurement suspect
+# Early stopping (BenchmarkSettings.early_stop) reads the blocks so far at this confidence: with a verdict read at
+# up to four looks (3-6 blocks), a constant boundary this much stricter than CONFIDENCE keeps the chance of a
+# false verdict over all looks near 1 - CONFIDENCE (Pocock's boundary for four looks: 0.018 per look for 0.05).
+EARLY_CONFIDENCE = 0.982
+# A measurement whose savings stay more than this factor from the rule's prediction gets a second look, and is
+# flagged beside its figure when it still does.
+PREDICTION_FACTOR = 2.0
+# An early verdict also needs an interval this narrow (high / low), so that the candidates it ranks are apart.
+EARLY_WIDTH = 1.25
 
 
 class Verdict(str, enum.Enum):
@@ -47,6 +55,7 @@ class Verdict(str, enum.Enum):
     FASTER = "faster"
     SLOWER = "slower"
     NO_DIFFERENCE = "no measurable difference"
+    UNRELIABLE = "unreliable"  # other processes kept the benchmark's cores busy: no verdict (contention.py)
 
 
 @dataclass(frozen=True)
@@ -77,6 +86,14 @@ class BenchmarkSettings:
     # of them. From recorded series (benchmarks/INTERVALS.md): a real 4% slowdown got a verdict in 14-21% of
     # six-block measurements and 33-44% with the second look; a copy timed against itself got none either way.
     extra_blocks: int = 6
+    # Fast by default: once ``min_blocks`` or more are in, a comparison stops as soon as its verdict is settled
+    # (``benchmark.settled``: decided at EARLY_CONFIDENCE and narrow enough to rank, or clearly no faster).
+    # ``--thorough`` takes every planned block.
+    early_stop: bool = True
+    min_blocks: int = 3
+    # With early_stop, a comparison past min_blocks also stops once its own blocks (warm-ups included) have taken
+    # this long, settled or not: its interval, wider, says what it could tell. None: no limit.
+    budget_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -139,6 +156,25 @@ class GradientReference:
         return self.rounding_only and self.candidate_error <= ROUNDING_LIMIT
 
 
+def off_prediction(estimate: SpeedupEstimate, predicted_saving: float | None) -> bool:
+    """Whether a measured interval and a predicted saving (a share of the step) disagree by more than
+    PREDICTION_FACTOR: the interval's savings all above PREDICTION_FACTOR times the prediction, or all below its
+    1 / PREDICTION_FACTOR. No prediction, or one of no saving, disagrees with nothing."""
+    if predicted_saving is None or predicted_saving <= 0 or estimate.verdict is Verdict.UNRELIABLE:
+        return False
+    low, high = 1.0 - 1.0 / estimate.ci_low, 1.0 - 1.0 / estimate.ci_high
+    return high < predicted_saving / PREDICTION_FACTOR or low > predicted_saving * PREDICTION_FACTOR
+
+
+@dataclass(frozen=True)
+class Contention:
+    """Other processes' load over a measurement's blocks of rounds (``contention.QuietPolicy``)."""
+
+    contended_blocks: int = 0  # kept although other processes kept the benchmark's cores busy: no verdict
+    redone_blocks: int = 0  # taken under contention, and taken again after a wait for quiet
+    busiest: str | None = None  # what kept the cores busy (``contention.MachineReading.describe``)
+
+
 @dataclass(frozen=True)
 class Measurement:
     """The measured result of one candidate against the baseline."""
@@ -155,6 +191,8 @@ class Measurement:
     other_cores_busy: float | None = None  # CPU cores other processes kept busy, on average, during the rounds
     blocks: int = 1  # blocks the rounds were taken in (BenchmarkSettings.blocks)
     extra_blocks: int = 0  # of ``blocks``, those of a second look (BenchmarkSettings.extra_blocks)
+    stopped_early: bool = False  # settled before its planned blocks (BenchmarkSettings.early_stop)
+    contention: Contention = field(default_factory=Contention)
     fresh_copies: bool = False  # whether each block timed fresh copies of both variants
     peak_bytes: tuple[int | None, int | None] = (None, None)  # (baseline, candidate), in the sense of peak_memory
     peak_memory: str | None = None  # what peak_bytes measures (step_memory.PEAK_TENSOR_MEMORY, or a process's RSS)
@@ -165,9 +203,9 @@ class Measurement:
         return 1.0 - 1.0 / self.estimate.speedup
 
     @property
-    def machine_was_busy(self) -> bool:
-        """Other work competed for the cores: the interval holds for this run but may not repeat."""
-        return self.other_cores_busy is not None and self.other_cores_busy > BUSY_CORES
+    def reliable(self) -> bool:
+        """No kept block was taken while other processes kept the benchmark's cores busy."""
+        return self.contention.contended_blocks == 0
 
 
 @dataclass(frozen=True)
@@ -214,6 +252,10 @@ class Proposal(Protocol):
     rule_id: str
     rule_name: str
     estimated_saving: float | None
+
+    @property
+    def predicted_saving(self) -> float | None: ...  # the estimate, when it predicts the fix's whole effect
+
     candidate: Candidate | None
     larger_batches: LargerBatches | None
 
@@ -230,6 +272,7 @@ class FindingOutcome:
     same_candidate_as: str | None = None  # the rule whose identical candidate this measurement was taken for
     throughput: BatchSweep | None = None  # for a larger-batch proposal: samples/s at each batch size tried
     layer_measurements: list[LayerMeasurement] = field(default_factory=list)  # the candidate's layer trials
+    off_prediction: bool = False  # the measured saving stayed over PREDICTION_FACTOR from the prediction
 
 
 @dataclass(frozen=True)

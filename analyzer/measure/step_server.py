@@ -1,9 +1,10 @@
 """A worker process that loads a model file, warms it up, and times steps on request.
 
 Started by ``environment_trial`` once per variant, so that two variants can differ in what only a process start can
-set (allocator environment variables, LD_PRELOAD). Commands arrive on stdin, one number per line: N > 0 times N
-steps, 0 ends. Replies go to the file descriptor given on the command line, one JSON object per line, so that what
-the user's model prints cannot mix with them.
+set (allocator environment variables, LD_PRELOAD). It loads the model file and says so (both variants of a block
+load at once), then waits for a first line on stdin before its first step and warm-up (one variant at a time).
+Then commands arrive on stdin, one number per line: N > 0 times N steps, 0 ends. Replies go to the file descriptor
+given on the command line, one JSON object per line, so that what the user's model prints cannot mix with them.
 """
 
 from __future__ import annotations
@@ -31,11 +32,15 @@ COMPARED_VALUES = 4096  # the first values of the first step's outputs, sent bac
 
 
 def serve(request: dict[str, Any], reply: Any) -> None:
-    """Load the workload the request names, report readiness, then time steps until told to stop."""
+    """Load the workload the request names and say so; when told, warm it up and report readiness; then time
+    steps until told to stop."""
     torch.manual_seed(0)  # both variants build the same weights and inputs from a model file that draws them
     workload = load_workload(request["model_file"], device=request["device"], mode=request["mode"],
                              batch_size=request["batch_size"])
     step = make_step(workload)
+    _send(reply, {"loaded": True})
+    if not sys.stdin.readline():
+        return
     started = time.perf_counter()
     output = step()
     first_step_s = time.perf_counter() - started

@@ -13,6 +13,7 @@ from typing import Iterator, Protocol
 import torch
 
 from convdoctor.analyzer.candidates.candidate import Candidate, NumericsContract, combine
+from convdoctor.analyzer.capture.contention import QuietPolicy
 from convdoctor.analyzer.capture.launch import JobSpec, run_job
 from convdoctor.analyzer.capture.workload import Workload, describe_exception, time_limit
 from convdoctor.analyzer.measure.benchmark import BenchmarkSettings, Comparison, Measurement
@@ -37,8 +38,9 @@ CANDIDATE_TIMEOUT_ADVICE = "it was stopped and the run went on; raise --timeout 
 class LocalTrial:
     """Baseline against candidate in this process (``benchmark.measure``), stopped when its time limit passes."""
 
-    def __init__(self, workload: Workload, settings: BenchmarkSettings, progress: Progress) -> None:
-        self.workload, self.settings, self.progress = workload, settings, progress
+    def __init__(self, workload: Workload, settings: BenchmarkSettings, progress: Progress,
+                 quiet: QuietPolicy | None = None) -> None:
+        self.workload, self.settings, self.progress, self.quiet = workload, settings, progress, quiet
 
     def __call__(self, candidates: list[Candidate], limit: TimeLimit) -> tuple[Measurement, ArchitectureDelta | None]:
         pending = self.start(candidates, limit)
@@ -52,7 +54,7 @@ class LocalTrial:
         pending = PendingTrial(self.workload, candidate, limit)
         with pending.limit():
             trial = candidate.transform(self.workload.copy())
-            pending.comparison = Comparison(self.workload, trial, self.settings, self.progress.rounds)
+            pending.comparison = Comparison(self.workload, trial, self.settings, self.progress.rounds, self.quiet)
             pending.comparison.run_block()
         return pending
 
@@ -100,8 +102,9 @@ class ProcessTrial:
     the model file, with and without it (a fresh pair per block), timed in alternating steps
     (``environment_trial.measure_environment``)."""
 
-    def __init__(self, workload: Workload | None, settings: BenchmarkSettings, progress: Progress) -> None:
-        self.workload, self.settings, self.progress = workload, settings, progress
+    def __init__(self, workload: Workload | None, settings: BenchmarkSettings, progress: Progress,
+                 quiet: QuietPolicy | None = None) -> None:
+        self.workload, self.settings, self.progress, self.quiet = workload, settings, progress, quiet
 
     def __call__(self, candidates: list[Candidate], limit: TimeLimit) -> tuple[Measurement, ArchitectureDelta | None]:
         (candidate,) = candidates  # process settings are never combined: the plan runs in one process
@@ -114,7 +117,7 @@ class ProcessTrial:
         seconds, limit_name = limit
         with time_limit(seconds, f"this trial ({limit_name})", advice=CANDIDATE_TIMEOUT_ADVICE):
             return measure_environment(self.workload, candidate.process_environment, self.settings,
-                                       self.progress.rounds), None
+                                       self.progress.rounds, self.quiet), None
 
 
 class JobTrial:

@@ -43,6 +43,8 @@ class RecordedEnvironment:
     peaks_source: str | None = None  # "measured" (CPU) or "datasheet" (GPU)
     peaks_dtype: str | None = None
     peaks_description: str | None = None
+    peaks_others_busy: float | None = None  # cores other processes kept busy while the CPU peaks were measured,
+    # when that contended (capture.contention): the roofs may read low
     rank: int | None = None  # of a data-parallel job
     world_size: int | None = None
     backend: str | None = None

@@ -26,7 +26,7 @@ def test_profile_writes_reports_and_traces(small_cnn_run):
 
 def test_report_json_is_sane_for_small_cnn(small_cnn_run):
     _, report, _ = small_cnn_run
-    assert report["schema_version"] == "1.1"
+    assert report["schema_version"] == "1.2"
     workload = report["workload"]
     assert workload["model_file"].endswith("small_cnn.py")
     assert (workload["device"], workload["mode"], workload["batch_size"]) == ("cpu", "eval", 8)
@@ -74,10 +74,14 @@ def test_html_report_names_layers_and_the_measured_result(small_cnn_run):
     cd101 = next(f["measurement"] for f in report["findings"] if f["rule_id"] == "CD101")
     harness = BenchmarkSettings()
     assert cd101["extra_blocks"] in (0, harness.extra_blocks)  # a second look only when the first left it open
-    assert cd101["blocks"] == harness.blocks + cd101["extra_blocks"]
+    if cd101["stopped_early"]:  # settled, or its 30 s spent, after three blocks or more (the default mode)
+        assert harness.min_blocks <= cd101["blocks"] < harness.blocks + cd101["extra_blocks"]
+    else:
+        assert cd101["blocks"] == harness.blocks + cd101["extra_blocks"]
     assert "CD101" in html and f"interleaved rounds in {cd101['blocks']} blocks of fresh copies" in html
     second_looks = [f for f in report["findings"] if f["measurement"] and f["measurement"]["extra_blocks"]]
-    assert html.count("a second look: the first ones left the change open") == len(second_looks)
+    assert html.count("a second look: the first ones left the change open or far from the prediction") == len(
+        second_looks)
     assert f"{report['summary']['unprofiled_step_ms']:.2f} ms without it" in html
 
 
