@@ -23,7 +23,7 @@ def test_wheel_installs_everything_under_convdoctor(tmp_path: Path):
                      "convdoctor/tensorboard/static/tensorboard_tab.js"]:
         assert expected in names
     stages = {folder.name for folder in (REPO / "analyzer").iterdir() if (folder / "__init__.py").exists()}
-    assert stages == {"trace", "conv", "capture", "candidates", "measure"}
+    assert stages == {"trace", "conv", "capture", "candidates", "measure", "step"}
     for stage in stages:  # every stage's subpackage is in the wheel, not only the folders named above
         assert f"convdoctor/analyzer/{stage}/__init__.py" in names
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
