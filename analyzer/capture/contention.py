@@ -59,6 +59,14 @@ def other_cores_busy(before: tuple[int, int] | None, after: tuple[int, int] | No
     return max(others, 0) / os.sysconf("SC_CLK_TCK") / wall_s
 
 
+def tick_margin(wall_s: float, processes: int) -> float:
+    """The cores a reading over ``wall_s`` may overstate others' load by: /proc counts CPU time in clock ticks, the
+    machine's total to within a tick per core and each measured process's to within one. Over a 1 s block that is
+    a few hundredths of a core; over a 3 ms block, several cores (a lone tick of anyone's would look like contention)."""
+    ticks = (os.cpu_count() or 1) + processes
+    return ticks / os.sysconf("SC_CLK_TCK") / max(wall_s, 1e-3)
+
+
 def time_weighted_busy(blocks: list[tuple[float, float | None]]) -> float | None:
     """Other cores busy over several blocks, from each block's (wall seconds, other_cores_busy), weighted by its
     time; None when no block knows."""
@@ -196,9 +204,10 @@ class QuietPolicy:
     def is_contended(self, others_busy: float | None) -> bool:
         return contended(others_busy, self.threads)
 
-    def note_block(self, others_busy: float | None) -> bool:
-        """A block's reading; whether it was contended."""
-        self._last_contended = self.is_contended(others_busy)
+    def note_block(self, others_busy: float | None, margin: float = 0.0) -> bool:
+        """A block's reading, and the cores it may overstate others' load by (``tick_margin``); whether the block
+        was contended beyond that doubt."""
+        self._last_contended = self.is_contended(None if others_busy is None else others_busy - margin)
         return self._last_contended
 
     def wait_for_quiet(self, what: str = "the next block of rounds") -> bool:

@@ -20,6 +20,7 @@ from convdoctor.analyzer.capture.contention import (
     cpu_jiffies,
     other_cores_busy,
     own_processes,
+    tick_margin,
     time_weighted_busy,
 )
 from convdoctor.analyzer.capture.workload import (
@@ -237,7 +238,7 @@ class BlockWatch:
             rounds = block()
             wall = time.perf_counter() - started
             busy = other_cores_busy(before, cpu_jiffies(measured), wall)
-            contended = self.quiet.note_block(busy)
+            contended = self.quiet.note_block(busy, tick_margin(wall, len(measured)))
             if contended and self.redone_blocks < MAX_REDONE_BLOCKS and self.quiet.wait_for_quiet():
                 del times[0][marks[0]:], times[1][marks[1]:]
                 self.redone_blocks += 1
@@ -325,7 +326,7 @@ class Comparison:
         if self._watch.contended_blocks and sum(self._blocks) >= 2:  # two rounds make an estimate
             self._plan = self._plan[:len(self._blocks)]
         elif not self.blocks_left:
-            if undecided(self.rounds().estimate()):
+            if self.settings.extra_blocks and not self._extra_blocks and undecided(self.rounds().estimate()):
                 self.second_look()
         elif (self.settings.early_stop and not self._extra_blocks and len(self._blocks) >= self.settings.min_blocks
               and (self._over_budget or settled(self.rounds()))):

@@ -113,7 +113,7 @@ def test_module_level_model_with_dict_inputs_and_a_neighbour_import(tmp_path: Pa
 
 
 def test_train_mode_profiles_backward_and_measures_the_training_step(tmp_path: Path, cli_harness):
-    cli_harness(min_rounds=10)  # the training step timed in real rounds, without the default harness's waits
+    cli_harness(min_rounds=10, early_stop=False)  # the training step timed in real rounds, every block of them
     result = CliRunner().invoke(main, ["profile", str(EXAMPLES / "seed_grouped.py"), "--mode", "train",
                                        "--batch-size", "1", "--steps", "1", "--out", str(tmp_path),
                                        "--select", "CD101"])
@@ -165,7 +165,7 @@ def test_fail_under_gates_ci_on_the_measured_plan(tmp_path: Path, cli_harness):
             "--out", str(tmp_path)]
     gated = CliRunner().invoke(main, [*args, "--fail-under", "1.1"])
     report = json.loads((tmp_path / "report.json").read_text())
-    assert report["plan"]["measurement"]["blocks"] == harness.blocks
+    assert harness.min_blocks <= report["plan"]["measurement"]["blocks"] <= harness.blocks
     low = report["plan"]["measurement"]["ci_low"]
     assert low >= 1.1, "channels_last no longer speeds up a depthwise conv on this CPU: the premise is gone"
     assert gated.exit_code == 1 and "--fail-under 1.1" in gated.stderr

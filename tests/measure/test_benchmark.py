@@ -137,7 +137,8 @@ def test_measure_finds_a_real_slowdown_and_identical_outputs():
     slower = baseline.copy()
     slower.model.sleep_s = 0.05
     settings = BenchmarkSettings(block_spacing_s=0, extra_blocks=0,
-                                 warmup_s=0.0, warmup_steps=2, min_rounds=8, max_rounds=12, target_s=0.1)
+                                 warmup_s=0.0, warmup_steps=2, min_rounds=8, max_rounds=12, target_s=0.1,
+                                     early_stop=False)
     result = measure(baseline, slower, settings)
     assert result.estimate.verdict is Verdict.SLOWER
     assert result.estimate.ci_high < 0.8  # ~0.2 expected; loose enough for a busy 2-core machine

@@ -90,7 +90,7 @@ def test_no_verdict_beside_busy_loops():
     with busy_loops(usable_cores()):
         result = measure(workload, workload.copy(), QUICK, quiet=quiet)
     assert result.estimate.verdict is Verdict.UNRELIABLE and not result.reliable
-    assert result.contention.contended_blocks == result.blocks == 3
+    assert result.contention.contended_blocks == result.blocks == 1  # its verdict withdrawn, the rest not timed
     assert result.contention.redone_blocks == 0 and "cores" in result.contention.busiest
 
 
@@ -139,11 +139,25 @@ def test_a_busy_profile_claims_no_speedup(tmp_path: Path):
 
 
 def test_a_profile_waits_for_quiet_then_claims(tmp_path: Path):
-    """Busy loops that stop after 8 s: the run waits for them (saying so), then measures on a quiet machine and
-    gives a verdict."""
-    with busy_loops(usable_cores(), seconds=8):
-        report, result = profile_small(tmp_path, "--wait-quiet", "120")
-    assert "waiting for quiet" in result.stderr and "python busy_loop.py" in result.stderr
+    """Busy loops through the start of a profile, stopped once the run says it waits for them: it waits (naming
+    them), then measures on a quiet machine and gives a verdict."""
+    command = [sys.executable, "-m", "convdoctor", "profile", str(EXAMPLES / "small_cnn.py"), "--out", str(tmp_path),
+               "--steps", "1", "--batch-size", "2", "--select", "CD101", "--wait-quiet", "120"]
+    said: list[str] = []
+    with busy_loops(usable_cores()) as spinners:
+        run = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        assert run.stderr is not None
+        for line in run.stderr:  # the progress lines, as they come
+            said.append(line)
+            if "waiting for quiet" in line:
+                break
+        for pid in spinners:
+            os.kill(pid, signal.SIGKILL)
+        said.extend(run.stderr)
+    assert run.wait(timeout=300) == 0, "".join(said)
+    waits = [line for line in said if "waiting for quiet" in line]
+    assert waits and "python busy_loop.py" in waits[0]
+    report = json.loads((tmp_path / "report.json").read_text())
     (finding,) = report["findings"]
     assert finding["measurement"]["reliable"] is True and report["reliable"] is True
     assert finding["measurement"]["verdict"] != "unreliable"

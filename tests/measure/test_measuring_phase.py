@@ -192,7 +192,8 @@ def test_without_a_budget_the_candidates_take_turns_block_by_block():
     findings = [_finding("small", lambda w: w, 0.01), _finding("large", lambda w: w, 0.3)]
     stages = _Stages()
     small, large = measure_findings(_workload(), findings, MeasuringOptions(benchmark=QUICK), stages)
-    order = [(line.split(":")[0].split()[-1], line.split(": ")[1].split(",")[-1].strip()) for line in stages.lines]
+    order = [(line.split(":")[0].split()[-1], line.split(": ")[1].split(";")[0].split(",")[-1].strip())
+             for line in stages.lines]
     assert order == [("large", "first block"), ("small", "first block"), ("large", "block 2 of 3"),
                      ("small", "block 2 of 3"), ("large", "block 3 of 3"), ("small", "block 3 of 3")]
     assert small.measurement.blocks == large.measurement.blocks == 3

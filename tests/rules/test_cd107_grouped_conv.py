@@ -150,7 +150,7 @@ def test_end_to_end_measures_an_architecture_change(tmp_path: Path):
 
     options = ProfileOptions(out_dir=tmp_path, select=("CD107",), steps=1,
                              benchmark=BenchmarkSettings(block_spacing_s=0, extra_blocks=0,
-                                                         warmup_s=0, min_rounds=4, max_rounds=4))
+                                                         warmup_s=0, min_rounds=4, max_rounds=4, early_stop=False))
     report, files = profile_file(EXAMPLES / "seed_conv.py", options)
     (outcome,) = report.outcomes
     assert outcome.finding.rule_id == "CD107" and outcome.measurement is not None
