@@ -10,7 +10,10 @@ from convdoctor.analyzer.measure.phase import MeasuringOptions
 from convdoctor.analyzer.measure.results import BenchmarkSettings
 
 # The default mode's time for one comparison's own blocks, past its first three (BenchmarkSettings.budget_s).
-CANDIDATE_BUDGET_S = 30.0
+CANDIDATE_BUDGET_S = 20.0
+# The default mode's time for the blocks that the candidates measured in this process share out, after which each
+# ends at its third block (MeasuringOptions.wrap_up_after_s).
+WRAP_UP_AFTER_S = 40.0
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,9 @@ class ProfileOptions:
 
     def measuring(self, quiet: QuietPolicy | None = None) -> MeasuringOptions:
         """The options the measuring phase reads, under the run's rule for busy machines."""
-        settings = (replace(self.benchmark, early_stop=False) if self.thorough
-                    else replace(self.benchmark, budget_s=self.benchmark.budget_s or CANDIDATE_BUDGET_S))
-        return MeasuringOptions(self.measure, self.time_budget_s, self.timeout_s, settings, quiet)
+        if self.thorough:
+            return MeasuringOptions(self.measure, self.time_budget_s, self.timeout_s,
+                                    replace(self.benchmark, early_stop=False), quiet)
+        return MeasuringOptions(self.measure, self.time_budget_s, self.timeout_s,
+                                replace(self.benchmark, budget_s=self.benchmark.budget_s or CANDIDATE_BUDGET_S), quiet,
+                                wrap_up_after_s=WRAP_UP_AFTER_S)

@@ -62,7 +62,8 @@ def other_cores_busy(before: tuple[int, int] | None, after: tuple[int, int] | No
 def tick_margin(wall_s: float, processes: int) -> float:
     """The cores a reading over ``wall_s`` may overstate others' load by: /proc counts CPU time in clock ticks, the
     machine's total to within a tick per core and each measured process's to within one. Over a 1 s block that is
-    a few hundredths of a core; over a 3 ms block, several cores (a lone tick of anyone's would look like contention)."""
+    a few hundredths of a core; over a 3 ms block, several cores (a lone tick of anyone's would look like
+    contention)."""
     ticks = (os.cpu_count() or 1) + processes
     return ticks / os.sysconf("SC_CLK_TCK") / max(wall_s, 1e-3)
 

@@ -96,6 +96,17 @@ def settled(rounds: Rounds) -> bool:
     return decided or early.ci_high <= 1.0 + MIN_EFFECT
 
 
+def stops_early(settings: BenchmarkSettings, rounds: Rounds, spent_s: float) -> bool:
+    """Whether a comparison with ``rounds`` so far, its own blocks having taken ``spent_s``, ends here in the default
+    mode (``early_stop``): once it has ``min_blocks``, when ``settled`` or past its ``budget_s``."""
+    return (settings.early_stop and len(rounds.blocks) >= settings.min_blocks
+            and (over_budget(settings, spent_s) or settled(rounds)))
+
+
+def over_budget(settings: BenchmarkSettings, spent_s: float) -> bool:
+    return settings.budget_s is not None and spent_s >= settings.budget_s
+
+
 def undecided(estimate: SpeedupEstimate) -> bool:
     """The interval reaches into 1 ± MIN_EFFECT while its median lies outside that band: a change the blocks so far
     can neither confirm nor rule out, which more blocks may decide."""
@@ -292,6 +303,7 @@ class Comparison:
         self._block_target_s = settings.target_s / len(self._plan)
         self._extra_blocks = 0
         self._stopped_early = False
+        self._wrapped_up = False
         self._rng = random.Random(0)
         self._last_start: float | None = None
         self._spent_s = 0.0  # in this comparison's own blocks
@@ -328,19 +340,22 @@ class Comparison:
         elif not self.blocks_left:
             if self.settings.extra_blocks and not self._extra_blocks and undecided(self.rounds().estimate()):
                 self.second_look()
-        elif (self.settings.early_stop and not self._extra_blocks and len(self._blocks) >= self.settings.min_blocks
-              and (self._over_budget or settled(self.rounds()))):
+        elif not self._extra_blocks and stops_early(self.settings, self.rounds(), self._spent_s):
             self._plan = self._plan[:len(self._blocks)]
             self._stopped_early = True
 
-    @property
-    def _over_budget(self) -> bool:
-        return self.settings.budget_s is not None and self._spent_s >= self.settings.budget_s
+    def wrap_up(self) -> None:
+        """End as soon as the blocks so far make ``min_blocks`` (the measuring phase's time is up)."""
+        if self.settings.early_stop and not self._extra_blocks and not self._wrapped_up:
+            planned = len(self._plan)
+            self._plan = self._plan[:max(len(self._blocks), self.settings.min_blocks)]
+            self._wrapped_up = True
+            self._stopped_early = len(self._plan) < planned
 
     def second_look(self) -> bool:
         """Plan ``extra_blocks`` more blocks, once (not after a block kept under contention); whether it did."""
-        if (self._extra_blocks or self.settings.extra_blocks <= 0 or self._watch.contended_blocks
-                or (self.settings.early_stop and self._over_budget)):
+        if (self._extra_blocks or self._wrapped_up or self.settings.extra_blocks <= 0 or self._watch.contended_blocks
+                or (self.settings.early_stop and over_budget(self.settings, self._spent_s))):
             return False
         self._extra_blocks = self.settings.extra_blocks
         base = self._plan[:len(self._blocks)] or self._plan
@@ -492,6 +507,7 @@ def alternating_rounds(
     plan = _block_plan(settings)
     block_sizes: list[int] = []
     stopped_early = False
+    started = time.perf_counter()
     for block, shares in enumerate(plan):
         if new_block is not None:
             new_block(block)
@@ -507,8 +523,8 @@ def alternating_rounds(
         block_sizes.append(one_block() if watch is None else watch.run(one_block, times))
         if watch is not None and watch.contended_blocks and sum(block_sizes) >= 2:  # no verdict whatever follows
             break
-        if (settings.early_stop and len(block_sizes) >= settings.min_blocks and block + 1 < len(plan)
-                and settled(Rounds(times, list(block_sizes)))):
+        if block + 1 < len(plan) and stops_early(settings, Rounds(times, list(block_sizes)),
+                                                 time.perf_counter() - started):
             stopped_early = True
             break
     return Rounds(times_s=times, blocks=block_sizes, stopped_early=stopped_early,

@@ -58,10 +58,11 @@ class _Worker:
         """Until the worker has loaded the model file (imports and model built, nothing run)."""
         self._receive()
 
-    def warm_up(self) -> None:
-        """The worker's first step and warm-up; ``ready`` holds what it reports."""
+    def warm_up(self, steps: int | None = None) -> None:
+        """The worker's first step and warm-up (until the timings settle, or ``steps`` steps); ``ready`` holds what
+        it reports."""
         assert self.process.stdin is not None
-        self.process.stdin.write("warm\n")
+        self.process.stdin.write("warm\n" if steps is None else f"warm {steps}\n")
         self.process.stdin.flush()
         self.ready = self._receive()
 
@@ -152,14 +153,15 @@ class _WorkerPairs:
 
     def start(self, block: int) -> None:
         """Close the previous block's workers and start this block's: both load at once (imports, the model), then
-        each runs its first step and warms up in turn (neither warms up while the other runs)."""
+        each runs its first step and warms up in turn (neither warms up while the other runs): until its timings
+        settle in the first block, ``warmup_steps`` steps in later ones, as in-process blocks do."""
         self.close()
         for env in ({}, self._environment):
             self.current.append(_Worker(self._workload, self._settings, env))
         for worker in self.current:
             worker.wait_loaded()
         for worker in self.current:
-            worker.warm_up()
+            worker.warm_up(None if block == 0 else self._settings.warmup_steps)
         ready = (self.current[0].ready, self.current[1].ready)
         if block == 0:
             self.first_ready = ready

@@ -37,6 +37,9 @@ class MeasuringOptions:
     timeout_s: float | None = 300.0  # one candidate's trial
     benchmark: BenchmarkSettings = field(default_factory=BenchmarkSettings)
     quiet: QuietPolicy | None = None  # the run's rule for busy machines; None: never wait, mark contention
+    # The default mode's soft limit for the candidates' blocks: past it, each comparison ends as soon as it has its
+    # ``min_blocks`` (``Comparison.wrap_up``). None: every comparison takes the blocks its own rules ask for.
+    wrap_up_after_s: float | None = None
 
 
 def measure_findings(
@@ -93,7 +96,7 @@ def measure_findings(
             else:
                 outcomes[index] = _try_candidate(trial, workload, finding, options, progress,
                                                  _candidate_limit(options, spent))
-    outcomes.update(_finish_spread(pending, findings, workload, options, progress))
+    outcomes.update(_finish_spread(pending, findings, workload, options, progress, started))
     for index, earlier in same_as.items():
         outcomes[index] = replace(outcomes[earlier], finding=findings[index],
                                   same_candidate_as=findings[earlier].rule_id)
@@ -112,12 +115,16 @@ def _start_candidate(trial: LocalTrial, finding: Proposal, progress: Progress,
 
 
 def _finish_spread(pending: dict[int, PendingTrial], findings: list[Proposal], workload: Workload | None,
-                   options: MeasuringOptions, progress: Progress) -> dict[int, FindingOutcome]:
-    """The later blocks of every started candidate, one block of each in turn; then each one's outcome. The
-    progress line gives the blocks left and, from the blocks so far, about how long they take."""
+                   options: MeasuringOptions, progress: Progress, started: float) -> dict[int, FindingOutcome]:
+    """The later blocks of every started candidate, one block of each in turn, each wrapped up once the phase
+    (begun at ``started``) has run ``wrap_up_after_s``; then each one's outcome. The progress line gives the blocks
+    left and, from the blocks so far, about how long they take."""
     outcomes: dict[int, FindingOutcome] = {}
     block_s: list[float] = []
     while pending:
+        if options.wrap_up_after_s is not None and time.perf_counter() - started >= options.wrap_up_after_s:
+            for trial in pending.values():
+                trial.comparison.wrap_up()
         for index, trial in list(pending.items()):
             if not trial.comparison.blocks_left and not _looks_again(trial, findings[index]):
                 result, delta = trial.result()

@@ -2,7 +2,8 @@
 
 Started by ``environment_trial`` once per variant, so that two variants can differ in what only a process start can
 set (allocator environment variables, LD_PRELOAD). It loads the model file and says so (both variants of a block
-load at once), then waits for a first line on stdin before its first step and warm-up (one variant at a time).
+load at once), then waits for a first line on stdin before its first step and warm-up (one variant at a time):
+``warm`` warms up until the timings settle, ``warm N`` runs N steps.
 Then commands arrive on stdin, one number per line: N > 0 times N steps, 0 ends. Replies go to the file descriptor
 given on the command line, one JSON object per line, so that what the user's model prints cannot mix with them.
 """
@@ -39,14 +40,20 @@ def serve(request: dict[str, Any], reply: Any) -> None:
                              batch_size=request["batch_size"])
     step = make_step(workload)
     _send(reply, {"loaded": True})
-    if not sys.stdin.readline():
+    warm = sys.stdin.readline().split()  # "warm" (until the timings settle) or "warm N" (N steps)
+    if not warm:
         return
     started = time.perf_counter()
     output = step()
     first_step_s = time.perf_counter() - started
     values = [float(v) for t in flat_tensors(output) if t.is_floating_point()
               for v in t.detach().flatten()[:COMPARED_VALUES].double().cpu().tolist()][:COMPARED_VALUES]
-    warmup = warm_up(step, workload, BenchmarkSettings(**request["settings"]))
+    if len(warm) > 1:
+        for _ in range(int(warm[1])):
+            time_step(step, workload.device)
+        warmup = int(warm[1])
+    else:
+        warmup = warm_up(step, workload, BenchmarkSettings(**request["settings"]))
     _send(reply, {"ready": warmup, "first_step_s": first_step_s, "threads": torch.get_num_threads(), "values": values})
     for line in sys.stdin:
         count = int(line)

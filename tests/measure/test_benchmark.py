@@ -421,3 +421,21 @@ def test_a_measurement_far_from_its_prediction_is_told_apart():
     assert off_prediction(estimate, saving * 3) and off_prediction(estimate, saving / 3)
     assert not off_prediction(estimate, saving * 1.5) and not off_prediction(estimate, None)
     assert not off_prediction(replace(estimate, verdict=Verdict.UNRELIABLE), saving * 3)
+
+
+def test_rounds_in_worker_processes_stop_at_their_budget_once_past_the_minimum_blocks():
+    """alternating_rounds (process settings, throughput sweeps) keeps the default mode's per-candidate budget: a
+    pair whose times never settle a verdict (the same sleep, jittered) stops at ``min_blocks`` when its budget is
+    spent, and takes every block without one."""
+    jitter = random.Random(1)
+
+    def sleep_one(_which: int) -> float:
+        duration = 0.002 * (1 + jitter.random())
+        time.sleep(duration)
+        return duration
+
+    settings = BenchmarkSettings(blocks=6, min_blocks=3, min_rounds=12, max_rounds=12, target_s=0.0, budget_s=0.0)
+    budgeted = benchmark.alternating_rounds(sleep_one, settings)
+    assert len(budgeted.blocks) == 3 and budgeted.stopped_early
+    unbudgeted = benchmark.alternating_rounds(sleep_one, replace(settings, budget_s=None))
+    assert len(unbudgeted.blocks) == 6 and not unbudgeted.stopped_early

@@ -226,3 +226,17 @@ def test_a_candidate_that_fails_in_a_later_block_is_reported_and_the_others_fini
     assert failed.measurement is None
     assert failed.not_measured.startswith("the candidate failed (in block 2): RuntimeError: CPU out of memory")
     assert identity.measurement is not None and identity.measurement.blocks == 3
+
+
+def test_past_the_wrap_up_time_every_candidate_ends_at_its_minimum_blocks():
+    """The default mode's soft limit for the phase: with it spent from the start, each comparison takes its
+    ``min_blocks`` and no more, and says it stopped early; without it, every planned block."""
+    settings = replace(QUICK, blocks=6, min_rounds=6, max_rounds=6, min_blocks=3)
+    findings = [_finding("small", lambda w: w, 0.01), _finding("large", lambda w: w, 0.3)]
+    wrapped = measure_findings(_workload(), findings, MeasuringOptions(benchmark=settings, wrap_up_after_s=0.0),
+                               _Stages())
+    assert [o.measurement.blocks for o in wrapped] == [3, 3]
+    assert all(o.measurement.stopped_early for o in wrapped)
+    full = measure_findings(_workload(), findings, MeasuringOptions(benchmark=replace(settings, early_stop=False),
+                                                                    wrap_up_after_s=0.0), _Stages())
+    assert [o.measurement.blocks for o in full] == [6, 6]
