@@ -238,7 +238,9 @@ class ConvAnalysis:
         CPU with glibc's heap kept, MobileNetV2's eval step took 113 ms traced and 94 ms unprofiled, while its
         conv operators took 74.6 ms per traced step and 74.4 ms timed alone without the profiler."""
         unprofiled = self.unprofiled_step_us
-        return operator_us / unprofiled if unprofiled is not None else self.share(operator_us)
+        if unprofiled is None or abs(operator_us) > unprofiled:  # traced times inflated beyond the step (a busy
+            return self.share(operator_us)                        # machine at capture): a share of the traced step
+        return operator_us / unprofiled
 
 
 def conv_flops(input_shape: list[int], weight_shape: list[int], output_shape: list[int], transposed: bool) -> int:

@@ -121,3 +121,15 @@ def test_memory_format_from_strides(shape, fmt, expected):
 def test_memory_format_of_a_transposed_view_is_other():
     tensor = torch.empty(2, 3, 8, 8).transpose(2, 3)
     assert memory_format(list(tensor.shape), list(tensor.stride())) is MemoryFormat.OTHER
+
+
+def test_a_saving_is_a_share_of_the_unprofiled_step_and_never_more_than_the_traced_step(seed_conv):
+    """Predictions are over the step timed without the profiler; a traced time longer than that whole step (layers
+    slowed by other processes at capture) is read against the traced step instead, so no prediction passes 100%."""
+    _, analysis = seed_conv
+    unprofiled = analysis.unprofiled_step_us
+    assert unprofiled is not None and analysis.step_time_us > 0
+    assert analysis.saving_share(unprofiled / 2) == pytest.approx(0.5)
+    assert analysis.saving_share(-unprofiled / 2) == pytest.approx(-0.5)  # a predicted cost
+    inflated = 1.5 * unprofiled
+    assert analysis.saving_share(inflated) == pytest.approx(inflated / analysis.step_time_us)
