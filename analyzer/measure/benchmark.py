@@ -345,12 +345,16 @@ class Comparison:
             self._stopped_early = True
 
     def wrap_up(self) -> None:
-        """End as soon as the blocks so far make ``min_blocks`` (the measuring phase's time is up)."""
-        if self.settings.early_stop and not self._extra_blocks and not self._wrapped_up:
+        """End as soon as the blocks so far make ``min_blocks`` (the measuring phase's time is up), a second look
+        under way included: its extra blocks are those taken."""
+        if self.settings.early_stop and not self._wrapped_up:
             planned = len(self._plan)
             self._plan = self._plan[:max(len(self._blocks), self.settings.min_blocks)]
             self._wrapped_up = True
-            self._stopped_early = len(self._plan) < planned
+            if self._extra_blocks:
+                self._extra_blocks -= planned - len(self._plan)
+            else:
+                self._stopped_early = len(self._plan) < planned
 
     def second_look(self) -> bool:
         """Plan ``extra_blocks`` more blocks, once (not after a block kept under contention); whether it did."""
