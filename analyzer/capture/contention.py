@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 # Other processes' load on the benchmark's own cores above this share of each core it uses makes a block
-# contended: beside a busy-loop process kept 25% busy (a quarter core on 2 threads) small_cnn's channels_last
-# speedup still landed within its quiet-machine interval, at 50% and 100% it did not (benchmarks/CONTENTION.md).
+# contended: beside a loop kept busy up to half of the time (read as 0.03-0.29 cores on 2 threads) small_cnn's
+# channels_last interval overlapped its quiet one in 8 of 8 runs; beside one or two whole loops (0.8-1.1 cores
+# read) 2 of 4 missed it, at 0.68x and 0.69x against 1.14-1.28x (benchmarks/CONTENTION.md).
 BUSY_PER_CORE = 0.25
 SAMPLE_S = 1.0  # one reading of the machine while waiting for quiet
 WAIT_NOTE_EVERY_S = 10.0  # while waiting, the progress line repeats what it waits for this often
