@@ -18,6 +18,7 @@ others get a 404, and a trace that cannot be analyzed a one-line page (422), whi
 from __future__ import annotations
 
 import base64
+import gc
 import hashlib
 import json
 import re
@@ -135,7 +136,11 @@ class ConvDoctorPlugin(base_plugin.TBPlugin):
 
 def analyzed_page(trace: Path) -> Page:
     """TRACE analyzed as `convdoctor analyze` would, as a page: its report, or (422) why there is none. One line on
-    stderr says which trace was analyzed and how long it took."""
+    stderr says which trace was analyzed and how long it took.
+
+    The analysis's reference cycles (a Profile's parent/child links) are collected before it returns: in this
+    long-lived server they would otherwise wait for a full collection, each analysis's adding about as much memory
+    as the analysis took."""
     from convdoctor.pipeline import analyze_trace
     from convdoctor.reports.html_report import render_html
 
@@ -144,6 +149,7 @@ def analyzed_page(trace: Path) -> Page:
         page = _page(render_html(analyze_trace(trace)))
     except ConvDoctorError as exc:
         page = _page(_problem_page(trace.parent.name, worker_name(trace), str(exc)), status=422)
+    gc.collect()
     print(f"convdoctor: analyzed {str(trace)!r} in {time.monotonic() - start:.2f} s (HTTP {page.status})",
           file=sys.stderr, flush=True)
     return page
