@@ -1,8 +1,9 @@
 """A real TensorBoard server for tests: started as a subprocess on 127.0.0.1 and a free port, always stopped.
 
-``tensorboard(logdir, workdir)`` runs TensorBoard itself; ``serve(command, workdir, listening)`` runs any command
-that starts one (`convdoctor tensorboard`) and waits for the line that names its URL. Servers run in their own
-process group, so the PyTorch Profiler plugin's loader processes stop with them.
+``tensorboard(logdir, workdir)`` runs TensorBoard itself (``without``: plugins left out, by name);
+``serve(command, workdir, listening)`` runs any command that starts one (`convdoctor tensorboard`) and waits for the
+line that names its URL. Servers run in their own process group, so the PyTorch Profiler plugin's loader processes
+stop with them.
 """
 
 from __future__ import annotations
@@ -70,9 +71,23 @@ def serve(command: list[str], workdir: Path, listening: re.Pattern[str] = LISTEN
         stop(process)
 
 
-def tensorboard(logdir: Path, workdir: Path):
-    """TensorBoard on LOGDIR, listening on a free port of 127.0.0.1 (port 0: TensorBoard prints the one it got)."""
-    return serve([sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--host", "127.0.0.1",
+# tensorboard.main's run_main with some plugins left out: its first argument names them, comma-separated.
+WITHOUT_PLUGINS = """import sys
+from absl import app
+from tensorboard import default, main_lib, program
+left_out = set(sys.argv.pop(1).split(","))
+main_lib.global_init()
+board = program.TensorBoard(plugins=[p for p in default.get_plugins()
+                                     if getattr(p, "plugin_name", None) not in left_out])
+app.run(board.main, flags_parser=board.configure)
+"""
+
+
+def tensorboard(logdir: Path, workdir: Path, without: tuple[str, ...] = ()):
+    """TensorBoard on LOGDIR, listening on a free port of 127.0.0.1 (port 0: TensorBoard prints the one it got),
+    without the plugins named in WITHOUT (e.g. "pytorch_profiler", which loads every trace of the log dir)."""
+    launch = ["-c", WITHOUT_PLUGINS, ",".join(without)] if without else ["-m", "tensorboard.main"]
+    return serve([sys.executable, *launch, "--logdir", str(logdir), "--host", "127.0.0.1",
                   "--port", "0", "--load_fast=false"],  # the Python reader: no data-server child process
                  workdir)
 

@@ -5,21 +5,25 @@ path relative to the log dir as the PyTorch Profiler plugin names it. The report
 
 1. the report `convdoctor profile` wrote for it, with its measured speedups: ``<out>/report.html`` for a trace in
    ``<out>/tb/<run>/``, when ``<out>/report.json`` lists that trace;
-2. otherwise the trace analyzed on demand as `convdoctor analyze` would (nothing measured), kept in memory until
-   the trace file changes. Nothing is written into the log dir.
+2. otherwise the trace analyzed on demand as `convdoctor analyze` would (nothing measured): each version of a trace
+   once, one analysis at a time, the pages kept in a bounded LRU cache (cache.py: 128 pages, 64 MiB). Each analysis
+   writes one line to stderr (the server's log). Nothing is written into the log dir.
 
 Routes, under ``/data/plugin/convdoctor``: ``/index.js`` (the tab: a run selector and the report in a frame),
 ``/runs`` (JSON: ``[{"run": ..., "workers": [...]}]``) and ``/report?run=RUN&worker=WORKER`` (the report page, with a
-Content-Security-Policy that lets it load nothing from anywhere). Only runs and workers the plugin lists are served.
+Content-Security-Policy that lets it load nothing from anywhere). Only runs and workers the plugin lists are served;
+others get a 404, and a trace that cannot be analyzed a one-line page (422), which no other trace's page depends on.
 """
 
 from __future__ import annotations
 
 import base64
+import gc
 import hashlib
 import json
 import re
-import threading
+import sys
+import time
 from dataclasses import dataclass
 from html import escape
 from pathlib import Path
@@ -30,6 +34,7 @@ from werkzeug import wrappers
 
 from convdoctor.analyzer.trace.reader import find_traces
 from convdoctor.errors import ConvDoctorError, TraceError
+from convdoctor.tensorboard.cache import Page, PageCache
 
 PLUGIN_NAME = "convdoctor"
 TAB_SCRIPT = Path(__file__).with_name("static") / "tensorboard_tab.js"
@@ -87,8 +92,7 @@ class ConvDoctorPlugin(base_plugin.TBPlugin):
     def __init__(self, context: base_plugin.TBContext) -> None:
         super().__init__(context)
         self.logdir = Path(context.logdir).resolve() if context.logdir else None
-        self._analyzed: dict[Path, tuple[tuple[int, int], str]] = {}  # trace -> ((mtime_ns, size), html)
-        self._analyzing = threading.Lock()
+        self.pages = PageCache(analyzed_page)
 
     def get_plugin_apps(self) -> dict[str, object]:
         return {"/index.js": self._tab_script, "/runs": self._runs, "/report": self._report}
@@ -122,24 +126,33 @@ class ConvDoctorPlugin(base_plugin.TBPlugin):
             return _respond(f"run {run.name!r} has no such worker", "text/plain; charset=utf-8", status=404)
         written = profile_report(trace)
         if written is not None:
-            return _html(written.read_text(encoding="utf-8"))
+            return _serve(_page(written.read_text(encoding="utf-8")))
         try:
-            return _html(self._analyzed_report(trace))
-        except ConvDoctorError as exc:
-            return _html(_problem_page(run.name, worker, str(exc)), status=422)
+            return _serve(self.pages.get(trace))
+        except OSError as exc:  # the trace went away (or became unreadable) since the listing
+            return _respond(f"run {run.name!r}: its trace cannot be read ({exc.strerror})", "text/plain; charset=utf-8",
+                            status=404)
 
-    def _analyzed_report(self, trace: Path) -> str:
-        """The trace's report, analyzed once per version of the file."""
-        from convdoctor.pipeline import analyze_trace
-        from convdoctor.reports.html_report import render_html
 
-        with self._analyzing:
-            stat = trace.stat()
-            version = (stat.st_mtime_ns, stat.st_size)
-            cached = self._analyzed.get(trace)
-            if cached is None or cached[0] != version:
-                cached = self._analyzed[trace] = (version, render_html(analyze_trace(trace)))
-            return cached[1]
+def analyzed_page(trace: Path) -> Page:
+    """TRACE analyzed as `convdoctor analyze` would, as a page: its report, or (422) why there is none. One line on
+    stderr says which trace was analyzed and how long it took.
+
+    The analysis's reference cycles (a Profile's parent/child links) are collected before it returns: in this
+    long-lived server they would otherwise wait for a full collection, each analysis's adding about as much memory
+    as the analysis took."""
+    from convdoctor.pipeline import analyze_trace
+    from convdoctor.reports.html_report import render_html
+
+    start = time.monotonic()
+    try:
+        page = _page(render_html(analyze_trace(trace)))
+    except ConvDoctorError as exc:
+        page = _page(_problem_page(trace.parent.name, worker_name(trace), str(exc)), status=422)
+    gc.collect()
+    print(f"convdoctor: analyzed {str(trace)!r} in {time.monotonic() - start:.2f} s (HTTP {page.status})",
+          file=sys.stderr, flush=True)
+    return page
 
 
 def _problem_page(run: str, worker: str, problem: str) -> str:
@@ -148,14 +161,18 @@ def _problem_page(run: str, worker: str, problem: str) -> str:
             f"({escape(worker)})</h1><p>convdoctor could not analyze this trace: {escape(problem)}</p></body></html>")
 
 
-def _html(page: str, status: int = 200) -> werkzeug.Response:
+def _page(html: str, status: int = 200) -> Page:
     """A report page that may run its own inline scripts and styles, and load nothing: no request leaves it."""
     scripts = " ".join(f"'sha256-{base64.b64encode(hashlib.sha256(s.encode()).digest()).decode()}'"
-                       for s in INLINE_SCRIPT.findall(page))
+                       for s in INLINE_SCRIPT.findall(html))
     policy = ("default-src 'none'; " + (f"script-src {scripts}; " if scripts else "")
               + "style-src 'unsafe-inline'; img-src data:; font-src data:; base-uri 'none'; form-action 'none'; "
               "frame-ancestors 'self'")
-    return _respond(page, "text/html; charset=utf-8", status, [("Content-Security-Policy", policy)])
+    return Page(html.encode("utf-8"), status, policy)
+
+
+def _serve(page: Page) -> werkzeug.Response:
+    return _respond(page.body, "text/html; charset=utf-8", page.status, [("Content-Security-Policy", page.policy)])
 
 
 def _respond(body: str | bytes, content_type: str, status: int = 200,
