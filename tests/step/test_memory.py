@@ -7,8 +7,7 @@ import re
 from collections import defaultdict
 
 import pytest
-from conftest import SHARED_TRACES
-from step.conftest import raw_events
+from conftest import SHARED_TRACES, raw_events
 
 from convdoctor.analyzer.step import memory
 from convdoctor.analyzer.trace.reader import load_profile

@@ -9,8 +9,7 @@ from urllib.parse import unquote
 
 import pytest
 import torch
-from conftest import SHARED_TRACES
-from step.conftest import STEP_VIEWS
+from conftest import SHARED_TRACES, STEP_VIEWS
 
 from convdoctor.analyzer.capture.workload import import_model_file
 from convdoctor.analyzer.conv.layers import analyze_convs
