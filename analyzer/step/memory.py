@@ -18,6 +18,7 @@ from convdoctor.analyzer.trace.profile import EventKind, MemoryEvent, Op, Profil
 MAX_POINTS = 600  # points of a curve kept for the chart: the lowest and highest of each stretch, the peak among them
 TOP_OPS = 10
 NO_OPERATOR = "(no operator)"
+STEP_MARK = "ProfilerStep#"
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,8 @@ class DeviceMemory:
     step_us: float  # the step's length
     peak_bytes: int
     peak_at_us: float  # from the step's start
-    curve: tuple[tuple[float, int], ...]  # (µs from the step's start, bytes allocated), at most MAX_POINTS
+    curve: tuple[tuple[float, int], ...]  # (µs from the step's start, bytes allocated after each of its memory
+    # events), at most MAX_POINTS
     events: int  # memory events of the device in that step
     relative: bool  # bytes allocated since the trace's first event on the device, not in all
 
@@ -107,8 +109,7 @@ def _device_memory(name: str, events: list[MemoryEvent], spans: list[tuple[int |
     if best is None:  # no memory event inside a step: the whole trace
         best = (max(series), series.index(max(series)), None, times[0], times[-1], 0, len(events))
     peak, peak_index, number, start, end, first, last = best
-    before = series[first - 1] if first else series[first] - events[first].bytes  # allocated as the step starts
-    points = [(0.0, before)] + [(round(times[i] - start, 3), series[i]) for i in range(first, last)]
+    points = [(round(times[i] - start, 3), series[i]) for i in range(first, last)]
     return DeviceMemory(device=name, step=number, step_us=end - start, peak_bytes=peak,
                         peak_at_us=round(times[peak_index] - start, 3), curve=tuple(_thinned(points)),
                         events=last - first, relative=relative)
@@ -151,13 +152,31 @@ def _top_ops(profile: Profile, spans: list[tuple[int | None, float, float]]
 
 
 def _outermost_by_thread(profile: Profile) -> dict[tuple[str, str], tuple[list[float], list[Op]]]:
-    """Each thread's outermost CPU operators, in start order, with their starts (they do not overlap)."""
+    """Each thread's outermost CPU operators, in start order, with their starts (they do not overlap). A
+    ``ProfilerStep#N`` operator (a CPU operator in PyTorch 1.9 and before) is a step's mark, not an operator: the
+    outermost operators inside it take its place."""
     threads: dict[tuple[str, str], tuple[list[float], list[Op]]] = {}
-    for op in profile.outermost_cpu_ops:
-        starts, ops = threads.setdefault((op.pid, op.tid), ([], []))
-        starts.append(op.ts_us)
-        ops.append(op)
+    for outer in profile.outermost_cpu_ops:
+        for op in _below_step_mark(outer) if outer.name.startswith(STEP_MARK) else (outer,):
+            starts, ops = threads.setdefault((op.pid, op.tid), ([], []))
+            starts.append(op.ts_us)
+            ops.append(op)
+    for starts, ops in threads.values():
+        ops.sort(key=lambda op: op.ts_us)
+        starts.sort()
     return threads
+
+
+def _below_step_mark(mark: Op) -> list[Op]:
+    """The outermost CPU operators inside a step's mark."""
+    found, stack = [], list(mark.children)
+    while stack:
+        op = stack.pop()
+        if op.kind is EventKind.CPU_OP:
+            found.append(op)
+        else:
+            stack.extend(op.children)
+    return found
 
 
 def _enclosing(thread: tuple[list[float], list[Op]] | None, ts_us: float) -> str:
