@@ -115,7 +115,7 @@ class _Calls:
 
 def _figures(analysis: ConvAnalysis, calls: dict[str, list[Op]]) -> dict[str, _Calls]:
     """Each module's summed forward time, FLOPs (None when not known) and the sequence numbers of its operators."""
-    conv_calls = {id(op) for op in analysis.calls}
+    conv_calls = {id(op): call_flops(op) for op in analysis.calls}  # each conv call's FLOPs, by event
     figures = {}
     for name, module_calls in calls.items():
         forward_us, flops, sequence = 0.0, 0, set()
@@ -141,13 +141,13 @@ def _host_us(call: Op) -> float:
     return total
 
 
-def _flops(call: Op, conv_calls: set[int]) -> int | None:
+def _flops(call: Op, conv_calls: dict[int, int | None]) -> int | None:
     """FLOPS_COUNTED of one module call; None when one of its counted operators has no shapes."""
     total, stack = 0, list(call.children)
     while stack:
         op = stack.pop()
         if id(op) in conv_calls:
-            flops = call_flops(op)
+            flops = conv_calls[id(op)]
         elif op.name in MATMUL_OPS:
             flops = _matmul_flops(op)
         else:
