@@ -103,8 +103,14 @@ def test_the_tree_is_the_model_and_times_nest(view, model):
 def test_parameters_and_output_sizes_come_from_the_model(view, model):
     found = nodes(view)
     outputs = {}
-    hooks = [m.register_forward_hook(lambda m, a, out, name=name: outputs.setdefault(
-        name or "<model>", out.numel() * out.element_size())) for name, m in model.named_modules()]
+
+    def keep_first_output(name: str):
+        def hook(module, args, out) -> None:
+            outputs.setdefault(name or "<model>", out.numel() * out.element_size())
+
+        return hook
+
+    hooks = [m.register_forward_hook(keep_first_output(name)) for name, m in model.named_modules()]
     model(import_model_file(STEP_VIEWS).get_inputs())
     for hook in hooks:
         hook.remove()

@@ -48,7 +48,7 @@ def page(step_views_run, tmp_path_factory):
 
 
 def visible(browser: DevTools, name: str) -> bool:
-    return browser.evaluate(f"document.querySelector('.module[data-name=\"{name}\"]').getClientRects().length > 0")
+    return browser.evaluate(f"document.querySelector('.module[data-name=\"{name}\"]').checkVisibility()")
 
 
 def test_module_tree_opens_by_click_and_keyboard(page):
