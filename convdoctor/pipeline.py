@@ -22,6 +22,8 @@ from convdoctor.analyzer.conv.job_view import job_view, trace_rank
 from convdoctor.analyzer.conv.kernels import LayerKernels, kernel_totals, layer_kernels
 from convdoctor.analyzer.conv.layers import ConvAnalysis, analyze_convs
 from convdoctor.analyzer.conv.roofline import Roofline, analyze_roofline
+from convdoctor.analyzer.step.memory import memory_view
+from convdoctor.analyzer.step.modules import module_view
 from convdoctor.analyzer.trace.collector import collector_paused
 from convdoctor.analyzer.trace.profile import Profile
 from convdoctor.analyzer.trace.reader import (
@@ -196,6 +198,8 @@ def build_report(analysis: ConvAnalysis, summary: WorkloadSummary, outcomes: lis
                    if any(o.finding.rule_id == r.id for o in outcomes)],
         roofline=roofline,
         kernel_totals=kernel_totals(kernels),
+        modules=module_view(analysis),
+        memory=memory_view(analysis.profile),
     )
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from convdoctor.analyzer.conv.roofline import Roofline
 from convdoctor.analyzer.measure.results import FindingOutcome, Plan
+from convdoctor.analyzer.step.memory import DeviceMemory, MemoryView
 from convdoctor.reports.report import ReportLayer
 
 BOUND_COLORS = {"memory": "#d9822b", "compute": "#3b6fb6", None: "#9aa5b1"}
@@ -185,3 +186,64 @@ def speedup_chart(outcomes: list[FindingOutcome], results: list[str], plan: Plan
                    value=f"{e.speedup:.2f}×")
     return SpeedupChart(width=width, height=int(bottom + 38), plot=(left, top, right, bottom), ticks=ticks,
                         unity_x=x(1.0), rows=rows)
+
+
+@dataclass(frozen=True)
+class MemoryChart:
+    """One device's allocation curve: its points in pixels, the peak's, and the axes' ticks."""
+
+    device: DeviceMemory
+    width: int
+    height: int
+    plot: tuple[float, float, float, float]  # left, top, right, bottom
+    points: list[tuple[float, float]]
+    peak: tuple[float, float]
+    x_ticks: list[tuple[float, str]]
+    y_ticks: list[tuple[float, str]]
+
+
+def memory_charts(memory: MemoryView | None, width: int = 760, height: int = 240) -> list[MemoryChart]:
+    """A step-shaped line of each device's bytes allocated over its step (linear axes from 0), with its peak."""
+    charts = []
+    for device in memory.devices if memory is not None else ():
+        left, top, right, bottom = 72.0, 12.0, width - 16.0, height - 40.0
+        span_ms = max(device.step_us / 1e3, max((t for t, _ in device.curve), default=0.0) / 1e3, 1e-6)
+        low = min(0, min(b for _, b in device.curve))  # a relative curve may go below its start
+        high = max(device.peak_bytes, 1) * 1.1
+        x = _linear(0.0, span_ms, left, right)
+        y = _linear(low, high, bottom, top)
+        points: list[tuple[float, float]] = []
+        for t_us, allocated in device.curve:  # a step line: the total holds until the next event
+            if points:
+                points.append((x(t_us / 1e3), points[-1][1]))
+            points.append((x(t_us / 1e3), y(allocated)))
+        points.append((right, points[-1][1]))
+        charts.append(MemoryChart(
+            device=device, width=width, height=height, plot=(left, top, right, bottom), points=points,
+            peak=(x(device.peak_at_us / 1e3), y(device.peak_bytes)),
+            x_ticks=[(x(v), f"{v:g}") for v in _nice_ticks(0.0, span_ms)],
+            y_ticks=[(y(v), byte_label(v)) for v in _nice_ticks(low, high)]))
+    return charts
+
+
+def _linear(low: float, high: float, start: float, end: float):
+    """A linear scale from ``low``..``high`` onto pixels ``start``..``end``."""
+    scale = (end - start) / (high - low) if high > low else 0.0
+    return lambda value: round(start + (value - low) * scale, 1)
+
+
+def _nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
+    """About ``count`` round values (1, 2 or 5 × 10^k apart) from ``low`` to ``high``."""
+    raw = (high - low) / count if high > low else 1.0
+    power = 10.0 ** math.floor(math.log10(raw))
+    step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
+    first = math.ceil(low / step)
+    return [round(k * step, 12) for k in range(first, math.floor(high / step) + 1)]
+
+
+def byte_label(value: float) -> str:
+    """A tick label in bytes: 0, 500 kB, 1.5 MB, 2 GB."""
+    for factor, suffix in ((1e9, "GB"), (1e6, "MB"), (1e3, "kB")):
+        if abs(value) >= factor:
+            return f"{value / factor:g} {suffix}"
+    return f"{value:g} B"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from convdoctor.analyzer.conv.communication import DEFINITIONS as COMM_DEFINITIONS
-from convdoctor.reports.charts import BOUND_COLORS, roofline_chart, speedup_chart
+from convdoctor.reports.charts import BOUND_COLORS, memory_charts, roofline_chart, speedup_chart
 from convdoctor.reports.presentation import (
     architecture_note,
     busy_banner,
@@ -56,4 +56,5 @@ def render_html(report: Report) -> str:
         roofline_reason=no_roofline_reason(report.roofline),
         kernel_cells=[kernel_columns(row.kernels) for row in report.layers],
         comm_definitions=COMM_DEFINITIONS,
+        memory_charts=memory_charts(report.memory),
     )

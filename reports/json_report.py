@@ -20,6 +20,8 @@ from convdoctor.analyzer.measure.results import (
     SpeedupEstimate,
     ThroughputPoint,
 )
+from convdoctor.analyzer.step.memory import MemoryView
+from convdoctor.analyzer.step.modules import ModuleNode, ModulesView
 from convdoctor.reports.report import SCHEMA_VERSION, FindingOutcome, Plan, Report, ReportLayer
 from convdoctor.rules.base import evidence_fields
 
@@ -56,6 +58,36 @@ def report_to_dict(report: Report) -> dict[str, Any]:
         "reliable": report.busy_machine is None,
         "busy_machine": None if report.busy_machine is None else vars(report.busy_machine).copy(),
         **({"distributed": distributed_to_dict(analysis.job)} if analysis.job is not None else {}),
+        "modules": None if report.modules is None else _modules(report.modules),
+        "memory": None if report.memory is None else _memory(report.memory),
+    }
+
+
+def _modules(view: ModulesView) -> dict[str, Any]:
+    """The module tree, whole (the HTML shows a part of it)."""
+    return {"time_basis": view.time_basis.value, "module_count": view.module_count,
+            "flops_counted": view.flops_counted, "notes": list(view.notes), "tree": [_module(n) for n in view.roots]}
+
+
+def _module(node: ModuleNode) -> dict[str, Any]:
+    return {"name": node.name, "class_name": node.class_name, "calls_per_step": node.calls_per_step,
+            "forward_ms": node.forward_us / 1e3,
+            "backward_ms": None if node.backward_us is None else node.backward_us / 1e3,
+            "flops": node.flops, "parameters": node.parameters, "output_bytes": node.output_bytes,
+            "children": [_module(child) for child in node.children]}
+
+
+def _memory(view: MemoryView) -> dict[str, Any]:
+    """Each device's allocation curve and peak, and the operators that allocate most."""
+    return {
+        "notes": list(view.notes),
+        "devices": [{"device": d.device, "step": d.step, "step_ms": d.step_us / 1e3, "peak_bytes": d.peak_bytes,
+                     "peak_at_ms": d.peak_at_us / 1e3, "relative": d.relative, "events": d.events,
+                     "curve": [[t / 1e3, allocated] for t, allocated in d.curve]} for d in view.devices],
+        "top_operators": [{"name": o.name, "device": o.device, "bytes_per_step": o.bytes_per_step,
+                           "allocations_per_step": o.allocations_per_step} for o in view.top_ops],
+        "other_operators": view.other_ops,
+        "other_bytes_per_step": view.other_bytes_per_step,
     }
 
 

@@ -9,8 +9,13 @@ from convdoctor.analyzer.conv.kernels import KernelTotals, LayerKernels
 from convdoctor.analyzer.conv.layers import ConvAnalysis, ConvLayer
 from convdoctor.analyzer.conv.roofline import LayerRoofline, Roofline
 from convdoctor.analyzer.measure.results import FindingOutcome, Plan
+from convdoctor.analyzer.step.memory import MemoryView
+from convdoctor.analyzer.step.modules import ModulesView
 
-SCHEMA_VERSION = "1.2"  # 1.2: reliable, busy_machine, stopped_early, off_prediction (see report.schema.json)
+# 1.2: reliable, busy_machine, stopped_early, off_prediction; 1.3: modules (the nn.Module tree with time, FLOPs,
+# parameters and output size per module) and memory (allocation curve, peak and top allocating operators per
+# device) (see report.schema.json)
+SCHEMA_VERSION = "1.3"
 
 
 @dataclass(frozen=True)
@@ -96,3 +101,5 @@ class Report:
     roofline: Roofline | None = None  # the device's peaks and each layer against them
     kernel_totals: KernelTotals | None = None  # all layers' conv kernels summed (GPU traces)
     busy_machine: BusyMachine | None = None  # set when measurements were taken under contention
+    modules: ModulesView | None = None  # the nn.Module tree (empty, with a note, without module scopes)
+    memory: MemoryView | None = None  # memory over the step (empty, with a note, without memory events)

@@ -14,6 +14,7 @@ from convdoctor.reports.presentation import (
     headline,
     layer_lines,
     left_out_lines,
+    memory_peak_line,
     plan_lines,
     result_with_prediction,
     tensorboard_command,
@@ -46,6 +47,8 @@ def render_summary(report: Report, html_path: str, json_path: str, overwrote: bo
             lines += [row.rstrip() for row in rows]
         lines.append("")
     lines += [f"note: {note}" for note in report.notes] + ([""] if report.notes else [])
+    if report.memory is not None and report.memory.devices:
+        lines += [memory_peak_line(report.memory), ""]
     if analysis.job is not None:
         lines += _ranks(analysis.job)
     for outcome in report.outcomes:

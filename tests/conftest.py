@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -181,3 +183,37 @@ def job_analyses(out: Path):
     analyses = [analyze_convs(load_profile(t)) for t in find_traces(out / "tb")]
     analyses[0].job = job_view(analyses)
     return analyses
+
+
+# ------------------------------------------------------------------ the Modules and Memory views (tests/step/)
+
+STEP_VIEWS = MODELS / "step_views.py"  # a tiny nested net: convs, BatchNorm, a Linear head
+
+
+@dataclass(frozen=True)
+class StepViewsRun:
+    """A train-mode capture of STEP_VIEWS (one profiled step, memory recorded), analyzed once."""
+
+    trace: Path
+    events: list[dict[str, Any]]  # the trace's raw JSON events
+    report: Any  # the Report of the trace, analyzed as `convdoctor analyze` does
+
+
+def raw_events(trace: Path) -> list[dict[str, Any]]:
+    """The events of a trace file as plain JSON (object or array form, gzip or not)."""
+    opener = gzip.open if trace.name.endswith(".gz") else open
+    with opener(trace, "rt", encoding="utf-8") as file:
+        data = json.load(file)
+    return data["traceEvents"] if isinstance(data, dict) else data
+
+
+@pytest.fixture(scope="session")
+def step_views_run(tmp_path_factory: pytest.TempPathFactory) -> StepViewsRun:
+    """One real train-mode capture of STEP_VIEWS, its raw events and its offline Report (tests/step/)."""
+    from convdoctor.analyzer.capture.recording import capture
+    from convdoctor.analyzer.capture.workload import load_workload
+    from convdoctor.pipeline import analyze_trace
+
+    workload = load_workload(STEP_VIEWS, device="cpu", mode="train")
+    (trace,) = capture(workload, tmp_path_factory.mktemp("step_views") / "tb", "run", steps=1)
+    return StepViewsRun(trace, raw_events(trace), analyze_trace(trace))

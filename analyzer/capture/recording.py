@@ -39,6 +39,7 @@ from convdoctor.analyzer.capture.workload import (
     time_step,
 )
 from convdoctor.analyzer.trace.environment import RecordedEnvironment
+from convdoctor.analyzer.trace.module_record import MODULES_KEY
 from convdoctor.analyzer.trace.module_scope import scope_name
 from convdoctor.analyzer.trace.probe_record import (
     LAYOUT_PROBE_KEY,
@@ -65,12 +66,14 @@ class ModuleScopes:
     """Hooks that wrap every submodule call in a record_function named by its qualified name.
 
     While installed, ``active`` is the stack of qualified names being called, so that an exception in
-    the forward can be charged to the innermost module.
+    the forward can be charged to the innermost module; ``output_bytes`` holds the bytes of the tensors each
+    module's first call returned.
     """
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
         self.active: list[str] = []
+        self.output_bytes: dict[str, int] = {}
         self._open: list[Any] = []
         self._handles: list[Any] = []
 
@@ -99,11 +102,31 @@ class ModuleScopes:
 
     def _exit_hook(self, module: nn.Module, args: Any, output: Any) -> None:
         if self._open:
+            if self.active[-1] not in self.output_bytes:
+                self.output_bytes[self.active[-1]] = tensor_bytes(output)
             self._pop()
 
     def _pop(self) -> None:
         self._open.pop().__exit__(None, None, None)
         self.active.pop()
+
+
+def tensor_bytes(value: Any) -> int:
+    """Bytes of the tensors in a module's output (a tensor, or tuples, lists and dicts of them)."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, (tuple, list)):
+        return sum(tensor_bytes(v) for v in value)
+    if isinstance(value, dict):
+        return sum(tensor_bytes(v) for v in value.values())
+    return 0
+
+
+def module_record(model: nn.Module, output_bytes: dict[str, int]) -> dict[str, list[int | None]]:
+    """Each module's parameters and first call's output bytes, keyed by module scope name (``module_record``)."""
+    return {scope_name(name, type(module).__name__): [sum(p.numel() for p in module.parameters()),
+                                                      output_bytes.get(name)]
+            for name, module in model.named_modules()}
 
 
 def check_fits(workload: Workload) -> None:
@@ -266,10 +289,13 @@ def record(workload: Workload, logdir: Path, run_name: str, *, steps: int = 3, w
         recorded = _metadata_json(settings)
         sched = schedule(wait=WAIT_STEPS, warmup=WARMUP_STEPS, active=steps, repeat=1)
         handler = tensorboard_trace_handler(str(scratch), worker_name=worker_name)
-        with quiet_profiler(), ModuleScopes(run.model), profile(
-            activities=activities, schedule=sched, on_trace_ready=handler, record_shapes=True
+        with quiet_profiler(), ModuleScopes(run.model) as scopes, profile(
+            activities=activities, schedule=sched, on_trace_ready=handler, record_shapes=True, profile_memory=True
         ) as profiler:
-            for _ in range(WAIT_STEPS + WARMUP_STEPS + steps):
+            for index in range(WAIT_STEPS + WARMUP_STEPS + steps):
+                if index == WAIT_STEPS:  # the first step (not recorded) gave each module's output size
+                    settings[MODULES_KEY] = module_record(run.model, scopes.output_bytes)
+                    recorded = _metadata_json(settings)
                 profiler.add_metadata_json(METADATA_KEY, recorded)  # kept only by the session that records
                 step()
                 synchronize(run.device)

@@ -477,6 +477,11 @@ def _new_layer(name: str, op: Op) -> ConvLayer:
     return layer
 
 
+def call_flops(op: Op) -> int | None:
+    """The forward FLOPs of one conv call (as its layer's ``flops``), None where its shapes do not tell them."""
+    return _new_layer("", op).flops
+
+
 def _fill_metrics(layer: ConvLayer) -> None:
     if not (layer.output_shape and layer.input_shape and layer.weight_shape):
         return

@@ -27,12 +27,22 @@ from convdoctor.analyzer.trace.profile import (
     SCOPE_KINDS,
     EventKind,
     Kernel,
+    MemoryEvent,
     Op,
 )
-from convdoctor.analyzer.trace.schema import TIME_RESOLUTION_US, Args, ListArgs, Time, typed_shapes
+from convdoctor.analyzer.trace.schema import (
+    MEMORY_EVENT_NAME,
+    TIME_RESOLUTION_US,
+    Args,
+    ListArgs,
+    MemoryArgs,
+    Time,
+    typed_shapes,
+)
 
 NO_ARGS = Args()
 NO_LIST_ARGS = ListArgs()
+NO_MEMORY_ARGS = MemoryArgs()
 
 
 class Event(msgspec.Struct, tag_field="ph", tag="X", gc=False):
@@ -53,13 +63,23 @@ class ListEvent(Event, gc=False):
     args: ListArgs = NO_LIST_ARGS
 
 
-# The other phases of the Trace Event Format (flows, instants, metadata…): the parser types none of them, so each
-# decodes to an empty struct, its keys skipped in C. An event without a phase, or with one not listed, makes the
-# decoding fail and the trace is read the tolerant way (which skips that event too).
-OTHER_PHASES = "BEiICbnesftPNODMVvRc"
+class Instant(msgspec.Struct, tag_field="ph", tag="i", gc=False):
+    """The keys of an instant (``ph`` i) event the parser reads: only ``[memory]`` instants are typed."""
+
+    name: str = ""
+    ts: Time = None
+    pid: int | str = ""
+    tid: int | str = ""
+    args: MemoryArgs = NO_MEMORY_ARGS
+
+
+# The other phases of the Trace Event Format (flows, metadata…): the parser types none of them, so each decodes to
+# an empty struct, its keys skipped in C. An event without a phase, or with one not listed, makes the decoding fail
+# and the trace is read the tolerant way (which skips that event too).
+OTHER_PHASES = "BEICbnesftPNODMVvRc"
 UNREAD = tuple(msgspec.defstruct(f"Unread{ph}", [], tag_field="ph", tag=ph, gc=False) for ph in OTHER_PHASES)
-EVENTS = msgspec.json.Decoder(list[Union[(Event, *UNREAD)]])
-LIST_EVENTS = msgspec.json.Decoder(list[Union[(ListEvent, *UNREAD)]])
+EVENTS = msgspec.json.Decoder(list[Union[(Event, Instant, *UNREAD)]])
+LIST_EVENTS = msgspec.json.Decoder(list[Union[(ListEvent, Instant, *UNREAD)]])
 TOP_LEVEL = msgspec.json.Decoder(dict[str, msgspec.Raw])
 EVENTS_KEY = b'"traceEvents"'
 EMPTY_ARRAY = msgspec.Raw(b"[]")
@@ -164,6 +184,7 @@ class EventTyping:
         self.kind_of = kind_of  # a category's kind, None for one not typed (it also counts the unknown ones)
         self.ops: list[Op] = []
         self.kernels: list[Kernel] = []
+        self.memory: list[MemoryEvent] = []
         self._names: dict[str, str] = {}  # interned names, and the ids seen as pid/tid strings
         self._threads: dict[int | str, str] = {}
         self._strings: dict[tuple[str, ...], tuple[str, ...]] = {}  # each list of input types or values, interned
@@ -189,6 +210,8 @@ class EventTyping:
         for _ in range(len(events)):
             event = next_event()
             if not isinstance(event, Event):
+                if isinstance(event, Instant) and event.name == MEMORY_EVENT_NAME:
+                    self._add_memory(event)
                 continue
             known = kinds.get(event.cat, False)
             if known is False:
@@ -241,6 +264,18 @@ class EventTyping:
                       None, [], [], parse_scope_name(name) if scoped else None,
                       collective=args.collective, message_elements=args.message_elements,
                       message_dtype=args.message_dtype))
+
+    def _add_memory(self, event: Instant) -> None:
+        """Type a ``[memory]`` instant as ``trace._memory_event`` does (one without a time or a size is left out)."""
+        args, ts = event.args, event.ts
+        if ts is None or args.bytes is None:
+            return
+        threads = self._threads
+        pid = threads.get(event.pid) or threads.setdefault(event.pid, sys.intern(str(event.pid)))
+        tid = threads.get(event.tid) or threads.setdefault(event.tid, sys.intern(str(event.tid)))
+        self.memory.append(MemoryEvent(0.0 if -TIME_RESOLUTION_US < ts < TIME_RESOLUTION_US else ts, pid, tid,
+                                       args.bytes, args.total_allocated, args.total_reserved, args.device_type,
+                                       args.device_id))
 
 
 def _interned(strings: tuple[str, ...], known: dict[tuple[str, ...], tuple[str, ...]]) -> tuple[str, ...]:

@@ -6,7 +6,7 @@ import bisect
 import enum
 import functools
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Iterator
 
@@ -149,6 +149,21 @@ class Kernel(msgspec.Struct, eq=False):
         return _repr(self, KERNEL_LINKS)
 
 
+class MemoryEvent(msgspec.Struct, eq=False, gc=False):
+    """A ``[memory]`` instant (recorded with ``profile_memory=True``): one allocation (``bytes`` > 0) or free (< 0)
+    by the thread ``pid``/``tid``, on a device, with the allocator's totals after it where the trace has them
+    (PyTorch 1.9 and before write ``Bytes`` only)."""
+
+    ts_us: float
+    pid: str
+    tid: str
+    bytes: int
+    total_allocated: int | None = None  # bytes allocated on the device after this event
+    total_reserved: int | None = None  # bytes the caching allocator holds on the device after it
+    device_type: int | None = None  # c10::DeviceType: 0 CPU, 1 CUDA...
+    device_id: int | None = None  # -1 for the CPU
+
+
 # The links each repr leaves out: printing one event must not print the whole trace.
 OP_LINKS = frozenset({"parent", "children", "kernels", "module_call"})
 KERNEL_LINKS = frozenset({"launcher"})
@@ -185,6 +200,7 @@ class Profile:
     device_properties: list[dict[str, Any]]
     metadata: dict[str, Any]  # the trace's top-level keys other than its events
     unknown_categories: dict[str, int]  # categories this parser does not know, with their counts
+    memory_events: list[MemoryEvent] = field(default_factory=list)  # sorted by time; empty without profile_memory
 
     @property
     def environment(self) -> RecordedEnvironment:

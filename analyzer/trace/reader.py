@@ -26,12 +26,16 @@ from convdoctor.analyzer.trace.profile import (
     SCOPE_KINDS,
     EventKind,
     Kernel,
+    MemoryEvent,
     Op,
     Profile,
     Step,
 )
 from convdoctor.analyzer.trace.schema import (
     ARG_SCHEMA,
+    MEMORY_ARG_KEYS,
+    MEMORY_ARG_SCHEMA,
+    MEMORY_EVENT_NAME,
     PARSED_ARG_KEYS,
     time_or_none,
 )
@@ -188,7 +192,7 @@ def _as_object(data: Any) -> Any:
 
 def _is_event(item: Any) -> bool:
     """An item of an events' array: an event (an object with a phase), raw or typed."""
-    return isinstance(item, (Op, Kernel)) or item is SKIPPED or (isinstance(item, dict) and "ph" in item)
+    return isinstance(item, (Op, Kernel, MemoryEvent)) or item is SKIPPED or (isinstance(item, dict) and "ph" in item)
 
 
 def _check_kineto(data: Any, trace_path: str) -> None:
@@ -217,7 +221,7 @@ def load_profile(path: str | Path, stream: TraceStream | None = None) -> Profile
         except (NotPlain, ValueError, RecursionError):
             pass  # read whole
         else:
-            return _profile(metadata, typing.ops, typing.kernels, typer.unknown, str(path))
+            return _profile(metadata, typing.ops, typing.kernels, typing.memory, typer.unknown, str(path))
         finally:
             stream.close()
         data = _read_bytes(path)
@@ -231,11 +235,11 @@ def load_profile(path: str | Path, stream: TraceStream | None = None) -> Profile
             typer = _EventTyper()
             typing = EventTyping(typer.kind)
             typing.add(events, list_shapes)
-            return _profile(metadata, typing.ops, typing.kernels, typer.unknown, str(path))
+            return _profile(metadata, typing.ops, typing.kernels, typing.memory, typer.unknown, str(path))
         hook = _TypingHook()
         data = _parse_json(_text(data, path), path, hook)
         events = data["traceEvents"]
-        typed = [event for event in events if isinstance(event, (Op, Kernel))]
+        typed = [event for event in events if isinstance(event, (Op, Kernel, MemoryEvent))]
         if len(typed) + events.count(SKIPPED) == hook.events_seen:
             return _profile(data, *_split(typed), hook.typer.unknown, str(path))
         # An object taken for an event sits somewhere else than in the event list (inside an event's args, or
@@ -263,7 +267,7 @@ class _TypingHook:
         if "ph" not in obj or "traceEvents" in obj:
             return obj
         self.events_seen += 1
-        event = self.typer(obj) if obj["ph"] == "X" else None
+        event = self.typer(obj) if obj["ph"] == "X" else _memory_event(obj)
         return SKIPPED if event is None else event
 
 
@@ -302,8 +306,13 @@ def _slim_event(obj: dict[str, Any]) -> Any:
     """
     if "ph" not in obj or "traceEvents" in obj:
         return obj
-    if obj["ph"] != "X":
-        return None  # parse_trace types complete events only
+    if obj["ph"] != "X":  # parse_trace types complete events and [memory] instants only
+        if obj["ph"] != "i" or obj.get("name") != MEMORY_EVENT_NAME:
+            return None
+        args = obj.get("args")
+        if isinstance(args, dict) and not args.keys() <= MEMORY_ARG_KEYS:
+            obj["args"] = {key: value for key, value in args.items() if key in MEMORY_ARG_KEYS}
+        return obj
     # A fresh object from the decoder: cut in place, and only when it holds keys that are never read.
     if not obj.keys() <= PARSED_EVENT_KEYS:
         obj = {key: value for key, value in obj.items() if key in PARSED_EVENT_KEYS}
@@ -329,19 +338,22 @@ def parse_trace(data: dict[str, Any], trace_path: str = "<memory>") -> Profile:
     data = _as_object(data)
     _check_kineto(data, trace_path)
     typer = _EventTyper()
-    events = [typer(raw) for raw in data["traceEvents"] if isinstance(raw, dict) and raw.get("ph") == "X"]
+    events = [typer(raw) if raw.get("ph") == "X" else _memory_event(raw)
+              for raw in data["traceEvents"] if isinstance(raw, dict)]
     return _profile(data, *_split([event for event in events if event is not None]), typer.unknown, trace_path)
 
 
-def _split(events: list[Op | Kernel]) -> tuple[list[Op], list[Kernel]]:
-    return [e for e in events if isinstance(e, Op)], [e for e in events if isinstance(e, Kernel)]
+def _split(events: list[Op | Kernel | MemoryEvent]) -> tuple[list[Op], list[Kernel], list[MemoryEvent]]:
+    return ([e for e in events if isinstance(e, Op)], [e for e in events if isinstance(e, Kernel)],
+            [e for e in events if isinstance(e, MemoryEvent)])
 
 
-def _profile(data: dict[str, Any], ops: list[Op], kernels: list[Kernel], unknown: Counter[str], trace_path: str
-             ) -> Profile:
+def _profile(data: dict[str, Any], ops: list[Op], kernels: list[Kernel], memory: list[MemoryEvent],
+             unknown: Counter[str], trace_path: str) -> Profile:
     """The Profile of a trace's typed events (each list in trace order): sorted, nested and linked."""
     _sort_by_start(ops)
     kernels.sort(key=attrgetter("ts_us"))
+    memory.sort(key=attrgetter("ts_us"))
     _nest(ops)
     _link_kernels(ops, kernels)
     steps = _steps(ops)
@@ -355,6 +367,7 @@ def _profile(data: dict[str, Any], ops: list[Op], kernels: list[Kernel], unknown
         device_properties=[p for p in props if isinstance(p, dict)] if isinstance(props, list) else [],
         metadata=metadata,
         unknown_categories=dict(unknown),
+        memory_events=memory,
     )
 
 
@@ -370,6 +383,20 @@ def _field(args: dict[str, Any], name: str) -> Any:
         if key in args:
             return field.typed(args[key])
     return field.typed(None)
+
+
+def _memory_event(raw: dict[str, Any]) -> MemoryEvent | None:
+    """A ``[memory]`` instant, typed; None for any other event, and for one without a time or a size."""
+    if raw.get("ph") != "i" or raw.get("name") != MEMORY_EVENT_NAME:
+        return None
+    args = raw.get("args") if isinstance(raw.get("args"), dict) else {}
+    ts_us = time_or_none(raw.get("ts"))
+    typed = {name: field.typed(args.get(key)) for name, field in MEMORY_ARG_SCHEMA.items()
+             for key in field.spellings.values()}
+    if ts_us is None or typed["bytes"] is None:
+        return None
+    return MemoryEvent(ts_us=ts_us, pid=sys.intern(str(raw.get("pid", ""))), tid=sys.intern(str(raw.get("tid", ""))),
+                       **typed)
 
 
 def _typed_event(raw: dict[str, Any], kind: EventKind) -> Op | Kernel | None:

@@ -187,15 +187,25 @@ ARG_SCHEMA: dict[str, ArgField] = {
     "warps_per_sm": ArgField({"warps_per_sm": "warps per SM"}, rate_or_none, float),
     "est_occupancy_pct": ArgField({"est_occupancy_pct": "est. achieved occupancy %"}, percent_or_none, float),
 }
+# The args of a ``[memory]`` instant, by field of ``MemoryEvent``: one spelling each, in every PyTorch version.
+MEMORY_ARG_SCHEMA: dict[str, ArgField] = {
+    "bytes": ArgField({"bytes": "Bytes"}, int_or_none, int),
+    "total_allocated": ArgField({"total_allocated": "Total Allocated"}, int_or_none, int),
+    "total_reserved": ArgField({"total_reserved": "Total Reserved"}, int_or_none, int),
+    "device_type": ArgField({"device_type": "Device Type"}, int_or_none, int),
+    "device_id": ArgField({"device_id": "Device Id"}, int_or_none, int),
+}
+MEMORY_EVENT_NAME = "[memory]"
 ARG_KEYS: dict[str, tuple[str, ...]] = {name: tuple(f.spellings.values()) for name, f in ARG_SCHEMA.items()}
 PARSED_ARG_KEYS = frozenset(key for keys in ARG_KEYS.values() for key in keys)
+MEMORY_ARG_KEYS = frozenset(key for f in MEMORY_ARG_SCHEMA.values() for key in f.spellings.values())
 
 
-def _struct_fields(with_lists: bool) -> list[tuple[str, Any, Any]]:
+def _struct_fields(with_lists: bool, schema: dict[str, ArgField] = ARG_SCHEMA) -> list[tuple[str, Any, Any]]:
     """One decoder attribute per spelling; a default of None means "absent" (a JSON null is not of the type, so it
     takes the tolerant way)."""
     return [(attr, (f.strict_with_lists or f.strict) if with_lists else f.strict, msgspec.field(name=key, default=None))
-            for f in ARG_SCHEMA.values() for attr, key in f.spellings.items()
+            for f in schema.values() for attr, key in f.spellings.items()
             if not with_lists or f.strict_with_lists is not None]
 
 
@@ -203,3 +213,6 @@ Args = msgspec.defstruct("Args", _struct_fields(False), frozen=True, gc=False, m
 Args.__doc__ = "The ``args`` keys the parser reads (ARG_SCHEMA), in each spelling."
 ListArgs = msgspec.defstruct("ListArgs", _struct_fields(True), bases=(Args,), frozen=True, gc=False, module=__name__)
 ListArgs.__doc__ = "``Args`` whose shapes may hold a TensorList input's (see ``ListShapes``)."
+MemoryArgs = msgspec.defstruct("MemoryArgs", _struct_fields(False, MEMORY_ARG_SCHEMA), frozen=True, gc=False,
+                               module=__name__)
+MemoryArgs.__doc__ = "The ``args`` keys of a ``[memory]`` instant (MEMORY_ARG_SCHEMA)."
