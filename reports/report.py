@@ -4,13 +4,20 @@ renders; the renderers format its fields and compute nothing."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 from convdoctor.analyzer.conv.kernels import KernelTotals, LayerKernels
 from convdoctor.analyzer.conv.layers import ConvAnalysis, ConvLayer
 from convdoctor.analyzer.conv.roofline import LayerRoofline, Roofline
 from convdoctor.analyzer.measure.results import FindingOutcome, Plan
+from convdoctor.analyzer.step.kernels import KernelRow, Kernels
+from convdoctor.analyzer.step.operators import OperatorRow, Operators
+from convdoctor.analyzer.step.overview import Overview
 
-SCHEMA_VERSION = "1.2"  # 1.2: reliable, busy_machine, stopped_early, off_prediction (see report.schema.json)
+Row = TypeVar("Row")
+
+SCHEMA_VERSION = "1.3"  # 1.2: reliable, busy_machine, stopped_early, off_prediction; 1.3: overview, operators,
+# kernels (the whole-step views; see report.schema.json)
 
 
 @dataclass(frozen=True)
@@ -74,6 +81,27 @@ class BusyMachine:
     wait_s: float  # how long it could wait (--wait-quiet)
 
 
+@dataclass(frozen=True)
+class Shown(Generic[Row]):
+    """The first rows of a table, as the HTML and the terminal show it, and how many it leaves to report.json."""
+
+    rows: tuple[Row, ...]
+    more: int
+
+
+@dataclass(frozen=True)
+class StepViews:
+    """The whole-step views of torch-tb-profiler's panes: Overview, Operators, Kernels (None on a CPU trace)."""
+
+    overview: Overview | None  # None for a trace without events
+    operators: Operators
+    kernels: Kernels | None
+    operators_shown: Shown[OperatorRow]  # by name
+    operators_listed: Shown[OperatorRow]  # by name, the few that `--show operators` prints
+    shapes_shown: Shown[OperatorRow]  # by name and input shapes
+    kernels_shown: Shown[KernelRow] | None
+
+
 @dataclass
 class Report:
     """One run's result, as the reports read it."""
@@ -96,3 +124,4 @@ class Report:
     roofline: Roofline | None = None  # the device's peaks and each layer against them
     kernel_totals: KernelTotals | None = None  # all layers' conv kernels summed (GPU traces)
     busy_machine: BusyMachine | None = None  # set when measurements were taken under contention
+    views: StepViews | None = None  # Overview, Operators, Kernels
