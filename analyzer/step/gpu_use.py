@@ -6,6 +6,7 @@ names mark tensor cores. Kernel time outside the steps is left out."""
 
 from __future__ import annotations
 
+import bisect
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -36,7 +37,9 @@ def gpu_use(profile: Profile) -> GpuUse | None:
     for k in kernels:
         time[k.device] += k.dur_us
     device = max(time, key=lambda d: time[d])
-    pieces = [(k, s, e) for k in kernels if k.device == device for s, e in _inside(k, spans)]
+    spans.sort()
+    starts = [s for s, _ in spans]
+    pieces = [(k, s, e) for k in kernels if k.device == device for s, e in _inside(k, spans, starts)]
     busy = length(merged((s, e) for _, s, e in pieces))
     kernel_us = sum(e - s for _, s, e in pieces)
     tensor = sum(e - s for k, s, e in pieces if uses_tensor_cores(k.name) is True)
@@ -46,8 +49,15 @@ def gpu_use(profile: Profile) -> GpuUse | None:
                   tensor_core_share=tensor / kernel_us if kernel_us else None)
 
 
-def _inside(kernel: Kernel, spans: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    return [(max(kernel.ts_us, s), min(kernel.end_us, e)) for s, e in spans if kernel.ts_us < e and kernel.end_us > s]
+def _inside(kernel: Kernel, spans: list[tuple[float, float]], starts: list[float]) -> list[tuple[float, float]]:
+    """The kernel's parts inside the steps (``spans`` sorted by start; steps do not overlap)."""
+    start, end = kernel.ts_us, kernel.end_us
+    parts = []
+    for i in range(max(bisect.bisect_right(starts, start) - 1, 0), bisect.bisect_left(starts, end)):
+        s, e = spans[i]
+        if start < e and end > s:
+            parts.append((max(start, s), min(end, e)))
+    return parts
 
 
 def _sm_efficiency(pieces: list[tuple[Kernel, float, float]], total: float) -> float | None:

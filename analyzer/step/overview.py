@@ -4,7 +4,9 @@ and CPU execution whose events run then, else to "other", so the parts sum to th
 
 Where it differs from tb-profiler: the steps are the ProfilerStep spans on the host (``Profile.step_spans``, the
 spans of every other figure of the report), not stretched to the end of the GPU work they launched; collectives stay
-in kernel and CPU execution (the report's Distributed section splits communication out).
+in kernel and CPU execution (the report's Distributed section splits communication out); CUDA driver calls count
+as runtime. As in tb-profiler, Python function events (``with_stack``) are not CPU execution: they would cover the
+whole host side.
 """
 
 from __future__ import annotations
@@ -18,9 +20,9 @@ from convdoctor.analyzer.trace.profile import EventKind, Op, Profile
 PARTS = ("kernel", "memcpy", "memset", "runtime", "data loader", "cpu execution", "other")  # in priority order
 DEFINITIONS = ("Each instant of a step (its ProfilerStep span on the host) goes to the first part whose events run "
                "then: kernel, memcpy, memset, runtime (CUDA runtime calls), data loader (DataLoader __next__, "
-               "DataPipe), cpu execution (operators, annotations, Python functions); other is the rest. The parts "
+               "DataPipe), cpu execution (operators and annotations); other is the rest. The parts "
                "sum to the step. GPU figures are on the device with the most kernel time, within the steps.")
-CPU_KINDS = frozenset({EventKind.CPU_OP, EventKind.ANNOTATION, EventKind.PYTHON})
+CPU_KINDS = frozenset({EventKind.CPU_OP, EventKind.ANNOTATION})
 
 
 @dataclass(frozen=True)

@@ -74,7 +74,7 @@ def part_of(e: dict[str, Any]) -> str | None:
     if e["kind"] in ("op", "annotation") and ((name.startswith("enumerate(DataLoader)#") and name.endswith(
             ".__next__")) or name.startswith("enumerate(DataPipe)#")):
         return "data loader"
-    if e["kind"] in ("op", "annotation", "python") and not name.startswith("ProfilerStep#"):
+    if e["kind"] in ("op", "annotation") and not name.startswith("ProfilerStep#"):
         return "cpu execution"
     return None
 
