@@ -63,10 +63,12 @@ def test_gpu_use_matches_the_raw_kernels(analyzed, key):
     assert pieces and 0 < gpu.utilization <= 1
     assert close(gpu.utilization, raw_views.covered(pieces) / span)
     assert close(gpu.sm_efficiency, raw_views.covered(pieces, lambda k: k["args"].get("blocks per SM", 0)) / span)
-    weighted = [(k["args"]["est. achieved occupancy %"], b - a) for a, b, k in pieces
-                if "est. achieved occupancy %" in k["args"]]
-    assert gpu.occupancy_from == "trace"
-    assert close(gpu.occupancy_pct, sum(v * d for v, d in weighted) / sum(d for _, d in weighted))
+    estimates = [(k["args"].get("est. achieved occupancy %"), b - a) for a, b, k in pieces]
+    if all(isinstance(v, (int, float)) and 0 <= v <= 100 for v, _ in estimates):  # Kineto's estimate, every kernel
+        assert gpu.occupancy_from == "trace"
+        assert close(gpu.occupancy_pct, sum(v * d for v, d in estimates) / sum(d for _, d in estimates))
+    else:  # computed where the trace has none: tests the formula below against Kineto's own
+        assert "computed" in gpu.occupancy_from and 0 < gpu.occupancy_pct <= 100
     flags = {row.name: row.tensor_cores for row in views.kernels.rows}  # the name heuristic, per kernel name
     tensor = sum(b - a for a, b, k in pieces if flags[k["name"]] is True)
     assert close(gpu.tensor_core_share, tensor / sum(b - a for a, b, _ in pieces))
@@ -109,7 +111,7 @@ def test_kernels_match_the_raw_events(analyzed, key):
         other = theirs[row.name]
         assert row.calls == other["calls"]
         assert close(row.total_us, other["total"], 1e-9) and close(row.mean_us, other["total"] / other["calls"])
-        assert row.min_us == other["min"] and row.max_us == other["max"]
+        assert close(row.min_us, other["min"]) and close(row.max_us, other["max"])
         for ours, (weighted, weight) in ((row.blocks_per_sm, other["bps"]), (row.occupancy_pct, other["occ"])):
             assert ours is None if not weight else close(ours, weighted / weight)
         launchers = other["launchers"]
