@@ -132,11 +132,14 @@ def test_every_kernel_is_traced_to_an_operator_on_the_v100_trace(analyzed):
 @pytest.mark.parametrize("key", ("recsys", "ddp"))
 def test_computed_occupancy_agrees_with_kinetos_estimate(analyzed, key):
     """Where a trace has Kineto's estimate, the occupancy computed from the launch record and the device's limits
-    (used for traces without it) gives the same value for nearly every kernel."""
+    (used for traces without it) gives the same value for nearly every kernel. Kineto writes 0 for kernels with more
+    shared memory per block than the default 48 KiB (its occupancy calculator does not opt in to more), though they
+    ran: those are left out."""
     profile, _, _ = analyzed[key]
     props = {p["id"]: p for p in profile.device_properties}
     pairs = [(k.est_occupancy_pct, computed_occupancy_pct(k, props[k.device])) for k in profile.kernels
-             if k.est_occupancy_pct is not None and k.device in props]
+             if k.est_occupancy_pct is not None and k.device in props
+             and k.shared_memory_bytes <= props[k.device]["sharedMemPerBlock"]]
     assert len(pairs) > 100 and all(c is not None for _, c in pairs)
     agree = sum(1 for est, computed in pairs if abs(est - computed) <= 1.0)  # Kineto writes whole percents
     assert agree / len(pairs) > 0.9
