@@ -1,8 +1,9 @@
 """A kernel's estimated occupancy from its launch record and the device's limits, computed as Kineto does
 (libkineto/src/DeviceProperties.cpp ``kernelOccupancy``) for traces whose kernels lack ``est. achieved occupancy %``:
 the blocks of the kernel that fit on one SM (threads, registers and shared memory per SM, and the architecture's
-block limit), capped by the grid's blocks per SM, times its warps per block, over the SM's warps. (Kineto's own estimate is 0 for kernels with more than 48 KiB of shared memory per block: its
-calculator does not opt in to more; this one counts them.)"""
+block limit), capped by the grid's blocks per SM, times its warps per block, over the SM's warps. (Kineto's own
+estimate is 0 for kernels with more than 48 KiB of shared memory per block: its calculator does not opt in to more;
+this one counts them.)"""
 
 from __future__ import annotations
 
