@@ -39,8 +39,13 @@ class ClickProgress:
                 click.echo("", err=True)
 
 
+SHOW_VIEWS = ("operators",)  # the views `--show` prints after the summary (reports/terminal.py)
+
+
 def _rule_selection(command: Callable[..., None]) -> Callable[..., None]:
-    """The --select/--ignore options that `profile` and `analyze` share."""
+    """The --select/--ignore/--show options that `profile` and `analyze` share."""
+    command = click.option("--show", multiple=True, type=click.Choice(SHOW_VIEWS),
+                           help="Also print this view after the summary (text format); repeatable.")(command)
     command = click.option("--ignore", multiple=True, metavar="RULE", callback=_rule_entries,
                            help="Skip these rules (id, id prefix or name); repeatable or comma-separated.")(command)
     return click.option("--select", multiple=True, metavar="RULE", callback=_rule_entries,
@@ -104,7 +109,8 @@ def main() -> None:
 def profile_command(model_py: Path, device: str, mode: str, batch_size: int | None, steps: int,
                     out_dir: Path | None, no_measure: bool, time_budget_s: float | None, timeout_s: float,
                     wait_quiet_s: float, thorough: bool, output_format: str, fail_under: float | None, nproc: int,
-                    backend: str | None, select: tuple[str, ...], ignore: tuple[str, ...]) -> None:
+                    backend: str | None, select: tuple[str, ...], ignore: tuple[str, ...], show: tuple[str, ...]
+                    ) -> None:
     """Profile the model that MODEL_PY defines, measure each fix, and write HTML and JSON reports."""
     from convdoctor.analyzer.capture.workload import process_exit_guard
     from convdoctor.api import profile_file
@@ -120,7 +126,7 @@ def profile_command(model_py: Path, device: str, mode: str, batch_size: int | No
         finally:
             if printed.summary():
                 click.echo(f"convdoctor: note: {printed.summary()}", err=True)
-    _show(report, files, output_format)
+    _show(report, files, output_format, show)
     plan = report.plan.measurement if report.plan is not None else None
     if fail_under is not None and report.busy_machine is not None:
         click.echo("convdoctor: --fail-under did not gate: measurements were taken while other processes kept the "
@@ -139,7 +145,7 @@ def profile_command(model_py: Path, device: str, mode: str, batch_size: int | No
               help="json prints report.json to stdout (a JSON list when there are several traces).")
 @_rule_selection
 def analyze_command(trace_or_logdir: Path, out_dir: Path | None, output_format: str, select: tuple[str, ...],
-                    ignore: tuple[str, ...]) -> None:
+                    ignore: tuple[str, ...], show: tuple[str, ...]) -> None:
     """Analyze Kineto traces captured elsewhere: a *.pt.trace.json[.gz] file or a TensorBoard log dir."""
     from convdoctor.analyzer.trace.reader import start_reading
 
@@ -155,7 +161,7 @@ def analyze_command(trace_or_logdir: Path, out_dir: Path | None, output_format: 
         click.echo(json.dumps([report_to_dict(report) for report, _ in result.written], indent=2))
     else:
         for report, files in result.written:
-            _show(report, files, output_format)
+            _show(report, files, output_format, show)
     for problem in result.failed:
         click.echo(f"convdoctor: error: {problem}", err=True)
     if result.failed:
@@ -238,10 +244,10 @@ def _notes(exc: BaseException) -> str:
     return "; ".join(getattr(exc, "__notes__", ()))
 
 
-def _show(report: Report, files: ReportFiles, output_format: str) -> None:
+def _show(report: Report, files: ReportFiles, output_format: str, show: tuple[str, ...] = ()) -> None:
     from convdoctor.reports.terminal import render_summary
 
     if output_format == "json":  # the report.json just written, rather than building it again (large traces)
         click.echo(files.json.read_text(encoding="utf-8"), nl=False)
     else:
-        click.echo(render_summary(report, str(files.html), str(files.json), files.overwrote))
+        click.echo(render_summary(report, str(files.html), str(files.json), files.overwrote, show))

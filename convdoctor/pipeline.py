@@ -22,8 +22,11 @@ from convdoctor.analyzer.conv.job_view import job_view, trace_rank
 from convdoctor.analyzer.conv.kernels import LayerKernels, kernel_totals, layer_kernels
 from convdoctor.analyzer.conv.layers import ConvAnalysis, analyze_convs
 from convdoctor.analyzer.conv.roofline import Roofline, analyze_roofline
+from convdoctor.analyzer.step.kernels import kernels as kernel_view
 from convdoctor.analyzer.step.memory import memory_view
 from convdoctor.analyzer.step.modules import module_view
+from convdoctor.analyzer.step.operators import operators as operator_view
+from convdoctor.analyzer.step.overview import overview
 from convdoctor.analyzer.trace.collector import collector_paused
 from convdoctor.analyzer.trace.profile import Profile
 from convdoctor.analyzer.trace.reader import (
@@ -44,7 +47,9 @@ from convdoctor.reports.report import (
     Report,
     ReportLayer,
     RuleDoc,
+    Shown,
     StepPart,
+    StepViews,
     WorkloadSummary,
 )
 from convdoctor.rules.base import Rule, doc_sections
@@ -200,7 +205,28 @@ def build_report(analysis: ConvAnalysis, summary: WorkloadSummary, outcomes: lis
         kernel_totals=kernel_totals(kernels),
         modules=module_view(analysis),
         memory=memory_view(analysis.profile),
+        views=step_views(analysis.profile),
     )
+
+
+SHOWN_ROWS = 50  # rows of each whole-step table the HTML shows (report.json has all of them)
+LISTED_OPERATORS = 10  # operators `--show operators` prints
+
+
+def step_views(profile: Profile) -> StepViews:
+    """The Overview, Operators and Kernels views, and the rows of each the HTML shows."""
+    operators = operator_view(profile)
+    kernels = kernel_view(profile)
+    return StepViews(
+        overview=overview(profile), operators=operators, kernels=kernels,
+        operators_shown=_shown(operators.by_name, SHOWN_ROWS),
+        operators_listed=_shown(operators.by_name, LISTED_OPERATORS),
+        shapes_shown=_shown(operators.by_shape, SHOWN_ROWS),
+        kernels_shown=None if kernels is None else _shown(kernels.rows, SHOWN_ROWS))
+
+
+def _shown(rows: tuple[Any, ...], limit: int) -> Shown[Any]:
+    return Shown(rows[:limit], max(len(rows) - limit, 0))
 
 
 def _report_layers(analysis: ConvAnalysis, roofline: Roofline, kernels: dict[str, LayerKernels]

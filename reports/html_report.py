@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from convdoctor.analyzer.conv.communication import DEFINITIONS as COMM_DEFINITIONS
+from convdoctor.analyzer.step.operators import DEFINITIONS as OPERATOR_DEFINITIONS
+from convdoctor.analyzer.step.overview import DEFINITIONS as OVERVIEW_DEFINITIONS
 from convdoctor.reports.charts import BOUND_COLORS, memory_charts, roofline_chart, speedup_chart
 from convdoctor.reports.presentation import (
     architecture_note,
@@ -21,6 +23,8 @@ from convdoctor.reports.templating import ENVIRONMENT
 from convdoctor.rules.base import evidence_fields
 
 TEMPLATE = "report.html.j2"
+VIEW_COLORS = {"kernel": "#3b6fb6", "memcpy": "#7b5ea7", "memset": "#a58fc9", "runtime": "#d9822b",
+               "data loader": "#1e7e34", "cpu execution": "#e3b341", "other": "#9aa5b1"}
 PART_COLORS = {"convolutions": "#3b6fb6", "layout conversions": "#d9822b", "everything else": "#9aa5b1"}
 
 
@@ -57,4 +61,7 @@ def render_html(report: Report) -> str:
         kernel_cells=[kernel_columns(row.kernels) for row in report.layers],
         comm_definitions=COMM_DEFINITIONS,
         memory_charts=memory_charts(report.memory),
+        view_colors=VIEW_COLORS,
+        overview_definitions=OVERVIEW_DEFINITIONS,
+        operator_definitions=OPERATOR_DEFINITIONS,
     )

@@ -20,8 +20,13 @@ from convdoctor.analyzer.measure.results import (
     SpeedupEstimate,
     ThroughputPoint,
 )
+from convdoctor.analyzer.step.kernels import Kernels
 from convdoctor.analyzer.step.memory import MemoryView
 from convdoctor.analyzer.step.modules import ModuleNode, ModulesView
+from convdoctor.analyzer.step.operators import DEFINITIONS as OPERATOR_DEFINITIONS
+from convdoctor.analyzer.step.operators import OperatorRow, Operators
+from convdoctor.analyzer.step.overview import DEFINITIONS as OVERVIEW_DEFINITIONS
+from convdoctor.analyzer.step.overview import Overview, Part
 from convdoctor.reports.report import SCHEMA_VERSION, FindingOutcome, Plan, Report, ReportLayer
 from convdoctor.rules.base import evidence_fields
 
@@ -60,6 +65,11 @@ def report_to_dict(report: Report) -> dict[str, Any]:
         **({"distributed": distributed_to_dict(analysis.job)} if analysis.job is not None else {}),
         "modules": None if report.modules is None else _modules(report.modules),
         "memory": None if report.memory is None else _memory(report.memory),
+        **({} if report.views is None else {
+            "overview": _overview(report.views.overview),
+            "operators": _operators(report.views.operators),
+            "kernels": _kernels(report.views.kernels),
+        }),
     }
 
 
@@ -89,6 +99,43 @@ def _memory(view: MemoryView) -> dict[str, Any]:
         "other_operators": view.other_ops,
         "other_bytes_per_step": view.other_bytes_per_step,
     }
+
+
+def _parts(parts: tuple[Part, ...]) -> list[dict[str, Any]]:
+    return [{"name": p.name, "time_ms": p.time_us / 1e3, "share": p.share} for p in parts]
+
+
+def _overview(view: Overview | None) -> dict[str, Any] | None:
+    """The step-time breakdown per step and averaged, and the GPU's use (None on a CPU trace, with the reason)."""
+    if view is None:
+        return None
+    return {"step_ms": view.step_us / 1e3, "parts": _parts(view.parts),
+            "steps": [{"step": s.step, "span_ms": s.span_us / 1e3, "parts": _parts(s.parts)} for s in view.steps],
+            "gpu": None if view.gpu is None else vars(view.gpu).copy(), "gpu_missing": view.gpu_missing,
+            "verdict": view.verdict, "definitions": OVERVIEW_DEFINITIONS}
+
+
+def _operator_row(row: OperatorRow) -> dict[str, Any]:
+    return {"name": row.name, **({} if row.input_shapes is None else {"input_shapes": row.input_shapes}),
+            "calls": row.calls, "host_self_ms": row.host_self_us / 1e3, "host_total_ms": row.host_total_us / 1e3,
+            "device_self_ms": row.device_self_us / 1e3, "device_total_ms": row.device_total_us / 1e3}
+
+
+def _operators(view: Operators) -> dict[str, Any]:
+    """Every operator by name and by name and input shapes, summed over the whole trace."""
+    return {"steps": view.steps, "has_shapes": view.has_shapes, "by_name": [_operator_row(r) for r in view.by_name],
+            "by_shape": [_operator_row(r) for r in view.by_shape], "definitions": OPERATOR_DEFINITIONS}
+
+
+def _kernels(view: Kernels | None) -> dict[str, Any] | None:
+    """Every GPU kernel by name, summed over the whole trace."""
+    if view is None:
+        return None
+    return {"steps": view.steps, "total_ms": view.total_us / 1e3, "rows": [{
+        "name": r.name, "calls": r.calls, "total_ms": r.total_us / 1e3, "mean_ms": r.mean_us / 1e3,
+        "min_ms": r.min_us / 1e3, "max_ms": r.max_us / 1e3, "blocks_per_sm": r.blocks_per_sm,
+        "occupancy_pct": r.occupancy_pct, "tensor_cores": r.tensor_cores, "launcher": r.launcher,
+        "launchers": r.launchers} for r in view.rows]}
 
 
 def distributed_to_dict(job: JobView) -> dict[str, Any]:

@@ -4,18 +4,24 @@ renders; the renderers format its fields and compute nothing."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 from convdoctor.analyzer.conv.kernels import KernelTotals, LayerKernels
 from convdoctor.analyzer.conv.layers import ConvAnalysis, ConvLayer
 from convdoctor.analyzer.conv.roofline import LayerRoofline, Roofline
 from convdoctor.analyzer.measure.results import FindingOutcome, Plan
+from convdoctor.analyzer.step.kernels import KernelRow, Kernels
 from convdoctor.analyzer.step.memory import MemoryView
 from convdoctor.analyzer.step.modules import ModulesView
+from convdoctor.analyzer.step.operators import OperatorRow, Operators
+from convdoctor.analyzer.step.overview import Overview
 
-# 1.2: reliable, busy_machine, stopped_early, off_prediction; 1.3: modules (the nn.Module tree with time, FLOPs,
-# parameters and output size per module) and memory (allocation curve, peak and top allocating operators per
-# device) (see report.schema.json)
+# 1.2: reliable, busy_machine, stopped_early, off_prediction; 1.3: the whole-step views overview, operators,
+# kernels, modules (the nn.Module tree) and memory (allocation curve, peak, top allocating operators; see
+# report.schema.json)
 SCHEMA_VERSION = "1.3"
+
+Row = TypeVar("Row")
 
 
 @dataclass(frozen=True)
@@ -79,6 +85,27 @@ class BusyMachine:
     wait_s: float  # how long it could wait (--wait-quiet)
 
 
+@dataclass(frozen=True)
+class Shown(Generic[Row]):
+    """The first rows of a table, as the HTML and the terminal show it, and how many it leaves to report.json."""
+
+    rows: tuple[Row, ...]
+    more: int
+
+
+@dataclass(frozen=True)
+class StepViews:
+    """The whole-step views of torch-tb-profiler's panes: Overview, Operators, Kernels (None on a CPU trace)."""
+
+    overview: Overview | None  # None for a trace without events
+    operators: Operators
+    kernels: Kernels | None
+    operators_shown: Shown[OperatorRow]  # by name
+    operators_listed: Shown[OperatorRow]  # by name, the few that `--show operators` prints
+    shapes_shown: Shown[OperatorRow]  # by name and input shapes
+    kernels_shown: Shown[KernelRow] | None
+
+
 @dataclass
 class Report:
     """One run's result, as the reports read it."""
@@ -103,3 +130,4 @@ class Report:
     busy_machine: BusyMachine | None = None  # set when measurements were taken under contention
     modules: ModulesView | None = None  # the nn.Module tree (empty, with a note, without module scopes)
     memory: MemoryView | None = None  # memory over the step (empty, with a note, without memory events)
+    views: StepViews | None = None  # Overview, Operators, Kernels

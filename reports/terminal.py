@@ -26,8 +26,9 @@ TOP_LAYERS = 5
 VERDICT_COLORS = {" faster ": "green", " slower ": "red"}
 
 
-def render_summary(report: Report, html_path: str, json_path: str, overwrote: bool) -> str:
-    """A summary that fits one screen."""
+def render_summary(report: Report, html_path: str, json_path: str, overwrote: bool, show: tuple[str, ...] = ()
+                   ) -> str:
+    """A summary that fits one screen, with the views ``show`` names ("operators") after it."""
     analysis = report.analysis
     banner = busy_banner(report)
     lines = ([click.style(banner, fg="yellow", bold=True), ""] if banner else []) + [
@@ -88,7 +89,29 @@ def render_summary(report: Report, html_path: str, json_path: str, overwrote: bo
         f"json:   {json_path}",
         f"traces: {report.logdir}  ->  {tensorboard_command(report.logdir)}",
     ]
+    if "operators" in show:
+        lines += _operators(report)
     return "\n".join(lines)
+
+
+def _operators(report: Report) -> list[str]:
+    """The operators with the most host time, over the whole trace."""
+    if report.views is None:
+        return ["", "Operators: not in this report"]
+    views = report.views
+    listed = views.operators_listed
+    if not listed.rows:
+        return ["", "Operators: the trace has no PyTorch operators (cpu_op events)"]
+    steps = views.operators.steps
+    width = min(max(len(r.name) for r in listed.rows), 48)
+    lines = ["", f"Operators by host total time, summed over the trace ({steps} step{'s' if steps != 1 else ''}; ms):",
+             f"  {'operator':<{width}}  {'calls':>7}  {'host self':>10}  {'host total':>10}  {'device self':>11}  "
+             f"{'device total':>12}"]
+    lines += [f"  {r.name[:48]:<{width}}  {r.calls:>7}  {r.host_self_us / 1e3:>10.3f}  {r.host_total_us / 1e3:>10.3f}  "
+              f"{r.device_self_us / 1e3:>11.3f}  {r.device_total_us / 1e3:>12.3f}" for r in listed.rows]
+    if listed.more:
+        lines.append(f"  and {listed.more} more operators in the report")
+    return lines
 
 
 def _ranks(job: JobView) -> list[str]:
