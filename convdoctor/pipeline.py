@@ -22,6 +22,7 @@ from convdoctor.analyzer.conv.job_view import job_view, trace_rank
 from convdoctor.analyzer.conv.kernels import LayerKernels, kernel_totals, layer_kernels
 from convdoctor.analyzer.conv.layers import ConvAnalysis, analyze_convs
 from convdoctor.analyzer.conv.roofline import Roofline, analyze_roofline
+from convdoctor.analyzer.step.hta import NO_GPU, hta_views
 from convdoctor.analyzer.trace.collector import collector_paused
 from convdoctor.analyzer.trace.profile import Profile
 from convdoctor.analyzer.trace.reader import (
@@ -178,6 +179,7 @@ def build_report(analysis: ConvAnalysis, summary: WorkloadSummary, outcomes: lis
     """Everything the reports show, computed here: the renderers read its fields."""
     kernels = layer_kernels(analysis)
     roofline = analyze_roofline(analysis)
+    hta = hta_views(analysis.profile)
     return Report(
         tool_version=__version__,
         workload=summary,
@@ -196,6 +198,8 @@ def build_report(analysis: ConvAnalysis, summary: WorkloadSummary, outcomes: lis
                    if any(o.finding.rule_id == r.id for o in outcomes)],
         roofline=roofline,
         kernel_totals=kernel_totals(kernels),
+        hta=hta,
+        hta_reason=NO_GPU if hta is None else None,
     )
 
 

@@ -9,8 +9,9 @@ from convdoctor.analyzer.conv.kernels import KernelTotals, LayerKernels
 from convdoctor.analyzer.conv.layers import ConvAnalysis, ConvLayer
 from convdoctor.analyzer.conv.roofline import LayerRoofline, Roofline
 from convdoctor.analyzer.measure.results import FindingOutcome, Plan
+from convdoctor.analyzer.step.hta import HtaViews
 
-SCHEMA_VERSION = "1.2"  # 1.2: reliable, busy_machine, stopped_early, off_prediction (see report.schema.json)
+SCHEMA_VERSION = "1.3"  # 1.3: the hta section (idle time, launches, queues, syncs, pageable copies, critical path)
 
 
 @dataclass(frozen=True)
@@ -96,3 +97,5 @@ class Report:
     roofline: Roofline | None = None  # the device's peaks and each layer against them
     kernel_totals: KernelTotals | None = None  # all layers' conv kernels summed (GPU traces)
     busy_machine: BusyMachine | None = None  # set when measurements were taken under contention
+    hta: HtaViews | None = None  # HTA-class views of a GPU trace; None with ``hta_reason`` otherwise
+    hta_reason: str | None = None  # why there are no HTA-class views
