@@ -111,7 +111,7 @@ operator around each and the Python line where the trace has stacks.
         step_us = analysis.profile.step_time_us
         sites = [s for s in view.sites if not s.pageable_copy]
         steps = max(1, view.steps)
-        blocked_us = sum(s.blocked_us for s in sites) / steps
+        blocked_us = (view.blocked_us - view.pageable_copy_blocked_us) / steps
         if not sites or step_us <= 0 or blocked_us < self.min_share * step_us:
             return
         yield Finding(
@@ -126,7 +126,7 @@ operator around each and the Python line where the trace has stacks.
                     "cannot change: the saving is a bound from the trace, not measured."),
             snippet=SNIPPET,
             evidence=SyncInStepEvidence(
-                steps=steps, syncs_per_step=sum(s.count for s in sites) / steps,
+                steps=steps, syncs_per_step=(view.count - view.pageable_copy_count) / steps,
                 blocked_ms_per_step=blocked_us / 1e3, step_ms=step_us / 1e3,
                 sites=[SyncSiteEvidence(s.call, s.operator, s.source, s.count / steps, s.blocked_us / steps / 1e3)
                        for s in sites[:3]],

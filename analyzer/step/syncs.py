@@ -50,6 +50,8 @@ class SyncView:
     sites: list[SyncSite]  # the TOP_SITES that blocked longest
     sites_left_out: int
     has_python_stacks: bool
+    pageable_copy_count: int  # of ``count``, those under an operator that copied from pageable memory
+    pageable_copy_blocked_us: float  # their time blocked
 
 
 def synchronizations(profile: Profile) -> SyncView:
@@ -72,7 +74,9 @@ def synchronizations(profile: Profile) -> SyncView:
         steps=len(spans), count=sum(int(r[0]) for r in sites.values()), blocked_us=sum(r[1] for r in sites.values()),
         sites=[SyncSite(call, operator, operator in HOST_READS, pageable, source, int(r[0]), r[1])
                for (call, operator, source, pageable), r in ranked[:TOP_SITES]],
-        sites_left_out=max(0, len(ranked) - TOP_SITES), has_python_stacks=stacks)
+        sites_left_out=max(0, len(ranked) - TOP_SITES), has_python_stacks=stacks,
+        pageable_copy_count=sum(int(r[0]) for key, r in sites.items() if key[3]),
+        pageable_copy_blocked_us=sum(r[1] for key, r in sites.items() if key[3]))
 
 
 def outermost_operator(op: Op) -> Op | None:
