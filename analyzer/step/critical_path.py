@@ -125,6 +125,7 @@ class _Walk:
                 continue
             if kernel.ts_us <= start:
                 self.total["device"] += t - start
+                self.kernel_us[kernel.name] += t - start
                 return
             self.total["device"] += t - kernel.ts_us
             self.kernel_us[kernel.name] += t - kernel.ts_us

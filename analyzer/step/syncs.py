@@ -80,10 +80,11 @@ def synchronizations(profile: Profile) -> SyncView:
 
 
 def outermost_operator(op: Op) -> Op | None:
-    """The outermost CPU operator around an event, None when there is none."""
+    """The outermost CPU operator around an event (not a ``ProfilerStep#N``, an operator in some PyTorch versions),
+    None when there is none."""
     found = None
     for ancestor in op.ancestors():
-        if ancestor.kind is EventKind.CPU_OP:
+        if ancestor.kind is EventKind.CPU_OP and not ancestor.name.startswith("ProfilerStep#"):
             found = ancestor
     return found
 
