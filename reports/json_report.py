@@ -12,8 +12,6 @@ from convdoctor.analyzer.conv.kernels import KernelShare, KernelTotals, LayerKer
 from convdoctor.analyzer.conv.layers import ConvAnalysis
 from convdoctor.analyzer.conv.roofline import Roofline
 from convdoctor.analyzer.measure.model_cost import ArchitectureDelta
-from convdoctor.analyzer.step.critical_path import NoCriticalPath
-from convdoctor.analyzer.step.hta import HtaViews
 from convdoctor.analyzer.measure.results import (
     CONFIDENCE,
     BatchSweep,
@@ -22,6 +20,8 @@ from convdoctor.analyzer.measure.results import (
     SpeedupEstimate,
     ThroughputPoint,
 )
+from convdoctor.analyzer.step.critical_path import NoCriticalPath
+from convdoctor.analyzer.step.hta import HtaViews
 from convdoctor.reports.report import SCHEMA_VERSION, FindingOutcome, Plan, Report, ReportLayer
 from convdoctor.rules.base import evidence_fields
 
