@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
@@ -181,3 +182,11 @@ def job_analyses(out: Path):
     analyses = [analyze_convs(load_profile(t)) for t in find_traces(out / "tb")]
     analyses[0].job = job_view(analyses)
     return analyses
+
+
+@functools.cache
+def cached_profile(path: Path):
+    """A real trace's Profile, parsed once per session for the tests that only read it."""
+    from convdoctor.analyzer.trace.reader import load_profile
+
+    return load_profile(path)

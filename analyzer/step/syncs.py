@@ -5,7 +5,8 @@ A synchronization is a runtime call that blocks the host (``cudaDeviceSynchroniz
 duration. Each is charged to the outermost CPU operator around it, the call the program made: ``aten::item`` and
 ``aten::_local_scalar_dense`` (``.item()``), ``aten::nonzero``, ``aten::to``/``aten::copy_`` (``.cpu()``, a copy
 from pageable memory), or none (``torch.cuda.synchronize()``). With Python stacks in the trace (``with_stack``),
-the innermost frame outside torch's own files names the line of user code.
+the innermost frame outside torch's own files names the user function (file and first line, as Kineto
+names a frame).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ class SyncSite:
     operator: str  # the outermost CPU operator around it, or NO_OPERATOR
     host_read: bool  # the operator reads a device value to the host (``.item()``, ``.cpu()``, ``nonzero``...)
     pageable_copy: bool  # the operator also copied from pageable memory to the device (the copy's own wait)
-    source: str | None  # ``train.py(42): step``; None when the trace has no Python stacks
+    source: str | None  # the user function, ``train.py(42): step`` (its first line); None without Python stacks
     count: int
     blocked_us: float  # summed duration of the calls
 

@@ -8,10 +8,9 @@ import json
 import re
 
 import pytest
-from conftest import SHARED_TRACES
+from conftest import SHARED_TRACES, cached_profile
 
 from convdoctor.analyzer.conv.layers import analyze_convs
-from convdoctor.analyzer.trace.reader import load_profile
 from convdoctor.rules.base import SavingBound, evidence_fields
 from convdoctor.rules.cd122_pageable_htod import PageableHtodRule
 
@@ -23,7 +22,7 @@ def raw_events(path):
 
 def test_triggers_on_pageable_copies_in_the_v100_steps():
     path = SHARED_TRACES["resnet50"]
-    findings = list(PageableHtodRule().check(analyze_convs(load_profile(path))))
+    findings = list(PageableHtodRule().check(analyze_convs(cached_profile(path))))
     assert len(findings) == 1
     finding = findings[0]
     assert finding.rule_id == "CD122" and finding.candidate is None  # in the training loop: not automatic
@@ -47,7 +46,7 @@ def test_triggers_on_pageable_copies_in_the_v100_steps():
 
 
 def test_silent_on_pinned_copies():
-    profile = load_profile(SHARED_TRACES["recsys"])
+    profile = cached_profile(SHARED_TRACES["recsys"])
     pinned = [k for k in profile.kernels if "HtoD (Pinned" in k.name]
     assert pinned  # the trace copies to the device, from pinned memory
     assert list(PageableHtodRule().check(analyze_convs(profile))) == []

@@ -8,17 +8,16 @@ import json
 import re
 
 import pytest
-from conftest import SHARED_TRACES
+from conftest import SHARED_TRACES, cached_profile
 
 from convdoctor.analyzer.conv.layers import analyze_convs
-from convdoctor.analyzer.trace.reader import load_profile
 from convdoctor.rules.base import SavingBound, evidence_fields
 from convdoctor.rules.cd123_sync_in_step import SyncInStepRule
 
 
 def test_triggers_on_item_in_the_recsys_steps():
     path = SHARED_TRACES["recsys"]
-    findings = list(SyncInStepRule().check(analyze_convs(load_profile(path))))
+    findings = list(SyncInStepRule().check(analyze_convs(cached_profile(path))))
     assert len(findings) == 1
     finding = findings[0]
     assert finding.rule_id == "CD123" and finding.candidate is None
@@ -39,7 +38,7 @@ def test_triggers_on_item_in_the_recsys_steps():
 
 
 def test_silent_when_the_only_syncs_are_pageable_copies():
-    analysis = analyze_convs(load_profile(SHARED_TRACES["resnet50"]))
+    analysis = analyze_convs(cached_profile(SHARED_TRACES["resnet50"]))
     syncs = [op for op in analysis.profile.ops if op.name == "cudaStreamSynchronize"]
     assert syncs  # it synchronizes, inside the copies of its batches
     assert list(SyncInStepRule().check(analysis)) == []

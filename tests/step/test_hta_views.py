@@ -11,11 +11,10 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
-from conftest import DATA
+from conftest import DATA, cached_profile
 
 from convdoctor.analyzer.step.critical_path import CriticalPath, NoCriticalPath
 from convdoctor.analyzer.step.hta import HtaViews, hta_views
-from convdoctor.analyzer.trace.reader import load_profile
 
 TRACES = {  # what each holds: see tests/data/SOURCES.md
     "resnet50_v100": DATA / "resnet50_v100_train_fp32.pt.trace.json.gz",  # 6 steps, pageable copies, 1 stream
@@ -59,7 +58,7 @@ class Raw:
 @functools.cache
 def loaded(name: str) -> tuple[Raw, HtaViews | None]:
     """Each trace read once per session, raw and through convdoctor."""
-    return Raw(TRACES[name]), hta_views(load_profile(TRACES[name]))
+    return Raw(TRACES[name]), hta_views(cached_profile(TRACES[name]))
 
 
 @pytest.fixture(params=list(TRACES))
@@ -148,9 +147,13 @@ def test_item_is_named_as_the_host_read_that_synchronizes():
     raw, views = loaded("recsys_a100")
     item = [s for s in views.syncs.sites if s.operator == "aten::item"]
     assert item and all(s.host_read and not s.pageable_copy for s in item)
-    items = [e for e in raw.x if e["name"] == "aten::item" and raw.inside(e["ts"])]
-    # every .item() in the steps synchronizes once, through cudaStreamSynchronize
-    assert sum(s.count for s in item) == len(items)
+    ops = [e for e in raw.x if e.get("cat") == "cpu_op" and not e["name"].startswith("ProfilerStep#")]
+    charged = 0  # syncs whose outermost enclosing CPU operator on their thread is aten::item
+    for call in (e for e in raw.runtime if e["name"] in SYNCS and raw.inside(e["ts"])):
+        around = [o for o in ops if o["tid"] == call["tid"] and o["pid"] == call["pid"]
+                  and o["ts"] <= call["ts"] and call["ts"] + call["dur"] <= o["ts"] + o["dur"]]
+        charged += bool(around) and min(around, key=lambda o: (o["ts"], -o["dur"]))["name"] == "aten::item"
+    assert sum(s.count for s in item) == charged > 0
 
 
 def test_pageable_copies_match_the_raw_events(trace):
@@ -177,16 +180,16 @@ def test_critical_path_splits_each_step_exactly(trace):
     # device time on the path is device time that ran inside the steps
     busy = sum(min(b, e["ts"] + e["dur"]) - max(a, e["ts"]) for e in raw.device for a, b in spans
                if e["ts"] < b and e["ts"] + e["dur"] > a)
-    assert 0 < path.device_us * len(spans) <= busy + 1e-6
+    assert 0 <= path.device_us * len(spans) <= busy + 1e-6
     names = {e["name"] for e in raw.device}
-    assert path.kernels and all(k.name in names for k in path.kernels)
+    assert bool(path.kernels) == (path.device_us > 0) and all(k.name in names for k in path.kernels)
     assert sum(k.us_per_step for k in path.kernels) <= path.device_us + 1e-6
 
 
 def test_traces_without_device_events_say_why():
-    cpu = hta_views(load_profile(DATA / "cpu_only_small.pt.trace.json.gz"))
+    cpu = hta_views(cached_profile(DATA / "cpu_only_small.pt.trace.json.gz"))
     assert cpu is None
-    no_kernels = hta_views(load_profile(DATA / "alexnet_a100_cupti_range_nokernels.json.gz"))
+    no_kernels = hta_views(cached_profile(DATA / "alexnet_a100_cupti_range_nokernels.json.gz"))
     assert no_kernels.idle.streams == [] and no_kernels.launches is None and no_kernels.queues == []
     assert isinstance(no_kernels.critical_path, NoCriticalPath) and "device events" in no_kernels.critical_path.reason
     assert no_kernels.syncs.count > 0  # the synchronizations are host calls: still there
