@@ -85,7 +85,8 @@ def hta_to_dict(views: HtaViews | None, reason: str | None) -> dict[str, Any]:
         "synchronizations": {
             "steps": syncs.steps, "count": syncs.count, "blocked_us": syncs.blocked_us,
             "has_python_stacks": syncs.has_python_stacks, "sites_left_out": syncs.sites_left_out,
-            "pageable_copy_count": syncs.pageable_copy_count, "pageable_copy_blocked_us": syncs.pageable_copy_blocked_us,
+            "pageable_copy_count": syncs.pageable_copy_count,
+            "pageable_copy_blocked_us": syncs.pageable_copy_blocked_us,
             "sites": [vars(site).copy() for site in syncs.sites],
         },
         "pageable_htod": {**vars(pageable), "operators": list(pageable.operators)},

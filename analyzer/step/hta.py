@@ -35,4 +35,5 @@ def hta_views(profile: Profile) -> HtaViews | None:
                     critical_path=critical_path(profile))
 
 
-NO_GPU = "the trace has no CUDA runtime calls or device events (a CPU trace): no idle time, launches, queues or synchronizations"
+NO_GPU = ("the trace has no CUDA runtime calls or device events (a CPU trace): no idle time, launches, queues or "
+          "synchronizations")
