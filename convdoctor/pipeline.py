@@ -22,6 +22,7 @@ from convdoctor.analyzer.conv.job_view import job_view, trace_rank
 from convdoctor.analyzer.conv.kernels import LayerKernels, kernel_totals, layer_kernels
 from convdoctor.analyzer.conv.layers import ConvAnalysis, analyze_convs
 from convdoctor.analyzer.conv.roofline import Roofline, analyze_roofline
+from convdoctor.analyzer.step.hta import NO_GPU, hta_views
 from convdoctor.analyzer.step.kernels import kernels as kernel_view
 from convdoctor.analyzer.step.memory import memory_view
 from convdoctor.analyzer.step.modules import module_view
@@ -185,6 +186,7 @@ def build_report(analysis: ConvAnalysis, summary: WorkloadSummary, outcomes: lis
     """Everything the reports show, computed here: the renderers read its fields."""
     kernels = layer_kernels(analysis)
     roofline = analyze_roofline(analysis)
+    hta = hta_views(analysis.profile)
     return Report(
         tool_version=__version__,
         workload=summary,
@@ -206,6 +208,8 @@ def build_report(analysis: ConvAnalysis, summary: WorkloadSummary, outcomes: lis
         modules=module_view(analysis),
         memory=memory_view(analysis.profile),
         views=step_views(analysis.profile),
+        hta=hta,
+        hta_reason=NO_GPU if hta is None else None,
     )
 
 

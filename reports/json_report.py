@@ -20,6 +20,8 @@ from convdoctor.analyzer.measure.results import (
     SpeedupEstimate,
     ThroughputPoint,
 )
+from convdoctor.analyzer.step.critical_path import NoCriticalPath
+from convdoctor.analyzer.step.hta import HtaViews
 from convdoctor.analyzer.step.kernels import Kernels
 from convdoctor.analyzer.step.memory import MemoryView
 from convdoctor.analyzer.step.modules import ModuleNode, ModulesView
@@ -62,6 +64,7 @@ def report_to_dict(report: Report) -> dict[str, Any]:
         "logdir": report.logdir,
         "reliable": report.busy_machine is None,
         "busy_machine": None if report.busy_machine is None else vars(report.busy_machine).copy(),
+        "hta": hta_to_dict(report.hta, report.hta_reason),
         **({"distributed": distributed_to_dict(analysis.job)} if analysis.job is not None else {}),
         "modules": None if report.modules is None else _modules(report.modules),
         "memory": None if report.memory is None else _memory(report.memory),
@@ -136,6 +139,41 @@ def _kernels(view: Kernels | None) -> dict[str, Any] | None:
         "min_ms": r.min_us / 1e3, "max_ms": r.max_us / 1e3, "blocks_per_sm": r.blocks_per_sm,
         "occupancy_pct": r.occupancy_pct, "tensor_cores": r.tensor_cores, "launcher": r.launcher,
         "launchers": r.launchers} for r in view.rows]}
+
+
+def hta_to_dict(views: HtaViews | None, reason: str | None) -> dict[str, Any]:
+    """The HTA-class views (times in µs, as HTA's); their reason instead where the trace has none."""
+    if views is None:
+        return {"available": False, "reason": reason}
+    launches, path, syncs, pageable = views.launches, views.critical_path, views.syncs, views.pageable
+    return {
+        "available": True,
+        "reason": None,
+        "idle_time": {
+            "consecutive_kernel_delay_us": views.idle.consecutive_kernel_delay_us,
+            "streams": [{"device": s.device, "stream": s.stream, "events": s.events, "idle_us": s.idle_us,
+                         "host_wait_us": s.host_wait_us, "kernel_wait_us": s.kernel_wait_us, "other_us": s.other_us}
+                        for s in views.idle.streams],
+        },
+        "launches": None if launches is None else {
+            **{k: v for k, v in vars(launches).items() if k != "kernels"},
+            "kernels": [vars(k).copy() for k in launches.kernels],
+        },
+        "queue_length": [{**{k: v for k, v in vars(q).items() if k != "series"},
+                          "series": [[t, n] for t, n in q.series]} for q in views.queues],
+        "synchronizations": {
+            "steps": syncs.steps, "count": syncs.count, "blocked_us": syncs.blocked_us,
+            "has_python_stacks": syncs.has_python_stacks, "sites_left_out": syncs.sites_left_out,
+            "pageable_copy_count": syncs.pageable_copy_count,
+            "pageable_copy_blocked_us": syncs.pageable_copy_blocked_us,
+            "sites": [vars(site).copy() for site in syncs.sites],
+        },
+        "pageable_htod": {**vars(pageable), "operators": list(pageable.operators)},
+        "critical_path": ({"available": False, "reason": path.reason} if isinstance(path, NoCriticalPath) else {
+            "available": True, "reason": None,
+            **{k: v for k, v in vars(path).items() if k != "kernels"},
+            "kernels": [vars(k).copy() for k in path.kernels]}),
+    }
 
 
 def distributed_to_dict(job: JobView) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from convdoctor.analyzer.conv.kernels import KernelTotals, LayerKernels
 from convdoctor.analyzer.conv.layers import ConvAnalysis, ConvLayer
 from convdoctor.analyzer.conv.roofline import LayerRoofline, Roofline
 from convdoctor.analyzer.measure.results import FindingOutcome, Plan
+from convdoctor.analyzer.step.hta import HtaViews
 from convdoctor.analyzer.step.kernels import KernelRow, Kernels
 from convdoctor.analyzer.step.memory import MemoryView
 from convdoctor.analyzer.step.modules import ModulesView
@@ -17,8 +18,8 @@ from convdoctor.analyzer.step.operators import OperatorRow, Operators
 from convdoctor.analyzer.step.overview import Overview
 
 # 1.2: reliable, busy_machine, stopped_early, off_prediction; 1.3: the whole-step views overview, operators,
-# kernels, modules (the nn.Module tree) and memory (allocation curve, peak, top allocating operators; see
-# report.schema.json)
+# kernels, modules (the nn.Module tree), memory (allocation curve, peak, top allocating operators) and hta (idle
+# time, launches, queues, syncs, pageable copies, critical path; see report.schema.json)
 SCHEMA_VERSION = "1.3"
 
 Row = TypeVar("Row")
@@ -131,3 +132,5 @@ class Report:
     modules: ModulesView | None = None  # the nn.Module tree (empty, with a note, without module scopes)
     memory: MemoryView | None = None  # memory over the step (empty, with a note, without memory events)
     views: StepViews | None = None  # Overview, Operators, Kernels
+    hta: HtaViews | None = None  # HTA-class views of a GPU trace; None with ``hta_reason`` otherwise
+    hta_reason: str | None = None  # why there are no HTA-class views

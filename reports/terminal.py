@@ -8,6 +8,7 @@ import click
 
 from convdoctor.analyzer.conv.job_view import JobView
 from convdoctor.analyzer.conv.roofline import LayerRoofline
+from convdoctor.analyzer.step.critical_path import CriticalPath
 from convdoctor.reports.presentation import (
     architecture_note,
     busy_banner,
@@ -23,6 +24,7 @@ from convdoctor.reports.presentation import (
 from convdoctor.reports.report import Report, ReportLayer
 
 TOP_LAYERS = 5
+TOP_STREAMS = 4
 VERDICT_COLORS = {" faster ": "green", " slower ": "red"}
 
 
@@ -50,6 +52,8 @@ def render_summary(report: Report, html_path: str, json_path: str, overwrote: bo
     lines += [f"note: {note}" for note in report.notes] + ([""] if report.notes else [])
     if report.memory is not None and report.memory.devices:
         lines += [memory_peak_line(report.memory), ""]
+    hta = _hta(report)
+    lines += hta + ([""] if hta else [])
     if analysis.job is not None:
         lines += _ranks(analysis.job)
     for outcome in report.outcomes:
@@ -125,6 +129,44 @@ def _ranks(job: JobView) -> list[str]:
                      f"step {r.step_us / 1e3:.1f} ms, communication {r.comm_us / 1e3:.1f} ms "
                      f"({r.overlap_fraction:.0%} overlapped)")
     return lines + [f"  {job.verdict}", ""]
+
+
+def _hta(report: Report) -> list[str]:
+    """A line per HTA-class view that finds something (report.html has the tables)."""
+    views = report.hta
+    if views is None:
+        return []
+    lines = []
+    streams = [s for s in views.idle.streams if s.idle_us > 0]
+    if streams:
+        shown = "; ".join(f"stream {s.stream}: host wait {s.host_wait_us / 1e3:.2f}, kernel wait "
+                          f"{s.kernel_wait_us / 1e3:.2f}, other {s.other_us / 1e3:.2f}" for s in streams[:TOP_STREAMS])
+        more = f" (+{len(streams) - TOP_STREAMS} streams)" if len(streams) > TOP_STREAMS else ""
+        lines.append(f"Idle time (ms, whole trace): {shown}{more}")
+    launches = views.launches
+    if launches is not None and (launches.short or launches.delay_outliers):
+        lines.append(f"Launches: {launches.short} of {launches.launches} kernels shorter than their launch call; "
+                     f"{launches.delay_outliers} launch delays over {launches.launch_delay_cutoff_us:g} \u00b5s")
+    starved = [q for q in views.queues if q.empty_share >= 0.5]
+    if starved:
+        lines.append("Queue: " + "; ".join(f"stream {q.stream} empty {q.empty_share:.0%} of the time (max "
+                                           f"{q.max_length})" for q in starved[:TOP_STREAMS]))
+    syncs = views.syncs
+    if syncs.count:
+        top = syncs.sites[0]
+        where = f" at {top.source}" if top.source else ""
+        lines.append(f"Synchronizations: {syncs.count} over {syncs.steps} step(s) blocked the host "
+                     f"{syncs.blocked_us / 1e3:.2f} ms; most in {top.call} under {top.operator}{where}")
+    pageable = views.pageable
+    if pageable.copies:
+        lines.append(f"Pageable host-to-device copies: {pageable.copies} over {pageable.steps} step(s), "
+                     f"{pageable.copy_us / 1e3:.2f} ms copying, {pageable.call_us / 1e3:.2f} ms in their calls")
+    path = views.critical_path
+    if isinstance(path, CriticalPath):
+        lines.append(f"Critical path per step: {path.path_us / 1e3:.2f} ms = host {path.host_us / 1e3:.2f} + device "
+                     f"{path.device_us / 1e3:.2f} + waiting {path.waiting_us / 1e3:.2f}"
+                     + (f" + unattributed {path.unattributed_us / 1e3:.2f}" if path.unattributed_us else ""))
+    return lines
 
 
 def _layer_row(row: ReportLayer, width: int) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import gzip
 import json
 import subprocess
@@ -217,3 +218,9 @@ def step_views_run(tmp_path_factory: pytest.TempPathFactory) -> StepViewsRun:
     workload = load_workload(STEP_VIEWS, device="cpu", mode="train")
     (trace,) = capture(workload, tmp_path_factory.mktemp("step_views") / "tb", "run", steps=1)
     return StepViewsRun(trace, raw_events(trace), analyze_trace(trace))
+@functools.cache
+def cached_profile(path: Path):
+    """A real trace's Profile, parsed once per session for the tests that only read it."""
+    from convdoctor.analyzer.trace.reader import load_profile
+
+    return load_profile(path)
