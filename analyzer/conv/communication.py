@@ -16,6 +16,7 @@ import functools
 import re
 from dataclasses import dataclass
 
+from convdoctor.analyzer.conv.intervals import intersection, length, merged
 from convdoctor.analyzer.trace.profile import EventKind, Op, Profile
 
 COLLECTIVE_ANNOTATION = re.compile(r"^(gloo|nccl|mpi|ucc):")
@@ -25,7 +26,6 @@ ALLREDUCE = re.compile(r"all_?reduce", re.IGNORECASE)
 BACKWARD = re.compile(r"Backward|^autograd::engine")  # an autograd node (as layers.BACKWARD_OP)
 BUCKET_COPY_OP = re.compile(r"reducer::(copy_bucket_to_grad|mul_out)")  # DDP copying gradients out of buckets
 
-Interval = tuple[float, float]
 DEFINITIONS = {
     "communication": "union of the collective intervals: gloo:*/nccl:* annotations on c10d's threads (CPU) or "
                      "NCCL kernels (GPU)",
@@ -128,9 +128,9 @@ def communication(profile: Profile) -> CommView | None:
         return None
     calls = _bucket_calls(profile)
     sizes = {id(op): _message(op) for op in calls}
-    comm_union, compute_union = _union(comm), _union(compute)
-    overlap = _intersect(comm_union, compute_union)
-    copies = _union([(op.ts_us, op.end_us) for op in profile.ops if _is_bucket_copy(op.name)])
+    comm_union, compute_union = merged(comm), merged(compute)
+    overlap = intersection(comm_union, compute_union)
+    copies = merged([(op.ts_us, op.end_us) for op in profile.ops if _is_bucket_copy(op.name)])
     steps = []
     for number, start, end in spans:
         span = [(start, end)]
@@ -138,12 +138,12 @@ def communication(profile: Profile) -> CommView | None:
         steps.append(CommStep(
             number=number,
             step_us=end - start,
-            comm_us=_length(_intersect(comm_union, span)),
-            overlap_us=_length(_intersect(overlap, span)),
-            compute_us=_length(_intersect(compute_union, span)),
+            comm_us=length(intersection(comm_union, span)),
+            overlap_us=length(intersection(overlap, span)),
+            compute_us=length(intersection(compute_union, span)),
             allreduce_calls=len(in_step),
             allreduce_elements=sum(sizes[id(op)][0] for op in in_step),
-            bucket_copy_us=_length(_intersect(copies, span)),
+            bucket_copy_us=length(intersection(copies, span)),
             allreduce_bytes=sum(sizes[id(op)][1] for op in in_step),
             nccl_kernel_us=sum(k.dur_us for k in nccl if start <= k.ts_us < end),
         ))
@@ -188,33 +188,3 @@ def _elements(input_dims: list) -> int:
             count *= dim
         total += count if shape else 0
     return total
-
-
-def _union(intervals: list[Interval]) -> list[Interval]:
-    """Sorted, non-overlapping intervals covering the same time."""
-    merged: list[Interval] = []
-    for start, end in sorted(intervals):
-        if merged and start <= merged[-1][1]:
-            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
-        else:
-            merged.append((start, end))
-    return merged
-
-
-def _intersect(a: list[Interval], b: list[Interval]) -> list[Interval]:
-    """The time both unions cover (each sorted and non-overlapping)."""
-    out: list[Interval] = []
-    i = j = 0
-    while i < len(a) and j < len(b):
-        start, end = max(a[i][0], b[j][0]), min(a[i][1], b[j][1])
-        if start < end:
-            out.append((start, end))
-        if a[i][1] < b[j][1]:
-            i += 1
-        else:
-            j += 1
-    return out
-
-
-def _length(intervals: list[Interval]) -> float:
-    return sum(end - start for start, end in intervals)

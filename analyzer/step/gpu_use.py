@@ -10,8 +10,8 @@ import bisect
 from collections import defaultdict
 from dataclasses import dataclass
 
+from convdoctor.analyzer.conv.intervals import length, merged
 from convdoctor.analyzer.conv.kernels import uses_tensor_cores
-from convdoctor.analyzer.step.intervals import length, merged
 from convdoctor.analyzer.step.occupancy import computed_occupancy_pct
 from convdoctor.analyzer.trace.profile import EventKind, Kernel, Profile
 

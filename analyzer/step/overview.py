@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from convdoctor.analyzer.conv.intervals import Intervals, clipped, difference, intersection, length, merged
 from convdoctor.analyzer.step.gpu_use import GpuUse, gpu_use
-from convdoctor.analyzer.step.intervals import Intervals, clipped, difference, intersection, length, merged
 from convdoctor.analyzer.trace.profile import EventKind, Op, Profile
 
 PARTS = ("kernel", "memcpy", "memset", "runtime", "data loader", "cpu execution", "other")  # in priority order
