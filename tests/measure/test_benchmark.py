@@ -403,14 +403,15 @@ def test_a_clear_change_settles_early_and_a_drifting_one_does_not():
 
 
 def test_a_settled_comparison_stops_after_the_fewest_blocks():
-    """A candidate 2x slower (a real sleep) is settled after min_blocks; --thorough's settings take every block."""
+    """A candidate 3x slower (a real sleep) is settled after min_blocks, or a block later when the machine's noise
+    widens the interval; --thorough's settings take every block."""
     baseline = workload_from(Sleepy(0.005), torch.randn(1, 3, 16, 16), device="cpu")
     slower = baseline.copy()
     slower.model.sleep_s = 0.015
     settings = BenchmarkSettings(block_spacing_s=0, extra_blocks=0, warmup_s=0.0, warmup_steps=2, min_rounds=24,
                                  max_rounds=24, blocks=6)
     fast = measure(baseline, slower, settings)
-    assert fast.blocks == 3 and fast.stopped_early and fast.estimate.verdict is Verdict.SLOWER
+    assert 3 <= fast.blocks <= 4 and fast.stopped_early and fast.estimate.verdict is Verdict.SLOWER
     thorough = measure(baseline, slower, replace(settings, early_stop=False))
     assert thorough.blocks == 6 and not thorough.stopped_early and thorough.estimate.verdict is Verdict.SLOWER
 

@@ -11,6 +11,7 @@ from torch import nn
 
 from convdoctor.analyzer.capture.workload import workload_from
 from convdoctor.analyzer.trace.environment import RecordedEnvironment
+from convdoctor.analyzer.trace.module_record import MODULES_KEY
 from convdoctor.analyzer.trace.probe_record import LAYOUT_PROBE_KEY
 from convdoctor.analyzer.trace.profile import METADATA_KEY
 from convdoctor.analyzer.trace.reader import load_profile
@@ -23,7 +24,8 @@ def test_every_setting_capture_records_reads_back_typed(tmp_path: Path):
     trace = Path(analysis.profile.trace_path)
     raw = json.loads(trace.read_text())[METADATA_KEY]
     recorded = analysis.profile.environment
-    assert set(raw) - {LAYOUT_PROBE_KEY} == set(recorded.to_metadata())  # nothing written that is not read
+    # nothing written that is not read (the probe's and the modules' records have readers of their own)
+    assert set(raw) - {LAYOUT_PROBE_KEY, MODULES_KEY} == set(recorded.to_metadata())
     assert recorded.recorded and recorded.mode == "eval" and recorded.batch_size == 2
     assert recorded.threads == torch.get_num_threads() and recorded.device == "cpu"
     assert recorded.unprofiled_step_us is not None and recorded.unprofiled_step_us > 0

@@ -35,7 +35,7 @@ def _streamed_summary(text: bytes, piece: int, run: int, monkeypatch) -> list:
     typing = EventTyping(typer.kind)
     top = streamed_events(_pieces(text, piece), typing, run_bytes=run)
     metadata = {key: json.loads(bytes(raw)) for key, raw in top.items()}
-    return _summary_of(_profile(metadata, typing.ops, typing.kernels, typer.unknown, "<memory>"))
+    return _summary_of(_profile(metadata, typing.ops, typing.kernels, typing.memory, typer.unknown, "<memory>"))
 
 
 @pytest.mark.parametrize("name", sorted(SHARED_TRACES))
