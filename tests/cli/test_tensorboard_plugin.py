@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from browser import CHROMIUM, DevTools, page_problems, png_facts
 from conftest import OUTPUT, SHARED_TRACES
+from markupsafe import escape as markup_escape
 from tensorboard.plugins.base_plugin import TBContext
 from tensorboard_server import tensorboard
 from werkzeug.test import Client
@@ -98,6 +99,10 @@ def test_a_foreign_gpu_trace_is_analyzed_on_demand(board):
     for layer in expected.analysis.layers:
         assert f"<code>{escape(layer.name)}</code>" in page
     assert "Tesla V100-DGXS-32GB" in page and "none measured" in page
+    for view in ("overview", "operators", "kernels", "modules", "memory", "hta"):  # the whole-step views, offline
+        assert f'<h2 id="{view}">' in page, view
+    top_kernel = expected.views.kernels.rows[0].name
+    assert str(markup_escape(top_kernel)) in page  # the Kernels view's slowest kernel, as analyze ranks it
     assert report_page(server, "resnet50_v100")[1] == page  # the run's only worker is the default
 
 
