@@ -34,8 +34,8 @@ from convdoctor.analyzer.trace.schema import ARG_KEYS
 from convdoctor.errors import TraceError
 from convdoctor.rules.registry import load_rules, run_rules
 
-# CONVDOCTOR_FUZZ_EXAMPLES=5000 for a long hunt; 60 keeps the file near 20 s (new examples every run).
-FUZZ = settings(max_examples=int(os.environ.get("CONVDOCTOR_FUZZ_EXAMPLES", "60")), deadline=None,
+# CONVDOCTOR_FUZZ_EXAMPLES=5000 for a long hunt; 40 keeps the file near 15 s (new examples every run).
+FUZZ = settings(max_examples=int(os.environ.get("CONVDOCTOR_FUZZ_EXAMPLES", "40")), deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 # Models recorded as bases: conv + bias + BN with backward, a channels_last flip, grouped/nested convs,
