@@ -11,8 +11,8 @@ from convdoctor.analyzer.measure.results import BenchmarkSettings
 
 # The default mode's time for one comparison's own blocks, past its first three (BenchmarkSettings.budget_s).
 CANDIDATE_BUDGET_S = 20.0
-# The default mode's time for the blocks that the candidates measured in this process share out, after which each
-# ends at its third block (MeasuringOptions.wrap_up_after_s).
+# The default mode's time for the measuring phase, after which each comparison made in this process ends at its
+# third block (MeasuringOptions.wrap_up_after_s).
 WRAP_UP_AFTER_S = 40.0
 
 
