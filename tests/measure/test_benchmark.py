@@ -176,7 +176,8 @@ def test_fresh_copies_per_block_put_the_spread_between_copies_in_the_interval():
     blocks = measure(baseline, candidate, replace(settings, blocks=3))
     assert blocks.blocks == 3 and blocks.fresh_copies and blocks.rounds == 6
     assert blocks.estimate.verdict is Verdict.NO_DIFFERENCE
-    assert blocks.estimate.ci_low < 0.8 and blocks.estimate.ci_high > 1.3
+    # two copies of one speed and one of the other, whichever way round: the interval reaches past both sides
+    assert blocks.estimate.ci_low < 0.8 and blocks.estimate.ci_high > 1.2
 
 
 def test_the_blocks_of_one_comparison_start_block_spacing_s_apart():
