@@ -13,6 +13,8 @@ from convdoctor.rules.base import Finding, Requirement, Severity
 COMPILED_REGION = "Torch-Compiled Region"
 BATCH_NORM_OPS = frozenset({"aten::batch_norm", "aten::_batch_norm_impl_index", "aten::native_batch_norm",
                             "aten::_native_batch_norm_legit_no_training"})
+# What inductor's freezing passes already do (torch/_inductor/fx_passes/freezing_patterns.py, binary folding).
+COVERS = (("CD109", "inductor freezing folds each BatchNorm into the conv before it"),)
 TOLERANCE = 1e-3  # folding batch norms into the conv weights and fused epilogues change float32 rounding only
 
 SNIPPET = """\
@@ -50,15 +52,14 @@ class CompileFreezingRule:
     summary = "Eager eval model: torch.compile with inductor freezing folds batch norms and prepacks conv weights"
     severity = Severity.INFO
     requires = frozenset({Requirement.CONV_LAYERS})
-    opt_in = True  # each measured copy compiles (seconds to minutes on a CPU): measured only when asked for
     min_share = 0.1  # Options: smallest share of the step in conv layers for the finding
     doc = """\
 ## What it detects
 An eval (inference) trace that ran eagerly — no `Torch-Compiled Region` in it — whose conv layers take at
-least `min_share` of the step. The rule is opt-in (`--select CD120` or `--select compile-freezing`): its
-candidate compiles the model with freezing, and every copy the benchmark times compiles again with its own
-weights (7-13 s for a four-layer model on a busy 2-core CPU), so that measuring it takes minutes. It stays quiet
-in training, where parameters change every step and cannot be frozen.
+least `min_share` of the step. It stays quiet in training, where parameters change every step and cannot be
+frozen. Its candidate compiles the model with freezing (7-12 s for small_cnn or ResNet-18 on a 2-core CPU): once
+for the numerics check and once for the timing, whose copy serves every block (a fresh copy would compile again);
+each plan combination with it compiles twice more. `--ignore CD120` leaves it out of a run.
 
 ## Why it is slow
 Eagerly, every BatchNorm after a conv is its own pass over the activation, every activation and residual add
@@ -141,5 +142,5 @@ benchmarking multiplies a compile that already dominates this rule's cost.
             estimated_saving=None,  # folding, prepacking and fusion: the trace cannot say how much they remove
             candidate=Candidate(title="torch.compile(model) with inductor freezing", transform=frozen_compiled,
                                 numerics=NumericsContract.APPROXIMATE, tolerance=TOLERANCE,
-                                stage=PlanStage.COMPILER),
+                                stage=PlanStage.COMPILER, covers=COVERS),
         )

@@ -55,6 +55,9 @@ class Candidate:
     # Set for a change of how the process starts (allocator variables, LD_PRELOAD): the transform is then the
     # identity, the candidate is measured in pairs of worker processes (analyzer/environment_trial.py), never in a plan.
     process_environment: dict[str, str] | None = None
+    # Rules whose candidates this one's transform already includes, and how: a plan with it does not add theirs
+    # (inductor freezing folds each BatchNorm into its conv, as CD109's candidate does).
+    covers: tuple[tuple[str, str], ...] = ()  # (rule id, how)
 
 
 @dataclass(frozen=True)

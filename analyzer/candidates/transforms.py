@@ -67,10 +67,11 @@ def compiled(workload: Workload) -> Workload:
 
 def frozen_compiled(workload: Workload) -> Workload:
     """The workload with its model compiled by torch.compile with inductor's ``freezing`` set while it compiles
-    (``torch_parts.Compiled``): for eval, where the parameters are constants."""
+    (``torch_parts.Compiled``): for eval, where the parameters are constants. A frozen graph guards on its
+    parameters' identity, so each copy compiles anew: a comparison reuses one copy (``Workload.reuse_copy``)."""
     from convdoctor.analyzer.candidates.torch_parts import Compiled
 
-    return replace(workload, model=Compiled(workload.model, freezing=True))
+    return replace(workload, model=Compiled(workload.model, freezing=True), reuse_copy=True)
 
 
 def backend_flags(**flags: bool) -> Callable[[Workload], Workload]:

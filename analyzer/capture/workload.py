@@ -79,6 +79,9 @@ class Workload:
     source: str = "<python>"
     input_factory: Callable[[int], Inputs] | None = None  # the model file's get_inputs(batch_size), when it has one
     ddp: DdpSettings | None = None
+    # One copy serves every block of a comparison: a fresh copy would be built again at a cost that dwarfs a block
+    # (torch.compile with inductor's freezing compiles each copy anew, seconds to a minute on a CPU).
+    reuse_copy: bool = False
 
     @property
     def batch_size(self) -> int | None:

@@ -282,7 +282,8 @@ class Comparison:
 
     The outputs are compared when it is made. Each ``run_block`` makes fresh copies of both, warms them up (until
     the timings settle in the first block, ``warmup_steps`` steps in later ones) and times its share of the rounds;
-    between blocks nothing of the comparison is held but the times. A block starts ``block_spacing_s`` or more
+    between blocks nothing of the comparison is held but the times, and the copy of a variant with
+    ``Workload.reuse_copy`` (a frozen compile: another copy would compile again). A block starts ``block_spacing_s`` or more
     after the one before it (waiting when nothing else ran in between), and the measuring phase lets several
     comparisons take turns: on a shared VM the ratio of two variants drifts with the machine's state over seconds,
     so blocks in a row would sample one state and their interval would not hold the next run's ratio
@@ -294,7 +295,8 @@ class Comparison:
     def __init__(self, baseline: Workload, candidate: Workload, settings: BenchmarkSettings,
                  progress: Callable[[int, int], None] | None = None, quiet: QuietPolicy | None = None) -> None:
         self.baseline, self.candidate, self.settings, self.progress = baseline, candidate, settings, progress
-        self.numerics, self.first_step_s = compare_first_step(baseline, candidate)
+        self._kept: dict[int, Callable[[], Any]] = {}  # the steps of variants with ``reuse_copy``
+        self.numerics, self.first_step_s = compare_first_step(baseline, candidate, self._kept)
         self._times: tuple[list[float], list[float]] = ([], [])
         self._blocks: list[int] = []
         self._warmups = [0, 0]
@@ -318,7 +320,8 @@ class Comparison:
             time.sleep(max(0.0, self.settings.block_spacing_s - (time.perf_counter() - self._last_start)))
         self._last_start = time.perf_counter()
         block = len(self._blocks)
-        steps, warmups = fresh_steps((self.baseline, self.candidate), self.settings, first=block == 0)
+        steps, warmups = fresh_steps((self.baseline, self.candidate), self.settings, first=block == 0,
+                                     kept=self._kept)
         self._warmups = [done + now for done, now in zip(self._warmups, warmups)]
         devices = (self.baseline.device, self.candidate.device)
         done = sum(self._blocks)
@@ -388,15 +391,16 @@ class Comparison:
             extra_blocks=self._extra_blocks,
             stopped_early=self._stopped_early,
             contention=self._watch.contention,
-            fresh_copies=True,
-            peak_bytes=(_peak_bytes(self.baseline), _peak_bytes(self.candidate)),
+            fresh_copies=not self._kept,
+            peak_bytes=(_peak_bytes(self.baseline, self._kept.get(0)),
+                        _peak_bytes(self.candidate, self._kept.get(1))),
             peak_memory=PEAK_TENSOR_MEMORY,
         )
 
 
-def _peak_bytes(workload: Workload) -> int | None:
+def _peak_bytes(workload: Workload, step: Callable[[], Any] | None) -> int | None:
     try:
-        return step_peak_bytes(workload)
+        return step_peak_bytes(workload, step)
     except Exception:  # a memory reading must not cost the measurement it belongs to
         return None
 
@@ -474,19 +478,24 @@ def _interleaved_rounds(
     return replace(rounds, warmup_steps=(warmups[0], warmups[1]))
 
 
-def fresh_steps(variants: tuple[Workload, ...], settings: BenchmarkSettings,
-                first: bool) -> tuple[list[Callable[[], Any]], list[int]]:
+def fresh_steps(variants: tuple[Workload, ...], settings: BenchmarkSettings, first: bool,
+                kept: dict[int, Callable[[], Any]] | None = None) -> tuple[list[Callable[[], Any]], list[int]]:
     """A step of a fresh copy of each variant, warmed up (until the timings settle in a first block, ``warmup_steps``
-    steps in later ones), and how many warm-up steps each ran."""
+    steps in later ones), and how many warm-up steps each ran. A variant with ``reuse_copy`` keeps the step of its
+    first copy in ``kept`` (by its index) and runs it again in later blocks."""
     steps, warmups = [], []
-    for workload in variants:
-        copy = workload.copy()
-        steps.append(make_step(copy))
+    for index, workload in enumerate(variants):
+        step = None if kept is None else kept.get(index)
+        if step is None:
+            step = make_step(workload.copy())
+            if kept is not None and workload.reuse_copy:
+                kept[index] = step
+        steps.append(step)
         if first:
-            warmups.append(warm_up(steps[-1], copy, settings))
+            warmups.append(warm_up(step, workload, settings))
         else:
             for _ in range(settings.warmup_steps):
-                time_step(steps[-1], copy.device)
+                time_step(step, workload.device)
             warmups.append(settings.warmup_steps)
     return steps, warmups
 
@@ -577,15 +586,22 @@ def _timer(device: torch.device) -> str:
     return "torch.cuda.synchronize + perf_counter" if device.type == "cuda" else "perf_counter"
 
 
-def compare_first_step(baseline: Workload, candidate: Workload) -> tuple[Numerics, tuple[float, float]]:
+def compare_first_step(baseline: Workload, candidate: Workload, kept: dict[int, Callable[[], Any]] | None = None
+                       ) -> tuple[Numerics, tuple[float, float]]:
     """Outputs (and, in train mode, parameter gradients) of a first step on fresh copies of both workloads.
 
     Gradients are paired by parameter name over the parameters both models have, so that a candidate which
     removes a parameter (a redundant bias) or wraps the model (names gain a ``model.`` prefix) is still checked.
-    Also returns how long each first call took: this is where a candidate compiles.
+    Also returns how long each first call took: this is where a candidate compiles. With ``kept``, an eval variant
+    with ``reuse_copy`` leaves the step of its copy there (0: baseline, 1: candidate), compiled by this first call,
+    for the comparison's blocks.
     """
-    base_output, base_grads, base_s = _first_step(baseline)
-    cand_output, cand_grads, cand_s = _first_step(candidate)
+    probes = (baseline.copy(), candidate.copy())
+    base_output, base_grads, base_s = _first_step(baseline, probes[0])
+    cand_output, cand_grads, cand_s = _first_step(candidate, probes[1])
+    if kept is not None:
+        kept.update({index: make_step(probe) for index, (workload, probe) in enumerate(zip((baseline, candidate), probes))
+                     if workload.reuse_copy and workload.mode is Mode.EVAL})
     outputs = compare_outputs(base_output, cand_output)
     cand_grads = {_unwrapped(name, base_grads): grad for name, grad in cand_grads.items()}
     shared = [name for name in base_grads if name in cand_grads]
@@ -653,7 +669,7 @@ def _float64_grads(workload: Workload) -> dict[str, torch.Tensor] | None:
     try:
         exact.model.double()
         exact = replace(exact, inputs=map_tensors(exact.inputs, lambda t: t.double() if t.is_floating_point() else t))
-        return _first_step(exact)[1]
+        return _first_step(exact, exact)[1]
     except (RuntimeError, TypeError, NotImplementedError):  # an op without a float64 kernel
         return None
 
@@ -665,8 +681,9 @@ def _unwrapped(name: str, known: dict[str, torch.Tensor]) -> str:
     return name
 
 
-def _first_step(workload: Workload) -> tuple[Any, dict[str, torch.Tensor], float]:
-    """A first forward on a fresh copy (before any optimizer step): output, gradients in train mode, seconds.
+def _first_step(workload: Workload, probe: Workload) -> tuple[Any, dict[str, torch.Tensor], float]:
+    """A first forward of ``probe``, a fresh copy of ``workload`` (before any optimizer step): output, gradients in
+    train mode, seconds.
 
     The random generators start from the same seed for every variant (and are put back after), so that dropout
     draws the same masks in baseline and candidate: otherwise train-mode outputs differ by the masks alone. A
@@ -678,11 +695,10 @@ def _first_step(workload: Workload) -> tuple[Any, dict[str, torch.Tensor], float
     devices = [workload.device] if workload.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices), inductor_config.patch(fallback_random=True):
         torch.manual_seed(FIRST_STEP_SEED)
-        return _seeded_first_step(workload)
+        return _seeded_first_step(workload, probe)
 
 
-def _seeded_first_step(workload: Workload) -> tuple[Any, dict[str, torch.Tensor], float]:
-    probe = workload.copy()
+def _seeded_first_step(workload: Workload, probe: Workload) -> tuple[Any, dict[str, torch.Tensor], float]:
     started = time.perf_counter()
     if workload.mode is not Mode.TRAIN:
         probe.model.eval()
@@ -703,7 +719,7 @@ def _seeded_first_step(workload: Workload) -> tuple[Any, dict[str, torch.Tensor]
 
 def warm_up(step: Callable[[], Any], workload: Workload, settings: BenchmarkSettings) -> int:
     """Run steps until the timings settle (allocator, oneDNN/cuDNN caches, lazy init); return how many ran."""
-    times: list[float] = []
+    times = [time_step(step, workload.device)]  # the first call (a compile, lazy set-up) is outside max_warmup_s
     started = time.perf_counter()
     while True:
         times.append(time_step(step, workload.device))

@@ -33,6 +33,10 @@ def build_plan(
     first, *rest = sorted(accepted, key=lambda o: -o.measurement.estimate.speedup)
     plan = Plan(steps=[first], measurement=first.measurement, tolerance=first.finding.candidate.tolerance)
     for outcome in rest:
+        covered = _covered_by(plan, outcome)
+        if covered is not None:
+            plan.left_out.append(LeftOut(outcome, None, covered))
+            continue
         candidates = [step.finding.candidate for step in [*plan.steps, outcome]]
         combined = combine(candidates)
         progress.stage(f"measuring the plan with {outcome.finding.rule_id}: {combined.title}")
@@ -53,3 +57,12 @@ def build_plan(
         else:
             plan = replace(plan, steps=[*plan.steps, outcome], measurement=result, tolerance=combined.tolerance)
     return plan
+
+
+def _covered_by(plan: Plan, outcome: FindingOutcome) -> str | None:
+    """Why the plan already does what ``outcome``'s candidate does (a step's ``Candidate.covers``); None if not."""
+    for step in plan.steps:
+        for rule_id, how in step.finding.candidate.covers:
+            if rule_id == outcome.finding.rule_id:
+                return f"not measured in the plan: its step {step.finding.rule_id} does it ({how})"
+    return None

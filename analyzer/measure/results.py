@@ -298,7 +298,8 @@ class Plan:
 
 @dataclass(frozen=True)
 class LeftOut:
-    """An accepted fix the plan measured without: with it, the plan failed, lost numerics, or was not faster."""
+    """An accepted fix the plan measured without: with it, the plan failed, lost numerics, or was not faster; or one
+    a plan step already does (``Candidate.covers``, not measured)."""
 
     outcome: FindingOutcome
     measurement: Measurement | None  # the plan with it, against the baseline; None when it failed

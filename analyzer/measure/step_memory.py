@@ -8,6 +8,8 @@ the allocator's cached or the process's resident memory.
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import torch
 from torch.profiler import ProfilerActivity, profile
 
@@ -17,18 +19,20 @@ from convdoctor.analyzer.capture.workload import Workload, make_step, synchroniz
 PEAK_TENSOR_MEMORY = "tensor memory held at once during one step, above what was held before it"
 
 
-def step_peak_bytes(workload: Workload) -> int | None:
-    """Peak tensor bytes one step of a copy of the workload allocates on its device; None where unmeasurable."""
-    run = workload.copy()
-    step = make_step(run)
+def step_peak_bytes(workload: Workload, step: Callable[[], Any] | None = None) -> int | None:
+    """Peak tensor bytes one step of a copy of the workload allocates on its device; None where unmeasurable.
+    ``step``: a step of a copy made already (a compiled one), instead of a new copy's."""
+    if step is None:
+        step = make_step(workload.copy())
+    device = workload.device
     step()  # lazy initialisation (oneDNN primitives, cuDNN handles, optimizer state) is not the step's memory
-    synchronize(run.device)
-    if run.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(run.device)
-        before = torch.cuda.memory_allocated(run.device)
+    synchronize(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
         step()
-        synchronize(run.device)
-        return torch.cuda.max_memory_allocated(run.device) - before
+        synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - before
     with quiet_profiler(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as profiler:
         step()
     changes = sorted((e.start_ns(), e.nbytes()) for e in profiler.profiler.kineto_results.events()

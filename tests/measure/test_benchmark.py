@@ -180,6 +180,23 @@ def test_fresh_copies_per_block_put_the_spread_between_copies_in_the_interval():
     assert blocks.estimate.ci_low < 0.8 and blocks.estimate.ci_high > 1.2
 
 
+def test_a_variant_that_reuses_its_copy_is_copied_once_for_every_block():
+    """A frozen compile's copy (``reuse_copy``) is compiled once: the copy whose first step the numerics check ran
+    serves all blocks, where fresh copies take one per block; the baseline still gets a fresh copy per block."""
+    x = torch.randn(1, 3, 16, 16)
+    baseline = workload_from(CopyDependent(0.002), x, device="cpu")
+    settings = BenchmarkSettings(block_spacing_s=0, extra_blocks=0, early_stop=False, blocks=3,
+                                 warmup_s=0.0, warmup_steps=1, max_warmup_s=0.2, min_rounds=6, max_rounds=6)
+    for reuse in (False, True):
+        candidate = replace(workload_from(CopyDependent(0.002), x, device="cpu"), reuse_copy=reuse)
+        CopyDependent.copies = 0
+        result = measure(baseline, candidate, settings)  # 3 blocks, fewer when other processes cut it short
+        assert result.fresh_copies is not reuse
+        # the baseline: 1 copy for the numerics, 1 for the peak memory and a fresh one per block; the candidate the
+        # same, or only the numerics' copy, which also serves the peak memory
+        assert CopyDependent.copies == 2 + result.blocks + (1 if reuse else 2 + result.blocks)
+
+
 def test_the_blocks_of_one_comparison_start_block_spacing_s_apart():
     """Three blocks of a few milliseconds each: with 0.4 s spacing the measurement waits between them (two waits),
     without it the blocks run in a row."""

@@ -130,6 +130,27 @@ def test_a_fix_that_undoes_another_is_left_out_with_the_measurement_that_showed_
     assert left_out_lines(plan)[0].startswith("left out: drop evenly (CD999), alone ")
 
 
+def test_a_fix_that_a_plan_step_already_does_is_left_out_unmeasured_with_the_reason():
+    """A candidate that covers another rule's (inductor freezing folds BatchNorm, as CD109 does): once it is in the
+    plan, that rule's fix is not combined and measured again, and the plan says why."""
+    model = nn.Sequential()
+    model.add_module("large", Nap(0.03))
+    model.add_module("small", Nap(0.01))
+    workload = workload_from(model, torch.zeros(2), device="cpu")
+    large, small = _finding("large", _every_nap(0.0)), _finding("small", _without("small"))
+    large = replace(large, rule_id="CD901", candidate=replace(large.candidate, covers=(("CD902", "it drops every nap"),)))
+    small = replace(small, rule_id="CD902")
+    options = MeasuringOptions(benchmark=QUICK)
+    outcomes = measure_findings(workload, [large, small], options, SilentProgress())
+    assert all(o.measurement.estimate.verdict is Verdict.FASTER for o in outcomes)
+    plan = build_plan(workload, outcomes, options, SilentProgress())
+    assert plan is not None and [s.finding.rule_id for s in plan.steps] == ["CD901"]
+    (left,) = plan.left_out
+    assert left.outcome.finding.rule_id == "CD902" and left.measurement is None
+    assert left.reason == "not measured in the plan: its step CD901 does it (it drops every nap)"
+    assert left.reason in left_out_lines(plan)[0]
+
+
 def test_the_identity_candidate_is_no_measurable_difference_and_gives_no_plan():
     """With the second look on (the harness's default ``extra_blocks``): a no-op that drifts open gets more blocks,
     never a verdict."""

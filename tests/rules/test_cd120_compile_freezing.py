@@ -1,6 +1,6 @@
-"""CD120 compile-freezing: opt-in; fires on an eager eval model, not in training nor on a compiled model; its candidate
+"""CD120 compile-freezing: runs by default; fires on an eager eval model, not in training nor on a compiled model; its candidate
 compiles with inductor freezing set only while that copy compiles (the weights are frozen in, the global switch is
-left as it was), every fresh copy compiles its own frozen graph, and in a plan it wraps bfloat16 autocast."""
+left as it was), each copy compiles its own frozen graph, a comparison compiles once, and in a plan it wraps bfloat16 autocast."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from convdoctor.analyzer.candidates.candidate import Candidate, NumericsContract
 from convdoctor.analyzer.candidates.torch_parts import Autocast, Compiled
 from convdoctor.analyzer.candidates.transforms import autocast_to, compiled, frozen_compiled
 from convdoctor.analyzer.capture.workload import load_workload, make_step
-from convdoctor.analyzer.measure.benchmark import BenchmarkSettings, Verdict, compare_first_step
+from convdoctor.analyzer.measure.benchmark import BenchmarkSettings, Verdict, compare_first_step, measure
 from convdoctor.api import ProfileOptions, profile
 from convdoctor.rules.cd120_compile_freezing import TOLERANCE, CompileFreezingRule
 from convdoctor.rules.registry import load_rules, select_rules
@@ -24,11 +24,26 @@ from convdoctor.rules.registry import load_rules, select_rules
 MODEL = MODELS / "cd120_conv_bn_eval.py"
 
 
-def test_is_opt_in():
+def test_runs_by_default_and_can_be_left_out():
     rules = load_rules().rules
-    assert "CD120" not in [r.id for r in select_rules(rules)]
-    assert [r.id for r in select_rules(rules, select=("CD120",))] == ["CD120"]
-    assert [r.id for r in select_rules(rules, select=("compile-freezing",))] == ["CD120"]
+    assert "CD120" in [r.id for r in select_rules(rules)]
+    assert "CD120" not in [r.id for r in select_rules(rules, ignore=("compile-freezing",))]
+
+
+def test_a_comparison_compiles_the_frozen_model_once():
+    """The copy whose first call compiled for the numerics check serves every block and the peak memory: one
+    compile per comparison, where a fresh copy per block would compile each time (a frozen graph guards on its
+    parameters' identity)."""
+    from torch._dynamo.utils import counters
+
+    workload = load_workload(MODEL, device="cpu")
+    settings = BenchmarkSettings(block_spacing_s=0, extra_blocks=0, early_stop=False, blocks=3, warmup_s=0,
+                                 warmup_steps=1, max_warmup_s=0.5, min_rounds=3, max_rounds=3)
+    before = counters["stats"]["unique_graphs"]
+    result = measure(workload, frozen_compiled(workload.copy()), settings)
+    assert counters["stats"]["unique_graphs"] - before == 1
+    assert not result.fresh_copies and result.first_step_s[1] > 0.5  # the first call compiled
+    assert result.peak_bytes[1] is not None
 
 
 def test_triggers_on_an_eager_eval_model(tmp_path: Path):
