@@ -283,9 +283,9 @@ class Comparison:
     The outputs are compared when it is made. Each ``run_block`` makes fresh copies of both, warms them up (until
     the timings settle in the first block, ``warmup_steps`` steps in later ones) and times its share of the rounds;
     between blocks nothing of the comparison is held but the times, and the copy of a variant with
-    ``Workload.reuse_copy`` (a frozen compile: another copy would compile again). A block starts ``block_spacing_s`` or more
-    after the one before it (waiting when nothing else ran in between), and the measuring phase lets several
-    comparisons take turns: on a shared VM the ratio of two variants drifts with the machine's state over seconds,
+    ``Workload.reuse_copy`` (a frozen compile: another copy would compile again; the numerics check's copy serves).
+    A block starts ``block_spacing_s`` or more after the one before it (waiting when nothing else ran in between),
+    and the measuring phase lets several comparisons take turns: on a shared VM the ratio of two variants drifts with the machine's state over seconds,
     so blocks in a row would sample one state and their interval would not hold the next run's ratio
     (benchmarks/INTERVALS.md). With ``early_stop`` the comparison ends once ``min_blocks`` or more have settled it
     (``settled``). When the planned blocks leave the change open (``undecided``), ``extra_blocks`` more are taken,
@@ -600,7 +600,8 @@ def compare_first_step(baseline: Workload, candidate: Workload, kept: dict[int, 
     base_output, base_grads, base_s = _first_step(baseline, probes[0])
     cand_output, cand_grads, cand_s = _first_step(candidate, probes[1])
     if kept is not None:
-        kept.update({index: make_step(probe) for index, (workload, probe) in enumerate(zip((baseline, candidate), probes))
+        variants = zip((baseline, candidate), probes)
+        kept.update({index: make_step(probe) for index, (workload, probe) in enumerate(variants)
                      if workload.reuse_copy and workload.mode is Mode.EVAL})
     outputs = compare_outputs(base_output, cand_output)
     cand_grads = {_unwrapped(name, base_grads): grad for name, grad in cand_grads.items()}

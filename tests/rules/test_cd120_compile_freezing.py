@@ -1,6 +1,7 @@
-"""CD120 compile-freezing: runs by default; fires on an eager eval model, not in training nor on a compiled model; its candidate
-compiles with inductor freezing set only while that copy compiles (the weights are frozen in, the global switch is
-left as it was), each copy compiles its own frozen graph, a comparison compiles once, and in a plan it wraps bfloat16 autocast."""
+"""CD120 compile-freezing: runs by default; fires on an eager eval model, not in training nor on a compiled model;
+its candidate compiles with inductor freezing set only while that copy compiles (the weights are frozen in, the
+global switch is left as it was), each copy compiles its own frozen graph, a comparison compiles once, and in a plan
+it wraps bfloat16 autocast."""
 
 from __future__ import annotations
 
