@@ -289,7 +289,8 @@ class Comparison:
     with the machine's state over seconds, so blocks in a row would sample one state and their interval would not
     hold the next run's ratio (benchmarks/INTERVALS.md). With ``early_stop`` the comparison ends once
     ``min_blocks`` or more have settled it (``settled``). When the planned blocks leave the change open
-    (``undecided``), ``extra_blocks`` more are taken, once. Other processes' load is watched over every block (``BlockWatch``).
+    (``undecided``), ``extra_blocks`` more are taken, once. Other processes' load is watched over every block
+    (``BlockWatch``).
     """
 
     def __init__(self, baseline: Workload, candidate: Workload, settings: BenchmarkSettings,
