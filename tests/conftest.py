@@ -37,8 +37,10 @@ def run_cli(*args: str, cwd: Path = REPO, timeout: float = 300, env: dict[str, s
 # (tests/rules/test_cd107_grouped_conv.py); CD118's candidate is a process setting, timed in a fresh pair of worker
 # processes per block (twelve torch imports with the default six blocks: about half of the run). Those trials are
 # measured by process_setting_outcome below, for tests/rules/test_cd118_cpu_allocator.py and
-# tests/test_measuring_phase.py; the rule's CLI runs are in test_cd118_cpu_allocator.py.
-SMALL_CNN_IGNORES = ("--ignore", "CD118,CD107")
+# tests/test_measuring_phase.py; the rule's CLI runs are in test_cd118_cpu_allocator.py. CD120's candidate compiles
+# the model with inductor freezing (10-25 s here, and again for each plan step after it): its comparison is tested
+# in tests/rules/test_cd120_compile_freezing.py, and a whole profile with it under `pytest -m slow`.
+SMALL_CNN_IGNORES = ("--ignore", "CD118,CD107,CD120")
 
 
 @pytest.fixture(scope="session")

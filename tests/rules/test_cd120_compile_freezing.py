@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import MODELS, capture_analysis
+from conftest import EXAMPLES, MODELS, capture_analysis, run_cli
 
 from convdoctor.analyzer.candidates.candidate import Candidate, NumericsContract, PlanStage, combine
 from convdoctor.analyzer.candidates.torch_parts import Autocast, Compiled
@@ -182,3 +182,22 @@ def test_the_frozen_candidate_is_measured_and_its_compile_time_reported(tmp_path
     assert compiled_first * 1e3 > 5 * outcome.measurement.estimate.candidate_ms  # the first call compiled
     assert outcome.measurement.estimate.verdict in set(Verdict)
     assert inductor_config.freezing is False
+
+
+@pytest.mark.slow
+def test_a_default_profile_measures_the_frozen_compile_once_and_plans_with_it(tmp_path: Path):
+    """`convdoctor profile examples/small_cnn.py` as a user runs it (CD118's worker processes and CD107's
+    architecture change left out for time): CD120 is measured by default on the copy its numerics check compiled,
+    and a plan led by it leaves the fold out unmeasured, since freezing folds the batch norms itself."""
+    result = run_cli("profile", str(EXAMPLES / "small_cnn.py"), "--out", str(tmp_path), "--steps", "2",
+                     "--ignore", "CD118,CD107")
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "report.json").read_text())
+    frozen = next(f for f in report["findings"] if f["rule_id"] == "CD120")
+    measurement = frozen["measurement"]
+    assert measurement is not None and measurement["fresh_copies"] is False
+    assert measurement["first_step_s"][1] > 1.0  # the compile
+    plan, fold = report["plan"], next(f for f in report["findings"] if f["rule_id"] == "CD109")
+    if plan and plan["steps"][0]["rule_id"] == "CD120" and fold["measurement"]["verdict"] == "faster":
+        (left,) = [left for left in plan["left_out"] if left["rule_id"] == "CD109"]
+        assert left["plan_speedup_with_it"] is None and "its step CD120 does it" in left["reason"]
