@@ -1,15 +1,18 @@
-"""Does convdoctor's plan beat the blind expert recipe and torch.compile? Measured on this machine, in one run.
+"""Does convdoctor's plan beat what an expert tries blindly? Measured on this machine, in one run.
 
     python benchmarks/advice_quality.py [--quick] [--out benchmarks/RESULTS.md]
 
 For each model and mode it measures, against the same baseline with convdoctor's own A/B harness:
-(a) convdoctor's combined plan (`convdoctor.profile` with every rule and the opt-in CD116 torch-compile;
-    the architecture rules CD107/CD108 are left out: they need retraining and never enter the plan),
-(b) the expert recipe applied blindly (channels_last; on a GPU also bf16 autocast),
-(c) torch.compile with default settings (compile time excluded from the timing, reported beside it),
+(a) convdoctor's combined plan (`convdoctor.profile` with every default rule, CD120's compile with freezing
+    included, and the opt-in CD116 torch-compile; the architecture rules CD107/CD108 are left out: they need
+    retraining and never enter the plan),
+(b) the blind peers (``peers``): channels_last, torch.compile, bfloat16 autocast with channels_last, and in eval
+    torch.compile with inductor freezing, that with bf16 and channels_last, and max-autotune with freezing (each
+    compile's first call, outside the timing, reported beside it),
 and each measured finding's predicted saving beside its measured one, where the analysis predicts one. Then the
-plan is timed head to head against the better of (b) and (c): two separate measurements against the baseline
-differ by more than their intervals on a shared machine, one measurement of the two against each other does not.
+plan is timed head to head against the best of channels_last, torch.compile and compile + freezing, and (eval)
+against compile + freezing + bf16 + channels_last: two separate measurements against the baseline differ by more
+than their intervals on a shared machine, one measurement of the two against each other does not.
 
 Each row (model and mode) runs in a fresh process of its own, as `convdoctor profile` does for a user: a process
 that has already run other models holds their heaps, and its timings differ (MobileNetV2 eval 102 ms as the fifth
@@ -24,9 +27,9 @@ import platform
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -37,17 +40,19 @@ sys.path[:0] = [str(HERE), str(HERE.parent / "examples")]
 import models  # noqa: E402
 import small_cnn  # noqa: E402
 
-from convdoctor.analyzer.candidates.candidate import combine
+from convdoctor.analyzer.candidates.candidate import combine  # noqa: E402
 from convdoctor.analyzer.candidates.layout import to_channels_last  # noqa: E402
-from convdoctor.analyzer.candidates.transforms import autocast  # noqa: E402
+from convdoctor.analyzer.candidates.torch_parts import Compiled as CompiledModel  # noqa: E402
+from convdoctor.analyzer.candidates.transforms import autocast, compiled, frozen_compiled  # noqa: E402
 from convdoctor.analyzer.capture.hardware import device_name  # noqa: E402
-from convdoctor.analyzer.capture.workload import Workload, call_model, workload_from  # noqa: E402
+from convdoctor.analyzer.capture.workload import Workload, workload_from  # noqa: E402
 from convdoctor.analyzer.measure.benchmark import BenchmarkSettings, Measurement, measure  # noqa: E402
-from convdoctor.analyzer.measure.results import MIN_EFFECT, FindingOutcome, Plan, Verdict  # noqa: E402  # noqa: E402
+from convdoctor.analyzer.measure.results import MIN_EFFECT, FindingOutcome, Plan, Verdict  # noqa: E402
 from convdoctor.api import ProfileOptions, profile  # noqa: E402
 from convdoctor.reports.presentation import measured_result  # noqa: E402
-from convdoctor.rules.base import SavingBound
+from convdoctor.rules.base import SavingBound  # noqa: E402
 
+Transform = Callable[[Workload], Workload]
 PREDICTION_TOLERANCE = 0.25  # the issue's goal: predicted savings within ±25% of the measured ones
 
 
@@ -85,19 +90,36 @@ def expert_recipe(workload: Workload) -> Workload:
     return autocast(torch.bfloat16)(workload) if workload.device.type == "cuda" else workload
 
 
-class Compiled(nn.Module):
-    """torch.compile of the model, compiled (and timed) once before any measurement."""
+def _stack(*transforms: Transform) -> Transform:
+    """The transforms applied in order (channels_last, then autocast, then the compile outermost)."""
+    def transform(workload: Workload) -> Workload:
+        for step in transforms:
+            workload = step(workload)
+        return workload
+    return transform
 
-    def __init__(self, model: nn.Module, inputs: object) -> None:
-        super().__init__()
-        self.model = torch.compile(model)
-        started = time.perf_counter()
-        with torch.no_grad():
-            call_model(self.model, inputs)
-        self.compile_s = time.perf_counter() - started
 
-    def forward(self, *args: object, **kwargs: object) -> object:
-        return self.model(*args, **kwargs)
+def max_autotune_frozen(workload: Workload) -> Workload:
+    """torch.compile(mode="max-autotune") with inductor freezing: compiled once per comparison, as CD120's is."""
+    return replace(workload, model=CompiledModel(workload.model, freezing=True, mode="max-autotune"), reuse_copy=True)
+
+
+def peers(mode: str) -> dict[str, Transform]:
+    """What an expert would try blindly, by name: channels_last, torch.compile, bfloat16 autocast with
+    channels_last; in eval also torch.compile with inductor freezing, that with bf16 and channels_last (the recipe
+    that measured 2.4-3.3x on an AVX512-BF16 CPU), and max-autotune with freezing."""
+    bf16 = autocast(torch.bfloat16)
+    found = {"channels_last": expert_recipe, "torch.compile": compiled,
+             "bf16 + channels_last": _stack(to_channels_last, bf16)}
+    if mode == "eval":
+        found |= {"compile + freezing": frozen_compiled,
+                  FULL_RECIPE: _stack(to_channels_last, bf16, frozen_compiled),
+                  "max-autotune + freezing": max_autotune_frozen}
+    return found
+
+
+FULL_RECIPE = "compile + freezing + bf16 + channels_last"
+HEAD_TO_HEAD_PEERS = ("channels_last", "torch.compile", "compile + freezing")  # the plan against the best of these
 
 
 def run_row(name: str, mode: str, quick: bool) -> dict[str, object]:
@@ -113,26 +135,29 @@ def run_row(name: str, mode: str, quick: bool) -> dict[str, object]:
             mode=mode, device="cpu", steps=2, out_dir=Path(out), select=("CD1", "CD116"),
             ignore=("CD107", "CD108"), benchmark=settings))
     plan = report.plan
-    expert = measure(baseline, expert_recipe(baseline.copy()), settings)
-    compiled_workload = baseline.copy()
-    compiled = Compiled(compiled_workload.model, compiled_workload.inputs)
-    compile_result = measure(baseline, replace(compiled_workload, model=compiled), settings)
-    peers = {"expert recipe": (expert, lambda: expert_recipe(baseline.copy())),
-             "torch.compile": (compile_result, lambda: replace(compiled_workload, model=compiled))}
-    best_peer = max(peers, key=lambda peer: peers[peer][0].estimate.speedup)
-    head_to_head = (measure(peers[best_peer][1](), plan_workload(baseline, plan), settings) if plan else None)
+    measured = {peer: measure(baseline, transform(baseline.copy()), settings)
+                for peer, transform in peers(mode).items()}
+    best_peer = max((p for p in HEAD_TO_HEAD_PEERS if p in measured), key=lambda p: measured[p].estimate.speedup)
+    transforms = peers(mode)
+    head_to_head = (measure(transforms[best_peer](baseline.copy()), plan_workload(baseline, plan), settings)
+                    if plan else None)
+    against_recipe = (measure(transforms[FULL_RECIPE](baseline.copy()), plan_workload(baseline, plan), settings)
+                      if plan and FULL_RECIPE in transforms else None)
     row = {
         "model": name, "mode": mode, "batch": int(row_case.inputs.shape[0]),
-        "baseline_ms": expert.estimate.baseline_ms,
+        "baseline_ms": measured["channels_last"].estimate.baseline_ms,
         "plan": _interval(plan.measurement if plan else None),
         "plan_steps": (_plan_steps(plan) if plan
                        else "no accepted fix: " + "; ".join(_why_not(o) for o in report.outcomes)),
         "predictions": _predictions(report.outcomes),
-        "expert": _interval(expert), "compile": _interval(compile_result), "compile_s": compiled.compile_s,
+        "peers": {peer: _interval(m) | {"first_step_s": m.first_step_s[1], "max_rel_error": m.numerics.max_rel_error}
+                  for peer, m in measured.items()},
         "best_peer": best_peer, "head_to_head": _interval(head_to_head),
+        "against_recipe": _interval(against_recipe),
     }
-    print(row["plan_steps"], _cell(row["plan"]), _cell(row["expert"]), _cell(row["compile"]),
-          f"plan vs {best_peer}:", _head_to_head_cell(row["head_to_head"]), flush=True)
+    print(row["plan_steps"], _cell(row["plan"]), *(f"{p}: {_cell(i)}" for p, i in row["peers"].items()),
+          f"plan vs {best_peer}:", _head_to_head_cell(row["head_to_head"]),
+          f"plan vs {FULL_RECIPE}:", _head_to_head_cell(row["against_recipe"]), flush=True)
     return row
 
 
@@ -215,35 +240,52 @@ def _cell(interval: dict[str, object] | None) -> str:
     return f"{interval['speedup']:.2f}× ({interval['ci_low']:.2f}–{interval['ci_high']:.2f})"
 
 
+PEER_COLUMNS = ("channels_last", "torch.compile", "compile + freezing", "bf16 + channels_last", FULL_RECIPE,
+                "max-autotune + freezing")
+
+
+def _peer_cell(row: dict[str, object], peer: str) -> str:
+    """A peer's speedup and interval, and its first call's seconds where it compiles; — where it does not apply."""
+    interval = row["peers"].get(peer)
+    if interval is None:
+        return "—"
+    compile_s = f", first call {interval['first_step_s']:.0f} s" if interval["first_step_s"] >= 1 else ""
+    return f"{_cell(interval)}{compile_s}"
+
+
 def write_results(rows: list[dict[str, object]], path: Path) -> None:
     lines = [
-        "# Advice quality: convdoctor's plan vs the blind expert recipe vs torch.compile",
+        "# Advice quality: convdoctor's plan against what an expert tries blindly",
         "",
         f"Machine: {device_name(torch.device('cpu'))}, {torch.get_num_threads()} threads; "
-        f"Python {platform.python_version()}, torch {torch.__version__}. Produced by "
-        "`python benchmarks/advice_quality.py`; speedups are medians of interleaved rounds against the same "
-        "baseline, with 95% intervals (the harness's: bootstrap and t over blocks).",
+        f"Python {platform.python_version()}, torch {torch.__version__}; bfloat16 native: "
+        f"{torch.ops.mkldnn._is_mkldnn_bf16_supported()}. Produced by `python benchmarks/advice_quality.py`; "
+        "speedups are medians of interleaved rounds against the same baseline, with 95% intervals (the harness's: "
+        "bootstrap and t over blocks). A compiled peer's first call (its compile) is outside the timing.",
         "",
         "| model | mode | batch | baseline ms | convdoctor plan | plan steps | predicted vs measured saving, alone "
-        "| plan's measured saving "
-        "| expert recipe (channels_last) | torch.compile | compile s | plan vs the best of recipe and compile, "
-        "head to head |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| " + " | ".join(PEER_COLUMNS) + " | plan vs the best of channels_last, torch.compile and compile + "
+        "freezing, head to head | plan vs " + FULL_RECIPE + ", head to head |",
+        "|" + "---|" * (10 + len(PEER_COLUMNS)),
     ]
     for row in rows:
-        plan = row["plan"]
-        measured = f"{1 - 1 / plan['speedup']:.0%}" if plan else "0%"
-        lines.append(f"| {row['model']} | {row['mode']} | {row['batch']} | {row['baseline_ms']:.1f} | {_cell(plan)} "
-                     f"| {row['plan_steps']} | {_prediction_cell(row['predictions'])} | {measured} "
-                     f"| {_cell(row['expert'])} | {_cell(row['compile'])} | {row['compile_s']:.0f} "
-                     f"| vs {row['best_peer']}: {_head_to_head_cell(row['head_to_head'])} |")
+        peers_cells = " | ".join(_peer_cell(row, peer) for peer in PEER_COLUMNS)
+        lines.append(f"| {row['model']} | {row['mode']} | {row['batch']} | {row['baseline_ms']:.1f} "
+                     f"| {_cell(row['plan'])} | {row['plan_steps']} | {_prediction_cell(row['predictions'])} "
+                     f"| {peers_cells} | vs {row['best_peer']}: {_head_to_head_cell(row['head_to_head'])} "
+                     f"| {_head_to_head_cell(row['against_recipe']) if row['against_recipe'] else '—'} |")
     predictions = [tuple(p[1:]) for row in rows for p in row["predictions"]]
     estimates = [tuple(p[1:]) for row in rows for p in row["predictions"] if "(" not in p[0]]
     duels = [row["head_to_head"] for row in rows]
+    ahead = sum(d is not None and d["verdict"] == Verdict.FASTER.value for d in duels)
     level_or_ahead = sum(d is not None and d["verdict"] != Verdict.SLOWER.value for d in duels)
-    lines += ["", f"The plan timed head to head against the better of the blind recipe and torch.compile (the plan's "
-              f"steps applied together to a fresh copy, the peer as the baseline): level or ahead on {level_or_ahead} "
-              f"of {len(rows)} rows (no plan counts as behind)."]
+    recipe_duels = [row["against_recipe"] for row in rows if row["mode"] == "eval"]
+    recipe_level = sum(d is not None and d["verdict"] != Verdict.SLOWER.value for d in recipe_duels)
+    lines += ["", f"The plan timed head to head against the best of channels_last, torch.compile and (eval) "
+              f"torch.compile with freezing (the plan's steps applied together to a fresh copy, the peer as the "
+              f"baseline): strictly ahead on {ahead} of {len(rows)} rows, level or ahead on {level_or_ahead} (no plan "
+              f"counts as behind). Against {FULL_RECIPE}: level or ahead on {recipe_level} of {len(recipe_duels)} "
+              "eval rows."]
     lines += ["", f"Predictions within ±{PREDICTION_TOLERANCE:.0%} of the measured saving (or within one point of the "
               f"step): {sum(within(p, m) for p, m, _, _ in estimates)} of {len(estimates)} estimates; "
               f"{sum(within(p, m) for p, m, _, _ in predictions)} of {len(predictions)} with the bounds (at most, "

@@ -92,21 +92,22 @@ class Compiled(nn.Module):
     torch 2.13 the ninth copy hit ``recompile_limit`` (8) and ran eagerly, unnoticed by the benchmark.
     """
 
-    def __init__(self, model: nn.Module, freezing: bool = False) -> None:
+    def __init__(self, model: nn.Module, freezing: bool = False, mode: str = "default") -> None:
         super().__init__()
         self.model = model
         self.freezing = freezing
+        self.mode = mode  # torch.compile's mode ("max-autotune": benchmarks/advice_quality.py)
         self._compiled: Callable[..., object] | None = None  # a compiled function, not a registered module
 
     def forward(self, *args: object, **kwargs: object) -> object:
         if self._compiled is not None:
             return self._compiled(*args, **kwargs)
         if not self.freezing:
-            self._compiled = torch.compile(self.model.forward)
+            self._compiled = torch.compile(self.model.forward, mode=self.mode)
             return self._compiled(*args, **kwargs)
         from torch._inductor import config as inductor_config
 
-        self._compiled = torch.compile(_own_entry(self.model))
+        self._compiled = torch.compile(_own_entry(self.model), mode=self.mode)
         with inductor_config.patch(freezing=True):
             return self._compiled(*args, **kwargs)  # the first call compiles
 
