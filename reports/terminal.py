@@ -12,6 +12,8 @@ from convdoctor.analyzer.step.critical_path import CriticalPath
 from convdoctor.reports.presentation import (
     architecture_note,
     busy_banner,
+    compiled_headline,
+    compiled_layer_cells,
     headline,
     layer_lines,
     left_out_lines,
@@ -50,6 +52,8 @@ def render_summary(report: Report, html_path: str, json_path: str, overwrote: bo
             lines += [row.rstrip() for row in rows]
         lines.append("")
     lines += [f"note: {note}" for note in report.notes] + ([""] if report.notes else [])
+    if report.compiled is not None:
+        lines += _compiled(report) + [""]
     if report.memory is not None and report.memory.devices:
         lines += [memory_peak_line(report.memory), ""]
     hta = _hta(report)
@@ -96,6 +100,25 @@ def render_summary(report: Report, html_path: str, json_path: str, overwrote: bo
     if "operators" in show:
         lines += _operators(report)
     return "\n".join(lines)
+
+
+def _compiled(report: Report) -> list[str]:
+    """The compiled step against the eager one, and what compile did to the slowest conv layers."""
+    view = report.compiled
+    lines = [compiled_headline(view)]
+    top = sorted(view.layers, key=lambda layer: -(layer.ms_per_step or 0.0))[:TOP_LAYERS]
+    width = min(max((len(layer.name) for layer in top), default=0), 40)
+    for layer in top:
+        conv, fused = compiled_layer_cells(layer)
+        lines.append(f"  {layer.name[:40]:<{width}}  {conv}; fused: {fused}")
+    if len(view.layers) > len(top):
+        lines.append(f"  and {len(view.layers) - len(top)} more conv layers in the report")
+    if view.folded:
+        lines.append(f"  BatchNorm with no call of its own (folded into its conv): {', '.join(view.folded)}")
+    attribution = {layer.attribution for layer in view.layers}
+    lines.append(f"  kernels attributed to layers by {' and '.join(sorted(attribution)) or 'nothing'}")
+    lines += [f"  note: {note}" for note in view.notes]
+    return lines
 
 
 def _operators(report: Report) -> list[str]:

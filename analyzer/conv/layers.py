@@ -11,7 +11,7 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from convdoctor.analyzer.conv.communication import CommView, communication
 from convdoctor.analyzer.conv.gpu_timeline import GpuTimeline, gpu_timeline
@@ -23,6 +23,9 @@ from convdoctor.analyzer.trace.profile import (
     Profile,
     Step,
 )
+
+if TYPE_CHECKING:
+    from convdoctor.analyzer.conv.compiled import CompiledView
 
 CONV_OP = re.compile(
     r"^aten::(?!\w*backward)(conv[123]d|conv_transpose[123]d|_?convolution|_convolution_mode|cudnn_convolution\w*|"
@@ -174,6 +177,7 @@ class ConvAnalysis:
     calls: list[Op] = field(default_factory=list, repr=False)  # the outermost conv operators, in trace order
     backward_nodes: list[Op] = field(default_factory=list, repr=False)  # conv backward nodes, in trace order
     job: JobView | None = None  # set for one rank of a data-parallel job: what all its ranks' traces say
+    compiled: CompiledView | None = None  # set when a compiled model's trace was captured (compiled_view)
 
     @cached_property
     def gpu_timeline(self) -> GpuTimeline | None:
