@@ -13,7 +13,7 @@ from convdoctor.reports.presentation import (
     architecture_note,
     busy_banner,
     compiled_headline,
-    compiled_layer_cells,
+    compiled_layer_line,
     headline,
     layer_lines,
     left_out_lines,
@@ -108,9 +108,7 @@ def _compiled(report: Report) -> list[str]:
     lines = [compiled_headline(view)]
     top = sorted(view.layers, key=lambda layer: -(layer.ms_per_step or 0.0))[:TOP_LAYERS]
     width = min(max((len(layer.name) for layer in top), default=0), 40)
-    for layer in top:
-        conv, fused = compiled_layer_cells(layer)
-        lines.append(f"  {layer.name[:40]:<{width}}  {conv}; fused: {fused}")
+    lines += [f"  {layer.name[:40]:<{width}}  {compiled_layer_line(layer)}" for layer in top]
     if len(view.layers) > len(top):
         lines.append(f"  and {len(view.layers) - len(top)} more conv layers in the report")
     if view.folded:

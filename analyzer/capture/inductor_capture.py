@@ -4,11 +4,12 @@ Inductor's provenance tracking (``config.trace.provenance_tracking_level = 1``) 
 graph's code: ``kernel:handle`` -> the post-grad FX nodes the call computes, the handles numbered in the order the
 generated code calls the kernels. Each post-grad node keeps the ``nn_module_stack`` of the code it came from. A
 post-grad custom pass (``config.post_grad_custom_post_pass``) keeps both while the graph compiles: the nodes' modules
-and shapes, and the table itself, which Inductor fills after the pass and resets when the compile ends. Where a
-pattern fusion lost a conv call's conv module (freezing's mkldnn conv + ReLU/add fusions keep only the ReLU's node),
-the call is matched to the eager model's conv calls by order and shapes. Caches are off while it compiles: a cache
-hit would skip the code generation that fills the table. ``cpp.enable_kernel_profile`` makes each of Inductor's C++
-kernels a profiler event (``graph_0_cpp_fused_relu_0``); without it they are invisible in a trace.
+and the table itself, which Inductor fills after the pass and resets when the compile ends. The eager model's conv
+calls and their shapes are recorded too: ``analyzer.conv.compiled`` checks each extern conv call's provenance against
+the shapes its trace event records, and matches it by order and shapes where provenance is missing or wrong
+(freezing's mkldnn conv + ReLU/add fusions). Caches are off while it compiles: a cache hit would skip the code
+generation that fills the table. ``cpp.enable_kernel_profile`` makes each of Inductor's C++ kernels a profiler event
+(``graph_0_cpp_fused_relu_0``); without it they are invisible in a trace.
 """
 
 from __future__ import annotations
@@ -41,35 +42,22 @@ from convdoctor.analyzer.capture.recording import (
     unprofiled_step_us,
 )
 from convdoctor.analyzer.capture.workload import Workload, make_step, synchronize
-from convdoctor.analyzer.conv.compiled import is_extern_conv
-from convdoctor.analyzer.trace.inductor_record import (
-    INDUCTOR_KEY,
-    ORDER_AND_SHAPES,
-    PROVENANCE,
-    trace_name,
-)
+from convdoctor.analyzer.trace.inductor_record import INDUCTOR_KEY
 from convdoctor.analyzer.trace.profile import METADATA_KEY
 from convdoctor.analyzer.trace.reader import TRACE_SUFFIXES
 
 COMPILED_WORKER = "compiled"  # the compiled trace's worker name, beside the eager run's in the log dir
 COMPILED_RUN_SUFFIX = "-compiled"
 ROOT_ACCESS = re.compile(r"^L\['[^']*'\]")  # nn_module_stack paths start at the compiled frame's local: L['self']
-Shapes = tuple[tuple[int, ...], tuple[int, ...] | None]  # a conv call's input shape and weight shape
-
-
-@dataclass(frozen=True)
-class _Node:
-    """What a post-grad FX node tells of its origin."""
-
-    module: str | None  # the innermost module of its nn_module_stack, as a qualified name of the model
-    conv_shapes: Shapes | None  # for a conv node: its input's and weight's shapes
+Shapes = tuple[tuple[int, ...], tuple[int, ...]]  # a conv call's input shape and weight shape
 
 
 @dataclass
 class _Graph:
-    """One compiled graph: its post-grad nodes, and Inductor's provenance table (filled once its code is made)."""
+    """One compiled graph: its post-grad nodes' modules, and Inductor's provenance table (filled once its code is
+    made)."""
 
-    nodes: dict[str, _Node]
+    modules: dict[str, str | None]  # node name -> the innermost module of its nn_module_stack (a qualified name)
     provenance: dict[str, list[str]]
 
 
@@ -83,9 +71,9 @@ class _Observer(CustomGraphPass):
     def __call__(self, graph: torch.fx.Graph) -> None:
         from torch._inductor import debug
 
-        nodes = {node.name: _Node(_module(node, self.modules), _conv_shapes(node)) for node in graph.nodes}
+        modules = {node.name: _module(node, self.modules) for node in graph.nodes}
         # Inductor rebinds this table when a compile starts and fills it while it generates this graph's code.
-        self.graphs.append(_Graph(nodes, debug._inductor_triton_kernel_to_post_grad_node_info))
+        self.graphs.append(_Graph(modules, debug._inductor_triton_kernel_to_post_grad_node_info))
 
     def uuid(self) -> None:
         return None  # never cached: the table is filled only when the code is generated
@@ -109,15 +97,6 @@ def _module(node: torch.fx.Node, modules: dict[str, str]) -> str | None:
     path = re.sub(r"\._modules\['([^']*)'\]|\['([^']*)'\]|\[(\d+)\]", lambda m: "." + next(g for g in m.groups() if g),
                   path).lstrip(".")
     return path if path in modules else None
-
-
-def _conv_shapes(node: torch.fx.Node) -> Shapes | None:
-    values = [arg.meta.get("val") for arg in node.args[:2] if isinstance(arg, torch.fx.Node)]
-    if not values or not isinstance(values[0], torch.Tensor) or values[0].dim() not in (3, 4, 5):
-        return None
-    weight = values[1] if len(values) > 1 and isinstance(values[1], torch.Tensor) else None
-    same_rank = weight is not None and weight.dim() == values[0].dim()
-    return tuple(values[0].shape), (tuple(weight.shape) if same_rank else None)
 
 
 @dataclass(frozen=True)
@@ -147,37 +126,12 @@ def eager_calls(workload: Workload) -> EagerCalls:
     return calls
 
 
-def call_sites(graph: _Graph, modules: dict[str, str], conv_calls: list[tuple[str, Shapes]]) -> list[list[Any]]:
-    """The graph's kernel calls in code order, as the trace metadata keeps them: [kernel, [modules], attribution]."""
+def call_sites(graph: _Graph) -> list[list[Any]]:
+    """The graph's kernel calls in code order, as the trace metadata keeps them: [kernel, [module names]]."""
     ordered = sorted(graph.provenance.items(), key=lambda item: int(item[0].rpartition(":")[2] or 0))
-    sites = []
-    for key, node_names in ordered:
-        kernel = key.rpartition(":")[0] or key
-        nodes = [graph.nodes[name] for name in node_names if name in graph.nodes]
-        names = list(dict.fromkeys(node.module for node in nodes if node.module is not None))
-        shapes = next((node.conv_shapes for node in nodes if node.conv_shapes is not None), None)
-        sites.append([kernel, names, PROVENANCE, shapes])
-    unclaimed = list(conv_calls)
-    for site in sites:  # the conv calls whose conv module provenance names claim it first
-        convs = [name for name in site[1] if _is_conv_class(modules[name])]
-        unclaimed = [call for call in unclaimed if call[0] not in convs]
-    for site in sites:
-        if not is_extern_conv(trace_name(site[0])) or any(_is_conv_class(modules[n]) for n in site[1]):
-            continue
-        match = next((call for call in unclaimed if site[3] is not None and _same_shapes(call[1], site[3])), None)
-        if match is not None:
-            unclaimed.remove(match)
-            site[1] = [match[0], *site[1]]
-            site[2] = ORDER_AND_SHAPES
-    return [site[:3] for site in sites]
-
-
-def _is_conv_class(class_name: str) -> bool:
-    return re.fullmatch(r"(Lazy)?Conv(Transpose)?[123]d", class_name) is not None
-
-
-def _same_shapes(eager: Shapes, compiled: Shapes) -> bool:
-    return eager[0] == compiled[0] and (compiled[1] is None or eager[1] == compiled[1])
+    return [[key.rpartition(":")[0] or key,
+             list(dict.fromkeys(m for name in nodes if (m := graph.modules.get(name)) is not None))]
+            for key, nodes in ordered]
 
 
 def record_compiled(workload: Workload, compile_: Callable[[Workload], Workload], compiled_by: str, logdir: Path,
@@ -210,7 +164,8 @@ def record_compiled(workload: Workload, compile_: Callable[[Workload], Workload]
                 "compile_s": round(compile_s, 3), "unprofiled_step_us": round(step_us, 3),
                 "eager_unprofiled_step_us": eager_unprofiled_step_us,
                 "modules": modules, "eager_order": eager.leaves,
-                "graphs": [call_sites(graph, modules, eager.convs) for graph in observer.graphs]}
+                "eager_convs": [[name, list(shapes[0]), list(shapes[1])] for name, shapes in eager.convs],
+                "graphs": [call_sites(graph) for graph in observer.graphs]}
             recorded = metadata_json(settings)
             sched = schedule(wait=WAIT_STEPS, warmup=WARMUP_STEPS, active=steps, repeat=1)
             handler = tensorboard_trace_handler(str(scratch), worker_name=COMPILED_WORKER)

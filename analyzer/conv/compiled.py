@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from convdoctor.analyzer.conv.layers import is_conv_op
 from convdoctor.analyzer.trace.inductor_record import (
     COMPILED_BY_MODEL_FILE,
-    ORDER_AND_SHAPES,
     CallSite,
     InductorRecord,
+    Shapes,
+    dims,
     matches,
     recorded_inductor,
 )
@@ -27,6 +28,9 @@ from convdoctor.analyzer.trace.profile import Op, Profile
 GRAPH_CALL = "## Call CompiledFxGraph"  # the annotation around one call of a compiled graph's generated code
 CONV_CLASS = re.compile(r"(Lazy)?Conv(Transpose)?[123]d")
 NORM_CLASS = re.compile(r"BatchNorm[123]d|SyncBatchNorm")
+PROVENANCE = "provenance"  # Inductor's provenance tracking named the FX nodes, whose nn_module_stack names modules
+ORDER_AND_SHAPES = "order and shapes"  # an extern conv call matched to the eager step's conv calls
+UNATTRIBUTED = "unattributed"  # neither could tell
 
 
 @functools.cache
@@ -41,7 +45,7 @@ class KernelTime:
 
     kernel: str  # the trace's event name (a generated kernel's name without its graph_<n>_ prefix)
     modules: tuple[str, ...]  # the modules whose work it does
-    attribution: str  # how ``modules`` was found (inductor_record.PROVENANCE or ORDER_AND_SHAPES)
+    attribution: str  # how ``modules`` was found: PROVENANCE, ORDER_AND_SHAPES or UNATTRIBUTED
     extern: bool  # a library conv call (else Inductor's generated code, or another library call)
     calls_per_step: float
     ms_per_step: float | None  # None: the call was not seen in the trace
@@ -122,25 +126,24 @@ def compiled_view(profile: Profile) -> CompiledView | None:
     graph_calls = [op for op in profile.ops if op.name.startswith(GRAPH_CALL) and _in_steps(profile, op)]
     steps = profile.step_count
     on_device = profile.has_device_events
-    calls = [[0, 0.0] for graph in record.graphs for _ in graph]  # per site: calls seen, µs
-    offsets = [sum(len(g) for g in record.graphs[:i]) for i in range(len(record.graphs))]
+    seen = [[_Seen() for _ in graph] for graph in record.graphs]
     unmatched_us = 0.0
     for call in graph_calls:
         graph, assigned = _best_graph(record, call.children)
         for child, site in assigned:
+            time_us = child.device_time_us() if on_device else child.dur_us
             if site is None:
-                unmatched_us += child.device_time_us() if on_device else child.dur_us
-                continue
-            entry = calls[offsets[graph] + site]
-            entry[0] += 1
-            entry[1] += child.device_time_us() if on_device else child.dur_us
-    if not record.graphs or not any(record.graphs):
+                unmatched_us += time_us
+            else:
+                seen[graph][site].add(child, time_us)
+    if not any(record.graphs):
         notes.append("Inductor recorded no provenance for this compile (a cached graph, or a backend other than "
                      "Inductor): the trace cannot tell which layer each kernel call came from.")
     if not graph_calls:
         notes.append(f"The trace has no '{GRAPH_CALL}' events in its steps: no kernel call could be timed.")
-    kernels = tuple(_kernel_time(site, *calls[offsets[g] + i], steps)
-                    for g, graph in enumerate(record.graphs) for i, site in enumerate(graph))
+    kernels = tuple(_kernel_time(site, modules, how, seen[g][i], steps)
+                    for g, graph in enumerate(record.graphs)
+                    for i, (site, (modules, how)) in enumerate(zip(graph, _attribute(record, graph, seen[g]))))
     unseen = sorted({k.kernel for k in kernels if k.ms_per_step is None})
     if graph_calls and unseen:
         notes.append(f"{len(unseen)} recorded kernel calls were not seen in the trace's graph calls "
@@ -149,9 +152,9 @@ def compiled_view(profile: Profile) -> CompiledView | None:
     convs = [name for name, cls in record.module_classes.items() if CONV_CLASS.fullmatch(cls)]
     missing = [name for name in convs if name not in {layer.name for layer in layers}]
     if missing and any(record.graphs):
-        notes.append(f"{len(missing)} conv modules have no kernel call of their own in the compiled graphs "
-                     f"({', '.join(missing[:3])}{'…' if len(missing) > 3 else ''}): not called, or their calls' "
-                     "provenance was lost; the trace cannot tell which.")
+        notes.append(f"{len(missing)} conv modules have no kernel call found for them in the compiled graphs "
+                     f"({', '.join(missing[:3])}{'…' if len(missing) > 3 else ''}): not called, or neither provenance "
+                     "nor order and shapes could tell their calls.")
     worked = {m for k in kernels for m in k.modules}
     folded = tuple(name for name, cls in record.module_classes.items()
                    if NORM_CLASS.fullmatch(cls) and name not in worked and any(record.graphs))
@@ -164,6 +167,20 @@ def compiled_view(profile: Profile) -> CompiledView | None:
                                   else record.eager_unprofiled_step_us / 1e3),
         layers=layers, kernels=kernels, folded=folded, unmatched_ms_per_step=unmatched_us / 1e3 / steps,
         notes=tuple(notes))
+
+
+@dataclass
+class _Seen:
+    """A call site's events in the trace: how many, their time, and the first one."""
+
+    calls: int = 0
+    time_us: float = 0.0
+    first: Op | None = None
+
+    def add(self, event: Op, time_us: float) -> None:
+        self.calls += 1
+        self.time_us += time_us
+        self.first = self.first or event
 
 
 def _in_steps(profile: Profile, op: Op) -> bool:
@@ -193,10 +210,53 @@ def _align(events: list[Op], sites: tuple[CallSite, ...]) -> list[tuple[Op, int 
     return assigned
 
 
-def _kernel_time(site: CallSite, calls: int, time_us: float, steps: int) -> KernelTime:
+def _attribute(record: InductorRecord, sites: tuple[CallSite, ...], seen: list[_Seen]
+               ) -> list[tuple[tuple[str, ...], str]]:
+    """Each call site's modules and how they were found. An extern conv call keeps its provenance when it names a
+    conv module called with the shapes the call's trace event records; else it takes the first conv call of the eager
+    step, not claimed yet, with those shapes (provenance of freezing's fused mkldnn convs names other nodes)."""
+    classes = record.module_classes
+    result = [(site.modules, PROVENANCE) for site in sites]
+    unclaimed = list(record.eager_convs)
+    pending: list[tuple[int, Shapes | None]] = []
+    for index, site in enumerate(sites):
+        if not is_extern_conv(site.trace_name):
+            continue
+        shapes = conv_shapes(seen[index].first) if seen[index].first is not None else None
+        convs = [m for m in site.modules if CONV_CLASS.fullmatch(classes.get(m, ""))]
+        claim = next((c for c in unclaimed if convs and c[0] == convs[0] and shapes in (None, c[1])), None)
+        if claim is None:
+            pending.append((index, shapes))
+        else:
+            unclaimed.remove(claim)
+    for index, shapes in pending:
+        claim = next((c for c in unclaimed if shapes is not None and c[1] == shapes), None)
+        if claim is None:
+            result[index] = ((), UNATTRIBUTED)
+        else:
+            unclaimed.remove(claim)
+            result[index] = ((claim[0],), ORDER_AND_SHAPES)
+    return result
+
+
+def conv_shapes(event: Op) -> Shapes | None:
+    """A conv call's input and weight shapes from its trace event's ``Input Dims``: the weight is the last tensor of
+    the input's rank, the input the first one, or the second in oneDNN's in-place binary conv
+    (``mkldnn::_convolution_pointwise_``: the addend it writes into comes first)."""
+    shapes = [dims(d) for d in event.input_dims]
+    if not shapes or shapes[0] is None or len(shapes[0]) not in (3, 4, 5):
+        return None
+    tensors = [s for s in shapes if s is not None and len(s) == len(shapes[0])]
+    if len(tensors) < 2:
+        return None
+    in_place = event.name.endswith("_") and len(tensors) >= 3
+    return tensors[1 if in_place else 0], tensors[-1]
+
+
+def _kernel_time(site: CallSite, modules: tuple[str, ...], how: str, seen: _Seen, steps: int) -> KernelTime:
     name = site.trace_name
-    return KernelTime(kernel=name, modules=site.modules, attribution=site.attribution, extern=is_extern_conv(name),
-                      calls_per_step=calls / steps, ms_per_step=time_us / 1e3 / steps if calls else None)
+    return KernelTime(kernel=name, modules=modules, attribution=how, extern=is_extern_conv(name),
+                      calls_per_step=seen.calls / steps, ms_per_step=seen.time_us / 1e3 / steps if seen.calls else None)
 
 
 def _layers(record: InductorRecord, kernels: tuple[KernelTime, ...]) -> tuple[CompiledLayer, ...]:
@@ -216,14 +276,15 @@ def _layers(record: InductorRecord, kernels: tuple[KernelTime, ...]) -> tuple[Co
 
 
 def _followers(record: InductorRecord) -> dict[str, set[str]]:
-    """The leaf modules the eager step calls right after each conv, before the next conv (its BatchNorm, ReLU...):
-    only those that follow one conv module alone (a ReLU module shared by a block follows several)."""
+    """The leaf modules of the same parent that the eager step calls right after each conv, before the next conv (its
+    BatchNorm, ReLU...): only those that follow one conv module alone (a ReLU module shared by a block follows
+    several)."""
     after: dict[str, set[str]] = {}
     current = None
     for name in record.eager_order:
         if CONV_CLASS.fullmatch(record.module_classes.get(name, "")):
             current = name
-        elif current is not None:
+        elif current is not None and name.rpartition(".")[0] == current.rpartition(".")[0]:
             after.setdefault(current, set()).add(name)
     owners: dict[str, set[str]] = {}
     for conv, names in after.items():

@@ -19,13 +19,14 @@ INDUCTOR_KEY = "inductor"
 # In it: {"compiled_by": COMPILED_BY_*, "freezing": bool, "compile_s": float, "unprofiled_step_us": float,
 #         "eager_unprofiled_step_us": float or null, "modules": {qualified name: class name},
 #         "eager_order": [leaf module names, in the order one eager step calls them],
-#         "graphs": [[[kernel, [module names], attribution], ...], ...]}
+#         "eager_convs": [[conv module name, input shape, weight shape], ...] (one eager step's conv calls, in order),
+#         "graphs": [[[kernel, [module names]], ...], ...]}
 COMPILED_BY_MODEL_FILE = "model file"  # the model file returned torch.compile(model)
 COMPILED_BY_CONVDOCTOR = "convdoctor"  # `profile --compiled`: torch.compile of a copy, as CD116's candidate
-PROVENANCE = "provenance"  # Inductor's provenance tracking named the FX nodes, whose nn_module_stack names modules
-ORDER_AND_SHAPES = "order and shapes"  # an extern conv call matched to the eager conv calls by order and shapes
-ATTRIBUTIONS = (PROVENANCE, ORDER_AND_SHAPES)
 GENERATED_CALL = re.compile(r"^graph_\d+_")  # cpp kernels' profiler events: graph_0_cpp_fused_relu_0
+
+
+Shapes = tuple[tuple[int, ...], tuple[int, ...]]  # a conv call's input and weight shapes
 
 
 @dataclass(frozen=True)
@@ -33,8 +34,7 @@ class CallSite:
     """One kernel call in a compiled graph's generated code."""
 
     kernel: str  # as Inductor's provenance names it
-    modules: tuple[str, ...]  # qualified names of the modules whose work it does, in graph order; may be empty
-    attribution: str  # PROVENANCE or ORDER_AND_SHAPES (how ``modules`` was found)
+    modules: tuple[str, ...]  # the modules of the FX nodes provenance names for it, in graph order; may be empty
 
     @property
     def trace_name(self) -> str:
@@ -53,6 +53,7 @@ class InductorRecord:
     eager_unprofiled_step_us: float | None
     module_classes: dict[str, str]  # qualified name -> class name, every module of the model
     eager_order: tuple[str, ...]  # the leaf modules one eager step calls, in call order (repeated calls repeated)
+    eager_convs: tuple[tuple[str, Shapes], ...]  # one eager step's conv calls in order: module, (input, weight)
     graphs: tuple[tuple[CallSite, ...], ...]  # one per compiled graph, in compile order
 
 
@@ -84,7 +85,7 @@ def recorded_inductor(profile: Profile) -> InductorRecord | None:
     entry = convdoctor.get(INDUCTOR_KEY) if isinstance(convdoctor, dict) else None
     if not isinstance(entry, dict) or not isinstance(entry.get("graphs"), list):
         return None
-    modules, order = entry.get("modules"), entry.get("eager_order")
+    modules, order, convs = entry.get("modules"), entry.get("eager_order"), entry.get("eager_convs")
     classes = {k: v for k, v in modules.items() if isinstance(k, str) and isinstance(v, str)} \
         if isinstance(modules, dict) else {}
     return InductorRecord(
@@ -95,18 +96,27 @@ def recorded_inductor(profile: Profile) -> InductorRecord | None:
         eager_unprofiled_step_us=_positive(entry.get("eager_unprofiled_step_us")),
         module_classes=classes,
         eager_order=tuple(m for m in order if isinstance(m, str)) if isinstance(order, list) else (),
+        eager_convs=tuple(_conv_call(c) for c in convs if _conv_call(c) is not None) if isinstance(convs, list) else (),
         graphs=tuple(tuple(_sites(graph)) for graph in entry["graphs"] if isinstance(graph, list)),
     )
 
 
 def _sites(graph: list[Any]) -> list[CallSite]:
-    sites = []
-    for value in graph:
-        if not (isinstance(value, list) and len(value) == 3 and isinstance(value[0], str)
-                and isinstance(value[1], list) and value[2] in ATTRIBUTIONS):
-            continue
-        sites.append(CallSite(value[0], tuple(m for m in value[1] if isinstance(m, str)), value[2]))
-    return sites
+    return [CallSite(value[0], tuple(m for m in value[1] if isinstance(m, str))) for value in graph
+            if isinstance(value, list) and len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], list)]
+
+
+def _conv_call(value: Any) -> tuple[str, Shapes] | None:
+    if not (isinstance(value, list) and len(value) == 3 and isinstance(value[0], str)):
+        return None
+    shapes = [dims(v) for v in value[1:]]
+    return None if None in shapes else (value[0], (shapes[0], shapes[1]))
+
+
+def dims(value: Any) -> tuple[int, ...] | None:
+    """A tensor shape as a trace or the metadata writes it (a list of ints), else None."""
+    ok = isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    return tuple(value) if ok else None
 
 
 def _positive(value: Any) -> float | None:
