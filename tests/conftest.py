@@ -88,6 +88,29 @@ def capture_analysis(workload, tmp_path: Path, steps: int = 1):
     return analyze_convs(load_profile(capture(workload, tmp_path / "tb", "run", steps=steps)[0]))
 
 
+def raw_graph_calls(trace: Path) -> tuple[list[list[dict[str, Any]]], int]:
+    """Read from a compiled model's raw trace JSON, independently of convdoctor's parser: each call of a compiled
+    graph (``## Call CompiledFxGraph``) inside a ``ProfilerStep``, as the events directly inside it in start order,
+    and the number of steps."""
+    opener = gzip.open if trace.name.endswith(".gz") else open
+    with opener(trace, "rt") as handle:
+        events = [e for e in json.load(handle)["traceEvents"] if e.get("ph") == "X"]
+    steps = [e for e in events if e["name"].startswith("ProfilerStep#")]
+
+    def within(inner: dict[str, Any], outer: dict[str, Any]) -> bool:
+        return inner is not outer and inner["tid"] == outer["tid"] and outer["ts"] <= inner["ts"] \
+            and inner["ts"] + inner["dur"] <= outer["ts"] + outer["dur"]
+
+    calls = [e for e in events if e["name"].startswith("## Call CompiledFxGraph") and any(within(e, s) for s in steps)]
+    result = []
+    for call in calls:
+        inside = [e for e in events if within(e, call)]
+        direct = [e for e in inside if not any(within(e, o) and (o["ts"], -o["dur"]) < (e["ts"], -e["dur"])
+                                               for o in inside)]
+        result.append(sorted(direct, key=lambda e: e["ts"]))
+    return result, len(steps)
+
+
 def file_analysis(model_file: Path, tmp_path: Path, steps: int = 1):
     """Load a model file on the CPU and capture and analyze it: the workload and its ConvAnalysis."""
     from convdoctor.analyzer.capture.workload import load_workload

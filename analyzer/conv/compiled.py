@@ -260,17 +260,26 @@ def _kernel_time(site: CallSite, modules: tuple[str, ...], how: str, seen: _Seen
 
 
 def _layers(record: InductorRecord, kernels: tuple[KernelTime, ...]) -> tuple[CompiledLayer, ...]:
-    """Each conv module that a call works for, in code order, with the calls that do its work or its followers'."""
+    """Each conv module that a call works for, in code order, with its extern calls and the generated kernels that do
+    the work of the modules right after it (or its own, such as its input's layout, when they hold no other conv's
+    followers: a kernel that finishes one block and lays out the next conv's input is the first block's)."""
     classes = record.module_classes
     followers = _followers(record)
+    follower_of = {module: conv for conv, names in followers.items() for module in names}
     order = list(dict.fromkeys(m for k in kernels for m in k.modules if CONV_CLASS.fullmatch(classes.get(m, ""))))
     layers = []
     for name in order:
-        own = {name} | followers.get(name, set())
+        mine = followers.get(name, set())
+
+        def belongs(kernel: KernelTime, name: str = name, mine: set[str] = mine) -> bool:
+            modules = set(kernel.modules)
+            return bool(modules & mine) or (name in modules and all(follower_of.get(m, name) == name for m in modules))
+
         extern = tuple(k for k in kernels if k.extern and name in k.modules)
-        fused = tuple(k for k in kernels if not k.extern and own & set(k.modules))
-        neighbours = tuple(dict.fromkeys(m for k in (*extern, *fused) for m in k.modules
-                                         if m != name and not CONV_CLASS.fullmatch(classes.get(m, ""))))
+        fused = tuple(k for k in kernels if not k.extern and belongs(k))
+        neighbours = tuple(dict.fromkeys(m for k in (*extern, *fused) for m in k.modules if m != name
+                                         and not CONV_CLASS.fullmatch(classes.get(m, ""))
+                                         and follower_of.get(m, name) == name))
         layers.append(CompiledLayer(name, extern, fused, neighbours))
     return tuple(layers)
 

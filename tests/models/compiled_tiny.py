@@ -1,4 +1,6 @@
-"""A tiny conv net returned already compiled (torch.compile): convdoctor profiles it as compiled."""
+"""A tiny conv net returned already compiled (torch.compile): convdoctor profiles it as compiled (it compiles in
+seconds)."""
+
 import torch
 from torch import nn
 
