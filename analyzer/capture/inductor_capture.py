@@ -30,7 +30,7 @@ from torch._inductor import config as inductor_config
 from torch._inductor.custom_graph_pass import CustomGraphPass
 from torch.profiler import ProfilerActivity, profile, schedule, tensorboard_trace_handler
 
-from convdoctor.analyzer.capture.contention import QuietPolicy
+from convdoctor.analyzer.capture.contention import QuietPolicy, cpu_jiffies, other_cores_busy
 from convdoctor.analyzer.capture.recording import (
     WAIT_STEPS,
     WARMUP_STEPS,
@@ -139,7 +139,8 @@ def record_compiled(workload: Workload, compile_: Callable[[Workload], Workload]
                     quiet: QuietPolicy | None = None) -> PendingTraces:
     """Profile ``steps`` steps of a copy of the workload compiled by ``compile_`` into a scratch folder under
     ``logdir`` (worker ``COMPILED_WORKER``), recording each compiled graph's kernel calls and their modules in the
-    trace's metadata (``INDUCTOR_KEY``). Nothing under ``logdir/run_name`` changes until it is published."""
+    trace's metadata (``INDUCTOR_KEY``). ``quiet``: the run's rule for busy machines, which the compiled step is
+    timed under. Nothing under ``logdir/run_name`` changes until it is published."""
     run = workload.copy()
     modules = {name: type(module).__name__ for name, module in run.model.named_modules()}
     eager = eager_calls(run)
@@ -157,12 +158,17 @@ def record_compiled(workload: Workload, compile_: Callable[[Workload], Workload]
             step()
             synchronize(run.device)
             compile_s = time.perf_counter() - started
+            if quiet is not None:
+                quiet.settle("timing the compiled model")
+            before, started = cpu_jiffies(), time.perf_counter()
             step_us = unprofiled_step_us(step, run.device)
+            busy = other_cores_busy(before, cpu_jiffies(), time.perf_counter() - started)
             settings = replace(environment(run, quiet), unprofiled_step_us=step_us).to_metadata()
             settings[INDUCTOR_KEY] = {
                 "compiled_by": compiled_by, "freezing": bool(inductor_config.freezing),
                 "compile_s": round(compile_s, 3), "unprofiled_step_us": round(step_us, 3),
                 "eager_unprofiled_step_us": eager_unprofiled_step_us,
+                "timed_under_load_cores": round(busy, 2) if quiet is not None and quiet.is_contended(busy) else None,
                 "modules": modules, "eager_order": eager.leaves,
                 "eager_convs": [[name, list(shapes[0]), list(shapes[1])] for name, shapes in eager.convs],
                 "graphs": [call_sites(graph) for graph in observer.graphs]}

@@ -139,6 +139,9 @@ def compiled_view(profile: Profile) -> CompiledView | None:
     if not any(record.graphs):
         notes.append("Inductor recorded no provenance for this compile (a cached graph, or a backend other than "
                      "Inductor): the trace cannot tell which layer each kernel call came from.")
+    if record.timed_under_load_cores is not None:
+        notes.append(f"The compiled step was timed while other processes kept {record.timed_under_load_cores:g} "
+                     "cores busy: its time, and its comparison with the eager step, may be off.")
     if not graph_calls:
         notes.append(f"The trace has no '{GRAPH_CALL}' events in its steps: no kernel call could be timed.")
     kernels = tuple(_kernel_time(site, modules, how, seen[g][i], steps)

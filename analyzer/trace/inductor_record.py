@@ -17,7 +17,8 @@ from convdoctor.analyzer.trace.profile import METADATA_KEY, Profile
 
 INDUCTOR_KEY = "inductor"
 # In it: {"compiled_by": COMPILED_BY_*, "freezing": bool, "compile_s": float, "unprofiled_step_us": float,
-#         "eager_unprofiled_step_us": float or null, "modules": {qualified name: class name},
+#         "eager_unprofiled_step_us": float or null, "timed_under_load_cores": float or null,
+#         "modules": {qualified name: class name},
 #         "eager_order": [leaf module names, in the order one eager step calls them],
 #         "eager_convs": [[conv module name, input shape, weight shape], ...] (one eager step's conv calls, in order),
 #         "graphs": [[[kernel, [module names]], ...], ...]}
@@ -51,6 +52,7 @@ class InductorRecord:
     compile_s: float | None
     unprofiled_step_us: float | None
     eager_unprofiled_step_us: float | None
+    timed_under_load_cores: float | None  # other processes' load while the compiled step was timed, when too high
     module_classes: dict[str, str]  # qualified name -> class name, every module of the model
     eager_order: tuple[str, ...]  # the leaf modules one eager step calls, in call order (repeated calls repeated)
     eager_convs: tuple[tuple[str, Shapes], ...]  # one eager step's conv calls in order: module, (input, weight)
@@ -94,6 +96,7 @@ def recorded_inductor(profile: Profile) -> InductorRecord | None:
         compile_s=_positive(entry.get("compile_s")),
         unprofiled_step_us=_positive(entry.get("unprofiled_step_us")),
         eager_unprofiled_step_us=_positive(entry.get("eager_unprofiled_step_us")),
+        timed_under_load_cores=_positive(entry.get("timed_under_load_cores")),
         module_classes=classes,
         eager_order=tuple(m for m in order if isinstance(m, str)) if isinstance(order, list) else (),
         eager_convs=tuple(_conv_call(c) for c in convs if _conv_call(c) is not None) if isinstance(convs, list) else (),
