@@ -220,11 +220,14 @@ def build_report(analysis: ConvAnalysis, summary: WorkloadSummary, outcomes: lis
         hta=hta,
         hta_reason=NO_GPU if hta is None else None,
         compiled=analysis.compiled,
+        compiled_shown=(None if analysis.compiled is None
+                        else _shown(analysis.compiled.slowest_first, COMPILED_LAYERS_LISTED)),
     )
 
 
 SHOWN_ROWS = 50  # rows of each whole-step table the HTML shows (report.json has all of them)
 LISTED_OPERATORS = 10  # operators `--show operators` prints
+COMPILED_LAYERS_LISTED = 5  # conv layers of the compiled view the terminal lists
 
 
 def step_views(profile: Profile) -> StepViews:

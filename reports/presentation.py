@@ -284,9 +284,9 @@ def compiled_layer_line(layer: CompiledLayer) -> str:
     """One layer of the compiled view in a line: ``aten::convolution 2.920 ms; 2 generated kernels 0.342 ms for
     bn1, relu`` (the HTML names each kernel)."""
     conv, _ = compiled_layer_cells(layer)
-    seen = [k.ms_per_step for k in layer.fused if k.ms_per_step is not None]
     if not layer.fused:
         return f"{conv}; no generated kernel"
-    time = f" {sum(seen):.3f} ms" if seen else ", time unknown"
+    fused = layer.fused_ms_per_step
+    time = f" {fused:.3f} ms" if fused is not None else ", time unknown"
     count = f"{len(layer.fused)} generated kernel{'s' if len(layer.fused) != 1 else ''}"
     return f"{conv}; {count}{time}" + (f" for {', '.join(layer.neighbours)}" if layer.neighbours else "")

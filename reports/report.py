@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from convdoctor.analyzer.conv.compiled import CompiledView
+from convdoctor.analyzer.conv.compiled import CompiledLayer, CompiledView
 from convdoctor.analyzer.conv.kernels import KernelTotals, LayerKernels
 from convdoctor.analyzer.conv.layers import ConvAnalysis, ConvLayer
 from convdoctor.analyzer.conv.roofline import LayerRoofline, Roofline
@@ -137,3 +137,4 @@ class Report:
     hta: HtaViews | None = None  # HTA-class views of a GPU trace; None with ``hta_reason`` otherwise
     hta_reason: str | None = None  # why there are no HTA-class views
     compiled: CompiledView | None = None  # what torch.compile did per conv layer, when a compiled trace was taken
+    compiled_shown: Shown[CompiledLayer] | None = None  # its slowest layers, as the terminal lists them

@@ -104,17 +104,15 @@ def render_summary(report: Report, html_path: str, json_path: str, overwrote: bo
 
 def _compiled(report: Report) -> list[str]:
     """The compiled step against the eager one, and what compile did to the slowest conv layers."""
-    view = report.compiled
+    view, shown = report.compiled, report.compiled_shown
+    width = min(max((len(layer.name) for layer in shown.rows), default=0), 40)
     lines = [compiled_headline(view)]
-    top = sorted(view.layers, key=lambda layer: -(layer.ms_per_step or 0.0))[:TOP_LAYERS]
-    width = min(max((len(layer.name) for layer in top), default=0), 40)
-    lines += [f"  {layer.name[:40]:<{width}}  {compiled_layer_line(layer)}" for layer in top]
-    if len(view.layers) > len(top):
-        lines.append(f"  and {len(view.layers) - len(top)} more conv layers in the report")
+    lines += [f"  {layer.name[:40]:<{width}}  {compiled_layer_line(layer)}" for layer in shown.rows]
+    if shown.more:
+        lines.append(f"  and {shown.more} more conv layers in the report")
     if view.folded:
         lines.append(f"  BatchNorm with no call of its own (folded into its conv): {', '.join(view.folded)}")
-    attribution = {layer.attribution for layer in view.layers}
-    lines.append(f"  kernels attributed to layers by {' and '.join(sorted(attribution)) or 'nothing'}")
+    lines.append(f"  kernels attributed to layers by {' and '.join(view.attributions) or 'nothing'}")
     lines += [f"  note: {note}" for note in view.notes]
     return lines
 

@@ -134,6 +134,14 @@ def call_sites(graph: _Graph) -> list[list[Any]]:
             for key, nodes in ordered]
 
 
+def _graphs_entry(observer: _Observer, eager: EagerCalls) -> dict[str, Any]:
+    """The model's modules, its eager step's calls and each compiled graph's kernel calls, as the metadata keeps them
+    (``inductor_record.INDUCTOR_KEY``)."""
+    return {"modules": observer.modules, "eager_order": eager.leaves,
+            "eager_convs": [[name, list(shapes[0]), list(shapes[1])] for name, shapes in eager.convs],
+            "graphs": [call_sites(graph) for graph in observer.graphs]}
+
+
 def record_compiled(workload: Workload, compile_: Callable[[Workload], Workload], compiled_by: str, logdir: Path,
                     run_name: str, *, steps: int = 3, eager_unprofiled_step_us: float | None = None,
                     quiet: QuietPolicy | None = None) -> PendingTraces:
@@ -169,9 +177,7 @@ def record_compiled(workload: Workload, compile_: Callable[[Workload], Workload]
                 "compile_s": round(compile_s, 3), "unprofiled_step_us": round(step_us, 3),
                 "eager_unprofiled_step_us": eager_unprofiled_step_us,
                 "timed_under_load_cores": round(busy, 2) if quiet is not None and quiet.is_contended(busy) else None,
-                "modules": modules, "eager_order": eager.leaves,
-                "eager_convs": [[name, list(shapes[0]), list(shapes[1])] for name, shapes in eager.convs],
-                "graphs": [call_sites(graph) for graph in observer.graphs]}
+                **_graphs_entry(observer, eager)}
             recorded = metadata_json(settings)
             sched = schedule(wait=WAIT_STEPS, warmup=WARMUP_STEPS, active=steps, repeat=1)
             handler = tensorboard_trace_handler(str(scratch), worker_name=COMPILED_WORKER)

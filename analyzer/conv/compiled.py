@@ -67,15 +67,23 @@ class CompiledLayer:
 
     @property
     def attribution(self) -> str:
-        """How the calls were found to be this layer's."""
-        ways = {k.attribution for k in (*self.extern, *self.fused)}
-        return ORDER_AND_SHAPES if ORDER_AND_SHAPES in ways else next(iter(ways), "none")
+        """How its calls were found to be this layer's: ORDER_AND_SHAPES when any was, else PROVENANCE."""
+        return ORDER_AND_SHAPES if any(k.attribution == ORDER_AND_SHAPES for k in self.extern) else PROVENANCE
 
     @property
     def ms_per_step(self) -> float | None:
         """Its library and generated calls' time per step; None when none of them was seen in the trace."""
-        seen = [k.ms_per_step for k in (*self.extern, *self.fused) if k.ms_per_step is not None]
-        return sum(seen) if seen else None
+        return _seen_ms((*self.extern, *self.fused))
+
+    @property
+    def fused_ms_per_step(self) -> float | None:
+        """Its generated kernels' time per step; None when none of them was seen in the trace."""
+        return _seen_ms(self.fused)
+
+
+def _seen_ms(kernels: tuple[KernelTime, ...]) -> float | None:
+    seen = [k.ms_per_step for k in kernels if k.ms_per_step is not None]
+    return sum(seen) if seen else None
 
 
 @dataclass(frozen=True)
@@ -105,6 +113,16 @@ class CompiledView:
         if self.unprofiled_step_ms is None or self.eager_unprofiled_step_ms is None:
             return None
         return self.eager_unprofiled_step_ms / self.unprofiled_step_ms
+
+    @property
+    def attributions(self) -> tuple[str, ...]:
+        """How the layers' calls were found (PROVENANCE, ORDER_AND_SHAPES), each once."""
+        return tuple(sorted({layer.attribution for layer in self.layers}))
+
+    @property
+    def slowest_first(self) -> tuple[CompiledLayer, ...]:
+        """The layers, those whose calls take longest first (unknown times last)."""
+        return tuple(sorted(self.layers, key=lambda layer: -(layer.ms_per_step or 0.0)))
 
     def handled(self, module: str) -> str | None:
         """How compile took a (BatchNorm) module's own pass away: ``fused into <kernel>`` when its work runs inside a
