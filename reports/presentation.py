@@ -20,6 +20,9 @@ from convdoctor.rules.base import Finding, SavingBound
 def headline(report: Report) -> str:
     """The verdict in one sentence."""
     analysis = report.analysis
+    if not analysis.layers and report.compiled is not None and report.compiled.layers:
+        return (f"A compiled model's trace: its {len(report.compiled.layers)} conv layers are in the Compiled view, "
+                "outside the ATen conv operators the eager analysis reads.")
     if not analysis.layers:
         return "No convolutions were found in the profiled steps."
     count = len(analysis.layers)
@@ -243,7 +246,7 @@ def byte_size(count: int) -> str:
 def compiled_headline(view: CompiledView) -> str:
     """``Compiled by the model file (torch.compile, Inductor): step 0.74 ms against 2.10 ms eager, 2.84x faster
     (both timed without the profiler); the first call, compile included, took 17.5 s.``"""
-    by = "by the model file" if view.by_model_file else "by convdoctor (--compiled)"
+    by = "by the model file" if view.by_model_file else "by convdoctor's --compiled"
     frozen = ", freezing on" if view.freezing else ""
     step = view.unprofiled_step_ms
     if step is None:
