@@ -365,7 +365,8 @@ def profile_workload(workload: Workload, options: ProfileOptions, files: ReportF
             analysis.compiled = compiled_view(load_profile(pending[-1].files[0]))
         results = run_rules(rules, analysis)
         outcomes = measure_findings(workload, results.findings, measuring, progress)
-        report = build_report(analysis, _summary(workload, options, analysis), outcomes, traces.published_files,
+        report = build_report(analysis, _summary(workload, options, analysis), outcomes,
+                              [path for p in pending for path in p.published_files],
                               files.logdir, results, rule_set)
         report.plan = build_plan(workload, outcomes, measuring, progress)
         report.busy_machine = busy_machine(report, quiet)
