@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import re
 import statistics
+from collections import Counter
 from dataclasses import dataclass
 
 from convdoctor.analyzer.conv.layers import is_conv_op
@@ -306,18 +307,15 @@ def _layers(record: InductorRecord, kernels: tuple[KernelTime, ...]) -> tuple[Co
 
 
 def _followers(record: InductorRecord) -> dict[str, set[str]]:
-    """The leaf modules of the same parent that the eager step calls right after each conv, before the next conv (its
-    BatchNorm, ReLU...): only those that follow one conv module alone (a ReLU module shared by a block follows
-    several)."""
+    """The leaf modules of the same parent that the eager step calls once, right after a conv and before the next
+    conv: its BatchNorm, and its ReLU when the ReLU module is its own (a block's ReLU module called twice is no
+    single conv's)."""
+    calls = Counter(record.eager_order)
     after: dict[str, set[str]] = {}
     current = None
     for name in record.eager_order:
         if CONV_CLASS.fullmatch(record.module_classes.get(name, "")):
             current = name
-        elif current is not None and name.rpartition(".")[0] == current.rpartition(".")[0]:
+        elif current is not None and calls[name] == 1 and name.rpartition(".")[0] == current.rpartition(".")[0]:
             after.setdefault(current, set()).add(name)
-    owners: dict[str, set[str]] = {}
-    for conv, names in after.items():
-        for name in names:
-            owners.setdefault(name, set()).add(conv)
-    return {conv: {n for n in names if len(owners[n]) == 1} for conv, names in after.items()}
+    return after
