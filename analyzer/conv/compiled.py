@@ -14,7 +14,7 @@ import statistics
 from collections import Counter
 from dataclasses import dataclass
 
-from convdoctor.analyzer.conv.layers import is_conv_op
+from convdoctor.analyzer.conv.conv_ops import is_conv_op
 from convdoctor.analyzer.trace.inductor_record import (
     COMPILED_BY_MODEL_FILE,
     CallSite,

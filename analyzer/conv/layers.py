@@ -14,6 +14,8 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from convdoctor.analyzer.conv.communication import CommView, communication
+from convdoctor.analyzer.conv.conv_ops import CONV_OP as CONV_OP  # the rules' conv check, read from here too
+from convdoctor.analyzer.conv.conv_ops import is_conv_op
 from convdoctor.analyzer.conv.gpu_timeline import GpuTimeline, gpu_timeline
 from convdoctor.analyzer.conv.job_view import JobView
 from convdoctor.analyzer.trace.profile import (
@@ -27,10 +29,6 @@ from convdoctor.analyzer.trace.profile import (
 if TYPE_CHECKING:
     from convdoctor.analyzer.conv.compiled import CompiledView
 
-CONV_OP = re.compile(
-    r"^aten::(?!\w*backward)(conv[123]d|conv_transpose[123]d|_?convolution|_convolution_mode|cudnn_convolution\w*|"
-    r"mkldnn_convolution|miopen_\w*convolution\w*|thnn_conv\w*|_?slow_conv\w*|_nnpack_spatial_convolution|conv_tbc)$"
-)
 # The conv operators that only dispatch: the ones below them name the implementation (mkldnn_convolution, thnn_conv2d).
 DISPATCH_CONV_OPS = frozenset({"aten::conv1d", "aten::conv2d", "aten::conv3d", "aten::conv_transpose1d",
                                "aten::conv_transpose2d", "aten::conv_transpose3d", "aten::convolution",
@@ -49,12 +47,6 @@ DTYPE_NAMES = {"float": "float32", "double": "float64", "c10::Half": "float16", 
 
 
 # Name checks remembered per name: a trace repeats a few hundred names over hundreds of thousands of events.
-@functools.cache
-def is_conv_op(name: str) -> bool:
-    """An operator that computes a convolution (CONV_OP)."""
-    return CONV_OP.match(name) is not None
-
-
 @functools.cache
 def is_conv_backward_node(name: str) -> bool:
     """The autograd node of a convolution's backward (CONV_BACKWARD_NODE)."""
