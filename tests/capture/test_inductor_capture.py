@@ -81,9 +81,11 @@ def test_the_trace_metadata_names_modules_and_kernels(captured):
 
 def test_cd116_leaves_a_compiled_model_file_alone(captured):
     _, analysis, _ = captured
-    assert list(TorchCompileRule().check(analysis)) == []
+    rule = TorchCompileRule()
+    rule.min_share = 0.0  # whatever share of this tiny model's step its BNs and ReLUs take on a busy machine
+    assert list(rule.check(analysis)) == []
     eager_only = replace(analysis, compiled=None)
-    assert [f.rule_id for f in TorchCompileRule().check(eager_only)] == ["CD116"]  # the same trace, uncompiled
+    assert [f.rule_id for f in rule.check(eager_only)] == ["CD116"]  # the same trace, uncompiled
 
 
 def test_cd109_skips_batch_norms_compile_fused(captured):
