@@ -105,12 +105,15 @@ def main() -> None:
                    "launched by torch's elastic launcher (torchrun); one trace per rank.")
 @click.option("--backend", type=click.Choice(["gloo", "nccl"]), default=None,
               help="Process-group backend with --nproc [default: nccl on CUDA, gloo on the CPU].")
+@click.option("--compiled", is_flag=True,
+              help="Also profile a torch.compile'd copy of the model and show, per conv layer, what Inductor did "
+                   "(on by itself for a model file that returns a compiled model).")
 @_rule_selection
 def profile_command(model_py: Path, device: str, mode: str, batch_size: int | None, steps: int,
                     out_dir: Path | None, no_measure: bool, time_budget_s: float | None, timeout_s: float,
                     wait_quiet_s: float, thorough: bool, output_format: str, fail_under: float | None, nproc: int,
-                    backend: str | None, select: tuple[str, ...], ignore: tuple[str, ...], show: tuple[str, ...]
-                    ) -> None:
+                    backend: str | None, compiled: bool, select: tuple[str, ...], ignore: tuple[str, ...],
+                    show: tuple[str, ...]) -> None:
     """Profile the model that MODEL_PY defines, measure each fix, and write HTML and JSON reports."""
     from convdoctor.analyzer.capture.workload import process_exit_guard
     from convdoctor.api import profile_file
@@ -119,7 +122,7 @@ def profile_command(model_py: Path, device: str, mode: str, batch_size: int | No
     options = ProfileOptions(device=device, mode=mode, batch_size=batch_size, steps=steps, out_dir=out_dir,
                              measure=not no_measure, time_budget_s=time_budget_s, timeout_s=timeout_s or None,
                              select=select, ignore=ignore, nproc=nproc, backend=backend, wait_quiet_s=wait_quiet_s,
-                             thorough=thorough)
+                             thorough=thorough, compiled=compiled)
     with captured_prints() as printed, process_exit_guard():
         try:
             report, files = _or_exit(lambda: profile_file(model_py, options, ClickProgress()))

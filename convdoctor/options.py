@@ -35,6 +35,7 @@ class ProfileOptions:
     benchmark: BenchmarkSettings = field(default_factory=BenchmarkSettings)
     wait_quiet_s: float = 60.0  # the most the run waits, in all, for other processes to leave the cores (0: never)
     thorough: bool = False  # every planned block of every comparison: no early stop
+    compiled: bool = False  # also profile the model compiled by torch.compile (always for a compiled model file)
 
     def measuring(self, quiet: QuietPolicy | None = None) -> MeasuringOptions:
         """The options the measuring phase reads, under the run's rule for busy machines."""

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from convdoctor.analyzer.capture.contention import QuietPolicy, cpu_jiffies, other_cores_busy
+from convdoctor.analyzer.conv.compiled import compiled_view
 from convdoctor.analyzer.conv.job_view import job_view, trace_rank
 from convdoctor.analyzer.conv.kernels import LayerKernels, kernel_totals, layer_kernels
 from convdoctor.analyzer.conv.layers import ConvAnalysis, analyze_convs
@@ -64,6 +65,7 @@ from convdoctor.rules.registry import (
 from convdoctor.version import __version__
 
 if TYPE_CHECKING:
+    from convdoctor.analyzer.capture.recording import PendingTraces
     from convdoctor.analyzer.capture.workload import Workload
     from convdoctor.options import ProfileOptions
 
@@ -112,7 +114,7 @@ def analyze_path(path: str | Path, out_dir: Path | None = None, progress: Progre
             for trace in run:
                 progress.stage(f"analyzing {trace}")
                 try:
-                    analyzed.append((trace, analyze_convs(load_profile(trace, reader.take(trace)))))
+                    analyzed.append((trace, analyzed_profile(load_profile(trace, reader.take(trace)))))
                 except TraceError as exc:
                     failed.append(str(exc))
             if len(analyzed) > 1:
@@ -164,8 +166,15 @@ def analyze_trace(trace: Path) -> Report:
     """One trace analyzed offline with every rule, nothing measured (what `analyze` reports), written nowhere."""
     rule_set = load_rules()
     with collector_paused():
-        analysis = analyze_convs(load_profile(trace))
+        analysis = analyzed_profile(load_profile(trace))
         return _offline_report(analysis, trace, trace.parent, rule_set, rule_set.rules)
+
+
+def analyzed_profile(profile: Profile) -> ConvAnalysis:
+    """The conv analysis of a profile, with the compiled view of a compiled model's trace."""
+    analysis = analyze_convs(profile)
+    analysis.compiled = compiled_view(profile)
+    return analysis
 
 
 def _offline_report(analysis: ConvAnalysis, trace: Path, logdir: Path, rule_set: RuleSet, rules: list[Rule]
@@ -210,11 +219,15 @@ def build_report(analysis: ConvAnalysis, summary: WorkloadSummary, outcomes: lis
         views=step_views(analysis.profile),
         hta=hta,
         hta_reason=NO_GPU if hta is None else None,
+        compiled=analysis.compiled,
+        compiled_shown=(None if analysis.compiled is None
+                        else _shown(analysis.compiled.slowest_first, COMPILED_LAYERS_LISTED)),
     )
 
 
 SHOWN_ROWS = 50  # rows of each whole-step table the HTML shows (report.json has all of them)
 LISTED_OPERATORS = 10  # operators `--show operators` prints
+COMPILED_LAYERS_LISTED = 5  # conv layers of the compiled view the terminal lists
 
 
 def step_views(profile: Profile) -> StepViews:
@@ -339,6 +352,7 @@ def profile_workload(workload: Workload, options: ProfileOptions, files: ReportF
         traces = record(workload, files.logdir, run_name, steps=options.steps, layout_probe=layout_probe,
                         allocator_record=allocator_record, quiet=quiet)
     timing_busy = other_cores_busy(before, cpu_jiffies(), time.perf_counter() - started)
+    pending: list[PendingTraces] = [traces]
     try:
         progress.stage("analyzing the trace")
         analysis = analyze_convs(load_profile(traces.files[0]))
@@ -346,21 +360,48 @@ def profile_workload(workload: Workload, options: ProfileOptions, files: ReportF
             analysis.notes.append(f"The layout probe and the profiled steps ran while other processes kept "
                                   f"{timing_busy:.1f} cores busy: layer times, and the predictions made from them, "
                                   "may read high.")
+        if options.compiled or workload.model_file_compile is not None:
+            pending.append(_capture_compiled(workload, options, files, run_name, analysis, quiet, progress))
+            analysis.compiled = compiled_view(load_profile(pending[-1].files[0]))
         results = run_rules(rules, analysis)
         outcomes = measure_findings(workload, results.findings, measuring, progress)
-        report = build_report(analysis, _summary(workload, options, analysis), outcomes, traces.published_files,
+        report = build_report(analysis, _summary(workload, options, analysis), outcomes,
+                              [path for p in pending for path in p.published_files],
                               files.logdir, results, rule_set)
         report.plan = build_plan(workload, outcomes, measuring, progress)
         report.busy_machine = busy_machine(report, quiet)
     except BaseException as exc:  # Ctrl-C included: the previous report stays, this run's traces are set aside
-        kept = traces.set_aside()
-        if kept is not None:
+        for kept in filter(None, (p.set_aside() for p in pending)):
             exc.add_note(f"this run's traces were set aside in {kept}; the previous report in {files.out_dir} "
                          "is unchanged")
         raise
-    traces.publish()
+    for done in pending:
+        done.publish()
     write_report(report, files)
     return report
+
+
+def _capture_compiled(workload: Workload, options: ProfileOptions, files: ReportFiles, run_name: str,
+                      analysis: ConvAnalysis, quiet: QuietPolicy, progress: Progress) -> PendingTraces:
+    """Profile a compiled copy of the workload (the model file's own compile, else CD116's torch.compile) beside the
+    eager run, under ``<run>-compiled``."""
+    from convdoctor.analyzer.candidates.transforms import compiled
+    from convdoctor.analyzer.capture.inductor_capture import COMPILED_RUN_SUFFIX, record_compiled
+    from convdoctor.analyzer.capture.workload import time_limit
+    from convdoctor.analyzer.trace.inductor_record import COMPILED_BY_CONVDOCTOR, COMPILED_BY_MODEL_FILE
+
+    by_file = workload.model_file_compile
+    if by_file is not None:
+        analysis.notes.append("The model file returns a compiled model (torch.compile): the conv layers, findings and "
+                              "measurements are those of its eager module (a copy); the compiled view shows what "
+                              "compile does with it.")
+    progress.stage(f"compiling a copy with torch.compile{' as the model file does' if by_file else ''} and "
+                   f"capturing {options.steps} compiled steps")
+    with time_limit(options.timeout_s, "compiling and profiling the compiled model"):
+        return record_compiled(workload, by_file.apply if by_file else compiled,
+                               COMPILED_BY_MODEL_FILE if by_file else COMPILED_BY_CONVDOCTOR, files.logdir,
+                               run_name + COMPILED_RUN_SUFFIX, steps=options.steps,
+                               eager_unprofiled_step_us=analysis.unprofiled_step_us, quiet=quiet)
 
 
 def profile_job(path: Path, options: ProfileOptions, files: ReportFiles, progress: Progress) -> Report:
@@ -372,6 +413,8 @@ def profile_job(path: Path, options: ProfileOptions, files: ReportFiles, progres
     from convdoctor.analyzer.measure.plan import build_plan
     from convdoctor.analyzer.measure.trials import JobTrial
 
+    if options.compiled:
+        raise JobError("--compiled profiles one process: drop --nproc (or --compiled)")
     if options.mode != "train":
         raise JobError("--nproc needs --mode train: DistributedDataParallel communicates only in training "
                        "(the gradient allreduce); profile inference on one device, without --nproc")

@@ -9,6 +9,8 @@ from convdoctor.reports.charts import BOUND_COLORS, memory_charts, roofline_char
 from convdoctor.reports.presentation import (
     architecture_note,
     busy_banner,
+    compiled_headline,
+    compiled_layer_cells,
     headline,
     kernel_columns,
     layer_lines,
@@ -64,4 +66,6 @@ def render_html(report: Report) -> str:
         view_colors=VIEW_COLORS,
         overview_definitions=OVERVIEW_DEFINITIONS,
         operator_definitions=OPERATOR_DEFINITIONS,
+        compiled_headline=None if report.compiled is None else compiled_headline(report.compiled),
+        compiled_cells=[] if report.compiled is None else [compiled_layer_cells(x) for x in report.compiled.layers],
     )

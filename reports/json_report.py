@@ -7,6 +7,7 @@ import math
 from typing import Any
 
 from convdoctor.analyzer.conv.communication import DEFINITIONS as COMM_DEFINITIONS
+from convdoctor.analyzer.conv.compiled import CompiledView, KernelTime
 from convdoctor.analyzer.conv.job_view import JobView
 from convdoctor.analyzer.conv.kernels import KernelShare, KernelTotals, LayerKernels
 from convdoctor.analyzer.conv.layers import ConvAnalysis
@@ -65,6 +66,7 @@ def report_to_dict(report: Report) -> dict[str, Any]:
         "reliable": report.busy_machine is None,
         "busy_machine": None if report.busy_machine is None else vars(report.busy_machine).copy(),
         "hta": hta_to_dict(report.hta, report.hta_reason),
+        "compiled": None if report.compiled is None else _compiled(report.compiled),
         **({"distributed": distributed_to_dict(analysis.job)} if analysis.job is not None else {}),
         "modules": None if report.modules is None else _modules(report.modules),
         "memory": None if report.memory is None else _memory(report.memory),
@@ -74,6 +76,26 @@ def report_to_dict(report: Report) -> dict[str, Any]:
             "kernels": _kernels(report.views.kernels),
         }),
     }
+
+
+def _compiled(view: CompiledView) -> dict[str, Any]:
+    """What torch.compile did to each conv layer, and the compiled step against the eager one."""
+    return {
+        "compiled_by": view.compiled_by, "freezing": view.freezing, "compile_s": view.compile_s,
+        "step_ms": view.step_ms, "unprofiled_step_ms": view.unprofiled_step_ms,
+        "eager_unprofiled_step_ms": view.eager_unprofiled_step_ms, "speedup": view.speedup,
+        "layers": [{"name": layer.name, "attribution": layer.attribution, "ms_per_step": layer.ms_per_step,
+                    "fused_into": layer.fused_into, "neighbours": list(layer.neighbours),
+                    "extern": [_kernel_time(k) for k in layer.extern], "fused": [_kernel_time(k) for k in layer.fused]}
+                   for layer in view.layers],
+        "kernels": [_kernel_time(k) for k in view.kernels],
+        "folded": list(view.folded), "unmatched_ms_per_step": view.unmatched_ms_per_step, "notes": list(view.notes),
+    }
+
+
+def _kernel_time(kernel: KernelTime) -> dict[str, Any]:
+    return {"kernel": kernel.kernel, "modules": list(kernel.modules), "attribution": kernel.attribution,
+            "extern": kernel.extern, "calls_per_step": kernel.calls_per_step, "ms_per_step": kernel.ms_per_step}
 
 
 def _modules(view: ModulesView) -> dict[str, Any]:

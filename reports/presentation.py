@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from convdoctor.analyzer.conv.compiled import CompiledLayer, CompiledView, KernelTime
 from convdoctor.analyzer.conv.kernels import NON_COMPUTE_FAMILIES, LayerKernels
 from convdoctor.analyzer.conv.roofline import Roofline
 from convdoctor.analyzer.measure.results import (
@@ -19,6 +20,9 @@ from convdoctor.rules.base import Finding, SavingBound
 def headline(report: Report) -> str:
     """The verdict in one sentence."""
     analysis = report.analysis
+    if not analysis.layers and report.compiled is not None and report.compiled.layers:
+        return (f"A compiled model's trace: its {len(report.compiled.layers)} conv layers are in the Compiled view, "
+                "outside the ATen conv operators the eager analysis reads.")
     if not analysis.layers:
         return "No convolutions were found in the profiled steps."
     count = len(analysis.layers)
@@ -237,3 +241,55 @@ def byte_size(count: int) -> str:
         if count >= scale:
             return f"{count / scale:.3g} {unit}"
     return f"{count} B"
+
+
+def compiled_headline(view: CompiledView) -> str:
+    """``Compiled by the model file (torch.compile, Inductor): step 0.74 ms against 2.10 ms eager, 2.84x faster
+    (both timed without the profiler); the first call, compile included, took 17.5 s.``"""
+    by = "by the model file" if view.by_model_file else "by convdoctor's --compiled"
+    frozen = ", freezing on" if view.freezing else ""
+    step = view.unprofiled_step_ms
+    if step is None:
+        timing = f"step {view.step_ms:.2f} ms under the profiler (not timed without it)"
+    elif view.speedup is None:
+        timing = f"step {step:.2f} ms (the eager step was not timed without the profiler: no comparison)"
+    else:
+        pace = "faster" if view.speedup >= 1 else "slower"
+        ratio = view.speedup if view.speedup >= 1 else 1 / view.speedup
+        timing = (f"step {step:.2f} ms against {view.eager_unprofiled_step_ms:.2f} ms eager, {ratio:.2f}x {pace} "
+                  "(both timed without the profiler)")
+    first = "" if view.compile_s is None else f"; the first call, compile included, took {view.compile_s:.1f} s"
+    return f"Compiled {by} (torch.compile, Inductor{frozen}): {timing}{first}"
+
+
+def kernel_time_text(kernel: KernelTime) -> str:
+    """``aten::convolution 0.297 ms`` (per step), or ``... time unknown (not seen in the trace)``."""
+    if kernel.ms_per_step is None:
+        return f"{kernel.kernel} time unknown (not seen in the trace)"
+    calls = f" ({kernel.calls_per_step:g} calls)" if kernel.calls_per_step != 1 else ""
+    return f"{kernel.kernel} {kernel.ms_per_step:.3f} ms{calls}"
+
+
+def compiled_layer_cells(layer: CompiledLayer) -> tuple[str, str]:
+    """What computes the conv (its library call and time, or the generated kernel it went into) and the generated
+    kernels that took its neighbours, with the modules each one does."""
+    if layer.extern:
+        conv = "; ".join(kernel_time_text(k) for k in layer.extern)
+    elif layer.fused_into is not None:
+        conv = f"fused into {layer.fused_into}"
+    else:
+        conv = "no conv call of its own in the trace"
+    fused = "; ".join(f"{kernel_time_text(k)} [{', '.join(k.modules)}]" for k in layer.fused) or "none"
+    return conv, fused
+
+
+def compiled_layer_line(layer: CompiledLayer) -> str:
+    """One layer of the compiled view in a line: ``aten::convolution 2.920 ms; 2 generated kernels 0.342 ms for
+    bn1, relu`` (the HTML names each kernel)."""
+    conv, _ = compiled_layer_cells(layer)
+    if not layer.fused:
+        return f"{conv}; no generated kernel"
+    fused = layer.fused_ms_per_step
+    time = f" {fused:.3f} ms" if fused is not None else ", time unknown"
+    count = f"{len(layer.fused)} generated kernel{'s' if len(layer.fused) != 1 else ''}"
+    return f"{conv}; {count}{time}" + (f" for {', '.join(layer.neighbours)}" if layer.neighbours else "")

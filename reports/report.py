@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from convdoctor.analyzer.conv.compiled import CompiledLayer, CompiledView
 from convdoctor.analyzer.conv.kernels import KernelTotals, LayerKernels
 from convdoctor.analyzer.conv.layers import ConvAnalysis, ConvLayer
 from convdoctor.analyzer.conv.roofline import LayerRoofline, Roofline
@@ -19,8 +20,9 @@ from convdoctor.analyzer.step.overview import Overview
 
 # 1.2: reliable, busy_machine, stopped_early, off_prediction; 1.3: the whole-step views overview, operators,
 # kernels, modules (the nn.Module tree), memory (allocation curve, peak, top allocating operators) and hta (idle
-# time, launches, queues, syncs, pageable copies, critical path; see report.schema.json)
-SCHEMA_VERSION = "1.3"
+# time, launches, queues, syncs, pageable copies, critical path; see report.schema.json); 1.4: compiled (what
+# torch.compile did to each conv layer, from the compiled model's trace)
+SCHEMA_VERSION = "1.4"
 
 Row = TypeVar("Row")
 
@@ -134,3 +136,5 @@ class Report:
     views: StepViews | None = None  # Overview, Operators, Kernels
     hta: HtaViews | None = None  # HTA-class views of a GPU trace; None with ``hta_reason`` otherwise
     hta_reason: str | None = None  # why there are no HTA-class views
+    compiled: CompiledView | None = None  # what torch.compile did per conv layer, when a compiled trace was taken
+    compiled_shown: Shown[CompiledLayer] | None = None  # its slowest layers, as the terminal lists them

@@ -12,6 +12,8 @@ from convdoctor.analyzer.step.critical_path import CriticalPath
 from convdoctor.reports.presentation import (
     architecture_note,
     busy_banner,
+    compiled_headline,
+    compiled_layer_line,
     headline,
     layer_lines,
     left_out_lines,
@@ -50,6 +52,8 @@ def render_summary(report: Report, html_path: str, json_path: str, overwrote: bo
             lines += [row.rstrip() for row in rows]
         lines.append("")
     lines += [f"note: {note}" for note in report.notes] + ([""] if report.notes else [])
+    if report.compiled is not None:
+        lines += _compiled(report) + [""]
     if report.memory is not None and report.memory.devices:
         lines += [memory_peak_line(report.memory), ""]
     hta = _hta(report)
@@ -96,6 +100,21 @@ def render_summary(report: Report, html_path: str, json_path: str, overwrote: bo
     if "operators" in show:
         lines += _operators(report)
     return "\n".join(lines)
+
+
+def _compiled(report: Report) -> list[str]:
+    """The compiled step against the eager one, and what compile did to the slowest conv layers."""
+    view, shown = report.compiled, report.compiled_shown
+    width = min(max((len(layer.name) for layer in shown.rows), default=0), 40)
+    lines = [compiled_headline(view)]
+    lines += [f"  {layer.name[:40]:<{width}}  {compiled_layer_line(layer)}" for layer in shown.rows]
+    if shown.more:
+        lines.append(f"  and {shown.more} more conv layers in the report")
+    if view.folded:
+        lines.append(f"  BatchNorm with no call of its own (folded into its conv): {', '.join(view.folded)}")
+    lines.append(f"  kernels attributed to layers by {' and '.join(view.attributions) or 'nothing'}")
+    lines += [f"  note: {note}" for note in view.notes]
+    return lines
 
 
 def _operators(report: Report) -> list[str]:

@@ -195,7 +195,9 @@ the unfolded model for training and fold the copy you deploy.
 The module scopes of the trace: the order of module calls under each parent module, the class names of the
 modules (`Conv2d`, `BatchNorm2d`), the input shape of `aten::batch_norm` against the conv layer's output
 shape, its `training` argument (`Concrete Inputs`) and whether running mean and variance are passed; the
-step's mode (recorded at capture, else whether the trace holds backward ops). The BN time per step is the
+step's mode (recorded at capture, else whether the trace holds backward ops). When the model file returns a
+compiled model, the compiled trace's per-layer view: a BN that Inductor fused into another call or folded away
+(no call works for it) is skipped, since compile already removed its pass. The BN time per step is the
 host time of the operators of its module calls (device time of its kernels on GPU); the predicted saving is
 that over the step timed without the profiler at capture, where the trace records it.
 
@@ -215,6 +217,12 @@ which the finding is a warning rather than info.
         if analysis.mode != "eval":
             return
         pairs, skipped = find_pairs(analysis)
+        compiled = analysis.compiled
+        if compiled is not None and compiled.by_model_file:  # what the user runs: compile's own fusions count
+            done = {pair.bn: compiled.handled(pair.bn) for pair in pairs}
+            skipped += [Skipped(bn=pair.bn, conv=pair.conv, reason=f"the compiled model already has it {done[pair.bn]}")
+                        for pair in pairs if done[pair.bn] is not None]
+            pairs = [pair for pair in pairs if done[pair.bn] is None]
         if not pairs:
             return
         bn_us = sum(pair.bn_us_per_step for pair in pairs)

@@ -82,7 +82,8 @@ to call trigger recompilation.
 
 ## Evidence
 The outermost non-conv operators inside the profiled steps: their count per step, time per step and share,
-and the most frequent op names; the absence of `Torch-Compiled Region` events.
+and the most frequent op names; the absence of `Torch-Compiled Region` events, and of a model file that returns
+a compiled model (`torch.compile(model)`, profiled with its compiled trace beside the eager one).
 
 ## Options
 `min_share` (fraction of step time, default 0.05): smallest share of the step spent in eager non-conv ops.
@@ -96,6 +97,8 @@ and the most frequent op names; the absence of `Torch-Compiled Region` events.
         profile = analysis.profile
         if any(name.startswith(COMPILED_REGION) for name in set(map(attrgetter("name"), profile.ops))):
             return
+        if analysis.compiled is not None and analysis.compiled.by_model_file:
+            return  # the model file compiles the model already
         ops = eager_ops(analysis)
         steps = profile.step_count
         eager_us = sum(op.device_time_us() if analysis.time_basis.value == "device" else op.dur_us

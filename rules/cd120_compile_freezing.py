@@ -91,7 +91,8 @@ compiled graph, which on torch 2.13 lets freezing fold the weight casts.
 
 ## Evidence
 Conv layers and their time per step; the outermost non-conv operators in the profiled steps, their time, and how
-many are batch norms; the absence of `Torch-Compiled Region` events; the run's mode (`eval`), as recorded.
+many are batch norms; the absence of `Torch-Compiled Region` events, and of a model file that compiles the
+model with freezing on; the run's mode (`eval`), as recorded.
 
 ## Options
 `min_share` (fraction of step time, default 0.1): smallest share of the step spent in conv layers. The candidate's
@@ -112,6 +113,8 @@ benchmarking multiplies a compile that already dominates this rule's cost.
             return  # training updates the parameters: nothing to freeze
         if any(op.name.startswith(COMPILED_REGION) for op in profile.ops):
             return
+        if analysis.compiled is not None and analysis.compiled.by_model_file and analysis.compiled.freezing:
+            return  # the model file compiles the model with freezing already
         share = analysis.share(analysis.conv_time_us)
         if share < self.min_share:
             return

@@ -7,6 +7,7 @@ import gzip
 import json
 import subprocess
 import sys
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,82 @@ def capture_analysis(workload, tmp_path: Path, steps: int = 1):
     from convdoctor.analyzer.trace.reader import load_profile
 
     return analyze_convs(load_profile(capture(workload, tmp_path / "tb", "run", steps=steps)[0]))
+
+
+def raw_graph_calls(trace: Path) -> tuple[list[list[dict[str, Any]]], int]:
+    """Read from a compiled model's raw trace JSON, independently of convdoctor's parser: each call of a compiled
+    graph (``## Call CompiledFxGraph``) inside a ``ProfilerStep``, as the events directly inside it in start order,
+    and the number of steps."""
+    opener = gzip.open if trace.name.endswith(".gz") else open
+    with opener(trace, "rt") as handle:
+        events = [e for e in json.load(handle)["traceEvents"] if e.get("ph") == "X"]
+    steps = [e for e in events if e["name"].startswith("ProfilerStep#")]
+
+    def within(inner: dict[str, Any], outer: dict[str, Any]) -> bool:
+        return inner is not outer and inner["tid"] == outer["tid"] and outer["ts"] <= inner["ts"] \
+            and inner["ts"] + inner["dur"] <= outer["ts"] + outer["dur"]
+
+    calls = [e for e in events if e["name"].startswith("## Call CompiledFxGraph") and any(within(e, s) for s in steps)]
+    result = []
+    for call in calls:
+        inside = [e for e in events if within(e, call)]
+        direct = [e for e in inside if not any(within(e, o) and (o["ts"], -o["dur"]) < (e["ts"], -e["dur"])
+                                               for o in inside)]
+        result.append(sorted(direct, key=lambda e: e["ts"]))
+    return result, len(steps)
+
+
+def small_cnn_modules() -> dict[str, object]:
+    """examples/small_cnn.py's modules by qualified name, in registration order."""
+    sys.path.insert(0, str(EXAMPLES))
+    import small_cnn
+
+    return dict(small_cnn.get_model().named_modules())
+
+
+def _batch_norm_after(modules: dict[str, object], conv: str) -> str:
+    """The BatchNorm registered right after a conv (small_cnn registers each conv's BN next to it)."""
+    names = list(modules)
+    following = names[names.index(conv) + 1]
+    assert type(modules[following]).__name__ == "BatchNorm2d"
+    return following
+
+
+def check_small_cnn_compiled_view(trace: Path) -> Any:
+    """Every conv of small_cnn has one aten::convolution call, whose time is the raw trace's, and the generated
+    kernels holding the BatchNorm after it; used on the committed trace and on a fresh `profile --compiled` run."""
+    from convdoctor.analyzer.conv.compiled import PROVENANCE, compiled_view
+    from convdoctor.analyzer.trace.reader import load_profile
+
+    view = compiled_view(load_profile(trace))
+    modules = small_cnn_modules()
+    convs = [name for name, m in modules.items() if type(m).__name__ == "Conv2d"]
+    assert sorted(layer.name for layer in view.layers) == sorted(convs)
+    opener = gzip.open if trace.name.endswith(".gz") else open
+    with opener(trace, "rt") as handle:
+        (graph,) = json.load(handle)["convdoctor"]["inductor"]["graphs"]
+    extern_sites = [modules_ for kernel, modules_ in graph if kernel == "extern_kernels.convolution"]
+    calls, steps = raw_graph_calls(trace)
+    expected: Counter[str] = Counter()
+    generated_us = 0.0
+    for events in calls:
+        convolutions = [e for e in events if e["name"] == "aten::convolution"]
+        assert len(convolutions) == len(extern_sites) == len(convs)
+        for event, site in zip(convolutions, extern_sites):
+            (conv,) = [m for m in site if m in convs]
+            expected[conv] += event["dur"]
+        generated_us += sum(e["dur"] for e in events if e["name"].startswith("graph_0_cpp_fused"))
+    for layer in view.layers:
+        (extern,) = layer.extern
+        assert extern.kernel == "aten::convolution" and extern.attribution == PROVENANCE
+        assert extern.ms_per_step == pytest.approx(expected[layer.name] / 1e3 / steps, rel=1e-9)
+        bn = _batch_norm_after(modules, layer.name)
+        assert bn in layer.neighbours and any(bn in k.modules for k in layer.fused)
+        assert view.handled(bn) is not None and view.handled(bn).startswith("fused into cpp_fused_")
+    generated = sum(k.ms_per_step or 0 for k in view.kernels if not k.extern and k.kernel.startswith("cpp_fused"))
+    assert generated == pytest.approx(generated_us / 1e3 / steps, rel=1e-9)
+    assert view.compiled_by == "convdoctor" and not view.freezing and view.folded == ()
+    return view
 
 
 def file_analysis(model_file: Path, tmp_path: Path, steps: int = 1):

@@ -204,11 +204,21 @@ def _ddp_environment(workload: Workload) -> dict[str, Any]:
     }
 
 
-def _metadata_json(values: dict[str, Any]) -> str:
+def metadata_json(values: dict[str, Any]) -> str:
     """JSON that Kineto copies into the trace intact: it writes the text unescaped and turns backslashes into '/',
-    so '"' and '\\' are dropped from strings and non-ASCII text is kept as itself rather than as \\u escapes."""
-    clean = {k: v.replace('"', "").replace("\\", "/") if isinstance(v, str) else v for k, v in values.items()}
-    return json.dumps(clean, ensure_ascii=False)
+    so '"' and '\\' are dropped from strings (keys and nested values too) and non-ASCII text is kept as itself
+    rather than as \\u escapes."""
+    return json.dumps(_kineto_safe(values), ensure_ascii=False)
+
+
+def _kineto_safe(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace('"', "").replace("\\", "/")
+    if isinstance(value, dict):
+        return {_kineto_safe(k): _kineto_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_kineto_safe(v) for v in value]
+    return value
 
 
 @dataclass(frozen=True)
@@ -242,7 +252,7 @@ class PendingTraces:
 
     def set_aside(self) -> Path | None:
         """Keep the traces of a run that did not finish under ``<logdir>/../interrupted/<run>``; None if none."""
-        return _set_aside(self.scratch, self.target)
+        return set_aside(self.scratch, self.target)
 
 
 def settled_allocator(step: Callable[[], Any]) -> dict[str, Any]:
@@ -286,7 +296,7 @@ def record(workload: Workload, logdir: Path, run_name: str, *, steps: int = 3, w
         settings: dict[str, Any] = recorded_environment.to_metadata()
         if layout_probe:
             settings[LAYOUT_PROBE_KEY] = recordable(layout_probe, run.model)
-        recorded = _metadata_json(settings)
+        recorded = metadata_json(settings)
         sched = schedule(wait=WAIT_STEPS, warmup=WARMUP_STEPS, active=steps, repeat=1)
         handler = tensorboard_trace_handler(str(scratch), worker_name=worker_name)
         with quiet_profiler(), ModuleScopes(run.model) as scopes, profile(
@@ -295,7 +305,7 @@ def record(workload: Workload, logdir: Path, run_name: str, *, steps: int = 3, w
             for index in range(WAIT_STEPS + WARMUP_STEPS + steps):
                 if index == WAIT_STEPS:  # the first step (not recorded) gave each module's output size
                     settings[MODULES_KEY] = module_record(run.model, scopes.output_bytes)
-                    recorded = _metadata_json(settings)
+                    recorded = metadata_json(settings)
                 profiler.add_metadata_json(METADATA_KEY, recorded)  # kept only by the session that records
                 step()
                 synchronize(run.device)
@@ -304,7 +314,7 @@ def record(workload: Workload, logdir: Path, run_name: str, *, steps: int = 3, w
         if not written:
             raise RuntimeError("torch.profiler wrote no trace")
     except BaseException:
-        _set_aside(scratch, target)
+        set_aside(scratch, target)
         raise
     return PendingTraces(scratch=scratch, target=target, names=written)
 
@@ -322,7 +332,7 @@ def capture(workload: Workload, logdir: Path, run_name: str, *, steps: int = 3, 
     return record(workload, logdir, run_name, steps=steps, worker_name=worker_name).publish()
 
 
-def _set_aside(scratch: Path, target: Path) -> Path | None:
+def set_aside(scratch: Path, target: Path) -> Path | None:
     if not scratch.exists():
         return None
     if not any(scratch.iterdir()):

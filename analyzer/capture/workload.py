@@ -65,6 +65,19 @@ class DdpSettings:
 
 
 @dataclass(frozen=True)
+class ModelFileCompile:
+    """The compile of a model file that returned ``torch.compile(model)`` (an OptimizedModule): the workload holds a
+    copy of the eager module, and ``apply`` compiles a copy the same way (the same dynamo context: backend, mode,
+    options)."""
+
+    dynamo_ctx: Callable[[nn.Module], nn.Module]
+
+    def apply(self, workload: "Workload") -> "Workload":
+        """The workload with its model compiled as the model file compiled its own."""
+        return replace(workload, model=self.dynamo_ctx(workload.model))
+
+
+@dataclass(frozen=True)
 class Workload:
     """A model with its example inputs on a device, and what one step of it runs.
 
@@ -82,6 +95,7 @@ class Workload:
     # One copy serves every block of a comparison: a fresh copy would be built again at a cost that dwarfs a block
     # (torch.compile with inductor's freezing compiles each copy anew, seconds to a minute on a CPU).
     reuse_copy: bool = False
+    model_file_compile: ModelFileCompile | None = None  # set when the model file returned a compiled model
 
     @property
     def batch_size(self) -> int | None:
@@ -220,11 +234,19 @@ def load_workload(
 def workload_from(
     model: nn.Module, inputs: Inputs, *, device: str = "auto", mode: str = "eval", source: str = "<python>"
 ) -> Workload:
-    """A Workload on copies of ``model`` and ``inputs``, moved to the device; the originals stay as they are."""
+    """A Workload on copies of ``model`` and ``inputs``, moved to the device; the originals stay as they are.
+
+    A compiled model (``torch.compile(model)``, an OptimizedModule) becomes a copy of its eager module and the
+    compile to apply to copies of it (``ModelFileCompile``)."""
     target = resolve_device(device)
+    compiled = None
+    eval_frame = sys.modules.get("torch._dynamo.eval_frame")  # imported already when the model was compiled
+    if eval_frame is not None and isinstance(model, eval_frame.OptimizedModule):
+        compiled, model = ModelFileCompile(model.dynamo_ctx), model._orig_mod
     model_copy = copy.deepcopy(model).to(target)
     inputs_copy = map_tensors(inputs, lambda t: t.detach().clone().to(target))
-    return Workload(model=model_copy, inputs=inputs_copy, device=target, mode=Mode(mode), source=source)
+    return Workload(model=model_copy, inputs=inputs_copy, device=target, mode=Mode(mode), source=source,
+                    model_file_compile=compiled)
 
 
 def import_model_file(path: Path) -> Any:

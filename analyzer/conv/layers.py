@@ -11,9 +11,11 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from convdoctor.analyzer.conv.communication import CommView, communication
+from convdoctor.analyzer.conv.conv_ops import CONV_OP as CONV_OP  # the rules' conv check, read from here too
+from convdoctor.analyzer.conv.conv_ops import is_conv_op
 from convdoctor.analyzer.conv.gpu_timeline import GpuTimeline, gpu_timeline
 from convdoctor.analyzer.conv.job_view import JobView
 from convdoctor.analyzer.trace.profile import (
@@ -24,10 +26,9 @@ from convdoctor.analyzer.trace.profile import (
     Step,
 )
 
-CONV_OP = re.compile(
-    r"^aten::(?!\w*backward)(conv[123]d|conv_transpose[123]d|_?convolution|_convolution_mode|cudnn_convolution\w*|"
-    r"mkldnn_convolution|miopen_\w*convolution\w*|thnn_conv\w*|_?slow_conv\w*|_nnpack_spatial_convolution|conv_tbc)$"
-)
+if TYPE_CHECKING:
+    from convdoctor.analyzer.conv.compiled import CompiledView
+
 # The conv operators that only dispatch: the ones below them name the implementation (mkldnn_convolution, thnn_conv2d).
 DISPATCH_CONV_OPS = frozenset({"aten::conv1d", "aten::conv2d", "aten::conv3d", "aten::conv_transpose1d",
                                "aten::conv_transpose2d", "aten::conv_transpose3d", "aten::convolution",
@@ -46,12 +47,6 @@ DTYPE_NAMES = {"float": "float32", "double": "float64", "c10::Half": "float16", 
 
 
 # Name checks remembered per name: a trace repeats a few hundred names over hundreds of thousands of events.
-@functools.cache
-def is_conv_op(name: str) -> bool:
-    """An operator that computes a convolution (CONV_OP)."""
-    return CONV_OP.match(name) is not None
-
-
 @functools.cache
 def is_conv_backward_node(name: str) -> bool:
     """The autograd node of a convolution's backward (CONV_BACKWARD_NODE)."""
@@ -174,6 +169,7 @@ class ConvAnalysis:
     calls: list[Op] = field(default_factory=list, repr=False)  # the outermost conv operators, in trace order
     backward_nodes: list[Op] = field(default_factory=list, repr=False)  # conv backward nodes, in trace order
     job: JobView | None = None  # set for one rank of a data-parallel job: what all its ranks' traces say
+    compiled: CompiledView | None = None  # set when a compiled model's trace was captured (compiled_view)
 
     @cached_property
     def gpu_timeline(self) -> GpuTimeline | None:

@@ -26,7 +26,7 @@ def test_profile_writes_reports_and_traces(small_cnn_run):
 
 def test_report_json_is_sane_for_small_cnn(small_cnn_run):
     _, report, _ = small_cnn_run
-    assert report["schema_version"] == "1.3"
+    assert report["schema_version"] == "1.4"
     workload = report["workload"]
     assert workload["model_file"].endswith("small_cnn.py")
     assert (workload["device"], workload["mode"], workload["batch_size"]) == ("cpu", "eval", 8)

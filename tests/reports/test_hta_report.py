@@ -1,4 +1,4 @@
-"""The hta section of a real GPU trace's report: report.json (schema 1.3) with figures checked against the raw
+"""The hta section of a real GPU trace's report: report.json (schema 1.4) with figures checked against the raw
 events, the terminal lines, and the HTML section as a real headless Chromium renders it (offline, names escaped)."""
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def analyzed(tmp_path_factory) -> tuple[Path, dict, str]:
 def test_report_json_holds_the_hta_section(analyzed):
     _, report, _ = analyzed
     jsonschema.validate(report, SCHEMA)
-    assert report["schema_version"] == "1.3"
+    assert report["schema_version"] == "1.4"
     hta = report["hta"]
     assert hta["available"] and hta["reason"] is None
     events = [e for e in json.loads(gzip.decompress(TRACE.read_bytes())) if e.get("ph") == "X"]  # the array form

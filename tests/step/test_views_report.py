@@ -17,7 +17,7 @@ def test_report_json_holds_both_views(step_views_run):
     report = step_views_run.report
     data = report_to_dict(report)
     jsonschema.validate(data, SCHEMA)
-    assert data["schema_version"] == "1.3"
+    assert data["schema_version"] == "1.4"
     (root,) = data["modules"]["tree"]
     assert root["name"] == "<model>" and root["forward_ms"] == report.modules.roots[0].forward_us / 1e3
     assert [c["name"] for c in root["children"]] == ["features", "head"]
