@@ -232,9 +232,11 @@ def compare(ours: dict[str, Any], theirs: dict[str, Any]) -> dict[str, bool | No
     if theirs["steps"] == ours["steps"]:
         return {q: agrees(ours[q], theirs[q]) for q in QUANTITIES}
     result: dict[str, bool | None] = {q: None for q in QUANTITIES}
+    def total(figures: dict, q: str) -> object:
+        return figures[q] * figures["steps"] if isinstance(figures[q], float) else figures[q]
+
     for q in TOTALS:
-        total = (lambda f: f[q] * f["steps"] if isinstance(f[q], float) else f[q])
-        result[q] = agrees(total(ours), total(theirs))
+        result[q] = agrees(total(ours, q), total(theirs, q))
     return result
 
 
