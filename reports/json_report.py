@@ -83,7 +83,7 @@ def _compiled(view: CompiledView) -> dict[str, Any]:
     return {
         "compiled_by": view.compiled_by, "freezing": view.freezing, "compile_s": view.compile_s,
         "step_ms": view.step_ms, "unprofiled_step_ms": view.unprofiled_step_ms,
-        "eager_unprofiled_step_ms": view.eager_unprofiled_step_ms, "speedup": view.speedup,
+        "eager_unprofiled_step_ms": view.eager_unprofiled_step_ms, "step_ratio": view.step_ratio,
         "layers": [{"name": layer.name, "attribution": layer.attribution, "ms_per_step": layer.ms_per_step,
                     "fused_into": layer.fused_into, "neighbours": list(layer.neighbours),
                     "extern": [_kernel_time(k) for k in layer.extern], "fused": [_kernel_time(k) for k in layer.fused]}

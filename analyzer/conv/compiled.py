@@ -109,8 +109,9 @@ class CompiledView:
         return self.compiled_by == COMPILED_BY_MODEL_FILE
 
     @property
-    def speedup(self) -> float | None:
-        """Eager step over compiled step, both timed without the profiler at capture; None when either is missing."""
+    def step_ratio(self) -> float | None:
+        """Eager step over compiled step, each timed once without the profiler at capture (two readings, not an
+        interleaved A/B measurement); None when either is missing."""
         if self.unprofiled_step_ms is None or self.eager_unprofiled_step_ms is None:
             return None
         return self.eager_unprofiled_step_ms / self.unprofiled_step_ms

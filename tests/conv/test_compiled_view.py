@@ -21,7 +21,7 @@ FROZEN_TRACE = DATA / "small_cnn_frozen_compiled_cpu.pt.trace.json.gz"  # a mode
 
 def test_profile_compiled_attributes_each_conv_and_its_fused_batch_norm():
     view = check_small_cnn_compiled_view(PROVENANCE_TRACE)
-    assert view.speedup is not None and view.compile_s > 0 and view.notes == ()
+    assert view.step_ratio is not None and view.compile_s > 0 and view.notes == ()
 
 
 def test_frozen_compile_matches_fused_onednn_convs_by_order_and_shapes():
