@@ -203,12 +203,17 @@ class Profile:
     memory_events: list[MemoryEvent] = field(default_factory=list)  # sorted by time; empty without profile_memory
 
     @property
+    def recorded(self) -> dict[str, Any]:
+        """What convdoctor's capture recorded in the trace's metadata (``METADATA_KEY``); empty for other traces."""
+        recorded = self.metadata.get(METADATA_KEY)
+        return recorded if isinstance(recorded, dict) else {}
+
+    @property
     def environment(self) -> RecordedEnvironment:
         """Settings convdoctor recorded at capture time (cudnn.benchmark, TF32, threads…); all None for other
         traces, and for any value of another type than the field's (a hand-edited trace cannot put NaN, containers
         or numbers beyond int64 before the rules and the reports)."""
-        recorded = self.metadata.get(METADATA_KEY)
-        return RecordedEnvironment.from_metadata(recorded if isinstance(recorded, dict) else {})
+        return RecordedEnvironment.from_metadata(self.recorded)
 
     @property
     def has_device_events(self) -> bool:
