@@ -1,8 +1,7 @@
-"""Sorted, disjoint time intervals (start_us, end_us): merging, clipping to a span, intersecting and subtracting."""
+"""Sorted, disjoint time intervals (start_us, end_us): merging, intersecting, measuring."""
 
 from __future__ import annotations
 
-import bisect
 from typing import Iterable
 
 Intervals = list[tuple[float, float]]  # sorted by start, disjoint, each of positive length
@@ -22,13 +21,6 @@ def merged(spans: Iterable[tuple[float, float]]) -> Intervals:
     return result
 
 
-def clipped(intervals: Intervals, starts: list[float], start: float, end: float) -> Intervals:
-    """The parts of ``intervals`` inside (start, end); ``starts`` is their list of starts, for bisection."""
-    first = max(bisect.bisect_right(starts, start) - 1, 0)
-    last = bisect.bisect_left(starts, end)
-    return [(max(s, start), min(e, end)) for s, e in intervals[first:last] if e > start and s < end]
-
-
 def intersection(a: Intervals, b: Intervals) -> Intervals:
     result: Intervals = []
     i = j = 0
@@ -40,25 +32,6 @@ def intersection(a: Intervals, b: Intervals) -> Intervals:
             i += 1
         else:
             j += 1
-    return result
-
-
-def difference(a: Intervals, b: Intervals) -> Intervals:
-    """The parts of ``a`` outside ``b``."""
-    result: Intervals = []
-    j = 0
-    for start, end in a:
-        while j < len(b) and b[j][1] <= start:
-            j += 1
-        k = j
-        cursor = start
-        while k < len(b) and b[k][0] < end:
-            if b[k][0] > cursor:
-                result.append((cursor, b[k][0]))
-            cursor = max(cursor, b[k][1])
-            k += 1
-        if cursor < end:
-            result.append((cursor, end))
     return result
 
 

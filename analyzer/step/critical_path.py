@@ -23,7 +23,10 @@ import bisect
 from collections import defaultdict
 from dataclasses import dataclass
 
-from convdoctor.analyzer.step.device_work import by_stream, runtime_calls
+import numpy as np
+
+from convdoctor.analyzer.step.columns import spans
+from convdoctor.analyzer.step.device_work import by_stream
 from convdoctor.analyzer.step.syncs import SYNC_CALLS
 from convdoctor.analyzer.trace.profile import EventKind, Kernel, Op, Profile
 
@@ -64,7 +67,7 @@ def critical_path(profile: Profile) -> CriticalPath | NoCriticalPath:
     """The critical path of each step, averaged (see the module docstring)."""
     if not profile.kernels:
         return NoCriticalPath("the trace has no device events (kernels, memcpys, memsets)")
-    calls = runtime_calls(profile)
+    calls = profile.runtime_calls
     if not any(k.correlation in calls for k in profile.kernels):
         return NoCriticalPath("no device event's launch call is in the trace (no correlation ids)")
     walk = _Walk(profile, calls)
@@ -86,8 +89,8 @@ class _Walk:
         self.calls = calls
         self.main = _main_thread(profile)
         syncs: dict[Thread, list[Op]] = defaultdict(list)
-        for op in profile.ops:
-            if op.kind is EventKind.RUNTIME and op.name in SYNC_CALLS:
+        for op in profile.ops_by_kind[EventKind.RUNTIME]:
+            if op.name in SYNC_CALLS:
                 syncs[(op.pid, op.tid)].append(op)
         self.syncs_by_thread = {t: sorted(ops, key=lambda o: o.end_us) for t, ops in syncs.items()}
         self.sync_ends = {t: [o.end_us for o in ops] for t, ops in self.syncs_by_thread.items()}
@@ -95,8 +98,10 @@ class _Walk:
         for events in by_stream(profile).values():
             for before, event in zip([None, *events], events):
                 self.previous[id(event)] = before
-        self.by_end = sorted(profile.kernels, key=lambda k: k.end_us)
-        self.ends = [k.end_us for k in self.by_end]
+        ends = spans(profile.kernels)[1]
+        order = np.argsort(ends, kind="stable")
+        self.by_end = [profile.kernels[i] for i in order.tolist()]
+        self.ends = ends[order].tolist()
         self.total: dict[str, float] = defaultdict(float)
         self.kernel_us: dict[str, float] = defaultdict(float)
         self.syncs = 0

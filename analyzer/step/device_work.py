@@ -1,18 +1,12 @@
-"""What the whole-step views share: device work per stream, and each device event's launching runtime call."""
+"""What the whole-step views share: device work per stream (the runtime call of each is ``Profile.runtime_calls``)."""
 
 from __future__ import annotations
 
 from collections import defaultdict
 
-from convdoctor.analyzer.trace.profile import EventKind, Kernel, Op, Profile
+from convdoctor.analyzer.trace.profile import Kernel, Profile
 
 StreamKey = tuple[int | None, int | None]  # (device, stream)
-
-
-def runtime_calls(profile: Profile) -> dict[int, Op]:
-    """The CUDA runtime call of each correlation id (``cudaLaunchKernel``, ``cudaMemcpyAsync``...)."""
-    call = EventKind.RUNTIME
-    return {op.correlation: op for op in profile.ops if op.kind is call and op.correlation is not None}
 
 
 def by_stream(profile: Profile) -> dict[StreamKey, list[Kernel]]:

@@ -27,8 +27,7 @@ class HtaViews:
 
 def hta_views(profile: Profile) -> HtaViews | None:
     """The views of a GPU trace (one with CUDA runtime calls); None for a CPU trace (the report says why)."""
-    runtime = EventKind.RUNTIME
-    if not profile.kernels and not any(op.kind is runtime for op in profile.ops):
+    if not profile.kernels and not profile.ops_by_kind[EventKind.RUNTIME]:
         return None
     return HtaViews(idle=idle_time_breakdown(profile), launches=launch_stats(profile), queues=queue_lengths(profile),
                     syncs=synchronizations(profile), pageable=pageable_copies(profile),

@@ -16,8 +16,12 @@ not in the trace, HTA's join leaves its time empty and the gap is never a host w
 from __future__ import annotations
 
 from dataclasses import dataclass
+from math import nan
 
-from convdoctor.analyzer.step.device_work import by_stream, runtime_calls
+import numpy as np
+
+from convdoctor.analyzer.step.columns import spans
+from convdoctor.analyzer.step.device_work import by_stream
 from convdoctor.analyzer.trace.profile import Profile
 
 # HTA's default, 30 (its docstring says ns; its timestamps are µs, so 30 µs in effect).
@@ -51,18 +55,15 @@ class IdleBreakdown:
 def idle_time_breakdown(profile: Profile,
                         consecutive_kernel_delay_us: float = CONSECUTIVE_KERNEL_DELAY_US) -> IdleBreakdown:
     """Each stream's idle time by cause (see the module docstring)."""
-    calls = runtime_calls(profile)
+    calls = profile.runtime_calls
     rows = []
     for (device, stream), events in by_stream(profile).items():
-        host = kernel = other = 0.0
-        for previous, event in zip(events, events[1:]):
-            gap = event.ts_us - previous.end_us
-            call = calls.get(event.correlation) if event.correlation is not None else None
-            if call is not None and call.ts_us > previous.end_us:
-                host += gap
-            elif gap < consecutive_kernel_delay_us:
-                kernel += gap
-            else:
-                other += gap
-        rows.append(StreamIdle(device, stream, len(events), host, kernel, other))
+        starts, ends = spans(events)
+        gap = starts[1:] - ends[:-1]  # before each event but the first
+        launches = [calls.get(e.correlation) for e in events[1:]]  # type: ignore[arg-type]
+        enqueued = np.array([nan if call is None else call.ts_us for call in launches], dtype=float)
+        host = enqueued > ends[:-1]  # the call started after the event before ended (never where it is missing)
+        kernel = ~host & (gap < consecutive_kernel_delay_us)
+        host_us, kernel_us, other_us = (sum(gap[part].tolist()) for part in (host, kernel, ~host & ~kernel))
+        rows.append(StreamIdle(device, stream, len(events), float(host_us), float(kernel_us), float(other_us)))
     return IdleBreakdown(rows, consecutive_kernel_delay_us)

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from convdoctor.analyzer.step.device_work import runtime_calls
+import numpy as np
+
+from convdoctor.analyzer.step.columns import column, spans
 from convdoctor.analyzer.trace.profile import Profile
 
 RUNTIME_CUTOFF_US = 50.0  # HTA's default
@@ -59,35 +61,37 @@ class LaunchStats:
 def launch_stats(profile: Profile, runtime_cutoff_us: float = RUNTIME_CUTOFF_US,
                  launch_delay_cutoff_us: float = LAUNCH_DELAY_CUTOFF_US) -> LaunchStats | None:
     """Launch statistics; None when the trace has no device event paired with a launch call."""
-    calls = {c: op for c, op in runtime_calls(profile).items() if op.name in LAUNCH_CALLS}
-    rows: dict[str, list[float]] = {}
-    unpaired = runtime_outliers = 0
+    calls = profile.runtime_calls
+    kernels, launches = [], []
     for kernel in profile.kernels:
-        call = calls.get(kernel.correlation) if kernel.correlation is not None else None
-        if call is None:
-            unpaired += 1
-            continue
-        delay = max(0.0, kernel.ts_us - call.end_us)
-        row = rows.setdefault(kernel.name, [0, 0.0, 0.0, 0.0, 0.0, 0, 0, 0.0])
-        row[0] += 1
-        row[1] += kernel.dur_us
-        row[2] += call.dur_us
-        row[3] += delay
-        row[4] = max(row[4], delay)
-        row[5] += delay > launch_delay_cutoff_us
-        short = kernel.dur_us < call.dur_us
-        row[6] += short
-        row[7] += kernel.dur_us if short else 0.0
-        runtime_outliers += call.dur_us > runtime_cutoff_us
-    if not rows:
+        call = calls.get(kernel.correlation)  # type: ignore[arg-type]
+        if call is not None and call.name in LAUNCH_CALLS:
+            kernels.append(kernel)
+            launches.append(call)
+    if not kernels:
         return None
-    named = sorted(rows.items(), key=lambda item: item[1][3], reverse=True)
-    kernels = [KernelLaunches(name, int(r[0]), r[1], r[2], r[3], r[4], int(r[5]), int(r[6]))
-               for name, r in named[:TOP_KERNELS]]
+    names: dict[str, int] = {}  # each kernel name's row, in the order they first appear
+    row = np.array([names.setdefault(k.name, len(names)) for k in kernels], dtype=np.intp)
+    kernel_us, call_us = column(kernels, "dur_us"), column(launches, "dur_us")
+    delay = column(kernels, "ts_us") - spans(launches)[1]
+    delay = np.where(delay > 0.0, delay, 0.0)
+    short, outlier = kernel_us < call_us, delay > launch_delay_cutoff_us
+
+    def summed(values: np.ndarray) -> list[float]:  # per row, added in the events' order as a loop adds them
+        return np.bincount(row, weights=values, minlength=len(names)).tolist()
+
+    count, kernel_sum, call_sum, delay_sum = (summed(v) for v in (np.ones(len(kernels)), kernel_us, call_us, delay))
+    outliers, shorts, short_sum = summed(outlier), summed(short), summed(np.where(short, kernel_us, 0.0))
+    most = np.zeros(len(names))
+    np.maximum.at(most, row, delay)
+    longest, labels = most.tolist(), list(names)
+    ranked = sorted(range(len(names)), key=delay_sum.__getitem__, reverse=True)
     return LaunchStats(
-        launches=sum(int(r[0]) for r in rows.values()), unpaired=unpaired,
-        kernel_us=sum(r[1] for r in rows.values()), launch_call_us=sum(r[2] for r in rows.values()),
-        launch_delay_us=sum(r[3] for r in rows.values()), short=sum(int(r[6]) for r in rows.values()),
-        short_kernel_us=sum(r[7] for r in rows.values()), delay_outliers=sum(int(r[5]) for r in rows.values()),
-        runtime_outliers=runtime_outliers, kernels=kernels, kernels_left_out=max(0, len(rows) - TOP_KERNELS),
-        runtime_cutoff_us=runtime_cutoff_us, launch_delay_cutoff_us=launch_delay_cutoff_us)
+        launches=len(kernels), unpaired=len(profile.kernels) - len(kernels), kernel_us=sum(kernel_sum),
+        launch_call_us=sum(call_sum), launch_delay_us=sum(delay_sum), short=int(short.sum()),
+        short_kernel_us=sum(short_sum), delay_outliers=int(outlier.sum()),
+        runtime_outliers=int((call_us > runtime_cutoff_us).sum()),
+        kernels=[KernelLaunches(labels[i], int(count[i]), kernel_sum[i], call_sum[i], delay_sum[i], longest[i],
+                                int(outliers[i]), int(shorts[i])) for i in ranked[:TOP_KERNELS]],
+        kernels_left_out=max(0, len(names) - TOP_KERNELS), runtime_cutoff_us=runtime_cutoff_us,
+        launch_delay_cutoff_us=launch_delay_cutoff_us)

@@ -9,9 +9,16 @@ event nested in it. ``ProfilerStep#N`` marks are not operators.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable
+from operator import attrgetter
 
+import msgspec
+import numpy as np
+
+from convdoctor.analyzer.step.columns import column, looked_up
 from convdoctor.analyzer.trace.profile import EventKind, Op, Profile
+
+_encode = msgspec.json.Encoder().encode
+_duration = attrgetter("dur_us")
 
 DEFINITIONS = ("Sums over the whole trace. host self: the operator's duration less its directly nested events on its "
                "thread; device self: the GPU work its own runtime calls launched; device total: with that of every "
@@ -38,42 +45,67 @@ class Operators:
 
 
 def operators(profile: Profile) -> Operators:
-    named: dict[str, list[float]] = {}
-    shaped: dict[tuple[str, str], list[float]] = {}
-    has_shapes = False
-    device_total = _device_totals(profile.ops)
-    for op in profile.ops:
-        if op.kind is not EventKind.CPU_OP or op.name.startswith("ProfilerStep#"):
-            continue
-        figures = [1, op.dur_us - sum(child.dur_us for child in op.children), op.dur_us,
-                   sum(k.dur_us for k in op.kernels), device_total[op]]
-        shapes = str(op.input_dims)
-        has_shapes = has_shapes or bool(op.input_dims)
-        for table, key in ((named, op.name), (shaped, (op.name, shapes))):
-            row = table.get(key)  # type: ignore[call-overload]
-            if row is None:
-                table[key] = list(figures)  # type: ignore[index]
-            else:
-                for i, value in enumerate(figures):
-                    row[i] += value
+    """The Operator view of the whole trace (see the module docstring)."""
+    ops = [op for op in profile.ops_by_kind[EventKind.CPU_OP] if not op.name.startswith("ProfilerStep#")]
+    launched = _launched(profile)
+    totals = _device_totals(profile, launched)
+    host_self = np.fromiter((op.dur_us - sum(map(_duration, op.children)) for op in ops), dtype=float, count=len(ops))
+    # Per operator, in trace order: each table's sums add them in this order.
+    figures = (host_self, column(ops, "dur_us"), looked_up(launched, ops), looked_up(totals, ops))
+    named: dict[str, int] = {}  # each table's rows, numbered in the order they first appear
+    shaped: dict[bytes, int] = {}  # keyed by [name, input dims] as JSON: 4x faster to make than the dims' str
+    by_name = np.array([named.setdefault(op.name, len(named)) for op in ops], dtype=np.intp)
+    by_shape = np.array([shaped.setdefault(_encode((op.name, op.input_dims)), len(shaped)) for op in ops],
+                        dtype=np.intp)
+    begins = np.flatnonzero(np.diff(np.maximum.accumulate(by_shape), prepend=-1))  # where each shape row first shows
+    firsts = [ops[i] for i in begins.tolist()]
     return Operators(
-        by_name=_rows((name, None, *v) for name, v in named.items()),
-        by_shape=_rows((name, shapes, *v) for (name, shapes), v in shaped.items()),
-        has_shapes=has_shapes, steps=profile.step_count)
+        by_name=_rows(list(named), [None] * len(named), by_name, figures),
+        by_shape=_rows([op.name for op in firsts], [str(op.input_dims) for op in firsts], by_shape, figures),
+        has_shapes=any(op.input_dims for op in ops), steps=profile.step_count)
 
 
-def _device_totals(ops: list[Op]) -> dict[Op, float]:
-    """Each event's device total (``Op.device_time_us``), children first: one pass instead of a walk per operator.
-    ``ops`` is sorted by start, longest first, so an event comes after the one it is nested in."""
+def _launched(profile: Profile) -> dict[Op, float]:
+    """The device time each event launched: its ``kernels``' durations, added in their order."""
+    launched: dict[Op, float] = {}
+    for kernel in profile.kernels:
+        launcher = kernel.launcher
+        if launcher is not None:
+            launched[launcher] = launched.get(launcher, 0.0) + kernel.dur_us
+    return launched
+
+
+def _device_totals(profile: Profile, launched: dict[Op, float]) -> dict[Op, float]:
+    """The device total (``Op.device_time_us``) of each event with device work in it: the time it launched, then
+    each nested event's total added in turn. Found children first, over those events only."""
+    holding: dict[Op, list[Op]] = {}  # the events with device work in them: their children that have some, in order
+    for op in [op for op in profile.ops if op in launched]:  # trace order: children are met in order
+        node, child = op, None
+        while node is not None:
+            nested = holding.get(node)
+            known = nested is not None
+            if nested is None:
+                holding[node] = nested = []
+            if child is not None:
+                nested.append(child)
+            if known:
+                break
+            node, child = node.parent, node
     totals: dict[Op, float] = {}
-    for op in reversed(ops):
-        total = sum(k.dur_us for k in op.kernels) if op.kernels else 0.0
-        for child in op.children:
-            total += totals[child]
-        totals[op] = total
+    for op in [op for op in reversed(profile.ops) if op in holding]:  # longest first among equal starts: children
+        total = launched.get(op)  # come before the event around them
+        for child in holding[op]:
+            total = totals[child] if total is None else total + totals[child]
+        totals[op] = total  # type: ignore[assignment]
     return totals
 
 
-def _rows(items: Iterable[tuple[Any, ...]]) -> tuple[OperatorRow, ...]:
-    rows = [OperatorRow(name, shapes, int(calls), *times) for name, shapes, calls, *times in items]
-    return tuple(sorted(rows, key=lambda r: (-r.host_total_us, r.name)))
+def _rows(names: list[str], shapes: list[str | None], rows: np.ndarray, figures: tuple[np.ndarray, ...]
+          ) -> tuple[OperatorRow, ...]:
+    """Each row's calls and sums (``np.bincount`` adds in the operators' order, as a loop would), by host total
+    time, largest first."""
+    calls = np.bincount(rows, minlength=len(names)).tolist()
+    sums = [np.bincount(rows, weights=values, minlength=len(names)).tolist() for values in figures]
+    table = [OperatorRow(name, shape, count, *times)
+             for name, shape, count, *times in zip(names, shapes, calls, *sums)]
+    return tuple(sorted(table, key=lambda r: (-r.host_total_us, r.name)))

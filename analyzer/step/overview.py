@@ -13,16 +13,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from convdoctor.analyzer.conv.intervals import Intervals, clipped, difference, intersection, length, merged
+from convdoctor.analyzer.step.columns import spans as event_spans
+from convdoctor.analyzer.step.coverage import first_cover_times, union
 from convdoctor.analyzer.step.gpu_use import GpuUse, gpu_use
-from convdoctor.analyzer.trace.profile import EventKind, Op, Profile
+from convdoctor.analyzer.trace.profile import EventKind, Kernel, Op, Profile
 
 PARTS = ("kernel", "memcpy", "memset", "runtime", "data loader", "cpu execution", "other")  # in priority order
 DEFINITIONS = ("Each instant of a step (its ProfilerStep span on the host) goes to the first part whose events run "
                "then: kernel, memcpy, memset, runtime (CUDA runtime calls), data loader (DataLoader __next__, "
                "DataPipe), cpu execution (operators and annotations); other is the rest. The parts "
                "sum to the step. GPU figures are on the device with the most kernel time, within the steps.")
-CPU_KINDS = frozenset({EventKind.CPU_OP, EventKind.ANNOTATION})
+MARKED = ("enumerate(Data", "ProfilerStep#")  # how the names of data loader events and step marks begin
 
 
 @dataclass(frozen=True)
@@ -56,19 +57,13 @@ def overview(profile: Profile) -> Overview | None:
     spans = profile.step_spans
     if not spans:
         return None
-    categories = [_merged_with_starts(r) for r in _ranges(profile)]
+    times = first_cover_times([union(*event_spans(events)) for events in _categories(profile)],
+                              [(start, end) for _, start, end in spans])
     steps = []
-    for number, start, end in spans:
-        free: Intervals = [(start, end)] if end > start else []
-        times = []
-        for intervals, starts in categories:
-            taken = intersection(free, clipped(intervals, starts, start, end))
-            free = difference(free, taken)
-            times.append(length(taken))
-        times.append(length(free))
+    for (number, start, end), parts in zip(spans, times):
         span = end - start
         steps.append(StepBreakdown(number, span, tuple(Part(n, t, t / span if span else 0.0)
-                                                       for n, t in zip(PARTS, times))))
+                                                       for n, t in zip(PARTS, parts))))
     mean_span = sum(s.span_us for s in steps) / len(steps)
     means = [sum(s.parts[i].time_us for s in steps) / len(steps) for i in range(len(PARTS))]
     parts = tuple(Part(n, t, t / mean_span if mean_span else 0.0) for n, t in zip(PARTS, means))
@@ -79,34 +74,28 @@ def overview(profile: Profile) -> Overview | None:
     return Overview(tuple(steps), mean_span, parts, use, missing, _verdict(parts, use))
 
 
-def _ranges(profile: Profile) -> list[list[tuple[float, float]]]:
-    """Each category's event spans, in PARTS order (without "other")."""
-    by_kind: dict[EventKind, list[tuple[float, float]]] = {k: [] for k in EventKind}
+def _categories(profile: Profile) -> list[list[Op] | list[Kernel]]:
+    """Each part's events, in PARTS order (without "other")."""
+    device: dict[EventKind, list[Kernel]] = {kind: [] for kind in EventKind}
     for kernel in profile.kernels:
-        by_kind[kernel.kind].append((kernel.ts_us, kernel.ts_us + kernel.dur_us))
+        device[kernel.kind].append(kernel)
     loader, cpu = [], []
-    for op in profile.ops:
-        if op.kind is EventKind.RUNTIME:
-            by_kind[EventKind.RUNTIME].append((op.ts_us, op.end_us))
-        elif _is_data_loader(op):
-            loader.append((op.ts_us, op.end_us))
-        elif op.kind in CPU_KINDS and not op.name.startswith("ProfilerStep#"):
-            cpu.append((op.ts_us, op.end_us))
-    return [by_kind[EventKind.KERNEL], by_kind[EventKind.MEMCPY], by_kind[EventKind.MEMSET],
-            by_kind[EventKind.RUNTIME], loader, cpu]
+    for op in (*profile.ops_by_kind[EventKind.CPU_OP], *profile.ops_by_kind[EventKind.ANNOTATION]):
+        name = op.name
+        if not name.startswith(MARKED):
+            cpu.append(op)
+        elif _is_data_loader(name):
+            loader.append(op)
+        elif not name.startswith("ProfilerStep#"):
+            cpu.append(op)
+    return [device[EventKind.KERNEL], device[EventKind.MEMCPY], device[EventKind.MEMSET],
+            profile.ops_by_kind[EventKind.RUNTIME], loader, cpu]
 
 
-def _is_data_loader(op: Op) -> bool:
-    """tb-profiler's test: a DataLoader's ``__next__`` or a DataPipe, as an operator or annotation."""
-    name = op.name
-    return op.kind in (EventKind.CPU_OP, EventKind.ANNOTATION) and (
-        (name.startswith("enumerate(DataLoader)#") and name.endswith(".__next__"))
-        or name.startswith("enumerate(DataPipe)#"))
-
-
-def _merged_with_starts(spans: list[tuple[float, float]]) -> tuple[Intervals, list[float]]:
-    intervals = merged(spans)
-    return intervals, [s for s, _ in intervals]
+def _is_data_loader(name: str) -> bool:
+    """tb-profiler's test of an operator or annotation: a DataLoader's ``__next__`` or a DataPipe."""
+    return (name.startswith("enumerate(DataLoader)#") and name.endswith(".__next__")) or name.startswith(
+        "enumerate(DataPipe)#")
 
 
 def _verdict(parts: tuple[Part, ...], use: GpuUse | None) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from convdoctor.analyzer.step.device_work import runtime_calls
 from convdoctor.analyzer.trace.profile import EventKind, Profile
 
 PAGEABLE_HTOD = re.compile(r"HtoD.*Pageable|Pageable.*HtoD", re.IGNORECASE)
@@ -35,7 +34,7 @@ def pageable_copies(profile: Profile) -> PageableCopies:
     memcpy = EventKind.MEMCPY
     copies = [k for k in profile.kernels if k.kind is memcpy and PAGEABLE_HTOD.search(k.name)
               and any(start <= k.ts_us < end for _, start, end in spans)]
-    calls = runtime_calls(profile) if copies else {}
+    calls = profile.runtime_calls if copies else {}
     found = [calls[k.correlation] for k in copies if k.correlation in calls]
     issuers: dict[str, int] = {}
     for k in copies:

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from convdoctor.analyzer.step.device_work import StreamKey, runtime_calls
-from convdoctor.analyzer.trace.profile import Profile
+import numpy as np
+
+from convdoctor.analyzer.step.columns import column
+from convdoctor.analyzer.step.device_work import StreamKey
+from convdoctor.analyzer.trace.profile import Kernel, Op, Profile
 
 SERIES_POINTS = 120  # the series each stream keeps for the report: the maximum of each of this many time bins
 
@@ -30,38 +33,35 @@ class StreamQueue:
 
 def queue_lengths(profile: Profile) -> list[StreamQueue]:
     """Each stream's queue length (see the module docstring); empty when no device event has its call."""
-    calls = runtime_calls(profile)
-    changes: dict[StreamKey, list[tuple[float, int]]] = {}
+    calls = profile.runtime_calls
+    enqueued: dict[StreamKey, tuple[list[Op], list[Kernel]]] = {}  # per stream: the calls and their device events
     for kernel in profile.kernels:
-        call = calls.get(kernel.correlation) if kernel.correlation is not None else None
-        if call is None:
-            continue
-        stream = changes.setdefault((kernel.device, kernel.stream), [])
-        stream += [(call.ts_us, 1), (kernel.ts_us, -1)]
-    return [_queue(key, events) for key, events in sorted(changes.items(), key=lambda item: str(item[0]))]
+        call = calls.get(kernel.correlation)  # type: ignore[arg-type]
+        if call is not None:
+            pair = enqueued.setdefault((kernel.device, kernel.stream), ([], []))
+            pair[0].append(call)
+            pair[1].append(kernel)
+    return [_queue(key, *pair) for key, pair in sorted(enqueued.items(), key=lambda item: str(item[0]))]
 
 
-def _queue(key: StreamKey, changes: list[tuple[float, int]]) -> StreamQueue:
-    changes.sort()  # at one time, a start (-1) before an enqueue (+1)
-    start, end = changes[0][0], changes[-1][0]
+def _queue(key: StreamKey, calls: list[Op], events: list[Kernel]) -> StreamQueue:
+    ts = np.concatenate((column(calls, "ts_us"), column(events, "ts_us")))
+    change = np.repeat([1, -1], len(events))
+    order = np.lexsort((change, ts))  # at one time, a start (-1) before an enqueue (+1)
+    ts, change = ts[order], change[order]
+    start, end = float(ts[0]), float(ts[-1])
     span = end - start
-    length = peak = 0
-    weighted = empty = 0.0
+    length = np.cumsum(change)  # after each change
+    before, gap = length - change, np.diff(ts, prepend=start)
     width = span / SERIES_POINTS if span > 0 else 1.0
-    bins = [0] * SERIES_POINTS
-    previous, current = start, 0
-    for ts, change in changes:
-        weighted += length * (ts - previous)
-        empty += (ts - previous) if length == 0 else 0.0
-        index = min(SERIES_POINTS - 1, int((ts - start) / width))
-        while current < index:  # the bins without a change hold the length carried into them
-            current += 1
-            bins[current] = length
-        length += change
-        peak = max(peak, length)
-        bins[index] = max(bins[index], length)
-        previous = ts
-    series = [(i * width, n) for i, n in enumerate(bins)] if span > 0 else [(0.0, peak)]
-    return StreamQueue(device=key[0], stream=key[1], enqueued=len(changes) // 2, max_length=peak,
+    index = np.minimum(SERIES_POINTS - 1, ((ts - start) / width).astype(np.intp))
+    bins = np.zeros(SERIES_POINTS, dtype=np.intp)  # the largest length in each bin; a bin without a change holds
+    bins[1:index[-1] + 1] = length[np.searchsorted(index, np.arange(1, index[-1] + 1)) - 1]  # the one carried in
+    np.maximum.at(bins, index, length)
+    peak = max(0, int(length.max()))
+    weighted = sum((before * gap).tolist())  # each sum adds in time order, as a loop over the changes would
+    empty = sum(gap[before == 0].tolist())
+    series = [(i * width, n) for i, n in enumerate(bins.tolist())] if span > 0 else [(0.0, peak)]
+    return StreamQueue(device=key[0], stream=key[1], enqueued=len(events), max_length=peak,
                        mean_length=weighted / span if span > 0 else 0.0,
                        empty_share=empty / span if span > 0 else 1.0, span_us=span, series=series)

@@ -58,11 +58,10 @@ class SyncView:
 def synchronizations(profile: Profile) -> SyncView:
     """The synchronizations inside the profiled steps (the whole traced span when the trace marks no steps)."""
     spans = profile.step_spans
-    call_kind = EventKind.RUNTIME
-    stacks = any(op.kind is EventKind.PYTHON for op in profile.ops)
+    stacks = bool(profile.ops_by_kind[EventKind.PYTHON])
     sites: dict[tuple[str, str, str | None, bool], list[float]] = {}
-    for op in profile.ops:
-        if op.kind is not call_kind or op.name not in SYNC_CALLS or not _inside(op, spans):
+    for op in profile.ops_by_kind[EventKind.RUNTIME]:
+        if op.name not in SYNC_CALLS or not _inside(op, spans):
             continue
         operator = outermost_operator(op)
         key = (op.name, operator.name if operator else NO_OPERATOR, user_frame(op) if stacks else None,

@@ -8,12 +8,12 @@ A kernel is named as Inductor's provenance names it (``cpp_fused_relu_0``, ``ext
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 from typing import Any
 
-from convdoctor.analyzer.trace.profile import METADATA_KEY, Profile
+from convdoctor.analyzer.trace.profile import Profile
+from convdoctor.analyzer.trace.recorded import positive
 
 INDUCTOR_KEY = "inductor"
 # In it: {"compiled_by": COMPILED_BY_*, "freezing": bool, "compile_s": float, "unprofiled_step_us": float,
@@ -83,8 +83,7 @@ def matches(event_name: str, site: CallSite) -> bool:
 def recorded_inductor(profile: Profile) -> InductorRecord | None:
     """The compile a trace's convdoctor metadata records, or None (an eager trace, or one captured elsewhere).
     Entries of another form are left out."""
-    convdoctor = profile.metadata.get(METADATA_KEY)
-    entry = convdoctor.get(INDUCTOR_KEY) if isinstance(convdoctor, dict) else None
+    entry = profile.recorded.get(INDUCTOR_KEY)
     if not isinstance(entry, dict) or not isinstance(entry.get("graphs"), list):
         return None
     modules, order, convs = entry.get("modules"), entry.get("eager_order"), entry.get("eager_convs")
@@ -93,10 +92,10 @@ def recorded_inductor(profile: Profile) -> InductorRecord | None:
     return InductorRecord(
         compiled_by=str(entry.get("compiled_by", COMPILED_BY_CONVDOCTOR)),
         freezing=entry.get("freezing") is True,
-        compile_s=_positive(entry.get("compile_s")),
-        unprofiled_step_us=_positive(entry.get("unprofiled_step_us")),
-        eager_unprofiled_step_us=_positive(entry.get("eager_unprofiled_step_us")),
-        timed_under_load_cores=_positive(entry.get("timed_under_load_cores")),
+        compile_s=positive(entry.get("compile_s")),
+        unprofiled_step_us=positive(entry.get("unprofiled_step_us")),
+        eager_unprofiled_step_us=positive(entry.get("eager_unprofiled_step_us")),
+        timed_under_load_cores=positive(entry.get("timed_under_load_cores")),
         module_classes=classes,
         eager_order=tuple(m for m in order if isinstance(m, str)) if isinstance(order, list) else (),
         eager_convs=tuple(_conv_call(c) for c in convs if _conv_call(c) is not None) if isinstance(convs, list) else (),
@@ -120,8 +119,3 @@ def dims(value: Any) -> tuple[int, ...] | None:
     """A tensor shape as a trace or the metadata writes it (a list of ints), else None."""
     ok = isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
     return tuple(value) if ok else None
-
-
-def _positive(value: Any) -> float | None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
-    return float(value) if ok else None

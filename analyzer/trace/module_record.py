@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from convdoctor.analyzer.trace.module_scope import parse_scope_name
-from convdoctor.analyzer.trace.profile import METADATA_KEY, Profile
+from convdoctor.analyzer.trace.profile import Profile
+from convdoctor.analyzer.trace.recorded import recorded_entries
 
 MODULES_KEY = "modules"  # in it: {module scope name: [parameters, output bytes of its first call or null]}
 
@@ -23,18 +23,8 @@ class ModuleRecord:
 def recorded_modules(profile: Profile) -> dict[str, ModuleRecord]:
     """The module records a trace's convdoctor metadata holds, by qualified module name; entries of another form
     are left out. Empty for traces without them."""
-    convdoctor = profile.metadata.get(METADATA_KEY)
-    entries = convdoctor.get(MODULES_KEY) if isinstance(convdoctor, dict) else None
-    if not isinstance(entries, dict):
-        return {}
-    records = {}
-    for key, value in entries.items():
-        scope = parse_scope_name(key) if isinstance(key, str) else None
-        if scope is None or not isinstance(value, list) or len(value) != 2 or not _count(value[0]):
-            continue
-        if value[1] is None or _count(value[1]):
-            records[scope.qualified_name] = ModuleRecord(value[0], value[1])
-    return records
+    return {name: ModuleRecord(value[0], value[1]) for name, value in recorded_entries(profile, MODULES_KEY)
+            if _count(value[0]) and (value[1] is None or _count(value[1]))}
 
 
 def _count(value: Any) -> bool:

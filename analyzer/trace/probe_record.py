@@ -3,12 +3,12 @@ in the trace's convdoctor metadata, keyed by module scope name (``measure.layout
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Iterable, Protocol
 
-from convdoctor.analyzer.trace.module_scope import parse_scope_name, scope_name
-from convdoctor.analyzer.trace.profile import METADATA_KEY, Profile
+from convdoctor.analyzer.trace.module_scope import scope_name
+from convdoctor.analyzer.trace.profile import Profile
+from convdoctor.analyzer.trace.recorded import positive, recorded_entries
 
 
 class NamedModules(Protocol):
@@ -43,15 +43,5 @@ def recordable(probe: dict[str, LeafLayoutTime], model: NamedModules) -> dict[st
 def recorded_probe(profile: Profile) -> dict[str, LeafLayoutTime]:
     """The probe a trace's convdoctor metadata holds (``recordable``'s form), by qualified module name; entries
     that are not two positive finite times are left out. Empty for traces without one."""
-    convdoctor = profile.metadata.get(METADATA_KEY)
-    entries = convdoctor.get(LAYOUT_PROBE_KEY) if isinstance(convdoctor, dict) else None
-    if not isinstance(entries, dict):
-        return {}
-    probe = {}
-    for key, value in entries.items():
-        scope = parse_scope_name(key) if isinstance(key, str) else None
-        if scope is None or not isinstance(value, list) or len(value) != 2:
-            continue
-        if all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0 for v in value):
-            probe[scope.qualified_name] = LeafLayoutTime(float(value[0]), float(value[1]))
-    return probe
+    return {name: LeafLayoutTime(*times) for name, value in recorded_entries(profile, LAYOUT_PROBE_KEY)
+            if None not in (times := [positive(v) for v in value])}

@@ -203,12 +203,17 @@ class Profile:
     memory_events: list[MemoryEvent] = field(default_factory=list)  # sorted by time; empty without profile_memory
 
     @property
+    def recorded(self) -> dict[str, Any]:
+        """What convdoctor's capture recorded in the trace's metadata (``METADATA_KEY``); empty for other traces."""
+        recorded = self.metadata.get(METADATA_KEY)
+        return recorded if isinstance(recorded, dict) else {}
+
+    @property
     def environment(self) -> RecordedEnvironment:
         """Settings convdoctor recorded at capture time (cudnn.benchmark, TF32, threads…); all None for other
         traces, and for any value of another type than the field's (a hand-edited trace cannot put NaN, containers
         or numbers beyond int64 before the rules and the reports)."""
-        recorded = self.metadata.get(METADATA_KEY)
-        return RecordedEnvironment.from_metadata(recorded if isinstance(recorded, dict) else {})
+        return RecordedEnvironment.from_metadata(self.recorded)
 
     @property
     def has_device_events(self) -> bool:
@@ -236,6 +241,21 @@ class Profile:
         pass at 355k events).
         """
         return [op for op in self.ops if op.scope is not None]
+
+    @cached_property
+    def ops_by_kind(self) -> dict[EventKind, list[Op]]:
+        """The events of each kind (every kind a key), each list in trace order: a pass that wants one kind reads
+        only those."""
+        groups: dict[EventKind, list[Op]] = {kind: [] for kind in EventKind}
+        for op in self.ops:
+            groups[op.kind].append(op)
+        return groups
+
+    @cached_property
+    def runtime_calls(self) -> dict[int, Op]:
+        """The CUDA runtime call of each correlation id (``cudaLaunchKernel``, ``cudaMemcpyAsync``...): found once for
+        linking the kernels and for the whole-step views."""
+        return {op.correlation: op for op in self.ops_by_kind[EventKind.RUNTIME] if op.correlation is not None}
 
     @property
     def has_module_scopes(self) -> bool:
@@ -277,14 +297,12 @@ class Profile:
     def kernel_launches(self) -> int:
         """CUDA/HIP runtime calls that launch a kernel (``cudaLaunchKernel``...): a trace of a GPU run has them even
         when it has no kernel records (CUPTI range profiling, or device activities not recorded)."""
-        runtime = EventKind.RUNTIME
-        return sum(1 for op in self.ops if op.kind is runtime and _launches(op.name))
+        return sum(1 for op in self.ops_by_kind[EventKind.RUNTIME] if _launches(op.name))
 
     @cached_property
     def cpu_op_count(self) -> int:
         """PyTorch operator events: none in a Chrome trace from another tool."""
-        cpu_op = EventKind.CPU_OP
-        return sum(1 for op in self.ops if op.kind is cpu_op)
+        return len(self.ops_by_kind[EventKind.CPU_OP])
 
     def step_of(self, ts_us: float) -> Step | None:
         """The step whose span holds the time ``ts_us`` (the first such, in ``steps`` order; of two steps that touch,
