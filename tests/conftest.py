@@ -27,6 +27,21 @@ SCHEMA = json.loads((REPO / "reports" / "report.schema.json").read_text())  # re
 OUTPUT = REPO / "test-output"  # screenshots and reports for a person to look at
 
 
+# Tests that read traces and time nothing: the README's test command runs them in two processes (pytest-xdist)
+# before the others, which time steps and must run alone (a second process on the cores is the contention they detect).
+ANALYSIS_PATHS = ("trace", "step", "test_real_traces.py", "test_architecture.py", "test_docs.py", "test_security.py")
+TIMED_FIXTURES = frozenset({"small_cnn_run"})  # a real profile run, measured: with the timed tests
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the analysis tests (``-m analysis``)."""
+    tests = Path(__file__).resolve().parent
+    for item in items:
+        path = Path(str(item.fspath)).resolve().relative_to(tests)
+        if path.parts[0] in ANALYSIS_PATHS and not TIMED_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.analysis)
+
+
 def run_cli(*args: str, cwd: Path = REPO, timeout: float = 300, env: dict[str, str] | None = None
             ) -> subprocess.CompletedProcess[str]:
     """Run `python -m convdoctor ARGS` in a fresh process, as a user would (``env``: its whole environment)."""
