@@ -52,8 +52,11 @@ def test_keeping_the_heap_ends_the_page_faults_of_a_large_block_freed_every_step
 
 @pytest.mark.skipif(not allocator().startswith("glibc malloc"), reason="glibc malloc only")
 def test_the_user_s_own_settings_are_left_as_they_are():
-    before, kept, after = _run(dict(KEEP_HEAP))
-    assert not kept and before < 100 and after < 100  # their settings keep the heap already
+    # the fewest faults of three processes: a run right after other processes freed gigabytes (CI's first phase)
+    # once counted 2048 faults a step, the kernel reclaiming pages meanwhile
+    runs = [_run(dict(KEEP_HEAP)) for _ in range(3)]
+    assert not any(kept for _, kept, _ in runs)  # keep_heap leaves the user's settings as they are
+    assert min(before for before, _, _ in runs) < 100 and min(after for _, _, after in runs) < 100  # they keep it
 
 
 def test_only_glibc_with_its_defaults_is_changed(monkeypatch):
