@@ -92,7 +92,9 @@ def test_no_verdict_beside_busy_loops():
     with busy_loops(usable_cores()):
         result = measure(workload, workload.copy(), QUICK, quiet=quiet)
     assert result.estimate.verdict is Verdict.UNRELIABLE and not result.reliable
-    assert result.contention.contended_blocks == result.blocks == 1  # its verdict withdrawn, the rest not timed
+    # its verdict withdrawn at the first contended block, the rest not timed; a block before it may have been too
+    # short to judge through /proc's clock ticks (``tick_margin``): one CI run kept one such block first
+    assert result.contention.contended_blocks == 1 and result.blocks < QUICK.blocks
     assert result.contention.redone_blocks == 0 and "cores" in result.contention.busiest
 
 
