@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch._inductor import config as inductor_config
 from torch._inductor.custom_graph_pass import CustomGraphPass
-from torch.profiler import ProfilerActivity, profile, schedule, tensorboard_trace_handler
+from torch.profiler import profile, schedule, tensorboard_trace_handler
 
 from convdoctor.analyzer.capture.contention import QuietPolicy, cpu_jiffies, other_cores_busy
 from convdoctor.analyzer.capture.recording import (
@@ -37,14 +37,15 @@ from convdoctor.analyzer.capture.recording import (
     PendingTraces,
     environment,
     metadata_json,
+    profiler_activities,
     quiet_profiler,
     set_aside,
     unprofiled_step_us,
+    written_traces,
 )
 from convdoctor.analyzer.capture.workload import Workload, make_step, synchronize
 from convdoctor.analyzer.trace.inductor_record import INDUCTOR_KEY
 from convdoctor.analyzer.trace.profile import METADATA_KEY
-from convdoctor.analyzer.trace.reader import TRACE_SUFFIXES
 
 COMPILED_WORKER = "compiled"  # the compiled trace's worker name, beside the eager run's in the log dir
 COMPILED_RUN_SUFFIX = "-compiled"
@@ -154,7 +155,7 @@ def record_compiled(workload: Workload, compile_: Callable[[Workload], Workload]
     eager = eager_calls(run)
     compiled = compile_(run)
     step = make_step(compiled)
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if run.device.type == "cuda" else [])
+    activities = profiler_activities(run.device)
     logdir.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=".capture-", dir=logdir))
     target = logdir / run_name
@@ -188,9 +189,7 @@ def record_compiled(workload: Workload, compile_: Callable[[Workload], Workload]
                     step()
                     synchronize(run.device)
                     profiler.step()
-        written = tuple(sorted(p.name for p in scratch.iterdir() if p.name.endswith(TRACE_SUFFIXES)))
-        if not written:
-            raise RuntimeError("torch.profiler wrote no trace of the compiled model")
+        written = written_traces(scratch, "torch.profiler wrote no trace of the compiled model")
     except BaseException:
         set_aside(scratch, target)
         raise

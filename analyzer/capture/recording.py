@@ -283,9 +283,7 @@ def record(workload: Workload, logdir: Path, run_name: str, *, steps: int = 3, w
     """
     run = workload.copy()
     step = make_step(run)
-    activities = [ProfilerActivity.CPU]
-    if run.device.type == "cuda":
-        activities.append(ProfilerActivity.CUDA)
+    activities = profiler_activities(run.device)
     logdir.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=".capture-", dir=logdir))
     target = logdir / run_name
@@ -310,13 +308,24 @@ def record(workload: Workload, logdir: Path, run_name: str, *, steps: int = 3, w
                 step()
                 synchronize(run.device)
                 profiler.step()
-        written = tuple(sorted(p.name for p in scratch.iterdir() if p.name.endswith(TRACE_SUFFIXES)))
-        if not written:
-            raise RuntimeError("torch.profiler wrote no trace")
+        written = written_traces(scratch, "torch.profiler wrote no trace")
     except BaseException:
         set_aside(scratch, target)
         raise
     return PendingTraces(scratch=scratch, target=target, names=written)
+
+
+def profiler_activities(device: torch.device) -> list[ProfilerActivity]:
+    """What torch.profiler records for a step on ``device``: the host, and CUDA's kernels on a GPU."""
+    return [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+
+
+def written_traces(scratch: Path, missing: str) -> tuple[str, ...]:
+    """The trace files the profiler wrote into ``scratch``, by name; RuntimeError(``missing``) when there are none."""
+    written = tuple(sorted(p.name for p in scratch.iterdir() if p.name.endswith(TRACE_SUFFIXES)))
+    if not written:
+        raise RuntimeError(missing)
+    return written
 
 
 def unprofiled_step_us(step: Callable[[], Any], device: torch.device) -> float:
