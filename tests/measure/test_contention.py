@@ -50,8 +50,11 @@ def busy_loops(count: int, seconds: float | None = None) -> Iterator[list[int]]:
 
 
 def conv_workload():
+    """A conv of about 1 GFLOP a step (10-20 ms on 2 quiet cores): a block of QUICK's 12 rounds lasts long enough
+    for /proc's clock ticks to judge it (``tick_margin`` under 0.1 core), as a profile's blocks do. A smaller
+    conv's 10 ms blocks went unjudged on a fast CI machine, and the busy loops went unseen."""
     torch.manual_seed(0)
-    return workload_from(nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.ReLU()), torch.randn(2, 8, 32, 32),
+    return workload_from(nn.Sequential(nn.Conv2d(64, 64, 3, padding=1), nn.ReLU()), torch.randn(4, 64, 56, 56),
                          device="cpu")
 
 
