@@ -29,6 +29,7 @@ OUTPUT = REPO / "test-output"  # screenshots and reports for a person to look at
 
 # Tests that read traces and time nothing: the README's test command runs them in two processes (pytest-xdist)
 # before the others, which time steps and must run alone (a second process on the cores is the contention they detect).
+# These paths are marked here; a test elsewhere that times nothing carries ``pytest.mark.analysis`` itself.
 ANALYSIS_PATHS = ("trace", "step", "test_real_traces.py", "test_architecture.py", "test_docs.py", "test_security.py")
 TIMED_FIXTURES = frozenset({"small_cnn_run"})  # a real profile run, measured: with the timed tests
 

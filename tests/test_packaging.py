@@ -7,7 +7,10 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
 from conftest import REPO, run_cli
+
+pytestmark = pytest.mark.analysis  # times nothing: the parallel phase (conftest.py)
 
 
 def test_wheel_installs_everything_under_convdoctor(tmp_path: Path):

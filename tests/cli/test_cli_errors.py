@@ -11,6 +11,8 @@ from conftest import EXAMPLES, MODELS, run_cli
 
 from convdoctor.cli import main
 
+pytestmark = pytest.mark.analysis  # bad input fails before anything is timed: the parallel phase (conftest.py)
+
 CASES = [
     # (model file, extra args, words the error line must hold)
     ("does_not_exist.py", [], ["does_not_exist.py", "no such file"]),

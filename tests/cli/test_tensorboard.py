@@ -144,6 +144,7 @@ def test_server_log_is_clean(small_cnn_board):
 
 
 @pytest.mark.slow
+@pytest.mark.analysis  # times nothing: the parallel phase (conftest.py)
 def test_gpu_views_load_on_the_shared_resnet50_trace(tmp_path):
     """The plugin's GPU-only views work on this install: Kernel (its statistics go through pandas, pinned <3 for
     this plugin) and Memory, on the V100 ResNet-50 trace in tests/data."""

@@ -126,6 +126,7 @@ def test_an_unreadable_trace_says_why_in_one_line(board):
     assert "convdoctor could not analyze this trace" in page and "truncated" in page
 
 
+@pytest.mark.analysis  # times nothing: the parallel phase (conftest.py)
 def test_an_analyzed_report_follows_its_trace(tmp_path):
     """Analyzed reports are kept per version of the trace file: a new trace under the same name is analyzed anew.
     (The real plugin's WSGI routes, without a server.)"""

@@ -16,6 +16,8 @@ from conftest import DATA, SCHEMA
 
 from convdoctor.cli import main
 
+pytestmark = pytest.mark.analysis  # times nothing: the parallel phase (conftest.py)
+
 TRACE = DATA / "resnet50_v100_pt18_array_step7.json.gz"  # one step: pageable copies and their synchronizations
 
 

@@ -239,6 +239,7 @@ def test_layer_table_sorts_on_click(small_cnn_run, devtools):
     assert page_problems(devtools) == []
 
 
+@pytest.mark.analysis  # times nothing: the parallel phase (conftest.py)
 def test_the_detectors_see_a_bad_page(tmp_path, devtools):
     """The checks above are not blind: a page with a remote image, console output, an uncaught error and an
     alert() is caught by the stderr log reader and by DevTools."""

@@ -14,6 +14,8 @@ from convdoctor.analyzer.conv.layers import analyze_convs
 from convdoctor.rules.base import SavingBound, evidence_fields
 from convdoctor.rules.cd122_pageable_htod import PageableHtodRule
 
+pytestmark = pytest.mark.analysis  # times nothing: the parallel phase (conftest.py)
+
 
 def raw_events(path):
     data = json.loads(gzip.decompress(path.read_bytes()))

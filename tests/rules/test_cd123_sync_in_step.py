@@ -14,6 +14,8 @@ from convdoctor.analyzer.conv.layers import analyze_convs
 from convdoctor.rules.base import SavingBound, evidence_fields
 from convdoctor.rules.cd123_sync_in_step import SyncInStepRule
 
+pytestmark = pytest.mark.analysis  # times nothing: the parallel phase (conftest.py)
+
 
 def test_triggers_on_item_in_the_recsys_steps():
     path = SHARED_TRACES["recsys"]

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from conftest import REPO, SHARED_TRACES
 
+pytestmark = pytest.mark.analysis  # times nothing: the parallel phase (conftest.py)
+
 PLUGIN_PACKAGE = Path(__file__).resolve().parents[1] / "plugin_example"
 
 

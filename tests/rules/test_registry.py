@@ -5,8 +5,12 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 from convdoctor.rules.base import DOC_SECTIONS, Rule, doc_sections
 from convdoctor.rules.registry import RULE_ID, load_rules
+
+pytestmark = pytest.mark.analysis  # times nothing: the parallel phase (conftest.py)
 
 TESTS = Path(__file__).resolve().parent
 
