@@ -15,16 +15,23 @@ BATCH_NORM_OPS = frozenset({"aten::batch_norm", "aten::_batch_norm_impl_index", 
                             "aten::_native_batch_norm_legit_no_training"})
 # What inductor's freezing passes already do (torch/_inductor/fx_passes/freezing_patterns.py, binary folding).
 COVERS = (("CD109", "inductor freezing folds each BatchNorm into the conv before it"),)
+# On the CPU with oneDNN, inductor lays every convolution out in channels_last itself (layout_optimization, on by
+# default: GraphLowering.decide_layout_opt in torch/_inductor/graph.py); on a GPU that is a heuristic, so there
+# channels_last is measured on top. Here, channels_last on top of the frozen compile measured 1.29× against 1.40×
+# without it on ResNet-18 (benchmarks/PROFILE_TIME.md).
+CPU_COVERS = (("CD101", "on the CPU, inductor's layout_optimization lays every convolution out in channels_last"),)
 TOLERANCE = 1e-3  # folding batch norms into the conv weights and fused epilogues change float32 rounding only
 
 SNIPPET = """\
 import torch._inductor.config as inductor_config
 
-model = model.eval().to(memory_format=torch.channels_last)
+model = model.eval(){layout}
 inductor_config.freezing = True      # or: with inductor_config.patch(freezing=True): around the first call
 compiled = torch.compile(model)
 with torch.no_grad():                # freezing applies to graphs compiled with grad disabled
     out = compiled(x)                # the first call compiles and folds the weights in"""
+CPU_LAYOUT = "                 # on the CPU inductor makes the convs channels_last itself"
+GPU_LAYOUT = ".to(memory_format=torch.channels_last)"
 
 
 @dataclass(frozen=True)
@@ -58,8 +65,8 @@ class CompileFreezingRule:
 An eval (inference) trace that ran eagerly — no `Torch-Compiled Region` in it — whose conv layers take at
 least `min_share` of the step. It stays quiet in training, where parameters change every step and cannot be
 frozen. Its candidate compiles the model with freezing (7-12 s for small_cnn or ResNet-18 on a 2-core CPU): once
-for the numerics check and once for the timing, whose copy serves every block (a fresh copy would compile again);
-each plan combination with it compiles twice more. `--ignore CD120` leaves it out of a run.
+for the numerics check, whose copy then serves every block (a fresh copy would compile again); each plan
+combination with it compiles once more. `--ignore CD120` leaves it out of a run.
 
 ## Why it is slow
 Eagerly, every BatchNorm after a conv is its own pass over the activation, every activation and residual add
@@ -87,7 +94,9 @@ with torch.no_grad():
 Frozen weights are read when the model compiles: load the weights first, and recompile after changing them.
 Compilation time is paid on the first call (the candidate reports it as its first step) and again for new input
 shapes. In the plan it wraps everything else (PlanStage.COMPILER): autocast and channels_last run inside the
-compiled graph, which on torch 2.13 lets freezing fold the weight casts.
+compiled graph, which on torch 2.13 lets freezing fold the weight casts. On the CPU, inductor lays every
+convolution out in channels_last itself (`layout_optimization`, on by default with oneDNN), so a plan led by this
+candidate leaves CD101 out unmeasured; on a GPU that choice is a heuristic, and channels_last is measured on top.
 
 ## Evidence
 Conv layers and their time per step; the outermost non-conv operators in the profiled steps, their time, and how
@@ -136,14 +145,18 @@ benchmarking multiplies a compile that already dominates this rule's cost.
             fix="Compile the eval model with torch.compile and inductor freezing",
             advice=("Set torch._inductor.config.freezing = True while the eval model compiles: inductor then treats "
                     "the weights as constants, folds each BatchNorm into its conv, folds constant casts and prepacks "
-                    "the conv weights for oneDNN, on top of fusing the elementwise ops. Combine it with "
-                    "channels_last and, on a CPU with native bfloat16, with bfloat16 autocast inside the compiled "
-                    "model. The first call compiles (the candidate's first step shows how long); weights changed "
-                    "after compiling are not seen until it recompiles."),
-            snippet=SNIPPET,
+                    "the conv weights for oneDNN, on top of fusing the elementwise ops. "
+                    + ("Combine it with channels_last. " if on_device else
+                       "On the CPU inductor also lays the convolutions out in channels_last itself: converting the "
+                       "model first adds nothing. On a CPU with native bfloat16, add bfloat16 autocast inside the "
+                       "compiled model. ")
+                    + "The first call compiles (the candidate's first step shows how long); weights changed after "
+                      "compiling are not seen until it recompiles."),
+            snippet=SNIPPET.format(layout=GPU_LAYOUT if on_device else CPU_LAYOUT),
             layers=[layer.name for layer in analysis.layers],
             estimated_saving=None,  # folding, prepacking and fusion: the trace cannot say how much they remove
             candidate=Candidate(title="torch.compile(model) with inductor freezing", transform=frozen_compiled,
                                 numerics=NumericsContract.APPROXIMATE, tolerance=TOLERANCE,
-                                stage=PlanStage.COMPILER, covers=COVERS),
+                                stage=PlanStage.COMPILER,
+                                covers=COVERS if on_device else COVERS + CPU_COVERS),
         )

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import EXAMPLES, MODELS, capture_analysis, run_cli
+from conftest import DATA, EXAMPLES, MODELS, capture_analysis, run_cli
 
 from convdoctor.analyzer.candidates.candidate import Candidate, NumericsContract, PlanStage, combine
 from convdoctor.analyzer.candidates.torch_parts import Autocast, Compiled
@@ -61,6 +61,9 @@ def test_triggers_on_an_eager_eval_model(tmp_path: Path):
     candidate = finding.candidate
     assert candidate.stage is PlanStage.COMPILER and candidate.numerics is NumericsContract.APPROXIMATE
     assert candidate.tolerance == TOLERANCE
+    # on the CPU inductor lays the convs out in channels_last itself: the plan does not measure CD101 on top
+    assert {rule for rule, _ in candidate.covers} == {"CD109", "CD101"}
+    assert "channels_last" not in finding.snippet.replace("channels_last itself", "")
 
 
 def test_quiet_in_training(tmp_path: Path):
@@ -201,3 +204,18 @@ def test_a_default_profile_measures_the_frozen_compile_once_and_plans_with_it(tm
     if plan and plan["steps"][0]["rule_id"] == "CD120" and fold["measurement"]["verdict"] == "faster":
         (left,) = [left for left in plan["left_out"] if left["rule_id"] == "CD109"]
         assert left["plan_speedup_with_it"] is None and "its step CD120 does it" in left["reason"]
+
+
+def test_the_frozen_compile_runs_every_conv_in_channels_last_on_the_cpu():
+    """Why a plan led by CD120 leaves CD101 out on the CPU, read from the raw JSON of a real trace of small_cnn
+    compiled with freezing from an NCHW model and NCHW inputs: every oneDNN conv inductor called took its input in
+    channels_last (the channel stride is 1)."""
+    import gzip
+
+    with gzip.open(DATA / "small_cnn_frozen_compiled_cpu.pt.trace.json.gz", "rt") as handle:
+        events = json.load(handle)["traceEvents"]
+    convs = [e["args"] for e in events if e.get("ph") == "X" and e["name"].startswith("mkldnn::_convolution")]
+    assert len(convs) >= 4
+    for args in convs:
+        dims, strides = args["Input Dims"][0], args["Input Strides"][0]
+        assert len(dims) == 4 and strides[1] == 1 and strides[3] == dims[1], (dims, strides)
