@@ -1,6 +1,6 @@
 """Does convdoctor's plan beat what an expert tries blindly? Measured on this machine, in one run.
 
-    python benchmarks/advice_quality.py [--quick] [--out benchmarks/RESULTS.md]
+    python benchmarks/advice_quality.py [--quick] [--modes eval train] [--out benchmarks/RESULTS.md]
 
 For each model and mode it measures, against the same baseline with convdoctor's own A/B harness:
 (a) convdoctor's combined plan (`convdoctor.profile` with every default rule, CD120's compile with freezing
@@ -161,11 +161,11 @@ def run_row(name: str, mode: str, quick: bool) -> dict[str, object]:
     return row
 
 
-def run(quick: bool) -> list[dict[str, object]]:
-    """Every row, each in a fresh process of its own (this script with ``--row``)."""
+def run(quick: bool, modes: tuple[str, ...] = ("eval", "train")) -> list[dict[str, object]]:
+    """Every row of ``modes``, each in a fresh process of its own (this script with ``--row``)."""
     rows = []
     for name in QUICK_CASE_NAMES if quick else CASE_NAMES:
-        for mode in ("eval", "train"):
+        for mode in modes:
             with tempfile.TemporaryDirectory() as scratch:
                 row_file = Path(scratch) / "row.json"
                 command = [sys.executable, __file__, "--row", name, mode, "--row-json", str(row_file)]
@@ -300,6 +300,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="two small models, batch 2, fewer rounds")
     parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
+    parser.add_argument("--modes", nargs="+", choices=("eval", "train"), default=["eval", "train"])
     parser.add_argument("--row", nargs=2, metavar=("MODEL", "MODE"), help="measure one row in this process")
     parser.add_argument("--row-json", type=Path, help="with --row: where to write the row")
     args = parser.parse_args()
@@ -308,7 +309,7 @@ def main() -> None:
         if args.row_json:
             args.row_json.write_text(json.dumps(row))
         return
-    write_results(run(args.quick), args.out)
+    write_results(run(args.quick, tuple(args.modes)), args.out)
 
 
 if __name__ == "__main__":
