@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from convdoctor.analyzer.candidates.candidate import combine
+from convdoctor.analyzer.candidates.candidate import PlanStage, combine
 from convdoctor.analyzer.capture.workload import Workload
 from convdoctor.analyzer.measure.benchmark import Verdict
 from convdoctor.analyzer.measure.phase import MeasuringOptions
@@ -22,7 +22,8 @@ def build_plan(
     Speedups do not multiply, and two fixes can undo each other (torch.compile on top of channels_last in training
     on this CPU): starting from the fastest alone, each further accepted candidate, by its own speedup, is added and
     the combination measured against the baseline; it stays when that is faster than the plan so far and within the
-    combined tolerance, and is left out, with the measurement that showed it, otherwise.
+    combined tolerance, and is left out, with the measurement that showed it, otherwise. A fix that a step already
+    does (``Candidate.covers``), and a second compile, are left out unmeasured, with the reason.
     """
     trial = LocalTrial(target, options.benchmark, progress, options.quiet) if isinstance(target, Workload) else target
     accepted = [o for o in outcomes if o.measurement is not None and o.numerics_ok and o.same_candidate_as is None
@@ -33,7 +34,7 @@ def build_plan(
     first, *rest = sorted(accepted, key=lambda o: -o.measurement.estimate.speedup)
     plan = Plan(steps=[first], measurement=first.measurement, tolerance=first.finding.candidate.tolerance)
     for outcome in rest:
-        covered = _covered_by(plan, outcome)
+        covered = _covered_by(plan, outcome) or _compiled_already(plan, outcome)
         if covered is not None:
             plan.left_out.append(LeftOut(outcome, None, covered))
             continue
@@ -65,4 +66,17 @@ def _covered_by(plan: Plan, outcome: FindingOutcome) -> str | None:
         for rule_id, how in step.finding.candidate.covers:
             if rule_id == outcome.finding.rule_id:
                 return f"not measured in the plan: its step {step.finding.rule_id} does it ({how})"
+    return None
+
+
+def _compiled_already(plan: Plan, outcome: FindingOutcome) -> str | None:
+    """Why a compile is not added to a plan that compiles already (torch.compile with and without freezing are
+    alternatives: compiling the compiled model again measures nothing a user would run); None if not a second one.
+    The step came first because it measured faster alone."""
+    if outcome.finding.candidate.stage is not PlanStage.COMPILER:
+        return None
+    for step in plan.steps:
+        if step.finding.candidate.stage is PlanStage.COMPILER:
+            return (f"not measured in the plan: its step {step.finding.rule_id} compiles the model already, and "
+                    "measured faster alone (a plan compiles once)")
     return None

@@ -152,6 +152,26 @@ def test_a_fix_that_a_plan_step_already_does_is_left_out_unmeasured_with_the_rea
     assert left.reason in left_out_lines(plan)[0]
 
 
+def test_a_second_compile_is_left_out_of_a_plan_that_compiles_already():
+    """torch.compile with and without freezing are alternatives: the faster alone leads the plan, and the other is
+    not compiled on top of it (one advice_quality run measured CD116 + CD120 together)."""
+    model = nn.Sequential()
+    model.add_module("large", Nap(0.03))
+    model.add_module("small", Nap(0.01))
+    workload = workload_from(model, torch.zeros(2), device="cpu")
+    large, small = _finding("large", _every_nap(0.0)), _finding("small", _without("small"))
+    large = replace(large, rule_id="CD901", candidate=replace(large.candidate, stage=PlanStage.COMPILER))
+    small = replace(small, rule_id="CD902", candidate=replace(small.candidate, stage=PlanStage.COMPILER))
+    options = MeasuringOptions(benchmark=QUICK)
+    outcomes = measure_findings(workload, [large, small], options, SilentProgress())
+    assert all(o.measurement.estimate.verdict is Verdict.FASTER for o in outcomes)
+    plan = build_plan(workload, outcomes, options, SilentProgress())
+    assert plan is not None and [s.finding.rule_id for s in plan.steps] == ["CD901"]
+    (left,) = plan.left_out
+    assert left.outcome.finding.rule_id == "CD902" and left.measurement is None
+    assert "its step CD901 compiles the model already" in left.reason
+
+
 def test_the_identity_candidate_is_no_measurable_difference_and_gives_no_plan():
     """With the second look on (the harness's default ``extra_blocks``): a no-op that drifts open gets more blocks,
     never a verdict."""

@@ -135,6 +135,11 @@ def test_page_renders_in_chromium(small_cnn_run, small_cnn_dom):
     for known in ("stem.0", "layer1.0.conv1", "layer1.0.conv2", "layer2.0.downsample.0", "layer3.1.conv2"):
         assert known in names
     assert len(dom.find_all("script")) == 1
+    # each measured peak memory says, in the page, what it counts (report.json's peak_memory)
+    text = " ".join(dom.text().split())
+    peaks = [f["measurement"] for f in report["findings"]
+             if f["measurement"] and None not in f["measurement"]["peak_bytes"]]
+    assert peaks and all(f"peak memory ({m['peak_memory']}):" in text for m in peaks)
 
 
 def test_roofline_and_speedup_charts(small_cnn_run, small_cnn_dom):
