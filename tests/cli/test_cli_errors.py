@@ -76,7 +76,9 @@ def test_cuda_asked_for_without_cuda_is_a_user_error(tmp_path: Path):
 
 
 def test_what_the_model_prints_stays_out_of_the_json_on_stdout(tmp_path: Path):
-    result = run_cli("profile", str(MODELS / "chatty.py"), "--out", str(tmp_path), "--no-measure", "--format", "json")
+    # --wait-quiet 0: in the parallel phase the capture would wait for the other test process to leave the cores
+    result = run_cli("profile", str(MODELS / "chatty.py"), "--out", str(tmp_path), "--no-measure", "--format", "json",
+                     "--wait-quiet", "0")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)  # 600 kB of prints from the model did not corrupt it
     assert [layer["name"] for layer in report["layers"]] == ["conv"]

@@ -1,12 +1,9 @@
 """CD201 on a real 2-rank job: rank 0 waits for a sleeping rank 1, which is not communication cost; and on one rank
 read alone, whose allreduce (the one bucket of a tiny model) overlaps no compute."""
 
-import pytest
 from conftest import job_analyses
 
 from convdoctor.rules.cd201_ddp_bucket_overlap import DdpBucketOverlapRule
-
-pytestmark = pytest.mark.analysis  # times nothing: the parallel phase (conftest.py)
 
 
 def test_waiting_for_a_straggler_is_not_taken_for_allreduce_cost(slow_rank_job):

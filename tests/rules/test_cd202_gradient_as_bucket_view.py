@@ -2,12 +2,9 @@
 
 import pickle
 
-import pytest
 from conftest import job_analyses
 
 from convdoctor.rules.cd202_gradient_as_bucket_view import GradientAsBucketViewRule
-
-pytestmark = pytest.mark.analysis  # times nothing: the parallel phase (conftest.py)
 
 
 def test_copies_found_in_a_default_ddp_trace(slow_rank_job):

@@ -1,11 +1,8 @@
 """CD203 on a real 2-rank job whose rank 1 sleeps in its forward, and on the same traces without the job view."""
 
-import pytest
 from conftest import job_analyses
 
 from convdoctor.rules.cd203_ddp_straggler import DdpStragglerRule
-
-pytestmark = pytest.mark.analysis  # times nothing: the parallel phase (conftest.py)
 
 
 def test_triggers_on_the_rank_that_sleeps(slow_rank_job):
