@@ -13,6 +13,7 @@ from convdoctor.analyzer.capture.workload import Workload, workload_from
 from convdoctor.analyzer.measure.benchmark import BenchmarkSettings, Verdict
 from convdoctor.analyzer.measure.phase import MeasuringOptions, measure_findings
 from convdoctor.analyzer.measure.plan import build_plan
+from convdoctor.analyzer.measure.results import Plan
 from convdoctor.progress import SilentProgress
 from convdoctor.reports.presentation import left_out_lines, plan_lines
 from convdoctor.rules.base import Finding, Severity
@@ -130,22 +131,28 @@ def test_a_fix_that_undoes_another_is_left_out_with_the_measurement_that_showed_
     assert left_out_lines(plan)[0].startswith("left out: drop evenly (CD999), alone ")
 
 
-def test_a_fix_that_a_plan_step_already_does_is_left_out_unmeasured_with_the_reason():
-    """A candidate that covers another rule's (inductor freezing folds BatchNorm, as CD109 does): once it is in the
-    plan, that rule's fix is not combined and measured again, and the plan says why."""
+def _plan_of_two_naps(large_candidate: dict, small_candidate: dict) -> Plan:
+    """Two candidates that each measure faster (CD901 drops both naps, CD902 the small one), their Candidates
+    changed by ``*_candidate``; the plan built from them, led by CD901."""
     model = nn.Sequential()
     model.add_module("large", Nap(0.03))
     model.add_module("small", Nap(0.01))
     workload = workload_from(model, torch.zeros(2), device="cpu")
     large, small = _finding("large", _every_nap(0.0)), _finding("small", _without("small"))
-    covers = (("CD902", "it drops every nap"),)
-    large = replace(large, rule_id="CD901", candidate=replace(large.candidate, covers=covers))
-    small = replace(small, rule_id="CD902")
+    large = replace(large, rule_id="CD901", candidate=replace(large.candidate, **large_candidate))
+    small = replace(small, rule_id="CD902", candidate=replace(small.candidate, **small_candidate))
     options = MeasuringOptions(benchmark=QUICK)
     outcomes = measure_findings(workload, [large, small], options, SilentProgress())
     assert all(o.measurement.estimate.verdict is Verdict.FASTER for o in outcomes)
     plan = build_plan(workload, outcomes, options, SilentProgress())
     assert plan is not None and [s.finding.rule_id for s in plan.steps] == ["CD901"]
+    return plan
+
+
+def test_a_fix_that_a_plan_step_already_does_is_left_out_unmeasured_with_the_reason():
+    """A candidate that covers another rule's (inductor freezing folds BatchNorm, as CD109 does): once it is in the
+    plan, that rule's fix is not combined and measured again, and the plan says why."""
+    plan = _plan_of_two_naps({"covers": (("CD902", "it drops every nap"),)}, {})
     (left,) = plan.left_out
     assert left.outcome.finding.rule_id == "CD902" and left.measurement is None
     assert left.reason == "not measured in the plan: its step CD901 does it (it drops every nap)"
@@ -155,18 +162,7 @@ def test_a_fix_that_a_plan_step_already_does_is_left_out_unmeasured_with_the_rea
 def test_a_second_compile_is_left_out_of_a_plan_that_compiles_already():
     """torch.compile with and without freezing are alternatives: the faster alone leads the plan, and the other is
     not compiled on top of it (one advice_quality run measured CD116 + CD120 together)."""
-    model = nn.Sequential()
-    model.add_module("large", Nap(0.03))
-    model.add_module("small", Nap(0.01))
-    workload = workload_from(model, torch.zeros(2), device="cpu")
-    large, small = _finding("large", _every_nap(0.0)), _finding("small", _without("small"))
-    large = replace(large, rule_id="CD901", candidate=replace(large.candidate, stage=PlanStage.COMPILER))
-    small = replace(small, rule_id="CD902", candidate=replace(small.candidate, stage=PlanStage.COMPILER))
-    options = MeasuringOptions(benchmark=QUICK)
-    outcomes = measure_findings(workload, [large, small], options, SilentProgress())
-    assert all(o.measurement.estimate.verdict is Verdict.FASTER for o in outcomes)
-    plan = build_plan(workload, outcomes, options, SilentProgress())
-    assert plan is not None and [s.finding.rule_id for s in plan.steps] == ["CD901"]
+    plan = _plan_of_two_naps({"stage": PlanStage.COMPILER}, {"stage": PlanStage.COMPILER})
     (left,) = plan.left_out
     assert left.outcome.finding.rule_id == "CD902" and left.measurement is None
     assert "its step CD901 compiles the model already" in left.reason
