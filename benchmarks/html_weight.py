@@ -19,7 +19,6 @@ what weighs.
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import platform
@@ -31,7 +30,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from trace_memory import REPO, V100, build_trace, mem_total_gib, run_measured
+from trace_memory import REPO, build_trace, mem_total_gib, run_measured, v100_trace
 
 sys.path.insert(0, str(REPO / "tests"))
 from browser import CHROMIUM, DevTools, page_problems  # noqa: E402
@@ -95,7 +94,7 @@ def sections(html: str) -> list[tuple[str, int]]:
 
 
 def measure(factors: list[int], opens: int) -> list[Result]:
-    data = json.loads(gzip.decompress(V100.read_bytes()))
+    data = v100_trace()
     results = []
     with tempfile.TemporaryDirectory(prefix="convdoctor-html-weight-") as scratch:
         for factor in factors:

@@ -68,6 +68,11 @@ def repeated_events(data: dict[str, Any], factor: int) -> Iterator[dict[str, Any
             yield event
 
 
+def v100_trace() -> dict[str, Any]:
+    """The real V100 ResNet-50 training trace that the large traces repeat, decoded."""
+    return json.loads(gzip.decompress(V100.read_bytes()))
+
+
 def build_trace(data: dict[str, Any], factor: int, path: Path) -> tuple[int, int]:
     """Write the factor-N trace gzipped to ``path``, one event at a time; (events, uncompressed bytes)."""
     count = size = 0
@@ -100,7 +105,7 @@ def run_measured(command: list[str]) -> tuple[float, float, int]:
 
 
 def measure(factors: list[int], keep: Path | None) -> None:
-    data = json.loads(gzip.decompress(V100.read_bytes()))
+    data = v100_trace()
     scratch = Path(tempfile.mkdtemp(prefix="convdoctor-trace-memory-", dir=keep))
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, {mem_total_gib():.0f} GiB RAM, "
           f"Python {platform.python_version()}, {platform.system()} {platform.release()}")
@@ -131,7 +136,7 @@ def where(factor: int) -> None:
     from convdoctor.analyzer.trace.reader import load_profile, parse_trace, read_trace
     from convdoctor.rules.registry import load_rules, run_rules
 
-    data = json.loads(gzip.decompress(V100.read_bytes()))
+    data = v100_trace()
     with tempfile.TemporaryDirectory() as scratch:
         path = Path(scratch) / f"v100x{factor}.pt.trace.json.gz"
         build_trace(data, factor, path)
