@@ -46,7 +46,8 @@ from convdoctor.analyzer.candidates.torch_parts import Compiled as CompiledModel
 from convdoctor.analyzer.candidates.transforms import autocast, compiled, frozen_compiled  # noqa: E402
 from convdoctor.analyzer.capture.hardware import device_name  # noqa: E402
 from convdoctor.analyzer.capture.workload import Workload, workload_from  # noqa: E402
-from convdoctor.analyzer.measure.benchmark import BenchmarkSettings, Measurement, measure  # noqa: E402
+from convdoctor.analyzer.measure.benchmark import BenchmarkSettings, Measurement  # noqa: E402
+from convdoctor.analyzer.measure.comparison import measure  # noqa: E402
 from convdoctor.analyzer.measure.results import MIN_EFFECT, FindingOutcome, Plan, Verdict  # noqa: E402
 from convdoctor.api import ProfileOptions, profile  # noqa: E402
 from convdoctor.reports.presentation import measured_result  # noqa: E402

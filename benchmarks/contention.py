@@ -57,7 +57,7 @@ def part1(repeats: int) -> None:
     from convdoctor.analyzer.candidates.layout import to_channels_last
     from convdoctor.analyzer.capture.contention import QuietPolicy
     from convdoctor.analyzer.capture.workload import workload_from
-    from convdoctor.analyzer.measure.benchmark import measure
+    from convdoctor.analyzer.measure.comparison import measure
     from convdoctor.analyzer.measure.results import BenchmarkSettings
 
     workload = workload_from(small_cnn.get_model(), small_cnn.get_inputs(8), device="cpu")

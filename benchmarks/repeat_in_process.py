@@ -23,7 +23,7 @@ def measure_repeatedly(model_file: Path, repeats: int, pause_s: float, settings:
     from convdoctor.analyzer.candidates.layout import to_channels_last
     from convdoctor.analyzer.capture.host_allocator import keep_heap
     from convdoctor.analyzer.capture.workload import load_workload, make_step
-    from convdoctor.analyzer.measure.benchmark import measure
+    from convdoctor.analyzer.measure.comparison import measure
     from convdoctor.analyzer.measure.results import BenchmarkSettings
 
     workload = load_workload(model_file, device="cpu", mode="eval")

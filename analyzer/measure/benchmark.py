@@ -10,7 +10,7 @@ import statistics
 import time
 import weakref
 from dataclasses import dataclass, replace
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -53,7 +53,7 @@ from convdoctor.analyzer.measure.results import (
     ThroughputPoint,
     Verdict,
 )
-from convdoctor.analyzer.measure.step_memory import PEAK_TENSOR_MEMORY, step_peak_bytes
+from convdoctor.analyzer.measure.step_memory import step_peak_bytes
 
 
 def estimate_speedup(baseline_s: list[float], candidate_s: list[float], *, blocks: list[int] | None = None,
@@ -208,25 +208,6 @@ def compare_outputs(baseline: Any, candidate: Any) -> Numerics:
     return Numerics(max_abs_error=max_abs, max_rel_error=max_abs / max_ref if max_ref > 0 else max_abs)
 
 
-def measure(
-    baseline: Workload,
-    candidate: Workload,
-    settings: BenchmarkSettings = BenchmarkSettings(),
-    progress: Callable[[int, int], None] | None = None,
-    quiet: QuietPolicy | None = None,
-) -> Measurement:
-    """Time one step of each workload in interleaved rounds (random order within a round) and compare outputs.
-
-    Both run on copies, fresh ones for each block of rounds; the workloads passed in are left as they were. The
-    blocks run one after the other, ``block_spacing_s`` apart; ``Comparison`` runs them one at a time, so that a
-    measuring phase can give the wait to other comparisons' blocks.
-    """
-    comparison = Comparison(baseline, candidate, settings, progress, quiet)
-    while comparison.blocks_left:
-        comparison.run_block()
-    return comparison.measurement()
-
-
 class BlockWatch:
     """Other processes' load over each block of rounds, under the run's QuietPolicy: before a block that follows a
     contended one it waits for quiet; a block taken under contention is redone when the wait ended in quiet (up to
@@ -238,24 +219,27 @@ class BlockWatch:
         self.kept: list[tuple[float, float | None]] = []  # (wall seconds, other cores busy) of each kept block
         self.contended_blocks = 0  # kept although contended
         self.redone_blocks = 0
+        self.last = BlockReading(0.0, None, False)
 
-    def run(self, block: Callable[[], int], times: tuple[list[float], list[float]]) -> int:
-        """``block()`` (it appends its rounds to ``times`` and returns how many it took), redone while contended
-        and the wait for quiet succeeds."""
+    def run(self, block: Callable[[], int], times: Sequence[list[float]]) -> int:
+        """``block()`` (it appends its rounds to the lists in ``times`` and returns how many it took), redone while
+        contended and the wait for quiet succeeds; ``last`` holds the kept block's reading."""
         while True:
             self.quiet.wait_for_quiet()
-            marks, measured = (len(times[0]), len(times[1])), own_processes()
+            marks, measured = [len(series) for series in times], own_processes()
             started, before = time.perf_counter(), cpu_jiffies(measured)
             rounds = block()
             wall = time.perf_counter() - started
             busy = other_cores_busy(before, cpu_jiffies(measured), wall)
             contended = self.quiet.note_block(busy, tick_margin(wall, len(measured)))
             if contended and self.redone_blocks < MAX_REDONE_BLOCKS and self.quiet.wait_for_quiet():
-                del times[0][marks[0]:], times[1][marks[1]:]
+                for series, mark in zip(times, marks):
+                    del series[mark:]
                 self.redone_blocks += 1
                 continue
             self.kept.append((wall, busy))
             self.contended_blocks += contended
+            self.last = BlockReading(wall, busy, contended)
             return rounds
 
     @property
@@ -264,142 +248,38 @@ class BlockWatch:
 
     @property
     def contention(self) -> Contention:
-        """The blocks kept under contention and redone, and (when any was kept) what kept the cores busy: the
-        busiest reading taken while waiting, or the blocks' own average."""
+        return self.contention_of(self.contended_blocks, self.other_cores_busy)
+
+    def contention_of(self, contended_blocks: int, others_busy: float | None) -> Contention:
+        """``contended_blocks`` kept under contention (of all kept blocks, or of those one arm of a shared
+        comparison took part in), the blocks redone, and (when any was kept) what kept the cores busy: the busiest
+        reading taken while waiting, or the blocks' own average ``others_busy``."""
         busiest = None
-        if self.contended_blocks:
+        if contended_blocks:
             worst = self.quiet.worst
-            busiest = worst.describe() if worst is not None else f"{self.other_cores_busy or 0:.1f} cores"
-        return Contention(self.contended_blocks, self.redone_blocks, busiest)
+            busiest = worst.describe() if worst is not None else f"{others_busy or 0:.1f} cores"
+        return Contention(contended_blocks, self.redone_blocks, busiest)
 
     def judged(self, estimate: SpeedupEstimate) -> SpeedupEstimate:
-        """The estimate, its verdict withdrawn (``Verdict.UNRELIABLE``) when a kept block was contended."""
-        return replace(estimate, verdict=Verdict.UNRELIABLE) if self.contended_blocks else estimate
+        return judged(estimate, self.contended_blocks)
 
 
-class Comparison:
-    """Baseline against candidate, one block of interleaved rounds at a time (``measure`` runs them all at once).
-
-    The outputs are compared when it is made. Each ``run_block`` makes fresh copies of both, warms them up (until
-    the timings settle in the first block, ``warmup_steps`` steps in later ones) and times its share of the rounds;
-    between blocks nothing of the comparison is held but the times, and the copy of a variant with
-    ``Workload.reuse_copy`` (a frozen compile: another copy would compile again; the numerics check's copy serves).
-    A block starts ``block_spacing_s`` or more after the one before it (waiting when nothing else ran in between),
-    and the measuring phase lets several comparisons take turns: on a shared VM the ratio of two variants drifts
-    with the machine's state over seconds, so blocks in a row would sample one state and their interval would not
-    hold the next run's ratio (benchmarks/INTERVALS.md). With ``early_stop`` the comparison ends once
-    ``min_blocks`` or more have settled it (``settled``). When the planned blocks leave the change open
-    (``undecided``), ``extra_blocks`` more are taken, once. Other processes' load is watched over every block
-    (``BlockWatch``).
-    """
-
-    def __init__(self, baseline: Workload, candidate: Workload, settings: BenchmarkSettings,
-                 progress: Callable[[int, int], None] | None = None, quiet: QuietPolicy | None = None) -> None:
-        self.baseline, self.candidate, self.settings, self.progress = baseline, candidate, settings, progress
-        self._kept: dict[int, Callable[[], Any]] = {}  # the steps of variants with ``reuse_copy``
-        self.numerics, self.first_step_s = compare_first_step(baseline, candidate, self._kept)
-        self._times: tuple[list[float], list[float]] = ([], [])
-        self._blocks: list[int] = []
-        self._warmups = [0, 0]
-        self._watch = BlockWatch(quiet)
-        self._plan = _block_plan(settings)
-        self._block_target_s = settings.target_s / len(self._plan)
-        self._extra_blocks = 0
-        self._stopped_early = False
-        self._wrapped_up = False
-        self._rng = random.Random(0)
-        self._last_start: float | None = None
-        self._spent_s = 0.0  # in this comparison's own blocks
-
-    @property
-    def blocks_left(self) -> int:
-        return len(self._plan) - len(self._blocks)
-
-    def run_block(self) -> None:
-        """Fresh copies of both, warmed up, then this block's rounds; ``block_spacing_s`` after the last block."""
-        if self._last_start is not None:
-            time.sleep(max(0.0, self.settings.block_spacing_s - (time.perf_counter() - self._last_start)))
-        self._last_start = time.perf_counter()
-        block = len(self._blocks)
-        steps, warmups = fresh_steps((self.baseline, self.candidate), self.settings, first=block == 0,
-                                     kept=self._kept)
-        self._warmups = [done + now for done, now in zip(self._warmups, warmups)]
-        devices = (self.baseline.device, self.candidate.device)
-        done = sum(self._blocks)
-        progress = None if self.progress is None else (
-            lambda rounds, _: self.progress(done + rounds, sum(most for _, most in self._plan)))
-        self._blocks.append(self._watch.run(
-            lambda: _block_of_rounds(lambda which: time_step(steps[which], devices[which]), self._plan[block],
-                                     self._block_target_s, self._rng, self._times, first=block == 0,
-                                     progress=progress),
-            self._times))
-        self._spent_s += time.perf_counter() - self._last_start
-        self._after_block()
-
-    def _after_block(self) -> None:
-        """Stop once a block was kept under contention (the verdict is withdrawn whatever follows) or when
-        settled; take the second look when the planned blocks leave the change open."""
-        if self._watch.contended_blocks and sum(self._blocks) >= 2:  # two rounds make an estimate
-            self._plan = self._plan[:len(self._blocks)]
-        elif not self.blocks_left:
-            if self.settings.extra_blocks and not self._extra_blocks and undecided(self.rounds().estimate()):
-                self.second_look()
-        elif not self._extra_blocks and stops_early(self.settings, self.rounds(), self._spent_s):
-            self._plan = self._plan[:len(self._blocks)]
-            self._stopped_early = True
-
-    def wrap_up(self) -> None:
-        """End as soon as the blocks so far make ``min_blocks`` (the measuring phase's time is up), a second look
-        under way included: its extra blocks are those taken."""
-        if self.settings.early_stop and not self._wrapped_up:
-            planned = len(self._plan)
-            self._plan = self._plan[:max(len(self._blocks), self.settings.min_blocks)]
-            self._wrapped_up = True
-            if self._extra_blocks:
-                self._extra_blocks -= planned - len(self._plan)
-            else:
-                self._stopped_early = len(self._plan) < planned
-
-    def second_look(self) -> bool:
-        """Plan ``extra_blocks`` more blocks, once (not after a block kept under contention); whether it did."""
-        if (self._extra_blocks or self._wrapped_up or self.settings.extra_blocks <= 0 or self._watch.contended_blocks
-                or (self.settings.early_stop and over_budget(self.settings, self._spent_s))):
-            return False
-        self._extra_blocks = self.settings.extra_blocks
-        base = self._plan[:len(self._blocks)] or self._plan
-        self._plan = self._plan[:len(self._blocks)] + [base[i % len(base)] for i in range(self._extra_blocks)]
-        self._stopped_early = False
-        return True
-
-    def rounds(self) -> Rounds:
-        return Rounds(times_s=self._times, blocks=list(self._blocks), warmup_steps=(self._warmups[0], self._warmups[1]),
-                      other_cores_busy=self._watch.other_cores_busy)
-
-    def measurement(self) -> Measurement:
-        """The comparison so far (every block run, or fewer when it was cut short) as a Measurement."""
-        rounds = self.rounds()
-        return Measurement(
-            estimate=self._watch.judged(rounds.estimate()),
-            numerics=self.numerics,
-            rounds=len(rounds.times_s[0]),
-            warmup_steps=rounds.warmup_steps,
-            first_step_s=self.first_step_s,
-            threads=torch.get_num_threads(),
-            device=str(self.baseline.device),
-            timer=_timer(self.baseline.device),
-            other_cores_busy=rounds.other_cores_busy,
-            blocks=len(rounds.blocks),
-            extra_blocks=self._extra_blocks,
-            stopped_early=self._stopped_early,
-            contention=self._watch.contention,
-            fresh_copies=not self._kept,
-            peak_bytes=(_peak_bytes(self.baseline, self._kept.get(0)),
-                        _peak_bytes(self.candidate, self._kept.get(1))),
-            peak_memory=PEAK_TENSOR_MEMORY,
-        )
+def judged(estimate: SpeedupEstimate, contended_blocks: int) -> SpeedupEstimate:
+    """The estimate, its verdict withdrawn (``Verdict.UNRELIABLE``) when a kept block was contended."""
+    return replace(estimate, verdict=Verdict.UNRELIABLE) if contended_blocks else estimate
 
 
-def _peak_bytes(workload: Workload, step: Callable[[], Any] | None) -> int | None:
+@dataclass(frozen=True)
+class BlockReading:
+    """A kept block's wall seconds, the cores other processes kept busy meanwhile, and whether that was contention."""
+
+    wall_s: float
+    others_busy: float | None
+    contended: bool
+
+
+def peak_bytes(workload: Workload, step: Callable[[], Any] | None) -> int | None:
+    """``step_memory.step_peak_bytes``, or None where it fails."""
     try:
         return step_peak_bytes(workload, step)
     except Exception:  # a memory reading must not cost the measurement it belongs to
@@ -433,7 +313,7 @@ def measure_throughput(
         first_step_s=None,
         threads=torch.get_num_threads(),
         device=str(baseline.device),
-        timer=_timer(baseline.device),
+        timer=timer_name(baseline.device),
         other_cores_busy=rounds.other_cores_busy,
         blocks=len(rounds.blocks),
         stopped_early=rounds.stopped_early,
@@ -479,26 +359,23 @@ def _interleaved_rounds(
     return replace(rounds, warmup_steps=(warmups[0], warmups[1]))
 
 
-def fresh_steps(variants: tuple[Workload, ...], settings: BenchmarkSettings, first: bool,
-                kept: dict[int, Callable[[], Any]] | None = None) -> tuple[list[Callable[[], Any]], list[int]]:
-    """A step of a fresh copy of each variant, warmed up (until the timings settle in a first block, ``warmup_steps``
-    steps in later ones), and how many warm-up steps each ran. A variant with ``reuse_copy`` keeps the step of its
-    first copy in ``kept`` (by its index) and runs it again in later blocks."""
-    steps, warmups = [], []
-    for index, workload in enumerate(variants):
-        step = None if kept is None else kept.get(index)
-        if step is None:
-            step = make_step(workload.copy())
-            if kept is not None and workload.reuse_copy:
-                kept[index] = step
-        steps.append(step)
-        if first:
-            warmups.append(warm_up(step, workload, settings))
-        else:
-            for _ in range(settings.warmup_steps):
-                time_step(step, workload.device)
-            warmups.append(settings.warmup_steps)
-    return steps, warmups
+def fresh_steps(variants: tuple[Workload, ...], settings: BenchmarkSettings,
+                first: bool) -> tuple[list[Callable[[], Any]], list[int]]:
+    """A warmed-up step of a fresh copy of each variant (``warmed_step``), and how many warm-up steps each ran."""
+    warmed = [warmed_step(workload, settings, first) for workload in variants]
+    return [step for step, _ in warmed], [steps for _, steps in warmed]
+
+
+def warmed_step(workload: Workload, settings: BenchmarkSettings, first: bool,
+                step: Callable[[], Any] | None = None) -> tuple[Callable[[], Any], int]:
+    """A step of a fresh copy of ``workload`` (or ``step``, that of a copy kept from earlier), warmed up: until the
+    timings settle in a first block, ``warmup_steps`` steps in later ones; and how many warm-up steps ran."""
+    step = step if step is not None else make_step(workload.copy())
+    if first:
+        return step, warm_up(step, workload, settings)
+    for _ in range(settings.warmup_steps):
+        time_step(step, workload.device)
+    return step, settings.warmup_steps
 
 
 def alternating_rounds(
@@ -518,7 +395,7 @@ def alternating_rounds(
     """
     rng = random.Random(0)
     times: tuple[list[float], list[float]] = ([], [])
-    plan = _block_plan(settings)
+    plan = block_plan(settings)
     block_sizes: list[int] = []
     stopped_early = False
     started = time.perf_counter()
@@ -531,7 +408,7 @@ def alternating_rounds(
 
         def one_block(shares: tuple[int, int] = shares, first: bool = block == 0,
                       block_progress: Callable[[int, int], None] | None = block_progress) -> int:
-            return _block_of_rounds(time_one, shares, settings.target_s / len(plan), rng, times, first=first,
+            return block_of_rounds(time_one, shares, settings.target_s / len(plan), rng, times, first=first,
                                     progress=block_progress)
 
         block_sizes.append(one_block() if watch is None else watch.run(one_block, times))
@@ -545,29 +422,39 @@ def alternating_rounds(
                   other_cores_busy=None if watch is None else watch.other_cores_busy)
 
 
-def _block_plan(settings: BenchmarkSettings) -> list[tuple[int, int]]:
+def block_plan(settings: BenchmarkSettings) -> list[tuple[int, int]]:
     """(min rounds, max rounds) of each block: ``min_rounds`` and ``max_rounds`` shared out over the blocks."""
     blocks = max(1, min(settings.blocks, settings.max_rounds))
     return list(zip(_shares(settings.min_rounds, blocks), _shares(settings.max_rounds, blocks)))
 
 
-def _block_of_rounds(
-    time_one: Callable[[int], float], shares: tuple[int, int], target_s: float, rng: random.Random,
-    times: tuple[list[float], list[float]], *, first: bool, progress: Callable[[int, int], None] | None,
+def block_of_rounds(
+    time_one: Callable[[int], float | None], shares: tuple[int, int], target_s: float, rng: random.Random,
+    times: Sequence[list[float]], *, first: bool, progress: Callable[[int, int], None] | None,
 ) -> int:
-    """One block of rounds appended to ``times``; how many rounds it took. It ends when it has ``shares[0]`` rounds
-    and ``target_s`` of timed steps, or ``shares[1]`` rounds."""
+    """One block of rounds appended to ``times`` (one list per variant: 0 the baseline, then each candidate); how
+    many rounds it took. Each round times one step of every variant in random order; a candidate whose ``time_one``
+    gives None (it failed) takes no further part. The block ends when it has
+    ``shares[0]`` rounds and ``target_s`` of timed steps of the baseline and a candidate (the candidates' mean), or
+    ``shares[1]`` rounds."""
     min_rounds, max_rounds = shares
+    order = list(range(len(times)))
     gc_was_enabled = gc.isenabled()
     gc.collect(2 if first else 1)  # a full collection takes 0.1 s with torch loaded: once is enough
     gc.disable()
     try:
         block_s = 0.0
         for round_index in range(max_rounds):
-            for which in ([0, 1] if rng.random() < 0.5 else [1, 0]):
-                elapsed = time_one(which)
-                times[which].append(elapsed)
-                block_s += elapsed
+            rng.shuffle(order)
+            elapsed = {}
+            for which in list(order):
+                seconds = time_one(which)
+                if seconds is None:  # a candidate that failed: out of the rest of the block
+                    order.remove(which)
+                    continue
+                times[which].append(seconds)
+                elapsed[which] = seconds
+            block_s += elapsed[0] + sum(elapsed[w] for w in order if w) / max(1, len(order) - 1)
             if progress is not None:
                 progress(round_index + 1, max_rounds)
             if round_index + 1 >= min_rounds and block_s >= target_s:
@@ -583,38 +470,55 @@ def _shares(total: int, parts: int) -> list[int]:
     return [max(1, total // parts + (index < total % parts)) for index in range(parts)]
 
 
-def _timer(device: torch.device) -> str:
+def timer_name(device: torch.device) -> str:
     return "torch.cuda.synchronize + perf_counter" if device.type == "cuda" else "perf_counter"
 
 
-def compare_first_step(baseline: Workload, candidate: Workload, kept: dict[int, Callable[[], Any]] | None = None
-                       ) -> tuple[Numerics, tuple[float, float]]:
-    """Outputs (and, in train mode, parameter gradients) of a first step on fresh copies of both workloads.
+@dataclass(frozen=True)
+class FirstStep:
+    """A variant's first step on a fresh copy: its output, its parameter gradients (train mode), how long it took
+    (compilation and lazy set-up included), and the copy's step for later blocks (a variant with ``reuse_copy``)."""
+
+    output: Any
+    grads: dict[str, torch.Tensor]
+    seconds: float
+    kept_step: Callable[[], Any] | None
+
+
+def first_step(workload: Workload) -> FirstStep:
+    """The first step of a fresh copy of ``workload``; an eval variant with ``reuse_copy`` keeps that copy's step,
+    compiled by this first call, for the blocks of rounds."""
+    probe = workload.copy()
+    output, grads, seconds = _first_step(workload, probe)
+    keep = workload.reuse_copy and workload.mode is Mode.EVAL
+    return FirstStep(output, grads, seconds, make_step(probe) if keep else None)
+
+
+def compare_first_step(baseline: Workload, candidate: Workload) -> tuple[Numerics, tuple[float, float]]:
+    """Outputs (and, in train mode, parameter gradients) of a first step on fresh copies of both workloads
+    (``compare_first_steps``), and how long each first call took: this is where a candidate compiles."""
+    steps = first_step(baseline), first_step(candidate)
+    return compare_first_steps(baseline, steps[0], candidate, steps[1]), (steps[0].seconds, steps[1].seconds)
+
+
+def compare_first_steps(baseline: Workload, base: FirstStep, candidate: Workload, cand: FirstStep) -> Numerics:
+    """How far the candidate's first-step outputs (and, in train mode, parameter gradients) are from the baseline's.
 
     Gradients are paired by parameter name over the parameters both models have, so that a candidate which
     removes a parameter (a redundant bias) or wraps the model (names gain a ``model.`` prefix) is still checked.
-    Also returns how long each first call took: this is where a candidate compiles. With ``kept``, an eval variant
-    with ``reuse_copy`` leaves the step of its copy there (0: baseline, 1: candidate), compiled by this first call,
-    for the comparison's blocks.
     """
-    probes = (baseline.copy(), candidate.copy())
-    base_output, base_grads, base_s = _first_step(baseline, probes[0])
-    cand_output, cand_grads, cand_s = _first_step(candidate, probes[1])
-    if kept is not None:
-        variants = zip((baseline, candidate), probes)
-        kept.update({index: make_step(probe) for index, (workload, probe) in enumerate(variants)
-                     if workload.reuse_copy and workload.mode is Mode.EVAL})
-    outputs = compare_outputs(base_output, cand_output)
-    cand_grads = {_unwrapped(name, base_grads): grad for name, grad in cand_grads.items()}
+    outputs = compare_outputs(base.output, cand.output)
+    base_grads = base.grads
+    cand_grads = {_unwrapped(name, base_grads): grad for name, grad in cand.grads.items()}
     shared = [name for name in base_grads if name in cand_grads]
     if baseline.mode is not Mode.TRAIN or not shared:
-        return outputs, (base_s, cand_s)
+        return outputs
     grads = compare_outputs([base_grads[n] for n in shared], [cand_grads[n] for n in shared])
     reference = None
     if grads.max_rel_error > GRADIENT_REFERENCE_FLOOR:
         reference = _gradient_reference(baseline, candidate, base_grads, cand_grads, shared)
     return Numerics(outputs.max_abs_error, outputs.max_rel_error, grads.max_abs_error, grads.max_rel_error,
-                    reference), (base_s, cand_s)
+                    reference)
 
 
 def _gradient_reference(baseline: Workload, candidate: Workload, base_grads: dict[str, torch.Tensor],

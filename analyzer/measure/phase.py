@@ -12,18 +12,11 @@ from convdoctor.analyzer.candidates.candidate import LayerTrial
 from convdoctor.analyzer.capture.contention import QuietPolicy
 from convdoctor.analyzer.capture.workload import Workload, describe_exception
 from convdoctor.analyzer.measure.batch_sweep import sweep_batch_sizes
-from convdoctor.analyzer.measure.benchmark import BenchmarkSettings, Measurement, measure
+from convdoctor.analyzer.measure.benchmark import BenchmarkSettings, Measurement
+from convdoctor.analyzer.measure.comparison import Comparison, TimeLimit, measure
 from convdoctor.analyzer.measure.model_cost import ArchitectureDelta
 from convdoctor.analyzer.measure.results import FindingOutcome, LayerMeasurement, Proposal, off_prediction
-from convdoctor.analyzer.measure.trials import (
-    CannotMeasure,
-    LocalTrial,
-    PendingTrial,
-    ProcessTrial,
-    TimeLimit,
-    Trial,
-    failure,
-)
+from convdoctor.analyzer.measure.trials import ArmTrial, CannotMeasure, LocalTrial, ProcessTrial, Trial, failure
 from convdoctor.errors import ModelTimeoutError
 from convdoctor.progress import Progress
 
@@ -48,18 +41,19 @@ def measure_findings(
     """Try each finding's candidate, the largest estimated saving first, until the time budget runs out.
 
     ``target`` is the workload (measured in this process) or a Trial (a whole job). Outcomes come back in the order
-    of ``findings``. Without a time budget, the in-process candidates' blocks of rounds are spread over the phase:
-    each candidate's first block in priority order, then the second block of each, and so on, so that every
-    interval holds the machine's state over the whole phase (``benchmark.Comparison``). With a budget each
-    candidate is finished before the next starts: the budget goes to the largest savings first.
+    of ``findings``. Without a time budget, the in-process candidates are measured together, as the arms of one
+    comparison (``comparison.Comparison``): each block of rounds times the baseline and every candidate still
+    measuring, so that they share the baseline's steps and every interval holds the machine's state over the whole
+    phase. With a budget each candidate is finished before the next starts: the budget goes to the largest savings
+    first.
     """
     workload = target if isinstance(target, Workload) else None
     trial = LocalTrial(target, options.benchmark, progress, options.quiet) if isinstance(target, Workload) else target
-    spread = isinstance(trial, LocalTrial) and options.time_budget_s is None
+    shared = trial.comparison() if isinstance(trial, LocalTrial) and options.time_budget_s is None else None
     started = time.perf_counter()
     by_priority = sorted(range(len(findings)), key=lambda i: -(findings[i].estimated_saving or 0.0))
     outcomes: dict[int, FindingOutcome] = {}
-    pending: dict[int, PendingTrial] = {}
+    pending: dict[int, ArmTrial] = {}
     first_with: dict[int, int] = {}  # a transform's id: the finding that measures it (rules may share a transform)
     same_as: dict[int, int] = {}
     for index in by_priority:
@@ -87,62 +81,71 @@ def measure_findings(
                                              _candidate_limit(options, spent))
         else:
             first_with[id(finding.candidate.transform)] = index
-            if spread:
-                started_trial = _start_candidate(trial, finding, progress, _candidate_limit(options, spent))
-                if isinstance(started_trial, FindingOutcome):
-                    outcomes[index] = started_trial
+            if shared is not None:
+                added = _add_candidate(trial, shared, finding, progress, _candidate_limit(options, spent))
+                if isinstance(added, FindingOutcome):
+                    outcomes[index] = added
                 else:
-                    pending[index] = started_trial
+                    pending[index] = added
             else:
                 outcomes[index] = _try_candidate(trial, workload, finding, options, progress,
                                                  _candidate_limit(options, spent))
-    outcomes.update(_finish_spread(pending, findings, workload, options, progress, started))
+    if shared is not None:
+        outcomes.update(_finish_together(shared, pending, findings, workload, options, progress, started))
     for index, earlier in same_as.items():
         outcomes[index] = replace(outcomes[earlier], finding=findings[index],
                                   same_candidate_as=findings[earlier].rule_id)
     return [outcomes[i] for i in range(len(findings))]
 
 
-def _start_candidate(trial: LocalTrial, finding: Proposal, progress: Progress,
-                     limit: TimeLimit) -> PendingTrial | FindingOutcome:
-    """A candidate's numerics and first block of rounds, or why it could not be measured."""
+def _add_candidate(trial: LocalTrial, shared: Comparison, finding: Proposal, progress: Progress,
+                   limit: TimeLimit) -> ArmTrial | FindingOutcome:
+    """A candidate made and its outputs compared with the baseline's, as an arm of ``shared``; or why it could not
+    be measured."""
     progress.stage(f"measuring {finding.rule_id} {finding.rule_name}: baseline vs {finding.candidate.title}, "
-                   "first block")
+                   "first step and outputs")
     try:
-        return trial.start([finding.candidate], limit)
+        return trial.add(shared, [finding.candidate], limit)
     except Exception as exc:
         return _failed(finding, exc)
 
 
-def _finish_spread(pending: dict[int, PendingTrial], findings: list[Proposal], workload: Workload | None,
-                   options: MeasuringOptions, progress: Progress, started: float) -> dict[int, FindingOutcome]:
-    """The later blocks of every started candidate, one block of each in turn, each wrapped up once the phase
-    (begun at ``started``) has run ``wrap_up_after_s``; then each one's outcome. The progress line gives the blocks
-    left and, from the blocks so far, about how long they take."""
+def _finish_together(shared: Comparison, pending: dict[int, ArmTrial], findings: list[Proposal],
+                     workload: Workload | None, options: MeasuringOptions, progress: Progress,
+                     started: float) -> dict[int, FindingOutcome]:
+    """The blocks of the shared comparison until every candidate's are done, each wrapped up once the phase (begun
+    at ``started``) has run ``wrap_up_after_s``; each candidate's outcome as soon as it is done. The progress line
+    names the candidates in the next block and, from the blocks so far, about how long the rest take."""
     outcomes: dict[int, FindingOutcome] = {}
-    block_s: list[float] = []
+    variant_s: list[float] = []  # seconds per variant timed, block by block
     while pending:
         if options.wrap_up_after_s is not None and time.perf_counter() - started >= options.wrap_up_after_s:
-            for trial in pending.values():
-                trial.comparison.wrap_up()
-        for index, trial in list(pending.items()):
-            if not trial.comparison.blocks_left and not _looks_again(trial, findings[index]):
-                result, delta = trial.result()
+            for arm_trial in pending.values():
+                arm_trial.arm.wrap_up()
+        for index, arm_trial in list(pending.items()):
+            arm = arm_trial.arm
+            if arm.failure is not None:
+                outcomes[index] = _failed(findings[index], arm.failure, f" (in block {arm.failed_in_block})")
+            elif not arm.blocks_left and not _looks_again(arm_trial, findings[index]):
+                result, delta = arm_trial.result()
                 outcomes[index] = _outcome(findings[index], result, delta, workload, options, progress)
-                del pending[index]
+            else:
                 continue
-            block = len(trial.comparison.rounds().blocks) + 1
-            left = sum(other.comparison.blocks_left for other in pending.values())
-            eta = f"; {left} blocks left, about {left * sum(block_s) / len(block_s):.0f} s" if block_s else ""
-            progress.stage(f"measuring {findings[index].rule_id} {findings[index].rule_name}: block {block} of "
-                           f"{block + trial.comparison.blocks_left - 1}{eta}")
-            started = time.perf_counter()
-            try:
-                trial.run_block()
-                block_s.append(time.perf_counter() - started)
-            except Exception as exc:
-                outcomes[index] = _failed(findings[index], exc, f" (in block {block})")
-                del pending[index]
+            del pending[index]
+        if not pending:
+            break
+        names = ", ".join(findings[index].rule_id for index in pending)
+        if len(pending) == 1:
+            (index,) = pending
+            names = f"{findings[index].rule_id} {findings[index].rule_name}"
+        block = max(len(arm_trial.arm.blocks) for arm_trial in pending.values()) + 1
+        left = shared.blocks_left
+        eta = (f"; about {left * (len(pending) + 1) * sum(variant_s) / len(variant_s):.0f} s left" if variant_s
+               else "")
+        progress.stage(f"measuring {names} against one baseline: block {block} of {block + left - 1}{eta}")
+        block_started = time.perf_counter()
+        shared.run_block()
+        variant_s.append((time.perf_counter() - block_started) / (len(pending) + 1))
     return outcomes
 
 
@@ -165,10 +168,11 @@ def _try_candidate(
     progress.stage(f"measuring {finding.rule_id} {finding.rule_name}: baseline vs {candidate.title}")
     try:
         if isinstance(trial, LocalTrial):
-            pending = trial.start([candidate], limit)
-            while pending.comparison.blocks_left or _looks_again(pending, finding):
-                pending.run_block()
-            result, delta = pending.result()
+            comparison = trial.comparison()
+            arm_trial = trial.add(comparison, [candidate], limit)
+            while arm_trial.arm.blocks_left or (arm_trial.arm.failure is None and _looks_again(arm_trial, finding)):
+                comparison.run_block()
+            result, delta = arm_trial.result()
         else:
             result, delta = trial([candidate], limit)
     except Exception as exc:
@@ -176,11 +180,11 @@ def _try_candidate(
     return _outcome(finding, result, delta, workload, options, progress)
 
 
-def _looks_again(trial: PendingTrial, finding: Proposal) -> bool:
-    """A finished comparison whose interval stays over PREDICTION_FACTOR from the finding's prediction takes its
-    second look (``Comparison.second_look``, once); whether it did."""
-    estimate = trial.comparison.rounds().estimate()
-    return off_prediction(estimate, finding.predicted_saving) and trial.comparison.second_look()
+def _looks_again(trial: ArmTrial, finding: Proposal) -> bool:
+    """A finished arm whose interval stays over PREDICTION_FACTOR from the finding's prediction takes its second
+    look (``Arm.second_look``, once); whether it did."""
+    estimate = trial.arm.rounds().estimate()
+    return off_prediction(estimate, finding.predicted_saving) and trial.arm.second_look()
 
 
 def _failed(finding: Proposal, exc: Exception, where: str = "") -> FindingOutcome:

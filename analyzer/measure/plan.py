@@ -20,10 +20,11 @@ def build_plan(
 
     Accepted: measured faster, numerics within tolerance, and not an architecture change (no retraining).
     Speedups do not multiply, and two fixes can undo each other (torch.compile on top of channels_last in training
-    on this CPU): starting from the fastest alone, each further accepted candidate, by its own speedup, is added and
-    the combination measured against the baseline; it stays when that is faster than the plan so far and within the
-    combined tolerance, and is left out, with the measurement that showed it, otherwise. A fix that a step already
-    does (``Candidate.covers``), and a second compile, are left out unmeasured, with the reason.
+    on this CPU): starting from the fastest alone, each further accepted candidate, by its own speedup
+    (``_plan_order``), is added and the combination measured against the baseline; it stays when that is faster
+    than the plan so far and within the combined tolerance, and is left out, with the measurement that showed it,
+    otherwise. A fix that a step already does (``Candidate.covers``), and a second compile, are left out
+    unmeasured, with the reason.
     """
     trial = LocalTrial(target, options.benchmark, progress, options.quiet) if isinstance(target, Workload) else target
     accepted = [o for o in outcomes if o.measurement is not None and o.numerics_ok and o.same_candidate_as is None
@@ -31,7 +32,7 @@ def build_plan(
                 and o.finding.candidate.process_environment is None]  # process settings cannot combine in-process
     if not accepted:
         return None
-    first, *rest = sorted(accepted, key=lambda o: -o.measurement.estimate.speedup)
+    first, *rest = _plan_order(accepted)
     plan = Plan(steps=[first], measurement=first.measurement, tolerance=first.finding.candidate.tolerance)
     for outcome in rest:
         covered = _covered_by(plan, outcome) or _compiled_already(plan, outcome)
@@ -58,6 +59,23 @@ def build_plan(
         else:
             plan = replace(plan, steps=[*plan.steps, outcome], measurement=result, tolerance=combined.tolerance)
     return plan
+
+
+def _plan_order(accepted: list[FindingOutcome]) -> list[FindingOutcome]:
+    """The accepted candidates, the fastest alone first; but a candidate that does what another does
+    (``Candidate.covers``) goes before it unless that other measured faster beyond doubt (its interval wholly above
+    the covering one's): which of the two measured faster alone is otherwise the noise of two intervals that
+    overlap, and the plan keeps the one that does both."""
+    order = sorted(accepted, key=lambda o: -o.measurement.estimate.speedup)
+    for covering in list(order):
+        covered = {rule_id for rule_id, _ in covering.finding.candidate.covers}
+        estimate = covering.measurement.estimate
+        ahead = [o for o in order[:order.index(covering)] if o.finding.rule_id in covered
+                 and o.measurement.estimate.ci_low <= estimate.ci_high]
+        if ahead:
+            order.remove(covering)
+            order.insert(order.index(ahead[0]), covering)
+    return order
 
 
 def _covered_by(plan: Plan, outcome: FindingOutcome) -> str | None:

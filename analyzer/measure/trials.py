@@ -1,22 +1,19 @@
-"""Trials: the baseline measured against candidates applied together, in this process (``LocalTrial``, block by
-block), in pairs of worker processes (``ProcessTrial``, for process settings) or as a whole data-parallel job
-(``JobTrial``), each within its time limit."""
+"""Trials: the baseline measured against candidates applied together, in this process (``LocalTrial``, as arms of
+a comparison that several candidates may share), in pairs of worker processes (``ProcessTrial``, for process
+settings) or as a whole data-parallel job (``JobTrial``), each within its time limit."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import pickle
-import time
-from typing import Iterator, Protocol
-
-import torch
+from typing import Protocol
 
 from convdoctor.analyzer.candidates.candidate import Candidate, NumericsContract, combine
 from convdoctor.analyzer.capture.contention import QuietPolicy
 from convdoctor.analyzer.capture.launch import JobSpec, run_job
 from convdoctor.analyzer.capture.workload import Workload, describe_exception, time_limit
-from convdoctor.analyzer.measure.benchmark import BenchmarkSettings, Comparison, Measurement
+from convdoctor.analyzer.measure.benchmark import BenchmarkSettings, Measurement
+from convdoctor.analyzer.measure.comparison import CANDIDATE_TIMEOUT_ADVICE, Arm, Comparison, TimeLimit
 from convdoctor.analyzer.measure.environment_trial import WorkerError, measure_environment
 from convdoctor.analyzer.measure.job_tasks import MeasureTask
 from convdoctor.analyzer.measure.model_cost import ArchitectureDelta, model_cost
@@ -31,69 +28,45 @@ class Trial(Protocol):
         ...
 
 
-TimeLimit = tuple[float | None, str]  # seconds (None: no limit), and which option set them
-CANDIDATE_TIMEOUT_ADVICE = "it was stopped and the run went on; raise --timeout or --time-budget to let it finish"
-
-
 class LocalTrial:
-    """Baseline against candidate in this process (``benchmark.measure``), stopped when its time limit passes."""
+    """Baseline against candidates in this process (``comparison.Comparison``), each within its time limit."""
 
     def __init__(self, workload: Workload, settings: BenchmarkSettings, progress: Progress,
                  quiet: QuietPolicy | None = None) -> None:
         self.workload, self.settings, self.progress, self.quiet = workload, settings, progress, quiet
 
     def __call__(self, candidates: list[Candidate], limit: TimeLimit) -> tuple[Measurement, ArchitectureDelta | None]:
-        pending = self.start(candidates, limit)
-        while pending.comparison.blocks_left:
-            pending.run_block()
-        return pending.result()
+        comparison = self.comparison()
+        arm = self.add(comparison, candidates, limit)
+        while comparison.blocks_left:
+            comparison.run_block()
+        return arm.result()
 
-    def start(self, candidates: list[Candidate], limit: TimeLimit) -> PendingTrial:
-        """The candidates applied together, their outputs compared and the first block of rounds timed."""
+    def comparison(self) -> Comparison:
+        """A comparison against this trial's baseline, to ``add`` candidates to."""
+        return Comparison(self.workload, self.settings, self.progress.rounds, self.quiet)
+
+    def add(self, comparison: Comparison, candidates: list[Candidate], limit: TimeLimit) -> ArmTrial:
+        """The candidates applied together, as one arm of ``comparison``, their outputs compared."""
         candidate = candidates[0] if len(candidates) == 1 else combine(candidates)
-        pending = PendingTrial(self.workload, candidate, limit)
-        with pending.limit():
-            trial = candidate.transform(self.workload.copy())
-            pending.comparison = Comparison(self.workload, trial, self.settings, self.progress.rounds, self.quiet)
-            pending.comparison.run_block()
-        return pending
+        arm = comparison.add(lambda: candidate.transform(self.workload.copy()), limit)
+        return ArmTrial(self.workload, candidate, comparison, arm)
 
 
-class PendingTrial:
-    """A candidate's in-process trial between its blocks of rounds: what is left of its time limit goes with it."""
+class ArmTrial:
+    """A candidate measured as one arm of a comparison that other candidates may share."""
 
-    comparison: Comparison
-
-    def __init__(self, workload: Workload, candidate: Candidate, limit: TimeLimit) -> None:
-        self.workload, self.candidate = workload, candidate
-        self.seconds_left, limit_name = limit
-        self.what = (f"this trial ({limit_name})" if self.seconds_left is None
-                     else f"this trial ({limit_name}: {self.seconds_left:g} s in all)")
-
-    @contextlib.contextmanager
-    def limit(self) -> Iterator[None]:
-        """The trial's time limit, less what its earlier blocks took; the device's cache emptied when it fails."""
-        started = time.perf_counter()
-        try:
-            with time_limit(self.seconds_left, self.what, advice=CANDIDATE_TIMEOUT_ADVICE):
-                yield
-        except Exception:
-            if self.workload.device.type == "cuda":
-                torch.cuda.empty_cache()
-            raise
-        finally:
-            if self.seconds_left is not None:
-                self.seconds_left = max(self.seconds_left - (time.perf_counter() - started), 1e-3)
-
-    def run_block(self) -> None:
-        with self.limit():
-            self.comparison.run_block()
+    def __init__(self, workload: Workload, candidate: Candidate, comparison: Comparison, arm: Arm) -> None:
+        self.workload, self.candidate, self.comparison, self.arm = workload, candidate, comparison, arm
 
     def result(self) -> tuple[Measurement, ArchitectureDelta | None]:
-        measurement = self.comparison.measurement()
+        """Its measurement, and its architecture delta where it changes the architecture; raises its failure."""
+        if self.arm.failure is not None:
+            raise self.arm.failure
+        measurement = self.comparison.measurement(self.arm)
         if self.candidate.numerics is NumericsContract.ARCHITECTURE:
             return measurement, ArchitectureDelta(before=model_cost(self.workload),
-                                                  after=model_cost(self.comparison.candidate))
+                                                  after=model_cost(self.arm.candidate))
         return measurement, None
 
 

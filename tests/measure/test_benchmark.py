@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from convdoctor.analyzer.capture.workload import workload_from
-from convdoctor.analyzer.measure import benchmark
+from convdoctor.analyzer.measure import benchmark, comparison
 from convdoctor.analyzer.measure.benchmark import (
     BenchmarkSettings,
     GradientReference,
@@ -24,12 +24,12 @@ from convdoctor.analyzer.measure.benchmark import (
     between_blocks,
     compare_outputs,
     estimate_speedup,
-    measure,
     settled,
     student_t,
     undecided,
     worst_parameter_error,
 )
+from convdoctor.analyzer.measure.comparison import Comparison, measure
 from convdoctor.analyzer.measure.results import off_prediction
 
 
@@ -237,7 +237,7 @@ def test_a_change_left_open_gets_extra_blocks_once(monkeypatch: pytest.MonkeyPat
         looks.append(1)
         return left_open
 
-    monkeypatch.setattr(benchmark, "undecided", decision)
+    monkeypatch.setattr(comparison, "undecided", decision)
     x = torch.randn(1, 3, 16, 16)
     baseline, candidate = (workload_from(Sleepy(0.001), x, device="cpu") for _ in range(2))
     settings = BenchmarkSettings(block_spacing_s=0, warmup_s=0.0, warmup_steps=1, max_warmup_s=0.5, min_rounds=6,
@@ -289,7 +289,8 @@ def test_peak_memory_of_a_step_counts_its_activations():
     from torch import nn
 
     from convdoctor.analyzer.capture.workload import workload_from
-    from convdoctor.analyzer.measure.benchmark import BenchmarkSettings, measure
+    from convdoctor.analyzer.measure.benchmark import BenchmarkSettings
+    from convdoctor.analyzer.measure.comparison import measure
     from convdoctor.analyzer.measure.step_memory import step_peak_bytes
 
     output_bytes = 4 * 64 * 64 * 64 * 4
@@ -432,6 +433,28 @@ def test_a_settled_comparison_stops_after_the_fewest_blocks():
     assert 3 <= fast.blocks <= 4 and fast.stopped_early and fast.estimate.verdict is Verdict.SLOWER
     thorough = measure(baseline, slower, replace(settings, early_stop=False))
     assert thorough.blocks == 6 and not thorough.stopped_early and thorough.estimate.verdict is Verdict.SLOWER
+
+
+def test_candidates_measured_together_each_stop_on_their_own():
+    """One comparison, two candidates: one 3x slower settles after min_blocks and leaves the blocks; one whose copies
+    alternate between faster and slower never settles and takes every block. While both took part, they were
+    paired with the very same baseline steps."""
+    x = torch.randn(1, 3, 16, 16)
+    baseline = workload_from(Sleepy(0.01), x, device="cpu")
+    slower = baseline.copy()
+    slower.model.sleep_s = 0.03
+    drifting = workload_from(CopyDependent(0.01), x, device="cpu")
+    settings = BenchmarkSettings(block_spacing_s=0, extra_blocks=0, warmup_s=0.0, warmup_steps=1, max_warmup_s=0.3,
+                                 min_rounds=24, max_rounds=24, blocks=6)
+    shared = Comparison(baseline, settings)
+    settling, open_ = shared.add(lambda: slower), shared.add(lambda: drifting)
+    while shared.blocks_left:
+        shared.run_block()
+    assert 3 <= len(settling.blocks) <= 4 and settling.stopped_early
+    assert len(open_.blocks) == 6 and not open_.stopped_early
+    assert settling.times[0] == open_.times[0][:sum(settling.blocks)]
+    assert shared.measurement(settling).estimate.verdict is Verdict.SLOWER
+    assert shared.measurement(open_).blocks == 6
 
 
 def test_a_measurement_far_from_its_prediction_is_told_apart():

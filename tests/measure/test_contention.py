@@ -22,7 +22,7 @@ from torch import nn
 
 from convdoctor.analyzer.capture.contention import QuietPolicy, contended, read_machine, usable_cores
 from convdoctor.analyzer.capture.workload import workload_from
-from convdoctor.analyzer.measure.benchmark import measure
+from convdoctor.analyzer.measure.comparison import measure
 from convdoctor.analyzer.measure.results import BenchmarkSettings, Verdict
 
 BUSY_LOOP = Path(__file__).resolve().parents[1] / "busy_loop.py"

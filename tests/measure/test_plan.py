@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, replace
 
+import pytest
 import torch
 from torch import nn
 
@@ -157,6 +158,37 @@ def test_a_fix_that_a_plan_step_already_does_is_left_out_unmeasured_with_the_rea
     assert left.outcome.finding.rule_id == "CD902" and left.measurement is None
     assert left.reason == "not measured in the plan: its step CD901 does it (it drops every nap)"
     assert left.reason in left_out_lines(plan)[0]
+
+
+@pytest.mark.parametrize(("covered_interval", "steps"), [
+    ((1.2, 1.6), ["CD901"]),  # overlaps the covering one's: the plan is the candidate that does both
+    ((1.8, 2.0), ["CD902", "CD901"]),  # faster beyond doubt: it leads, and the covering one is measured on top
+])
+def test_a_candidate_that_covers_another_leads_the_plan_unless_that_one_is_faster_beyond_doubt(
+        covered_interval: tuple[float, float], steps: list[str]):
+    """CD901 does what CD902 does (inductor's freezing lays convs out in channels_last on the CPU) and measured
+    slower alone (1.34x against CD902's higher speedup): only an interval of CD902's wholly above CD901's puts CD902
+    first."""
+    model = nn.Sequential()
+    model.add_module("large", Nap(0.03))
+    model.add_module("small", Nap(0.01))
+    workload = workload_from(model, torch.zeros(2), device="cpu")
+    large, small = _finding("large", _every_nap(0.0)), _finding("small", _without("small"))
+    covers = (("CD902", "it drops every nap"),)
+    large = replace(large, rule_id="CD901", candidate=replace(large.candidate, covers=covers))
+    small = replace(small, rule_id="CD902")
+    options = MeasuringOptions(benchmark=QUICK)
+    measured = measure_findings(workload, [large, small], options, SilentProgress())
+    speedups = [(1.34, (1.25, 1.45)), (sum(covered_interval) / 2, covered_interval)]
+    outcomes = [replace(o, measurement=replace(o.measurement, estimate=replace(
+        o.measurement.estimate, speedup=speedup, ci_low=low, ci_high=high))) for o, (speedup, (low, high))
+        in zip(measured, speedups)]
+    plan = build_plan(workload, outcomes, options, SilentProgress())
+    assert [s.finding.rule_id for s in plan.steps] == steps
+    if steps == ["CD901"]:
+        (left_out,) = plan.left_out
+        assert left_out.outcome.finding.rule_id == "CD902" and left_out.measurement is None
+        assert "its step CD901 does it" in left_out.reason
 
 
 def test_a_second_compile_is_left_out_of_a_plan_that_compiles_already():

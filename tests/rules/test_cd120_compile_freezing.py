@@ -17,7 +17,8 @@ from convdoctor.analyzer.candidates.candidate import Candidate, NumericsContract
 from convdoctor.analyzer.candidates.torch_parts import Autocast, Compiled
 from convdoctor.analyzer.candidates.transforms import autocast_to, compiled, frozen_compiled
 from convdoctor.analyzer.capture.workload import load_workload, make_step
-from convdoctor.analyzer.measure.benchmark import BenchmarkSettings, Verdict, compare_first_step, measure
+from convdoctor.analyzer.measure.benchmark import BenchmarkSettings, Verdict, compare_first_step
+from convdoctor.analyzer.measure.comparison import measure
 from convdoctor.api import ProfileOptions, profile
 from convdoctor.rules.cd120_compile_freezing import TOLERANCE, CompileFreezingRule
 from convdoctor.rules.registry import load_rules, select_rules
