@@ -35,6 +35,7 @@ STAGES = (  # (stage, pattern of its progress lines), first match wins
     ("capture", r"^capturing "),
     ("analysis", r"^analyzing the trace"),
     ("plan", r"^measuring the plan"),
+    ("candidates together", r"^measuring CD\d+, .* against one baseline"),
     ("candidate {}", r"^measuring (CD\d+)"),
     ("layer trials", r"^measuring layer "),
 )

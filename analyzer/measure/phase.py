@@ -134,7 +134,7 @@ def _finish_together(shared: Comparison, pending: dict[int, ArmTrial], findings:
             del pending[index]
         if not pending:
             break
-        names = ", ".join(findings[index].rule_id for index in pending)
+        names = ", ".join(findings[index].rule_id for index in pending) + " against one baseline"
         if len(pending) == 1:
             (index,) = pending
             names = f"{findings[index].rule_id} {findings[index].rule_name}"
@@ -142,7 +142,7 @@ def _finish_together(shared: Comparison, pending: dict[int, ArmTrial], findings:
         left = shared.blocks_left
         eta = (f"; about {left * (len(pending) + 1) * sum(variant_s) / len(variant_s):.0f} s left" if variant_s
                else "")
-        progress.stage(f"measuring {names} against one baseline: block {block} of {block + left - 1}{eta}")
+        progress.stage(f"measuring {names}: block {block} of {block + left - 1}{eta}")
         block_started = time.perf_counter()
         shared.run_block()
         variant_s.append((time.perf_counter() - block_started) / (len(pending) + 1))
