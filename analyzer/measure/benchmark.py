@@ -366,16 +366,18 @@ def fresh_steps(variants: tuple[Workload, ...], settings: BenchmarkSettings,
     return [step for step, _ in warmed], [steps for _, steps in warmed]
 
 
-def warmed_step(workload: Workload, settings: BenchmarkSettings, first: bool,
-                step: Callable[[], Any] | None = None) -> tuple[Callable[[], Any], int]:
+def warmed_step(workload: Workload, settings: BenchmarkSettings, first: bool, step: Callable[[], Any] | None = None,
+                steps: int | None = None) -> tuple[Callable[[], Any], int]:
     """A step of a fresh copy of ``workload`` (or ``step``, that of a copy kept from earlier), warmed up: until the
-    timings settle in a first block, ``warmup_steps`` steps in later ones; and how many warm-up steps ran."""
+    timings settle in a first block, ``steps`` (default ``warmup_steps``) steps in later ones; and how many
+    warm-up steps ran."""
     step = step if step is not None else make_step(workload.copy())
     if first:
         return step, warm_up(step, workload, settings)
-    for _ in range(settings.warmup_steps):
+    steps = settings.warmup_steps if steps is None else steps
+    for _ in range(steps):
         time_step(step, workload.device)
-    return step, settings.warmup_steps
+    return step, steps
 
 
 def alternating_rounds(
@@ -431,12 +433,14 @@ def block_plan(settings: BenchmarkSettings) -> list[tuple[int, int]]:
 def block_of_rounds(
     time_one: Callable[[int], float | None], shares: tuple[int, int], target_s: float, rng: random.Random,
     times: Sequence[list[float]], *, first: bool, progress: Callable[[int, int], None] | None,
+    fill_until: float | None = None,
 ) -> int:
     """One block of rounds appended to ``times`` (one list per variant: 0 the baseline, then each candidate); how
     many rounds it took. Each round times one step of every variant in random order; a candidate whose ``time_one``
     gives None (it failed) takes no further part. The block ends when it has
     ``shares[0]`` rounds and ``target_s`` of timed steps of the baseline and a candidate (the candidates' mean), or
-    ``shares[1]`` rounds."""
+    ``shares[1]`` rounds; with ``fill_until`` (a ``perf_counter`` time: when the next block may start), not before
+    then, unless at ``shares[1]`` rounds: more rounds rather than an idle wait."""
     min_rounds, max_rounds = shares
     order = list(range(len(times)))
     gc_was_enabled = gc.isenabled()
@@ -457,7 +461,8 @@ def block_of_rounds(
             block_s += elapsed[0] + sum(elapsed[w] for w in order if w) / max(1, len(order) - 1)
             if progress is not None:
                 progress(round_index + 1, max_rounds)
-            if round_index + 1 >= min_rounds and block_s >= target_s:
+            if (round_index + 1 >= min_rounds and block_s >= target_s
+                    and (fill_until is None or time.perf_counter() >= fill_until)):
                 break
     finally:
         if gc_was_enabled:

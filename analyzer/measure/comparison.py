@@ -1,9 +1,9 @@
 """Baseline against one or more candidates in this process, one block of interleaved rounds at a time.
 
 Each block makes fresh copies of the baseline and of every candidate still being measured, warms them up
-``warmup_steps`` steps and times rounds of one step of each, in random order. Every variant ran its first step in
-this process when it was added (the numerics check), so its lazy set-up (oneDNN primitives, cuDNN's autotuning, a
-compile) is done before the first block, and that block warms up like the later ones: a fresh copy's steps after
+``copy_warmup_steps`` steps and times rounds of one step of each, in random order. Every variant ran its first step
+in this process when it was added (the numerics check), so its lazy set-up (oneDNN primitives, cuDNN's autotuning,
+a compile) is done before the first block, and that block warms up like the later ones: a fresh copy's steps after
 that showed no trend beyond the machine's noise (ResNet-18 at batch 8 on the 2-core CPU: 306, 283, 289, 274, 329
 and 286 ms, then a median of 275), where waiting for them to settle within 5% took 6 to 16 steps a variant.
 
@@ -150,7 +150,8 @@ class Comparison:
     compile: another copy would compile again; the numerics check's copy serves). A block starts
     ``block_spacing_s`` or more after the one before it: on a shared VM the ratio of two variants drifts with the
     machine's state over seconds, so blocks in a row would sample one state and their interval would not hold the
-    next run's ratio (benchmarks/INTERVALS.md). Other processes' load is watched over every block (``BlockWatch``).
+    next run's ratio (benchmarks/INTERVALS.md). A block shorter than that takes more rounds (up to its share of
+    ``max_rounds``) rather than leave the wait idle. Other processes' load is watched over every block (``BlockWatch``).
     """
 
     def __init__(self, baseline: Workload, settings: BenchmarkSettings,
@@ -199,21 +200,22 @@ class Comparison:
             time.sleep(max(0.0, self.settings.block_spacing_s - (time.perf_counter() - self._last_start)))
         self._last_start = time.perf_counter()
         block, first = self._blocks_run, self._blocks_run == 0
+        warmups = self.settings.copy_warmup_steps
         baseline_step, baseline_warmups = warmed_step(self.baseline, self.settings, False,
-                                                      self._baseline_first.kept_step)
+                                                      self._baseline_first.kept_step, warmups)
         own_s = {id(arm): 0.0 for arm in arms}
         steps: list[Callable[[], Any]] = [baseline_step]
         for arm in list(arms):
             started = time.perf_counter()
             try:
                 with arm.limit():
-                    step, warmups = warmed_step(arm.candidate, self.settings, False, arm.kept_step)
+                    step, ran = warmed_step(arm.candidate, self.settings, False, arm.kept_step, warmups)
             except Exception as exc:
                 arm.fail(exc, block + 1)
                 arms.remove(arm)
                 continue
             own_s[id(arm)] += time.perf_counter() - started
-            arm.warmups = [arm.warmups[0] + baseline_warmups, arm.warmups[1] + warmups]
+            arm.warmups = [arm.warmups[0] + baseline_warmups, arm.warmups[1] + ran]
             steps.append(step)
         times: list[list[float]] = [[] for _ in steps]
 
@@ -239,7 +241,7 @@ class Comparison:
         progress = None if self.progress is None else (lambda rounds, total: self.progress(done + rounds, done + total))
         rounds = self._watch.run(
             lambda: block_of_rounds(time_one, (fewest, most), self._block_target_s, self._rng, times, first=first,
-                                     progress=progress),
+                                     progress=progress, fill_until=self._last_start + self.settings.block_spacing_s),
             times)
         self._blocks_run += 1
         self._rounds_run += rounds

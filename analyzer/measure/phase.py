@@ -30,8 +30,9 @@ class MeasuringOptions:
     timeout_s: float | None = 300.0  # one candidate's trial
     benchmark: BenchmarkSettings = field(default_factory=BenchmarkSettings)
     quiet: QuietPolicy | None = None  # the run's rule for busy machines; None: never wait, mark contention
-    # The default mode's soft limit for the candidates' blocks: past it, each comparison ends as soon as it has its
-    # ``min_blocks`` (``Comparison.wrap_up``). None: every comparison takes the blocks its own rules ask for.
+    # The default mode's soft limit for the blocks the in-process candidates share, from the first one's start: past
+    # it, each candidate ends as soon as it has its ``min_blocks`` (``Arm.wrap_up``). None: every candidate takes the
+    # blocks its own rules ask for.
     wrap_up_after_s: float | None = None
 
 
@@ -91,7 +92,7 @@ def measure_findings(
                 outcomes[index] = _try_candidate(trial, workload, finding, options, progress,
                                                  _candidate_limit(options, spent))
     if shared is not None:
-        outcomes.update(_finish_together(shared, pending, findings, workload, options, progress, started))
+        outcomes.update(_finish_together(shared, pending, findings, workload, options, progress))
     for index, earlier in same_as.items():
         outcomes[index] = replace(outcomes[earlier], finding=findings[index],
                                   same_candidate_as=findings[earlier].rule_id)
@@ -111,13 +112,14 @@ def _add_candidate(trial: LocalTrial, shared: Comparison, finding: Proposal, pro
 
 
 def _finish_together(shared: Comparison, pending: dict[int, ArmTrial], findings: list[Proposal],
-                     workload: Workload | None, options: MeasuringOptions, progress: Progress,
-                     started: float) -> dict[int, FindingOutcome]:
-    """The blocks of the shared comparison until every candidate's are done, each wrapped up once the phase (begun
-    at ``started``) has run ``wrap_up_after_s``; each candidate's outcome as soon as it is done. The progress line
-    names the candidates in the next block and, from the blocks so far, about how long the rest take."""
+                     workload: Workload | None, options: MeasuringOptions, progress: Progress
+                     ) -> dict[int, FindingOutcome]:
+    """The blocks of the shared comparison until every candidate's are done, each wrapped up once the blocks have
+    run ``wrap_up_after_s``; each candidate's outcome as soon as it is done. The progress line names the candidates
+    in the next block and, from the blocks so far, about how long the rest take."""
     outcomes: dict[int, FindingOutcome] = {}
     variant_s: list[float] = []  # seconds per variant timed, block by block
+    started = time.perf_counter()
     while pending:
         if options.wrap_up_after_s is not None and time.perf_counter() - started >= options.wrap_up_after_s:
             for arm_trial in pending.values():

@@ -66,6 +66,11 @@ class BenchmarkSettings:
     warmup_steps: int = 3
     settle_tolerance: float = 0.05  # …then until the median of the last 3 steps is within 5% of the 3 before
     max_warmup_s: float = 10.0  # per variant, whether or not the timings settled
+    # In-process blocks (``comparison.Comparison``): the steps a fresh copy runs before timing. Every variant there ran
+    # its first step in the process already, and later steps of a fresh copy showed no trend beyond the noise; the
+    # blocks' spread comes from the machine's drift between blocks, not from the steps within them (3-block
+    # ResNet-18 intervals were no narrower with 4 rounds a block than with 2), so a block's time goes to more blocks.
+    copy_warmup_steps: int = 1
     min_rounds: int = 10
     # 20 rounds a block at most: with 10, a fast model's block median carried about as much noise as the drift
     # between blocks (benchmarks/INTERVALS.md), and the blocks' t interval took both
