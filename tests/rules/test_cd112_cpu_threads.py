@@ -147,7 +147,8 @@ def test_wrapper_restores_threads_when_the_forward_raises():
 def test_profile_measures_the_wrapper_and_restores_threads(tmp_path: Path):
     torch.set_num_threads(1)  # a known count, the one the model file sets: only the wrapper could change it
     before = torch.get_num_threads()
-    settings = BenchmarkSettings(block_spacing_s=0, extra_blocks=0, warmup_s=0, min_rounds=5, max_rounds=5)
+    settings = BenchmarkSettings(block_spacing_s=0, extra_blocks=0, warmup_s=0, min_rounds=5, max_rounds=5,
+                                 early_stop=False)  # every block: a settled verdict would stop it sooner
     report, _ = profile_file(MODEL, ProfileOptions(device="cpu", out_dir=tmp_path, steps=1, select=("CD112",),
                                                    benchmark=settings))
     [outcome] = [o for o in report.outcomes if o.finding.rule_id == "CD112"]
