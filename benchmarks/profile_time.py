@@ -1,5 +1,5 @@
 """Wall time of `convdoctor profile` by stage, in the default mode and with --thorough, and whether the two give the
-same verdicts and plan (benchmarks/PROFILE_TIME.md).
+same verdicts and plan, and whether each candidate's two intervals overlap (benchmarks/PROFILE_TIME.md).
 
 Each run is a fresh `python -m convdoctor profile MODEL --out DIR [--thorough]`; its stages are read from the
 progress lines on stderr, each stamped with the time it arrived: a stage lasts until the next line.
@@ -70,10 +70,34 @@ def run(model: str, mode: str, thorough: bool) -> dict[str, object]:
     for (at, line), (until, _) in zip(stamps, [*stamps[1:], (total, "")]):
         by_stage[stage_of(line)] += until - at
     report = json.loads((out / "report.json").read_text())
+    measured = {f["rule_id"]: f["measurement"] for f in report["findings"] if f["measurement"]}
     verdicts = {f["rule_id"]: (f["measurement"] or {}).get("verdict", "not measured") for f in report["findings"]}
+    intervals = {rule: (m["speedup"], m["ci_low"], m["ci_high"], m["blocks"]) for rule, m in measured.items()}
     plan = [step["rule_id"] for step in report["plan"]["steps"]] if report["plan"] else []
-    return {"total": total, "stages": dict(by_stage), "verdicts": verdicts, "plan": plan,
+    return {"total": total, "stages": dict(by_stage), "verdicts": verdicts, "intervals": intervals, "plan": plan,
             "reliable": report.get("reliable")}
+
+
+def overlap(fast: dict[str, object], thorough: dict[str, object]) -> bool:
+    """Every candidate's two intervals overlap, and neither run calls it faster where the other calls it slower."""
+    for rule, (_, low, high, _) in fast["intervals"].items():
+        other = thorough["intervals"].get(rule)
+        if other is None or low > other[2] or high < other[1]:
+            return False
+        if {fast["verdicts"][rule], thorough["verdicts"][rule]} == {"faster", "slower"}:
+            return False
+    return True
+
+
+def verdict_cell(result: dict[str, object]) -> str:
+    cells = []
+    for rule, verdict in result["verdicts"].items():
+        if rule in result["intervals"]:
+            speedup, low, high, blocks = result["intervals"][rule]
+            cells.append(f"{rule} {verdict} {speedup:.2f}× ({low:.2f}–{high:.2f}, {blocks} blocks)")
+        else:
+            cells.append(f"{rule} {verdict}")
+    return ", ".join(cells)
 
 
 def main() -> None:
@@ -88,15 +112,17 @@ def main() -> None:
             fast, thorough = run(model, mode, False), run(model, mode, True)
             raw.append({"model": model, "mode": mode, "default": fast, "thorough": thorough})
             same = fast["verdicts"] == thorough["verdicts"] and fast["plan"] == thorough["plan"]
+            overlapping = overlap(fast, thorough)
             for label, result in (("default", fast), ("--thorough", thorough)):
                 stages = ", ".join(f"{name} {seconds:.0f}" for name, seconds in result["stages"].items()
                                    if seconds >= 0.5)
-                verdicts = ", ".join(f"{rule} {verdict}" for rule, verdict in result["verdicts"].items())
-                rows.append(f"| {model} | {mode} | {label} | {result['total']:.0f} | {stages} | {verdicts} | "
-                            f"{' + '.join(result['plan']) or 'none'} | {'yes' if same else '**no**'} |")
+                rows.append(f"| {model} | {mode} | {label} | {result['total']:.0f} | {stages} | "
+                            f"{verdict_cell(result)} | {' + '.join(result['plan']) or 'none'} | "
+                            f"{'yes' if same else '**no**'} | {'yes' if overlapping else '**no**'} |")
                 print(rows[-1], file=sys.stderr, flush=True)
-    print("| model | mode | run | wall s | stages (s) | verdicts | plan | same verdicts and plan |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| model | mode | run | wall s | stages (s) | verdicts: speedup (95% CI, blocks) | plan "
+          "| same verdicts and plan | intervals overlap |")
+    print("|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
     if args.json:
         args.json.write_text(json.dumps(raw, indent=1))

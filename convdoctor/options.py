@@ -12,9 +12,9 @@ from convdoctor.analyzer.measure.results import BenchmarkSettings
 # The default mode's time for one comparison's own blocks, past its first three (BenchmarkSettings.budget_s).
 CANDIDATE_BUDGET_S = 20.0
 # The default mode's time for the blocks the in-process candidates share, after which each candidate ends at its
-# third block (MeasuringOptions.wrap_up_after_s): ResNet-18 at batch 8 on the 2-core CPU, five variants, takes 4-5 s
-# a block, so a candidate that has not settled by its third block gets up to its sixth.
-WRAP_UP_AFTER_S = 30.0
+# third block (MeasuringOptions.wrap_up_after_s): ResNet-18 at batch 8 on the 2-core CPU, five variants, takes 6-7 s
+# a block, so a candidate that has not settled by its third block gets a fourth.
+WRAP_UP_AFTER_S = 20.0
 
 
 @dataclass(frozen=True)

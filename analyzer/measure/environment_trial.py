@@ -1,7 +1,7 @@
 """Measure a model file under two process environments (allocator settings, LD_PRELOAD): what only a process start
 can change, so baseline and candidate each run in a worker process of their own (``step_server``).
 
-Both workers load the same file with the same seed and warm up until their timings settle; then rounds alternate
+Both workers load the same file with the same seed and warm up ``warmup_steps`` steps; then rounds alternate
 between them in random order, one step each, while the other waits idle on its pipe. The bootstrap interval and
 verdict are the in-process harness's (``benchmark.estimate_speedup``), over blocks of consecutive rounds, each with a
 fresh pair of workers. Outputs of the first pair's first step are compared on their first values
@@ -15,7 +15,6 @@ import os
 import subprocess
 import sys
 import tempfile
-from dataclasses import asdict
 from typing import Any, Callable
 
 from convdoctor.analyzer.capture.contention import QuietPolicy
@@ -38,10 +37,10 @@ class WorkerError(RuntimeError):
 class _Worker:
     """One step_server process and its reply pipe."""
 
-    def __init__(self, workload: Workload, settings: BenchmarkSettings, environment: dict[str, str]) -> None:
+    def __init__(self, workload: Workload, environment: dict[str, str]) -> None:
         batch_size = workload.batch_size if workload.input_factory is not None else None  # get_inputs() as it is
         request = {"model_file": workload.source, "device": str(workload.device), "mode": workload.mode.value,
-                   "batch_size": batch_size, "settings": asdict(settings)}
+                   "batch_size": batch_size}
         read_fd, write_fd = os.pipe()
         self._log = tempfile.TemporaryFile()
         self.process = subprocess.Popen(
@@ -58,11 +57,10 @@ class _Worker:
         """Until the worker has loaded the model file (imports and model built, nothing run)."""
         self._receive()
 
-    def warm_up(self, steps: int | None = None) -> None:
-        """The worker's first step and warm-up (until the timings settle, or ``steps`` steps); ``ready`` holds what
-        it reports."""
+    def warm_up(self, steps: int) -> None:
+        """The worker's first step and ``steps`` warm-up steps; ``ready`` holds what it reports."""
         assert self.process.stdin is not None
-        self.process.stdin.write("warm\n" if steps is None else f"warm {steps}\n")
+        self.process.stdin.write(f"warm {steps}\n")
         self.process.stdin.flush()
         self.ready = self._receive()
 
@@ -153,15 +151,15 @@ class _WorkerPairs:
 
     def start(self, block: int) -> None:
         """Close the previous block's workers and start this block's: both load at once (imports, the model), then
-        each runs its first step and warms up in turn (neither warms up while the other runs): until its timings
-        settle in the first block, ``warmup_steps`` steps in later ones, as in-process blocks do."""
+        each runs its first step and ``warmup_steps`` more in turn (neither warms up while the other runs). Every
+        block's workers are equally fresh processes, so the first block warms up as the later ones do."""
         self.close()
         for env in ({}, self._environment):
-            self.current.append(_Worker(self._workload, self._settings, env))
+            self.current.append(_Worker(self._workload, env))
         for worker in self.current:
             worker.wait_loaded()
         for worker in self.current:
-            worker.warm_up(None if block == 0 else self._settings.warmup_steps)
+            worker.warm_up(self._settings.warmup_steps)
         ready = (self.current[0].ready, self.current[1].ready)
         if block == 0:
             self.first_ready = ready

@@ -2,8 +2,8 @@
 
 Started by ``environment_trial`` once per variant, so that two variants can differ in what only a process start can
 set (allocator environment variables, LD_PRELOAD). It loads the model file and says so (both variants of a block
-load at once), then waits for a first line on stdin before its first step and warm-up (one variant at a time):
-``warm`` warms up until the timings settle, ``warm N`` runs N steps.
+load at once), then waits for a first line on stdin, ``warm N``, before its first step and N warm-up steps (one
+variant at a time).
 Then commands arrive on stdin, one number per line: N > 0 times N steps, 0 ends. Replies go to the file descriptor
 given on the command line, one JSON object per line, so that what the user's model prints cannot mix with them.
 """
@@ -27,7 +27,6 @@ from convdoctor.analyzer.capture.workload import (
     make_step,
     time_step,
 )
-from convdoctor.analyzer.measure.benchmark import BenchmarkSettings, warm_up
 
 COMPARED_VALUES = 4096  # the first values of the first step's outputs, sent back for the numerics check
 
@@ -40,7 +39,7 @@ def serve(request: dict[str, Any], reply: Any) -> None:
                              batch_size=request["batch_size"])
     step = make_step(workload)
     _send(reply, {"loaded": True})
-    warm = sys.stdin.readline().split()  # "warm" (until the timings settle) or "warm N" (N steps)
+    warm = sys.stdin.readline().split()  # "warm N": the first step, then N steps
     if not warm:
         return
     started = time.perf_counter()
@@ -48,12 +47,9 @@ def serve(request: dict[str, Any], reply: Any) -> None:
     first_step_s = time.perf_counter() - started
     values = [float(v) for t in flat_tensors(output) if t.is_floating_point()
               for v in t.detach().flatten()[:COMPARED_VALUES].double().cpu().tolist()][:COMPARED_VALUES]
-    if len(warm) > 1:
-        for _ in range(int(warm[1])):
-            time_step(step, workload.device)
-        warmup = int(warm[1])
-    else:
-        warmup = warm_up(step, workload, BenchmarkSettings(**request["settings"]))
+    warmup = int(warm[1])
+    for _ in range(warmup):
+        time_step(step, workload.device)
     _send(reply, {"ready": warmup, "first_step_s": first_step_s, "threads": torch.get_num_threads(), "values": values})
     for line in sys.stdin:
         count = int(line)
