@@ -4,7 +4,8 @@ same verdicts and plan, and whether each candidate's two intervals overlap (benc
 Each run is a fresh `python -m convdoctor profile MODEL --out DIR [--thorough]`; its stages are read from the
 progress lines on stderr, each stamped with the time it arrived: a stage lasts until the next line.
 
-    python benchmarks/profile_time.py [--models small_cnn resnet18 ...] [--modes eval train] > PROFILE_TIME.md
+    python benchmarks/profile_time.py [--models small_cnn resnet18 ...] [--modes eval train] [--json RUNS.json]
+    python benchmarks/profile_time.py --table-from RUNS.json
 """
 
 from __future__ import annotations
@@ -79,12 +80,13 @@ def run(model: str, mode: str, thorough: bool) -> dict[str, object]:
 
 
 def overlap(fast: dict[str, object], thorough: dict[str, object]) -> bool:
-    """Every candidate's two intervals overlap, and neither run calls it faster where the other calls it slower."""
+    """Every candidate measured in both runs has two intervals that overlap, and neither run calls it faster where
+    the other calls it slower (a rule that fired in one run only is a difference of findings: "same verdicts")."""
     for rule, (_, low, high, _) in fast["intervals"].items():
         other = thorough["intervals"].get(rule)
-        if other is None or low > other[2] or high < other[1]:
+        if other is not None and (low > other[2] or high < other[1]):
             return False
-        if {fast["verdicts"][rule], thorough["verdicts"][rule]} == {"faster", "slower"}:
+        if {fast["verdicts"][rule], thorough["verdicts"].get(rule)} == {"faster", "slower"}:
             return False
     return True
 
@@ -100,33 +102,42 @@ def verdict_cell(result: dict[str, object]) -> str:
     return ", ".join(cells)
 
 
+def table(raw: list[dict[str, object]]) -> list[str]:
+    """The markdown table of the runs in ``raw`` (one entry per model and mode: its default and --thorough run)."""
+    rows = ["| model | mode | run | wall s | stages (s) | verdicts: speedup (95% CI, blocks) | plan "
+            "| same verdicts and plan | intervals overlap |", "|---|---|---|---|---|---|---|---|---|"]
+    for entry in raw:
+        fast, thorough = entry["default"], entry["thorough"]
+        same = fast["verdicts"] == thorough["verdicts"] and fast["plan"] == thorough["plan"]
+        overlapping = overlap(fast, thorough)
+        for label, result in (("default", fast), ("--thorough", thorough)):
+            stages = ", ".join(f"{name} {seconds:.0f}" for name, seconds in result["stages"].items()
+                               if seconds >= 0.5)
+            rows.append(f"| {entry['model']} | {entry['mode']} | {label} | {result['total']:.0f} | {stages} | "
+                        f"{verdict_cell(result)} | {' + '.join(result['plan']) or 'none'} | "
+                        f"{'yes' if same else '**no**'} | {'yes' if overlapping else '**no**'} |")
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(MODEL_FILES), choices=list(MODEL_FILES))
     parser.add_argument("--modes", nargs="+", default=["eval"], choices=["eval", "train"])
     parser.add_argument("--json", type=Path, help="also write every run's figures here")
+    parser.add_argument("--table-from", type=Path, help="print the table of a --json file's runs, running nothing")
     args = parser.parse_args()
-    rows, raw = [], []
+    if args.table_from:
+        print("\n".join(table(json.loads(args.table_from.read_text()))))
+        return
+    raw = []
     for model in args.models:
         for mode in args.modes:
-            fast, thorough = run(model, mode, False), run(model, mode, True)
-            raw.append({"model": model, "mode": mode, "default": fast, "thorough": thorough})
-            same = fast["verdicts"] == thorough["verdicts"] and fast["plan"] == thorough["plan"]
-            overlapping = overlap(fast, thorough)
-            for label, result in (("default", fast), ("--thorough", thorough)):
-                stages = ", ".join(f"{name} {seconds:.0f}" for name, seconds in result["stages"].items()
-                                   if seconds >= 0.5)
-                rows.append(f"| {model} | {mode} | {label} | {result['total']:.0f} | {stages} | "
-                            f"{verdict_cell(result)} | {' + '.join(result['plan']) or 'none'} | "
-                            f"{'yes' if same else '**no**'} | {'yes' if overlapping else '**no**'} |")
-                print(rows[-1], file=sys.stderr, flush=True)
-    print("| model | mode | run | wall s | stages (s) | verdicts: speedup (95% CI, blocks) | plan "
-          "| same verdicts and plan | intervals overlap |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    print("\n".join(rows))
-    if args.json:
-        args.json.write_text(json.dumps(raw, indent=1))
-
+            raw.append({"model": model, "mode": mode, "default": run(model, mode, False),
+                        "thorough": run(model, mode, True)})
+            print(table(raw[-1:])[-1], file=sys.stderr, flush=True)
+            if args.json:
+                args.json.write_text(json.dumps(raw, indent=1))
+    print("\n".join(table(raw)))
 
 if __name__ == "__main__":
     main()
