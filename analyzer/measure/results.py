@@ -82,9 +82,9 @@ class BenchmarkSettings:
     # (``benchmark.estimate_speedup``). Six, not three: the blocks' t interval with 5 degrees of freedom is 2.4
     # times narrower than with 2 for the same spread. min_rounds, max_rounds and target_s are totals over the blocks.
     blocks: int = 6
-    # A comparison's block starts at least this long after its previous one started (``benchmark.Comparison``):
+    # A comparison's block starts at least this long after its previous one started (``comparison.Comparison``):
     # the ratio of two variants drifts with the machine's state, and blocks 0.5 s apart correlate about 0.5, 5-7 s
-    # apart hardly at all (benchmarks/INTERVALS.md). In a measuring phase other candidates' blocks fill the wait.
+    # apart hardly at all (benchmarks/INTERVALS.md). A shorter block takes more rounds rather than wait idle.
     block_spacing_s: float = 5.0
     # A second look, once: when the blocks leave a change open (``benchmark.undecided``: the interval reaches into
     # 1 ± MIN_EFFECT, its median lies outside it), this many more blocks are taken and the verdict is read from all
