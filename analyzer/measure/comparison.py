@@ -54,8 +54,9 @@ class Arm:
     """One candidate's side of a Comparison: its steps paired with the baseline's, its blocks, its stopping state
     (early stop, second look, wrap-up) and what is left of its time limit."""
 
-    def __init__(self, candidate: Workload, settings: BenchmarkSettings, limit: TimeLimit) -> None:
-        self.candidate, self.settings = candidate, settings
+    def __init__(self, device: torch.device, settings: BenchmarkSettings, limit: TimeLimit) -> None:
+        self.device, self.settings = device, settings
+        self.candidate: Workload  # made within the limit (``Comparison.add``)
         self.seconds_left, limit_name = limit
         self._what = (f"this trial ({limit_name})" if self.seconds_left is None
                       else f"this trial ({limit_name}: {self.seconds_left:g} s in all)")
@@ -90,7 +91,7 @@ class Arm:
             with time_limit(self.seconds_left, self._what, advice=CANDIDATE_TIMEOUT_ADVICE):
                 yield
         except Exception:
-            if self.candidate.device.type == "cuda":
+            if self.device.type == "cuda":
                 torch.cuda.empty_cache()
             raise
         finally:
@@ -172,7 +173,7 @@ class Comparison:
         ModelTimeoutError."""
         if self._baseline_first is None:
             self._baseline_first = first_step(self.baseline)
-        arm = Arm(self.baseline, self.settings, limit)
+        arm = Arm(self.baseline.device, self.settings, limit)
         with arm.limit():
             candidate = arm.candidate = make()
             first = first_step(candidate)
@@ -227,7 +228,7 @@ class Comparison:
                 return None
             try:
                 with arm.limit():
-                    seconds = time_step(steps[which], arm.candidate.device)
+                    seconds = time_step(steps[which], arm.device)
             except Exception as exc:
                 arm.fail(exc, block + 1)
                 return None
